@@ -1,0 +1,12 @@
+// fastalign._C: the Python module that carries the CPU kernels. The kernels register
+// themselves as torch ops (namespace fastalign_cpu, CPU dispatch key) in their own
+// files; this module only makes the shared library importable and lists them.
+#include <torch/extension.h>
+
+#include "cpu/registry.h"
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastalign C++/OpenMP CPU kernels";
+  m.attr("FUNCTIONS") = fastalign::cpu::registered_functions();
+  m.def("num_threads", []() { return at::get_num_threads(); });
+}

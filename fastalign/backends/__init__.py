@@ -1,0 +1,115 @@
+"""Backend registry and automatic choice.
+
+Every op has a pure-PyTorch reference (``torch``) that defines its semantics. Compiled
+backends (``cpu``: C++/OpenMP, ``triton`` and ``cuda``: GPU kernels) implement some or
+all of the backend functions listed in ``BACKEND_FUNCTIONS``; each backend module states
+which ones in ``FUNCTIONS`` and whether it can run on a device in ``supports(device)``.
+
+Choice: an explicit ``backend=`` argument wins, then the ``FASTALIGN_BACKEND``
+environment variable, then the first backend in ``PREFERENCE[device type]`` that is
+available and implements the op.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from functools import lru_cache
+from types import ModuleType
+from typing import Optional
+
+import torch
+
+BACKENDS = ("torch", "cpu", "triton", "cuda")
+ENV_VAR = "FASTALIGN_BACKEND"
+
+# The functions a backend module may provide; the ``torch`` reference provides all.
+BACKEND_FUNCTIONS = (
+    "spmm_forward",
+    "spmm_max_backward",
+    "sddmm",
+    "gcn_aggregate",
+    "edge_similarity",
+    "edge_similarity_backward",
+    "edge_softmax",
+    "edge_softmax_backward",
+    "structure_kl_forward",
+    "structure_kl_backward",
+)
+
+# Automatic choice per device type, best first. On CUDA, per-op measurement may
+# reorder this (see PREFERENCE_BY_OP); the reference is always the last resort.
+PREFERENCE = {
+    "cpu": ("cpu", "torch"),
+    "cuda": ("triton", "cuda", "torch"),
+}
+PREFERENCE_BY_OP: dict = {}
+
+_MODULES = {
+    "torch": "fastalign.backends.torch",
+    "cpu": "fastalign.backends.cpu",
+    "triton": "fastalign.backends.triton",
+    "cuda": "fastalign.backends.cuda",
+}
+
+
+@lru_cache(maxsize=None)
+def _load(name: str) -> Optional[ModuleType]:
+    try:
+        module = importlib.import_module(_MODULES[name])
+    except ImportError:
+        return None
+    if not getattr(module, "AVAILABLE", True):
+        return None
+    return module
+
+
+def get(name: str) -> ModuleType:
+    """The backend module ``name``; raises if it is not available in this install."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    module = _load(name)
+    if module is None:
+        raise ValueError(f"backend {name!r} is not available in this installation")
+    return module
+
+
+def is_available(name: str, device: Optional[torch.device] = None) -> bool:
+    module = _load(name) if name in BACKENDS else None
+    if module is None:
+        return False
+    return device is None or module.supports(torch.device(device))
+
+
+def implements(name: str, function: str) -> bool:
+    module = _load(name)
+    return module is not None and function in module.FUNCTIONS
+
+
+def available_backends(device="cpu") -> list:
+    """The backends that can run on ``device`` in this installation."""
+    return [b for b in BACKENDS if is_available(b, device)]
+
+
+def resolve(op: str, backend: Optional[str], device: torch.device, functions=()) -> str:
+    """The concrete backend name to run ``op`` (needing backend ``functions``) on ``device``."""
+    functions = functions or (op,)
+    requested = backend if backend not in (None, "auto") else os.environ.get(ENV_VAR) or None
+    if requested not in (None, "auto"):
+        if requested not in BACKENDS:
+            raise ValueError(f"unknown backend {requested!r}; choose one of {BACKENDS} or 'auto'")
+        module = get(requested)
+        if not module.supports(device):
+            raise ValueError(f"backend {requested!r} cannot run on device {device}")
+        missing = [f for f in functions if f not in module.FUNCTIONS]
+        if missing:
+            raise ValueError(f"backend {requested!r} does not implement {op} ({', '.join(missing)})")
+        return requested
+    order = PREFERENCE_BY_OP.get((device.type, op)) or PREFERENCE.get(device.type, ("torch",))
+    for name in order:
+        module = _load(name)
+        if module is not None and module.supports(device) and all(
+            f in module.FUNCTIONS for f in functions
+        ):
+            return name
+    return "torch"

@@ -1,0 +1,21 @@
+"""fastalign's ops: autograd-capable torch.library custom ops over a Graph.
+
+Each op module holds the custom op(s), their fake kernels, the autograd formula and the
+public function; backends implement the numeric work (fastalign.backends).
+"""
+
+from .edge_similarity import edge_similarity
+from .gcn_aggregate import gcn_aggregate, gcn_norm_state
+from .local_structure import edge_softmax, local_structure
+from .spmm import spmm
+from .structure_kl import structure_kl
+
+__all__ = [
+    "spmm",
+    "gcn_aggregate",
+    "gcn_norm_state",
+    "edge_similarity",
+    "edge_softmax",
+    "local_structure",
+    "structure_kl",
+]

@@ -1,0 +1,175 @@
+"""gcn_aggregate: D^-1/2 (A + I) D^-1/2 x, exactly as PyG's gcn_norm + propagate.
+
+PyG semantics reproduced (edge_index path of ``gcn_norm``):
+  * with ``add_self_loops``, existing self loops are removed and one loop per node is
+    added; its weight is the (last) existing self-loop weight of that node, else
+    ``2 if improved else 1`` -- but only when edge weights are given: without them PyG
+    adds the loops before filling in weights of 1, so ``improved`` has no effect;
+  * deg_i = sum of the weights of i's in-edges (loop included); deg^-1/2 is 0 where
+    deg is 0.
+The normalisation is kept as per-node state (``dis`` = deg^-1/2 and the loop weights)
+and applied inside the aggregation, so no normalised per-edge weights are built per call;
+the state is cached on the Graph for its own edge weights.
+
+Custom op ``fastalign::gcn_aggregate``; its backward is the same op on the transpose
+(the normalised operator's transpose has the same per-node state).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..graph import Graph
+from ._common import as_graph, check_edge_values, check_features, impl, resolve
+from .spmm import spmm
+
+
+@torch.library.custom_op("fastalign::gcn_aggregate", mutates_args=())
+def gcn_aggregate_op(
+    rowptr: Tensor,
+    col: Tensor,
+    weight: Optional[Tensor],
+    dis: Tensor,
+    loop_weight: Optional[Tensor],
+    x: Tensor,
+    rowptr_t: Optional[Tensor],
+    col_t: Optional[Tensor],
+    weight_t: Optional[Tensor],
+    backend: str,
+) -> Tensor:
+    return impl(backend).gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
+
+
+@gcn_aggregate_op.register_fake
+def _(rowptr, col, weight, dis, loop_weight, x, rowptr_t, col_t, weight_t, backend):
+    return x.new_empty((rowptr.shape[0] - 1, x.shape[1]))
+
+
+def _setup_context(ctx, inputs, output):
+    (rowptr, col, weight, dis, loop_weight, x, rowptr_t, col_t, weight_t, backend) = inputs
+    ctx.backend = backend
+    ctx.save_for_backward(dis, loop_weight, rowptr_t, col_t, weight_t)
+
+
+def _backward(ctx, grad_out):
+    dis, loop_weight, rowptr_t, col_t, weight_t = ctx.saved_tensors
+    grad_x = None
+    if ctx.needs_input_grad[5]:
+        if rowptr_t is None:
+            raise RuntimeError("gcn_aggregate backward needs the transpose; it was not passed")
+        grad_x = gcn_aggregate_op(
+            rowptr_t, col_t, weight_t, dis, loop_weight, grad_out.contiguous(),
+            None, None, None, ctx.backend,
+        )
+    return None, None, None, None, None, grad_x, None, None, None, None
+
+
+gcn_aggregate_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def gcn_norm_state(
+    graph: Graph, weight: Optional[Tensor], add_self_loops: bool, improved: bool, dtype
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """(dis = deg^-1/2 [N], loop weights [N] or None), PyG's gcn_norm as per-node state."""
+    row, col = graph.row, graph.col.long()
+    n = graph.num_dst
+    w = weight if weight is not None else torch.ones(graph.num_edges, dtype=dtype, device=graph.device)
+    loop_weight = None
+    if add_self_loops:
+        is_loop = row == col
+        fill = 2.0 if (improved and weight is not None) else 1.0
+        loop_weight = torch.full((n,), fill, dtype=w.dtype, device=graph.device)
+        loop_pos = torch.nonzero(is_loop).flatten()
+        if loop_pos.numel() > 0:
+            # The last self loop of a node wins, as in PyG's index assignment.
+            last = torch.full((n,), -1, dtype=torch.int64, device=graph.device)
+            last.scatter_reduce_(0, row[loop_pos], loop_pos, "amax", include_self=True)
+            has = last >= 0
+            loop_weight[has] = w[last[has]]
+        w = w.masked_fill(is_loop, 0)
+    deg = torch.zeros(n, dtype=w.dtype, device=graph.device).index_add_(0, row, w)
+    if loop_weight is not None:
+        deg = deg + loop_weight
+    dis = deg.pow(-0.5)
+    dis = dis.masked_fill(torch.isinf(dis), 0.0)
+    return dis, loop_weight
+
+
+def _cached_state(graph: Graph, add_self_loops: bool, improved: bool, dtype, with_transpose: bool):
+    """The normalisation state for the graph's own weights, cached on the graph."""
+    key = ("gcn_norm", add_self_loops, improved, dtype)
+
+    def build():
+        with torch.no_grad():
+            weight = graph.edge_weight.to(dtype) if graph.edge_weight is not None else None
+            dis, loop_weight = gcn_norm_state(graph, weight, add_self_loops, improved, dtype)
+        return dis, loop_weight, weight
+
+    dis, loop_weight, weight = graph._cached(key, build)
+    weight_t = None
+    if with_transpose and weight is not None:
+        perm_t = graph.transpose()[2]
+        weight_t = graph._cached(key + ("weight_t",), lambda: weight[perm_t])
+    return dis, loop_weight, weight, weight_t
+
+
+def gcn_aggregate(
+    graph,
+    x: Tensor,
+    add_self_loops: bool = True,
+    improved: bool = False,
+    edge_weight: Optional[Tensor] = None,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """GCN propagation ``D^-1/2 (A + I) D^-1/2 x`` with PyG's exact normalisation.
+
+    Args:
+        graph: a square :class:`fastalign.Graph` (or anything ``Graph.coerce`` accepts).
+        x: ``[N, F]`` node features.
+        add_self_loops, improved: as in PyG's ``GCNConv``.
+        edge_weight: ``[E]`` in internal order; by default the graph's own values. A
+            weight that requires grad is differentiated through a composed
+            (normalise, then spmm) path.
+        backend: ``None``/``"auto"`` or a backend name.
+    """
+    graph = as_graph(graph, x)
+    if not graph.is_square:
+        raise ValueError(
+            "gcn_aggregate needs a square graph (GCN normalisation uses one degree per node); "
+            f"got {graph.num_src} sources and {graph.num_dst} destinations"
+        )
+    x = check_features("x", x, graph.num_src, graph, "")
+    name = resolve("gcn_aggregate", backend, x.device, ("gcn_aggregate",))
+    needs_grad = torch.is_grad_enabled() and x.requires_grad
+    own_weight = edge_weight is None
+    if own_weight:
+        dis, loop_weight, weight, weight_t = _cached_state(
+            graph, add_self_loops, improved, x.dtype, needs_grad
+        )
+    else:
+        weight = check_edge_values("edge_weight", edge_weight, graph, x.dtype)
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return _gcn_aggregate_composed(graph, x, weight, add_self_loops, improved, backend)
+        dis, loop_weight = gcn_norm_state(graph, weight, add_self_loops, improved, x.dtype)
+        weight_t = weight[graph.transpose()[2]] if needs_grad else None
+    rowptr_t, col_t = graph.transpose()[:2] if needs_grad else (None, None)
+    return gcn_aggregate_op(
+        graph.rowptr, graph.col, weight, dis, loop_weight, x, rowptr_t, col_t, weight_t, name
+    )
+
+
+def _gcn_aggregate_composed(graph, x, weight, add_self_loops, improved, backend):
+    """Differentiable in the edge weights: normalise per edge, then a weighted spmm."""
+    dis, loop_weight = gcn_norm_state(graph, weight, add_self_loops, improved, x.dtype)
+    row, col = graph.row, graph.col.long()
+    w = weight
+    if add_self_loops:
+        w = w.masked_fill(row == col, 0)
+    norm = dis[row] * w * dis[col]
+    out = spmm(graph, x, "sum", edge_weight=norm, backend=backend)
+    if loop_weight is not None:
+        out = out + (loop_weight * dis * dis).unsqueeze(1) * x
+    return out

@@ -1,0 +1,141 @@
+"""spmm: out[i] = reduce over in-edges (j -> i) of w_ji * x[j]  (sum | mean | max).
+
+Custom ops:
+    fastalign::spmm                 forward; returns (out, arg) with arg the winning edge
+                                    per output element for "max" (empty otherwise)
+    fastalign::spmm_max_backward    gradients of the max reduction
+    fastalign::sddmm                per-edge a[i] . b[j], the edge-weight gradient
+Autograd: grad_x of sum/mean is spmm over the cached transpose (no atomics);
+grad_w is an SDDMM of the output gradient with x.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ._common import as_graph, check_edge_values, check_features, impl, resolve, transpose_for
+
+REDUCTIONS = ("sum", "mean", "max")
+
+
+@torch.library.custom_op("fastalign::spmm", mutates_args=())
+def spmm_op(
+    rowptr: Tensor,
+    col: Tensor,
+    weight: Optional[Tensor],
+    x: Tensor,
+    reduce: str,
+    rowptr_t: Optional[Tensor],
+    col_t: Optional[Tensor],
+    perm_t: Optional[Tensor],
+    backend: str,
+) -> Tuple[Tensor, Tensor]:
+    return impl(backend).spmm_forward(rowptr, col, weight, x, reduce)
+
+
+@spmm_op.register_fake
+def _(rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t, backend):
+    num_dst = rowptr.shape[0] - 1
+    out = x.new_empty((num_dst, x.shape[1]))
+    arg_shape = (num_dst, x.shape[1]) if reduce == "max" else (0,)
+    return out, x.new_empty(arg_shape, dtype=torch.int64)
+
+
+@torch.library.custom_op("fastalign::spmm_max_backward", mutates_args=())
+def spmm_max_backward_op(
+    col: Tensor,
+    weight: Optional[Tensor],
+    x: Tensor,
+    arg: Tensor,
+    grad_out: Tensor,
+    need_weight_grad: bool,
+    backend: str,
+) -> Tuple[Tensor, Tensor]:
+    return impl(backend).spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad)
+
+
+@spmm_max_backward_op.register_fake
+def _(col, weight, x, arg, grad_out, need_weight_grad, backend):
+    grad_w = x.new_empty((col.shape[0],) if need_weight_grad else (0,))
+    return torch.empty_like(x), grad_w
+
+
+@torch.library.custom_op("fastalign::sddmm", mutates_args=())
+def sddmm_op(rowptr: Tensor, col: Tensor, a: Tensor, b: Tensor, backend: str) -> Tensor:
+    return impl(backend).sddmm(rowptr, col, a, b)
+
+
+@sddmm_op.register_fake
+def _(rowptr, col, a, b, backend):
+    return a.new_empty((col.shape[0],))
+
+
+def _setup_context(ctx, inputs, output):
+    rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t, backend = inputs
+    ctx.reduce, ctx.backend = reduce, backend
+    ctx.save_for_backward(rowptr, col, weight, x, output[1], rowptr_t, col_t, perm_t)
+
+
+def _backward(ctx, grad_out, _grad_arg):
+    rowptr, col, weight, x, arg, rowptr_t, col_t, perm_t = ctx.saved_tensors
+    need_x, need_w = ctx.needs_input_grad[3], ctx.needs_input_grad[2]
+    grad_x = grad_w = None
+    grad_out = grad_out.contiguous()
+    if ctx.reduce == "max":
+        grad_x, grad_w = spmm_max_backward_op(col, weight, x, arg, grad_out, need_w, ctx.backend)
+        return None, None, (grad_w if need_w else None), grad_x, None, None, None, None, None
+    if ctx.reduce == "mean":
+        deg = (rowptr[1:] - rowptr[:-1]).clamp(min=1).to(grad_out.dtype)
+        grad_out = grad_out / deg.unsqueeze(1)
+    if need_x:
+        if rowptr_t is None:
+            raise RuntimeError("spmm backward needs the transpose; it was not passed")
+        weight_t = weight[perm_t] if weight is not None else None
+        grad_x, _ = spmm_op(
+            rowptr_t, col_t, weight_t, grad_out, "sum", None, None, None, ctx.backend
+        )
+    if need_w:
+        grad_w = sddmm_op(rowptr, col, grad_out, x, ctx.backend)
+    return None, None, grad_w, grad_x, None, None, None, None, None
+
+
+spmm_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def spmm(
+    graph,
+    x: Tensor,
+    reduce: str = "sum",
+    edge_weight: Optional[Tensor] = None,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Sparse-dense product over a graph: ``out[i] = reduce_{j -> i} w_ji * x[j]``.
+
+    Args:
+        graph: a :class:`fastalign.Graph` (or anything ``Graph.coerce`` accepts).
+        x: ``[num_src, F]`` source-node features.
+        reduce: ``"sum"``, ``"mean"`` (divides by the in-degree) or ``"max"``; nodes with
+            no in-edge get 0.
+        edge_weight: ``[E]`` weights in the graph's internal order; by default the graph's
+            own values, if any.
+        backend: ``None``/``"auto"`` or one of ``"torch"``, ``"cpu"``, ``"triton"``,
+            ``"cuda"``.
+
+    Returns:
+        ``[num_dst, F]``. Differentiable in ``x`` and ``edge_weight``.
+    """
+    graph = as_graph(graph, x)
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    x = check_features("x", x, graph.num_src, graph, "source")
+    weight = edge_weight if edge_weight is not None else graph.edge_weight
+    weight = check_edge_values("edge_weight", weight, graph, x.dtype)
+    functions = ("spmm_forward", "sddmm") + (("spmm_max_backward",) if reduce == "max" else ())
+    name = resolve("spmm", backend, x.device, functions)
+    needs_grad = torch.is_grad_enabled() and x.requires_grad and reduce != "max"
+    rowptr_t, col_t, perm_t = transpose_for(graph, needs_grad)
+    out, _ = spmm_op(graph.rowptr, graph.col, weight, x, reduce, rowptr_t, col_t, perm_t, name)
+    return out

@@ -1,0 +1,177 @@
+"""structure_kl: the structural alignment loss of Alignahead++.
+
+Per destination node i, with p = softmax(k(h_student)/tau) and q = softmax(k(h_peer)/tau)
+over i's in-edges:
+
+    kl_i = sum_{e in in-edges(i)} q_e (log q_e - log p_e)        (0 for isolated nodes)
+
+Custom ops ``fastalign::structure_kl`` (returns kl and the per-node log-sum-exps of both
+students, the only state the backward keeps) and ``fastalign::structure_kl_backward``
+(recomputes the per-edge terms from that state). The reference builds per-edge tensors;
+the compiled backends must not build E x F ones.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ._common import as_graph, check_tau, impl, kernel_params, resolve, split_pair
+from .edge_similarity import needs_grad
+
+FUNCTIONS = ("structure_kl_forward", "structure_kl_backward")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+@torch.library.custom_op("fastalign::structure_kl", mutates_args=())
+def structure_kl_op(
+    rowptr: Tensor,
+    col: Tensor,
+    s_dst: Tensor,
+    s_src: Tensor,
+    p_dst: Tensor,
+    p_src: Tensor,
+    rowptr_t: Optional[Tensor],
+    col_t: Optional[Tensor],
+    perm_t: Optional[Tensor],
+    kernel: str,
+    sigma: float,
+    degree: int,
+    coef: float,
+    tau: float,
+    backend: str,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    return impl(backend).structure_kl_forward(
+        rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau
+    )
+
+
+@structure_kl_op.register_fake
+def _(rowptr, col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
+      kernel, sigma, degree, coef, tau, backend):
+    n = rowptr.shape[0] - 1
+    acc = torch.float64 if s_dst.dtype == torch.float64 else torch.float32
+    return (
+        s_dst.new_empty((n,)),
+        s_dst.new_empty((n,), dtype=acc),
+        s_dst.new_empty((n,), dtype=acc),
+    )
+
+
+@torch.library.custom_op("fastalign::structure_kl_backward", mutates_args=())
+def structure_kl_backward_op(
+    rowptr: Tensor,
+    col: Tensor,
+    rowptr_t: Tensor,
+    col_t: Tensor,
+    perm_t: Tensor,
+    s_dst: Tensor,
+    s_src: Tensor,
+    p_dst: Tensor,
+    p_src: Tensor,
+    lse_s: Tensor,
+    lse_p: Tensor,
+    kl: Tensor,
+    grad_kl: Tensor,
+    kernel: str,
+    sigma: float,
+    degree: int,
+    coef: float,
+    tau: float,
+    peer_grad: bool,
+    backend: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return impl(backend).structure_kl_backward(
+        rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src,
+        lse_s, lse_p, kl, grad_kl, kernel, sigma, degree, coef, tau, peer_grad,
+    )
+
+
+@structure_kl_backward_op.register_fake
+def _(rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src, lse_s, lse_p, kl,
+      grad_kl, kernel, sigma, degree, coef, tau, peer_grad, backend):
+    if peer_grad:
+        peer = (torch.empty_like(p_dst), torch.empty_like(p_src))
+    else:
+        peer = (p_dst.new_empty((0,)), p_src.new_empty((0,)))
+    return (torch.empty_like(s_dst), torch.empty_like(s_src)) + peer
+
+
+def _setup_context(ctx, inputs, output):
+    (rowptr, col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
+     kernel, sigma, degree, coef, tau, backend) = inputs
+    kl, lse_s, lse_p = output
+    ctx.params = (kernel, sigma, degree, coef, tau)
+    ctx.backend = backend
+    ctx.save_for_backward(
+        rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src, lse_s, lse_p, kl
+    )
+
+
+def _backward(ctx, grad_kl, _grad_lse_s, _grad_lse_p):
+    saved = ctx.saved_tensors
+    if saved[2] is None:
+        raise RuntimeError("structure_kl backward needs the transpose; it was not passed")
+    peer_grad = ctx.needs_input_grad[4] or ctx.needs_input_grad[5]
+    g_s_dst, g_s_src, g_p_dst, g_p_src = structure_kl_backward_op(
+        *saved, grad_kl.contiguous(), *ctx.params, peer_grad, ctx.backend
+    )
+    if not peer_grad:
+        g_p_dst = g_p_src = None
+    return (None, None, g_s_dst, g_s_src, g_p_dst, g_p_src) + (None,) * 9
+
+
+structure_kl_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def structure_kl(
+    graph,
+    h_student: Union[Tensor, Tuple[Tensor, Tensor]],
+    h_peer: Union[Tensor, Tuple[Tensor, Tensor]],
+    kernel: str = "l1",
+    tau: float = 1.0,
+    reduction: str = "mean",
+    sigma: Optional[float] = None,
+    degree: int = 2,
+    coef: float = 1.0,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """KL(peer || student) between the two local structures, per destination node.
+
+    Args:
+        graph: a :class:`fastalign.Graph` (or anything ``Graph.coerce`` accepts).
+        h_student, h_peer: ``[N, F_s]`` and ``[N, F_p]`` embeddings (widths may differ:
+            only per-edge similarities are compared), or ``(h_dst, h_src)`` pairs for a
+            rectangular graph.
+        kernel, sigma, degree, coef: the similarity kernel, as in :func:`edge_similarity`.
+        tau: softmax temperature.
+        reduction: ``"mean"`` over all destination nodes (isolated ones count as 0),
+            ``"sum"``, or ``"none"`` (one value per destination node).
+
+    Differentiable in ``h_student``, and in ``h_peer`` when it requires grad (detach the
+    peer, as Alignahead++ does, to skip that work).
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    tau = check_tau(tau)
+    params = kernel_params(kernel, sigma, degree, coef)
+    some_x = h_student if isinstance(h_student, Tensor) else None
+    graph = as_graph(graph, some_x)
+    s_dst, s_src = split_pair("h_student", h_student, graph)
+    p_dst, p_src = split_pair("h_peer", h_peer, graph)
+    if p_dst.dtype != s_dst.dtype:
+        raise TypeError(f"h_student ({s_dst.dtype}) and h_peer ({p_dst.dtype}) must share a dtype")
+    name = resolve("structure_kl", backend, s_dst.device, FUNCTIONS)
+    grad = needs_grad(s_dst, s_src, p_dst, p_src)
+    rowptr_t, col_t, perm_t = graph.transpose() if grad else (None,) * 3
+    kl, _, _ = structure_kl_op(
+        graph.rowptr, graph.col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
+        *params, tau, name,
+    )
+    if reduction == "mean":
+        return kl.mean() if kl.numel() > 0 else kl.sum()
+    if reduction == "sum":
+        return kl.sum()
+    return kl
