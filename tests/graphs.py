@@ -1,0 +1,115 @@
+"""Small test graphs with the edge cases every backend must handle, and dense float64
+computations of each op (an independent definition, not the reference backend)."""
+
+from __future__ import annotations
+
+import torch
+
+from fastalign import Graph
+
+
+def random_edge_index(num_src, num_dst, num_edges, *, seed=0, self_loops=True, duplicates=True):
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, max(num_src, 1), (num_edges,), generator=gen)
+    dst = torch.randint(0, max(num_dst, 1), (num_edges,), generator=gen)
+    if num_src == 0 or num_dst == 0:
+        return torch.empty(2, 0, dtype=torch.long)
+    ei = torch.stack([src, dst])
+    if self_loops and num_src == num_dst and num_edges > 4:
+        loops = torch.arange(0, min(num_src, 3))
+        ei = torch.cat([ei, torch.stack([loops, loops])], 1)
+    if duplicates and ei.size(1) > 2:
+        ei = torch.cat([ei, ei[:, :2]], 1)
+    return ei
+
+
+def power_law_edge_index(num_nodes, num_edges, *, seed=0, exponent=1.6):
+    """DESIGN.md's benchmark graphs: dst = perm[floor(u^1.6 N)], src uniform, no loops."""
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(num_nodes, generator=gen)
+    u = torch.rand(num_edges, generator=gen, dtype=torch.float64)
+    dst = perm[(u.pow(exponent) * num_nodes).long().clamp(max=num_nodes - 1)]
+    src = torch.randint(0, num_nodes, (num_edges,), generator=gen)
+    keep = src != dst
+    return torch.stack([src[keep], dst[keep]])
+
+
+def case_graphs(index_dtype=torch.int64):
+    """(name, Graph) pairs covering the edge cases: isolated nodes, an empty graph, self
+    loops, duplicate edges, a rectangular graph, a hub row."""
+    cases = []
+    # square with self loops, duplicates and isolated nodes (ids 20..23 have no edges)
+    ei = random_edge_index(20, 20, 60, seed=1)
+    cases.append(("square", Graph.from_edge_index(ei.to(index_dtype), num_nodes=24)))
+    # rectangular block: 15 sources -> 9 destinations
+    ei = random_edge_index(15, 9, 40, seed=2)
+    cases.append(("rectangular", Graph.from_edge_index(ei.to(index_dtype), num_nodes=(15, 9))))
+    # empty graph with nodes
+    cases.append(("no_edges", Graph.from_edge_index(torch.empty(2, 0, dtype=index_dtype), num_nodes=5)))
+    # hub: node 0 receives from everyone
+    n = 30
+    src = torch.arange(1, n)
+    hub = torch.stack([src, torch.zeros_like(src)])
+    back = torch.stack([torch.zeros(5, dtype=torch.long), torch.arange(1, 6)])
+    cases.append(("hub", Graph.from_edge_index(torch.cat([hub, back], 1).to(index_dtype), num_nodes=n)))
+    return cases
+
+
+def dense_adjacency(graph: Graph, weight=None, dtype=torch.float64):
+    """A[i, j] = sum of the weights of edges j -> i."""
+    a = torch.zeros(graph.num_dst, graph.num_src, dtype=dtype)
+    w = weight if weight is not None else graph.edge_weight
+    w = torch.ones(graph.num_edges, dtype=dtype) if w is None else w.to(dtype)
+    a.index_put_((graph.row, graph.col.long()), w, accumulate=True)
+    return a
+
+
+def dense_kernel(kernel, a, b, sigma=None, degree=2, coef=1.0):
+    """[Nd, F] x [Ns, F] -> [Nd, Ns] similarity, straight from the definitions."""
+    if kernel == "l1":
+        sigma = 100.0 if sigma is None else sigma
+        return torch.exp(-torch.cdist(a, b, p=1) / sigma)
+    if kernel == "rbf":
+        sigma = 1.0 if sigma is None else sigma
+        return torch.exp(-torch.cdist(a, b, p=2) ** 2 / (2 * sigma**2))
+    if kernel == "linear":
+        return a @ b.T
+    if kernel == "poly":
+        return (a @ b.T + coef) ** degree
+    if kernel == "cosine":
+        na = a.norm(dim=1, keepdim=True).clamp(min=1e-8)
+        nb = b.norm(dim=1, keepdim=True).clamp(min=1e-8)
+        return (a / na) @ (b / nb).T
+    raise ValueError(kernel)
+
+
+def dense_edge_values(graph: Graph, matrix):
+    """Read an [Nd, Ns] matrix at the graph's edges (internal order)."""
+    return matrix[graph.row, graph.col.long()]
+
+
+def dense_structure_kl(graph, hs, hp, kernel="l1", tau=1.0, **kw):
+    """Per-node KL(q || p) computed edge by edge in plain Python loops (float64)."""
+    hs_dst, hs_src = hs if isinstance(hs, tuple) else (hs, hs)
+    hp_dst, hp_src = hp if isinstance(hp, tuple) else (hp, hp)
+    ks = dense_kernel(kernel, hs_dst.double(), hs_src.double(), **kw)
+    kp = dense_kernel(kernel, hp_dst.double(), hp_src.double(), **kw)
+    out = torch.zeros(graph.num_dst, dtype=torch.float64)
+    rowptr = graph.rowptr.tolist()
+    col = graph.col.tolist()
+    for i in range(graph.num_dst):
+        js = col[rowptr[i]:rowptr[i + 1]]
+        if not js:
+            continue
+        zs = torch.stack([ks[i, j] for j in js]) / tau
+        zp = torch.stack([kp[i, j] for j in js]) / tau
+        logp, logq = torch.log_softmax(zs, 0), torch.log_softmax(zp, 0)
+        out[i] = (logq.exp() * (logq - logp)).sum()
+    return out
+
+
+def features(graph: Graph, width=6, dtype=torch.float64, seed=0, side="src"):
+    gen = torch.Generator().manual_seed(seed)
+    n = graph.num_src if side == "src" else graph.num_dst
+    return torch.randn(n, width, generator=gen, dtype=torch.float64).to(dtype)
+
