@@ -91,8 +91,12 @@ def available_backends(device="cpu") -> list:
     return [b for b in BACKENDS if is_available(b, device)]
 
 
+@torch.compiler.assume_constant_result
 def resolve(op: str, backend: Optional[str], device: torch.device, functions=()) -> str:
-    """The concrete backend name to run ``op`` (needing backend ``functions``) on ``device``."""
+    """The concrete backend name to run ``op`` (needing backend ``functions``) on ``device``.
+
+    Under torch.compile the choice is made once, at trace time, and baked into the graph.
+    """
     functions = functions or (op,)
     requested = backend if backend not in (None, "auto") else os.environ.get(ENV_VAR) or None
     if requested not in (None, "auto"):
