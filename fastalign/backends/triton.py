@@ -1,5 +1,11 @@
 """Adapter to the Triton kernels in ``fastalign.kernels`` (CUDA tensors; CPU tensors
-only under the Triton interpreter, TRITON_INTERPRET=1, for tests)."""
+only under the Triton interpreter, TRITON_INTERPRET=1, for tests).
+
+Every backend function has the reference's signature (fastalign.backends.torch) and
+launches the kernels of one fastalign.kernels module. Deterministic except
+``spmm_max_backward`` (float32 atomics; the reference is used instead when
+torch.use_deterministic_algorithms(True) is on).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,29 @@ except ImportError:  # pragma: no cover
     _kernels = None
     AVAILABLE = False
 
-FUNCTIONS = frozenset()
+if AVAILABLE:
+    from ..kernels.edge_similarity import edge_similarity, edge_similarity_backward
+    from ..kernels.edge_softmax import edge_softmax, edge_softmax_backward
+    from ..kernels.gcn_aggregate import gcn_aggregate
+    from ..kernels.spmm import sddmm, spmm_forward, spmm_max_backward
+    from ..kernels.structure_kl import structure_kl_backward, structure_kl_forward
+
+    FUNCTIONS = frozenset(
+        (
+            "spmm_forward",
+            "spmm_max_backward",
+            "sddmm",
+            "gcn_aggregate",
+            "edge_similarity",
+            "edge_similarity_backward",
+            "edge_softmax",
+            "edge_softmax_backward",
+            "structure_kl_forward",
+            "structure_kl_backward",
+        )
+    )
+else:  # pragma: no cover
+    FUNCTIONS = frozenset()
 
 
 def supports(device: torch.device) -> bool:

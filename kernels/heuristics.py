@@ -1,0 +1,117 @@
+"""Block sizes: a heuristic keyed by feature width and degree statistics, refined by a
+small on-device autotune, both cached per graph (on the graph's RowPlan).
+
+Tiles are [BLOCK_E edges x BLOCK_F features]. The heuristic:
+  * BLOCK_F = next power of two of the width, capped (128 fp32 / 256 16-bit elements:
+    a 512-byte row slice per edge, wide enough for 16-byte vector loads across a warp);
+    wider features loop over (or are gridded over) feature blocks.
+  * BLOCK_E = the mean degree rounded up to a power of two (short rows waste no lanes),
+    kept so the tile has <= TILE elements (register pressure), within [16, 128].
+  * num_warps = 4, or 8 for tiles of more than 4096 elements.
+
+Autotune (CUDA only; FASTALIGN_TRITON_AUTOTUNE=0 turns it off): the first call of an
+op on a graph times a few neighbours of the heuristic (BLOCK_E halved/doubled, 4/8
+warps) with CUDA events and keeps the fastest in ``plan.configs[key]``. Only kernels
+whose launches are idempotent (they overwrite their outputs) are tuned. Under the
+interpreter, during CUDA-graph capture, or when tuning fails, the heuristic is used.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+TILE = 4096
+
+
+class Config(NamedTuple):
+    BLOCK_E: int
+    BLOCK_F: int
+    num_warps: int
+
+
+def acc_dtype(dtype: torch.dtype):
+    """Triton accumulation dtype: float64 for float64 inputs, else float32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def torch_acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def block_f(width: int, dtype: torch.dtype, cap: int = 0) -> int:
+    if not cap:
+        cap = 256 if dtype in (torch.float16, torch.bfloat16) else 128
+    return int(min(max(triton.next_power_of_2(max(width, 1)), 16), cap))
+
+
+def heuristic(plan, width: int, dtype: torch.dtype, cap: int = 0, tile: int = TILE) -> Config:
+    bf = block_f(width, dtype, cap)
+    be = triton.next_power_of_2(max(int(plan.avg_degree + 0.5), 1))
+    be = int(min(max(be, 16), 128, max(tile // bf, 16)))
+    warps = 8 if be * bf > 4096 else 4
+    return Config(be, bf, warps)
+
+
+def _neighbours(cfg: Config) -> Sequence[Config]:
+    out = [cfg]
+    for be in (cfg.BLOCK_E // 2, cfg.BLOCK_E * 2):
+        if 16 <= be <= 256 and be * cfg.BLOCK_F <= 4 * TILE:
+            out.append(cfg._replace(BLOCK_E=be))
+    out.append(cfg._replace(num_warps=8 if cfg.num_warps == 4 else 4))
+    return out
+
+
+def _autotune_enabled(device: torch.device) -> bool:
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    if os.environ.get("FASTALIGN_TRITON_AUTOTUNE", "1") == "0":
+        return False
+    try:
+        return not torch.cuda.is_current_stream_capturing()
+    except Exception:  # pragma: no cover
+        return False
+
+
+def _time(run: Callable[[Config], None], cfg: Config, reps: int = 3) -> float:
+    run(cfg)  # compile + warm up
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        run(cfg)
+    stop.record()
+    stop.synchronize()
+    return start.elapsed_time(stop) / reps
+
+
+def choose(plan, key: tuple, base: Config, run: Callable[[Config], None], device) -> Config:
+    """The config for ``key`` on this plan: cached, else tuned (CUDA) or ``base``.
+
+    ``run(cfg)`` launches the op's kernels with ``cfg`` (and must be idempotent). When
+    tuning happened, the outputs hold the result of the last timed launch, which is the
+    caller's responsibility to redo with the chosen config (``launch`` does that).
+    """
+    cfg = plan.configs.get(key)
+    if cfg is not None:
+        return cfg
+    if not _autotune_enabled(device) or plan.num_edges < 1 << 16:
+        plan.configs[key] = base  # small graphs: launch overhead dominates, skip tuning
+        return base
+    try:
+        timings = [(_time(run, c), i, c) for i, c in enumerate(_neighbours(base))]
+        cfg = min(timings)[2]
+    except Exception:  # pragma: no cover - fall back rather than fail the op
+        cfg = base
+    plan.configs[key] = cfg
+    return cfg
+
+
+def launch(plan, key: tuple, base: Config, run: Callable[[Config], None], device) -> Config:
+    """Choose the config (tuning on first use) and run the op once with it."""
+    cfg = choose(plan, key, base, run, device)
+    run(cfg)
+    return cfg
