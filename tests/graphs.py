@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from fastalign import Graph
+from fastalign.bench.graphs import power_law_edge_index  # noqa: F401  (canonical generator)
 
 
 def random_edge_index(num_src, num_dst, num_edges, *, seed=0, self_loops=True, duplicates=True):
@@ -21,17 +22,6 @@ def random_edge_index(num_src, num_dst, num_edges, *, seed=0, self_loops=True, d
     if duplicates and ei.size(1) > 2:
         ei = torch.cat([ei, ei[:, :2]], 1)
     return ei
-
-
-def power_law_edge_index(num_nodes, num_edges, *, seed=0, exponent=1.6):
-    """DESIGN.md's benchmark graphs: dst = perm[floor(u^1.6 N)], src uniform, no loops."""
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(num_nodes, generator=gen)
-    u = torch.rand(num_edges, generator=gen, dtype=torch.float64)
-    dst = perm[(u.pow(exponent) * num_nodes).long().clamp(max=num_nodes - 1)]
-    src = torch.randint(0, num_nodes, (num_edges,), generator=gen)
-    keep = src != dst
-    return torch.stack([src[keep], dst[keep]])
 
 
 def case_graphs(index_dtype=torch.int64):

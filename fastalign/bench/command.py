@@ -1,0 +1,156 @@
+"""``fastalign bench``: the command line of the benchmark harness.
+
+``fastalign bench --suite spmm|gcn|align|all --device cpu|cuda --sizes small|large
+[--json PATH] [--plot PATH]``: every available fastalign backend against the peers
+(torch.sparse.mm, PyG's GCNConv on edge_index eager and compiled and on adj_t, the
+PyG-style structure loss eager and compiled), time and peak memory, forward and
+forward+backward, on Cora, CiteSeer, PubMed's graph and generated power-law graphs.
+
+The trainer's CLI registers it with ``add_bench_parser(subparsers)``; ``python -m
+fastalign.bench`` runs it on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+SUITE_CHOICES = ("spmm", "gcn", "align", "all")
+
+
+def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--suite", default="all", choices=SUITE_CHOICES,
+                        help="which suite to run (default: all)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="device to run on (default: cpu)")
+    # "tiny" (one 400-node graph) exists for tests and smoke runs; not advertised.
+    parser.add_argument("--sizes", default="small", choices=("small", "large", "tiny"),
+                        metavar="{small,large}",
+                        help="small: Cora, CiteSeer, PubMed's graph, power-law 10k and 100k "
+                             "nodes; large: also the arxiv-, reddit- and products-like "
+                             "power-law graphs (GPU sizes; run where memory allows)")
+    parser.add_argument("--graphs", default=None,
+                        help="comma-separated subset of the graphs of --sizes (e.g. cora,pubmed)")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated fastalign backends to run (default: all available)")
+    parser.add_argument("--mode", default="both", choices=("fwd", "fwd+bwd", "both"),
+                        help="forward only, forward+backward, or both (default)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the torch.compile peers (they take a while to compile)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--features", type=int, default=64, help="feature width (default 64)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of timed calls per measurement (default: 1.0 CPU, 0.5 CUDA)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for the run (CPU; default: torch's choice)")
+    parser.add_argument("--root", default=None,
+                        help="dataset root holding Cora/, CiteSeer/, PubMed/ "
+                             "(default: $FASTALIGN_DATA, else ../shared/datasets)")
+    parser.add_argument("--json", dest="json_path", default=None, metavar="PATH",
+                        help="write every measurement and the run's metadata as JSON")
+    parser.add_argument("--plot", dest="plot_path", default=None, metavar="PATH",
+                        help="draw a PNG chart of the speed-ups over the fastest peer")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.set_defaults(func=run_command, handler=run_command)
+    return parser
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``bench`` on an ``argparse`` sub-parser set; the parsed namespace's
+    ``func`` (also ``handler``) runs it and returns the exit status."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark fastalign's backends against PyG and torch.sparse",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return _configure(parser)
+
+
+def _split(value: Optional[str]):
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import os
+
+    from . import report
+    from .runner import run_benchmarks
+
+    if args.root is not None:
+        os.environ["FASTALIGN_DATA"] = str(args.root)
+    import warnings
+
+    if args.features <= 0:
+        print("fastalign bench: error: --features must be positive", file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads <= 0:
+        print("fastalign bench: error: --threads must be positive", file=sys.stderr)
+        return 2
+    # torch.sparse's beta / invariant-check notices would drown the progress lines
+    warnings.filterwarnings("ignore", message=r".*[Ss]parse (CSR tensor support|invariant checks).*")
+    warnings.filterwarnings("ignore", message=r".*Converting sparse tensor to CSR.*")
+    suites = ("spmm", "gcn", "align") if args.suite == "all" else (args.suite,)
+    modes = ("fwd", "fwd+bwd") if args.mode == "both" else (args.mode,)
+    timing = {"budget_s": args.budget} if args.budget is not None else None
+    progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.device == "cpu" and args.sizes == "large" and not args.quiet:
+        print("note: --sizes large is meant for GPUs; on CPU the big graphs run only where "
+              "memory allows and take long", file=sys.stderr)
+    command = " ".join(["fastalign", "bench"] + _argv_for_record(args))
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        run = run_benchmarks(
+            suites, args.device, args.sizes, graphs=_split(args.graphs),
+            backends=_split(args.backends), compile_peers=not args.no_compile,
+            features=args.features, modes=modes, timing=timing,
+            measure_memory=not args.no_memory, progress=progress, command=command,
+        )
+    except ValueError as exc:
+        print(f"fastalign bench: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_num_threads(threads_before)
+    print(report.render_markdown(run) if args.markdown else report.render_text(run))
+    if args.json_path:
+        report.write_json(run, args.json_path)
+        print(f"wrote {args.json_path}", file=sys.stderr)
+    if args.plot_path:
+        report.plot(run, args.plot_path)
+        print(f"wrote {args.plot_path}", file=sys.stderr)
+    return 0
+
+
+def _argv_for_record(args) -> list:
+    out = ["--suite", args.suite, "--device", args.device, "--sizes", args.sizes]
+    for flag, value in (("--graphs", args.graphs), ("--backends", args.backends),
+                        ("--features", args.features if args.features != 64 else None),
+                        ("--budget", args.budget), ("--threads", args.threads)):
+        if value is not None:
+            out += [flag, str(value)]
+    if args.mode != "both":
+        out += ["--mode", args.mode]
+    if args.no_compile:
+        out.append("--no-compile")
+    if args.no_memory:
+        out.append("--no-memory")
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _configure(argparse.ArgumentParser(prog="fastalign bench", description=__doc__.split("\n\n")[1]))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Benchmark graphs: DESIGN.md's generated power-law graphs and the Planetoid citation
+graphs (structure only, read straight from the raw ``ind.<name>.graph`` files, so that
+PubMed's graph is usable although its feature file is missing from the shared data).
+
+This module holds the canonical generator; ``tests/graphs.py`` imports it from here.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+DATA_ENV = "FASTALIGN_DATA"
+
+
+def power_law_edge_index(num_nodes: int, num_edges: int, *, seed: int = 0, exponent: float = 1.6) -> Tensor:
+    """DESIGN.md's benchmark graphs: ``dst = perm[floor(u^1.6 N)]`` with ``u`` uniform in
+    [0, 1) and ``perm`` a random permutation of the nodes (heavy-tailed in-degree, hubs
+    spread over the id range), ``src`` uniform in [0, N), self loops dropped (so slightly
+    fewer than ``num_edges`` edges remain), seeded. Returns a ``[2, E]`` int64 edge_index
+    built on the CPU with a torch.Generator, so it is identical on every machine."""
+    if num_nodes <= 0 or num_edges < 0:
+        raise ValueError(f"need num_nodes > 0 and num_edges >= 0, got {num_nodes}, {num_edges}")
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(num_nodes, generator=gen)
+    u = torch.rand(num_edges, generator=gen, dtype=torch.float64)
+    dst = perm[(u.pow(exponent) * num_nodes).long().clamp(max=num_nodes - 1)]
+    del u
+    src = torch.randint(0, num_nodes, (num_edges,), generator=gen)
+    keep = src != dst
+    return torch.stack([src[keep], dst[keep]])
+
+
+# ---------------------------------------------------------------------- data root
+def default_data_root() -> Optional[Path]:
+    """``$FASTALIGN_DATA``, else ``../shared/datasets`` relative to the repository (when
+    it exists), else None."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2]
+    candidate = repo.parent / "shared" / "datasets"
+    return candidate if candidate.is_dir() else None
+
+
+PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
+
+
+def planetoid_graph_file(name: str, root) -> Path:
+    name = name.lower()
+    if name not in PLANETOID:
+        raise ValueError(f"unknown Planetoid graph {name!r}; choose one of {sorted(PLANETOID)}")
+    return Path(root) / PLANETOID[name] / "raw" / f"ind.{name}.graph"
+
+
+def planetoid_edge_index(name: str, root=None) -> Tuple[Tensor, int]:
+    """(edge_index, num_nodes) of a Planetoid graph, as PyG builds it
+    (``edge_index_from_dict``: self loops removed, duplicates merged, sorted), read from
+    ``<root>/<Name>/raw/ind.<name>.graph`` (read only: nothing is written next to it).
+    Counts: Cora 2708 nodes / 10556 edges, CiteSeer 3327 / 9104, PubMed 19717 / 88648."""
+    root = default_data_root() if root is None else Path(root)
+    if root is None:
+        raise FileNotFoundError(
+            f"no dataset root: set ${DATA_ENV} or pass root= (the folder holding Cora/, ...)"
+        )
+    path = planetoid_graph_file(name, root)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    with open(path, "rb") as f:
+        adjacency = pickle.load(f, encoding="latin1")
+    rows: List[int] = []
+    cols: List[int] = []
+    for node, neighbours in adjacency.items():
+        rows.extend([node] * len(neighbours))
+        cols.extend(neighbours)
+    row, col = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+    num_nodes = max(len(adjacency), int(row.max()) + 1, int(col.max()) + 1)
+    if name.lower() == "citeseer":
+        # PyG pads CiteSeer's test range with isolated nodes: 3327 in all.
+        num_nodes = max(num_nodes, 3327)
+    keep = row != col
+    key = torch.unique(row[keep] * num_nodes + col[keep])  # sorted, duplicates merged
+    # Edge j -> i for each neighbour j of i, sorted by target then source, as PyG's data.
+    return torch.stack([key % num_nodes, key // num_nodes]), num_nodes
+
+
+# ---------------------------------------------------------------------- the graph list
+@dataclass
+class GraphSpec:
+    """A benchmark graph: its name, size and how to build its edge_index."""
+
+    name: str
+    num_nodes: int
+    num_edges: int  # before self-loop removal for generated graphs
+    kind: str  # "planetoid" or "power-law"
+    load: Callable[[], Tuple[Tensor, int]] = field(repr=False)
+    note: str = ""
+
+    def available(self) -> Tuple[bool, str]:
+        if self.kind == "planetoid":
+            root = default_data_root()
+            if root is None:
+                return False, f"no dataset root (set ${DATA_ENV})"
+            path = planetoid_graph_file(self.name, root)
+            if not path.is_file():
+                return False, f"{path} not found"
+        return True, ""
+
+
+def _power_law_spec(name, n, e, note=""):
+    return GraphSpec(name, n, e, "power-law", lambda: (power_law_edge_index(n, e, seed=0), n), note)
+
+
+def _planetoid_spec(name, n, e, root=None):
+    return GraphSpec(name, n, e, "planetoid", lambda: planetoid_edge_index(name, root))
+
+
+def graph_specs(sizes: str = "small", root=None) -> List[GraphSpec]:
+    """The graphs of a size class:
+
+    * ``tiny`` (for tests): one generated graph of 400 nodes, 3,000 edges.
+    * ``small``: Cora, CiteSeer, PubMed's graph, power-law 10k nodes / 100k edges and
+      DESIGN.md's CPU size, 100k nodes / 1M edges.
+    * ``large``: ``small`` plus the arxiv-, reddit- and products-like power-law graphs of
+      DESIGN.md (GPU sizes; each contender runs where memory allows).
+    """
+    if sizes == "tiny":
+        return [_power_law_spec("powerlaw-tiny", 400, 3_000)]
+    specs = [
+        _planetoid_spec("cora", 2_708, 10_556, root),
+        _planetoid_spec("citeseer", 3_327, 9_104, root),
+        _planetoid_spec("pubmed", 19_717, 88_648, root),
+        _power_law_spec("powerlaw-10k", 10_000, 100_000),
+        _power_law_spec("powerlaw-100k", 100_000, 1_000_000, "DESIGN.md CPU size"),
+    ]
+    if sizes == "small":
+        return specs
+    if sizes == "large":
+        return specs + [
+            _power_law_spec("arxiv-like", 169_343, 2_332_486),
+            _power_law_spec("reddit-like", 232_965, 114_615_892, "hubs of degree ~50k"),
+            _power_law_spec("products-like", 2_449_029, 123_718_280),
+        ]
+    raise ValueError(f"sizes must be 'small' or 'large', got {sizes!r}")
+
+
+def graph_spec_names(sizes: str) -> Dict[str, GraphSpec]:
+    return {s.name: s for s in graph_specs(sizes)}

@@ -1,0 +1,265 @@
+"""Run the suites over the graphs: one record per (suite, graph, contender, mode)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from . import suites as S
+from .graphs import GraphSpec, graph_specs
+from .timing import peak_memory, prepare_cpu_memory_measurement, time_call
+
+TIMING = {
+    # warm-up calls, minimum / maximum timed calls, time budget per measurement (s)
+    "cpu": dict(warmup=2, min_reps=3, max_reps=30, budget_s=1.0),
+    "cuda": dict(warmup=5, min_reps=10, max_reps=200, budget_s=0.5),
+}
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return "out of memory" in str(exc).lower()
+
+
+def _free_bytes(device: torch.device) -> Optional[int]:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def _git_commit() -> Optional[str]:
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> Dict[str, Optional[str]]:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import torch_geometric
+
+        out["torch_geometric"] = torch_geometric.__version__
+    except ImportError:
+        out["torch_geometric"] = None
+    import fastalign
+
+    out["fastalign"] = fastalign.__version__
+    return out
+
+
+def _rel_err(a, b) -> Optional[float]:
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    a, b = a.double().cpu(), b.double().cpu()
+    scale = b.abs().max().item() if b.numel() else 0.0
+    diff = (a - b).abs().max().item() if b.numel() else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+def _first_tensor(result):
+    if isinstance(result, torch.Tensor):
+        return result.detach()
+    if isinstance(result, (tuple, list)) and result and isinstance(result[0], torch.Tensor):
+        return result[0].detach()
+    return None
+
+
+def run_benchmarks(
+    suites: Sequence[str],
+    device="cpu",
+    sizes: str = "small",
+    *,
+    graphs: Optional[Sequence[str]] = None,
+    backends: Optional[Sequence[str]] = None,
+    compile_peers: bool = True,
+    features: int = 64,
+    modes: Sequence[str] = S.MODES,
+    timing: Optional[dict] = None,
+    measure_memory: bool = True,
+    progress: Optional[Callable[[str], None]] = None,
+    command: Optional[str] = None,
+    specs: Optional[List[GraphSpec]] = None,
+) -> dict:
+    """Run ``suites`` on the graphs of ``sizes`` (optionally only those named in
+    ``graphs``); returns ``{"meta": ..., "results": [...]}`` (see :mod:`.report`)."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device}")
+    for suite in suites:
+        if suite not in S.SUITES:
+            raise ValueError(f"unknown suite {suite!r}; choose from {S.SUITES}")
+    for mode in modes:
+        if mode not in S.MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {S.MODES}")
+    say = progress or (lambda msg: None)
+    specs = list(specs) if specs is not None else graph_specs(sizes)
+    if graphs:
+        names = {s.name for s in specs}
+        unknown = [g for g in graphs if g not in names]
+        if unknown:
+            raise ValueError(f"unknown graph(s) {unknown} for --sizes {sizes}; choose from {sorted(names)}")
+        specs = [s for s in specs if s.name in graphs]
+    cfg = dict(TIMING[device.type])
+    cfg.update(timing or {})
+    cpu_mem_ok = prepare_cpu_memory_measurement() if device.type == "cpu" and measure_memory else None
+
+    plan = {suite: S.contenders(suite, device, compile_peers=compile_peers, backends=backends) for suite in suites}
+    steps_per_graph = sum(len(c) for c in plan.values()) * len(modes)
+    total = steps_per_graph * len(specs)
+    meta = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _git_commit(),
+        "command": command or " ".join(["fastalign", "bench"] + sys.argv[1:]),
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": _versions(),
+        "backends": S.available_backends(device),
+        "sizes": sizes,
+        "suites": list(suites),
+        "modes": list(modes),
+        "features": features,
+        "dtype": "float32",
+        "timing": cfg,
+        "timing_method": "median wall time per call after warm-up (CUDA: synchronised)",
+        "memory_method": (
+            "torch.cuda.max_memory_allocated delta over one call" if device.type == "cuda"
+            else ("peak RSS delta over one call (/proc/self/clear_refs + VmHWM, fixed glibc mmap threshold)"
+                  if cpu_mem_ok else "not measured")
+        ),
+        "skipped_graphs": [],
+        "graphs": [],
+    }
+    results: List[dict] = []
+    step = 0
+    t_start = time.perf_counter()
+
+    def note(msg):
+        elapsed = time.perf_counter() - t_start
+        say(f"[{step:>4}/{total} {int(elapsed) // 60:>3}:{int(elapsed) % 60:02d}] {msg}")
+
+    for spec in specs:
+        ok, why = spec.available()
+        if not ok:
+            meta["skipped_graphs"].append({"graph": spec.name, "reason": why})
+            step += steps_per_graph
+            note(f"{spec.name}: skipped ({why})")
+            continue
+        need = spec.num_edges * 8 * 6  # edge_index int64 + its CSR + sort buffers
+        free = _free_bytes(torch.device("cpu"))
+        if free is not None and need > 0.8 * free:
+            why = f"needs ~{need / 2**30:.1f} GiB of host memory to build, {free / 2**30:.1f} GiB free"
+            meta["skipped_graphs"].append({"graph": spec.name, "reason": why})
+            step += steps_per_graph
+            note(f"{spec.name}: skipped ({why})")
+            continue
+        t0 = time.perf_counter()
+        note(f"{spec.name}: building the graph ...")
+        try:
+            edge_index, num_nodes = spec.load()
+        except Exception as exc:  # noqa: BLE001 - a broken data file must not end the run
+            meta["skipped_graphs"].append({"graph": spec.name, "reason": f"failed to load: {exc}"})
+            step += steps_per_graph
+            continue
+        w = S.Workload(spec.name, edge_index, num_nodes, device, features=features)
+        try:
+            w.graph  # noqa: B018 - build the CSR and transpose once
+        except Exception as exc:  # noqa: BLE001
+            reason = "out of memory" if _is_oom(exc) else f"{type(exc).__name__}: {exc}"
+            meta["skipped_graphs"].append({"graph": spec.name, "reason": f"graph build failed: {reason}"})
+            step += steps_per_graph
+            w.release()
+            continue
+        meta["graphs"].append({"graph": spec.name, "num_nodes": num_nodes, "num_edges": w.num_edges,
+                               "kind": spec.kind, "build_s": round(time.perf_counter() - t0, 2)})
+        for suite, contenders in plan.items():
+            for mode in modes:
+                reference = None
+                for c in contenders:
+                    step += 1
+                    rec = {
+                        "suite": suite, "graph": spec.name, "num_nodes": num_nodes,
+                        "num_edges": w.num_edges, "features": features, "mode": mode,
+                        "contender": c.name, "kind": c.kind, "backend": c.backend,
+                        "compiled": c.compiled, "status": "ok", "median_ms": None,
+                        "min_ms": None, "reps": 0, "peak_mem_bytes": None,
+                        "max_rel_err": None, "reason": None,
+                    }
+                    note(f"{suite} | {spec.name} | {mode} | {c.name} ...")
+                    fn = out = None
+                    try:
+                        free = _free_bytes(device)
+                        est = c.estimate(w)
+                        if free is not None and est > 0.8 * free:
+                            raise S.Skip(f"needs ~{est / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free")
+                        fn = c.build(w, mode)
+                        out = _first_tensor(fn())  # first call: compiles, fills caches, checks
+                        if reference is None:
+                            reference = out
+                            rec["reference"] = True
+                        else:
+                            rec["max_rel_err"] = _rel_err(out, reference)
+                        out = None
+                        t = time_call(fn, device, **cfg)
+                        rec.update(median_ms=t.median_s * 1e3, min_ms=t.min_s * 1e3, reps=t.reps)
+                        if measure_memory:
+                            rec["peak_mem_bytes"] = peak_memory(fn, device)
+                    except S.Skip as exc:
+                        rec.update(status="skipped", reason=str(exc))
+                    except Exception as exc:  # noqa: BLE001 - record and go on
+                        if _is_oom(exc):
+                            rec.update(status="oom", reason="out of memory")
+                        else:
+                            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                            rec.update(status="error", reason=f"{type(exc).__name__}: {first}"[:300])
+                    finally:
+                        fn = out = None
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                    results.append(rec)
+                    if rec["status"] == "ok":
+                        mem = rec["peak_mem_bytes"]
+                        mem_s = f", peak {mem / 2**20:.1f} MiB" if mem is not None else ""
+                        note(f"{suite} | {spec.name} | {mode} | {c.name}: {rec['median_ms']:.3f} ms{mem_s}")
+                    else:
+                        note(f"{suite} | {spec.name} | {mode} | {c.name}: {rec['status']} ({rec['reason']})")
+        w.release()
+        if compile_peers:
+            try:
+                import torch._dynamo as dynamo
+
+                dynamo.reset()  # drop graphs that hold this workload's tensors
+            except Exception:  # noqa: BLE001
+                pass
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    return {"meta": meta, "results": results}

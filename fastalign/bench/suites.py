@@ -1,0 +1,389 @@
+"""The benchmark suites: every available fastalign backend and the peers on one graph.
+
+A *workload* is one graph on one device with its features; a *contender* turns it into a
+zero-argument callable per mode:
+
+* ``fwd``: the forward pass under ``torch.no_grad()`` (inference);
+* ``fwd+bwd``: the forward pass with autograd, then ``torch.autograd.grad`` of the output
+  (with a fixed random output gradient) w.r.t. the features and, for layers, the weights.
+
+Suites:
+
+* ``spmm``: ``out[i] = sum_{j -> i} x[j]``. fastalign ``spmm`` per backend, against
+  ``torch.sparse.mm`` on the CSR adjacency and PyG's gather + scatter message passing.
+* ``gcn``: one GCN layer 64 -> 64. :class:`fastalign.nn.GCNConv` (cached) per backend,
+  against PyG's ``GCNConv(cached=True)`` on edge_index (eager and under torch.compile)
+  and on a torch.sparse CSR adj_t.
+* ``align``: the structure loss (l1 kernel, sigma 100, tau 1; student requires grad,
+  peer detached). fastalign ``structure_kl`` per backend, against the PyG-style loss
+  eager and under torch.compile.
+
+Every contender's forward output is checked against the first successful one of its
+suite (the fastalign ``torch`` reference when available): the largest error relative to
+the output's largest magnitude is recorded as ``max_rel_err``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+import fastalign
+from fastalign.graph import Graph
+
+from . import peers
+
+SUITES = ("spmm", "gcn", "align")
+MODES = ("fwd", "fwd+bwd")
+
+
+class Skip(Exception):
+    """A contender that cannot run here (missing dependency, backend lacking the op,
+    not enough memory); the message says why."""
+
+
+def available_backends(device) -> List[str]:
+    """fastalign.backends.available_backends(device), robust to a failure inside it
+    (falls back to asking each backend module directly)."""
+    from fastalign import backends
+
+    try:
+        return list(backends.available_backends(device))
+    except Exception:  # pragma: no cover - depends on the foundation's state
+        dev = torch.device(device)
+        names = []
+        for name in backends.BACKENDS:
+            module = backends._load(name)
+            if module is not None and module.supports(dev):
+                names.append(name)
+        return names
+
+
+def backend_implements(name: str, functions) -> Optional[str]:
+    """None when backend ``name`` implements all ``functions``, else a reason."""
+    from fastalign import backends
+
+    module = backends._load(name)
+    if module is None:
+        return f"backend {name!r} is not available"
+    missing = [f for f in functions if f not in module.FUNCTIONS]
+    if missing:
+        return f"backend {name!r} does not implement {', '.join(missing)} (yet)"
+    return None
+
+
+@dataclass
+class Workload:
+    """One graph on one device, its features and the adjacency forms the contenders use
+    (built lazily, once, outside the timed calls)."""
+
+    name: str
+    edge_index_cpu: Tensor
+    num_nodes: int
+    device: torch.device
+    features: int = 64
+    dtype: torch.dtype = torch.float32
+    seed: int = 0
+    _cache: Dict[str, object] = field(default_factory=dict, repr=False)
+
+    def _get(self, key, build):
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_index_cpu.size(1)
+
+    @property
+    def edge_index(self) -> Tensor:
+        return self._get("edge_index", lambda: self.edge_index_cpu.to(self.device))
+
+    @property
+    def graph(self) -> Graph:
+        def build():
+            g = Graph.from_edge_index(self.edge_index, num_nodes=self.num_nodes)
+            g.transpose()  # built once, as a training loop would
+            return g
+
+        return self._get("graph", build)
+
+    @property
+    def adj_csr(self) -> Tensor:
+        return self._get("adj_csr", lambda: peers.csr_adjacency(self.edge_index, self.num_nodes, self.dtype))
+
+    def randn(self, key: str, width: Optional[int] = None, seed_offset: int = 0) -> Tensor:
+        def build():
+            gen = torch.Generator().manual_seed(self.seed + seed_offset)
+            t = torch.randn(self.num_nodes, width or self.features, generator=gen, dtype=self.dtype)
+            return t.to(self.device)
+
+        return self._get(key, build)
+
+    @property
+    def x(self) -> Tensor:
+        return self.randn("x")
+
+    @property
+    def x_grad(self) -> Tensor:
+        return self._get("x_grad", lambda: self.x.detach().clone().requires_grad_(True))
+
+    @property
+    def grad_out(self) -> Tensor:
+        return self.randn("grad_out", seed_offset=1)
+
+    @property
+    def h_peer(self) -> Tensor:
+        return self.randn("h_peer", seed_offset=2)
+
+    def release(self) -> None:
+        self._cache.clear()
+
+
+@dataclass
+class Contender:
+    """``build(workload, mode)`` returns the callable to time (or raises Skip)."""
+
+    name: str
+    kind: str  # "fastalign" or "peer"
+    build: Callable[[Workload, str], Callable[[], object]]
+    backend: Optional[str] = None
+    compiled: bool = False
+    # rough extra bytes per call, to skip a contender that cannot fit
+    estimate: Callable[[Workload], int] = lambda w: 0
+
+
+def _bytes_ExF(w: Workload, factor: float) -> int:
+    return int(factor * w.num_edges * w.features * torch.tensor([], dtype=w.dtype).element_size())
+
+
+def _bytes_NxF(w: Workload, factor: float) -> int:
+    return int(factor * w.num_nodes * w.features * torch.tensor([], dtype=w.dtype).element_size())
+
+
+def _need_pyg():
+    if not peers.have_pyg():
+        raise Skip("torch_geometric is not installed")
+
+
+# ---------------------------------------------------------------------- spmm
+def _spmm_fastalign(backend):
+    def build(w: Workload, mode: str):
+        reason = backend_implements(backend, ("spmm_forward", "sddmm"))
+        if reason:
+            raise Skip(reason)
+        graph = w.graph
+        if mode == "fwd":
+            x = w.x
+
+            def run():
+                with torch.no_grad():
+                    return fastalign.spmm(graph, x, "sum", backend=backend)
+        else:
+            x, g = w.x_grad, w.grad_out
+
+            def run():
+                out = fastalign.spmm(graph, x, "sum", backend=backend)
+                return torch.autograd.grad(out, x, g)
+
+        return run
+
+    return build
+
+
+def _spmm_torch_sparse(w: Workload, mode: str):
+    adj = w.adj_csr
+    if mode == "fwd":
+        x = w.x
+
+        def run():
+            with torch.no_grad():
+                return peers.torch_sparse_mm(adj, x)
+    else:
+        x, g = w.x_grad, w.grad_out
+
+        def run():
+            return torch.autograd.grad(peers.torch_sparse_mm(adj, x), x, g)
+
+    return run
+
+
+def _spmm_pyg_scatter(w: Workload, mode: str):
+    _need_pyg()
+    ei, n = w.edge_index, w.num_nodes
+    if mode == "fwd":
+        x = w.x
+
+        def run():
+            with torch.no_grad():
+                return peers.pyg_scatter_spmm(ei, x, n)
+    else:
+        x, g = w.x_grad, w.grad_out
+
+        def run():
+            return torch.autograd.grad(peers.pyg_scatter_spmm(ei, x, n), x, g)
+
+    return run
+
+
+# ---------------------------------------------------------------------- gcn
+def _gcn_weights(w: Workload):
+    """One PyG GCNConv's state (seeded), shared by every gcn contender."""
+
+    def build():
+        torch.manual_seed(w.seed)
+        from fastalign.nn import GCNConv
+
+        conv = GCNConv(w.features, w.features)
+        with torch.no_grad():
+            conv.bias.normal_()
+        return {k: v.detach().clone() for k, v in conv.state_dict().items()}
+
+    return w._get("gcn_state", build)
+
+
+def _run_layer(conv, adj, w: Workload, mode: str):
+    params = [p for p in conv.parameters()]
+    if mode == "fwd":
+        x = w.x
+
+        def run():
+            with torch.no_grad():
+                return conv(x, adj)
+    else:
+        x, g = w.x_grad, w.grad_out
+
+        def run():
+            return torch.autograd.grad(conv(x, adj), [x] + params, g)
+
+    return run
+
+
+def _gcn_fastalign(backend):
+    def build(w: Workload, mode: str):
+        reason = backend_implements(backend, ("gcn_aggregate",))
+        if reason:
+            raise Skip(reason)
+        from fastalign.nn import GCNConv
+
+        conv = GCNConv(w.features, w.features, cached=True, backend=backend).to(w.device, w.dtype)
+        conv.load_state_dict(_gcn_weights(w))
+        return _run_layer(conv, w.graph, w, mode)
+
+    return build
+
+
+def _gcn_pyg(adj_kind: str, compile_: bool):
+    def build(w: Workload, mode: str):
+        _need_pyg()
+        conv = peers.pyg_gcn_conv(w.features, w.features).to(w.device, w.dtype)
+        conv.load_state_dict(_gcn_weights(w))
+        adj = w.edge_index if adj_kind == "edge_index" else w.adj_csr
+        if compile_:
+            conv = peers.compiled(conv)
+        return _run_layer(conv, adj, w, mode)
+
+    return build
+
+
+# ---------------------------------------------------------------------- align
+ALIGN_PARAMS = dict(kernel="l1", tau=1.0, sigma=100.0)
+
+
+def _align_fastalign(backend):
+    def build(w: Workload, mode: str):
+        reason = backend_implements(backend, ("structure_kl_forward", "structure_kl_backward"))
+        if reason:
+            raise Skip(reason)
+        graph, hp = w.graph, w.h_peer
+        if mode == "fwd":
+            hs = w.x
+
+            def run():
+                with torch.no_grad():
+                    return fastalign.structure_kl(graph, hs, hp, backend=backend, **ALIGN_PARAMS)
+        else:
+            hs = w.x_grad
+
+            def run():
+                loss = fastalign.structure_kl(graph, hs, hp, backend=backend, **ALIGN_PARAMS)
+                return torch.autograd.grad(loss, hs)
+
+        return run
+
+    return build
+
+
+def _align_pyg(compile_: bool):
+    def build(w: Workload, mode: str):
+        _need_pyg()
+        ei, n, hp = w.edge_index, w.num_nodes, w.h_peer
+
+        def loss_fn(hs, hp):
+            return peers.pyg_structure_loss(hs, hp, ei, n, **ALIGN_PARAMS)
+
+        fn = peers.compiled(loss_fn) if compile_ else loss_fn
+        if mode == "fwd":
+            hs = w.x
+
+            def run():
+                with torch.no_grad():
+                    return fn(hs, hp)
+        else:
+            hs = w.x_grad
+
+            def run():
+                return torch.autograd.grad(fn(hs, hp), hs)
+
+        return run
+
+    return build
+
+
+# ---------------------------------------------------------------------- registry
+def contenders(suite: str, device, *, compile_peers: bool = True, backends=None) -> List[Contender]:
+    """The contenders of ``suite`` on ``device``: every available fastalign backend
+    (or those in ``backends``), then the peers."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose one of {SUITES} or 'all'")
+    names = available_backends(device)
+    if backends is not None:
+        unknown = [b for b in backends if b not in fastalign.backends.BACKENDS]
+        if unknown:
+            raise ValueError(f"unknown backend(s) {unknown}; choose from {fastalign.backends.BACKENDS}")
+        names = [b for b in names if b in backends]
+    out: List[Contender] = []
+    if suite == "spmm":
+        for b in names:
+            out.append(Contender(f"fastalign[{b}]", "fastalign", _spmm_fastalign(b), backend=b,
+                                 estimate=(lambda w: _bytes_ExF(w, 2)) if b == "torch" else (lambda w: _bytes_NxF(w, 2))))
+        out.append(Contender("torch.sparse.mm (CSR)", "peer", _spmm_torch_sparse, estimate=lambda w: _bytes_NxF(w, 3)))
+        out.append(Contender("PyG gather+scatter", "peer", _spmm_pyg_scatter, estimate=lambda w: _bytes_ExF(w, 2)))
+    elif suite == "gcn":
+        for b in names:
+            out.append(Contender(f"fastalign GCNConv[{b}]", "fastalign", _gcn_fastalign(b), backend=b,
+                                 estimate=(lambda w: _bytes_ExF(w, 2)) if b == "torch" else (lambda w: _bytes_NxF(w, 4))))
+        out.append(Contender("PyG GCNConv edge_index", "peer", _gcn_pyg("edge_index", False), estimate=lambda w: _bytes_ExF(w, 3)))
+        out.append(Contender("PyG GCNConv adj_t (torch.sparse)", "peer", _gcn_pyg("adj_t", False), estimate=lambda w: _bytes_NxF(w, 4)))
+        if compile_peers:
+            out.append(Contender("PyG GCNConv edge_index compiled", "peer", _gcn_pyg("edge_index", True),
+                                 compiled=True, estimate=lambda w: _bytes_ExF(w, 2)))
+    else:
+        for b in names:
+            out.append(Contender(f"fastalign structure_kl[{b}]", "fastalign", _align_fastalign(b), backend=b,
+                                 estimate=(lambda w: _bytes_ExF(w, 6)) if b == "torch" else (lambda w: _bytes_NxF(w, 3))))
+        out.append(Contender("PyG-style loss", "peer", _align_pyg(False), estimate=lambda w: _bytes_ExF(w, 6)))
+        if compile_peers:
+            out.append(Contender("PyG-style loss compiled", "peer", _align_pyg(True), compiled=True,
+                                 estimate=lambda w: _bytes_ExF(w, 2)))
+    return out
+
+
+def forward_output(result) -> Optional[Tensor]:
+    """The tensor to compare across contenders from a fwd call's return value."""
+    if isinstance(result, Tensor):
+        return result.detach()
+    return None

@@ -1,0 +1,154 @@
+"""Timing and peak memory of one benchmarked call.
+
+Timing: a few warm-up calls (the first one also compiles, fills caches, builds
+transposes), then repeated calls until ``min_reps`` calls and ``budget_s`` seconds have
+passed (at most ``max_reps``); each call is timed on its own with ``time.perf_counter``
+and, on CUDA, a ``torch.cuda.synchronize()`` before and after, so that the time is the
+wall time a user waits for the result. We report the median (and the minimum).
+
+Peak memory: the extra memory one call needs above what was allocated before it
+(inputs, weights, cached graphs and normalisations are not counted; the output is),
+measured in a separate call after the timing:
+
+* CUDA: ``torch.cuda.reset_peak_memory_stats()``, then
+  ``max_memory_allocated() - memory_allocated()`` (before the call): exact, from the
+  caching allocator's own accounting.
+* CPU: PyTorch has no CPU allocator statistics, so we use the kernel's own peak RSS
+  ("high-water mark"): reset it by writing ``5`` to ``/proc/self/clear_refs`` (Linux >=
+  4.0), run the call, read ``VmHWM`` from ``/proc/self/status`` and subtract the RSS
+  before the call. For the delta to be sound, freed memory must go back to the OS rather
+  than stay in glibc's heap (where a later allocation would reuse it without raising
+  RSS): :func:`prepare_cpu_memory_measurement` fixes glibc's mmap threshold at 128 KiB
+  (what ``MALLOC_MMAP_THRESHOLD_=131072`` does; it turns off glibc's dynamic threshold),
+  so every tensor of 128 KiB or more is its own mapping, returned on free, and we call
+  ``malloc_trim(0)`` before each measurement. Allocations under 128 KiB and memory
+  touched by other threads' stacks are within the noise (reported in MiB). Where
+  ``clear_refs`` cannot be written, CPU memory is reported as unavailable (None).
+  The fixed threshold applies to the whole benchmark process, so every contender is
+  timed under the same allocator conditions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import torch
+
+_M_MMAP_THRESHOLD = -3
+_CPU_MEMORY_STATE = {"prepared": False, "ok": None, "libc": None}
+
+
+def _libc():
+    if _CPU_MEMORY_STATE["libc"] is None:
+        try:
+            _CPU_MEMORY_STATE["libc"] = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _CPU_MEMORY_STATE["libc"] = False
+    return _CPU_MEMORY_STATE["libc"] or None
+
+
+def prepare_cpu_memory_measurement(threshold: int = 128 * 1024) -> bool:
+    """Fix glibc's mmap threshold (once per process); True where CPU peak memory can be
+    measured (glibc present and /proc/self/clear_refs writable)."""
+    state = _CPU_MEMORY_STATE
+    if state["prepared"]:
+        return bool(state["ok"])
+    state["prepared"] = True
+    libc = _libc()
+    ok = libc is not None
+    if ok:
+        try:
+            ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+        except AttributeError:
+            ok = False
+    if ok:
+        try:
+            _reset_hwm()
+            _read_status("VmHWM")
+        except OSError:
+            ok = False
+    state["ok"] = ok
+    return ok
+
+
+def _reset_hwm() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _read_status(field: str) -> int:
+    """A ``/proc/self/status`` field in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    median_s: float
+    min_s: float
+    reps: int
+
+
+def time_call(
+    fn: Callable[[], object],
+    device,
+    *,
+    warmup: int = 2,
+    min_reps: int = 5,
+    max_reps: int = 100,
+    budget_s: float = 1.0,
+) -> Timing:
+    """Median wall time of ``fn()`` (see the module docstring)."""
+    device = torch.device(device)
+    for _ in range(max(warmup, 0)):
+        fn()
+    synchronize(device)
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return Timing(statistics.median(times), min(times), len(times))
+
+
+def peak_memory(fn: Callable[[], object], device) -> Optional[int]:
+    """Extra bytes one call of ``fn()`` needs at its peak (see the module docstring);
+    None where it cannot be measured."""
+    device = torch.device(device)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        del out
+        return max(int(peak), 0)
+    if device.type != "cpu" or not prepare_cpu_memory_measurement():
+        return None
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+    base = _read_status("VmRSS")
+    _reset_hwm()
+    out = fn()
+    peak = _read_status("VmHWM") - base
+    del out
+    return max(int(peak), 0)

@@ -1,0 +1,182 @@
+"""`fastalign bench`: a tiny run writes valid JSON and a PNG; the peers compute what
+fastalign computes; the power-law generator and the Planetoid graph reader."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+import fastalign
+from fastalign.bench import graphs as G
+from fastalign.bench import peers
+from fastalign.bench.command import add_bench_parser, main
+from fastalign.bench.timing import peak_memory, prepare_cpu_memory_measurement, time_call
+
+pytest.importorskip("torch_geometric", reason="the bench peers need torch_geometric")
+
+
+def _tiny_run(tmp_path, extra=()):
+    json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    argv = ["--suite", "all", "--device", "cpu", "--sizes", "tiny", "--no-compile",
+            "--budget", "0.02", "--threads", "1", "--quiet", "--json", str(json_path), "--plot", str(png_path), *extra]
+    assert main(argv) == 0
+    return json.loads(json_path.read_text()), png_path
+
+
+def test_bench_cli_tiny_writes_json_and_png(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    run, png = _tiny_run(tmp_path)
+    assert torch.get_num_threads() == threads  # ... and restored after it
+    out = capsys.readouterr().out
+    assert "spmm | powerlaw-tiny" in out and "align | powerlaw-tiny" in out
+    meta = run["meta"]
+    assert meta["device"] == "cpu" and meta["sizes"] == "tiny"
+    assert meta["command"].startswith("fastalign bench --suite all --device cpu --sizes tiny")
+    assert meta["torch_threads"] == 1  # --threads 1 applied for the run ...
+    assert meta["graphs"][0]["graph"] == "powerlaw-tiny"
+    results = run["results"]
+    suites = {r["suite"] for r in results}
+    assert suites == {"spmm", "gcn", "align"}
+    assert {r["mode"] for r in results} == {"fwd", "fwd+bwd"}
+    peers_run = {r["contender"] for r in results if r["kind"] == "peer" and r["status"] == "ok"}
+    assert {"torch.sparse.mm (CSR)", "PyG GCNConv edge_index", "PyG GCNConv adj_t (torch.sparse)",
+            "PyG-style loss"} <= peers_run
+    ours = [r for r in results if r["kind"] == "fastalign"]
+    assert {r["backend"] for r in ours} >= {"torch"}
+    for r in results:
+        if r["status"] == "ok":
+            assert r["median_ms"] > 0 and r["reps"] >= 3
+            assert r["peak_mem_bytes"] is None or r["peak_mem_bytes"] >= 0
+            # every contender computes the same thing as the first one of its suite
+            if r.get("max_rel_err") is not None:
+                assert r["max_rel_err"] < 1e-3, r
+        else:
+            assert r["status"] in ("skipped", "oom", "error") and r["reason"]
+    ok_torch = [r for r in ours if r["backend"] == "torch"]
+    assert ok_torch and all(r["status"] == "ok" for r in ok_torch)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_bench_cli_subset_and_markdown(tmp_path, capsys):
+    run, _ = _tiny_run(tmp_path, ["--suite", "spmm", "--mode", "fwd", "--backends", "torch",
+                                  "--markdown", "--no-memory"])
+    out = capsys.readouterr().out
+    assert out.startswith("| suite / graph | contender |")
+    assert {r["suite"] for r in run["results"]} == {"spmm"}
+    assert {r["mode"] for r in run["results"]} == {"fwd"}
+    assert {r["backend"] for r in run["results"] if r["kind"] == "fastalign"} == {"torch"}
+    assert all(r["peak_mem_bytes"] is None for r in run["results"])
+
+
+def test_bench_cli_bad_arguments(capsys):
+    assert main(["--sizes", "tiny", "--graphs", "nosuchgraph", "--quiet"]) == 2
+    assert "unknown graph" in capsys.readouterr().err
+    assert main(["--sizes", "tiny", "--backends", "nosuch", "--quiet"]) == 2
+    with pytest.raises(SystemExit):
+        main(["--suite", "nosuch"])
+    assert main(["--sizes", "tiny", "--features", "0", "--quiet"]) == 2
+
+
+def test_add_bench_parser_registers_subcommand():
+    parser = argparse.ArgumentParser(prog="fastalign")
+    sub = parser.add_subparsers(dest="command")
+    add_bench_parser(sub)
+    args = parser.parse_args(["bench", "--suite", "gcn", "--device", "cpu", "--sizes", "small",
+                              "--json", "x.json", "--plot", "x.png"])
+    assert args.command == "bench" and args.suite == "gcn" and args.sizes == "small"
+    assert args.json_path == "x.json" and args.plot_path == "x.png" and callable(args.func)
+
+
+def test_fastalign_cli_has_bench():
+    cli = pytest.importorskip("fastalign.cli", reason="fastalign.cli is not written yet")
+    if not hasattr(cli, "main"):
+        pytest.skip("fastalign.cli has no main()")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--help"])
+    assert exc.value.code == 0
+
+
+def test_peers_compute_what_fastalign_computes():
+    ei = G.power_law_edge_index(300, 2_000, seed=3)
+    n = 300
+    x = torch.randn(n, 8, dtype=torch.float64)
+    graph = fastalign.Graph.from_edge_index(ei, num_nodes=n)
+    want = fastalign.spmm(graph, x, backend="torch")
+    torch.testing.assert_close(peers.torch_sparse_mm(peers.csr_adjacency(ei, n, torch.float64), x), want)
+    torch.testing.assert_close(peers.pyg_scatter_spmm(ei, x, n), want)
+    hs, hp = 0.5 * torch.randn(n, 8, dtype=torch.float64), 0.5 * torch.randn(n, 5, dtype=torch.float64)
+    for kernel, sigma in (("l1", None), ("rbf", 2.0), ("cosine", None), ("linear", None)):
+        got = peers.pyg_structure_loss(hs, hp, ei, n, kernel=kernel, tau=0.5, sigma=sigma)
+        ref = fastalign.structure_kl(graph, hs, hp, kernel=kernel, tau=0.5, sigma=sigma, backend="torch")
+        torch.testing.assert_close(got, ref)
+
+
+def test_power_law_generator_recipe():
+    ei = G.power_law_edge_index(1_000, 20_000, seed=0)
+    assert torch.equal(ei, G.power_law_edge_index(1_000, 20_000, seed=0))  # seeded
+    assert not torch.equal(ei, G.power_law_edge_index(1_000, 20_000, seed=1))
+    assert ei.dtype == torch.int64 and ei.size(0) == 2
+    assert bool((ei[0] != ei[1]).all())  # no self loops
+    assert 19_900 < ei.size(1) <= 20_000  # only loops were dropped (~1/N of them)
+    assert int(ei.min()) >= 0 and int(ei.max()) < 1_000
+    indeg = torch.bincount(ei[1], minlength=1_000)
+    outdeg = torch.bincount(ei[0], minlength=1_000)
+    # heavy-tailed in-degree with hubs, near-uniform out-degree
+    assert indeg.max() > 10 * indeg.float().median()
+    assert outdeg.max() < 3 * outdeg.float().mean()
+    # hubs are spread over the id range (the permutation), not packed at low ids
+    top = torch.topk(indeg, 10).indices
+    assert top.float().std() > 100
+    from graphs import power_law_edge_index as from_tests
+
+    assert from_tests is G.power_law_edge_index
+    with pytest.raises(ValueError):
+        G.power_law_edge_index(0, 10)
+
+
+def test_graph_specs():
+    small = {s.name for s in G.graph_specs("small")}
+    assert {"cora", "citeseer", "pubmed", "powerlaw-100k"} <= small
+    large = {s.name: s for s in G.graph_specs("large")}
+    assert large["reddit-like"].num_edges == 114_615_892 and large["reddit-like"].num_nodes == 232_965
+    assert large["products-like"].num_nodes == 2_449_029
+    assert large["arxiv-like"].num_edges == 2_332_486
+    with pytest.raises(ValueError):
+        G.graph_specs("huge")
+
+
+@pytest.mark.parametrize("name,nodes,edges", [("cora", 2708, 10556), ("citeseer", 3327, 9104),
+                                              ("pubmed", 19717, 88648)])
+def test_planetoid_graphs(name, nodes, edges):
+    root = G.default_data_root()
+    if root is None or not G.planetoid_graph_file(name, root).is_file():
+        pytest.skip(f"no {name} graph file (set FASTALIGN_DATA to the datasets folder)")
+    ei, n = G.planetoid_edge_index(name, root)
+    assert n == nodes and ei.size(1) == edges
+    assert bool((ei[0] != ei[1]).all())
+    # symmetric, as the citation graphs are stored
+    key = set((ei[0] * n + ei[1]).tolist())
+    assert key == set((ei[1] * n + ei[0]).tolist())
+
+
+def test_planetoid_graph_missing(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        G.planetoid_edge_index("cora", tmp_path)
+    with pytest.raises(ValueError):
+        G.planetoid_edge_index("reddit", tmp_path)
+
+
+def test_timing_and_cpu_memory():
+    t = time_call(lambda: torch.ones(10).sum(), "cpu", warmup=1, min_reps=4, budget_s=0.0)
+    assert t.reps == 4 and 0 < t.min_s <= t.median_s
+    if not prepare_cpu_memory_measurement():
+        pytest.skip("peak RSS cannot be reset here (/proc/self/clear_refs)")
+    mib = 2**20
+    peak = peak_memory(lambda: torch.ones(64 * mib // 4), "cpu")  # a 64 MiB tensor
+    assert 60 * mib < peak < 80 * mib
+    small = peak_memory(lambda: torch.ones(1024), "cpu")
+    assert small < 4 * mib
