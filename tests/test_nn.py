@@ -276,6 +276,21 @@ def test_gcnconv_state_dict_round_trip():
     assert list(nobias.state_dict()) == list(pyg_nn.GCNConv(F_IN, F_OUT, bias=False).state_dict())
 
 
+@pytest.mark.parametrize("options", OPTIONS[:3] + [dict(bias=False, cached=True)])
+def test_gcnconv_from_pyg(options):
+    ei = _edge_index(seed=18)
+    x = torch.randn(N, F_IN, dtype=torch.float64)
+    ref = pyg_nn.GCNConv(F_IN, F_OUT, **options).double()
+    ours = GCNConv.from_pyg(ref)
+    for name in ("improved", "cached", "add_self_loops", "normalize"):
+        assert getattr(ours, name) == getattr(ref, name)
+    assert (ours.bias is None) == (ref.bias is None)
+    assert ours.lin.weight.dtype == torch.float64
+    _assert_close(ours(x, ei), ref(x, ei))
+    with pytest.raises(TypeError):
+        GCNConv.from_pyg(torch.nn.Linear(3, 4))
+
+
 def test_gcnconv_reset_parameters_like_pyg():
     conv = GCNConv(300, 200)
     with torch.no_grad():

@@ -118,6 +118,25 @@ class GCNConv(torch.nn.Module):
             self.register_parameter("bias", None)
         self.reset_parameters()
 
+    @classmethod
+    def from_pyg(cls, conv, *, backend: Optional[str] = None) -> "GCNConv":
+        """A fastalign GCNConv with the options and parameters of a PyG ``GCNConv``
+        (on the same device and dtype)."""
+        if type(conv).__name__ != "GCNConv" or not hasattr(conv, "lin"):
+            raise TypeError(f"expected a torch_geometric.nn.GCNConv, got {type(conv).__name__}")
+        if conv.in_channels is None or conv.in_channels <= 0:
+            raise ValueError("the PyG GCNConv is lazy (in_channels=-1): run it once first")
+        ours = cls(
+            conv.in_channels, conv.out_channels, improved=conv.improved, cached=conv.cached,
+            add_self_loops=conv.add_self_loops, normalize=conv.normalize,
+            bias=conv.bias is not None, backend=backend,
+        )
+        weight = conv.lin.weight
+        ours = ours.to(device=weight.device, dtype=weight.dtype)
+        ours.load_state_dict(conv.state_dict())
+        ours.train(conv.training)
+        return ours
+
     def reset_parameters(self) -> None:
         """Glorot weight, zero bias (as PyG), and clear the cached graph."""
         torch.nn.init.xavier_uniform_(self.lin.weight)  # == torch_geometric.nn.inits.glorot
