@@ -17,8 +17,8 @@ import triton.language as tl
 from .heuristics import acc_dtype, torch_acc
 from .segments import row_plan, work_item
 
-FWD: tl.constexpr = 0
-BWD: tl.constexpr = 1
+FWD = tl.constexpr(0)
+BWD = tl.constexpr(1)
 
 
 @triton.jit

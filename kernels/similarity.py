@@ -25,12 +25,12 @@ value finite; callers zero the per-edge upstream coefficient ``c`` of masked edg
 import triton
 import triton.language as tl
 
-L1: tl.constexpr = 0
-RBF: tl.constexpr = 1
-LINEAR: tl.constexpr = 2
-POLY: tl.constexpr = 3
-COSINE: tl.constexpr = 4
-COSINE_EPS: tl.constexpr = 1e-8
+L1 = tl.constexpr(0)
+RBF = tl.constexpr(1)
+LINEAR = tl.constexpr(2)
+POLY = tl.constexpr(3)
+COSINE = tl.constexpr(4)
+COSINE_EPS = tl.constexpr(1e-8)
 
 KINDS = {"l1": 0, "rbf": 1, "linear": 2, "poly": 3, "cosine": 4}
 

@@ -28,9 +28,9 @@ import triton.language as tl
 from .heuristics import acc_dtype, heuristic, launch, torch_acc
 from .segments import row_plan, vmask, work_item
 
-SUM: tl.constexpr = 0
-MEAN: tl.constexpr = 1
-MAX: tl.constexpr = 2
+SUM = tl.constexpr(0)
+MEAN = tl.constexpr(1)
+MAX = tl.constexpr(2)
 REDUCE_CODES = {"sum": 0, "mean": 1, "max": 2}
 
 

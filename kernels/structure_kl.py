@@ -31,7 +31,7 @@ from .heuristics import Config, acc_dtype, block_f, heuristic, launch, torch_acc
 from .segments import combine_sum, row_plan, vmask, work_item
 from .similarity import KINDS, row_sims, sim_grad, sq_norm
 
-NEG_INF: tl.constexpr = float("-inf")
+NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
