@@ -1,0 +1,326 @@
+// SpMM over a CSR by destination: sum / mean / max, optional edge weights, and the GCN
+// normalisation applied on the fly (gcn_aggregate); plus the max-reduction backward.
+//
+// Design (GE-SpMM, adapted):
+//  * one tile of L lanes per row segment (schedule.cuh splits hub rows); L follows the
+//    feature width, so rows of 16 float32 features are served 8 to a warp;
+//  * coalesced row caching: a tile loads L edge indices / weights with one coalesced
+//    load and broadcasts them with register shuffles (the shared-memory cache of
+//    GE-SpMM, without the barriers);
+//  * coarse warp merging: each lane owns NT vectors of the feature row, so one cached
+//    edge serves up to 128 16-byte vectors; wider rows add feature chunks (grid.y);
+//  * 16-byte vector loads of x when the width and the pointers allow;
+//  * float32 accumulation, in edge order: deterministic; split rows are reduced from
+//    their partial slots in segment order.
+#include "schedule.cuh"
+
+namespace fastalign {
+namespace cuda {
+namespace {
+
+template <typename T, typename I>
+struct SpmmArgs {
+  const I* rowptr;
+  const I* col;
+  const T* weight;     // may be null
+  const T* x;          // [num_src, F]
+  const float* dis;    // GCN mode when non-null
+  const float* loop_w; // GCN self-loop weights; skips self-loop edges when non-null
+  T* out;              // [num_rows, F]
+  int64_t* arg;        // max only
+  float* part;         // [max_slots, F]
+  int64_t* part_arg;   // max only
+  int64_t F;
+  int mean;
+};
+
+// Final value of one output element of row r from its accumulated sum.
+template <typename T, typename I>
+__device__ __forceinline__ float finish_sum(const SpmmArgs<T, I>& a, int64_t r, int64_t f,
+                                            int64_t deg, float acc) {
+  if (a.mean) return acc / static_cast<float>(deg > 1 ? deg : 1);
+  if (a.dis != nullptr) {
+    const float d = a.dis[r];
+    if (a.loop_w != nullptr) acc += a.loop_w[r] * d * to_float(a.x[r * a.F + f]);
+    return d * acc;
+  }
+  return acc;
+}
+
+template <typename T, typename I, int V, int L, int NT, bool MAX>
+__global__ void __launch_bounds__(kBlock)
+    spmm_kernel(SpmmArgs<T, I> a, Schedule s) {
+  constexpr int TPB = kBlock / L;
+  auto tile = cg::tiled_partition<L>(cg::this_thread_block());
+  const Segment seg = find_segment<I, TPB>(s, a.rowptr, threadIdx.x / L);
+  if (!seg.valid) return;
+  const int lane = tile.thread_rank();
+  const int64_t cols = a.F / V;  // V divides F when V > 1
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * L * NT;
+
+  float acc[NT][V];
+  int64_t best[NT][V];
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int q = 0; q < V; ++q) {
+      acc[t][q] = MAX ? -INFINITY : 0.f;
+      if (MAX) best[t][q] = -1;
+    }
+
+  const bool gcn = a.dis != nullptr;
+  for (int64_t base = seg.begin; base < seg.end; base += L) {
+    // Coalesced: lane k fetches edge base + k, then the tile shares it.
+    const int64_t e = base + lane;
+    int64_t j = 0;
+    float w = 1.f;
+    if (e < seg.end) {
+      j = ld_index(a.col + e);
+      if (a.weight != nullptr) w = to_float(a.weight[e]);
+      if (gcn) w = (a.loop_w != nullptr && j == seg.row) ? 0.f : w * a.dis[j];
+    }
+    const int n = seg.end - base < L ? static_cast<int>(seg.end - base) : L;
+#pragma unroll 4
+    for (int k = 0; k < n; ++k) {
+      const int64_t jj = tile.shfl(j, k);
+      const float ww = tile.shfl(w, k);
+      const T* xr = a.x + jj * a.F;
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        const int64_t c = c0 + t * L + lane;
+        if (c < cols) {
+          float v[V];
+          load_vec<T, V>(xr + c * V, v);
+#pragma unroll
+          for (int q = 0; q < V; ++q) {
+            if (MAX) {
+              const float m = ww * v[q];
+              // First edge reaching the maximum (strict >; the first edge always wins
+              // over the empty state, even at -inf).
+              if (m > acc[t][q] || best[t][q] < 0) {
+                acc[t][q] = m;
+                best[t][q] = base + k;
+              }
+            } else {
+              acc[t][q] = fmaf(ww, v[q], acc[t][q]);
+            }
+          }
+        }
+      }
+    }
+  }
+
+  const int64_t deg = ld_index(a.rowptr + seg.row + 1) - ld_index(a.rowptr + seg.row);
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const int64_t c = c0 + t * L + lane;
+    if (c >= cols) continue;
+    if (seg.slot >= 0) {  // a piece of a split row: keep float32 partials
+      float* p = a.part + seg.slot * a.F + c * V;
+#pragma unroll
+      for (int q = 0; q < V; ++q) {
+        p[q] = acc[t][q];
+        if (MAX) a.part_arg[seg.slot * a.F + c * V + q] = best[t][q];
+      }
+      continue;
+    }
+    float o[V];
+#pragma unroll
+    for (int q = 0; q < V; ++q) {
+      if (MAX) {
+        o[q] = best[t][q] < 0 ? 0.f : acc[t][q];
+        a.arg[seg.row * a.F + c * V + q] = best[t][q];
+      } else {
+        o[q] = finish_sum(a, seg.row, c * V + q, deg, acc[t][q]);
+      }
+    }
+    store_vec<T, V>(a.out + seg.row * a.F + c * V, o);
+  }
+}
+
+// Reduces the partial slots of each split row, in segment order.
+template <typename T, typename I, bool MAX>
+__global__ void __launch_bounds__(kBlock) spmm_combine_kernel(SpmmArgs<T, I> a, Schedule s) {
+  const unsigned long long n = *s.num_split;
+  for (unsigned long long k = blockIdx.x; k < n; k += gridDim.x) {
+    const int64_t r = s.split_rows[k];
+    int64_t first, count;
+    split_slots(s, a.rowptr, r, first, count);
+    const int64_t deg = ld_index(a.rowptr + r + 1) - ld_index(a.rowptr + r);
+    for (int64_t f = threadIdx.x; f < a.F; f += blockDim.x) {
+      float acc = a.part[first * a.F + f];
+      int64_t best = MAX ? a.part_arg[first * a.F + f] : 0;
+      for (int64_t m = 1; m < count; ++m) {
+        const float v = a.part[(first + m) * a.F + f];
+        if (MAX) {
+          if (v > acc) {  // earlier segments hold earlier edges: ties keep them
+            acc = v;
+            best = a.part_arg[(first + m) * a.F + f];
+          }
+        } else {
+          acc += v;
+        }
+      }
+      if (MAX) {
+        a.out[r * a.F + f] = from_float<T>(acc);
+        a.arg[r * a.F + f] = best;
+      } else {
+        a.out[r * a.F + f] = from_float<T>(finish_sum(a, r, f, deg, acc));
+      }
+    }
+  }
+}
+
+template <typename T, typename I, int V, bool MAX>
+cudaError_t launch_spmm(const SpmmArgs<T, I>& a, const Schedule& s, const TileShape& shape,
+                        cudaStream_t stream) {
+  return dispatch_shape(shape, [&](auto sh) -> cudaError_t {
+    constexpr int L = decltype(sh)::lanes, NT = decltype(sh)::nt;
+    dim3 grid(grid_for_segments(s, kBlock / L), shape.chunks);
+    spmm_kernel<T, I, V, L, NT, MAX><<<grid, kBlock, 0, stream>>>(a, s);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    spmm_combine_kernel<T, I, MAX><<<grid_for_split_rows(s), kBlock, 0, stream>>>(a, s);
+    return cudaGetLastError();
+  });
+}
+
+// Workspace: the schedule, then the partial slots.
+template <typename I>
+cudaError_t spmm_layout(const fa_csr* g, int64_t F, fa_reduce reduce, int64_t split,
+                        Carve& c, Schedule& s, float** part, int64_t** part_arg,
+                        cudaStream_t stream) {
+  cudaError_t err = build_schedule<I>(g, split, c, s, stream);
+  if (err != cudaSuccess) return err;
+  *part = c.take<float>(s.max_slots * F);
+  *part_arg = c.take<int64_t>(reduce == FA_MAX ? s.max_slots * F : 0);
+  return cudaSuccess;
+}
+
+// grad_x by atomics (see the header), grad_w without: one thread per row owns its edges.
+template <typename T, typename I>
+__global__ void spmm_max_backward_kernel(const I* __restrict__ col, const T* __restrict__ weight,
+                                         const T* __restrict__ x, const int64_t* __restrict__ arg,
+                                         const T* __restrict__ grad_out, int64_t num_rows,
+                                         int64_t F, float* __restrict__ grad_x,
+                                         float* __restrict__ grad_w) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= num_rows * F) return;
+  const int64_t e = arg[idx];
+  if (e < 0) return;
+  const int64_t f = idx % F;
+  const int64_t j = ld_index(col + e);
+  const float g = to_float(grad_out[idx]);
+  const float w = weight != nullptr ? to_float(weight[e]) : 1.f;
+  atomicAdd(grad_x + j * F + f, w * g);
+}
+
+template <typename T, typename I>
+__global__ void spmm_max_weight_grad_kernel(const I* __restrict__ col, const T* __restrict__ x,
+                                            const int64_t* __restrict__ arg,
+                                            const T* __restrict__ grad_out, int64_t num_rows,
+                                            int64_t F, float* __restrict__ grad_w) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= num_rows) return;
+  for (int64_t f = 0; f < F; ++f) {  // feature order: deterministic
+    const int64_t e = arg[r * F + f];
+    if (e < 0) continue;
+    const int64_t j = ld_index(col + e);
+    grad_w[e] += to_float(grad_out[r * F + f]) * to_float(x[j * F + f]);
+  }
+}
+
+}  // namespace
+
+}  // namespace cuda
+}  // namespace fastalign
+
+using namespace fastalign::cuda;
+
+extern "C" int64_t fa_default_split(int64_t num_edges) {
+  // About 16k segments' worth of edges per split, within [256, 4096]: hubs spread over
+  // many warps, while ordinary rows (degree < 256) are never cut.
+  int64_t s = num_edges / 16384;
+  return s < 256 ? 256 : (s > 4096 ? 4096 : s);
+}
+
+extern "C" size_t fa_spmm_workspace_bytes(const fa_csr* g, int64_t F, fa_reduce reduce,
+                                          int64_t split) {
+  if (split <= 0) split = fa_default_split(g->num_edges);
+  Carve c{nullptr};
+  Schedule s;
+  float* part;
+  int64_t* part_arg;
+  cudaError_t err = g->itype == FA_I32
+                        ? spmm_layout<int32_t>(g, F, reduce, split, c, s, &part, &part_arg, 0)
+                        : spmm_layout<int64_t>(g, F, reduce, split, c, s, &part, &part_arg, 0);
+  return err == cudaSuccess ? align_up(c.off) : 0;
+}
+
+extern "C" cudaError_t fa_spmm_forward(const fa_csr* g, const void* weight, const void* x,
+                                       int64_t F, fa_dtype dtype, fa_reduce reduce,
+                                       const float* dis, const float* loop_w, void* out,
+                                       int64_t* arg, int64_t split, void* workspace,
+                                       size_t workspace_bytes, cudaStream_t stream) {
+  if (split <= 0) split = fa_default_split(g->num_edges);
+  if (g->num_rows == 0 || F == 0) return cudaSuccess;
+  if (reduce == FA_MAX && (arg == nullptr || dis != nullptr)) return cudaErrorInvalidValue;
+  if (dis != nullptr && reduce != FA_SUM) return cudaErrorInvalidValue;
+  if (workspace_bytes < fa_spmm_workspace_bytes(g, F, reduce, split)) return cudaErrorInvalidValue;
+  return dispatch_types(dtype, g->itype, [&](auto tv, auto iv) -> cudaError_t {
+    using T = decltype(tv);
+    using I = decltype(iv);
+    Carve c{static_cast<char*>(workspace)};
+    Schedule s;
+    SpmmArgs<T, I> a{};
+    cudaError_t err = spmm_layout<I>(g, F, reduce, split, c, s, &a.part, &a.part_arg, stream);
+    if (err != cudaSuccess) return err;
+    a.rowptr = static_cast<const I*>(g->rowptr);
+    a.col = static_cast<const I*>(g->col);
+    a.weight = static_cast<const T*>(weight);
+    a.x = static_cast<const T*>(x);
+    a.dis = dis;
+    a.loop_w = loop_w;
+    a.out = static_cast<T*>(out);
+    a.arg = arg;
+    a.F = F;
+    a.mean = reduce == FA_MEAN;
+    const int64_t widths[1] = {F};
+    const void* ptrs[2] = {x, out};
+    const int vec = pick_vec(sizeof(T), widths, 1, ptrs, 2);
+    const TileShape shape = pick_shape(F, vec);
+    constexpr int V16 = vec16<T>();
+    if (reduce == FA_MAX)
+      return vec == 1 ? launch_spmm<T, I, 1, true>(a, s, shape, stream)
+                      : launch_spmm<T, I, V16, true>(a, s, shape, stream);
+    return vec == 1 ? launch_spmm<T, I, 1, false>(a, s, shape, stream)
+                    : launch_spmm<T, I, V16, false>(a, s, shape, stream);
+  });
+}
+
+extern "C" cudaError_t fa_spmm_max_backward(const fa_csr* g, const void* weight, const void* x,
+                                            const int64_t* arg, const void* grad_out, int64_t F,
+                                            fa_dtype dtype, float* grad_x_acc, float* grad_w_acc,
+                                            cudaStream_t stream) {
+  const int64_t n = g->num_rows * F;
+  if (n == 0) return cudaSuccess;
+  return dispatch_types(dtype, g->itype, [&](auto tv, auto iv) -> cudaError_t {
+    using T = decltype(tv);
+    using I = decltype(iv);
+    const auto* col = static_cast<const I*>(g->col);
+    if (grad_x_acc != nullptr) {
+      spmm_max_backward_kernel<T, I><<<ceil_div(n, kBlock), kBlock, 0, stream>>>(
+          col, static_cast<const T*>(weight), static_cast<const T*>(x), arg,
+          static_cast<const T*>(grad_out), g->num_rows, F, grad_x_acc, grad_w_acc);
+      cudaError_t err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
+    }
+    if (grad_w_acc != nullptr) {
+      spmm_max_weight_grad_kernel<T, I><<<ceil_div(g->num_rows, kBlock), kBlock, 0, stream>>>(
+          col, static_cast<const T*>(x), arg, static_cast<const T*>(grad_out), g->num_rows, F,
+          grad_w_acc);
+      return cudaGetLastError();
+    }
+    return cudaSuccess;
+  });
+}

@@ -1,0 +1,347 @@
+"""The CUDA backend (fastalign._C_cuda) against the reference backend on the same GPU,
+function by function, then through the public ops (gradients, determinism, hub rows).
+
+Skipped without a CUDA device or without the compiled extension. Low-precision inputs
+are compared with the reference run on the same low-precision inputs (both accumulate
+in float32), so the tolerance is about one unit in the last place of the output dtype.
+"""
+
+import importlib
+
+import pytest
+import torch
+
+import fastalign
+from fastalign import Graph, backends
+from fastalign.ops.gcn_aggregate import gcn_norm_state
+from graphs import case_graphs, power_law_edge_index, random_edge_index
+
+REF = importlib.import_module("fastalign.backends.torch")
+HAS_CUDA = torch.cuda.is_available() and backends.is_available("cuda")
+pytestmark = pytest.mark.skipif(
+    not HAS_CUDA, reason="needs a CUDA device and the fastalign._C_cuda extension"
+)
+if HAS_CUDA:
+    CU = backends.get("cuda")
+
+DEV = "cuda"
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int32, torch.int64)
+# (rtol, atol relative to the output's scale): a few ulps of the output dtype.
+TOL = {
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (4e-3, 2e-3),
+    torch.bfloat16: (3e-2, 1.6e-2),
+}
+WIDTHS = (1, 3, 16, 64, 67, 256)
+KERNELS = ("l1", "rbf", "linear", "poly", "cosine")
+
+
+def sim_params(kernel, width):
+    """(kernel, sigma, degree, coef) keeping similarities in a well-scaled range."""
+    sigma = {"l1": float(max(width, 1)), "rbf": float(max(width, 1)) ** 0.5}.get(kernel, 1.0)
+    return kernel, sigma, 2, 1.0
+
+
+def long_row_graph(index_dtype, hub_degree=9000):
+    """Rows longer than the kernels' split size (256 edges at this size): split and
+    combined; plus ordinary rows and isolated nodes."""
+    gen = torch.Generator().manual_seed(7)
+    n = 300
+    hub_src = torch.randint(0, n, (hub_degree,), generator=gen)
+    hub = torch.stack([hub_src, torch.zeros_like(hub_src)])
+    hub2 = torch.stack([torch.arange(1025) % 250, torch.full((1025,), 5)])
+    rest = random_edge_index(250, 250, 600, seed=3)
+    ei = torch.cat([hub, hub2, rest], 1).to(index_dtype)
+    return Graph.from_edge_index(ei, num_nodes=n)
+
+
+def hub_graph(index_dtype, degree=50_000, n=60_000):
+    """A hub of in-degree 50,000 (Reddit-like) on top of a power-law graph."""
+    gen = torch.Generator().manual_seed(11)
+    src = torch.randint(1, n, (degree,), generator=gen)
+    hub = torch.stack([src, torch.zeros_like(src)])
+    ei = torch.cat([hub, power_law_edge_index(n, 200_000, seed=5)], 1).to(index_dtype)
+    return Graph.from_edge_index(ei, num_nodes=n)
+
+
+def all_graphs(index_dtype):
+    return case_graphs(index_dtype) + [("long_rows", long_row_graph(index_dtype))]
+
+
+GRAPH_NAMES = [name for name, _ in all_graphs(torch.int64)]
+_GRAPHS = {}
+
+
+def graph_of(name, index_dtype):
+    key = (name, index_dtype)
+    if key not in _GRAPHS:
+        if name == "hub50k":
+            g = hub_graph(index_dtype)
+        else:
+            g = dict(all_graphs(index_dtype))[name]
+        _GRAPHS[key] = g.to(DEV)
+    return _GRAPHS[key]
+
+
+def feats(n, width, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, width, generator=gen).to(dtype).to(DEV)
+
+
+def edge_weight(graph, dtype, seed=5):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(graph.num_edges, generator=gen) + 0.5).to(dtype).to(DEV)
+
+
+def assert_close(actual, expected, dtype=None):
+    dtype = dtype or expected.dtype
+    rtol, atol = TOL.get(dtype, TOL[torch.float32])
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    finite = expected[torch.isfinite(expected)].float() if expected.numel() else expected
+    scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale)
+
+
+graph_params = pytest.mark.parametrize("name", GRAPH_NAMES)
+index_params = pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+dtype_params = pytest.mark.parametrize("dtype", DTYPES)
+
+
+def test_lists_every_backend_function():
+    assert CU.FUNCTIONS == frozenset(backends.BACKEND_FUNCTIONS)
+    assert backends.resolve("spmm", "cuda", torch.device(DEV), ("spmm_forward",)) == "cuda"
+
+
+# --------------------------------------------------------------------------- spmm
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", WIDTHS + (520,))
+@pytest.mark.parametrize("reduce", ("sum", "mean", "max"))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_spmm_forward(name, index_dtype, dtype, width, reduce, weighted):
+    g = graph_of(name, index_dtype)
+    x = feats(g.num_src, width, dtype)
+    w = edge_weight(g, dtype) if weighted else None
+    out, arg = CU.spmm_forward(g.rowptr, g.col, w, x, reduce)
+    ref_out, ref_arg = REF.spmm_forward(g.rowptr, g.col, w, x, reduce)
+    assert_close(out, ref_out)
+    if reduce == "max":
+        # The same float32 products on both sides: the first maximal edge is exact.
+        assert torch.equal(arg, ref_arg)
+    else:
+        assert arg.numel() == 0
+
+
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", (1, 16, 67))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_spmm_max_backward(name, index_dtype, dtype, width, weighted):
+    g = graph_of(name, index_dtype)
+    x = feats(g.num_src, width, dtype)
+    w = edge_weight(g, dtype) if weighted else None
+    _, arg = REF.spmm_forward(g.rowptr, g.col, w, x, "max")
+    grad_out = feats(g.num_dst, width, dtype, seed=1)
+    gx, gw = CU.spmm_max_backward(g.col, w, x, arg, grad_out, True)
+    rx, rw = REF.spmm_max_backward(g.col, w, x, arg, grad_out, True)
+    assert_close(gx, rx)
+    assert_close(gw, rw)
+    gx2, gw2 = CU.spmm_max_backward(g.col, w, x, arg, grad_out, False)
+    assert gw2.numel() == 0
+
+
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", WIDTHS)
+def test_sddmm(name, index_dtype, dtype, width):
+    g = graph_of(name, index_dtype)
+    a = feats(g.num_dst, width, dtype, seed=2)
+    b = feats(g.num_src, width, dtype, seed=3)
+    assert_close(CU.sddmm(g.rowptr, g.col, a, b), REF.sddmm(g.rowptr, g.col, a, b))
+
+
+@pytest.mark.parametrize("name", ("square", "hub", "long_rows"))
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", (3, 64, 130))
+@pytest.mark.parametrize("self_loops", (False, True))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_gcn_aggregate(name, index_dtype, dtype, width, self_loops, weighted):
+    g = graph_of(name, index_dtype)
+    x = feats(g.num_src, width, dtype)
+    w = edge_weight(g, dtype) if weighted else None
+    dis, loop_w = gcn_norm_state(g, w, self_loops, False, dtype)
+    out = CU.gcn_aggregate(g.rowptr, g.col, w, dis, loop_w, x)
+    assert_close(out, REF.gcn_aggregate(g.rowptr, g.col, w, dis, loop_w, x))
+
+
+# --------------------------------------------------------------------------- similarity
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_edge_similarity(name, index_dtype, dtype, width, kernel):
+    g = graph_of(name, index_dtype)
+    xd = feats(g.num_dst, width, dtype, seed=2)
+    xs = feats(g.num_src, width, dtype, seed=3)
+    params = sim_params(kernel, width)
+    got = CU.edge_similarity(g.rowptr, g.col, xd, xs, *params)
+    assert_close(got, REF.edge_similarity(g.rowptr, g.col, xd, xs, *params))
+
+
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", (1, 16, 67))
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_edge_similarity_backward(name, index_dtype, dtype, width, kernel):
+    g = graph_of(name, index_dtype)
+    rowptr_t, col_t, perm_t = g.transpose()
+    xd = feats(g.num_dst, width, dtype, seed=2)
+    xs = feats(g.num_src, width, dtype, seed=3)
+    gs = feats(g.num_edges, 1, dtype, seed=4).flatten()
+    params = sim_params(kernel, width)
+    args = (g.rowptr, g.col, rowptr_t, col_t, perm_t, xd, xs, gs, *params)
+    got, want = CU.edge_similarity_backward(*args), REF.edge_similarity_backward(*args)
+    assert_close(got[0], want[0])
+    assert_close(got[1], want[1])
+
+
+@graph_params
+@index_params
+@dtype_params
+def test_edge_softmax(name, index_dtype, dtype):
+    g = graph_of(name, index_dtype)
+    z = feats(g.num_edges, 1, dtype, seed=6).flatten() * 3
+    p = CU.edge_softmax(g.rowptr, z)
+    assert_close(p, REF.edge_softmax(g.rowptr, z))
+    gp = feats(g.num_edges, 1, dtype, seed=7).flatten()
+    assert_close(CU.edge_softmax_backward(g.rowptr, p, gp), REF.edge_softmax_backward(g.rowptr, p, gp))
+
+
+# --------------------------------------------------------------------------- structure KL
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("widths", ((16, 16), (3, 67), (64, 256)))
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_structure_kl(name, index_dtype, dtype, widths, kernel):
+    g = graph_of(name, index_dtype)
+    fs, fp = widths
+    sd, ss = feats(g.num_dst, fs, dtype, 1), feats(g.num_src, fs, dtype, 2)
+    pd, ps = feats(g.num_dst, fp, dtype, 3), feats(g.num_src, fp, dtype, 4)
+    params = sim_params(kernel, max(fs, fp)) + (0.5,)
+    kl, lse_s, lse_p = CU.structure_kl_forward(g.rowptr, g.col, sd, ss, pd, ps, *params)
+    rkl, rls, rlp = REF.structure_kl_forward(g.rowptr, g.col, sd, ss, pd, ps, *params)
+    assert_close(kl, rkl)
+    assert_close(lse_s, rls, dtype)
+    assert_close(lse_p, rlp, dtype)
+    assert torch.equal(torch.isinf(lse_s), torch.isinf(rls))
+
+    rowptr_t, col_t, perm_t = g.transpose()
+    grad = feats(g.num_dst, 1, dtype, 5).flatten()
+    for peer_grad in (False, True):
+        args = (g.rowptr, g.col, rowptr_t, col_t, perm_t, sd, ss, pd, ps, rls, rlp, rkl, grad,
+                *params, peer_grad)
+        got, want = CU.structure_kl_backward(*args), REF.structure_kl_backward(*args)
+        for a, b in zip(got, want):
+            assert_close(a, b)
+
+
+# --------------------------------------------------------------------------- hub rows
+@index_params
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_hub_of_degree_50k(index_dtype, dtype):
+    g = graph_of("hub50k", index_dtype)
+    assert int(g.in_degree.max()) >= 50_000
+    x = feats(g.num_src, 64, dtype)
+    for reduce in ("sum", "mean", "max"):
+        out, arg = CU.spmm_forward(g.rowptr, g.col, None, x, reduce)
+        ref_out, ref_arg = REF.spmm_forward(g.rowptr, g.col, None, x, reduce)
+        assert_close(out, ref_out)
+        if reduce == "max":
+            assert torch.equal(arg, ref_arg)
+    params = sim_params("l1", 64) + (1.0,)
+    p = feats(g.num_src, 32, dtype, seed=9)
+    kl, ls, lp = CU.structure_kl_forward(g.rowptr, g.col, x, x, p, p, *params)
+    rkl, rls, rlp = REF.structure_kl_forward(g.rowptr, g.col, x, x, p, p, *params)
+    assert_close(kl, rkl)
+    assert_close(ls, rls, dtype)
+    rowptr_t, col_t, perm_t = g.transpose()
+    grad = torch.ones(g.num_dst, device=DEV, dtype=dtype)
+    args = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, x, p, p, rls, rlp, rkl, grad, *params, True)
+    for a, b in zip(CU.structure_kl_backward(*args), REF.structure_kl_backward(*args)):
+        assert_close(a, b)
+
+
+def test_deterministic_without_atomics():
+    """Split hub rows are combined in a fixed order: two runs agree bit for bit."""
+    g = graph_of("hub50k", torch.int64)
+    x = feats(g.num_src, 64, torch.float32)
+    a, _ = CU.spmm_forward(g.rowptr, g.col, None, x, "sum")
+    b, _ = CU.spmm_forward(g.rowptr, g.col, None, x, "sum")
+    assert torch.equal(a, b)
+    rowptr_t, col_t, perm_t = g.transpose()
+    params = sim_params("rbf", 64) + (1.0,)
+    kl, ls, lp = CU.structure_kl_forward(g.rowptr, g.col, x, x, x, x, *params)
+    grad = torch.ones_like(kl)
+    args = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, x, x, x, ls, lp, kl, grad, *params, False)
+    r1, r2 = CU.structure_kl_backward(*args), CU.structure_kl_backward(*args)
+    assert torch.equal(r1[0], r2[0]) and torch.equal(r1[1], r2[1])
+
+
+# --------------------------------------------------------------------------- public ops
+@pytest.mark.parametrize("reduce", ("sum", "mean", "max"))
+def test_spmm_op_gradients(reduce):
+    g = graph_of("long_rows", torch.int64)
+    w = edge_weight(g, torch.float32)
+    x = feats(g.num_src, 32, torch.float32).requires_grad_()
+    wc = w.clone().requires_grad_()
+    out = fastalign.spmm(g, x, reduce, edge_weight=wc, backend="cuda")
+    out.square().sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    w2 = w.clone().requires_grad_()
+    ref = fastalign.spmm(g, x2, reduce, edge_weight=w2, backend="torch")
+    ref.square().sum().backward()
+    assert_close(out.detach(), ref.detach())
+    assert_close(x.grad, x2.grad)
+    assert_close(wc.grad, w2.grad)
+
+
+def test_structure_kl_op_gradients():
+    g = graph_of("long_rows", torch.int32)
+    hs = feats(g.num_src, 48, torch.float32, 1).requires_grad_()
+    hp = feats(g.num_src, 24, torch.float32, 2).requires_grad_()
+    loss = fastalign.structure_kl(g, hs, hp, kernel="cosine", tau=0.5, backend="cuda")
+    loss.backward()
+    hs2 = hs.detach().clone().requires_grad_()
+    hp2 = hp.detach().clone().requires_grad_()
+    ref = fastalign.structure_kl(g, hs2, hp2, kernel="cosine", tau=0.5, backend="torch")
+    ref.backward()
+    assert_close(loss.detach(), ref.detach())
+    assert_close(hs.grad, hs2.grad)
+    assert_close(hp.grad, hp2.grad)
+
+
+def test_float64_falls_back_to_the_reference():
+    g = graph_of("square", torch.int64)
+    x = feats(g.num_src, 8, torch.float64)
+    out, _ = CU.spmm_forward(g.rowptr, g.col, None, x, "sum")
+    ref, _ = REF.spmm_forward(g.rowptr, g.col, None, x, "sum")
+    torch.testing.assert_close(out, ref)
+
+
+def test_power_law_graph_matches_torch_sparse():
+    ei = power_law_edge_index(20_000, 400_000, seed=1).to(DEV)
+    g = Graph.from_edge_index(ei, num_nodes=20_000)
+    x = feats(20_000, 128, torch.float32)
+    out, _ = CU.spmm_forward(g.rowptr, g.col, None, x, "sum")
+    adj = torch.sparse_csr_tensor(g.rowptr.long(), g.col.long(), torch.ones(g.num_edges, device=DEV),
+                                  size=(20_000, 20_000))
+    assert_close(out, adj @ x)
