@@ -44,6 +44,22 @@ def _free_bytes(device: torch.device) -> Optional[int]:
         return None
 
 
+def _check_fits(c: S.Contender, w: S.Workload, device: torch.device) -> None:
+    """Skip a contender whose rough memory estimate cannot fit. On CPU the guard is
+    strict (exhausting host memory gets the whole process killed); on CUDA an
+    allocation failure is an exception, so we only skip the clearly impossible and
+    otherwise try, recording an out-of-memory as ``oom``."""
+    est = c.estimate(w)
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        if est > 2 * total:
+            raise S.Skip(f"needs ~{est / 2**30:.0f} GiB, the device has {total / 2**30:.0f} GiB")
+        return
+    free = _free_bytes(device)
+    if free is not None and est > 0.8 * free:
+        raise S.Skip(f"needs ~{est / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free")
+
+
 def _git_commit() -> Optional[str]:
     repo = Path(__file__).resolve().parents[2]
     try:
@@ -152,7 +168,7 @@ def run_benchmarks(
         "timing_method": "median wall time per call after warm-up (CUDA: synchronised)",
         "memory_method": (
             "torch.cuda.max_memory_allocated delta over one call" if device.type == "cuda"
-            else ("peak RSS delta over one call (/proc/self/clear_refs + VmHWM, fixed glibc mmap threshold)"
+            else ("peak RSS delta over one call (malloc_trim, /proc/self/clear_refs, VmHWM)"
                   if cpu_mem_ok else "not measured")
         ),
         "skipped_graphs": [],
@@ -216,10 +232,7 @@ def run_benchmarks(
                     note(f"{suite} | {spec.name} | {mode} | {c.name} ...")
                     fn = out = None
                     try:
-                        free = _free_bytes(device)
-                        est = c.estimate(w)
-                        if free is not None and est > 0.8 * free:
-                            raise S.Skip(f"needs ~{est / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free")
+                        _check_fits(c, w, device)
                         fn = c.build(w, mode)
                         out = _first_tensor(fn())  # first call: compiles, fills caches, checks
                         if reference is None:

@@ -14,18 +14,17 @@ measured in a separate call after the timing:
   ``max_memory_allocated() - memory_allocated()`` (before the call): exact, from the
   caching allocator's own accounting.
 * CPU: PyTorch has no CPU allocator statistics, so we use the kernel's own peak RSS
-  ("high-water mark"): reset it by writing ``5`` to ``/proc/self/clear_refs`` (Linux >=
-  4.0), run the call, read ``VmHWM`` from ``/proc/self/status`` and subtract the RSS
-  before the call. For the delta to be sound, freed memory must go back to the OS rather
-  than stay in glibc's heap (where a later allocation would reuse it without raising
-  RSS): :func:`prepare_cpu_memory_measurement` fixes glibc's mmap threshold at 128 KiB
-  (what ``MALLOC_MMAP_THRESHOLD_=131072`` does; it turns off glibc's dynamic threshold),
-  so every tensor of 128 KiB or more is its own mapping, returned on free, and we call
-  ``malloc_trim(0)`` before each measurement. Allocations under 128 KiB and memory
-  touched by other threads' stacks are within the noise (reported in MiB). Where
-  ``clear_refs`` cannot be written, CPU memory is reported as unavailable (None).
-  The fixed threshold applies to the whole benchmark process, so every contender is
-  timed under the same allocator conditions.
+  ("high-water mark"): ``malloc_trim(0)`` first, so that memory glibc kept from earlier
+  calls (free heap pages, including those in the middle of the heap) goes back to the
+  OS and the baseline is the live memory; then reset the high-water mark by writing
+  ``5`` to ``/proc/self/clear_refs`` (Linux >= 4.0), run the call, read ``VmHWM`` from
+  ``/proc/self/status`` and subtract the RSS before the call. Inside the call, freed
+  memory that glibc keeps is reused by later allocations without raising RSS, so the
+  figure is the peak of what the call held (an upper bound where the heap fragments),
+  and it includes every allocation (MKL's or a C++ kernel's scratch too), not only
+  tensors. glibc's allocator is left in its default (dynamic-threshold) mode, so timings
+  see what users see. Where ``clear_refs`` cannot be written, CPU memory is reported as
+  unavailable (None).
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ from typing import Callable, List, Optional
 
 import torch
 
-_M_MMAP_THRESHOLD = -3
 _CPU_MEMORY_STATE = {"prepared": False, "ok": None, "libc": None}
 
 
@@ -52,26 +50,19 @@ def _libc():
     return _CPU_MEMORY_STATE["libc"] or None
 
 
-def prepare_cpu_memory_measurement(threshold: int = 128 * 1024) -> bool:
-    """Fix glibc's mmap threshold (once per process); True where CPU peak memory can be
-    measured (glibc present and /proc/self/clear_refs writable)."""
+def prepare_cpu_memory_measurement() -> bool:
+    """True where CPU peak memory can be measured (Linux: /proc/self/clear_refs
+    writable and /proc/self/status readable)."""
     state = _CPU_MEMORY_STATE
     if state["prepared"]:
         return bool(state["ok"])
     state["prepared"] = True
-    libc = _libc()
-    ok = libc is not None
-    if ok:
-        try:
-            ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
-        except AttributeError:
-            ok = False
-    if ok:
-        try:
-            _reset_hwm()
-            _read_status("VmHWM")
-        except OSError:
-            ok = False
+    try:
+        _reset_hwm()
+        _read_status("VmHWM")
+        ok = True
+    except OSError:
+        ok = False
     state["ok"] = ok
     return ok
 
