@@ -1,0 +1,322 @@
+"""Node-classification data sets that load offline from a root folder.
+
+``load_dataset(name, root=None, seed=0)`` returns a :class:`NodeDataset`:
+
+* ``synthetic`` (the default of the CLI): a contextual stochastic block model generated
+  from the seed -- no files, so the trainer runs anywhere.
+* ``cora``, ``citeseer``, ``pubmed``: the Planetoid public split, read by PyG's
+  ``Planetoid`` from ``<root>/<Name>/raw/ind.<name>.*`` (``Cora``, ``CiteSeer``,
+  ``PubMed``). A read-only root is copied to a temporary folder first, because PyG writes
+  ``processed/`` next to ``raw/``. Missing raw files are downloaded by PyG where a network
+  is available. Features are row-normalised (as in Kipf & Welling).
+* ``ppi``: the inductive protein-protein-interaction set (GraphSAGE version, PyG layout
+  ``<root>/PPI/raw/{train,valid,test}_{graph.json,feats.npy,labels.npy,graph_id.npy}``;
+  ``<root>/raw/...`` is accepted too): one graph per tissue, 121 binary labels
+  (multi-label, scored by micro-F1), trained in mini-batches of graphs. Read directly
+  (json + numpy), exactly as PyG's ``PPI.process`` does, without networkx.
+
+The root comes from the ``root`` argument, else the ``FASTALIGN_DATA`` environment
+variable, else ``~/.cache/fastalign/datasets``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .graph import Graph
+
+ENV_VAR = "FASTALIGN_DATA"
+PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
+DATASETS = ("synthetic",) + tuple(PLANETOID) + ("ppi",)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class GraphBatch:
+    """One graph (or a block-diagonal batch of graphs) with features and labels.
+
+    ``masks`` maps a split name to a boolean node mask; for an inductive batch every
+    node of the batch belongs to its one split.
+    """
+
+    x: Tensor
+    y: Tensor
+    edge_index: Tensor
+    masks: Dict[str, Tensor]
+    graph: Graph = field(init=False)
+
+    def __post_init__(self):
+        self.graph = Graph.from_edge_index(self.edge_index, num_nodes=self.x.size(0))
+
+    @property
+    def num_nodes(self) -> int:
+        return self.x.size(0)
+
+    @property
+    def x_input(self):
+        """The features as the students take them: :class:`SparseFeatures` when under 10%
+        of the entries are non-zero (bag-of-words inputs), else the dense tensor."""
+        if "_x_input" not in self.__dict__:
+            from .distill.models import SparseFeatures
+
+            dense = self.x.numel() == 0 or (self.x != 0).float().mean().item() >= 0.1
+            self._x_input = self.x if dense else SparseFeatures.from_dense(self.x)
+        return self._x_input
+
+    def to(self, device) -> "GraphBatch":
+        out = GraphBatch.__new__(GraphBatch)
+        out.x, out.y = self.x.to(device), self.y.to(device)
+        out.edge_index = self.edge_index.to(device)
+        out.masks = {k: m.to(device) for k, m in self.masks.items()}
+        out.graph = self.graph.to(device)
+        return out
+
+
+@dataclass
+class NodeDataset:
+    """A transductive data set (one graph, split by node masks) or an inductive one
+    (separate lists of graphs per split)."""
+
+    name: str
+    num_features: int
+    num_classes: int
+    multilabel: bool
+    transductive: Optional[GraphBatch] = None
+    graphs: Dict[str, List[GraphBatch]] = field(default_factory=dict)
+
+    @property
+    def inductive(self) -> bool:
+        return self.transductive is None
+
+    @property
+    def metric(self) -> str:
+        return "micro_f1" if self.multilabel else "accuracy"
+
+    def train_batches(self, batch_size: int = 1, generator: Optional[torch.Generator] = None):
+        """The batches of one training epoch (the whole graph when transductive; shuffled
+        mini-batches of ``batch_size`` training graphs when inductive)."""
+        if not self.inductive:
+            return [self.transductive]
+        graphs = self.graphs["train"]
+        order = torch.randperm(len(graphs), generator=generator).tolist()
+        return [
+            merge_graphs([graphs[i] for i in order[s : s + batch_size]], "train")
+            for s in range(0, len(order), batch_size)
+        ]
+
+    def eval_batches(self, batch_size: int = 2) -> List[GraphBatch]:
+        """Batches whose masks cover the validation and test nodes (and train, when
+        transductive)."""
+        if not self.inductive:
+            return [self.transductive]
+        out = []
+        for split in ("val", "test"):
+            graphs = self.graphs[split]
+            out += [merge_graphs(graphs[s : s + batch_size], split) for s in range(0, len(graphs), batch_size)]
+        return out
+
+    def to(self, device) -> "NodeDataset":
+        self.transductive = self.transductive.to(device) if self.transductive is not None else None
+        self.graphs = {k: [g.to(device) for g in v] for k, v in self.graphs.items()}
+        return self
+
+
+def merge_graphs(graphs: List[GraphBatch], split: str) -> GraphBatch:
+    """A block-diagonal batch of graphs, every node in ``split``."""
+    if len(graphs) == 1 and list(graphs[0].masks) == [split]:
+        return graphs[0]
+    xs, ys, edges, offset = [], [], [], 0
+    for g in graphs:
+        xs.append(g.x)
+        ys.append(g.y)
+        edges.append(g.edge_index + offset)
+        offset += g.num_nodes
+    x = torch.cat(xs)
+    return GraphBatch(
+        x, torch.cat(ys), torch.cat(edges, 1), {split: torch.ones(x.size(0), dtype=torch.bool)}
+    )
+
+
+# --------------------------------------------------------------------------- public API
+def default_root() -> str:
+    return os.environ.get(ENV_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "fastalign", "datasets")
+
+
+def load_dataset(name: str, root: Optional[str] = None, seed: int = 0, **kwargs) -> NodeDataset:
+    """Load a data set by name (``synthetic``, ``cora``, ``citeseer``, ``pubmed``, ``ppi``).
+
+    ``kwargs`` go to the specific loader (e.g. ``num_nodes`` for synthetic).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"dataset name must be a string, got {type(name).__name__}")
+    key = name.lower()
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    if key == "synthetic":
+        return synthetic_csbm(seed=seed, **kwargs)
+    root = root or default_root()
+    if key == "ppi":
+        return load_ppi(root, **kwargs)
+    return load_planetoid(root, key, **kwargs)
+
+
+# --------------------------------------------------------------------------- synthetic
+def synthetic_csbm(
+    num_nodes: int = 600,
+    num_classes: int = 4,
+    num_features: int = 32,
+    avg_degree: float = 8.0,
+    homophily: float = 0.8,
+    feature_snr: float = 0.6,
+    train_per_class: int = 20,
+    num_val: int = 100,
+    seed: int = 0,
+) -> NodeDataset:
+    """A contextual stochastic block model: ``num_classes`` blocks of equal size, an
+    expected in-block share ``homophily`` of each node's ``avg_degree`` undirected edges,
+    and Gaussian features ``mu_c * feature_snr + N(0, I)`` with random unit class means.
+    Split: ``train_per_class`` nodes per class, ``num_val`` validation, the rest test.
+    Everything is drawn from a ``torch.Generator`` seeded with ``seed``."""
+    for arg, v in (("num_nodes", num_nodes), ("num_classes", num_classes), ("num_features", num_features)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{arg} must be a positive int, got {v!r}")
+    if not 0.0 <= homophily <= 1.0:
+        raise ValueError(f"homophily must be in [0, 1], got {homophily}")
+    if num_classes * train_per_class + num_val >= num_nodes:
+        raise ValueError("num_nodes too small for the requested train/val split")
+    g = torch.Generator().manual_seed(int(seed))
+    y = torch.arange(num_nodes) % num_classes
+    y = y[torch.randperm(num_nodes, generator=g)]
+    n_in = num_nodes / num_classes
+    p_in = avg_degree * homophily / max(n_in - 1, 1)
+    p_out = avg_degree * (1 - homophily) / max(num_nodes - n_in, 1)
+    upper = torch.triu(torch.ones(num_nodes, num_nodes, dtype=torch.bool), diagonal=1)
+    same = y.unsqueeze(0) == y.unsqueeze(1)
+    prob = torch.where(same, torch.tensor(p_in), torch.tensor(p_out))
+    adj = (torch.rand(num_nodes, num_nodes, generator=g) < prob) & upper
+    src, dst = adj.nonzero(as_tuple=True)
+    edge_index = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], 1)
+    means = torch.randn(num_classes, num_features, generator=g)
+    means = means / means.norm(dim=1, keepdim=True) * feature_snr * num_features**0.5 / 2
+    x = means[y] + torch.randn(num_nodes, num_features, generator=g)
+    order = torch.randperm(num_nodes, generator=g)
+    train = torch.zeros(num_nodes, dtype=torch.bool)
+    for c in range(num_classes):
+        train[order[y[order] == c][:train_per_class]] = True
+    rest = order[~train[order]]
+    val = torch.zeros(num_nodes, dtype=torch.bool)
+    val[rest[:num_val]] = True
+    test = ~(train | val)
+    batch = GraphBatch(x, y, edge_index, {"train": train, "val": val, "test": test})
+    return NodeDataset("synthetic", num_features, num_classes, False, transductive=batch)
+
+
+# --------------------------------------------------------------------------- Planetoid
+_TEMP_COPIES: Dict[str, str] = {}
+
+
+def _writable_root(root: str, folder: str) -> str:
+    """``root`` itself when PyG may write into ``root/folder``, else a temporary copy of
+    ``root/folder/raw`` (made once per process)."""
+    target = os.path.join(root, folder)
+    probe = target if os.path.isdir(target) else root
+    if os.path.isdir(probe) and os.access(probe, os.W_OK) and (
+        not os.path.isdir(target) or os.access(os.path.join(target), os.W_OK)
+    ):
+        return root
+    key = os.path.abspath(target)
+    if key not in _TEMP_COPIES:
+        tmp = tempfile.mkdtemp(prefix="fastalign-data-")
+        raw = os.path.join(target, "raw")
+        if os.path.isdir(raw):
+            shutil.copytree(raw, os.path.join(tmp, folder, "raw"))
+        _TEMP_COPIES[key] = tmp
+    return _TEMP_COPIES[key]
+
+
+def load_planetoid(root: str, name: str, normalize_features: bool = True) -> NodeDataset:
+    """Cora / CiteSeer / PubMed with the public Planetoid split, via PyG's Planetoid."""
+    key = name.lower()
+    if key not in PLANETOID:
+        raise ValueError(f"not a Planetoid data set: {name!r}; choose one of {tuple(PLANETOID)}")
+    folder = PLANETOID[key]
+    try:
+        from torch_geometric.datasets import Planetoid
+    except ImportError as exc:  # pragma: no cover - PyG is a test dependency
+        raise ImportError("loading Planetoid data sets needs torch_geometric (pip install torch_geometric)") from exc
+    where = _writable_root(root, folder)
+    try:
+        data = Planetoid(where, folder, split="public")[0]
+    except Exception as exc:
+        raise RuntimeError(
+            f"could not load {folder} from {os.path.join(root, folder, 'raw')} "
+            f"(expects ind.{key}.{{x,tx,allx,y,ty,ally,graph,test.index}}; PyG tries to download "
+            f"missing files): {exc}"
+        ) from exc
+    x = data.x.float()
+    if normalize_features:
+        x = x / x.sum(1, keepdim=True).clamp(min=1e-12)
+    masks = {"train": data.train_mask, "val": data.val_mask, "test": data.test_mask}
+    batch = GraphBatch(x, data.y, data.edge_index, masks)
+    num_classes = int(data.y.max()) + 1
+    return NodeDataset(key, x.size(1), num_classes, False, transductive=batch)
+
+
+# --------------------------------------------------------------------------- PPI
+PPI_SPLITS = {"train": "train", "val": "valid", "test": "test"}
+
+
+def _ppi_raw_dir(root: str) -> str:
+    for cand in (os.path.join(root, "PPI", "raw"), os.path.join(root, "raw"), root):
+        if os.path.isfile(os.path.join(cand, "train_graph.json")):
+            return cand
+    raise FileNotFoundError(
+        f"PPI not found under {root!r}: expected PPI/raw/{{train,valid,test}}_"
+        "{graph.json,feats.npy,labels.npy,graph_id.npy} (PyG's PPI layout)"
+    )
+
+
+def read_ppi_split(raw_dir: str, split: str) -> List[GraphBatch]:
+    """One split of PPI as a list of graphs, as PyG's ``PPI.process`` builds them: the
+    node-link json's links in both directions (an undirected graph), relabelled per
+    graph id, self loops removed, duplicates merged."""
+    prefix = os.path.join(raw_dir, PPI_SPLITS[split])
+    with open(prefix + "_graph.json") as f:
+        graph = json.load(f)
+    x = torch.from_numpy(np.load(prefix + "_feats.npy")).float()
+    y = torch.from_numpy(np.load(prefix + "_labels.npy")).float()
+    graph_id = torch.from_numpy(np.load(prefix + "_graph_id.npy")).long()
+    # Node ids are the feature rows (PyG indexes x by the networkx node ids).
+    links = [(int(l["source"]), int(l["target"])) for l in graph["links"]]
+    ei = torch.tensor(links, dtype=torch.long).t().reshape(2, -1)
+    if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= x.size(0)):
+        raise ValueError(f"{prefix}_graph.json links refer to nodes outside the {x.size(0)} feature rows")
+    if not graph.get("directed", False):
+        ei = torch.cat([ei, ei.flip(0)], 1)
+    out = []
+    for gid in torch.unique(graph_id).tolist():
+        mask = graph_id == gid
+        nodes = mask.nonzero().flatten()
+        local = torch.full((x.size(0),), -1, dtype=torch.long)
+        local[nodes] = torch.arange(nodes.numel())
+        keep = mask[ei[0]] & mask[ei[1]] & (ei[0] != ei[1])
+        e = local[ei[:, keep]]
+        e = torch.unique(e, dim=1) if e.numel() else e
+        out.append(GraphBatch(x[nodes], y[nodes], e, {split: torch.ones(nodes.numel(), dtype=torch.bool)}))
+    return out
+
+
+def load_ppi(root: str) -> NodeDataset:
+    raw = _ppi_raw_dir(root)
+    graphs = {split: read_ppi_split(raw, split) for split in SPLITS}
+    first = graphs["train"][0]
+    return NodeDataset("ppi", first.x.size(1), first.y.size(1), True, graphs=graphs)

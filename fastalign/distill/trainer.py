@@ -1,0 +1,268 @@
+"""The multi-student loop: alternating or simultaneous updates, model selection by best
+validation score, metrics, and the summary the CLI prints and writes.
+
+* ``alternating`` (the paper): within every step the students are updated in turn; the
+  student being updated runs with gradients, each peer runs a no-grad forward (train
+  mode, like the student) whose embeddings are the targets. K students cost K(K-1) peer
+  forwards per step, and each update sees the peers' latest weights.
+* ``simultaneous``: one forward per student per step; each student's loss uses the
+  others' detached embeddings of that same pass; all are updated together.
+
+An epoch is one pass over the training batches (the whole graph for Planetoid), every
+student updated once per batch. Scores: accuracy, or micro-F1 for multi-label data. Each
+student keeps its best-validation epoch (first best on ties); its test score at that
+epoch is reported, and the ensemble averages the students' probabilities from their
+best epochs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from ..datasets import NodeDataset
+from .losses import FeatureAdapters, LossWeights, student_loss
+from .models import MODELS, Student
+from .pairing import ALIGNS, layer_pairs
+
+MODES = ("alternating", "simultaneous")
+BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "gcn"
+    layers: int = 2
+    hidden: int = 64
+    students: int = 2
+    align: str = "ahead"
+    mode: str = "alternating"
+    epochs: int = 200
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    dropout: float = 0.5
+    heads: int = 8
+    deep_supervision: bool = True
+    weights: LossWeights = field(default_factory=LossWeights)
+    backend: str = "auto"
+    device: str = "cpu"
+    batch_size: int = 2
+    log_every: int = 0
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.align not in ALIGNS:
+            raise ValueError(f"align must be one of {ALIGNS}, got {self.align!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        for name in ("students", "epochs", "batch_size", "hidden"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(self.layers, int) or not 2 <= self.layers <= 16:
+            raise ValueError(f"layers must be an int in [2, 16], got {self.layers!r}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("lr must be positive and weight_decay non-negative")
+
+    @property
+    def op_backend(self) -> Optional[str]:
+        return None if self.backend == "auto" else self.backend
+
+
+# ----------------------------------------------------------------------------- metrics
+def score(probs: Tensor, y: Tensor, multilabel: bool) -> float:
+    """Accuracy of the arg-max, or micro-F1 of ``probs > 0.5`` for multi-label."""
+    if probs.numel() == 0:
+        return float("nan")
+    if not multilabel:
+        return (probs.argmax(1) == y).float().mean().item()
+    pred, true = probs > 0.5, y > 0.5
+    tp = (pred & true).sum().item()
+    fp = (pred & ~true).sum().item()
+    fn = (~pred & true).sum().item()
+    return 2 * tp / max(2 * tp + fp + fn, 1)
+
+
+def _probs(logits: Tensor, multilabel: bool) -> Tensor:
+    return torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)
+
+
+@torch.no_grad()
+def predict(student: Student, eval_batches) -> Dict[str, Tensor]:
+    """Probabilities per split (``val``, ``test``), concatenated over batches, plus labels."""
+    student.eval()
+    out: Dict[str, List[Tensor]] = {}
+    for b in eval_batches:
+        logits = student(b.graph, b.edge_index, b.x_input).logits
+        for split, mask in b.masks.items():
+            if split == "train":
+                continue
+            out.setdefault(split, []).append(logits[mask])
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _labels(eval_batches) -> Dict[str, Tensor]:
+    out: Dict[str, List[Tensor]] = {}
+    for b in eval_batches:
+        for split, mask in b.masks.items():
+            if split != "train":
+                out.setdefault(split, []).append(b.y[mask])
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- one run
+def build_students(cfg: TrainConfig, data: NodeDataset):
+    pairs = layer_pairs(cfg.layers, cfg.align) if cfg.students > 1 else []
+    students, adapters, opts = [], [], []
+    for _ in range(cfg.students):
+        s = Student(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
+                    cfg.dropout, cfg.deep_supervision, cfg.heads, cfg.op_backend).to(cfg.device)
+        a = FeatureAdapters(s.widths, pairs if cfg.weights.feature > 0 else []).to(cfg.device)
+        students.append(s)
+        adapters.append(a)
+        opts.append(torch.optim.Adam(list(s.parameters()) + list(a.parameters()),
+                                     lr=cfg.lr, weight_decay=cfg.weight_decay))
+    return students, adapters, opts, pairs
+
+
+def train_step(cfg: TrainConfig, batch, students, adapters, opts, pairs, multilabel: bool):
+    """One step over a batch: every student updated once. Returns the mean loss parts."""
+    K = len(students)
+    forward = lambda s: s(batch.graph, batch.edge_index, batch.x_input)
+    need_peers = bool(pairs) and K > 1
+    parts_all = []
+    if cfg.mode == "alternating":
+        for k in range(K):
+            peers = []
+            if need_peers:
+                with torch.no_grad():
+                    peers = [forward(students[j]).hiddens for j in range(K) if j != k]
+            students[k].train()
+            out = forward(students[k])
+            loss, parts = student_loss(batch, out, peers, pairs, adapters[k], cfg.weights,
+                                       multilabel, cfg.op_backend)
+            opts[k].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[k].step()
+            parts_all.append(parts)
+    else:
+        outs = [forward(s) for s in students]
+        detached = [[h.detach() for h in o.hiddens] for o in outs]
+        total = 0.0
+        for k in range(K):
+            peers = [detached[j] for j in range(K) if j != k] if need_peers else []
+            loss, parts = student_loss(batch, outs[k], peers, pairs, adapters[k], cfg.weights,
+                                       multilabel, cfg.op_backend)
+            total = total + loss
+            parts_all.append(parts)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        total.backward()
+        for o in opts:
+            o.step()
+    return {k: torch.stack([p[k] for p in parts_all]).mean().item() for k in parts_all[0]}
+
+
+def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Callable[[str], None]] = None) -> dict:
+    """Train ``cfg.students`` students from ``seed``; return per-student best-val scores,
+    the ensemble's, and the mean training time per epoch."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    students, adapters, opts, pairs = build_students(cfg, data)
+    for s in students:
+        s.train()
+    multilabel = data.multilabel
+    eval_batches = data.eval_batches(cfg.batch_size)
+    labels = _labels(eval_batches)
+    best = [{"val": -1.0, "test": float("nan"), "epoch": -1, "probs": None} for _ in students]
+    epoch_times = []
+    for epoch in range(1, cfg.epochs + 1):
+        batches = data.train_batches(cfg.batch_size, gen)
+        for s in students:
+            s.train()
+        _sync(cfg.device)
+        t0 = time.perf_counter()
+        parts = [train_step(cfg, b, students, adapters, opts, pairs, multilabel) for b in batches]
+        _sync(cfg.device)
+        epoch_times.append(time.perf_counter() - t0)
+        vals = []
+        for k, s in enumerate(students):
+            logits = predict(s, eval_batches)
+            probs = {sp: _probs(v, multilabel) for sp, v in logits.items()}
+            val = score(probs["val"], labels["val"], multilabel)
+            vals.append(val)
+            if val > best[k]["val"]:
+                best[k] = {"val": val, "test": score(probs["test"], labels["test"], multilabel),
+                           "epoch": epoch, "probs": probs}
+        if log and cfg.log_every and (epoch % cfg.log_every == 0 or epoch == cfg.epochs):
+            p = parts[-1]
+            log(f"  seed {seed} epoch {epoch:4d}  task {p['task']:.4f}  ds {p['ds']:.4f}  "
+                f"struct {p['structure']:.2e}  feat {p['feature']:.4f}  "
+                f"val {' '.join(f'{v:.3f}' for v in vals)}")
+    ens = {sp: torch.stack([b["probs"][sp] for b in best]).mean(0) for sp in ("val", "test")}
+    timed = epoch_times[1:] if len(epoch_times) > 1 else epoch_times
+    return {
+        "seed": seed,
+        "students": [{"student": k, "val": b["val"], "test": b["test"], "best_epoch": b["epoch"]}
+                     for k, b in enumerate(best)],
+        "ensemble": {"val": score(ens["val"], labels["val"], multilabel),
+                     "test": score(ens["test"], labels["test"], multilabel)},
+        "epoch_time_s": sum(timed) / len(timed),
+    }
+
+
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _mean_std(values: List[float]):
+    return (statistics.fmean(values), statistics.pstdev(values)) if values else (float("nan"), float("nan"))
+
+
+def run_experiment(cfg: TrainConfig, data: NodeDataset, seeds: List[int],
+                   log: Optional[Callable[[str], None]] = None) -> dict:
+    """Runs every seed; the summary holds mean/std of the test score over all (seed,
+    student) pairs, per-student and ensemble means, and the mean epoch time."""
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    data.to(cfg.device)
+    runs = []
+    for seed in seeds:
+        r = train_run(cfg, data, seed, log)
+        runs.append(r)
+        if log:
+            accs = " ".join(f"{s['test']:.4f}" for s in r["students"])
+            log(f"seed {seed}: test {accs}  ensemble {r['ensemble']['test']:.4f}  "
+                f"epoch {r['epoch_time_s'] * 1e3:.1f} ms")
+    tests = [s["test"] for r in runs for s in r["students"]]
+    vals = [s["val"] for r in runs for s in r["students"]]
+    mean_test, std_test = _mean_std(tests)
+    per_student = []
+    for k in range(cfg.students):
+        m, sd = _mean_std([r["students"][k]["test"] for r in runs])
+        per_student.append({"student": k, "mean_val": _mean_std([r["students"][k]["val"] for r in runs])[0],
+                            "mean_test": m, "std_test": sd})
+    ens_m, ens_sd = _mean_std([r["ensemble"]["test"] for r in runs])
+    cfg_dict = asdict(cfg)
+    return {
+        "dataset": data.name,
+        "metric": data.metric,
+        "config": cfg_dict,
+        "seeds": list(seeds),
+        "mean_test_acc": mean_test,
+        "std_test_acc": std_test,
+        "mean_val_acc": _mean_std(vals)[0],
+        "per_student": per_student,
+        "ensemble": {"mean_test_acc": ens_m, "std_test_acc": ens_sd},
+        "epoch_time_s": statistics.fmean(r["epoch_time_s"] for r in runs),
+        "runs": runs,
+    }

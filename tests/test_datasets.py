@@ -1,0 +1,219 @@
+"""Data loaders: synthetic CSBM, Planetoid on the real files (when present), and PubMed /
+PPI on small files written here in the real formats."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from fastalign.datasets import ENV_VAR, load_dataset, merge_graphs, synthetic_csbm
+
+
+def _data_root():
+    for cand in (os.environ.get(ENV_VAR), "/work/shared/datasets"):
+        if cand and os.path.isdir(cand):
+            return cand
+    return None
+
+
+# --------------------------------------------------------------------------- synthetic
+def test_synthetic_is_seeded_and_well_formed():
+    a, b, c = synthetic_csbm(seed=3), synthetic_csbm(seed=3), synthetic_csbm(seed=4)
+    ta, tb, tc = a.transductive, b.transductive, c.transductive
+    assert torch.equal(ta.x, tb.x) and torch.equal(ta.edge_index, tb.edge_index)
+    assert not torch.equal(ta.x, tc.x)
+    n = ta.num_nodes
+    masks = ta.masks
+    assert int(masks["train"].sum()) == 4 * 20 and int(masks["val"].sum()) == 100
+    assert not (masks["train"] & masks["val"]).any() and not (masks["val"] & masks["test"]).any()
+    assert int((masks["train"] | masks["val"] | masks["test"]).sum()) == n
+    # undirected, no self loops, homophilous
+    ei = ta.edge_index
+    assert (ei[0] != ei[1]).all()
+    fwd = set(map(tuple, ei.t().tolist()))
+    assert all((j, i) in fwd for i, j in fwd)
+    same = (ta.y[ei[0]] == ta.y[ei[1]]).float().mean().item()
+    assert same > 0.6
+    assert a.num_classes == 4 and not a.multilabel and a.metric == "accuracy"
+
+
+def test_load_dataset_rejects_bad_names():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("reddit")
+    with pytest.raises(TypeError):
+        load_dataset(3)
+    with pytest.raises(ValueError):
+        synthetic_csbm(num_nodes=50)
+
+
+# --------------------------------------------------------------------------- Planetoid
+@pytest.mark.parametrize("name,nodes,edges,feats,classes", [
+    ("cora", 2708, 10556, 1433, 7), ("citeseer", 3327, 9104, 3703, 6)])
+def test_planetoid_real_files(name, nodes, edges, feats, classes):
+    root = _data_root()
+    if root is None or not os.path.isdir(os.path.join(root, {"cora": "Cora", "citeseer": "CiteSeer"}[name], "raw")):
+        pytest.skip(f"no {name} raw files under $FASTALIGN_DATA or /work/shared/datasets")
+    pytest.importorskip("torch_geometric")
+    d = load_dataset(name, root)
+    t = d.transductive
+    assert (t.num_nodes, t.edge_index.size(1), d.num_features, d.num_classes) == (nodes, edges, feats, classes)
+    counts = [int(t.masks[s].sum()) for s in ("train", "val", "test")]
+    assert counts == [20 * classes, 500, 1000]
+    # row-normalised bag-of-words features
+    rows = t.x.sum(1)
+    assert torch.allclose(rows[rows > 0], torch.ones_like(rows[rows > 0]), atol=1e-5)
+    # the root is read-only or left clean: nothing of ours was written next to raw/
+    assert t.graph.num_edges == edges
+
+
+def _write_planetoid(raw, name, rng, n_train=6, n_val_pool=520, n_test=10, n_feat=12, n_cls=3):
+    """Small ind.<name>.* files in the Planetoid format (pickled scipy/numpy, text index).
+    PyG takes the 500 nodes after the training ones as validation, so the pool holds 520."""
+    os.makedirs(raw)
+    n_all = n_train + n_val_pool  # allx covers train + the rest of the labelled pool
+    n = n_all + n_test
+
+    def feats(k):
+        return sp.csr_matrix(rng.random((k, n_feat)) * (rng.random((k, n_feat)) < 0.3))
+
+    def onehot(k):
+        y = np.zeros((k, n_cls))
+        y[np.arange(k), rng.integers(0, n_cls, k)] = 1
+        return y
+
+    allx, ally = feats(n_all), onehot(n_all)
+    parts = {"x": allx[:n_train], "y": ally[:n_train], "allx": allx, "ally": ally,
+             "tx": feats(n_test), "ty": onehot(n_test)}
+    test_index = rng.permutation(np.arange(n_all, n))
+    graph = {i: sorted({int(j) for j in rng.integers(0, n, 3) if j != i}) for i in range(n)}
+    for i, nb in list(graph.items()):  # symmetric
+        for j in nb:
+            graph.setdefault(j, [])
+            if i not in graph[j]:
+                graph[j].append(i)
+    parts["graph"] = graph
+    for key, obj in parts.items():
+        with open(os.path.join(raw, f"ind.{name}.{key}"), "wb") as f:
+            pickle.dump(obj, f)
+    with open(os.path.join(raw, f"ind.{name}.test.index"), "w") as f:
+        f.write("\n".join(map(str, test_index)) + "\n")
+    return n, n_feat, n_cls, parts, test_index
+
+
+def test_pubmed_loader_on_written_files(tmp_path):
+    pytest.importorskip("torch_geometric")
+    rng = np.random.default_rng(0)
+    n, n_feat, n_cls, parts, test_index = _write_planetoid(str(tmp_path / "PubMed" / "raw"), "pubmed", rng)
+    d = load_dataset("pubmed", str(tmp_path))
+    t = d.transductive
+    assert (t.num_nodes, d.num_features, d.num_classes) == (n, n_feat, n_cls)
+    assert int(t.masks["train"].sum()) == 6 and int(t.masks["test"].sum()) == 10
+    # the test rows land at their test.index positions, in file order
+    tx = torch.tensor(parts["tx"].toarray(), dtype=torch.float)
+    tx = tx / tx.sum(1, keepdim=True).clamp(min=1e-12)
+    assert torch.allclose(t.x[torch.as_tensor(test_index)], tx, atol=1e-6)
+    assert torch.equal(t.y[torch.as_tensor(test_index)], torch.as_tensor(parts["ty"].argmax(1)))
+    assert t.edge_index.size(1) == sum(len(v) for v in parts["graph"].values())
+
+
+def test_planetoid_read_only_root_is_copied(tmp_path):
+    pytest.importorskip("torch_geometric")
+    rng = np.random.default_rng(1)
+    raw = tmp_path / "PubMed" / "raw"
+    _write_planetoid(str(raw), "pubmed", rng)
+    os.chmod(raw, 0o555)
+    os.chmod(tmp_path / "PubMed", 0o555)
+    try:
+        if os.access(tmp_path / "PubMed", os.W_OK):
+            pytest.skip("running as a user that can write read-only folders")
+        d = load_dataset("pubmed", str(tmp_path))
+        assert d.transductive.num_nodes == 536
+        assert not (tmp_path / "PubMed" / "processed").exists()
+    finally:
+        os.chmod(tmp_path / "PubMed", 0o755)
+        os.chmod(raw, 0o755)
+
+
+def test_planetoid_missing_files_fail_clearly(tmp_path, monkeypatch):
+    pytest.importorskip("torch_geometric")
+    from torch_geometric.datasets import Planetoid
+
+    def no_network(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(Planetoid, "download", no_network)
+    with pytest.raises(RuntimeError, match="could not load PubMed"):
+        load_dataset("pubmed", str(tmp_path))
+
+
+# --------------------------------------------------------------------------- PPI
+def _write_ppi(raw, rng, n_feat=5, n_lab=121):
+    os.makedirs(raw)
+    layout = {"train": [7, 9, 6], "valid": [8], "test": [5, 6]}
+    expected = {}
+    for split, sizes in layout.items():
+        n = sum(sizes)
+        graph_id = np.concatenate([np.full(s, g + 1) for g, s in enumerate(sizes)])
+        links, off = [], 0
+        for s in sizes:
+            for _ in range(2 * s):
+                i, j = rng.integers(off, off + s, 2)
+                links.append({"source": int(i), "target": int(j)})
+            off += s
+        g = {"directed": False, "multigraph": False, "graph": {},
+             "nodes": [{"id": i, "test": split == "test", "val": split == "valid"} for i in range(n)],
+             "links": links}
+        with open(os.path.join(raw, f"{split}_graph.json"), "w") as f:
+            json.dump(g, f)
+        feats = rng.standard_normal((n, n_feat)).astype(np.float32)
+        labels = (rng.random((n, n_lab)) < 0.3).astype(np.int64)
+        np.save(os.path.join(raw, f"{split}_feats.npy"), feats)
+        np.save(os.path.join(raw, f"{split}_labels.npy"), labels)
+        np.save(os.path.join(raw, f"{split}_graph_id.npy"), graph_id)
+        expected[split] = (sizes, links, feats, labels)
+    return expected
+
+
+def test_ppi_loader_on_written_files(tmp_path):
+    rng = np.random.default_rng(0)
+    expected = _write_ppi(str(tmp_path / "PPI" / "raw"), rng)
+    d = load_dataset("ppi", str(tmp_path))
+    assert d.inductive and d.multilabel and d.metric == "micro_f1"
+    assert (d.num_features, d.num_classes) == (5, 121)
+    for split, key in (("train", "train"), ("val", "valid"), ("test", "test")):
+        sizes, links, feats, labels = expected[key]
+        graphs = d.graphs[split]
+        assert [g.num_nodes for g in graphs] == sizes
+        off = 0
+        for g, s in zip(graphs, sizes):
+            assert torch.allclose(g.x, torch.from_numpy(feats[off:off + s]))
+            assert torch.equal(g.y, torch.from_numpy(labels[off:off + s]).float())
+            want = {(l["source"] - off, l["target"] - off) for l in links
+                    if off <= l["source"] < off + s and l["source"] != l["target"]}
+            want |= {(j, i) for i, j in want}
+            assert set(map(tuple, g.edge_index.t().tolist())) == want
+            off += s
+    # mini-batches of training graphs: block-diagonal, every graph once per epoch
+    batches = d.train_batches(2, torch.Generator().manual_seed(0))
+    assert sorted(b.num_nodes for b in batches) == sorted([7 + 9, 6]) or \
+        sum(b.num_nodes for b in batches) == 22
+    assert len(batches) == 2 and all(bool(b.masks["train"].all()) for b in batches)
+    splits = [list(b.masks) for b in d.eval_batches(2)]
+    assert splits == [["val"], ["test"]]
+
+
+def test_ppi_missing_root_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="PPI"):
+        load_dataset("ppi", str(tmp_path))
+
+
+def test_merge_graphs_offsets():
+    a = synthetic_csbm(num_nodes=200, seed=0).transductive
+    b = synthetic_csbm(num_nodes=200, seed=1).transductive
+    m = merge_graphs([a, b], "train")
+    assert m.num_nodes == 400 and m.edge_index.size(1) == a.edge_index.size(1) + b.edge_index.size(1)
+    assert int(m.edge_index[:, a.edge_index.size(1):].min()) >= 200

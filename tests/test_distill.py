@@ -1,0 +1,265 @@
+"""The Alignahead++ trainer: pairing, loss wiring, modes, determinism, the CLI."""
+
+import json
+
+import pytest
+import torch
+
+from fastalign.datasets import load_dataset, synthetic_csbm
+from fastalign.distill import (LossWeights, Student, TrainConfig, feature_align, layer_pairs,
+                               run_experiment, score, student_loss)
+from fastalign.distill.losses import FeatureAdapters, alignment_losses
+from fastalign.distill.models import SparseFeatures
+from fastalign.distill.trainer import build_students, train_step
+
+BACKEND = "torch"  # the reference semantics; the compiled kernels are tested elsewhere
+
+
+def small(**kw):
+    base = dict(hidden=16, epochs=3, students=2, backend=BACKEND)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_csbm(num_nodes=300, seed=0)
+
+
+# ----------------------------------------------------------------------------- pairing
+def test_layer_pairs():
+    assert layer_pairs(3, "ahead") == [(0, 1), (1, 2), (2, 0)]
+    assert layer_pairs(3, "behind") == [(0, 2), (1, 0), (2, 1)]
+    assert layer_pairs(3, "one-to-one") == [(0, 0), (1, 1), (2, 2)]
+    assert layer_pairs(3, "none") == []
+    assert layer_pairs(2, "ahead") == [(0, 1), (1, 0)]
+    # ahead and behind are inverse maps of each other
+    ahead = dict(layer_pairs(8, "ahead"))
+    behind = dict(layer_pairs(8, "behind"))
+    assert all(behind[ahead[l]] == l for l in range(8))
+    with pytest.raises(ValueError):
+        layer_pairs(3, "sideways")
+    with pytest.raises(ValueError):
+        layer_pairs(0, "ahead")
+
+
+# ----------------------------------------------------------------------------- students
+@pytest.mark.parametrize("model", ["gcn", "sage", "gat"])
+def test_student_outputs(data, model):
+    b = data.transductive
+    s = Student(model, data.num_features, 16, data.num_classes, num_layers=4, deep_supervision=True,
+                heads=4, backend=BACKEND)
+    out = s(b.graph, b.edge_index, b.x)
+    assert len(out.hiddens) == 4 and len(out.aux_logits) == 3
+    assert [h.shape[1] for h in out.hiddens] == [16, 16, 16, data.num_classes]
+    assert out.logits is out.hiddens[-1]
+    assert all(a.shape == (b.num_nodes, data.num_classes) for a in out.aux_logits)
+
+
+@pytest.mark.parametrize("model", ["gcn", "sage", "gat"])
+def test_sparse_features_match_dense(model):
+    torch.manual_seed(0)
+    d = synthetic_csbm(num_nodes=200, seed=1)
+    b = d.transductive
+    x = b.x * (torch.rand_like(b.x) < 0.05)
+    s = Student(model, d.num_features, 16, d.num_classes, heads=4, backend=BACKEND).eval()
+    dense = s(b.graph, b.edge_index, x).logits
+    sparse = s(b.graph, b.edge_index, SparseFeatures.from_dense(x)).logits
+    torch.testing.assert_close(dense, sparse, rtol=1e-5, atol=1e-5)
+
+
+def test_student_bad_arguments(data):
+    with pytest.raises(ValueError, match="num_layers"):
+        Student("gcn", 8, 16, 3, num_layers=1)
+    with pytest.raises(ValueError, match="num_layers"):
+        Student("gcn", 8, 16, 3, num_layers=17)
+    with pytest.raises(ValueError, match="model"):
+        Student("mlp", 8, 16, 3)
+    with pytest.raises(ValueError, match="divisible"):
+        Student("gat", 8, 15, 3, heads=4)
+    with pytest.raises(ValueError):
+        TrainConfig(mode="sometimes")
+    with pytest.raises(ValueError):
+        TrainConfig(backend="fpga")
+    with pytest.raises(ValueError):
+        LossWeights(structure=-1)
+
+
+# ----------------------------------------------------------------------------- losses
+def test_feature_align_values():
+    h = torch.randn(10, 4)
+    assert feature_align(h, h).item() == pytest.approx(0.0)
+    assert feature_align(h + 0.5, h).item() == pytest.approx(0.25)
+    adapters = FeatureAdapters([16, 16, 3], [(0, 1), (1, 2), (2, 0)])
+    assert torch.equal(adapters.maps["0_1"].weight, torch.eye(16))
+    assert adapters(torch.randn(5, 16), 1, 2).shape == (5, 3)
+    assert adapters(torch.randn(5, 3), 2, 0).shape == (5, 16)
+
+
+def test_gradients_reach_only_the_updated_student(data):
+    torch.manual_seed(0)
+    b = data.transductive
+    cfg = small(layers=3)
+    students, adapters, _, pairs = build_students(cfg, data)
+    assert sorted(adapters[0].maps) == ['0_1', '1_2', '2_0']
+    out0 = students[0](b.graph, b.edge_index, b.x)
+    out1 = students[1](b.graph, b.edge_index, b.x)  # NOT under no_grad: detach must cut it
+    for weights in (LossWeights(structure=1, feature=0, deep_supervision=0),
+                    LossWeights(structure=0, feature=1, deep_supervision=0)):
+        for m in students + adapters:
+            m.zero_grad(set_to_none=True)
+        loss, parts = student_loss(b, out0, [out1.hiddens], pairs, adapters[0], weights, False, BACKEND)
+        align = parts["structure"] + parts["feature"]
+        assert align.item() > 0
+        # the gradient of the alignment terms alone
+        s, f = alignment_losses(b.graph, out0.hiddens, [out1.hiddens], pairs, adapters[0], weights, BACKEND)
+        (s + f).backward(retain_graph=True)
+        assert all(p.grad is None for p in students[1].parameters())
+        assert all(p.grad is None for p in adapters[1].parameters())
+        grads = [p.grad for p in students[0].parameters() if p.grad is not None]
+        assert grads and sum(g.abs().sum().item() for g in grads) > 0
+        if weights.feature > 0:
+            assert all(p.grad is not None for p in adapters[0].parameters())
+
+
+def _count_forwards(students):
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+
+    for s in students:
+        s.register_forward_hook(hook)
+    return calls
+
+
+@pytest.mark.parametrize("mode,expected", [("alternating", 3 + 3 * 2), ("simultaneous", 3)])
+def test_forwards_per_step(data, mode, expected):
+    torch.manual_seed(0)
+    cfg = small(students=3, mode=mode)
+    students, adapters, opts, pairs = build_students(cfg, data)
+    calls = _count_forwards(students)
+    before = [[p.detach().clone() for p in s.parameters()] for s in students]
+    parts = train_step(cfg, data.transductive, students, adapters, opts, pairs, False)
+    assert calls[0] == expected
+    assert parts["structure"] > 0 and parts["feature"] > 0
+    for s, old in zip(students, before):  # every student updated once
+        assert any(not torch.equal(p, q) for p, q in zip(s.parameters(), old))
+
+
+def test_alternating_updates_one_student_at_a_time(data):
+    """While student k steps, no other student's weights move."""
+    torch.manual_seed(0)
+    cfg = small(students=3)
+    students, adapters, opts, pairs = build_students(cfg, data)
+    snapshots = []
+    for k, opt in enumerate(opts):
+        orig = opt.step
+
+        def step(*a, _k=k, _orig=orig, **kw):
+            before = [[p.detach().clone() for p in s.parameters()] for s in students]
+            r = _orig(*a, **kw)
+            moved = [any(not torch.equal(p, q) for p, q in zip(s.parameters(), old))
+                     for s, old in zip(students, before)]
+            snapshots.append((_k, moved))
+            return r
+
+        opt.step = step
+    train_step(cfg, data.transductive, students, adapters, opts, pairs, False)
+    assert [k for k, _ in snapshots] == [0, 1, 2]
+    for k, moved in snapshots:
+        assert moved == [j == k for j in range(3)]
+
+
+def test_baseline_has_no_alignment(data):
+    for cfg in (small(students=1), small(students=2, align="none")):
+        torch.manual_seed(0)
+        students, adapters, opts, pairs = build_students(cfg, data)
+        assert pairs == [] and all(len(a.maps) == 0 for a in adapters)
+        parts = train_step(cfg, data.transductive, students, adapters, opts, pairs, False)
+        assert parts["structure"] == 0 and parts["feature"] == 0
+
+
+def test_no_deep_supervision_has_no_aux_heads(data):
+    cfg = small(deep_supervision=False, layers=4)
+    students, *_ = build_students(cfg, data)
+    assert len(students[0].aux) == 0
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_score():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert score(probs, torch.tensor([0, 1, 1]), False) == pytest.approx(2 / 3)
+    ml = torch.tensor([[0.9, 0.2], [0.7, 0.6]])
+    y = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    # tp = 2 (0,0),(1,1); fp = 1 (1,0); fn = 1 (0,1) -> 2*2 / (4 + 1 + 1)
+    assert score(ml, y, True) == pytest.approx(4 / 6)
+
+
+# ----------------------------------------------------------------------------- runs
+def test_training_learns_and_is_deterministic(data):
+    cfg = small(epochs=30)
+    r1 = run_experiment(cfg, data, [0, 1])
+    r2 = run_experiment(cfg, data, [0, 1])
+    strip = lambda r: [{k: v for k, v in run.items() if k != "epoch_time_s"} for run in r["runs"]]
+    assert strip(r1) == strip(r2)
+    assert r1["mean_test_acc"] > 0.6  # 4 balanced classes: chance is 0.25
+    assert len(r1["runs"]) == 2 and len(r1["runs"][0]["students"]) == 2
+    r3 = run_experiment(cfg, data, [2])
+    assert strip(r3) != strip(r1)[:1]
+
+
+@pytest.mark.parametrize("mode,align", [("simultaneous", "behind"), ("alternating", "one-to-one")])
+def test_other_modes_run(data, mode, align):
+    r = run_experiment(small(mode=mode, align=align, layers=3, epochs=5), data, [0])
+    assert 0.0 <= r["mean_test_acc"] <= 1.0
+
+
+def test_ppi_training_smoke(tmp_path):
+    from test_datasets import _write_ppi
+
+    import numpy as np
+
+    _write_ppi(str(tmp_path / "PPI" / "raw"), np.random.default_rng(0))
+    d = load_dataset("ppi", str(tmp_path))
+    r = run_experiment(small(epochs=2, batch_size=2), d, [0])
+    assert r["metric"] == "micro_f1"
+    assert 0.0 <= r["mean_test_acc"] <= 1.0 and r["mean_test_acc"] > 0.1
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_train_writes_json(tmp_path, capsys):
+    from fastalign.cli import main
+
+    path = tmp_path / "out" / "r.json"
+    rc = main(["train", "--epochs", "4", "--students", "2", "--hidden", "16", "--seeds", "0", "1",
+               "--backend", BACKEND, "--layers", "3", "--json", str(path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "ensemble" in out and "student" in out
+    r = json.loads(path.read_text())
+    assert 0.0 <= r["mean_test_acc"] <= 1.0 and r["std_test_acc"] >= 0 and r["epoch_time_s"] > 0
+    assert r["dataset"] == "synthetic" and r["config"]["layers"] == 3
+    assert [run["seed"] for run in r["runs"]] == [0, 1]
+    for run in r["runs"]:
+        assert [s["student"] for s in run["students"]] == [0, 1]
+        assert all(0 <= s["val"] <= 1 and 0 <= s["test"] <= 1 for s in run["students"])
+    tests = [s["test"] for run in r["runs"] for s in run["students"]]
+    assert r["mean_test_acc"] == pytest.approx(sum(tests) / len(tests))
+
+
+@pytest.mark.parametrize("argv", [["train", "--layers", "1"], ["train", "--students", "0"],
+                                  ["train", "--align", "sideways"], ["train", "--dataset", "mnist"]])
+def test_cli_rejects_bad_arguments(argv):
+    from fastalign.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv + ["--epochs", "1"])
+    assert exc.value.code == 2
+
+
+def test_cli_demo(capsys):
+    from fastalign.cli import main
+
+    assert main(["demo", "--nodes", "200", "--edges", "1000", "--backend", BACKEND]) == 0
+    assert "structure_kl" in capsys.readouterr().out
