@@ -1,0 +1,239 @@
+"""The Triton backend on a CUDA device against the reference on the same device:
+float32, float16 and bfloat16, int32 and int64 indices, odd widths, a hub row of
+degree 60,000, determinism, and the public ops end to end (gradients).
+
+Skipped without CUDA (and under TRITON_INTERPRET, where kernels are interpreted).
+Low-precision inputs are compared with the reference run on the same inputs (both
+accumulate in float32) by the relative error of the whole output,
+||out - ref|| / ||ref||, against a few units in the last place of the output dtype.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+HAS_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA device")]
+
+import fastalign  # noqa: E402
+from fastalign import Graph  # noqa: E402
+from fastalign.ops.gcn_aggregate import gcn_norm_state  # noqa: E402
+
+from graphs import case_graphs, power_law_edge_index  # noqa: E402
+
+REF = importlib.import_module("fastalign.backends.torch")
+TB = importlib.import_module("fastalign.backends.triton")
+DEV = "cuda"
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float64: 1e-12}
+KERNELS = {"l1": (None, 2, 1.0), "rbf": (None, 2, 1.0), "linear": (1.0, 2, 1.0),
+           "poly": (1.0, 3, 1.0), "cosine": (1.0, 2, 1.0)}
+
+
+def params(kernel, width):
+    sigma, degree, coef = KERNELS[kernel]
+    if sigma is None:  # keep similarities well scaled
+        sigma = float(width) if kernel == "l1" else float(width) ** 0.5
+    return sigma, degree, coef
+
+
+def rel_close(out, ref, dtype, what=""):
+    if isinstance(out, (tuple, list)):
+        for i, (a, b) in enumerate(zip(out, ref)):
+            rel_close(a, b, dtype, f"{what}[{i}]")
+        return
+    assert out.shape == ref.shape and out.dtype == ref.dtype, (what, out.shape, ref.shape, out.dtype, ref.dtype)
+    if out.numel() == 0 or not out.is_floating_point():
+        assert torch.equal(out, ref), what
+        return
+    a, b = out.double(), ref.double()
+    fin = torch.isfinite(b)
+    assert torch.equal(torch.isfinite(a), fin), f"{what}: non-finite pattern differs"
+    a, b = a[fin], b[fin]
+    err = (a - b).norm() / b.norm().clamp(min=1e-30)
+    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]}"
+
+
+_CACHE = {}
+
+
+def power_law(index_dtype, n=3000, e=40_000):
+    key = ("pl", index_dtype, n, e)
+    if key not in _CACHE:
+        ei = power_law_edge_index(n, e, seed=1).to(index_dtype)
+        _CACHE[key] = Graph.from_edge_index(ei, num_nodes=n).to(DEV)
+    return _CACHE[key]
+
+
+def hub(index_dtype, degree=60_000, n=5000):
+    """A hub of in-degree 60,000 (beyond Reddit's ~50k) beside a power-law graph."""
+    key = ("hub", index_dtype)
+    if key not in _CACHE:
+        gen = torch.Generator().manual_seed(3)
+        hub_e = torch.stack([torch.randint(0, n, (degree,), generator=gen), torch.zeros(degree, dtype=torch.long)])
+        ei = torch.cat([hub_e, power_law_edge_index(n, 30_000, seed=2)], 1).to(index_dtype)
+        _CACHE[key] = Graph.from_edge_index(ei, num_nodes=n).to(DEV)
+    return _CACHE[key]
+
+
+def feats(n, width, dtype, seed):
+    gen = torch.Generator(device=DEV).manual_seed(seed)
+    return torch.randn(n, width, generator=gen, device=DEV).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+def test_spmm(dtype, index_dtype, reduce):
+    g = power_law(index_dtype)
+    for width in (1, 64, 67, 256, 1030):
+        x = feats(g.num_src, width, dtype, width)
+        w = torch.rand(g.num_edges, device=DEV).to(dtype)
+        for weight in (None, w):
+            out = TB.spmm_forward(g.rowptr, g.col, weight, x, reduce)
+            expect = REF.spmm_forward(g.rowptr, g.col, weight, x, reduce)
+            rel_close(out[0], expect[0], dtype, f"spmm {reduce} F={width}")
+            if reduce == "max" and dtype == torch.float32:
+                assert torch.equal(out[1], expect[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hub_row(dtype):
+    g = hub(torch.int64)
+    assert int(g.in_degree.max()) >= 60_000
+    x = feats(g.num_src, 64, dtype, 0)
+    for reduce in ("sum", "max"):
+        rel_close(TB.spmm_forward(g.rowptr, g.col, None, x, reduce)[0],
+                  REF.spmm_forward(g.rowptr, g.col, None, x, reduce)[0], dtype, f"hub spmm {reduce}")
+    z = torch.randn(g.num_edges, device=DEV).to(dtype)
+    rel_close(TB.edge_softmax(g.rowptr, z), REF.edge_softmax(g.rowptr, z), dtype, "hub softmax")
+    hs, hp = feats(g.num_src, 64, dtype, 1), feats(g.num_src, 32, dtype, 2)
+    _kl(g, hs, hp, "l1", dtype, peer=True)
+
+
+def _kl(g, hs, hp, kernel, dtype, peer, tau=0.5):
+    sigma, degree, coef = params(kernel, hs.size(1))
+    args = (g.rowptr, g.col, hs, hs, hp, hp, kernel, sigma, degree, coef, tau)
+    out = TB.structure_kl_forward(*args)
+    expect = REF.structure_kl_forward(*args)
+    rel_close(out[1:], expect[1:], torch.float32 if dtype != torch.float64 else dtype, f"kl lse {kernel}")
+    rel_close(out[0], expect[0], dtype if dtype != torch.float32 else torch.float16, f"kl {kernel}")
+    rt, ct, pt = g.transpose()
+    gk = torch.rand(g.num_dst, device=DEV).to(dtype)
+    bargs = (g.rowptr, g.col, rt, ct, pt, hs, hs, hp, hp, *expect, gk, kernel, sigma, degree, coef, tau, peer)
+    rel_close(TB.structure_kl_backward(*bargs), REF.structure_kl_backward(*bargs),
+              dtype if dtype != torch.float32 else torch.float16, f"kl grads {kernel}")
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_structure_kl(kernel, dtype):
+    if dtype != torch.float32 and kernel not in ("l1", "cosine"):
+        pytest.skip("low precision: two kernels suffice")
+    g = power_law(torch.int32)
+    _kl(g, feats(g.num_src, 64, dtype, 3), feats(g.num_src, 48, dtype, 4), kernel, dtype, peer=True)
+
+
+def test_structure_kl_wide():
+    g = power_law(torch.int64)
+    _kl(g, feats(g.num_src, 300, torch.float32, 5), feats(g.num_src, 1, torch.float32, 6), "cosine",
+        torch.float32, peer=False)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_edge_similarity(kernel, dtype):
+    if dtype != torch.float32 and kernel not in ("l1", "linear"):
+        pytest.skip("low precision: two kernels suffice")
+    g = power_law(torch.int64)
+    x = feats(g.num_src, 67, dtype, 7)
+    sigma, degree, coef = params(kernel, 67)
+    rt, ct, pt = g.transpose()
+    rel_close(TB.edge_similarity(g.rowptr, g.col, x, x, kernel, sigma, degree, coef),
+              REF.edge_similarity(g.rowptr, g.col, x, x, kernel, sigma, degree, coef), dtype, "sim")
+    gs = torch.randn(g.num_edges, device=DEV).to(dtype)
+    args = (g.rowptr, g.col, rt, ct, pt, x, x, gs, kernel, sigma, degree, coef)
+    tol = dtype if dtype != torch.float32 else torch.float16  # sums of many signed terms
+    rel_close(TB.edge_similarity_backward(*args), REF.edge_similarity_backward(*args), tol, "sim grads")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gcn_softmax_sddmm(dtype):
+    g = power_law(torch.int32)
+    x = feats(g.num_src, 128, dtype, 8)
+    w = torch.rand(g.num_edges, device=DEV).to(dtype)
+    for weight in (None, w):
+        for loops in (True, False):
+            dis, lw = gcn_norm_state(g, weight, loops, False, dtype)
+            rel_close(TB.gcn_aggregate(g.rowptr, g.col, weight, dis, lw, x),
+                      REF.gcn_aggregate(g.rowptr, g.col, weight, dis, lw, x), dtype, "gcn")
+    z = torch.randn(g.num_edges, device=DEV).to(dtype)
+    p = REF.edge_softmax(g.rowptr, z)
+    rel_close(TB.edge_softmax(g.rowptr, z), p, dtype, "softmax")
+    gp = torch.randn_like(p)
+    rel_close(TB.edge_softmax_backward(g.rowptr, p, gp), REF.edge_softmax_backward(g.rowptr, p, gp), dtype, "softmax bwd")
+    rel_close(TB.sddmm(g.rowptr, g.col, x, x), REF.sddmm(g.rowptr, g.col, x, x), dtype, "sddmm")
+
+
+def test_max_backward():
+    g = power_law(torch.int64)
+    x = feats(g.num_src, 64, torch.float32, 9)
+    w = torch.rand(g.num_edges, device=DEV)
+    _, arg = REF.spmm_forward(g.rowptr, g.col, w, x, "max")
+    gout = feats(g.num_dst, 64, torch.float32, 10)
+    rel_close(TB.spmm_max_backward(g.col, w, x, arg, gout, True),
+              REF.spmm_max_backward(g.col, w, x, arg, gout, True), torch.float32, "max bwd")
+
+
+@pytest.mark.parametrize("name_graph", case_graphs(), ids=lambda c: c[0])
+def test_edge_case_graphs(name_graph):
+    _, g = name_graph
+    g = g.to(DEV)
+    x = feats(g.num_src, 5, torch.float32, 11)
+    xd = feats(g.num_dst, 5, torch.float32, 12)
+    for reduce in ("sum", "mean", "max"):
+        rel_close(TB.spmm_forward(g.rowptr, g.col, None, x, reduce)[0],
+                  REF.spmm_forward(g.rowptr, g.col, None, x, reduce)[0], torch.float32, reduce)
+    args = (g.rowptr, g.col, xd, x, xd, x, "rbf", 1.0, 2, 1.0, 1.0)
+    rel_close(TB.structure_kl_forward(*args), REF.structure_kl_forward(*args), torch.float32, "kl")
+
+
+def test_deterministic():
+    g = hub(torch.int32)
+    hs, hp = feats(g.num_src, 64, torch.float32, 13), feats(g.num_src, 64, torch.float32, 14)
+    rt, ct, pt = g.transpose()
+    fwd = TB.structure_kl_forward(g.rowptr, g.col, hs, hs, hp, hp, "l1", 64.0, 2, 1.0, 0.5)
+    gk = torch.rand(g.num_dst, device=DEV)
+    runs = [
+        (TB.spmm_forward(g.rowptr, g.col, None, hs, "sum")[0],
+         TB.structure_kl_forward(g.rowptr, g.col, hs, hs, hp, hp, "l1", 64.0, 2, 1.0, 0.5),
+         TB.structure_kl_backward(g.rowptr, g.col, rt, ct, pt, hs, hs, hp, hp, *fwd, gk,
+                                  "l1", 64.0, 2, 1.0, 0.5, True))
+        for _ in range(2)
+    ]
+    for a, b in zip(runs[0], runs[1]):
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            assert torch.equal(x, y)
+
+
+def test_ops_end_to_end():
+    g = power_law(torch.int64)
+    x = feats(g.num_src, 32, torch.float32, 15).requires_grad_()
+    hp = feats(g.num_src, 16, torch.float32, 16)
+    out = {}
+    for backend in ("torch", "triton"):
+        x.grad = None
+        loss = (
+            fastalign.spmm(g, x, "mean", backend=backend).square().sum()
+            + fastalign.gcn_aggregate(g, x, backend=backend).square().sum()
+            + 100 * fastalign.structure_kl(g, x, hp, kernel="l1", tau=0.1, backend=backend)
+        )
+        loss.backward()
+        out[backend] = (loss.detach(), x.grad.clone())
+    rel_close(out["triton"], out["torch"], torch.float16, "ops")
+    assert fastalign.backends.resolve("spmm", None, torch.device(DEV), ("spmm_forward",)) == "triton"
