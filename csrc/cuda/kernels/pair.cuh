@@ -22,6 +22,9 @@
 
 namespace fastalign {
 namespace cuda {
+// Internal linkage: each .cu file gets its own kernel instantiations (no cross-module
+// merging of template kernel stubs without -rdc).
+namespace {
 
 template <typename T, typename I>
 struct PairArgs {
@@ -350,5 +353,6 @@ cudaError_t launch_pair(int vec, const TileShape& shape, Launch&& launch) {
   });
 }
 
+}  // namespace
 }  // namespace cuda
 }  // namespace fastalign

@@ -18,6 +18,9 @@
 
 namespace fastalign {
 namespace cuda {
+// Internal linkage: each .cu file gets its own kernel instantiations (no cross-module
+// merging of template kernel stubs without -rdc).
+namespace {
 
 // Carves aligned arrays out of one workspace; with base == nullptr it only measures.
 struct Carve {
@@ -182,5 +185,6 @@ inline unsigned grid_for_split_rows(const Schedule& s) {
   return static_cast<unsigned>(n > 0 ? n : 1);
 }
 
+}  // namespace
 }  // namespace cuda
 }  // namespace fastalign
