@@ -44,7 +44,7 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--root", default=None, help="data root (default: $FASTALIGN_DATA or ~/.cache/fastalign/datasets)")
     p.add_argument("--model", default="gcn", choices=MODELS)
     p.add_argument("--layers", type=int, default=2, help="graph layers per student, 2..16")
-    p.add_argument("--hidden", type=_positive_int, default=64)
+    p.add_argument("--hidden", type=_positive_int, default=16, help="hidden width (16: Kipf & Welling)")
     p.add_argument("--heads", type=_positive_int, default=8, help="GAT attention heads")
     p.add_argument("--students", type=_positive_int, default=2, help="K; 1 = plain baseline")
     p.add_argument("--align", default="ahead", choices=ALIGNS)

@@ -38,7 +38,7 @@ BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
 class TrainConfig:
     model: str = "gcn"
     layers: int = 2
-    hidden: int = 64
+    hidden: int = 16
     students: int = 2
     align: str = "ahead"
     mode: str = "alternating"

@@ -1,0 +1,154 @@
+"""Alignahead++ experiments on Cora and CiteSeer: independent students vs Alignahead++
+(and ablations) for GCN students of several depths and K.
+
+Each configuration becomes one JSON file (the ``fastalign train`` result) in ``--out``;
+existing files are skipped, so the sweep can be resumed. Configurations run in priority
+order (2-layer baseline vs Alignahead++ K=2 first, then deeper, then the ablations and
+larger K) and the sweep stops starting new ones after ``--deadline`` (UTC, HH:MM).
+
+    python bench/run_distill_experiments.py --root /work/shared/datasets --out bench/results/distill
+    python bench/run_distill_experiments.py --summarize bench/results/distill
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from fastalign.datasets import load_dataset  # noqa: E402
+from fastalign.distill import LossWeights, TrainConfig, run_experiment  # noqa: E402
+
+# variant -> (align, structure weight, feature weight, deep supervision)
+VARIANTS = {
+    "independent": ("none", 0.0, 0.0, False),   # baseline students (no distillation, no DS)
+    "alignahead": ("ahead", 1.0, 1.0, True),    # Alignahead++: structure + feature + DS
+    "no-feature": ("ahead", 1.0, 0.0, True),
+    "no-ds": ("ahead", 1.0, 1.0, False),
+    "behind": ("behind", 1.0, 1.0, True),
+    "ds-only": ("none", 0.0, 0.0, True),        # independent students with deep supervision
+}
+
+
+def plan(datasets, depths, ks, variants):
+    """Configurations in priority order: (dataset, layers, K, variant)."""
+    jobs = []
+    for L in depths:
+        for d in datasets:
+            jobs.append((d, L, 1, "independent"))
+            jobs.append((d, L, 2, "alignahead"))
+    for L in depths:
+        for d in datasets:
+            for v in variants:
+                if v not in ("independent", "alignahead"):
+                    jobs.append((d, L, 1 if v == "ds-only" else 2, v))
+    for K in ks:
+        if K == 2:
+            continue
+        for L in depths:
+            for d in datasets:
+                jobs.append((d, L, K, "alignahead" if K > 1 else "independent"))
+    seen, out = set(), []
+    for j in jobs:
+        if j not in seen and j[3] in variants and (j[2] in ks or j[3] in ("independent", "ds-only")):
+            seen.add(j)
+            out.append(j)
+    return out
+
+
+def config(L, K, variant, args):
+    align, ws, wf, ds = VARIANTS[variant]
+    return TrainConfig(model="gcn", layers=L, hidden=args.hidden, students=K, align=align,
+                       mode=args.mode, epochs=args.epochs, dropout=args.dropout,
+                       deep_supervision=ds, backend=args.backend,
+                       weights=LossWeights(structure=ws, feature=wf, deep_supervision=args.ds_weight))
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       cwd=os.path.dirname(__file__)).strip()
+    except Exception:
+        return "unknown"
+
+
+def summarize(folder: str) -> str:
+    rows = []
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        c = r["config"]
+        rows.append((r["dataset"], c["layers"], r["variant"], c["students"], len(r["seeds"]),
+                     r["mean_test_acc"], r["std_test_acc"], r["ensemble"]["mean_test_acc"],
+                     r["epoch_time_s"]))
+    order = list(VARIANTS)
+    rows.sort(key=lambda t: (t[0], t[1], order.index(t[2]), t[3]))
+    lines = ["| dataset | layers | students | K | seeds | test acc (mean +- std over seeds x students) "
+             "| ensemble | epoch (ms) |", "|---|---|---|---|---|---|---|---|"]
+    for d, L, v, K, n, m, s, e, t in rows:
+        lines.append(f"| {d} | {L} | {v} | {K} | {n} | {100 * m:.2f} +- {100 * s:.2f} | {100 * e:.2f} | {1e3 * t:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=os.environ.get("FASTALIGN_DATA", "/work/shared/datasets"))
+    p.add_argument("--out", default="bench/results/distill")
+    p.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
+    p.add_argument("--layers", nargs="+", type=int, default=[2, 4, 8])
+    p.add_argument("--ks", nargs="+", type=int, default=[1, 2, 3, 4])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--hidden", type=int, default=16, help="16 as in Kipf & Welling's GCN")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a shared machine, oversubscribed OpenMP threads were 8x slower)")
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--ds-weight", type=float, default=LossWeights.deep_supervision)
+    p.add_argument("--mode", default="alternating")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--deadline", default=None, help="UTC HH:MM after which no new configuration starts")
+    p.add_argument("--summarize", metavar="DIR", default=None, help="print the markdown table of DIR and exit")
+    args = p.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize))
+        return 0
+    deadline = None
+    if args.deadline:
+        h, m = map(int, args.deadline.split(":"))
+        now = dt.datetime.now(dt.timezone.utc)
+        deadline = now.replace(hour=h, minute=m, second=0, microsecond=0)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    data = {d: load_dataset(d, args.root) for d in args.datasets}
+    for d, L, K, v in plan(args.datasets, args.layers, args.ks, args.variants):
+        path = os.path.join(args.out, f"{d}_L{L}_K{K}_{v}.json")
+        if os.path.exists(path):
+            continue
+        if deadline and dt.datetime.now(dt.timezone.utc) >= deadline:
+            print(f"deadline {args.deadline} reached; stopping before {path}", flush=True)
+            break
+        cfg = config(L, K, v, args)
+        t0 = time.time()
+        r = run_experiment(cfg, data[d], list(range(args.seeds)))
+        r.update(variant=v, commit=commit(), wall_time_s=time.time() - t0,
+                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                 command=" ".join([os.path.basename(sys.executable)] + sys.argv))
+        with open(path, "w") as f:
+            json.dump(r, f, indent=1)
+        print(f"{d} L={L} K={K} {v}: test {100 * r['mean_test_acc']:.2f} +- {100 * r['std_test_acc']:.2f} "
+              f"ensemble {100 * r['ensemble']['mean_test_acc']:.2f}  ({time.time() - t0:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
