@@ -130,7 +130,8 @@ def side_grad(rowptr, idx, perm, fixed, gath, grad_s, kind, sigma, degree, coef)
         combine_sum(plan, part, out, cfg.BLOCK_F, acc_dtype(fixed.dtype))
 
     key = ("edge_sim_grad", kind, int(degree), F, fixed.dtype, perm is not None)
-    launch(plan, key, heuristic(plan, F, fixed.dtype), run, fixed.device)
+    # up to 256 features per block: each extra block recomputes the similarities
+    launch(plan, key, heuristic(plan, F, fixed.dtype, cap=256, tile=2048), run, fixed.device)
     return out
 
 

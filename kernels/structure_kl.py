@@ -215,9 +215,11 @@ def _kind(kernel):
 
 
 def _config(plan, fs, fp, dtype):
-    # the tile budget is shared by the two students' tiles
-    cfg = heuristic(plan, max(fs, fp), dtype, tile=2048)
-    return cfg, block_f(fs, dtype), block_f(fp, dtype)
+    # Feature blocks up to 256 wide: the backward recomputes the similarities once per
+    # feature block, so one block covers the common widths. The tile budget is shared
+    # by the two students' tiles.
+    cfg = heuristic(plan, max(fs, fp), dtype, cap=256, tile=2048)
+    return cfg, block_f(fs, dtype, 256), block_f(fp, dtype, 256)
 
 
 def structure_kl_forward(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau):

@@ -184,7 +184,7 @@ def test_edge_similarity(kernel, name):
 @pytest.mark.parametrize("kernel", ["l1", "cosine", "poly"])
 def test_edge_similarity_hub_split_and_wide(kernel):
     g = graph("hub")
-    width = 150 if kernel == "cosine" else 3  # 150 > BLOCK_F: several feature blocks
+    width = 300 if kernel == "cosine" else 3  # 300 > BLOCK_F: several feature blocks
     x = features(g, width)
     x[3] = 0.0  # a zero row: the cosine eps clamp
     sigma, degree, coef = KERNELS[kernel]
@@ -248,7 +248,7 @@ def test_structure_kl_graphs_split(name):
 
 def test_structure_kl_wide_cosine():
     g = graph("hub")
-    feats = _kl_case(g, 150, 1)  # 150: several feature blocks; 1: a width-1 peer
+    feats = _kl_case(g, 300, 1)  # 300: several feature blocks; 1: a width-1 peer
     with segments.force_split(8):
         _check_kl(g, feats, "cosine", 0.3, peers=(True,))
 

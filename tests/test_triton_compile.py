@@ -60,25 +60,26 @@ def acc_of(feat):
 
 
 def cases():
+    """Every kernel for every (feature dtype, index dtype); every constexpr variant once
+    (float32 / int32), and the main ones for the other combinations."""
     out = []
-    dtypes = ("fp32", "bf16", "fp16")
-    for feat in dtypes + ("fp64",):
+    for feat in ("fp32", "bf16", "fp16", "fp64"):
         for index in ("i32", "i64"):
-            full = feat == "fp32" and index == "i32"  # every constexpr variant once
-            for reduce, has_w, gcn, loop in ((0, 1, 0, 0), (1, 0, 0, 0), (2, 1, 0, 0), (0, 1, 1, 1), (0, 0, 1, 0)):
+            full = feat == "fp32" and index == "i32"
+            aggs = ((0, 1, 0, 0), (1, 0, 0, 0), (2, 1, 0, 0), (0, 1, 1, 1), (0, 0, 1, 0))
+            for reduce, has_w, gcn, loop in aggs if full else aggs[2:4]:
                 ce = dict(REDUCE=reduce, HAS_W=has_w, GCN=gcn, HAS_LOOP=loop, BLOCK_E=32, BLOCK_F=64)
                 out.append((spmm.agg_kernel, feat, index, ce))
                 ce = dict(REDUCE=reduce, GCN=gcn, HAS_LOOP=loop, BLOCK_F=64)
                 out.append((spmm.agg_combine_kernel, feat, index, ce))
             out.append((spmm.max_backward_kernel, feat, index, dict(HAS_W=1, NEED_W=1, BLOCK_F=64)))
             out.append((segments.combine_sum_kernel, feat, index, dict(BLOCK_F=128)))
-            for mode in (0, 1):
+            for mode in (0, 1) if full else (0,):
                 out.append((edge_softmax.softmax_rows_kernel, feat, index, dict(MODE=mode, BLOCK_E=128)))
                 out.append((edge_softmax.softmax_combine_kernel, feat, index, dict(MODE=mode)))
                 out.append((edge_softmax.softmax_seg_write_kernel, feat, index, dict(MODE=mode, BLOCK_E=128)))
             out.append((structure_kl.skl_combine_kernel, feat, index, {}))
-            kinds = range(5) if full else (0, 4)
-            for kind in kinds:
+            for kind in range(5) if full else (4,):
                 for degree in ((0, 3) if kind == 3 else (2,)):
                     k = dict(KIND=kind, DEGREE=degree)
                     out.append((edge_similarity.edge_sim_kernel, feat, index, dict(k, BLOCK_E=32, BLOCK_F=64)))
@@ -88,12 +89,8 @@ def cases():
                                 dict(k, BLOCK_E=32, BLOCK_FS=64, BLOCK_FP=32)))
                     for transposed in (0, 1):
                         out.append((structure_kl.skl_grad_kernel, feat, index,
-                                    dict(k, TRANSPOSED=transposed, PEER=1, BLOCK_E=16,
-                                         BLOCK_FS=128, BLOCK_FP=64)))
-            if not full:
-                out.append((structure_kl.skl_grad_kernel, feat, index,
-                            dict(KIND=0, DEGREE=2, TRANSPOSED=0, PEER=0, BLOCK_E=16,
-                                 BLOCK_FS=128, BLOCK_FP=64)))
+                                    dict(k, TRANSPOSED=transposed, PEER=int(full or transposed),
+                                         BLOCK_E=16, BLOCK_FS=128, BLOCK_FP=64)))
     return out
 
 
