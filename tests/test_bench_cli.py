@@ -31,7 +31,7 @@ def test_bench_cli_tiny_writes_json_and_png(tmp_path, capsys):
     run, png = _tiny_run(tmp_path)
     assert torch.get_num_threads() == threads  # ... and restored after it
     out = capsys.readouterr().out
-    assert "spmm | powerlaw-tiny" in out and "align | powerlaw-tiny" in out
+    assert "spmm: powerlaw-tiny" in out and "align: powerlaw-tiny" in out
     meta = run["meta"]
     assert meta["device"] == "cpu" and meta["sizes"] == "tiny"
     assert meta["command"].startswith("fastalign bench --suite all --device cpu --sizes tiny")
@@ -66,6 +66,8 @@ def test_bench_cli_subset_and_markdown(tmp_path, capsys):
                                   "--markdown", "--no-memory"])
     out = capsys.readouterr().out
     assert out.startswith("| suite / graph | contender |")
+    first_row = out.splitlines()[2]
+    assert first_row.startswith("| spmm: powerlaw-tiny") and first_row.count("|") == 9
     assert {r["suite"] for r in run["results"]} == {"spmm"}
     assert {r["mode"] for r in run["results"]} == {"fwd"}
     assert {r["backend"] for r in run["results"] if r["kind"] == "fastalign"} == {"torch"}

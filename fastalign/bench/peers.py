@@ -97,9 +97,15 @@ def pyg_structure_loss(
     return scatter(kl, dst, 0, dim_size=num_nodes, reduce="sum").mean()
 
 
+COMPILE_OPTIONS: dict = {}  # e.g. {"dynamic": True}: set by ``fastalign bench --compile-dynamic``
+
+
 def compiled(fn, **kwargs):
     """``torch.compile(fn)`` with a cache large enough for one compile per benchmark
-    graph (dynamo would otherwise fall back to eager after 8 recompiles)."""
+    graph (dynamo would otherwise fall back to eager after 8 recompiles). By default
+    each graph gets its own static-shape compile (the best case for the peer);
+    ``COMPILE_OPTIONS = {"dynamic": True}`` compiles once for all graphs instead."""
+    kwargs = {**COMPILE_OPTIONS, **kwargs}
     import torch._dynamo
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)

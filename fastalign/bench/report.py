@@ -73,7 +73,7 @@ def rows(run: dict):
     out = []
     for (suite, graph), by_contender in groups.items():
         any_rec = next(iter(next(iter(by_contender.values())).values()))
-        header = (f"{suite} | {graph} (N={any_rec['num_nodes']:,}, E={any_rec['num_edges']:,}, "
+        header = (f"{suite}: {graph} (N={any_rec['num_nodes']:,}, E={any_rec['num_edges']:,}, "
                   f"F={any_rec['features']})")
         body = []
         for name, modes in by_contender.items():

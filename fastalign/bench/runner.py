@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from . import peers
 from . import suites as S
 from .graphs import GraphSpec, graph_specs
 from .timing import peak_memory, prepare_cpu_memory_measurement, time_call
@@ -165,6 +166,7 @@ def run_benchmarks(
         "features": features,
         "dtype": "float32",
         "timing": cfg,
+        "compile_options": dict(peers.COMPILE_OPTIONS) if compile_peers else None,
         "timing_method": "median wall time per call after warm-up (CUDA: synchronised)",
         "memory_method": (
             "torch.cuda.max_memory_allocated delta over one call" if device.type == "cuda"

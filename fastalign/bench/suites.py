@@ -381,9 +381,3 @@ def contenders(suite: str, device, *, compile_peers: bool = True, backends=None)
                                  estimate=lambda w: _bytes_ExF(w, 2)))
     return out
 
-
-def forward_output(result) -> Optional[Tensor]:
-    """The tensor to compare across contenders from a fwd call's return value."""
-    if isinstance(result, Tensor):
-        return result.detach()
-    return None
