@@ -1,6 +1,7 @@
 #pragma once
 // Names of the backend functions (fastalign.backends.BACKEND_FUNCTIONS) that the CPU
-// kernels implement; fastalign.backends.cpu forwards exactly these.
+// kernels implement, each registered as torch.ops.fastalign_cpu.<name> for the CPU
+// dispatch key in its own file; fastalign.backends.cpu forwards exactly these.
 #include <string>
 #include <vector>
 
@@ -8,7 +9,12 @@ namespace fastalign {
 namespace cpu {
 
 inline std::vector<std::string> registered_functions() {
-  return {};
+  return {
+      "spmm_forward",          "spmm_max_backward",   "sddmm",
+      "gcn_aggregate",         "edge_similarity",     "edge_similarity_backward",
+      "edge_softmax",          "edge_softmax_backward", "structure_kl_forward",
+      "structure_kl_backward",
+  };
 }
 
 }  // namespace cpu

@@ -1,28 +1,105 @@
-"""Adapter to the C++/OpenMP kernels of the compiled extension ``fastalign._C``.
+"""Adapter to the C++/OpenMP kernels (csrc/cpu), registered by ``fastalign._C`` as
+``torch.ops.fastalign_cpu.<name>`` for the CPU dispatch key.
 
-Each backend function listed in ``FUNCTIONS`` forwards to the extension; functions the
-extension does not provide are not listed, so the automatic choice falls back to the
-reference for them.
+The kernels take float32/float64 features and int32/int64 indices. float16/bfloat16
+inputs go to the reference backend (``fastalign.backends.torch``), which accumulates them
+in float32. ``FUNCTIONS`` lists what the extension registers; functions it does not
+provide are not listed, so the automatic choice falls back to the reference for them.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Optional
+
 import torch
+from torch import Tensor
+
+# Not `from . import torch`: the package attribute `torch` may be the real torch.
+reference = importlib.import_module("fastalign.backends.torch")
 
 try:
-    from .. import _C  # noqa: F401
+    from .. import _C  # loading the library registers the fastalign_cpu ops
 except ImportError:  # built without the extension
     _C = None
 
 AVAILABLE = _C is not None
 FUNCTIONS = frozenset(getattr(_C, "FUNCTIONS", ())) if _C is not None else frozenset()
+KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def supports(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def __getattr__(name):
-    if name in FUNCTIONS:
-        return getattr(_C, name)
-    raise AttributeError(name)
+def _ops():
+    return torch.ops.fastalign_cpu
+
+
+def spmm_forward(rowptr: Tensor, col: Tensor, weight: Optional[Tensor], x: Tensor, reduce: str):
+    if x.dtype not in KERNEL_DTYPES:
+        return reference.spmm_forward(rowptr, col, weight, x, reduce)
+    return _ops().spmm_forward(rowptr, col, weight, x, reduce)
+
+
+def spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad: bool):
+    if x.dtype not in KERNEL_DTYPES:
+        return reference.spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad)
+    return _ops().spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad)
+
+
+def sddmm(rowptr, col, a, b):
+    if a.dtype not in KERNEL_DTYPES:
+        return reference.sddmm(rowptr, col, a, b)
+    return _ops().sddmm(rowptr, col, a, b)
+
+
+def gcn_aggregate(rowptr, col, weight, dis, loop_weight, x):
+    if x.dtype not in KERNEL_DTYPES:
+        return reference.gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
+    return _ops().gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
+
+
+def edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef):
+    if x_dst.dtype not in KERNEL_DTYPES:
+        return reference.edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef)
+    return _ops().edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef)
+
+
+def edge_similarity_backward(
+    rowptr, col, rowptr_t, col_t, perm_t, x_dst, x_src, grad_s, kernel, sigma, degree, coef
+):
+    args = (rowptr, col, rowptr_t, col_t, perm_t, x_dst, x_src, grad_s, kernel, sigma, degree, coef)
+    if x_dst.dtype not in KERNEL_DTYPES:
+        return reference.edge_similarity_backward(*args)
+    return _ops().edge_similarity_backward(*args)
+
+
+def edge_softmax(rowptr, logits):
+    if logits.dtype not in KERNEL_DTYPES:
+        return reference.edge_softmax(rowptr, logits)
+    return _ops().edge_softmax(rowptr, logits)
+
+
+def edge_softmax_backward(rowptr, p, grad_p):
+    if p.dtype not in KERNEL_DTYPES:
+        return reference.edge_softmax_backward(rowptr, p, grad_p)
+    return _ops().edge_softmax_backward(rowptr, p, grad_p)
+
+
+def structure_kl_forward(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau):
+    args = (rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau)
+    if s_dst.dtype not in KERNEL_DTYPES:
+        return reference.structure_kl_forward(*args)
+    return _ops().structure_kl_forward(*args)
+
+
+def structure_kl_backward(
+    rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src,
+    lse_s, lse_p, kl, grad_kl, kernel, sigma, degree, coef, tau, peer_grad,
+):
+    args = (rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src,
+            lse_s, lse_p, kl, grad_kl, kernel, sigma, degree, coef, tau, peer_grad)
+    if s_dst.dtype not in KERNEL_DTYPES:
+        return reference.structure_kl_backward(*args)
+    return _ops().structure_kl_backward(*args)

@@ -1,0 +1,125 @@
+// edge_similarity: s_e = k(x_dst[i], x_src[j]) per edge, and its backward (destination
+// gradients by CSR rows, source gradients by the rows of the transpose, recomputing k).
+#include <torch/library.h>
+
+#include "cpu/common.h"
+#include "cpu/segment.h"
+#include "cpu/similarity.h"
+
+namespace fastalign {
+namespace cpu {
+namespace {
+
+template <typename scalar_t>
+KernelParams<scalar_t> make_params(c10::string_view kernel, double sigma, int64_t degree, double coef) {
+  return {parse_kernel(kernel), scalar_t(sigma), degree, scalar_t(coef)};
+}
+
+// Gradient of sum_e g_e k(.) w.r.t. one side. Rows of `rowptr` are nodes of that side
+// ("self"); edge k of a row reaches node other_index[k], its upstream gradient is
+// grad[edge_id[k]] (edge_id null: k itself).
+template <typename scalar_t, typename index_t>
+struct SimGradFold {
+  using elem_t = scalar_t;
+  KernelParams<scalar_t> p;
+  const index_t* other_index;
+  const int64_t* edge_id;
+  const scalar_t* self_x;
+  const scalar_t* other_x;
+  const scalar_t* grad;
+  bool self_is_dst;
+  scalar_t* out;
+  int64_t size;
+
+  void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
+  void accumulate(int64_t r, int64_t e0, int64_t e1, scalar_t* s) const {
+    const scalar_t* self = self_x + r * size;
+    for (int64_t k = e0; k < e1; ++k) {
+      const scalar_t* other = other_x + int64_t(other_index[k]) * size;
+      const scalar_t g = grad[edge_id ? edge_id[k] : k];
+      // k(a, b) with a the destination row, as in the forward.
+      const Sim<scalar_t> sim = self_is_dst ? similarity(p, self, other, size)
+                                            : similarity(p, other, self, size);
+      accumulate_grad(p, sim, self_is_dst, self, other, g, size, s);
+    }
+  }
+  void merge(scalar_t* s, const scalar_t* piece) const { add_into(s, piece, size); }
+  void finish(int64_t r, const scalar_t* s) const {
+    std::copy(s, s + size, out + r * size);
+  }
+};
+
+at::Tensor edge_similarity(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& x_dst,
+                           const at::Tensor& x_src, c10::string_view kernel, double sigma,
+                           int64_t degree, double coef) {
+  check_csr(rowptr, col);
+  check_rows(x_dst, rowptr.numel() - 1, "x_dst");
+  TORCH_CHECK(x_src.dim() == 2 && x_src.size(1) == x_dst.size(1), "x_src must be [N_src, F]");
+  const at::Tensor a = x_dst.contiguous(), b = contiguous_as(x_src, x_dst.scalar_type());
+  const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
+  at::Tensor out = at::empty({col.numel()}, x_dst.options());
+  FASTALIGN_DISPATCH(x_dst.scalar_type(), col.scalar_type(), "edge_similarity", [&] {
+    const auto p = make_params<scalar_t>(kernel, sigma, degree, coef);
+    const index_t* rpp = rp.data_ptr<index_t>();
+    const index_t* clp = cl.data_ptr<index_t>();
+    const scalar_t* ap = a.data_ptr<scalar_t>();
+    const scalar_t* bp = b.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t F = a.size(1);
+    for_each_edge_range(rpp, partition_rows(rpp, rowptr.numel() - 1),
+                        [&](int64_t r, int64_t e0, int64_t e1) {
+                          for (int64_t e = e0; e < e1; ++e)
+                            o[e] = similarity(p, ap + r * F, bp + int64_t(clp[e]) * F, F).s;
+                        });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> edge_similarity_backward(
+    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t,
+    const at::Tensor& col_t, const at::Tensor& perm_t, const at::Tensor& x_dst,
+    const at::Tensor& x_src, const at::Tensor& grad_s, c10::string_view kernel, double sigma,
+    int64_t degree, double coef) {
+  check_csr(rowptr, col);
+  check_csr(rowptr_t, col_t);
+  check_rows(x_dst, rowptr.numel() - 1, "x_dst");
+  check_rows(x_src, rowptr_t.numel() - 1, "x_src");
+  TORCH_CHECK(grad_s.numel() == col.numel() && perm_t.numel() == col.numel(), "per-edge size mismatch");
+  const auto dtype = x_dst.scalar_type();
+  const at::Tensor a = x_dst.contiguous(), b = contiguous_as(x_src, dtype);
+  const at::Tensor g = contiguous_as(grad_s, dtype), perm = contiguous_as(perm_t, at::kLong);
+  const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
+  const at::Tensor rpt = rowptr_t.contiguous(), clt = col_t.contiguous();
+  at::Tensor grad_dst = at::empty_like(a), grad_src = at::empty_like(b);
+  FASTALIGN_DISPATCH(dtype, col.scalar_type(), "edge_similarity_backward", [&] {
+    const auto p = make_params<scalar_t>(kernel, sigma, degree, coef);
+    const int64_t F = a.size(1);
+    const scalar_t* ap = a.data_ptr<scalar_t>();
+    const scalar_t* bp = b.data_ptr<scalar_t>();
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const index_t* rpp = rp.data_ptr<index_t>();
+    SimGradFold<scalar_t, index_t> dst{p, cl.data_ptr<index_t>(), nullptr, ap, bp, gp, true,
+                                       grad_dst.data_ptr<scalar_t>(), F};
+    segment_fold(rpp, partition_rows(rpp, rowptr.numel() - 1), dst);
+    const index_t* rptp = rpt.data_ptr<index_t>();
+    SimGradFold<scalar_t, index_t> src{p, clt.data_ptr<index_t>(), perm.data_ptr<int64_t>(), bp, ap,
+                                       gp, false, grad_src.data_ptr<scalar_t>(), F};
+    segment_fold(rptp, partition_rows(rptp, rowptr_t.numel() - 1), src);
+  });
+  return {grad_dst, grad_src};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastalign_cpu, m) {
+  m.def("edge_similarity(Tensor rowptr, Tensor col, Tensor x_dst, Tensor x_src, str kernel, float sigma, int degree, float coef) -> Tensor");
+  m.def("edge_similarity_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor perm_t, Tensor x_dst, Tensor x_src, Tensor grad_s, str kernel, float sigma, int degree, float coef) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastalign_cpu, CPU, m) {
+  m.impl("edge_similarity", &edge_similarity);
+  m.impl("edge_similarity_backward", &edge_similarity_backward);
+}
+
+}  // namespace cpu
+}  // namespace fastalign

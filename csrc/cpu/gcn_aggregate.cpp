@@ -1,0 +1,84 @@
+// gcn_aggregate: out[i] = sum_{j->i} dis[i] w dis[j] x[j] + loop_weight[i] dis[i]^2 x[i],
+// the GCN normalisation fused into the aggregation (no normalised edge weights built).
+#include <torch/library.h>
+
+#include "cpu/common.h"
+#include "cpu/segment.h"
+
+namespace fastalign {
+namespace cpu {
+namespace {
+
+template <typename scalar_t, typename index_t>
+struct GcnFold {
+  using elem_t = scalar_t;
+  const index_t* col;
+  const scalar_t* weight;       // may be null
+  const scalar_t* dis;
+  const scalar_t* loop_weight;  // null: no implicit self loops
+  const scalar_t* x;
+  scalar_t* out;
+  int64_t size;
+
+  void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
+  void accumulate(int64_t r, int64_t e0, int64_t e1, scalar_t* __restrict__ s) const {
+    const int64_t F = size;
+    const scalar_t di = dis[r];
+    for (int64_t e = e0; e < e1; ++e) {
+      const int64_t j = col[e];
+      // With implicit loops, a stored self loop's weight is already in loop_weight.
+      if (loop_weight && j == r) continue;
+      scalar_t c = di * dis[j];
+      if (weight) c *= weight[e];
+      const scalar_t* __restrict__ xj = x + j * F;
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) s[f] += xj[f] * c;
+    }
+  }
+  void merge(scalar_t* s, const scalar_t* piece) const { add_into(s, piece, size); }
+  void finish(int64_t r, const scalar_t* __restrict__ s) const {
+    scalar_t* __restrict__ o = out + r * size;
+    if (loop_weight) {
+      const scalar_t c = loop_weight[r] * dis[r] * dis[r];
+      const scalar_t* __restrict__ xr = x + r * size;
+#pragma omp simd
+      for (int64_t f = 0; f < size; ++f) o[f] = s[f] + c * xr[f];
+    } else {
+#pragma omp simd
+      for (int64_t f = 0; f < size; ++f) o[f] = s[f];
+    }
+  }
+};
+
+at::Tensor gcn_aggregate(const at::Tensor& rowptr, const at::Tensor& col,
+                         const c10::optional<at::Tensor>& weight, const at::Tensor& dis,
+                         const c10::optional<at::Tensor>& loop_weight, const at::Tensor& x) {
+  check_csr(rowptr, col);
+  const int64_t n = rowptr.numel() - 1;
+  check_rows(x, n, "x");
+  TORCH_CHECK(dis.dim() == 1 && dis.numel() == n, "dis must be [", n, "]");
+  const auto dtype = x.scalar_type();
+  const at::Tensor xc = x.contiguous(), d = contiguous_as(dis, dtype);
+  const at::Tensor w = optional_as(weight, dtype), lw = optional_as(loop_weight, dtype);
+  const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
+  at::Tensor out = at::empty_like(xc);
+  FASTALIGN_DISPATCH(dtype, col.scalar_type(), "gcn_aggregate", [&] {
+    const index_t* rpp = rp.data_ptr<index_t>();
+    GcnFold<scalar_t, index_t> op{cl.data_ptr<index_t>(), ptr_or_null<scalar_t>(w),
+                                  d.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(lw),
+                                  xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), xc.size(1)};
+    segment_fold(rpp, partition_rows(rpp, n), op);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastalign_cpu, m) {
+  m.def("gcn_aggregate(Tensor rowptr, Tensor col, Tensor? weight, Tensor dis, Tensor? loop_weight, Tensor x) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastalign_cpu, CPU, m) { m.impl("gcn_aggregate", &gcn_aggregate); }
+
+}  // namespace cpu
+}  // namespace fastalign

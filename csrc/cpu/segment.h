@@ -1,0 +1,135 @@
+#pragma once
+// Load-balanced, deterministic traversal of CSR rows.
+//
+// Rows are grouped into blocks of about `block_edges` edges, run in parallel. A row
+// longer than kPieceEdges (a power-law hub) is cut into pieces of kPieceEdges edges
+// that run in parallel too; each piece folds into its own partial state and the pieces
+// of a row are merged afterwards in edge order. Piece boundaries depend only on the row
+// lengths, never on the thread count, so the result is the same bits on any number of
+// threads, and no atomics are needed.
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace fastalign {
+namespace cpu {
+
+constexpr int64_t kPieceEdges = 4096;
+
+struct WorkItem {
+  int64_t row_begin, row_end;    // whole rows [row_begin, row_end), or the one long row
+  int64_t edge_begin, edge_end;  // for a piece: its edge range
+  int64_t piece;                 // -1 for a block of whole rows, else the piece index
+};
+
+struct Partition {
+  std::vector<WorkItem> items;
+  std::vector<int64_t> long_rows;    // rows cut into pieces
+  std::vector<int64_t> first_piece;  // pieces of long_rows[k]: [first_piece[k], first_piece[k+1])
+  int64_t num_pieces = 0;
+};
+
+template <typename index_t>
+Partition partition_rows(const index_t* rowptr, int64_t num_rows) {
+  Partition p;
+  const int64_t num_edges = num_rows > 0 ? int64_t(rowptr[num_rows]) - int64_t(rowptr[0]) : 0;
+  const int64_t threads = std::max(1, at::get_num_threads());
+  // ~16 blocks per thread for dynamic balancing; at least a few hundred edges each.
+  const int64_t block_edges = std::max<int64_t>(512, num_edges / (16 * threads));
+  const int64_t block_rows = std::max<int64_t>(64, num_rows / (16 * threads));
+  p.first_piece.push_back(0);
+  int64_t start = 0;
+  auto close_block = [&](int64_t end) {
+    if (end > start) p.items.push_back({start, end, 0, 0, -1});
+  };
+  for (int64_t r = 0; r < num_rows; ++r) {
+    const int64_t e0 = rowptr[r], e1 = rowptr[r + 1];
+    if (e1 - e0 > kPieceEdges) {
+      close_block(r);
+      for (int64_t e = e0; e < e1; e += kPieceEdges)
+        p.items.push_back({r, r + 1, e, std::min(e + kPieceEdges, e1), p.num_pieces++});
+      p.long_rows.push_back(r);
+      p.first_piece.push_back(p.num_pieces);
+      start = r + 1;
+    } else if (int64_t(rowptr[r + 1]) - int64_t(rowptr[start]) >= block_edges ||
+               r + 1 - start >= block_rows) {
+      close_block(r + 1);
+      start = r + 1;
+    }
+  }
+  close_block(num_rows);
+  return p;
+}
+
+// fn(row, edge_begin, edge_end) over every row (pieces of long rows included), in
+// parallel; for per-edge outputs, where no combination is needed.
+template <typename index_t, typename Fn>
+void for_each_edge_range(const index_t* rowptr, const Partition& p, const Fn& fn) {
+  const int64_t n = p.items.size();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  for (int64_t k = 0; k < n; ++k) {
+    const WorkItem& it = p.items[k];
+    if (it.piece >= 0) {
+      fn(it.row_begin, it.edge_begin, it.edge_end);
+    } else {
+      for (int64_t r = it.row_begin; r < it.row_end; ++r) fn(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]));
+    }
+  }
+}
+
+// A fold over each row's edges into a state of `op.size` elements of Op::elem_t:
+//   op.init(state), op.accumulate(row, edge_begin, edge_end, state),
+//   op.merge(state, piece_state) (pieces in edge order), op.finish(row, state).
+template <typename index_t, typename Op>
+void segment_fold(const index_t* rowptr, const Partition& p, const Op& op) {
+  using elem_t = typename Op::elem_t;
+  const int64_t size = op.size;
+  std::vector<elem_t> partial(p.num_pieces * size);
+  const int64_t n = p.items.size();
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    std::vector<elem_t> state(size);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t k = 0; k < n; ++k) {
+      const WorkItem& it = p.items[k];
+      if (it.piece >= 0) {
+        elem_t* s = partial.data() + it.piece * size;
+        op.init(s);
+        op.accumulate(it.row_begin, it.edge_begin, it.edge_end, s);
+        continue;
+      }
+      for (int64_t r = it.row_begin; r < it.row_end; ++r) {
+        op.init(state.data());
+        op.accumulate(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]), state.data());
+        op.finish(r, state.data());
+      }
+    }
+    const int64_t num_long = p.long_rows.size();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t k = 0; k < num_long; ++k) {
+      elem_t* s = partial.data() + p.first_piece[k] * size;
+      for (int64_t q = p.first_piece[k] + 1; q < p.first_piece[k + 1]; ++q)
+        op.merge(s, partial.data() + q * size);
+      op.finish(p.long_rows[k], s);
+    }
+  }
+}
+
+// Adds `size` values to a running sum (the merge of the sum folds).
+template <typename T>
+inline void add_into(T* __restrict__ into, const T* __restrict__ from, int64_t size) {
+#pragma omp simd
+  for (int64_t f = 0; f < size; ++f) into[f] += from[f];
+}
+
+template <typename T>
+inline void fill(T* __restrict__ out, T value, int64_t size) {
+#pragma omp simd
+  for (int64_t f = 0; f < size; ++f) out[f] = value;
+}
+
+}  // namespace cpu
+}  // namespace fastalign

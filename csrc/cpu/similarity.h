@@ -1,0 +1,139 @@
+#pragma once
+// The similarity kernels k(a, b) of fastalign (see fastalign/backends/torch.py) and their
+// derivatives, on one pair of feature rows. Shared by edge_similarity and structure_kl.
+#include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace fastalign {
+namespace cpu {
+
+enum class Kernel { L1, RBF, Linear, Poly, Cosine };
+
+inline Kernel parse_kernel(c10::string_view name) {
+  if (name == "l1") return Kernel::L1;
+  if (name == "rbf") return Kernel::RBF;
+  if (name == "linear") return Kernel::Linear;
+  if (name == "poly") return Kernel::Poly;
+  if (name == "cosine") return Kernel::Cosine;
+  TORCH_CHECK(false, "unknown similarity kernel '", std::string(name), "'");
+}
+
+constexpr double kCosineEps = 1e-8;
+
+template <typename T>
+struct KernelParams {
+  Kernel kernel;
+  T sigma;
+  int64_t degree;
+  T coef;
+};
+
+// k(a, b) plus what its derivative needs: the dot product (poly) and the raw norms
+// (cosine).
+template <typename T>
+struct Sim {
+  T s = 0, dot = 0, norm_a = 0, norm_b = 0;
+};
+
+template <typename T>
+inline Sim<T> similarity(const KernelParams<T>& p, const T* __restrict__ a,
+                         const T* __restrict__ b, int64_t F) {
+  Sim<T> r;
+  switch (p.kernel) {
+    case Kernel::L1: {
+      T d = 0;
+#pragma omp simd reduction(+ : d)
+      for (int64_t f = 0; f < F; ++f) d += std::abs(a[f] - b[f]);
+      r.s = std::exp(-d / p.sigma);
+      break;
+    }
+    case Kernel::RBF: {
+      T d = 0;
+#pragma omp simd reduction(+ : d)
+      for (int64_t f = 0; f < F; ++f) d += (a[f] - b[f]) * (a[f] - b[f]);
+      r.s = std::exp(-d / (T(2) * p.sigma * p.sigma));
+      break;
+    }
+    case Kernel::Linear:
+    case Kernel::Poly: {
+      T dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t f = 0; f < F; ++f) dot += a[f] * b[f];
+      r.dot = dot;
+      r.s = p.kernel == Kernel::Linear ? dot : T(std::pow(dot + p.coef, double(p.degree)));
+      break;
+    }
+    case Kernel::Cosine: {
+      T dot = 0, aa = 0, bb = 0;
+#pragma omp simd reduction(+ : dot, aa, bb)
+      for (int64_t f = 0; f < F; ++f) {
+        dot += a[f] * b[f];
+        aa += a[f] * a[f];
+        bb += b[f] * b[f];
+      }
+      r.dot = dot;
+      r.norm_a = std::sqrt(aa);
+      r.norm_b = std::sqrt(bb);
+      const T eps = T(kCosineEps);
+      r.s = dot / (std::max(r.norm_a, eps) * std::max(r.norm_b, eps));
+      break;
+    }
+  }
+  return r;
+}
+
+// out += g * dk/d(self), for the pair (self, other) whose similarity is `sim`. Every
+// kernel is symmetric, so the same routine gives the gradient of either endpoint;
+// `self_is_a` picks which raw norm belongs to self (cosine).
+template <typename T>
+inline void accumulate_grad(const KernelParams<T>& p, const Sim<T>& sim, bool self_is_a,
+                            const T* __restrict__ self, const T* __restrict__ other, T g,
+                            int64_t F, T* __restrict__ out) {
+  switch (p.kernel) {
+    case Kernel::L1: {
+      const T c = -(sim.s / p.sigma) * g;
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) {
+        const T d = self[f] - other[f];
+        out[f] += c * (T(d > 0) - T(d < 0));
+      }
+      break;
+    }
+    case Kernel::RBF: {
+      const T c = -(sim.s / (p.sigma * p.sigma)) * g;
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) out[f] += c * (self[f] - other[f]);
+      break;
+    }
+    case Kernel::Linear:
+    case Kernel::Poly: {
+      T c = g;
+      if (p.kernel == Kernel::Poly) {
+        if (p.degree == 0) return;
+        c = g * T(p.degree) * T(std::pow(sim.dot + p.coef, double(p.degree - 1)));
+      }
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) out[f] += c * other[f];
+      break;
+    }
+    case Kernel::Cosine: {
+      const T eps = T(kCosineEps);
+      const T n_self = self_is_a ? sim.norm_a : sim.norm_b;
+      const T n_other = self_is_a ? sim.norm_b : sim.norm_a;
+      const T ns = std::max(n_self, eps), no = std::max(n_other, eps);
+      const T c_other = g / (ns * no);
+      // Below eps the clamped norm is constant: its derivative term vanishes.
+      const T c_self = n_self > eps ? -g * sim.s / (ns * ns) : T(0);
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) out[f] += c_other * other[f] + c_self * self[f];
+      break;
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace fastalign

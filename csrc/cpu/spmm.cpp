@@ -1,0 +1,232 @@
+// spmm (sum | mean | max, optional edge weights), its max backward, and sddmm.
+#include <torch/library.h>
+
+#include <limits>
+
+#include "cpu/common.h"
+#include "cpu/segment.h"
+
+namespace fastalign {
+namespace cpu {
+namespace {
+
+template <typename scalar_t, typename index_t>
+struct SumFold {
+  using elem_t = scalar_t;
+  const index_t* rowptr;
+  const index_t* col;
+  const scalar_t* weight;  // may be null
+  const scalar_t* x;
+  scalar_t* out;
+  int64_t size;  // F
+  bool mean;
+
+  void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
+  void accumulate(int64_t, int64_t e0, int64_t e1, scalar_t* __restrict__ s) const {
+    const int64_t F = size;
+    for (int64_t e = e0; e < e1; ++e) {
+      const scalar_t* __restrict__ xj = x + int64_t(col[e]) * F;
+      const scalar_t w = weight ? weight[e] : scalar_t(1);
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) s[f] += w * xj[f];
+    }
+  }
+  void merge(scalar_t* s, const scalar_t* piece) const { add_into(s, piece, size); }
+  void finish(int64_t r, const scalar_t* __restrict__ s) const {
+    scalar_t* __restrict__ o = out + r * size;
+    if (mean) {
+      const scalar_t deg = scalar_t(std::max<int64_t>(1, int64_t(rowptr[r + 1]) - int64_t(rowptr[r])));
+#pragma omp simd
+      for (int64_t f = 0; f < size; ++f) o[f] = s[f] / deg;
+    } else {
+#pragma omp simd
+      for (int64_t f = 0; f < size; ++f) o[f] = s[f];
+    }
+  }
+};
+
+template <typename scalar_t>
+struct MaxArg {
+  scalar_t value;
+  int64_t arg;  // -1: no edge yet
+};
+
+template <typename scalar_t, typename index_t>
+struct MaxFold {
+  using elem_t = MaxArg<scalar_t>;
+  const index_t* col;
+  const scalar_t* weight;
+  const scalar_t* x;
+  scalar_t* out;
+  int64_t* arg;
+  int64_t size;
+
+  void init(elem_t* s) const {
+    for (int64_t f = 0; f < size; ++f) s[f] = {scalar_t(0), -1};
+  }
+  // Strict '>' keeps the first edge on ties; the row's first edge always sets the state.
+  void accumulate(int64_t, int64_t e0, int64_t e1, elem_t* s) const {
+    for (int64_t e = e0; e < e1; ++e) {
+      const scalar_t* xj = x + int64_t(col[e]) * size;
+      const scalar_t w = weight ? weight[e] : scalar_t(1);
+      for (int64_t f = 0; f < size; ++f) {
+        const scalar_t v = w * xj[f];
+        if (s[f].arg < 0 || v > s[f].value) s[f] = {v, e};
+      }
+    }
+  }
+  void merge(elem_t* s, const elem_t* piece) const {
+    for (int64_t f = 0; f < size; ++f)
+      if (s[f].arg < 0 || (piece[f].arg >= 0 && piece[f].value > s[f].value)) s[f] = piece[f];
+  }
+  void finish(int64_t r, const elem_t* s) const {
+    for (int64_t f = 0; f < size; ++f) {
+      out[r * size + f] = s[f].arg >= 0 ? s[f].value : scalar_t(0);
+      arg[r * size + f] = s[f].arg;
+    }
+  }
+};
+
+template <typename scalar_t, typename index_t>
+void spmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& weight,
+                 const at::Tensor& x, const std::string& reduce, at::Tensor& out, at::Tensor& arg) {
+  const index_t* rp = rowptr.data_ptr<index_t>();
+  const Partition part = partition_rows(rp, rowptr.numel() - 1);
+  if (reduce == "max") {
+    MaxFold<scalar_t, index_t> op{col.data_ptr<index_t>(), ptr_or_null<scalar_t>(weight),
+                                  x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                  arg.data_ptr<int64_t>(), x.size(1)};
+    segment_fold(rp, part, op);
+  } else {
+    SumFold<scalar_t, index_t> op{rp, col.data_ptr<index_t>(), ptr_or_null<scalar_t>(weight),
+                                  x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), x.size(1),
+                                  reduce == "mean"};
+    segment_fold(rp, part, op);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> spmm_forward(const at::Tensor& rowptr, const at::Tensor& col,
+                                                const c10::optional<at::Tensor>& weight,
+                                                const at::Tensor& x, c10::string_view reduce_) {
+  const std::string reduce(reduce_);
+  TORCH_CHECK(reduce == "sum" || reduce == "mean" || reduce == "max", "unknown reduce '", reduce, "'");
+  check_csr(rowptr, col);
+  TORCH_CHECK(x.dim() == 2, "x must be 2-D");
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor w = optional_as(weight, x.scalar_type());
+  const int64_t num_dst = rowptr.numel() - 1;
+  at::Tensor out = at::empty({num_dst, x.size(1)}, x.options());
+  at::Tensor arg = reduce == "max" ? at::empty({num_dst, x.size(1)}, x.options().dtype(at::kLong))
+                                   : at::empty({0}, x.options().dtype(at::kLong));
+  const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
+  FASTALIGN_DISPATCH(x.scalar_type(), col.scalar_type(), "spmm_forward",
+                     [&] { spmm_kernel<scalar_t, index_t>(rp, cl, w, xc, reduce, out, arg); });
+  return {out, arg};
+}
+
+// grad_x: feature columns are split between threads (each output column has one
+// writer, rows visited in order: deterministic without atomics). grad_w: an edge's
+// gradient only comes from its own destination row, so rows run in parallel.
+template <typename scalar_t, typename index_t>
+void spmm_max_backward_kernel(const at::Tensor& col, const at::Tensor& weight, const at::Tensor& x,
+                              const at::Tensor& arg, const at::Tensor& grad_out,
+                              at::Tensor& grad_x, at::Tensor& grad_w) {
+  const index_t* cl = col.data_ptr<index_t>();
+  const scalar_t* w = ptr_or_null<scalar_t>(weight);
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  const int64_t* a = arg.data_ptr<int64_t>();
+  const scalar_t* g = grad_out.data_ptr<scalar_t>();
+  const int64_t rows = arg.size(0), F = arg.size(1);
+  scalar_t* gx = grad_x.data_ptr<scalar_t>();
+  constexpr int64_t kBlock = 8;
+  const int64_t blocks = (F + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t f1 = std::min(F, (b + 1) * kBlock);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t f = b * kBlock; f < f1; ++f) {
+        const int64_t e = a[i * F + f];
+        if (e >= 0) gx[int64_t(cl[e]) * F + f] += (w ? w[e] : scalar_t(1)) * g[i * F + f];
+      }
+  }
+  if (!grad_w.defined() || grad_w.numel() == 0) return;
+  scalar_t* gw = grad_w.data_ptr<scalar_t>();
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t f = 0; f < F; ++f) {
+      const int64_t e = a[i * F + f];
+      if (e >= 0) gw[e] += g[i * F + f] * xp[int64_t(cl[e]) * F + f];
+    }
+}
+
+std::tuple<at::Tensor, at::Tensor> spmm_max_backward(const at::Tensor& col,
+                                                     const c10::optional<at::Tensor>& weight,
+                                                     const at::Tensor& x, const at::Tensor& arg,
+                                                     const at::Tensor& grad_out, bool need_weight_grad) {
+  TORCH_CHECK(x.dim() == 2 && arg.dim() == 2 && arg.sizes() == grad_out.sizes() &&
+                  arg.size(1) == x.size(1),
+              "spmm_max_backward: shape mismatch");
+  const at::Tensor xc = x.contiguous(), ac = arg.contiguous(), cl = col.contiguous();
+  const at::Tensor g = contiguous_as(grad_out, x.scalar_type());
+  const at::Tensor w = optional_as(weight, x.scalar_type());
+  at::Tensor grad_x = at::zeros_like(xc);
+  at::Tensor grad_w = need_weight_grad ? at::zeros({col.numel()}, x.options()) : x.new_empty({0});
+  FASTALIGN_DISPATCH(x.scalar_type(), col.scalar_type(), "spmm_max_backward", [&] {
+    spmm_max_backward_kernel<scalar_t, index_t>(cl, w, xc, ac, g, grad_x, grad_w);
+  });
+  if (need_weight_grad && weight.has_value() && weight->defined())
+    grad_w = grad_w.to(weight->scalar_type());
+  return {grad_x, grad_w};
+}
+
+template <typename scalar_t, typename index_t>
+void sddmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
+                  const at::Tensor& b, at::Tensor& out) {
+  const index_t* rp = rowptr.data_ptr<index_t>();
+  const index_t* cl = col.data_ptr<index_t>();
+  const scalar_t* ap = a.data_ptr<scalar_t>();
+  const scalar_t* bp = b.data_ptr<scalar_t>();
+  scalar_t* o = out.data_ptr<scalar_t>();
+  const int64_t F = a.size(1);
+  const Partition part = partition_rows(rp, rowptr.numel() - 1);
+  for_each_edge_range(rp, part, [&](int64_t r, int64_t e0, int64_t e1) {
+    const scalar_t* __restrict__ ai = ap + r * F;
+    for (int64_t e = e0; e < e1; ++e) {
+      const scalar_t* __restrict__ bj = bp + int64_t(cl[e]) * F;
+      scalar_t dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t f = 0; f < F; ++f) dot += ai[f] * bj[f];
+      o[e] = dot;
+    }
+  });
+}
+
+at::Tensor sddmm(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
+                 const at::Tensor& b) {
+  check_csr(rowptr, col);
+  check_rows(a, rowptr.numel() - 1, "a");
+  TORCH_CHECK(b.dim() == 2 && b.size(1) == a.size(1), "sddmm: a and b widths differ");
+  const at::Tensor ac = a.contiguous(), bc = contiguous_as(b, a.scalar_type());
+  const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
+  at::Tensor out = at::empty({col.numel()}, a.options());
+  FASTALIGN_DISPATCH(a.scalar_type(), col.scalar_type(), "sddmm",
+                     [&] { sddmm_kernel<scalar_t, index_t>(rp, cl, ac, bc, out); });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastalign_cpu, m) {
+  m.def("spmm_forward(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, str reduce) -> (Tensor, Tensor)");
+  m.def("spmm_max_backward(Tensor col, Tensor? weight, Tensor x, Tensor arg, Tensor grad_out, bool need_weight_grad) -> (Tensor, Tensor)");
+  m.def("sddmm(Tensor rowptr, Tensor col, Tensor a, Tensor b) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastalign_cpu, CPU, m) {
+  m.impl("spmm_forward", &spmm_forward);
+  m.impl("spmm_max_backward", &spmm_max_backward);
+  m.impl("sddmm", &sddmm);
+}
+
+}  // namespace cpu
+}  // namespace fastalign

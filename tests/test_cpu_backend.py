@@ -1,0 +1,393 @@
+"""The C++/OpenMP CPU backend against the reference backend, kernel by kernel, and
+through the public ops (gradients, non-contiguous inputs, determinism, choice)."""
+
+import importlib
+
+import pytest
+import torch
+
+import fastalign
+from fastalign import Graph, backends
+from fastalign.ops.gcn_aggregate import gcn_norm_state
+from graphs import case_graphs, features, power_law_edge_index, random_edge_index
+
+REF = importlib.import_module("fastalign.backends.torch")
+pytestmark = pytest.mark.skipif(
+    not backends.is_available("cpu"), reason="fastalign._C (the CPU extension) is not built"
+)
+if backends.is_available("cpu"):
+    CPU = backends.get("cpu")
+
+# float64: the same maths in another order; float32: the kernels accumulate in float32
+# like the reference, so differences are a few ulps of the output's scale.
+TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}
+INDEX_DTYPES = (torch.int32, torch.int64)
+WIDTHS = (1, 3, 16, 67)
+KERNELS = ("l1", "rbf", "linear", "poly", "cosine")
+SIGMA = {"l1": 2.0, "rbf": 1.5, "linear": 1.0, "poly": 1.0, "cosine": 1.0}
+
+
+def long_row_graph(index_dtype):
+    """Hub rows longer than the kernels' piece size (4096 edges), so that they are split
+    and merged; plus ordinary rows and isolated nodes."""
+    gen = torch.Generator().manual_seed(7)
+    n = 300
+    hub_src = torch.randint(0, n, (9000,), generator=gen)
+    hub = torch.stack([hub_src, torch.zeros_like(hub_src)])
+    hub2 = torch.stack([torch.arange(4097) % 250, torch.full((4097,), 5)])
+    rest = random_edge_index(250, 250, 600, seed=3)
+    ei = torch.cat([hub, hub2, rest], 1).to(index_dtype)
+    return Graph.from_edge_index(ei, num_nodes=n)
+
+
+def all_graphs(index_dtype):
+    return case_graphs(index_dtype) + [("long_rows", long_row_graph(index_dtype))]
+
+
+GRAPH_NAMES = [name for name, _ in all_graphs(torch.int64)]
+_GRAPHS = {(n, d): g for d in INDEX_DTYPES for n, g in all_graphs(d)}
+
+
+def graph_of(name, index_dtype):
+    return _GRAPHS[(name, index_dtype)]
+
+
+def assert_close(actual, expected, dtype):
+    """Close within the dtype's tolerance, relative to the output's scale."""
+    rtol, atol = TOL[dtype]
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale)
+
+
+def truth(fn, *args):
+    """The reference in float64 on the same inputs, cast back to the input dtype: what
+    float32 results are compared with where sums cancel (kl, gradients over hub rows)."""
+    dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+    up = [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    out = fn(*up)
+    cast = lambda t: t.to(dtype) if t.is_floating_point() else t  # noqa: E731
+    return cast(out) if isinstance(out, torch.Tensor) else tuple(cast(t) for t in out)
+
+
+def degenerate(kernel, width):
+    """cosine in one dimension is +-1: its exact gradient is 0 and every backend returns
+    rounding noise, which is checked against a bound instead of compared."""
+    return kernel == "cosine" and width == 1
+
+
+def assert_noise(t, dtype):
+    # float32 noise scales with the terms (cosine's grow as 1 / norm) summed over 9,000-edge
+    # hub rows, so only float64's is bounded here.
+    if dtype == torch.float64:
+        assert t.numel() == 0 or float(t.abs().max()) < 1e-9
+
+
+def edge_weight(graph, dtype, seed=5):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(graph.num_edges, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
+
+
+graph_params = pytest.mark.parametrize("name", GRAPH_NAMES)
+index_params = pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+dtype_params = pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+
+
+# --------------------------------------------------------------------------- kernels
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("reduce", ("sum", "mean", "max"))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_spmm_forward(name, index_dtype, dtype, width, reduce, weighted):
+    g = graph_of(name, index_dtype)
+    x = features(g, width, dtype)
+    w = edge_weight(g, dtype) if weighted else None
+    out, arg = CPU.spmm_forward(g.rowptr, g.col, w, x, reduce)
+    ref_out, ref_arg = REF.spmm_forward(g.rowptr, g.col, w, x, reduce)
+    assert_close(out, ref_out, dtype)
+    assert torch.equal(arg, ref_arg)
+
+
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("weighted", (False, True))
+def test_spmm_max_backward(name, index_dtype, dtype, width, weighted):
+    g = graph_of(name, index_dtype)
+    x = features(g, width, dtype)
+    w = edge_weight(g, dtype) if weighted else None
+    _, arg = REF.spmm_forward(g.rowptr, g.col, w, x, "max")
+    grad_out = features(g, width, dtype, seed=3, side="dst")
+    gx, gw = CPU.spmm_max_backward(g.col, w, x, arg, grad_out, True)
+    if g.num_edges == 0:  # the reference indexes an empty col here and raises
+        assert torch.equal(gx, torch.zeros_like(x)) and gw.shape == (0,)
+        return
+    ref_gx, ref_gw = REF.spmm_max_backward(g.col, w, x, arg, grad_out, True)
+    assert_close(gx, ref_gx, dtype)
+    assert_close(gw, ref_gw, dtype)
+    gx, gw = CPU.spmm_max_backward(g.col, w, x, arg, grad_out, False)
+    assert_close(gx, ref_gx, dtype)
+    assert gw.numel() == 0
+
+
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", WIDTHS)
+def test_sddmm(name, index_dtype, dtype, width):
+    g = graph_of(name, index_dtype)
+    a = features(g, width, dtype, seed=1, side="dst")
+    b = features(g, width, dtype, seed=2)
+    assert_close(CPU.sddmm(g.rowptr, g.col, a, b), REF.sddmm(g.rowptr, g.col, a, b), dtype)
+
+
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("loops", (True, False))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_gcn_aggregate(name, index_dtype, dtype, width, loops, weighted):
+    g = graph_of(name, index_dtype)
+    if not g.is_square:
+        pytest.skip("gcn_aggregate needs a square graph")
+    x = features(g, width, dtype)
+    w = edge_weight(g, dtype) if weighted else None
+    dis, loop_weight = gcn_norm_state(g, w, loops, False, dtype)
+    args = (g.rowptr, g.col, w, dis, loop_weight, x)
+    assert_close(CPU.gcn_aggregate(*args), REF.gcn_aggregate(*args), dtype)
+
+
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_edge_similarity_and_backward(name, index_dtype, dtype, width, kernel):
+    g = graph_of(name, index_dtype)
+    scale = width**-0.5
+    x_dst = features(g, width, dtype, seed=1, side="dst") * scale
+    x_src = features(g, width, dtype, seed=2) * scale
+    params = (kernel, SIGMA[kernel], 2, 1.0)
+    s = CPU.edge_similarity(g.rowptr, g.col, x_dst, x_src, *params)
+    assert_close(s, truth(REF.edge_similarity, g.rowptr, g.col, x_dst, x_src, *params), dtype)
+    grad_s = torch.randn(g.num_edges, generator=torch.Generator().manual_seed(4)).to(dtype)
+    args = (g.rowptr, g.col, *g.transpose(), x_dst, x_src, grad_s, *params)
+    for got, want in zip(CPU.edge_similarity_backward(*args), truth(REF.edge_similarity_backward, *args)):
+        if degenerate(kernel, width):
+            assert_noise(got, dtype)
+        else:
+            assert_close(got, want, dtype)
+
+
+@graph_params
+@index_params
+@dtype_params
+def test_edge_softmax_and_backward(name, index_dtype, dtype):
+    g = graph_of(name, index_dtype)
+    gen = torch.Generator().manual_seed(6)
+    logits = (3 * torch.randn(g.num_edges, generator=gen)).to(dtype)
+    p = CPU.edge_softmax(g.rowptr, logits)
+    assert_close(p, REF.edge_softmax(g.rowptr, logits), dtype)
+    grad_p = torch.randn(g.num_edges, generator=gen).to(dtype)
+    assert_close(
+        CPU.edge_softmax_backward(g.rowptr, p, grad_p),
+        REF.edge_softmax_backward(g.rowptr, p, grad_p),
+        dtype,
+    )
+
+
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_structure_kl_forward_backward(name, index_dtype, dtype, width, kernel):
+    g = graph_of(name, index_dtype)
+    peer_width = width + 2  # widths may differ: only per-edge scalars are compared
+    s_dst = features(g, width, dtype, seed=1, side="dst") * width**-0.5
+    s_src = features(g, width, dtype, seed=2) * width**-0.5
+    p_dst = features(g, peer_width, dtype, seed=3, side="dst") * peer_width**-0.5
+    p_src = features(g, peer_width, dtype, seed=4) * peer_width**-0.5
+    params = (kernel, SIGMA[kernel], 2, 1.0, 0.7)
+    emb = (s_dst, s_src, p_dst, p_src)
+    got = CPU.structure_kl_forward(g.rowptr, g.col, *emb, *params)
+    want = truth(REF.structure_kl_forward, g.rowptr, g.col, *emb, *params)
+    for a, b in zip(got, want):
+        empty = torch.isinf(b)
+        assert torch.equal(torch.isinf(a), empty)
+        assert_close(a[~empty], b[~empty], dtype)
+    grad_kl = torch.randn(g.num_dst, generator=torch.Generator().manual_seed(8)).to(dtype)
+    for peer_grad in (False, True):
+        args = (g.rowptr, g.col, *g.transpose(), *emb, *got, grad_kl, *params, peer_grad)
+        results = zip(CPU.structure_kl_backward(*args), truth(REF.structure_kl_backward, *args))
+        for k, (a, b) in enumerate(results):
+            if k < 2 and degenerate(kernel, width):  # the student's gradients
+                assert_noise(a, dtype)
+            else:
+                assert_close(a, b, dtype)
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_low_precision_falls_back_to_reference(dtype):
+    g = graph_of("square", torch.int64)
+    x = features(g, 8, dtype)
+    out, _ = CPU.spmm_forward(g.rowptr, g.col, None, x, "sum")
+    assert torch.equal(out, REF.spmm_forward(g.rowptr, g.col, None, x, "sum")[0])
+
+
+# --------------------------------------------------------------------------- public ops
+def _gradcheck(fn, *inputs):
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+SMALL = ("square", "hub", "rectangular")
+
+
+def _inputs(g, width, seed, side="src"):
+    return features(g, width, torch.float64, seed=seed, side=side).requires_grad_()
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("reduce", ("sum", "mean", "max"))
+def test_gradcheck_spmm(name, reduce):
+    g = graph_of(name, torch.int32)
+    x = _inputs(g, 3, 0)
+    w = edge_weight(g, torch.float64).requires_grad_()
+    _gradcheck(lambda x, w: fastalign.spmm(g, x, reduce, edge_weight=w, backend="cpu"), x, w)
+
+
+@pytest.mark.parametrize("name", ("square", "hub"))
+@pytest.mark.parametrize("loops", (True, False))
+def test_gradcheck_gcn_aggregate(name, loops):
+    g = graph_of(name, torch.int64)
+    x = _inputs(g, 3, 0)
+    _gradcheck(lambda x: fastalign.gcn_aggregate(g, x, add_self_loops=loops, backend="cpu"), x)
+    out = fastalign.gcn_aggregate(g, x, add_self_loops=loops, backend="cpu")
+    ref = fastalign.gcn_aggregate(g, x, add_self_loops=loops, backend="torch")
+    assert_close(out, ref, torch.float64)
+
+
+def _pair(g, width, seed):
+    if g.is_square:
+        return (_inputs(g, width, seed),)
+    return (_inputs(g, width, seed, "dst"), _inputs(g, width, seed + 1))
+
+
+def _join(g, xs):
+    return xs[0] if g.is_square else (xs[0], xs[1])
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_gradcheck_edge_similarity_local_structure(name, kernel):
+    g = graph_of(name, torch.int64)
+    xs = _pair(g, 3, 0)
+    sigma = SIGMA[kernel]
+    _gradcheck(lambda *x: fastalign.edge_similarity(g, _join(g, x), kernel, sigma, backend="cpu"), *xs)
+    _gradcheck(
+        lambda *x: fastalign.local_structure(g, _join(g, x), kernel, 0.8, sigma, backend="cpu"), *xs
+    )
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_gradcheck_structure_kl(name, kernel):
+    g = graph_of(name, torch.int32)
+    hs, hp = _pair(g, 3, 0), _pair(g, 4, 5)
+    n = len(hs)
+    sigma = SIGMA[kernel]
+
+    def loss(*x):
+        return fastalign.structure_kl(
+            g, _join(g, x[:n]), _join(g, x[n:]), kernel, 0.8, "none", sigma, backend="cpu"
+        )
+
+    _gradcheck(loss, *hs, *hp)  # peer gradient included
+    detached = tuple(h.detach() for h in hp)
+    _gradcheck(lambda *x: loss(*x, *detached), *hs)
+    dense = fastalign.structure_kl(g, _join(g, hs), _join(g, hp), kernel, 0.8, "none", sigma, backend="torch")
+    assert_close(loss(*hs, *hp), dense, torch.float64)
+
+
+def test_public_ops_accept_non_contiguous_inputs():
+    g = graph_of("long_rows", torch.int64)
+    wide = features(g, 32, torch.float32)
+    x = wide[:, ::2]  # strided view
+    assert not x.is_contiguous()
+    for reduce in ("sum", "mean", "max"):
+        got = fastalign.spmm(g, x, reduce, backend="cpu")
+        assert_close(got, fastalign.spmm(g, x.contiguous(), reduce, backend="torch"), torch.float32)
+    xt = features(g, 16, torch.float32).T.contiguous().T
+    assert not xt.is_contiguous()
+    assert_close(
+        fastalign.gcn_aggregate(g, xt, backend="cpu"),
+        fastalign.gcn_aggregate(g, xt.contiguous(), backend="torch"),
+        torch.float32,
+    )
+    hp = features(g, 24, torch.float32, seed=3)[:, 1::3]
+    got = fastalign.structure_kl(g, x, hp, "l1", reduction="none", backend="cpu")
+    # against float64: the float32 reference loses digits summing kl over 9,000-edge rows
+    want = fastalign.structure_kl(g, x.double(), hp.double(), "l1", reduction="none", backend="torch")
+    want = want.float()
+    assert_close(got, want, torch.float32)
+    # straight to the kernels: strided features and per-edge values
+    gs = torch.randn(2 * g.num_edges)[::2]
+    args = (g.rowptr, g.col, *g.transpose(), x, x, gs, "rbf", 1.0, 2, 1.0)
+    for a, b in zip(CPU.edge_similarity_backward(*args), REF.edge_similarity_backward(*args)):
+        assert_close(a, b, torch.float32)
+
+
+def _hub_heavy_graph():
+    # exponent 3: the largest in-degree is ~7,000, above the piece size, so hubs are split
+    ei = power_law_edge_index(20_000, 200_000, seed=1, exponent=3.0)
+    return Graph.from_edge_index(ei, num_nodes=20_000)
+
+
+def _run_all(g, x, h_peer):
+    x = x.detach().requires_grad_()
+    hp = h_peer.detach().requires_grad_()
+    outs = [fastalign.spmm(g, x, r, backend="cpu") for r in ("sum", "mean", "max")]
+    outs.append(fastalign.gcn_aggregate(g, x, backend="cpu"))
+    outs.append(fastalign.local_structure(g, x, "cosine", backend="cpu"))
+    loss = fastalign.structure_kl(g, x, hp, "l1", sigma=100.0, backend="cpu")
+    total = loss + sum(o.square().mean() for o in outs)
+    total.backward()
+    return outs + [loss, x.grad, hp.grad]
+
+
+def test_deterministic_on_hub_heavy_graph():
+    g = _hub_heavy_graph()
+    assert int(g.rowptr.diff().max()) > 4096
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(g.num_dst, 16, generator=gen)
+    hp = torch.randn(g.num_dst, 8, generator=gen)
+    first, second = _run_all(g, x, hp), _run_all(g, x, hp)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = _run_all(g, x, hp)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(first, second, single):
+        assert torch.equal(a, b)  # same bits run to run
+        assert torch.equal(a, c)  # and on any number of threads
+
+
+def test_automatic_choice_picks_cpu_for_cpu_tensors(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    device = torch.device("cpu")
+    assert set(backends.BACKEND_FUNCTIONS) <= CPU.FUNCTIONS
+    assert backends.resolve("spmm", None, device, ("spmm_forward", "sddmm")) == "cpu"
+    assert backends.resolve("structure_kl", "auto", device, ("structure_kl_forward",)) == "cpu"
+    # the registered torch ops are what the adapter calls
+    assert hasattr(torch.ops.fastalign_cpu, "structure_kl_backward")
+    calls = []
+    real = CPU.spmm_forward
+    monkeypatch.setattr(CPU, "spmm_forward", lambda *a: calls.append(1) or real(*a))
+    g = graph_of("square", torch.int64)
+    fastalign.spmm(g, features(g, 4, torch.float32))
+    assert calls
