@@ -345,3 +345,32 @@ def test_power_law_graph_matches_torch_sparse():
     adj = torch.sparse_csr_tensor(g.rowptr.long(), g.col.long(), torch.ones(g.num_edges, device=DEV),
                                   size=(20_000, 20_000))
     assert_close(out, adj @ x)
+
+
+def test_misaligned_and_strided_inputs():
+    """Views with odd storage offsets or strides are copied to aligned dense rows."""
+    g = graph_of("long_rows", torch.int64)
+    n, f = g.num_src, 64
+    base = torch.randn(n * f + 1, device=DEV)
+    x = base[1:].view(n, f)  # contiguous, 4 bytes off a 16-byte boundary
+    wide = torch.randn(n, 2 * f, device=DEV)
+    strided = wide[:, ::2]
+    for inp in (x, strided):
+        out, _ = CU.spmm_forward(g.rowptr, g.col, None, inp, "sum")
+        ref, _ = REF.spmm_forward(g.rowptr, g.col, None, inp, "sum")
+        assert_close(out, ref)
+        params = sim_params("rbf", f) + (1.0,)
+        got = CU.structure_kl_forward(g.rowptr, g.col, inp, inp, x, x, *params)
+        want = REF.structure_kl_forward(g.rowptr, g.col, inp, inp, x, x, *params)
+        assert_close(got[0], want[0])
+
+
+def test_bad_input_fails_with_a_message():
+    g = graph_of("square", torch.int64)
+    x = feats(g.num_src, 8, torch.float32)
+    with pytest.raises(RuntimeError, match="CUDA tensor|device"):
+        torch.ops.fastalign_cuda.spmm_forward(g.rowptr, g.col, None, x.cpu(), "sum")
+    with pytest.raises(RuntimeError, match="unknown reduce"):
+        torch.ops.fastalign_cuda.spmm_forward(g.rowptr, g.col, None, x, "prod")
+    with pytest.raises(RuntimeError, match="2-D"):
+        torch.ops.fastalign_cuda.spmm_forward(g.rowptr, g.col, None, x.flatten(), "sum")
