@@ -74,6 +74,14 @@ def test_bench_cli_subset_and_markdown(tmp_path, capsys):
     assert all(r["peak_mem_bytes"] is None for r in run["results"])
 
 
+def test_bench_cli_time_limit(tmp_path):
+    run, _ = _tiny_run(tmp_path, ["--suite", "spmm", "--backends", "torch", "--max-minutes", "1e-9",
+                                  "--no-memory"])
+    assert "partial" not in run  # the final file replaces the per-graph one
+    assert run["results"] and all(r["status"] == "skipped" and "time limit" in r["reason"]
+                                  for r in run["results"])
+
+
 def test_bench_cli_bad_arguments(capsys):
     assert main(["--sizes", "tiny", "--graphs", "nosuchgraph", "--quiet"]) == 2
     assert "unknown graph" in capsys.readouterr().err
@@ -81,6 +89,7 @@ def test_bench_cli_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["--suite", "nosuch"])
     assert main(["--sizes", "tiny", "--features", "0", "--quiet"]) == 2
+    assert main(["--sizes", "tiny", "--max-minutes", "0", "--quiet"]) == 2
 
 
 def test_add_bench_parser_registers_subcommand():

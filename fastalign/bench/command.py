@@ -53,6 +53,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--features", type=int, default=64, help="feature width (default 64)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timed calls per measurement (default: 1.0 CPU, 0.5 CUDA)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no new measurement after this many minutes (the rest is "
+                             "recorded as skipped); with --json the file is rewritten after each graph")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for the run (CPU; default: torch's choice)")
     parser.add_argument("--root", default=None,
@@ -99,6 +102,9 @@ def run_command(args: argparse.Namespace) -> int:
     if args.features <= 0:
         print("fastalign bench: error: --features must be positive", file=sys.stderr)
         return 2
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        print("fastalign bench: error: --max-minutes must be positive", file=sys.stderr)
+        return 2
     if args.threads is not None and args.threads <= 0:
         print("fastalign bench: error: --threads must be positive", file=sys.stderr)
         return 2
@@ -129,6 +135,8 @@ def run_command(args: argparse.Namespace) -> int:
             backends=_split(args.backends), compile_peers=not args.no_compile,
             features=args.features, modes=modes, timing=timing,
             measure_memory=not args.no_memory, progress=progress, command=command,
+            max_seconds=args.max_minutes * 60 if args.max_minutes is not None else None,
+            on_graph_done=(lambda partial: report.write_json(partial, args.json_path)) if args.json_path else None,
         )
     except ValueError as exc:
         print(f"fastalign bench: error: {exc}", file=sys.stderr)
@@ -149,7 +157,8 @@ def _argv_for_record(args) -> list:
     out = ["--suite", args.suite, "--device", args.device, "--sizes", args.sizes]
     for flag, value in (("--graphs", args.graphs), ("--backends", args.backends),
                         ("--features", args.features if args.features != 64 else None),
-                        ("--budget", args.budget), ("--threads", args.threads)):
+                        ("--budget", args.budget), ("--threads", args.threads),
+                        ("--max-minutes", args.max_minutes)):
         if value is not None:
             out += [flag, str(value)]
     if args.mode != "both":

@@ -121,9 +121,15 @@ def run_benchmarks(
     progress: Optional[Callable[[str], None]] = None,
     command: Optional[str] = None,
     specs: Optional[List[GraphSpec]] = None,
+    max_seconds: Optional[float] = None,
+    on_graph_done: Optional[Callable[[dict], None]] = None,
 ) -> dict:
     """Run ``suites`` on the graphs of ``sizes`` (optionally only those named in
-    ``graphs``); returns ``{"meta": ..., "results": [...]}`` (see :mod:`.report`)."""
+    ``graphs``); returns ``{"meta": ..., "results": [...]}`` (see :mod:`.report`).
+
+    ``max_seconds``: start no measurement after that long (the rest is recorded as
+    skipped, "time limit"), for machines lent by the minute. ``on_graph_done(run)`` is
+    called with the partial run after each graph (to save it as it goes)."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was requested but CUDA is not available")
@@ -223,6 +229,16 @@ def run_benchmarks(
                 reference = None
                 for c in contenders:
                     step += 1
+                    if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+                        results.append({
+                            "suite": suite, "graph": spec.name, "num_nodes": num_nodes,
+                            "num_edges": w.num_edges, "features": features, "mode": mode,
+                            "contender": c.name, "kind": c.kind, "backend": c.backend,
+                            "compiled": c.compiled, "status": "skipped", "median_ms": None,
+                            "min_ms": None, "reps": 0, "peak_mem_bytes": None,
+                            "max_rel_err": None, "reason": f"time limit ({max_seconds:.0f} s) reached",
+                        })
+                        continue
                     rec = {
                         "suite": suite, "graph": spec.name, "num_nodes": num_nodes,
                         "num_edges": w.num_edges, "features": features, "mode": mode,
@@ -276,5 +292,8 @@ def run_benchmarks(
                 pass
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        if on_graph_done is not None:
+            meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+            on_graph_done({"meta": meta, "results": results, "partial": True})
     meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     return {"meta": meta, "results": results}
