@@ -115,16 +115,21 @@ def main() -> int:
     p.add_argument("--mode", default="alternating")
     p.add_argument("--backend", default="auto")
     p.add_argument("--deadline", default=None, help="UTC HH:MM after which no new configuration starts")
+    p.add_argument("--stop-at", default=None,
+                   help="UTC HH:MM after which no new seed starts (the configuration is saved with the seeds done)")
     p.add_argument("--summarize", metavar="DIR", default=None, help="print the markdown table of DIR and exit")
     args = p.parse_args()
     if args.summarize:
         print(summarize(args.summarize))
         return 0
-    deadline = None
-    if args.deadline:
-        h, m = map(int, args.deadline.split(":"))
-        now = dt.datetime.now(dt.timezone.utc)
-        deadline = now.replace(hour=h, minute=m, second=0, microsecond=0)
+    def at(text):
+        if not text:
+            return None
+        h, m = map(int, text.split(":"))
+        return dt.datetime.now(dt.timezone.utc).replace(hour=h, minute=m, second=0, microsecond=0)
+
+    deadline, stop_at = at(args.deadline), at(args.stop_at)
+    stop = (lambda: dt.datetime.now(dt.timezone.utc) >= stop_at) if stop_at else None
     import torch
 
     torch.set_num_threads(args.threads)
@@ -134,12 +139,12 @@ def main() -> int:
         path = os.path.join(args.out, f"{d}_L{L}_K{K}_{v}.json")
         if os.path.exists(path):
             continue
-        if deadline and dt.datetime.now(dt.timezone.utc) >= deadline:
+        if any(t and dt.datetime.now(dt.timezone.utc) >= t for t in (deadline, stop_at)):
             print(f"deadline {args.deadline} reached; stopping before {path}", flush=True)
             break
         cfg = config(L, K, v, args)
         t0 = time.time()
-        r = run_experiment(cfg, data[d], list(range(args.seeds)))
+        r = run_experiment(cfg, data[d], list(range(args.seeds)), stop=stop)
         r.update(variant=v, commit=commit(), wall_time_s=time.time() - t0,
                  date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  command=" ".join([os.path.basename(sys.executable)] + sys.argv))

@@ -263,3 +263,8 @@ def test_cli_demo(capsys):
 
     assert main(["demo", "--nodes", "200", "--edges", "1000", "--backend", BACKEND]) == 0
     assert "structure_kl" in capsys.readouterr().out
+
+
+def test_stop_callback_keeps_the_seeds_done(data):
+    r = run_experiment(small(epochs=2, students=1), data, [0, 1, 2], stop=lambda: True)
+    assert r["seeds"] == [0] and len(r["runs"]) == 1

@@ -229,14 +229,19 @@ def _mean_std(values: List[float]):
 
 
 def run_experiment(cfg: TrainConfig, data: NodeDataset, seeds: List[int],
-                   log: Optional[Callable[[str], None]] = None) -> dict:
+                   log: Optional[Callable[[str], None]] = None,
+                   stop: Optional[Callable[[], bool]] = None) -> dict:
     """Runs every seed; the summary holds mean/std of the test score over all (seed,
-    student) pairs, per-student and ensemble means, and the mean epoch time."""
+    student) pairs, per-student and ensemble means, and the mean epoch time. ``stop``
+    (checked before each seed after the first) ends the run early; ``seeds`` in the
+    result lists the seeds that ran."""
     if not seeds:
         raise ValueError("seeds must not be empty")
     data.to(cfg.device)
     runs = []
     for seed in seeds:
+        if runs and stop is not None and stop():
+            break
         r = train_run(cfg, data, seed, log)
         runs.append(r)
         if log:
@@ -257,7 +262,7 @@ def run_experiment(cfg: TrainConfig, data: NodeDataset, seeds: List[int],
         "dataset": data.name,
         "metric": data.metric,
         "config": cfg_dict,
-        "seeds": list(seeds),
+        "seeds": [r["seed"] for r in runs],
         "mean_test_acc": mean_test,
         "std_test_acc": std_test,
         "mean_val_acc": _mean_std(vals)[0],
