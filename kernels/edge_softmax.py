@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .heuristics import acc_dtype, torch_acc
+from .heuristics import acc_dtype, softmax_block, torch_acc
 from .segments import row_plan, work_item
 
 FWD = tl.constexpr(0)
@@ -124,9 +124,7 @@ def _run(rowptr, a, b, mode):
     plan = row_plan(rowptr)
     acc, tacc = acc_dtype(a.dtype), torch_acc(a.dtype)
     part = torch.empty(2 * max(plan.num_segs, 1), dtype=tacc, device=a.device)
-    # one scalar per edge and step: a wide edge block; short rows waste a few lanes
-    be = int(min(max(triton.next_power_of_2(max(int(plan.avg_degree), 1)), 32), 1024))
-    warps = 4 if be <= 256 else 8
+    be, _, warps = softmax_block(plan)
     softmax_rows_kernel[(plan.num_programs,)](
         rowptr, a, b, out, part, plan.seg_row, plan.seg_start, plan.seg_end,
         plan.num_rows, plan.split, MODE=mode, ACC=acc, BLOCK_E=be, num_warps=warps,

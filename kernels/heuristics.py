@@ -7,10 +7,10 @@ Tiles are [BLOCK_E edges x BLOCK_F features]. The heuristic:
     wider features loop over (or are gridded over) feature blocks.
   * BLOCK_E = the mean degree rounded up to a power of two (short rows waste no lanes),
     kept so the tile has <= TILE elements (register pressure), within [16, 128].
-  * num_warps = 4, or 8 for tiles of more than 4096 elements.
+  * num_warps = 2 for tiles of <= 1024 elements, 4 up to 4096, else 8.
 
 Autotune (CUDA only; FASTALIGN_TRITON_AUTOTUNE=0 turns it off): the first call of an
-op on a graph times a few neighbours of the heuristic (BLOCK_E halved/doubled, 4/8
+op on a graph times a few neighbours of the heuristic (BLOCK_E halved/doubled, 2/4/8
 warps) with CUDA events and keeps the fastest in ``plan.configs[key]``. Only kernels
 whose launches are idempotent (they overwrite their outputs) are tuned. Under the
 interpreter, during CUDA-graph capture, or when tuning fails, the heuristic is used.
@@ -53,8 +53,18 @@ def heuristic(plan, width: int, dtype: torch.dtype, cap: int = 0, tile: int = TI
     bf = block_f(width, dtype, cap)
     be = triton.next_power_of_2(max(int(plan.avg_degree + 0.5), 1))
     be = int(min(max(be, 16), 128, max(tile // bf, 16)))
-    warps = 8 if be * bf > 4096 else 4
+    tile_elems = be * bf
+    # small tiles (low-degree graphs, narrow features): 2 warps, so that more programs
+    # are resident per SM (one program per row: latency-bound, not lane-bound)
+    warps = 2 if tile_elems <= 1024 else (4 if tile_elems <= 4096 else 8)
     return Config(be, bf, warps)
+
+
+def softmax_block(plan) -> Config:
+    """Edge softmax moves one scalar per edge: a wide edge block (the mean degree
+    rounded up, in [32, 1024]); short rows waste a few lanes."""
+    be = int(min(max(triton.next_power_of_2(max(int(plan.avg_degree), 1)), 32), 1024))
+    return Config(be, 1, 4 if be <= 256 else 8)
 
 
 def _neighbours(cfg: Config) -> Sequence[Config]:
@@ -62,7 +72,7 @@ def _neighbours(cfg: Config) -> Sequence[Config]:
     for be in (cfg.BLOCK_E // 2, cfg.BLOCK_E * 2):
         if 16 <= be <= 256 and be * cfg.BLOCK_F <= 4 * TILE:
             out.append(cfg._replace(BLOCK_E=be))
-    out.append(cfg._replace(num_warps=8 if cfg.num_warps == 4 else 4))
+    out += [cfg._replace(num_warps=w) for w in (2, 4, 8) if w != cfg.num_warps]
     return out
 
 
