@@ -91,6 +91,13 @@ def cases():
                         out.append((structure_kl.skl_grad_kernel, feat, index,
                                     dict(k, TRANSPOSED=transposed, PEER=int(full or transposed),
                                          BLOCK_E=16, BLOCK_FS=128, BLOCK_FP=64)))
+    # the warp counts the heuristic and the tuner use, on small and large tiles
+    for warps, be, bf in ((2, 16, 16), (2, 16, 64), (8, 128, 64)):
+        out.append((spmm.agg_kernel, "fp32", "i32",
+                    dict(REDUCE=0, HAS_W=0, GCN=0, HAS_LOOP=0, BLOCK_E=be, BLOCK_F=bf, _num_warps=warps)))
+        out.append((structure_kl.skl_grad_kernel, "bf16", "i64",
+                    dict(KIND=0, DEGREE=2, TRANSPOSED=1, PEER=1, BLOCK_E=be, BLOCK_FS=bf, BLOCK_FP=bf,
+                         _num_warps=warps)))
     return out
 
 
@@ -106,8 +113,9 @@ def _id(case):
 def test_compiles_for_sm90(case):
     fn, feat, index, ce = case
     ce = dict(ce)
+    warps = ce.pop("_num_warps", 4)
     if "ACC" in fn.arg_names:
         ce["ACC"] = acc_of(feat)
     src = ASTSource(fn, signature(fn, feat, index), ce)
-    compiled = triton.compile(src, target=TARGET)
+    compiled = triton.compile(src, target=TARGET, options={"num_warps": warps})
     assert len(compiled.asm["cubin"]) > 0
