@@ -182,6 +182,55 @@ def test_gcnconv_sparse_tensor_matches_pyg(options, weighted):
     _compare(ref, ours, x, adj, adj, None)
 
 
+class SparseTensor:
+    """A duck-typed stand-in for torch_sparse.SparseTensor (coalesced CSR adj_t), so that
+    the SparseTensor path runs without torch_sparse installed."""
+
+    def __init__(self, ei, value, n):
+        key = ei[1] * n + ei[0]
+        order = torch.argsort(key)
+        uniq, inverse = torch.unique(key[order], return_inverse=True)
+        self.row, self.col = uniq // n, uniq % n
+        self.value = None
+        if value is not None:
+            self.value = torch.zeros(uniq.numel(), dtype=value.dtype).index_add_(0, inverse, value[order])
+        self.n = n
+
+    def csr(self):
+        rowptr = torch.zeros(self.n + 1, dtype=torch.long)
+        rowptr[1:] = torch.cumsum(torch.bincount(self.row, minlength=self.n), 0)
+        return rowptr, self.col, self.value
+
+    def sparse_sizes(self):
+        return (self.n, self.n)
+
+    def dense(self):
+        a = torch.zeros(self.n, self.n, dtype=torch.float64)
+        v = self.value if self.value is not None else torch.ones(self.row.numel(), dtype=torch.float64)
+        a[self.row, self.col] = v
+        return a
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(f"{k}={int(v)}" for k, v in o.items()))
+@pytest.mark.parametrize("weighted", [False, True], ids=["novalue", "weighted"])
+def test_gcnconv_sparse_tensor_path_semantics(options, weighted):
+    """PyG's SparseTensor path written densely from its gcn_norm: ``fill_diag`` replaces
+    the diagonal by 2 (improved) or 1, degrees are row sums (runs without torch_sparse)."""
+    ei = _edge_index(seed=9)
+    adj = SparseTensor(ei, _weights(ei.size(1)) if weighted else None, N)
+    x = torch.randn(N, F_IN, dtype=torch.float64)
+    _, ours = _pair(**options)
+    a = adj.dense()
+    if options["normalize"]:
+        if options["add_self_loops"]:
+            a.fill_diagonal_(2.0 if options["improved"] else 1.0)
+        dis = a.sum(1).pow(-0.5)
+        dis[torch.isinf(dis)] = 0
+        a = dis[:, None] * a * dis[None, :]
+    want = a @ (x @ ours.lin.weight.T) + ours.bias
+    _assert_close(ours(x, adj), want.detach())
+
+
 def test_gcnconv_torch_sparse_improved_differs_from_edge_index_path():
     """The documented PyG quirk is reproduced, not smoothed over: without weights,
     ``improved`` changes the torch.sparse result but not the edge_index one."""
