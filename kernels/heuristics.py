@@ -10,8 +10,8 @@ Tiles are [BLOCK_E edges x BLOCK_F features]. The heuristic:
   * num_warps = 2 for tiles of <= 1024 elements, 4 up to 4096, else 8.
 
 Autotune (CUDA only; FASTALIGN_TRITON_AUTOTUNE=0 turns it off): the first call of an
-op on a graph times a few neighbours of the heuristic (BLOCK_E halved/doubled, 2/4/8
-warps) with CUDA events and keeps the fastest in ``plan.configs[key]``. Only kernels
+op on a graph times a few neighbours of the heuristic (BLOCK_E halved/doubled, one
+other warp count) with CUDA events and keeps the fastest in ``plan.configs[key]``. Only kernels
 whose launches are idempotent (they overwrite their outputs) are tuned. Under the
 interpreter, during CUDA-graph capture, or when tuning fails, the heuristic is used.
 """
@@ -72,7 +72,7 @@ def _neighbours(cfg: Config) -> Sequence[Config]:
     for be in (cfg.BLOCK_E // 2, cfg.BLOCK_E * 2):
         if 16 <= be <= 256 and be * cfg.BLOCK_F <= 4 * TILE:
             out.append(cfg._replace(BLOCK_E=be))
-    out += [cfg._replace(num_warps=w) for w in (2, 4, 8) if w != cfg.num_warps]
+    out.append(cfg._replace(num_warps={2: 4, 4: 8, 8: 4}[cfg.num_warps]))
     return out
 
 

@@ -1,0 +1,258 @@
+"""The interpreter cases of the Triton backend (collected through test_triton_backend.py
+when TRITON_INTERPRET=1; see its docstring). Tiny graphs, float64 features: kernels and
+reference must agree to rounding."""
+
+import importlib
+import os
+
+import pytest
+
+if os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
+    raise ImportError("triton_interp_cases needs TRITON_INTERPRET=1 before triton is imported")
+
+import torch  # noqa: E402
+
+import fastalign
+from fastalign.kernels import segments, spmm as kspmm
+from fastalign.ops.gcn_aggregate import gcn_norm_state
+from triton.runtime.interpreter import InterpretedFunction
+
+from graphs import case_graphs, features
+
+if not isinstance(kspmm.agg_kernel, InterpretedFunction):  # imported too early
+    pytest.skip(
+        "fastalign.kernels was imported before TRITON_INTERPRET=1 was set",
+        allow_module_level=True,
+    )
+ref = importlib.import_module("fastalign.backends.torch")
+tb = importlib.import_module("fastalign.backends.triton")
+
+GRAPHS = dict(case_graphs())
+KERNELS = {  # kernel: (sigma, degree, coef)
+    "l1": (2.0, 2, 1.0), "rbf": (1.5, 2, 1.0), "linear": (1.0, 2, 1.0),
+    "poly": (1.0, 3, 0.5), "cosine": (1.0, 2, 1.0),
+}
+NO_SPLIT = 10**9
+
+
+def close(a, b, tol=1e-10):
+    if isinstance(a, (tuple, list)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            close(x, y, tol)
+        return
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert a.dtype == b.dtype, (a.dtype, b.dtype)
+    if a.numel():
+        torch.testing.assert_close(a.double(), b.double(), atol=tol, rtol=tol)
+
+
+def graph(name, index_dtype=None):
+    g = GRAPHS[name]
+    return g.to(index_dtype=index_dtype) if index_dtype is not None else g
+
+
+SPLITS = (NO_SPLIT, 4)
+
+
+# --------------------------------------------------------------------------- spmm
+@pytest.mark.parametrize("name", ["square", "rectangular", "no_edges", "hub"])
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+@pytest.mark.parametrize("split", SPLITS)
+def test_spmm_forward(name, reduce, split):
+    g = graph(name)
+    x = features(g, 5)
+    w = torch.rand(g.num_edges, dtype=torch.float64)
+    with segments.force_split(split):
+        for weight in (None, w):
+            close(tb.spmm_forward(g.rowptr, g.col, weight, x, reduce),
+                  ref.spmm_forward(g.rowptr, g.col, weight, x, reduce))
+
+
+@pytest.mark.parametrize("width", [1, 37, 300])
+def test_spmm_widths_int32(width):
+    g = graph("hub", torch.int32)
+    x = features(g, width)
+    for reduce in ("sum", "max"):
+        close(tb.spmm_forward(g.rowptr, g.col, None, x, reduce),
+              ref.spmm_forward(g.rowptr, g.col, None, x, reduce))
+
+
+def test_spmm_float32():
+    g = graph("square")
+    x = features(g, 19, dtype=torch.float32)
+    w = torch.rand(g.num_edges)
+    for reduce in ("sum", "mean", "max"):
+        out, arg = tb.spmm_forward(g.rowptr, g.col, w, x, reduce)
+        r_out, r_arg = ref.spmm_forward(g.rowptr, g.col, w, x, reduce)
+        close(out, r_out, 1e-5)
+        assert torch.equal(arg, r_arg)
+
+
+def test_spmm_max_ties_first_edge():
+    # duplicate edges give equal messages: the first edge must win
+    g = graph("square")
+    x = features(g, 4).round()
+    with segments.force_split(2):
+        out, arg = tb.spmm_forward(g.rowptr, g.col, None, x, "max")
+    r_out, r_arg = ref.spmm_forward(g.rowptr, g.col, None, x, "max")
+    close(out, r_out)
+    assert torch.equal(arg, r_arg)
+
+
+@pytest.mark.parametrize("need_w", [False, True])
+def test_spmm_max_backward(need_w):
+    g = graph("square")
+    x = features(g, 6)
+    w = torch.rand(g.num_edges, dtype=torch.float64)
+    _, arg = ref.spmm_forward(g.rowptr, g.col, w, x, "max")
+    grad = features(g, 6, seed=5, side="dst")
+    close(tb.spmm_max_backward(g.col, w, x, arg, grad, need_w),
+          ref.spmm_max_backward(g.col, w, x, arg, grad, need_w))
+
+
+@pytest.mark.parametrize("name", ["square", "rectangular", "hub"])
+def test_sddmm(name):
+    g = graph(name)
+    a, b = features(g, 7, side="dst", seed=1), features(g, 7)
+    with segments.force_split(4):
+        close(tb.sddmm(g.rowptr, g.col, a, b), ref.sddmm(g.rowptr, g.col, a, b))
+
+
+# --------------------------------------------------------------------------- gcn
+@pytest.mark.parametrize("name", ["square", "hub"])
+@pytest.mark.parametrize("split", SPLITS)
+def test_gcn_aggregate(name, split):
+    g = graph(name)
+    x = features(g, 9)
+    w = torch.rand(g.num_edges, dtype=torch.float64)
+    with segments.force_split(split):
+        for weight in (None, w):
+            for loops in (True, False):
+                dis, lw = gcn_norm_state(g, weight, loops, False, torch.float64)
+                close(tb.gcn_aggregate(g.rowptr, g.col, weight, dis, lw, x),
+                      ref.gcn_aggregate(g.rowptr, g.col, weight, dis, lw, x))
+
+
+# --------------------------------------------------------------------------- similarity
+@pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("name", ["square", "rectangular"])
+def test_edge_similarity(kernel, name):
+    g = graph(name)
+    xd, xs = features(g, 5, side="dst", seed=1), features(g, 5)
+    sigma, degree, coef = KERNELS[kernel]
+    rt, ct, pt = g.transpose()
+    gs = torch.randn(g.num_edges, dtype=torch.float64)
+    close(tb.edge_similarity(g.rowptr, g.col, xd, xs, kernel, sigma, degree, coef),
+          ref.edge_similarity(g.rowptr, g.col, xd, xs, kernel, sigma, degree, coef))
+    close(tb.edge_similarity_backward(g.rowptr, g.col, rt, ct, pt, xd, xs, gs, kernel, sigma, degree, coef),
+          ref.edge_similarity_backward(g.rowptr, g.col, rt, ct, pt, xd, xs, gs, kernel, sigma, degree, coef))
+
+
+@pytest.mark.parametrize("kernel", ["l1", "cosine", "poly"])
+def test_edge_similarity_hub_split_and_wide(kernel):
+    g = graph("hub")
+    width = 300 if kernel == "cosine" else 3  # 300 > BLOCK_F: several feature blocks
+    x = features(g, width)
+    x[3] = 0.0  # a zero row: the cosine eps clamp
+    sigma, degree, coef = KERNELS[kernel]
+    degree = 0 if kernel == "poly" else degree
+    rt, ct, pt = g.transpose()
+    gs = torch.randn(g.num_edges, dtype=torch.float64)
+    with segments.force_split(4):
+        close(tb.edge_similarity(g.rowptr, g.col, x, x, kernel, sigma, degree, coef),
+              ref.edge_similarity(g.rowptr, g.col, x, x, kernel, sigma, degree, coef))
+        close(tb.edge_similarity_backward(g.rowptr, g.col, rt, ct, pt, x, x, gs, kernel, sigma, degree, coef),
+              ref.edge_similarity_backward(g.rowptr, g.col, rt, ct, pt, x, x, gs, kernel, sigma, degree, coef))
+
+
+# --------------------------------------------------------------------------- softmax
+@pytest.mark.parametrize("name", ["square", "rectangular", "no_edges", "hub"])
+@pytest.mark.parametrize("split", SPLITS)
+def test_edge_softmax(name, split):
+    g = graph(name)
+    z = torch.randn(g.num_edges, dtype=torch.float64) * 3
+    with segments.force_split(split):
+        p = tb.edge_softmax(g.rowptr, z)
+        close(p, ref.edge_softmax(g.rowptr, z))
+        gp = torch.randn_like(p)
+        close(tb.edge_softmax_backward(g.rowptr, p, gp), ref.edge_softmax_backward(g.rowptr, p, gp))
+
+
+# --------------------------------------------------------------------------- structure KL
+def _kl_case(g, ws=5, wp=3):
+    return (features(g, ws, side="dst", seed=1), features(g, ws, seed=2),
+            features(g, wp, side="dst", seed=3), features(g, wp, seed=4))
+
+
+def _check_kl(g, feats, kernel, tau, peers=(False, True)):
+    sigma, degree, coef = KERNELS[kernel]
+    rt, ct, pt = g.transpose()
+    out = tb.structure_kl_forward(g.rowptr, g.col, *feats, kernel, sigma, degree, coef, tau)
+    expect = ref.structure_kl_forward(g.rowptr, g.col, *feats, kernel, sigma, degree, coef, tau)
+    close(out, expect)
+    gk = torch.randn(g.num_dst, dtype=torch.float64)
+    for peer in peers:
+        close(
+            tb.structure_kl_backward(g.rowptr, g.col, rt, ct, pt, *feats, *expect, gk,
+                                     kernel, sigma, degree, coef, tau, peer),
+            ref.structure_kl_backward(g.rowptr, g.col, rt, ct, pt, *feats, *expect, gk,
+                                      kernel, sigma, degree, coef, tau, peer),
+        )
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_structure_kl(kernel):
+    g = graph("square")
+    _check_kl(g, _kl_case(g), kernel, 0.7)
+
+
+@pytest.mark.parametrize("name", ["rectangular", "no_edges", "hub"])
+def test_structure_kl_graphs_split(name):
+    g = graph(name, torch.int32)
+    with segments.force_split(4):
+        _check_kl(g, _kl_case(g), "l1", 0.5, peers=(True,))
+
+
+def test_structure_kl_wide_cosine():
+    g = graph("hub")
+    feats = _kl_case(g, 300, 1)  # 300: several feature blocks; 1: a width-1 peer
+    with segments.force_split(8):
+        _check_kl(g, feats, "cosine", 0.3, peers=(True,))
+
+
+# --------------------------------------------------------------------------- through the ops
+def test_ops_autograd_match_reference():
+    g = graph("square")
+    x = features(g, 6).requires_grad_()
+    w = torch.rand(g.num_edges, dtype=torch.float64, requires_grad=True)
+    hp = features(g, 4, seed=9)
+    grads = {}
+    for backend in ("torch", "triton"):
+        x.grad = w.grad = None
+        hs = x * 1.0
+        loss = (
+            fastalign.spmm(g, x, "mean", edge_weight=w, backend=backend).square().sum()
+            + fastalign.gcn_aggregate(g, x, backend=backend).sum()
+            + fastalign.structure_kl(g, hs, hp, kernel="rbf", tau=0.5, backend=backend)
+            + fastalign.local_structure(g, x, kernel="cosine", backend=backend).square().sum()
+        )
+        loss.backward()
+        grads[backend] = (loss.detach(), x.grad.clone(), w.grad.clone())
+    close(grads["triton"], grads["torch"])
+
+
+def test_backend_lists_every_function():
+    from fastalign.backends import BACKEND_FUNCTIONS
+
+    assert set(tb.FUNCTIONS) == set(BACKEND_FUNCTIONS)
+    assert tb.supports(torch.device("cpu"))
+
+
+def test_plan_cache_follows_rowptr():
+    g = graph("square")
+    rowptr = g.rowptr.clone()
+    p1 = segments.row_plan(rowptr)
+    assert segments.row_plan(rowptr) is p1
+    rowptr.add_(0)  # a version bump: the plan is rebuilt
+    assert segments.row_plan(rowptr) is not p1
