@@ -46,3 +46,19 @@ inline void check_rows(const at::Tensor& x, int64_t rows, const char* name) {
 
 }  // namespace cpu
 }  // namespace fastalign
+
+namespace fastalign {
+namespace cpu {
+
+// Gathers of x[col[e]] are random reads: prefetching the row a few edges ahead keeps
+// several cache misses in flight.
+constexpr int64_t kPrefetchDistance = 8;
+
+template <typename T>
+inline void prefetch_row(const T* p, int64_t width) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < width * int64_t(sizeof(T)); b += 64) __builtin_prefetch(c + b);
+}
+
+}  // namespace cpu
+}  // namespace fastalign

@@ -25,6 +25,7 @@ struct GcnFold {
     const int64_t F = size;
     const scalar_t di = dis[r];
     for (int64_t e = e0; e < e1; ++e) {
+      if (e + kPrefetchDistance < e1) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const int64_t j = col[e];
       // With implicit loops, a stored self loop's weight is already in loop_weight.
       if (loop_weight && j == r) continue;

@@ -25,6 +25,7 @@ struct SumFold {
   void accumulate(int64_t, int64_t e0, int64_t e1, scalar_t* __restrict__ s) const {
     const int64_t F = size;
     for (int64_t e = e0; e < e1; ++e) {
+      if (e + kPrefetchDistance < e1) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const scalar_t* __restrict__ xj = x + int64_t(col[e]) * F;
       const scalar_t w = weight ? weight[e] : scalar_t(1);
 #pragma omp simd
