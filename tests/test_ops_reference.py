@@ -384,3 +384,11 @@ def test_backend_env_var_and_unavailable_backend(monkeypatch):
     monkeypatch.delenv(fastalign.backends.ENV_VAR)
     with pytest.raises(ValueError, match="cannot run|not available"):
         fastalign.spmm(g, x, backend="cuda")
+
+
+def test_available_backends_lists_the_reference():
+    from fastalign import backends
+
+    names = backends.available_backends("cpu")
+    assert names[0] == "torch" and set(names) <= set(backends.BACKENDS)
+    assert backends.is_available("torch", "cpu") and not backends.is_available("cuda", "cpu")

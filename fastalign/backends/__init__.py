@@ -18,7 +18,9 @@ from functools import lru_cache
 from types import ModuleType
 from typing import Optional
 
-import torch
+# Imported under another name: the submodule fastalign.backends.torch, once loaded,
+# becomes the package attribute `torch` and would shadow the library here.
+import torch as _torch
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 ENV_VAR = "FASTALIGN_BACKEND"
@@ -74,11 +76,11 @@ def get(name: str) -> ModuleType:
     return module
 
 
-def is_available(name: str, device: Optional[torch.device] = None) -> bool:
+def is_available(name: str, device: Optional[_torch.device] = None) -> bool:
     module = _load(name) if name in BACKENDS else None
     if module is None:
         return False
-    return device is None or module.supports(torch.device(device))
+    return device is None or module.supports(_torch.device(device))
 
 
 def implements(name: str, function: str) -> bool:
@@ -91,8 +93,8 @@ def available_backends(device="cpu") -> list:
     return [b for b in BACKENDS if is_available(b, device)]
 
 
-@torch.compiler.assume_constant_result
-def resolve(op: str, backend: Optional[str], device: torch.device, functions=()) -> str:
+@_torch.compiler.assume_constant_result
+def resolve(op: str, backend: Optional[str], device: _torch.device, functions=()) -> str:
     """The concrete backend name to run ``op`` (needing backend ``functions``) on ``device``.
 
     Under torch.compile the choice is made once, at trace time, and baked into the graph.

@@ -46,20 +46,9 @@ class Skip(Exception):
 
 
 def available_backends(device) -> List[str]:
-    """fastalign.backends.available_backends(device), robust to a failure inside it
-    (falls back to asking each backend module directly)."""
     from fastalign import backends
 
-    try:
-        return list(backends.available_backends(device))
-    except Exception:  # pragma: no cover - depends on the foundation's state
-        dev = torch.device(device)
-        names = []
-        for name in backends.BACKENDS:
-            module = backends._load(name)
-            if module is not None and module.supports(dev):
-                names.append(name)
-        return names
+    return list(backends.available_backends(device))
 
 
 def backend_implements(name: str, functions) -> Optional[str]:
