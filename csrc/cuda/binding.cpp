@@ -11,6 +11,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -111,6 +112,15 @@ const void* ptr_or_null(const OptTensor& t) { return t.has_value() ? t->data_ptr
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
+// Hub-row split size: the kernels' default, or FASTALIGN_CUDA_SPLIT (> 0) for tuning.
+int64_t split_for(int64_t num_edges) {
+  static const int64_t forced = [] {
+    const char* v = std::getenv("FASTALIGN_CUDA_SPLIT");
+    return v != nullptr ? std::atoll(v) : 0;
+  }();
+  return forced > 0 ? forced : fa_default_split(num_edges);
+}
+
 // ------------------------------------------------------------------------ spmm
 std::tuple<Tensor, Tensor> spmm_forward(const Tensor& rowptr, const Tensor& col,
                                         const OptTensor& weight, const Tensor& x_in,
@@ -129,7 +139,7 @@ std::tuple<Tensor, Tensor> spmm_forward(const Tensor& rowptr, const Tensor& col,
   Tensor out = at::empty({c.g.num_rows, F}, x.options());
   Tensor arg = r == FA_MAX ? at::empty({c.g.num_rows, F}, x.options().dtype(at::kLong))
                            : at::empty({0}, x.options().dtype(at::kLong));
-  const int64_t split = fa_default_split(c.g.num_edges);
+  const int64_t split = split_for(c.g.num_edges);
   const size_t bytes = fa_spmm_workspace_bytes(&c.g, F, r, split);
   Tensor ws = workspace(bytes, x);
   FA_CHECK_CUDA(fa_spmm_forward(&c.g, ptr_or_null(w), x.data_ptr(), F, value_type(x, "x"), r,
@@ -184,7 +194,7 @@ Tensor edge_similarity(const Tensor& rowptr, const Tensor& col, const Tensor& x_
   Csr c = csr(rowptr, col, x_dst, "graph");
   TORCH_CHECK(x_dst.size(0) == c.g.num_rows, "fastalign cuda: x_dst rows != destinations");
   Tensor out = at::empty({c.g.num_edges}, x_dst.options());
-  const int64_t split = fa_default_split(c.g.num_edges);
+  const int64_t split = split_for(c.g.num_edges);
   const size_t bytes = fa_edge_similarity_workspace_bytes(&c.g, split);
   Tensor ws = workspace(bytes, x_dst);
   FA_CHECK_CUDA(fa_edge_similarity(&c.g, x_dst.data_ptr(), x_src.data_ptr(), x_dst.size(1),
@@ -220,7 +230,7 @@ std::tuple<Tensor, Tensor> edge_similarity_backward(
   Tensor grad_s = grad_s_in.to(x_dst.scalar_type()).contiguous();
   Tensor gd = at::empty_like(x_dst), gs = at::empty_like(x_src);
   const int64_t F = x_dst.size(1);
-  const int64_t split = fa_default_split(c.g.num_edges);
+  const int64_t split = split_for(c.g.num_edges);
   const size_t bytes = fa_edge_similarity_backward_workspace_bytes(&c.g, &ct.g, F, split);
   Tensor ws = workspace(bytes, x_dst);
   FA_CHECK_CUDA(fa_edge_similarity_backward(
@@ -281,7 +291,7 @@ Tensor gcn_aggregate(const Tensor& rowptr, const Tensor& col, const OptTensor& w
   }
   const int64_t F = x.size(1);
   Tensor out = at::empty({c.g.num_rows, F}, x.options());
-  const int64_t split = fa_default_split(c.g.num_edges);
+  const int64_t split = split_for(c.g.num_edges);
   const size_t bytes = fa_spmm_workspace_bytes(&c.g, F, FA_SUM, split);
   Tensor ws = workspace(bytes, x);
   FA_CHECK_CUDA(fa_spmm_forward(&c.g, ptr_or_null(w), x.data_ptr(), F, value_type(x, "x"), FA_SUM,
@@ -309,7 +319,7 @@ std::tuple<Tensor, Tensor, Tensor> structure_kl_forward(
   Tensor kl = at::empty({c.g.num_rows}, s_dst.options());
   Tensor lse_s = at::empty({c.g.num_rows}, s_dst.options().dtype(at::kFloat));
   Tensor lse_p = at::empty({c.g.num_rows}, s_dst.options().dtype(at::kFloat));
-  const int64_t split = fa_default_split(c.g.num_edges);
+  const int64_t split = split_for(c.g.num_edges);
   const size_t bytes = fa_structure_kl_workspace_bytes(&c.g, split);
   Tensor ws = workspace(bytes, s_dst);
   FA_CHECK_CUDA(fa_structure_kl_forward(
@@ -348,7 +358,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> structure_kl_backward(
   Tensor gpd = peer_grad ? at::empty_like(p_dst) : at::empty({0}, p_dst.options());
   Tensor gps = peer_grad ? at::empty_like(p_src) : at::empty({0}, p_src.options());
   const int64_t Fs = s_dst.size(1), Fp = p_dst.size(1);
-  const int64_t split = fa_default_split(c.g.num_edges);
+  const int64_t split = split_for(c.g.num_edges);
   const size_t bytes = fa_structure_kl_backward_workspace_bytes(&c.g, &ct.g, Fs, Fp, split);
   Tensor ws = workspace(bytes, s_dst);
   FA_CHECK_CUDA(fa_structure_kl_backward(
