@@ -154,8 +154,17 @@ class Bench:
             self._compiled[key] = P.compiled(factory(), dynamic=True)
         return self._compiled[key]
 
+    def save(self):
+        """JSON and markdown after every record: a run cut short keeps what it measured."""
+        meta = getattr(self, "meta", {})
+        with open(os.path.join(self.args.out, "bench_gpu.json"), "w") as f:
+            json.dump(dict(meta, copy_gbs=self.copy_gbs, records=self.records, plans=self.plans), f, indent=1)
+        with open(os.path.join(self.args.out, "bench_gpu.md"), "w") as f:
+            f.write(f"# fastalign GPU benchmark\n\n{json.dumps(meta)}\n\n{summarise(self.records, self.copy_gbs)}\n")
+
     def record(self, **rec):
         self.records.append(rec)
+        self.save()
         ms = rec.get("ms")
         mem = rec.get("peak_bytes")
         print(
@@ -395,6 +404,7 @@ def main(argv=None):
         meta["triton"] = triton.__version__
     except ImportError:
         pass
+    bench.meta = meta
     print(json.dumps(meta), flush=True)
     bench.copy_bandwidth()
     # priority: the first width on every graph (with the peers), then the other widths
@@ -414,12 +424,9 @@ def main(argv=None):
             gc.collect()
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-        with open(os.path.join(args.out, "bench_gpu.json"), "w") as f:  # after every section
-            json.dump(dict(meta, copy_gbs=bench.copy_gbs, records=bench.records, plans=bench.plans), f, indent=1)
-    table = summarise(bench.records, bench.copy_gbs)
-    with open(os.path.join(args.out, "bench_gpu.md"), "w") as f:
-        f.write(f"# fastalign GPU benchmark\n\n{json.dumps(meta)}\n\n{table}\n")
-    print(table)
+        bench.save()
+    bench.save()
+    print(summarise(bench.records, bench.copy_gbs))
     return 0
 
 

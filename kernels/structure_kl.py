@@ -27,11 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .heuristics import Config, acc_dtype, block_f, heuristic, launch, torch_acc
+from .heuristics import acc_dtype, block_f, heuristic, launch, torch_acc
 from .segments import combine_sum, row_plan, vmask, work_item
 from .similarity import KINDS, row_sims, sim_grad, sq_norm
 
-NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
