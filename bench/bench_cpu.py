@@ -14,8 +14,9 @@ as a ratio (ours / peer; below 1 is faster):
                  both endpoints, per-edge kernel, torch_geometric.utils.softmax, KL,
                  scatter), eager and under torch.compile; plus peak memory
 
-Timing: fastalign.bench.timing.time_call (warm-up calls, then the median of repeated
-calls). Peak memory: fastalign.bench.timing.peak_memory: the process's peak RSS
+Timing: two warm-up calls of each (compiles, caches), then ours and the peer are called
+alternately until each ran at least 3 times and the budget (--budget s) is spent; the
+median of each. Alternating makes the ratio robust to load from other processes. Peak memory: fastalign.bench.timing.peak_memory: the process's peak RSS
 (VmHWM, reset through /proc/self/clear_refs after malloc_trim) minus the RSS before the
 call, so it sees every allocation (torch tensors, MKL and C++ scratch), not only tensors.
 
@@ -31,8 +32,10 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -41,7 +44,7 @@ sys.path.insert(0, ROOT)
 
 import fastalign  # noqa: E402
 from fastalign.bench.peers import compiled, csr_adjacency, pyg_gcn_conv, pyg_structure_loss  # noqa: E402
-from fastalign.bench.timing import peak_memory, time_call  # noqa: E402
+from fastalign.bench.timing import peak_memory  # noqa: E402
 from tests.graphs import power_law_edge_index  # noqa: E402
 
 NUM_NODES, NUM_EDGES, WIDTH, THREADS = 100_000, 1_000_000, 64, 2
@@ -144,25 +147,36 @@ def _commit():
         return None
 
 
+def time_pair(ours, peer, *, warmup=2, min_reps=3, budget_s=2.0):
+    """Median wall time of each, timed alternately (ours, peer, ours, ...), so that load
+    from other processes on a shared machine hits both alike."""
+    for _ in range(warmup):
+        ours()
+        peer()
+    times = ([], [])
+    start = time.perf_counter()
+    while len(times[0]) < min_reps or time.perf_counter() - start < budget_s:
+        for fn, out in zip((ours, peer), times):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        if len(times[0]) >= 100:
+            break
+    return statistics.median(times[0]), statistics.median(times[1]), len(times[0])
+
+
 def run(out_path=None, budget_s=2.0, num_nodes=NUM_NODES, num_edges=NUM_EDGES):
     torch.set_num_threads(THREADS)
     setup = Setup(num_nodes, num_edges)
-    timings, memory, rows = {}, {}, []
+    memory, rows = {}, []
     for name, ours, peer, with_memory in PAIRS:
-        for fn in (ours, peer):
-            if fn not in timings:
-                call = getattr(setup, fn)
-                timings[fn] = time_call(call, "cpu", warmup=2, min_reps=3, budget_s=budget_s).median_s
-                print(f"  {fn:22s} {timings[fn] * 1e3:9.1f} ms", flush=True)
-            if with_memory and fn not in memory:
-                memory[fn] = peak_memory(getattr(setup, fn), "cpu")
-        row = {
-            "pair": name,
-            "ours_ms": timings[ours] * 1e3,
-            "peer_ms": timings[peer] * 1e3,
-            "ratio": timings[ours] / timings[peer],
-        }
+        t_ours, t_peer, reps = time_pair(getattr(setup, ours), getattr(setup, peer), budget_s=budget_s)
+        print(f"  {name:40s} {t_ours * 1e3:9.1f} ms vs {t_peer * 1e3:9.1f} ms ({reps} reps)", flush=True)
+        row = {"pair": name, "ours_ms": t_ours * 1e3, "peer_ms": t_peer * 1e3, "ratio": t_ours / t_peer, "reps": reps}
         if with_memory:
+            for fn in (ours, peer):
+                if fn not in memory:
+                    memory[fn] = peak_memory(getattr(setup, fn), "cpu")
             row["ours_peak_bytes"], row["peer_peak_bytes"] = memory[ours], memory[peer]
             if memory[ours] is not None and memory[peer]:
                 row["memory_ratio"] = memory[ours] / memory[peer]

@@ -86,53 +86,76 @@ inline Sim<T> similarity(const KernelParams<T>& p, const T* __restrict__ a,
   return r;
 }
 
-// out += g * dk/d(self), for the pair (self, other) whose similarity is `sim`. Every
-// kernel is symmetric, so the same routine gives the gradient of either endpoint;
-// `self_is_a` picks which raw norm belongs to self (cosine).
+// g * dk/d(self) as coefficients of a fixed per-kernel form (apply_grad), for the pair
+// (self, other) whose similarity is `sim`. Every kernel is symmetric, so the same
+// routine serves either endpoint; `self_is_a` picks which raw norm is self's (cosine).
+// Kept apart from apply_grad so a pass can store the two scalars per edge and another
+// pass apply them without recomputing k.
 template <typename T>
-inline void accumulate_grad(const KernelParams<T>& p, const Sim<T>& sim, bool self_is_a,
-                            const T* __restrict__ self, const T* __restrict__ other, T g,
-                            int64_t F, T* __restrict__ out) {
+struct GradCoef {
+  T c0 = 0, c1 = 0;
+};
+
+template <typename T>
+inline GradCoef<T> grad_coef(const KernelParams<T>& p, const Sim<T>& sim, bool self_is_a, T g) {
   switch (p.kernel) {
-    case Kernel::L1: {
-      const T c = -(sim.s / p.sigma) * g;
-#pragma omp simd
-      for (int64_t f = 0; f < F; ++f) {
-        const T d = self[f] - other[f];
-        out[f] += c * (T(d > 0) - T(d < 0));
-      }
-      break;
-    }
-    case Kernel::RBF: {
-      const T c = -(sim.s / (p.sigma * p.sigma)) * g;
-#pragma omp simd
-      for (int64_t f = 0; f < F; ++f) out[f] += c * (self[f] - other[f]);
-      break;
-    }
+    case Kernel::L1:
+      return {-(sim.s / p.sigma) * g, 0};
+    case Kernel::RBF:
+      return {-(sim.s / (p.sigma * p.sigma)) * g, 0};
     case Kernel::Linear:
-    case Kernel::Poly: {
-      T c = g;
-      if (p.kernel == Kernel::Poly) {
-        if (p.degree == 0) return;
-        c = g * T(p.degree) * T(std::pow(sim.dot + p.coef, double(p.degree - 1)));
-      }
-#pragma omp simd
-      for (int64_t f = 0; f < F; ++f) out[f] += c * other[f];
-      break;
-    }
+      return {g, 0};
+    case Kernel::Poly:
+      if (p.degree == 0) return {0, 0};
+      return {g * T(p.degree) * T(std::pow(sim.dot + p.coef, double(p.degree - 1))), 0};
     case Kernel::Cosine: {
       const T eps = T(kCosineEps);
       const T n_self = self_is_a ? sim.norm_a : sim.norm_b;
       const T n_other = self_is_a ? sim.norm_b : sim.norm_a;
       const T ns = std::max(n_self, eps), no = std::max(n_other, eps);
-      const T c_other = g / (ns * no);
       // Below eps the clamped norm is constant: its derivative term vanishes.
-      const T c_self = n_self > eps ? -g * sim.s / (ns * ns) : T(0);
-#pragma omp simd
-      for (int64_t f = 0; f < F; ++f) out[f] += c_other * other[f] + c_self * self[f];
-      break;
+      return {g / (ns * no), n_self > eps ? -g * sim.s / (ns * ns) : T(0)};
     }
   }
+  return {0, 0};
+}
+
+// out += the gradient w.r.t. self with coefficients c:
+//   l1  c0 sign(self - other)   rbf  c0 (self - other)   linear, poly  c0 other
+//   cosine  c0 other + c1 self
+template <typename T>
+inline void apply_grad(Kernel kernel, GradCoef<T> c, const T* __restrict__ self,
+                       const T* __restrict__ other, int64_t F, T* __restrict__ out) {
+  const T c0 = c.c0, c1 = c.c1;
+  switch (kernel) {
+    case Kernel::L1:
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) {
+        const T d = self[f] - other[f];
+        out[f] += c0 * (T(d > 0) - T(d < 0));
+      }
+      break;
+    case Kernel::RBF:
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) out[f] += c0 * (self[f] - other[f]);
+      break;
+    case Kernel::Linear:
+    case Kernel::Poly:
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) out[f] += c0 * other[f];
+      break;
+    case Kernel::Cosine:
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) out[f] += c0 * other[f] + c1 * self[f];
+      break;
+  }
+}
+
+template <typename T>
+inline void accumulate_grad(const KernelParams<T>& p, const Sim<T>& sim, bool self_is_a,
+                            const T* __restrict__ self, const T* __restrict__ other, T g,
+                            int64_t F, T* __restrict__ out) {
+  apply_grad(p.kernel, grad_coef(p, sim, self_is_a, g), self, other, F, out);
 }
 
 }  // namespace cpu

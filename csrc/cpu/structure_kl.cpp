@@ -6,8 +6,10 @@
 // state left behind is per node: kl, lse_student, lse_peer. With m = max, S = sum
 // exp(z - m) and T = sum exp(zp - m_p) (zp - zs), kl = T / S_p + lse_s - lse_p
 // (sum q = 1); pieces of a hub row merge (m, S, T) by rescaling.
-// Backward: recomputes each edge's terms from the per-node state, destination-side
-// gradients by CSR rows and source-side gradients by the rows of the transpose.
+// Backward: recomputes each edge's terms from the per-node state; destination-side
+// gradients by CSR rows, which also leave two scalars per edge and student (the
+// source-side gradient coefficients: cheaper than recomputing both similarities), then
+// source-side gradients by the rows of the transpose. No E x F tensor anywhere.
 #include <torch/library.h>
 
 #include <cmath>
@@ -106,38 +108,70 @@ struct KlForwardFold {
   }
 };
 
-// Gradient w.r.t. the embeddings of one side. A row is a node of that side; edge k of
-// the row reaches node other_index[k] of the other side. State: [grad student | grad peer].
+// Destination-side gradients, by CSR rows: recompute both similarities of each edge
+// from the per-node state, accumulate d/d(destination) and store the two source-side
+// coefficients of each edge (GradCoef: 2 scalars per edge and student), so that the
+// source pass only applies them instead of recomputing k. State: [student | peer].
 template <typename T, typename index_t>
-struct KlGradFold {
+struct KlDstGradFold {
   using elem_t = T;
   Embeddings<T> x;
   const T *lse_s, *lse_p, *kl, *grad_kl;
-  const index_t* other_index;
-  bool self_is_dst, peer_grad;
+  const index_t* col;
+  bool peer_grad;
   T *out_s, *out_p;
+  GradCoef<T> *coef_s, *coef_p;  // per edge, for the source side
   int64_t size;
 
   void init(T* s) const { fill(s, T(0), size); }
-  void accumulate(int64_t r, int64_t e0, int64_t e1, T* s) const {
-    for (int64_t k = e0; k < e1; ++k) {
-      const int64_t o = other_index[k];
-      const int64_t i = self_is_dst ? r : o, j = self_is_dst ? o : r;
-      const T *as = x.s_dst + i * x.fs, *bs = x.s_src + j * x.fs;
-      const T *ap = x.p_dst + i * x.fp, *bp = x.p_src + j * x.fp;
+  void accumulate(int64_t i, int64_t e0, int64_t e1, T* s) const {
+    const T *as = x.s_dst + i * x.fs, *ap = x.p_dst + i * x.fp;
+    const T ls = lse_s[i], lp = lse_p[i], g = grad_kl[i], kli = kl[i];
+    for (int64_t e = e0; e < e1; ++e) {
+      const int64_t j = col[e];
+      const T *bs = x.s_src + j * x.fs, *bp = x.p_src + j * x.fp;
       const Sim<T> sim_s = similarity(x.p, as, bs, x.fs);
       const Sim<T> sim_p = similarity(x.p, ap, bp, x.fp);
-      const T logp = sim_s.s / x.tau - lse_s[i];
-      const T logq = sim_p.s / x.tau - lse_p[i];
-      const T q = std::exp(logq), g = grad_kl[i];
+      const T logp = sim_s.s / x.tau - ls;
+      const T logq = sim_p.s / x.tau - lp;
+      const T q = std::exp(logq);
       const T d_s = g * (std::exp(logp) - q) / x.tau;
-      accumulate_grad(x.p, sim_s, self_is_dst, self_is_dst ? as : bs, self_is_dst ? bs : as, d_s,
-                      x.fs, s);
+      apply_grad(x.p.kernel, grad_coef(x.p, sim_s, true, d_s), as, bs, x.fs, s);
+      coef_s[e] = grad_coef(x.p, sim_s, false, d_s);
       if (peer_grad) {
-        const T d_p = g * q * (logq - logp - kl[i]) / x.tau;
-        accumulate_grad(x.p, sim_p, self_is_dst, self_is_dst ? ap : bp, self_is_dst ? bp : ap, d_p,
-                        x.fp, s + x.fs);
+        const T d_p = g * q * (logq - logp - kli) / x.tau;
+        apply_grad(x.p.kernel, grad_coef(x.p, sim_p, true, d_p), ap, bp, x.fp, s + x.fs);
+        coef_p[e] = grad_coef(x.p, sim_p, false, d_p);
       }
+    }
+  }
+  void merge(T* s, const T* piece) const { add_into(s, piece, size); }
+  void finish(int64_t r, const T* s) const {
+    std::copy(s, s + x.fs, out_s + r * x.fs);
+    if (peer_grad) std::copy(s + x.fs, s + x.fs + x.fp, out_p + r * x.fp);
+  }
+};
+
+// Source-side gradients, by rows of the transpose: transposed edge k is internal edge
+// perm_t[k] from this source to destination col_t[k].
+template <typename T, typename index_t>
+struct KlSrcGradFold {
+  using elem_t = T;
+  Embeddings<T> x;
+  const index_t* col_t;
+  const int64_t* perm_t;
+  bool peer_grad;
+  T *out_s, *out_p;
+  const GradCoef<T> *coef_s, *coef_p;
+  int64_t size;
+
+  void init(T* s) const { fill(s, T(0), size); }
+  void accumulate(int64_t j, int64_t k0, int64_t k1, T* s) const {
+    const T *bs = x.s_src + j * x.fs, *bp = x.p_src + j * x.fp;
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t i = col_t[k], e = perm_t[k];
+      apply_grad(x.p.kernel, coef_s[e], bs, x.s_dst + i * x.fs, x.fs, s);
+      if (peer_grad) apply_grad(x.p.kernel, coef_p[e], bp, x.p_dst + i * x.fp, x.fp, s + x.fs);
     }
   }
   void merge(T* s, const T* piece) const { add_into(s, piece, size); }
@@ -211,6 +245,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward
   const at::Tensor k = contiguous_as(kl, dtype), g = contiguous_as(grad_kl, dtype);
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   const at::Tensor rpt = rowptr_t.contiguous(), clt = col_t.contiguous();
+  const at::Tensor perm = contiguous_as(perm_t, at::kLong);
+  TORCH_CHECK(perm.numel() == col.numel(), "perm_t must have one entry per edge");
   at::Tensor g_sd = at::empty_like(sd), g_ss = at::empty_like(ss);
   at::Tensor g_pd = peer_grad ? at::empty_like(pd) : pd.new_empty({0});
   at::Tensor g_ps = peer_grad ? at::empty_like(ps) : ps.new_empty({0});
@@ -220,15 +256,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward
     const scalar_t *lsp = ls.data_ptr<scalar_t>(), *lpp = lp.data_ptr<scalar_t>();
     const scalar_t *kp = k.data_ptr<scalar_t>(), *gp = g.data_ptr<scalar_t>();
     const index_t* rpp = rp.data_ptr<index_t>();
-    KlGradFold<scalar_t, index_t> dst{x, lsp, lpp, kp, gp, cl.data_ptr<index_t>(), true, peer_grad,
-                                      g_sd.data_ptr<scalar_t>(), (peer_grad ? g_pd.data_ptr<scalar_t>() : nullptr), size};
+    std::vector<GradCoef<scalar_t>> coef_s(cl.numel()), coef_p(peer_grad ? cl.numel() : 0);
+    KlDstGradFold<scalar_t, index_t> dst{x, lsp, lpp, kp, gp, cl.data_ptr<index_t>(), peer_grad,
+                                         g_sd.data_ptr<scalar_t>(),
+                                         peer_grad ? g_pd.data_ptr<scalar_t>() : nullptr,
+                                         coef_s.data(), coef_p.data(), size};
     segment_fold(rpp, partition_rows(rpp, n), dst);
     const index_t* rptp = rpt.data_ptr<index_t>();
-    KlGradFold<scalar_t, index_t> src{x, lsp, lpp, kp, gp, clt.data_ptr<index_t>(), false, peer_grad,
-                                      g_ss.data_ptr<scalar_t>(), (peer_grad ? g_ps.data_ptr<scalar_t>() : nullptr), size};
+    KlSrcGradFold<scalar_t, index_t> src{x, clt.data_ptr<index_t>(), perm.data_ptr<int64_t>(), peer_grad,
+                                         g_ss.data_ptr<scalar_t>(),
+                                         peer_grad ? g_ps.data_ptr<scalar_t>() : nullptr,
+                                         coef_s.data(), coef_p.data(), size};
     segment_fold(rptp, partition_rows(rptp, n_src), src);
   });
-  (void)perm_t;  // each edge's terms depend only on its endpoints and per-node state
   return {g_sd, g_ss, g_pd, g_ps};
 }
 
