@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kBlock) edge_sim_kernel(PairArgs<T, I> a, Sche
     const int64_t j = e < seg.end ? ld_index(a.col + e) : 0;
     const int n = seg.end - base < L ? static_cast<int>(seg.end - base) : L;
     float mine = 0.f;
-    #pragma unroll 2  // two edges' rows in flight per tile
+#pragma unroll 2  // two edges' rows in flight per tile
     for (int k = 0; k < n; ++k) {
       const int64_t jj = tile.shfl(j, k);
       float y[NT][V];
@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(kBlock) kl_forward_kernel(PairArgs<T, I> a, Sc
     const int64_t e = base + lane;
     const int64_t j = e < seg.end ? ld_index(a.col + e) : 0;
     const int n = seg.end - base < L ? static_cast<int>(seg.end - base) : L;
-    #pragma unroll 2  // two edges' rows in flight per tile
+#pragma unroll 2  // two edges' rows in flight per tile
     for (int k = 0; k < n; ++k) {
       const int64_t jj = tile.shfl(j, k);
       float ys[NT][V], yp[NT][V];
@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(kBlock) pair_grad_kernel(PairArgs<T, I> a, Sch
       }
     }
     const int n = seg.end - base < L ? static_cast<int>(seg.end - base) : L;
-    #pragma unroll 2  // two edges' rows in flight per tile
+#pragma unroll 2  // two edges' rows in flight per tile
     for (int k = 0; k < n; ++k) {
       const int64_t jj = tile.shfl(j, k);
       float y[NCH][NT][V], stat[NCH], y2[NCH], sim[NCH], dsim[NCH];
