@@ -17,7 +17,7 @@ call):
   * GCN layer forward+backward: fastalign.nn.GCNConv(cached=True) vs PyG GCNConv
     (cached=True) eager and under torch.compile;
   * structure_kl forward+backward (l1, tau=1) vs the PyG-style loss eager and compiled,
-    time and peak memory;
+    time and peak memory (ours also with the opt-in atomic single-pass backward);
   * achieved bandwidth of our kernels: a byte model (each index and gathered feature row
     counted once per edge, outputs once) over time, also as a fraction of the copy
     bandwidth. Gathers can hit L2, so this is an effective figure.
@@ -126,6 +126,22 @@ def git_commit():
                                        cwd=os.path.dirname(os.path.abspath(__file__))).strip()
     except Exception:
         return None
+
+
+def with_env(fn, **env):
+    """``fn`` run with environment variables set (restored after)."""
+    def run():
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return fn()
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return run
 
 
 def _gather_index_add(x, src, dst, n: int):
@@ -298,6 +314,13 @@ class Bench:
                         kl_run(lambda be=be: fastalign.structure_kl(g, hs, hp, "l1", tau=1.0, backend=be)),
                         model_bytes=kl_bytes, mem=True,
                     )
+                # the opt-in single-pass backward (source gradients by atomics)
+                self.measure(
+                    b, "fastalign[triton] atomic bwd",
+                    with_env(kl_run(lambda: fastalign.structure_kl(g, hs, hp, "l1", tau=1.0, backend="triton")),
+                             FASTALIGN_TRITON_SKL_BACKWARD="atomic"),
+                    model_bytes=kl_bytes * 2 // 3, mem=True,
+                )
                 if peers and P.have_pyg() and dtype == torch.float32 and (F == self.peer_width or args.full_peers):
                     loss = lambda: P.pyg_structure_loss(hs, hp, ei64, n, "l1", 1.0)  # noqa: E731
                     est = 4 * E * F * el  # the eager loss's E x F intermediates (119 GB on reddit)

@@ -16,7 +16,9 @@ per-edge statistic (``sim_stats``) and finished once (``sim_value``):
 All five kernels are symmetric, k(a, b) = k(b, a), so dk/db (a, b) = dk/da evaluated at
 (b, a): one gradient helper (``sim_grad``, w.r.t. the fixed row) serves the destination
 side (fixed = destination, gathered = sources, by CSR rows) and the source side (fixed =
-source, gathered = destinations, by transpose rows). No atomics.
+source, gathered = destinations, by transpose rows). No atomics. (``sim_grad_other``
+gives the gathered side's per-edge gradient tile, for the opt-in single-pass backward of
+structure_kl that scatters it with atomics.)
 
 Masked lanes: loads use ``other=0`` for both a and b, which makes every statistic and
 value finite; callers zero the per-edge upstream coefficient ``c`` of masked edges.
@@ -146,4 +148,32 @@ def sim_grad(a, b, s, st, nb2, na2, c, sigma, coef, KIND: tl.constexpr, DEGREE: 
         # Below eps the norm is a constant: its derivative term vanishes.
         sa = tl.where(na_raw > COSINE_EPS, s / (na * na), 0.0)
         g = tl.sum(b * (c * inv)[:, None], axis=0) - a * tl.sum(c * sa, axis=0)
+    return g
+
+
+@triton.jit
+def sim_grad_other(a, b, s, st, nb2, na2, c, sigma, coef, KIND: tl.constexpr, DEGREE: tl.constexpr):
+    """c_e * dk(a, b_e)/db_e per edge, for one feature block: [BLOCK_E, BLOCK_F] (the
+    gathered rows' gradient tile; same arguments as ``sim_grad``)."""
+    if KIND == 0:
+        d = a[None, :] - b
+        sgn = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0))
+        g = sgn * ((s * c) / sigma)[:, None]
+    elif KIND == 1:
+        g = (a[None, :] - b) * ((s * c) / (sigma * sigma))[:, None]
+    elif KIND == 2:
+        g = a[None, :] * c[:, None]
+    elif KIND == 3:
+        if DEGREE == 0:
+            g = b * 0.0
+        else:
+            u = c * DEGREE * ipow(st + coef, DEGREE - 1)
+            g = a[None, :] * u[:, None]
+    else:
+        na = tl.maximum(tl.sqrt(na2), COSINE_EPS)
+        nb_raw = tl.sqrt(nb2)
+        nb = tl.maximum(nb_raw, COSINE_EPS)
+        inv = 1.0 / (na * nb)
+        sb = tl.where(nb_raw > COSINE_EPS, s / (nb * nb), 0.0)
+        g = a[None, :] * (c * inv)[:, None] - b * (c * sb)[:, None]
     return g

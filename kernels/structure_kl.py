@@ -19,9 +19,16 @@ chained through the kernel (similarity.sim_grad). Destination gradients by CSR r
 source gradients by the transpose's rows, each edge's terms recomputed from the
 destination's state (gathered by col_t). Each program owns one feature block of one row's
 gradient; the peer's gradients only when asked (peer_grad).
+
+Opt-in (FASTALIGN_TRITON_SKL_BACKWARD=atomic): the destination pass also scatters each
+edge's source-side gradient with float32 atomics, skipping the transpose pass (two passes
+over the edges' features instead of three; non-deterministic order of additions; off
+under torch.use_deterministic_algorithms).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -29,7 +36,7 @@ import triton.language as tl
 
 from .heuristics import acc_dtype, block_f, heuristic, launch, torch_acc
 from .segments import combine_sum, row_plan, vmask, work_item
-from .similarity import KINDS, row_sims, sim_grad, sq_norm
+from .similarity import KINDS, row_sims, sim_grad, sim_grad_other, sq_norm
 
 
 
@@ -137,14 +144,16 @@ def skl_combine_kernel(long_rows, long_seg_ptr, part, kl, lse_s, lse_p):
 @triton.jit
 def skl_grad_kernel(
     rowptr, idx, s_fix, s_gath, p_fix, p_gath, lse_s, lse_p, kl, gkl,
-    g_s, g_p, part_s, part_p,
+    g_s, g_p, part_s, part_p, gsrc_s, gsrc_p,
     seg_row, seg_start, seg_end, num_rows, split, FS, FP, sigma, coef, tau,
-    TRANSPOSED: tl.constexpr, PEER: tl.constexpr,
+    TRANSPOSED: tl.constexpr, PEER: tl.constexpr, SRC_ATOMIC: tl.constexpr,
     KIND: tl.constexpr, DEGREE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_FS: tl.constexpr, BLOCK_FP: tl.constexpr,
 ):
     """Gradient rows of the fixed side. TRANSPOSED: rows are sources (transpose CSR) and
-    the per-node state belongs to the gathered destinations; else to the row itself."""
+    the per-node state belongs to the gathered destinations; else to the row itself.
+    SRC_ATOMIC (opt-in, destination side only): also scatter each edge's gathered-side
+    gradient into gsrc_* (float32) with atomics, so that no transpose pass is needed."""
     pid = tl.program_id(0).to(tl.int64)
     fb = tl.program_id(1)
     fos = fb * BLOCK_FS + tl.arange(0, BLOCK_FS)
@@ -194,12 +203,18 @@ def skl_grad_kernel(
             s_gath + j[:, None] * FS + fos[None, :], mask=em[:, None] & fms[None, :], other=0.0
         ).to(ACC)
         gs += sim_grad(a_s, b_s, ss, st_s, nb_s, na2_s, c_s, sigma, coef, KIND, DEGREE)
+        if SRC_ATOMIC:
+            t_s = sim_grad_other(a_s, b_s, ss, st_s, nb_s, na2_s, c_s, sigma, coef, KIND, DEGREE)
+            tl.atomic_add(gsrc_s + j[:, None] * FS + fos[None, :], t_s, mask=em[:, None] & fms[None, :])
         if PEER:
             c_p = tl.where(em, n_g * q * (logq - logp - n_kl) / tau, 0.0)
             b_p = tl.load(
                 p_gath + j[:, None] * FP + fop[None, :], mask=em[:, None] & fmp[None, :], other=0.0
             ).to(ACC)
             gp += sim_grad(a_p, b_p, sp, st_p, nb_p, na2_p, c_p, sigma, coef, KIND, DEGREE)
+            if SRC_ATOMIC:
+                t_p = sim_grad_other(a_p, b_p, sp, st_p, nb_p, na2_p, c_p, sigma, coef, KIND, DEGREE)
+                tl.atomic_add(gsrc_p + j[:, None] * FP + fop[None, :], t_p, mask=em[:, None] & fmp[None, :])
     tl.store(part_s + seg * FS + fos, gs, mask=vmask(fms, is_seg))
     tl.store(g_s + row * FS + fos, gs.to(g_s.dtype.element_ty), mask=vmask(fms, is_row))
     if PEER:
@@ -253,7 +268,9 @@ def structure_kl_forward(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma,
 
 
 def _side(rowptr, idx, s_fix, s_gath, p_fix, p_gath, lse_s, lse_p, kl, gkl,
-          transposed, peer, kind, sigma, degree, coef, tau):
+          transposed, peer, kind, sigma, degree, coef, tau, src_acc=None):
+    """One side of the backward (see skl_grad_kernel); ``src_acc``: the opt-in atomic
+    mode's float32 (grad s_src, grad p_src) accumulators, destination side only."""
     FS, FP = s_fix.size(1), p_fix.size(1)
     dev, tacc, acc = s_fix.device, torch_acc(s_fix.dtype), acc_dtype(s_fix.dtype)
     g_s = torch.empty_like(s_fix)
@@ -267,14 +284,15 @@ def _side(rowptr, idx, s_fix, s_gath, p_fix, p_gath, lse_s, lse_p, kl, gkl,
     part_s = torch.empty((nseg, FS), dtype=tacc, device=dev)
     part_p = torch.empty((nseg, FP), dtype=tacc, device=dev) if peer else part_s
     gp_arg = g_p if peer else g_s
+    gsrc_s, gsrc_p = src_acc if src_acc is not None else (part_s, part_p)
 
     def run(cfg):
         skl_grad_kernel[(plan.num_programs, nfb)](
             rowptr, idx, s_fix, s_gath, p_fix, p_gath, lse_s, lse_p, kl, gkl,
-            g_s, gp_arg, part_s, part_p,
+            g_s, gp_arg, part_s, part_p, gsrc_s, gsrc_p,
             plan.seg_row, plan.seg_start, plan.seg_end, plan.num_rows, plan.split, FS, FP,
             float(sigma), float(coef), float(tau), TRANSPOSED=transposed, PEER=peer,
-            KIND=kind, DEGREE=int(degree), ACC=acc,
+            SRC_ATOMIC=src_acc is not None, KIND=kind, DEGREE=int(degree), ACC=acc,
             BLOCK_E=cfg.BLOCK_E, BLOCK_FS=bfs, BLOCK_FP=bfp, num_warps=cfg.num_warps,
         )
         combine_sum(plan, part_s, g_s, bfs, acc)
@@ -282,8 +300,25 @@ def _side(rowptr, idx, s_fix, s_gath, p_fix, p_gath, lse_s, lse_p, kl, gkl,
             combine_sum(plan, part_p, g_p, bfp, acc)
 
     key = ("skl_grad", kind, int(degree), FS, FP, s_fix.dtype, transposed, peer)
-    launch(plan, key, base, run, dev)
+    if src_acc is not None:
+        # accumulating launches are not idempotent: never tuned, the recompute
+        # variant's tuned config (or the heuristic) is used
+        run(plan.configs.get(key, base))
+    else:
+        launch(plan, key, base, run, dev)
     return g_s, g_p
+
+
+def atomic_backward() -> bool:
+    """The opt-in single-pass backward (FASTALIGN_TRITON_SKL_BACKWARD=atomic): source
+    gradients scattered with float32 atomics in the destination pass, instead of a
+    second, transpose pass that recomputes every edge. Fewer bytes (two passes over the
+    edges' features instead of three) but non-deterministic summation order; never used
+    while torch.use_deterministic_algorithms(True) is on."""
+    return (
+        os.environ.get("FASTALIGN_TRITON_SKL_BACKWARD", "recompute") == "atomic"
+        and not torch.are_deterministic_algorithms_enabled()
+    )
 
 
 def structure_kl_backward(
@@ -296,8 +331,16 @@ def structure_kl_backward(
     peer = bool(peer_grad)
     args = (lse_s, lse_p, kl, grad_kl)
     params = (kind, sigma, degree, coef, tau)
-    g_s_dst, g_p_dst = _side(rowptr, col, s_dst, s_src, p_dst, p_src, *args, False, peer, *params)
-    g_s_src, g_p_src = _side(rowptr_t, col_t, s_src, s_dst, p_src, p_dst, *args, True, peer, *params)
+    if atomic_backward():
+        tacc = torch_acc(s_src.dtype)
+        acc_s = torch.zeros(s_src.shape, dtype=tacc, device=s_src.device)
+        acc_p = torch.zeros(p_src.shape, dtype=tacc, device=p_src.device) if peer else acc_s
+        g_s_dst, g_p_dst = _side(rowptr, col, s_dst, s_src, p_dst, p_src, *args, False, peer, *params,
+                                 src_acc=(acc_s, acc_p))
+        g_s_src, g_p_src = acc_s.to(s_src.dtype), acc_p.to(p_src.dtype)
+    else:
+        g_s_dst, g_p_dst = _side(rowptr, col, s_dst, s_src, p_dst, p_src, *args, False, peer, *params)
+        g_s_src, g_p_src = _side(rowptr_t, col_t, s_src, s_dst, p_src, p_dst, *args, True, peer, *params)
     if not peer:
         g_p_dst, g_p_src = p_dst.new_empty(0), p_src.new_empty(0)
     return g_s_dst, g_s_src, g_p_dst, g_p_src

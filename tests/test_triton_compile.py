@@ -27,7 +27,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 IDX = {"rowptr", "col", "idx"}
 I64 = {"perm", "seg_row", "seg_start", "seg_end", "seg_long", "long_rows", "long_seg_ptr",
        "arg", "arg_out", "part_arg"}
-ACCP = {"part", "stats", "lse_s", "lse_p", "part_s", "part_p", "grad_x", "grad_w"}
+ACCP = {"part", "stats", "lse_s", "lse_p", "part_s", "part_p", "grad_x", "grad_w", "gsrc_s", "gsrc_p"}
 INTS = {"num_rows", "split", "F", "FS", "FP"}
 FLOATS = {"sigma", "coef", "tau"}
 FEAT_T = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16", "fp64": "*fp64"}
@@ -90,13 +90,17 @@ def cases():
                     for transposed in (0, 1):
                         out.append((structure_kl.skl_grad_kernel, feat, index,
                                     dict(k, TRANSPOSED=transposed, PEER=int(full or transposed),
-                                         BLOCK_E=16, BLOCK_FS=128, BLOCK_FP=64)))
+                                         SRC_ATOMIC=0, BLOCK_E=16, BLOCK_FS=128, BLOCK_FP=64)))
+                    if feat in ("fp32", "bf16") and index == "i32":  # the opt-in atomic backward
+                        out.append((structure_kl.skl_grad_kernel, feat, index,
+                                    dict(k, TRANSPOSED=0, PEER=1, SRC_ATOMIC=1, BLOCK_E=16,
+                                         BLOCK_FS=128, BLOCK_FP=64)))
     # the warp counts the heuristic and the tuner use, on small and large tiles
     for warps, be, bf in ((2, 16, 16), (2, 16, 64), (8, 128, 64)):
         out.append((spmm.agg_kernel, "fp32", "i32",
                     dict(REDUCE=0, HAS_W=0, GCN=0, HAS_LOOP=0, BLOCK_E=be, BLOCK_F=bf, _num_warps=warps)))
         out.append((structure_kl.skl_grad_kernel, "bf16", "i64",
-                    dict(KIND=0, DEGREE=2, TRANSPOSED=1, PEER=1, BLOCK_E=be, BLOCK_FS=bf, BLOCK_FP=bf,
+                    dict(KIND=0, DEGREE=2, TRANSPOSED=1, PEER=1, SRC_ATOMIC=0, BLOCK_E=be, BLOCK_FS=bf, BLOCK_FP=bf,
                          _num_warps=warps)))
     return out
 

@@ -147,6 +147,13 @@ def test_structure_kl(kernel, dtype):
     _kl(g, feats(g.num_src, 64, dtype, 3), feats(g.num_src, 48, dtype, 4), kernel, dtype, peer=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_structure_kl_atomic_backward(dtype, monkeypatch):
+    monkeypatch.setenv("FASTALIGN_TRITON_SKL_BACKWARD", "atomic")
+    g = hub(torch.int32)
+    _kl(g, feats(g.num_src, 64, dtype, 18), feats(g.num_src, 64, dtype, 19), "l1", dtype, peer=True)
+
+
 def test_structure_kl_wide():
     g = power_law(torch.int64)
     _kl(g, feats(g.num_src, 300, torch.float32, 5), feats(g.num_src, 1, torch.float32, 6), "cosine",

@@ -221,6 +221,18 @@ def test_structure_kl_wide_cosine():
         _check_kl(g, feats, "cosine", 0.3, peers=(True,))
 
 
+@pytest.mark.parametrize("kernel", ["l1", "rbf", "linear", "poly", "cosine"])
+def test_structure_kl_atomic_backward(kernel, monkeypatch):
+    """The opt-in single-pass backward (source gradients by atomics)."""
+    monkeypatch.setenv("FASTALIGN_TRITON_SKL_BACKWARD", "atomic")
+    g = graph("hub" if kernel in ("l1", "cosine") else "square")
+    feats = _kl_case(g, 5 if kernel != "cosine" else 300, 3)
+    if kernel == "cosine":
+        feats[1][2] = 0.0  # a zero source row: the eps clamp on the gathered side
+    with segments.force_split(4):
+        _check_kl(g, feats, kernel, 0.6)
+
+
 # --------------------------------------------------------------------------- through the ops
 def test_ops_autograd_match_reference():
     g = graph("square")
