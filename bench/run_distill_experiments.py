@@ -90,7 +90,7 @@ def summarize(folder: str) -> str:
                      r["epoch_time_s"]))
     order = list(VARIANTS)
     rows.sort(key=lambda t: (t[0], t[1], order.index(t[2]), t[3]))
-    lines = ["| dataset | layers | students | K | seeds | test acc (mean +- std over seeds x students) "
+    lines = ["| dataset | layers | variant | K | seeds | test acc (mean +- std over seeds x students) "
              "| ensemble | epoch (ms) |", "|---|---|---|---|---|---|---|---|"]
     for d, L, v, K, n, m, s, e, t in rows:
         lines.append(f"| {d} | {L} | {v} | {K} | {n} | {100 * m:.2f} +- {100 * s:.2f} | {100 * e:.2f} | {1e3 * t:.0f} |")
