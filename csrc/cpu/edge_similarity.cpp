@@ -35,6 +35,7 @@ struct SimGradFold {
   void accumulate(int64_t r, int64_t e0, int64_t e1, scalar_t* s) const {
     const scalar_t* self = self_x + r * size;
     for (int64_t k = e0; k < e1; ++k) {
+      if (k + kPrefetchDistance < e1) prefetch_row(other_x + int64_t(other_index[k + kPrefetchDistance]) * size, size);
       const scalar_t* other = other_x + int64_t(other_index[k]) * size;
       const scalar_t g = grad[edge_id ? edge_id[k] : k];
       // k(a, b) with a the destination row, as in the forward.
@@ -68,8 +69,11 @@ at::Tensor edge_similarity(const at::Tensor& rowptr, const at::Tensor& col, cons
     const int64_t F = a.size(1);
     for_each_edge_range(rpp, partition_rows(rpp, rowptr.numel() - 1),
                         [&](int64_t r, int64_t e0, int64_t e1) {
-                          for (int64_t e = e0; e < e1; ++e)
+                          for (int64_t e = e0; e < e1; ++e) {
+                            if (e + kPrefetchDistance < e1)
+                              prefetch_row(bp + int64_t(clp[e + kPrefetchDistance]) * F, F);
                             o[e] = similarity(p, ap + r * F, bp + int64_t(clp[e]) * F, F).s;
+                          }
                         });
   });
   return out;

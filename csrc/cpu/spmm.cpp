@@ -193,6 +193,7 @@ void sddmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Ten
   for_each_edge_range(rp, part, [&](int64_t r, int64_t e0, int64_t e1) {
     const scalar_t* __restrict__ ai = ap + r * F;
     for (int64_t e = e0; e < e1; ++e) {
+      if (e + kPrefetchDistance < e1) prefetch_row(bp + int64_t(cl[e + kPrefetchDistance]) * F, F);
       const scalar_t* __restrict__ bj = bp + int64_t(cl[e]) * F;
       scalar_t dot = 0;
 #pragma omp simd reduction(+ : dot)

@@ -75,6 +75,11 @@ struct KlForwardFold {
     const T* as = x.s_dst + r * x.fs;
     const T* ap = x.p_dst + r * x.fp;
     for (int64_t k = 0; k < n; ++k) {
+      if (k + kPrefetchDistance < n) {
+        const int64_t jn = col[e0 + k + kPrefetchDistance];
+        prefetch_row(x.s_src + jn * x.fs, x.fs);
+        prefetch_row(x.p_src + jn * x.fp, x.fp);
+      }
       const int64_t j = col[e0 + k];
       zs[k] = double(similarity(x.p, as, x.s_src + j * x.fs, x.fs).s) / double(x.tau);
       zp[k] = double(similarity(x.p, ap, x.p_src + j * x.fp, x.fp).s) / double(x.tau);
@@ -128,6 +133,11 @@ struct KlDstGradFold {
     const T *as = x.s_dst + i * x.fs, *ap = x.p_dst + i * x.fp;
     const T ls = lse_s[i], lp = lse_p[i], g = grad_kl[i], kli = kl[i];
     for (int64_t e = e0; e < e1; ++e) {
+      if (e + kPrefetchDistance < e1) {
+        const int64_t jn = col[e + kPrefetchDistance];
+        prefetch_row(x.s_src + jn * x.fs, x.fs);
+        prefetch_row(x.p_src + jn * x.fp, x.fp);
+      }
       const int64_t j = col[e];
       const T *bs = x.s_src + j * x.fs, *bp = x.p_src + j * x.fp;
       const Sim<T> sim_s = similarity(x.p, as, bs, x.fs);
@@ -169,6 +179,11 @@ struct KlSrcGradFold {
   void accumulate(int64_t j, int64_t k0, int64_t k1, T* s) const {
     const T *bs = x.s_src + j * x.fs, *bp = x.p_src + j * x.fp;
     for (int64_t k = k0; k < k1; ++k) {
+      if (k + kPrefetchDistance < k1) {
+        const int64_t in = col_t[k + kPrefetchDistance];
+        prefetch_row(x.s_dst + in * x.fs, x.fs);
+        if (peer_grad) prefetch_row(x.p_dst + in * x.fp, x.fp);
+      }
       const int64_t i = col_t[k], e = perm_t[k];
       apply_grad(x.p.kernel, coef_s[e], bs, x.s_dst + i * x.fs, x.fs, s);
       if (peer_grad) apply_grad(x.p.kernel, coef_p[e], bp, x.p_dst + i * x.fp, x.fp, s + x.fs);
