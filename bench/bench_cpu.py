@@ -184,7 +184,7 @@ def run(out_path=None, budget_s=2.0, num_nodes=NUM_NODES, num_edges=NUM_EDGES):
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": _commit(),
-        "command": "python bench/bench_cpu.py" + (f" --out {out_path}" if out_path else ""),
+        "command": " ".join(["python", "bench/bench_cpu.py"] + sys.argv[1:]),
         "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "graph": {"nodes": num_nodes, "edges": setup.graph.num_edges, "features": WIDTH},
