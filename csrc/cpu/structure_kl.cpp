@@ -68,10 +68,10 @@ struct KlForwardFold {
   void accumulate(int64_t r, int64_t e0, int64_t e1, double* s) const {
     const int64_t n = e1 - e0;
     if (n == 0) return;
-    thread_local std::vector<double> buf;
+    thread_local std::vector<T> buf;
     buf.resize(2 * n);
-    double* zs = buf.data();
-    double* zp = zs + n;
+    T* zs = buf.data();
+    T* zp = zs + n;
     const T* as = x.s_dst + r * x.fs;
     const T* ap = x.p_dst + r * x.fp;
     for (int64_t k = 0; k < n; ++k) {
@@ -81,22 +81,19 @@ struct KlForwardFold {
         prefetch_row(x.p_src + jn * x.fp, x.fp);
       }
       const int64_t j = col[e0 + k];
-      zs[k] = double(similarity(x.p, as, x.s_src + j * x.fs, x.fs).s) / double(x.tau);
-      zp[k] = double(similarity(x.p, ap, x.p_src + j * x.fp, x.fp).s) / double(x.tau);
+      zs[k] = similarity(x.p, as, x.s_src + j * x.fs, x.fs).s / x.tau;
+      zp[k] = similarity(x.p, ap, x.p_src + j * x.fp, x.fp).s / x.tau;
     }
-    double piece[5];
-    piece[0] = *std::max_element(zs, zs + n);
-    piece[2] = *std::max_element(zp, zp + n);
+    const T ms = *std::max_element(zs, zs + n), mp = *std::max_element(zp, zp + n);
+    // exp in T (the logits are T), sums in double.
     double ss = 0, sp = 0, t = 0;
     for (int64_t k = 0; k < n; ++k) {
-      ss += std::exp(zs[k] - piece[0]);
-      const double q = std::exp(zp[k] - piece[2]);
+      ss += std::exp(zs[k] - ms);
+      const double q = std::exp(zp[k] - mp);
       sp += q;
-      t += q * (zp[k] - zs[k]);
+      t += q * (double(zp[k]) - double(zs[k]));
     }
-    piece[1] = ss;
-    piece[3] = sp;
-    piece[4] = t;
+    const double piece[5] = {double(ms), ss, double(mp), sp, t};
     merge_kl_state(s, piece);
   }
   void merge(double* s, const double* piece) const { merge_kl_state(s, piece); }
