@@ -122,9 +122,6 @@ def test_spmm_max_backward(name, index_dtype, dtype, width, weighted):
     _, arg = REF.spmm_forward(g.rowptr, g.col, w, x, "max")
     grad_out = features(g, width, dtype, seed=3, side="dst")
     gx, gw = CPU.spmm_max_backward(g.col, w, x, arg, grad_out, True)
-    if g.num_edges == 0:  # the reference indexes an empty col here and raises
-        assert torch.equal(gx, torch.zeros_like(x)) and gw.shape == (0,)
-        return
     ref_gx, ref_gw = REF.spmm_max_backward(g.col, w, x, arg, grad_out, True)
     assert_close(gx, ref_gx, dtype)
     assert_close(gw, ref_gw, dtype)

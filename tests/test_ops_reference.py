@@ -392,3 +392,13 @@ def test_available_backends_lists_the_reference():
     names = backends.available_backends("cpu")
     assert names[0] == "torch" and set(names) <= set(backends.BACKENDS)
     assert backends.is_available("torch", "cpu") and not backends.is_available("cuda", "cpu")
+
+
+def test_spmm_max_backward_on_graph_without_edges():
+    g = get_case("no_edges", torch.int64)
+    x = feats(g.num_src, 3, requires_grad=True)
+    w = torch.ones(0, dtype=torch.float64, requires_grad=True)
+    out = fastalign.spmm(g, x, "max", edge_weight=w, backend=REF)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x)) and w.grad.shape == (0,)

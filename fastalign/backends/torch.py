@@ -116,6 +116,9 @@ def spmm_max_backward(
     """Gradients of the max reduction: each output element routes its gradient to the
     edge in ``arg``. Returns (grad_x, grad_weight or an empty tensor)."""
     acc = _acc_dtype(x.dtype)
+    if col.numel() == 0:  # no edge won anything
+        grad_w = x.new_zeros(0) if need_weight_grad else x.new_empty(0)
+        return torch.zeros_like(x), grad_w
     valid = arg >= 0
     edge = arg.clamp(min=0)
     src = col.long()[edge]
