@@ -514,12 +514,14 @@ def test_feature_align_loss_value_and_grads(normalize, reduction):
     if normalize:
         zs = zs / zs.norm(dim=1, keepdim=True)
         zp = zp / zp.norm(dim=1, keepdim=True)
-    per_node = ((zs - zp) ** 2).sum(1)
+    per_node = ((zs - zp) ** 2).mean(1)
     want = {"mean": per_node.mean(), "sum": per_node.sum(), "none": per_node}[reduction]
     _assert_close(got, want)
+    if reduction == "mean" and not normalize:  # the hint loss: MSE over nodes and features
+        _assert_close(got, torch.nn.functional.mse_loss(hs @ loss_fn.adapter.weight.T, hp))
     if normalize:
         cos = torch.nn.functional.cosine_similarity(hs @ loss_fn.adapter.weight.T, hp, dim=1)
-        _assert_close(per_node, 2 - 2 * cos)
+        _assert_close(per_node, (2 - 2 * cos) / 9)
     got.sum().backward()
     assert hs.grad is not None and hp.grad is not None
     assert loss_fn.adapter.weight.grad is not None
@@ -527,8 +529,17 @@ def test_feature_align_loss_value_and_grads(normalize, reduction):
     assert torch.autograd.gradcheck(lambda a, b: loss_fn(a, b).sum(), (hs.detach().requires_grad_(), hp.detach().requires_grad_()))
 
 
-def test_feature_align_loss_same_width_identity_mask_detach():
-    loss_fn = FeatureAlignLoss(5, detach_peer=True)
+def test_feature_align_loss_same_width_adapter_starts_at_identity():
+    loss_fn = FeatureAlignLoss(5)
+    assert torch.equal(loss_fn.adapter.weight, torch.eye(5))
+    hs, hp = torch.randn(8, 5), torch.randn(8, 5)
+    torch.testing.assert_close(loss_fn(hs, hp), torch.nn.functional.mse_loss(hs, hp))
+    with pytest.raises(ValueError, match="equal widths"):
+        FeatureAlignLoss(5, 6, adapter=False)
+
+
+def test_feature_align_loss_no_adapter_mask_detach():
+    loss_fn = FeatureAlignLoss(5, adapter=False, normalize=True, detach_peer=True)
     assert isinstance(loss_fn.adapter, torch.nn.Identity)
     assert len(list(loss_fn.parameters())) == 0
     h = torch.randn(8, 5)
@@ -537,7 +548,7 @@ def test_feature_align_loss_same_width_identity_mask_detach():
     mask[:3] = True
     hs = torch.randn(8, 5, requires_grad=True)
     hp = torch.randn(8, 5, requires_grad=True)
-    per_node = FeatureAlignLoss(5, reduction="none")(hs, hp)
+    per_node = FeatureAlignLoss(5, adapter=False, normalize=True, reduction="none")(hs, hp)
     torch.testing.assert_close(loss_fn(hs, hp, mask), per_node[:3].mean())
     loss_fn(hs, hp, mask).backward()
     assert hp.grad is None

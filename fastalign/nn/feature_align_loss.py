@@ -12,31 +12,32 @@ from torch import Tensor
 class FeatureAlignLoss(torch.nn.Module):
     r"""Feature alignment between two students' node embeddings (fastalign's choice).
 
-    The Alignahead++ paper does not publish its feature-alignment term, so this is
-    fastalign's documented choice::
+    The Alignahead++ paper does not publish its feature-alignment term. fastalign uses a
+    FitNets-style hint loss through a learnable adapter::
 
-        z_s = normalize(adapter(h_student))      # L2 over features, per node
-        z_p = normalize(h_peer)
-        loss_i = || z_s[i] - z_p[i] ||_2^2       # = 2 - 2 cos(adapter(h_s[i]), h_p[i])
-        loss = mean_i loss_i                     # (or sum / none), over nodes
+        z_s = adapter(h_student)                 # student width -> peer width
+        z_p = h_peer                             # the target (detach it, as Alignahead++ does)
+        loss_i = mean_d (z_s[i, d] - z_p[i, d])^2
+        loss = mean_i loss_i                     # = mean over nodes and features
 
-    * ``adapter`` is a learnable ``torch.nn.Linear(in_student, in_peer, bias=bias)``
-      (PyTorch's default initialisation) when the widths differ, and the identity when
-      they are equal (``in_peer=None`` means equal). It maps the *student* into the
-      peer's space; the peer is the target. Its parameters belong to this module: add
-      ``loss_fn.parameters()`` to the optimiser of the student.
-    * Normalising makes the term scale-free (each node contributes a value in [0, 4])
-      so that it does not fight the classification loss over feature norms; pass
-      ``normalize=False`` for a plain per-node squared error between
-      ``adapter(h_student)`` and ``h_peer``.
-    * The reduction is over nodes (the per-node value sums over features), not over
-      every element as ``F.mse_loss`` would.
+    * ``adapter`` is a learnable bias-free ``Linear(in_student, in_peer)``, initialised
+      to the identity when the widths are equal, so that at the start the loss is the
+      plain MSE. It lets the student match the peer layer's information without being
+      forced into that layer's basis or scale (aligned layers sit at different depths:
+      ReLU hidden units against logits). Its parameters belong to this module: add
+      ``loss_fn.parameters()`` to the student's optimiser. ``adapter=False`` compares
+      the raw features (widths must then be equal).
+    * ``normalize=True`` L2-normalises both sides first (a scale-free variant: each node
+      then contributes ``(2 - 2 cos) / in_peer``). The trainer does not use it: on Cora
+      its 1/||h|| gradient swamped the task loss while activations were small (see
+      docs/distillation.md).
 
     Args:
         in_student: width of the student's features.
         in_peer: width of the peer's features (default: ``in_student``).
+        adapter: learn a linear map from the student to the peer (default ``True``).
         bias: give the adapter a bias.
-        normalize: L2-normalise both sides first (default ``True``).
+        normalize: L2-normalise both sides first (default ``False``).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (one value per node).
         detach_peer: detach ``h_peer`` so that no gradient reaches the peer.
         eps: the norm floor of the normalisation.
@@ -59,8 +60,9 @@ class FeatureAlignLoss(torch.nn.Module):
         self,
         in_student: int,
         in_peer: Optional[int] = None,
+        adapter: bool = True,
         bias: bool = False,
-        normalize: bool = True,
+        normalize: bool = False,
         reduction: str = "mean",
         detach_peer: bool = False,
         eps: float = 1e-8,
@@ -74,14 +76,22 @@ class FeatureAlignLoss(torch.nn.Module):
                 raise ValueError(f"{name} must be positive, got {value}")
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if not adapter and in_student != in_peer:
+            raise ValueError(
+                f"adapter=False needs equal widths, got in_student={in_student}, in_peer={in_peer}"
+            )
         self.in_student = in_student
         self.in_peer = in_peer
         self.normalize = bool(normalize)
         self.reduction = reduction
         self.detach_peer = bool(detach_peer)
         self.eps = float(eps)
-        if in_student != in_peer:
+        if adapter:
             self.adapter = torch.nn.Linear(in_student, in_peer, bias=bias)
+            if in_student == in_peer:
+                torch.nn.init.eye_(self.adapter.weight)
+                if bias:
+                    torch.nn.init.zeros_(self.adapter.bias)
         else:
             self.adapter = torch.nn.Identity()
 
@@ -108,7 +118,7 @@ class FeatureAlignLoss(torch.nn.Module):
         if self.normalize:
             z_s = F.normalize(z_s, p=2.0, dim=1, eps=self.eps)
             z_p = F.normalize(z_p, p=2.0, dim=1, eps=self.eps)
-        per_node = (z_s - z_p).pow(2).sum(dim=1)
+        per_node = (z_s - z_p).pow(2).mean(dim=1)
         if self.reduction == "none":
             return per_node
         if self.reduction == "sum":
