@@ -9,7 +9,7 @@ each step updates one student with its cross-entropy plus
   distributions of the hidden layer (only per-edge similarities are compared, so the
   widths may differ), the peer's embeddings detached;
 * ``FeatureAlignLoss``: the student's hidden features, through a learnable linear
-  adapter to the peer's width, pulled towards the peer's (L2-normalised MSE).
+  adapter to the peer's width, pulled towards the peer's (MSE, the hint loss).
 
 The core of it::
 
