@@ -150,7 +150,7 @@ def main() -> int:
         if os.path.exists(path):
             continue
         if any(t and dt.datetime.now(dt.timezone.utc) >= t for t in (deadline, stop_at)):
-            print(f"deadline {args.deadline} reached; stopping before {path}", flush=True)
+            print(f"deadline {args.deadline or args.stop_at} reached; stopping before {path}", flush=True)
             break
         cfg = config(L, K, v, args)
         t0 = time.time()
