@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastalign.datasets import load_dataset, synthetic_csbm
-from fastalign.distill import (LossWeights, Student, TrainConfig, feature_align, layer_pairs,
+from fastalign.distill import (LossWeights, Student, TrainConfig, layer_pairs,
                                run_experiment, score, student_loss)
 from fastalign.distill.losses import FeatureAdapters, alignment_losses
 from fastalign.distill.models import SparseFeatures
@@ -87,13 +87,14 @@ def test_student_bad_arguments(data):
 
 # ----------------------------------------------------------------------------- losses
 def test_feature_align_values():
-    h = torch.randn(10, 4)
-    assert feature_align(h, h).item() == pytest.approx(0.0)
-    assert feature_align(h + 0.5, h).item() == pytest.approx(0.25)
     adapters = FeatureAdapters([16, 16, 3], [(0, 1), (1, 2), (2, 0)])
-    assert torch.equal(adapters.maps["0_1"].weight, torch.eye(16))
-    assert adapters(torch.randn(5, 16), 1, 2).shape == (5, 3)
-    assert adapters(torch.randn(5, 3), 2, 0).shape == (5, 16)
+    h = torch.randn(10, 16)
+    assert adapters(h, h, 0, 1).item() == pytest.approx(0.0)  # identity-initialised
+    assert adapters(h + 0.5, h, 0, 1).item() == pytest.approx(0.25)  # MSE over nodes and features
+    assert torch.equal(adapters.maps["0_1"].adapter.weight, torch.eye(16))
+    assert adapters.maps["1_2"].adapter.weight.shape == (3, 16)
+    assert adapters.maps["2_0"].adapter.weight.shape == (16, 3)
+    assert adapters(torch.randn(5, 3), torch.randn(5, 16), 2, 0).dim() == 0
 
 
 def test_gradients_reach_only_the_updated_student(data):

@@ -2,12 +2,13 @@
 
     loss = task + ds_weight * mean(aux task losses)
                 + structure_weight * mean_{peers, pairs} structure_kl(h_s[l], h_p[m])
-                + feature_weight   * mean_{peers, pairs} feature_align(h_s[l], h_p[m])
+                + feature_weight   * mean_{peers, pairs} hint(A h_s[l], h_p[m])
 
 * task: cross-entropy on the training nodes (BCE-with-logits for multi-label, PPI).
 * structure: ``fastalign.ops.structure_kl`` = KL(peer || student) of the neighbour
   softmaxes of a per-edge kernel, averaged over destination nodes (default l1, sigma 100).
-* feature alignment (our choice; the paper does not publish its form): a FitNets-style
+* feature alignment (our choice, ``fastalign.nn.FeatureAlignLoss``; the paper does not
+  publish its form): a FitNets-style
   hint loss, ``mean_{i,d} (A h_s - h_p)_{i,d}^2`` over all nodes, with ``A`` a learnable
   bias-free linear adapter owned by the student on every aligned pair (student width ->
   peer width; identity-initialised where the widths are equal). Why this form:
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..graph import Graph
+from ..nn import FeatureAlignLoss
 from ..ops._common import KERNELS
 
 
@@ -67,25 +69,18 @@ def task_loss(logits: Tensor, y: Tensor, mask: Tensor, multilabel: bool) -> Tens
 
 
 class FeatureAdapters(nn.Module):
-    """One bias-free linear map per aligned pair (student width -> peer width),
-    identity-initialised where the widths are equal."""
+    """The feature-alignment terms of one student: a :class:`fastalign.nn.FeatureAlignLoss`
+    (the hint loss and its learnable adapter, student width -> peer width,
+    identity-initialised where the widths are equal) per aligned layer pair."""
 
     def __init__(self, widths: Sequence[int], pairs: Sequence[Tuple[int, int]]):
         super().__init__()
-        self.maps = nn.ModuleDict()
-        for l, m in pairs:
-            lin = nn.Linear(widths[l], widths[m], bias=False)
-            if widths[l] == widths[m]:
-                nn.init.eye_(lin.weight)
-            self.maps[f"{l}_{m}"] = lin
+        self.maps = nn.ModuleDict(
+            {f"{l}_{m}": FeatureAlignLoss(widths[l], widths[m]) for l, m in pairs}
+        )
 
-    def forward(self, h: Tensor, l: int, m: int) -> Tensor:
-        return self.maps[f"{l}_{m}"](h)
-
-
-def feature_align(h_student: Tensor, h_peer: Tensor) -> Tensor:
-    """Mean squared error over nodes and features (the hint loss; same widths)."""
-    return (h_student - h_peer).pow(2).mean()
+    def forward(self, h_student: Tensor, h_peer: Tensor, l: int, m: int) -> Tensor:
+        return self.maps[f"{l}_{m}"](h_student, h_peer)
 
 
 def alignment_losses(
@@ -111,7 +106,7 @@ def alignment_losses(
                                      sigma=w.sigma, backend=backend)
                 )
             if w.feature > 0:
-                f_terms.append(feature_align(adapters(hiddens[l], l, m), target))
+                f_terms.append(adapters(hiddens[l], target, l, m))
     s = torch.stack(s_terms).mean() if s_terms else zero
     f = torch.stack(f_terms).mean() if f_terms else zero
     return s, f
