@@ -27,20 +27,9 @@ if AVAILABLE:
     from ..kernels.spmm import sddmm, spmm_forward, spmm_max_backward
     from ..kernels.structure_kl import structure_kl_backward, structure_kl_forward
 
-    FUNCTIONS = frozenset(
-        (
-            "spmm_forward",
-            "spmm_max_backward",
-            "sddmm",
-            "gcn_aggregate",
-            "edge_similarity",
-            "edge_similarity_backward",
-            "edge_softmax",
-            "edge_softmax_backward",
-            "structure_kl_forward",
-            "structure_kl_backward",
-        )
-    )
+    from . import BACKEND_FUNCTIONS
+
+    FUNCTIONS = frozenset(BACKEND_FUNCTIONS)  # every backend function has a Triton kernel
 else:  # pragma: no cover
     FUNCTIONS = frozenset()
 
