@@ -109,6 +109,16 @@ def transpose_for(graph: Graph, needed: bool):
     return graph.transpose()
 
 
+def transposed_weight(graph: Graph, weight: Tensor, perm_t: Tensor) -> Tensor:
+    """Edge weights in the order of the graph's transpose. The graph's own weights (in
+    this dtype) are gathered once and cached; other weights are gathered per call."""
+    own = graph.edge_weight
+    if own is not None and weight.data_ptr() == own.data_ptr() and weight.dtype == own.dtype:
+        key = ("weight_t", weight.dtype)
+        return graph._cached(key, lambda: weight.detach()[perm_t])
+    return weight.detach()[perm_t]
+
+
 def resolve(op: str, backend, device, functions) -> str:
     return backends.resolve(op, backend, device, functions)
 

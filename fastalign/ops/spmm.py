@@ -5,7 +5,8 @@ Custom ops:
                                     per output element for "max" (empty otherwise)
     fastalign::spmm_max_backward    gradients of the max reduction
     fastalign::sddmm                per-edge a[i] . b[j], the edge-weight gradient
-Autograd: grad_x of sum/mean is spmm over the cached transpose (no atomics);
+Autograd: grad_x of sum/mean is spmm over the cached transpose (no atomics; the
+graph's own weights in transposed order are cached on the Graph);
 grad_w is an SDDMM of the output gradient with x.
 """
 
@@ -16,7 +17,15 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._common import as_graph, check_edge_values, check_features, impl, resolve, transpose_for
+from ._common import (
+    as_graph,
+    check_edge_values,
+    check_features,
+    impl,
+    resolve,
+    transpose_for,
+    transposed_weight,
+)
 
 REDUCTIONS = ("sum", "mean", "max")
 
@@ -30,14 +39,14 @@ def spmm_op(
     reduce: str,
     rowptr_t: Optional[Tensor],
     col_t: Optional[Tensor],
-    perm_t: Optional[Tensor],
+    weight_t: Optional[Tensor],
     backend: str,
 ) -> Tuple[Tensor, Tensor]:
     return impl(backend).spmm_forward(rowptr, col, weight, x, reduce)
 
 
 @spmm_op.register_fake
-def _(rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t, backend):
+def _(rowptr, col, weight, x, reduce, rowptr_t, col_t, weight_t, backend):
     num_dst = rowptr.shape[0] - 1
     out = x.new_empty((num_dst, x.shape[1]))
     arg_shape = (num_dst, x.shape[1]) if reduce == "max" else (0,)
@@ -74,13 +83,13 @@ def _(rowptr, col, a, b, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t, backend = inputs
+    rowptr, col, weight, x, reduce, rowptr_t, col_t, weight_t, backend = inputs
     ctx.reduce, ctx.backend = reduce, backend
-    ctx.save_for_backward(rowptr, col, weight, x, output[1], rowptr_t, col_t, perm_t)
+    ctx.save_for_backward(rowptr, col, weight, x, output[1], rowptr_t, col_t, weight_t)
 
 
 def _backward(ctx, grad_out, _grad_arg):
-    rowptr, col, weight, x, arg, rowptr_t, col_t, perm_t = ctx.saved_tensors
+    rowptr, col, weight, x, arg, rowptr_t, col_t, weight_t = ctx.saved_tensors
     need_x, need_w = ctx.needs_input_grad[3], ctx.needs_input_grad[2]
     grad_x = grad_w = None
     grad_out = grad_out.contiguous()
@@ -93,7 +102,6 @@ def _backward(ctx, grad_out, _grad_arg):
     if need_x:
         if rowptr_t is None:
             raise RuntimeError("spmm backward needs the transpose; it was not passed")
-        weight_t = weight[perm_t] if weight is not None else None
         grad_x, _ = spmm_op(
             rowptr_t, col_t, weight_t, grad_out, "sum", None, None, None, ctx.backend
         )
@@ -137,5 +145,8 @@ def spmm(
     name = resolve("spmm", backend, x.device, functions)
     needs_grad = torch.is_grad_enabled() and x.requires_grad and reduce != "max"
     rowptr_t, col_t, perm_t = transpose_for(graph, needs_grad)
-    out, _ = spmm_op(graph.rowptr, graph.col, weight, x, reduce, rowptr_t, col_t, perm_t, name)
+    weight_t = None
+    if needs_grad and weight is not None:
+        weight_t = transposed_weight(graph, weight, perm_t)
+    out, _ = spmm_op(graph.rowptr, graph.col, weight, x, reduce, rowptr_t, col_t, weight_t, name)
     return out
