@@ -10,6 +10,7 @@ from torch.nn import Parameter
 
 from ..graph import Graph
 from ..ops import gcn_aggregate, spmm
+from ..ops._common import check_edge_values
 
 
 def _sparse_kind(adj) -> Optional[str]:
@@ -184,7 +185,7 @@ class GCNConv(torch.nn.Module):
             self._check_graph(graph, n)
             if edge_weight is None:
                 return graph, graph.edge_weight
-            _check_weight(edge_weight, graph)
+            check_edge_values("edge_weight", edge_weight, graph)
             return graph, graph.to_internal(edge_weight)
         if isinstance(edge_index, Tensor):
             if edge_index.is_floating_point():
@@ -205,7 +206,7 @@ class GCNConv(torch.nn.Module):
             self._check_graph(graph, n)
             if edge_weight is None:
                 return graph, None
-            _check_weight(edge_weight, graph)
+            check_edge_values("edge_weight", edge_weight, graph)
             return graph, graph.to_internal(edge_weight)
         raise TypeError(
             "edge_index must be an edge_index tensor, a torch.sparse adj_t, a torch_sparse "
@@ -266,18 +267,3 @@ class GCNConv(torch.nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels})"
-
-
-def _check_weight(edge_weight, graph: Graph) -> None:
-    if not isinstance(edge_weight, Tensor):
-        raise TypeError(f"edge_weight must be a tensor, got {type(edge_weight).__name__}")
-    if not edge_weight.is_floating_point():
-        raise TypeError(f"edge_weight must be a floating tensor, got {edge_weight.dtype}")
-    if edge_weight.dim() != 1 or edge_weight.numel() != graph.num_edges:
-        raise ValueError(
-            f"edge_weight must have shape [{graph.num_edges}] (one per edge), "
-            f"got {list(edge_weight.shape)}"
-        )
-    if edge_weight.device != graph.device:
-        raise ValueError(f"edge_weight is on {edge_weight.device}, the graph on {graph.device}")
-

@@ -50,7 +50,9 @@ def check_edge_values(name: str, values, graph: Graph, dtype=None) -> Optional[T
     if not values.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got {values.dtype}")
     if values.dim() != 1 or values.numel() != graph.num_edges:
-        raise ValueError(f"{name} must have shape [{graph.num_edges}], got {list(values.shape)}")
+        raise ValueError(
+            f"{name} must have shape [{graph.num_edges}] (one per edge), got {list(values.shape)}"
+        )
     if values.device != graph.device:
         raise ValueError(f"{name} is on {values.device} but the graph is on {graph.device}")
     return (values if dtype is None else values.to(dtype)).contiguous()
