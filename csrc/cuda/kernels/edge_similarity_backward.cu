@@ -4,26 +4,11 @@
 
 using namespace fastalign::cuda;
 
-namespace {
-
-template <typename I>
-size_t pair_grad_bytes(const fa_csr* g, int64_t width, int64_t split) {
-  Carve c{nullptr};
-  Schedule s;
-  if (build_schedule<I>(g, split, c, s, 0) != cudaSuccess) return 0;
-  c.take<float>(s.max_slots * width);
-  return align_up(c.off);
-}
-
-}  // namespace
-
 extern "C" size_t fa_edge_similarity_backward_workspace_bytes(const fa_csr* g, const fa_csr* gt,
                                                               int64_t F, int64_t split) {
   if (split <= 0) split = fa_default_split(g->num_edges);
-  const size_t a = g->itype == FA_I32 ? pair_grad_bytes<int32_t>(g, F, split)
-                                      : pair_grad_bytes<int64_t>(g, F, split);
-  const size_t b = gt->itype == FA_I32 ? pair_grad_bytes<int32_t>(gt, F, split)
-                                       : pair_grad_bytes<int64_t>(gt, F, split);
+  const size_t a = pair_workspace_bytes(g, F, split);
+  const size_t b = pair_workspace_bytes(gt, F, split);
   return a > b ? a : b;  // the two passes reuse one workspace, in stream order
 }
 

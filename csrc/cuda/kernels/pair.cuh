@@ -334,6 +334,20 @@ __global__ void __launch_bounds__(kBlock) pair_grad_combine_kernel(PairArgs<T, I
   }
 }
 
+// Workspace of a pair kernel: the row schedule plus `floats_per_slot` float32 partials
+// per split-row slot (what the combine pass reads). 0 when the schedule cannot be sized.
+inline size_t pair_workspace_bytes(const fa_csr* g, int64_t floats_per_slot, int64_t split) {
+  auto bytes = [&](auto iv) -> size_t {
+    using I = decltype(iv);
+    Carve c{nullptr};
+    Schedule s;
+    if (build_schedule<I>(g, split, c, s, 0) != cudaSuccess) return 0;
+    c.take<float>(s.max_slots * floats_per_slot);
+    return align_up(c.off);
+  };
+  return g->itype == FA_I32 ? bytes(int32_t{}) : bytes(int64_t{});
+}
+
 // ------------------------------------------------------------------ launch helpers
 // Vector width and tile shape for rows of widths F[0..n): whole rows must fit a tile.
 template <typename T>

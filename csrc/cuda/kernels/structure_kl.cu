@@ -8,23 +8,9 @@
 
 using namespace fastalign::cuda;
 
-namespace {
-
-template <typename I>
-size_t kl_forward_bytes(const fa_csr* g, int64_t split) {
-  Carve c{nullptr};
-  Schedule s;
-  if (build_schedule<I>(g, split, c, s, 0) != cudaSuccess) return 0;
-  c.take<float>(s.max_slots * kKLState);
-  return align_up(c.off);
-}
-
-}  // namespace
-
 extern "C" size_t fa_structure_kl_workspace_bytes(const fa_csr* g, int64_t split) {
   if (split <= 0) split = fa_default_split(g->num_edges);
-  return g->itype == FA_I32 ? kl_forward_bytes<int32_t>(g, split)
-                            : kl_forward_bytes<int64_t>(g, split);
+  return pair_workspace_bytes(g, kKLState, split);
 }
 
 extern "C" cudaError_t fa_structure_kl_forward(const fa_csr* g, const void* s_dst,
