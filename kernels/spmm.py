@@ -11,10 +11,14 @@ the normalisation is fused, no normalised edge weights are built.
 
 Backward for x of sum/mean is this same forward on the transpose (called by the op), so
 no atomics there; for edge weights an SDDMM (the ``linear`` edge similarity). The max
-backward routes each output element's gradient to its arg edge: that is a scatter
-without a transpose in its signature, so it uses float32 atomics (declared: the order of
-additions into one grad_x element varies); with torch's deterministic mode on it falls
-back to the reference.
+backward gathers too: one program per (row of the transpose = source node j, feature
+block) walks j's transposed edges k (destination i, internal edge e = perm_t[k]) and adds
+grad_out[i, f] (times w_e) where arg[i, f] == e, reading an output gradient only where
+its edge won. Hub sources are split into segments combined in order, and the same pass
+writes each edge's weight gradient (every edge belongs to one transposed row), so the
+whole max backward is atomic-free and bitwise reproducible. Its cost over the sum
+backward: arg is read once per edge (E x F int64 through the transpose, the price of
+gathering instead of scattering).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .heuristics import acc_dtype, heuristic, launch, torch_acc
-from .segments import row_plan, vmask, work_item
+from .segments import combine_sum, row_plan, vmask, work_item
 
 SUM = tl.constexpr(0)
 MEAN = tl.constexpr(1)
@@ -222,44 +226,100 @@ def sddmm(rowptr, col, a, b):
 # --------------------------------------------------------------------------- max backward
 @triton.jit
 def max_backward_kernel(
-    col, weight, x, arg, grad_out, grad_x, grad_w, F,
-    HAS_W: tl.constexpr, NEED_W: tl.constexpr, ACC: tl.constexpr, BLOCK_F: tl.constexpr,
+    rowptr, col, perm, weight, x, arg, grad_out, grad_x, grad_w, part,
+    seg_row, seg_start, seg_end, num_rows, split, F, num_edges,
+    HAS_W: tl.constexpr, NEED_W: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    i = tl.program_id(0).to(tl.int64)
-    fo = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    """Max backward by source node, over the transpose (rowptr, col = col_t, perm =
+    perm_t): unified row grid (rows, then segments of long rows) x feature blocks.
+
+    For source j and its transposed edges k (destination i = col[k], internal edge
+    e = perm[k]): grad_x[j, f] = sum_k [arg[i, f] == e] w_e grad_out[i, f], each edge's
+    gradient read only where it won. With NEED_W, grad_w[fb, e] = sum over the features
+    of block fb of [arg[i, f] == e] grad_out[i, f] x[j, f]: each edge is owned by one
+    program per feature block, so no atomics anywhere.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    fb = tl.program_id(1).to(tl.int64)
+    fo = fb * BLOCK_F + tl.arange(0, BLOCK_F)
     fm = fo < F
-    a = tl.load(arg + i * F + fo, mask=fm, other=-1)
-    valid = fm & (a >= 0)
-    e = tl.where(valid, a, 0)
-    j = tl.load(col + e, mask=valid, other=0).to(tl.int64)
-    g = tl.load(grad_out + i * F + fo, mask=valid, other=0.0).to(ACC)
-    gx = g
-    if HAS_W:
-        gx = g * tl.load(weight + e, mask=valid, other=0.0).to(ACC)
-    tl.atomic_add(grad_x + j * F + fo, gx, mask=valid)
+    row, start, end, is_row, is_seg, seg = work_item(
+        pid, rowptr, seg_row, seg_start, seg_end, num_rows, split
+    )
+    acc2 = tl.zeros([BLOCK_E, BLOCK_F], dtype=ACC)  # reduced once, after the loop
     if NEED_W:
-        xv = tl.load(x + j * F + fo, mask=valid, other=0.0).to(ACC)
-        tl.atomic_add(grad_w + e, g * xv, mask=valid)
+        xj = tl.load(x + row * F + fo, mask=fm, other=0.0).to(ACC)  # x[j], j = row
+    for k0 in range(start, end, BLOCK_E):
+        ko = k0 + tl.arange(0, BLOCK_E)
+        km = ko < end
+        i = tl.load(col + ko, mask=km, other=0).to(tl.int64)
+        e = tl.load(perm + ko, mask=km, other=-2)
+        m2 = km[:, None] & fm[None, :]
+        a = tl.load(arg + i[:, None] * F + fo[None, :], mask=m2, other=-1)
+        hit = (a == e[:, None]) & m2
+        g = tl.load(grad_out + i[:, None] * F + fo[None, :], mask=hit, other=0.0).to(ACC)
+        if HAS_W:
+            acc2 += g * tl.load(weight + e, mask=km, other=0.0).to(ACC)[:, None]
+        else:
+            acc2 += g
+        if NEED_W:
+            gw = tl.sum(g * xj[None, :], axis=1)
+            tl.store(grad_w + fb * num_edges + e, gw, mask=km)
+    acc = tl.sum(acc2, axis=0)
+    # a segment stores its partial; combine_sum_kernel adds a row's segments in order
+    tl.store(part + seg * F + fo, acc, mask=vmask(fm, is_seg))
+    tl.store(grad_x + row * F + fo, acc.to(grad_x.dtype.element_ty), mask=vmask(fm, is_row))
 
 
-def spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad):
-    if torch.are_deterministic_algorithms_enabled():
-        from fastalign.backends import torch as reference
+def spmm_max_backward(col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad):
+    """(grad_x, grad_w or empty) of the max reduction, gathered over the transpose:
+    deterministic (no atomics), bitwise reproducible run to run."""
+    x = x.contiguous()
+    num_src, F = x.shape
+    num_edges = col.numel()
+    acc, tacc = acc_dtype(x.dtype), torch_acc(x.dtype)
+    grad_x = torch.empty((num_src, F), dtype=x.dtype, device=x.device)
+    if num_src == 0 or F == 0:
+        grad_x.zero_()
+        gw = x.new_empty(0)
+        if need_weight_grad and num_edges > 0:
+            gw = torch.zeros(num_edges, dtype=weight.dtype if weight is not None else x.dtype,
+                             device=x.device)
+        elif need_weight_grad:
+            gw = x.new_zeros(0)
+        return grad_x, gw
+    plan = row_plan(rowptr_t)
+    cfg0 = heuristic(plan, F, x.dtype)
+    n_fb = triton.cdiv(F, cfg0.BLOCK_F)
+    part = torch.empty((max(plan.num_segs, 1), F), dtype=tacc, device=x.device)
+    need_w = bool(need_weight_grad) and num_edges > 0
+    grad_w = torch.empty((n_fb if need_w else 1, max(num_edges, 1)), dtype=tacc, device=x.device)
+    w = weight.contiguous() if weight is not None else x
+    arg = arg.contiguous()
+    grad_out = grad_out.contiguous()
+    perm = perm_t.contiguous()
 
-        return reference.spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad)
-    tacc = torch_acc(x.dtype)
-    num_dst, F = arg.shape if arg.dim() == 2 else (0, x.size(1))
-    grad_x = torch.zeros(x.shape, dtype=tacc, device=x.device)
-    grad_w = torch.zeros(col.numel() if need_weight_grad else 1, dtype=tacc, device=x.device)
-    if num_dst > 0 and F > 0:
-        bf = min(max(triton.next_power_of_2(F), 16), 256)
-        max_backward_kernel[(num_dst, triton.cdiv(F, bf))](
-            col, weight if weight is not None else x, x.contiguous(), arg.contiguous(),
-            grad_out.contiguous(), grad_x, grad_w, F,
-            HAS_W=weight is not None, NEED_W=bool(need_weight_grad), ACC=acc_dtype(x.dtype),
-            BLOCK_F=bf,
+    def run(cfg):
+        grid = (plan.num_programs, triton.cdiv(F, cfg.BLOCK_F))
+        max_backward_kernel[grid](
+            rowptr_t, col_t, perm, w, x, arg, grad_out, grad_x, grad_w, part,
+            plan.seg_row, plan.seg_start, plan.seg_end, plan.num_rows, plan.split, F, num_edges,
+            HAS_W=weight is not None, NEED_W=need_w, ACC=acc,
+            BLOCK_E=cfg.BLOCK_E, BLOCK_F=cfg.BLOCK_F, num_warps=cfg.num_warps,
         )
+        combine_sum(plan, part, grad_x, cfg.BLOCK_F, acc)
+
+    # BLOCK_F fixed by the heuristic (the grad_w partials are laid out per feature block)
+    key = ("max_bwd", weight is not None, need_w, F, x.dtype)
+    launch(plan, key, cfg0, run, x.device)
     gw = x.new_empty(0)
     if need_weight_grad:
-        gw = grad_w.to(weight.dtype if weight is not None else x.dtype)
-    return grad_x.to(x.dtype), gw
+        if need_w:
+            gw = grad_w[0].clone()
+            for r in range(1, n_fb):  # feature blocks added in a fixed order
+                gw += grad_w[r]
+            gw = gw.to(weight.dtype if weight is not None else x.dtype)
+        else:  # no edge: nothing won (the reference's empty result)
+            gw = x.new_zeros(0)
+    return grad_x, gw

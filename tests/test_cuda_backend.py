@@ -65,6 +65,16 @@ def hub_graph(index_dtype, degree=50_000, n=60_000):
     return Graph.from_edge_index(ei, num_nodes=n)
 
 
+def source_hub_graph(index_dtype, degree=20_000, n=5000):
+    """A source of out-degree 20,000 (duplicates included): a long row of the transpose,
+    which the max backward splits; plus a power-law graph."""
+    gen = torch.Generator().manual_seed(13)
+    dst = torch.randint(0, n, (degree,), generator=gen)
+    hub = torch.stack([torch.zeros_like(dst), dst])
+    ei = torch.cat([hub, power_law_edge_index(n, 40_000, seed=6)], 1).to(index_dtype)
+    return Graph.from_edge_index(ei, num_nodes=n)
+
+
 def all_graphs(index_dtype):
     return case_graphs(index_dtype) + [("long_rows", long_row_graph(index_dtype))]
 
@@ -78,6 +88,8 @@ def graph_of(name, index_dtype):
     if key not in _GRAPHS:
         if name == "hub50k":
             g = hub_graph(index_dtype)
+        elif name == "source_hub":
+            g = source_hub_graph(index_dtype)
         else:
             g = dict(all_graphs(index_dtype))[name]
         _GRAPHS[key] = g.to(DEV)
@@ -135,23 +147,44 @@ def test_spmm_forward(name, index_dtype, dtype, width, reduce, weighted):
         assert arg.numel() == 0
 
 
-@graph_params
+def max_backward_pair(g, x, w, grad_out, need_w):
+    """(cuda, reference) max backward; arg from the reference forward."""
+    _, arg = REF.spmm_forward(g.rowptr, g.col, w, x, "max")
+    rowptr_t, col_t, perm_t = g.transpose()
+    args = (g.col, rowptr_t, col_t, perm_t, w, x, arg, grad_out, need_w)
+    return CU.spmm_max_backward(*args), REF.spmm_max_backward(*args)
+
+
+@pytest.mark.parametrize("name", GRAPH_NAMES + ["source_hub"])
 @index_params
 @dtype_params
-@pytest.mark.parametrize("width", (1, 16, 67))
+@pytest.mark.parametrize("width", (1, 16, 67, 520))
 @pytest.mark.parametrize("weighted", (False, True))
 def test_spmm_max_backward(name, index_dtype, dtype, width, weighted):
+    """grad_x gathered over the transpose (split source rows for "source_hub"; 520
+    float32 features: two feature chunks)."""
     g = graph_of(name, index_dtype)
     x = feats(g.num_src, width, dtype)
     w = edge_weight(g, dtype) if weighted else None
-    _, arg = REF.spmm_forward(g.rowptr, g.col, w, x, "max")
     grad_out = feats(g.num_dst, width, dtype, seed=1)
-    gx, gw = CU.spmm_max_backward(g.col, w, x, arg, grad_out, True)
-    rx, rw = REF.spmm_max_backward(g.col, w, x, arg, grad_out, True)
+    (gx, gw), (rx, rw) = max_backward_pair(g, x, w, grad_out, True)
     assert_close(gx, rx)
     assert_close(gw, rw)
-    gx2, gw2 = CU.spmm_max_backward(g.col, w, x, arg, grad_out, False)
+    (gx2, gw2), _ = max_backward_pair(g, x, w, grad_out, False)
+    assert torch.equal(gx2, gx)
     assert gw2.numel() == 0
+
+
+def test_spmm_max_backward_ties():
+    """Integer-valued features: equal messages tie, and only the arg edge (the first
+    maximal one) gets the gradient."""
+    g = graph_of("long_rows", torch.int32)
+    x = torch.randint(-2, 3, (g.num_src, 16), generator=torch.Generator().manual_seed(2))
+    x = x.float().to(DEV)
+    grad_out = feats(g.num_dst, 16, torch.float32, seed=3)
+    (gx, gw), (rx, rw) = max_backward_pair(g, x, None, grad_out, True)
+    assert_close(gx, rx)
+    assert_close(gw, rw)
 
 
 @graph_params
@@ -287,6 +320,18 @@ def test_deterministic_without_atomics():
     a, _ = CU.spmm_forward(g.rowptr, g.col, None, x, "sum")
     b, _ = CU.spmm_forward(g.rowptr, g.col, None, x, "sum")
     assert torch.equal(a, b)
+    # the max backward (grad_x gathered over the transpose, a split source hub)
+    for name in ("hub50k", "source_hub"):
+        gm = graph_of(name, torch.int32)
+        for dtype in (torch.float32, torch.bfloat16):
+            xm = feats(gm.num_src, 64, dtype, seed=4)
+            wm = edge_weight(gm, dtype)
+            gout = feats(gm.num_dst, 64, dtype, seed=6)
+            _, arg = CU.spmm_forward(gm.rowptr, gm.col, wm, xm, "max")
+            rt, ct, pt = gm.transpose()
+            args = (gm.col, rt, ct, pt, wm, xm, arg, gout, True)
+            r1, r2 = CU.spmm_max_backward(*args), CU.spmm_max_backward(*args)
+            assert torch.equal(r1[0], r2[0]) and torch.equal(r1[1], r2[1]), (name, dtype)
     rowptr_t, col_t, perm_t = g.transpose()
     params = sim_params("rbf", 64) + (1.0,)
     kl, ls, lp = CU.structure_kl_forward(g.rowptr, g.col, x, x, x, x, *params)

@@ -31,9 +31,15 @@ def samples():
     dis = torch.rand(14, dtype=torch.float64)
     loop = torch.rand(14, dtype=torch.float64)
     ops = torch.ops.fastalign
-    yield "spmm_sum", ops.spmm.default, (g.rowptr, g.col, wg, xg, "sum", rowptr_t, col_t, w[perm_t], BACKEND)
-    yield "spmm_mean", ops.spmm.default, (g.rowptr, g.col, None, xg, "mean", rowptr_t, col_t, None, BACKEND)
-    yield "spmm_max", ops.spmm.default, (g.rowptr, g.col, wg, xg, "max", None, None, None, BACKEND)
+    yield "spmm_sum", ops.spmm.default, (
+        g.rowptr, g.col, wg, xg, "sum", rowptr_t, col_t, None, w[perm_t], BACKEND)
+    yield "spmm_mean", ops.spmm.default, (
+        g.rowptr, g.col, None, xg, "mean", rowptr_t, col_t, None, None, BACKEND)
+    yield "spmm_max", ops.spmm.default, (
+        g.rowptr, g.col, wg, xg, "max", rowptr_t, col_t, perm_t, None, BACKEND)
+    _, arg = ops.spmm.default(g.rowptr, g.col, w, x, "max", None, None, None, None, BACKEND)
+    yield "spmm_max_backward", ops.spmm_max_backward.default, (
+        g.col, rowptr_t, col_t, perm_t, w, x, arg, torch.randn_like(x), True, BACKEND)
     yield "sddmm", ops.sddmm.default, (g.rowptr, g.col, x, x, BACKEND)
     yield "gcn_aggregate", ops.gcn_aggregate.default, (
         g.rowptr, g.col, w, dis, loop, xg, rowptr_t, col_t, w[perm_t], BACKEND)

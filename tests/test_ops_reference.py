@@ -94,6 +94,31 @@ def test_spmm_max_ties_pick_first_edge():
     assert x.grad[:, 0].tolist() == [1.0, 0.0, 0.0]
 
 
+def test_spmm_max_passes_the_transpose_to_its_backward(monkeypatch):
+    """The max backward gets the graph's cached transpose (rowptr_t, col_t, perm_t), also
+    when only the edge weights need a gradient; forward-only calls never build it."""
+    from fastalign.backends import get
+
+    g = get_case("hub", torch.int64)
+    seen = []
+    ref = get(REF)
+    original = ref.spmm_max_backward
+
+    def spy(col, rowptr_t, col_t, perm_t, *rest):
+        seen.append((rowptr_t, col_t, perm_t))
+        return original(col, rowptr_t, col_t, perm_t, *rest)
+
+    monkeypatch.setattr(ref, "spmm_max_backward", spy)
+    w = (torch.rand(g.num_edges, dtype=torch.float64) + 0.5).requires_grad_()
+    fastalign.spmm(g, feats(g.num_src, 3), "max", edge_weight=w, backend=REF).sum().backward()
+    assert len(seen) == 1 and all(a is b for a, b in zip(seen[0], g.transpose()))
+    assert w.grad is not None
+    g2 = get_case("square", torch.int64)
+    with torch.no_grad():
+        fastalign.spmm(g2, feats(g2.num_src, 3), "max", backend=REF)
+    assert "transpose" not in g2._cache
+
+
 def test_spmm_uses_graph_weights_and_noncontiguous_input():
     ei = random_edge_index(10, 10, 30, seed=7)
     w = torch.rand(ei.size(1), dtype=torch.float64)

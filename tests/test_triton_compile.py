@@ -27,8 +27,8 @@ TARGET = GPUTarget("cuda", 90, 32)
 IDX = {"rowptr", "col", "idx"}
 I64 = {"perm", "seg_row", "seg_start", "seg_end", "seg_long", "long_rows", "long_seg_ptr",
        "arg", "arg_out", "part_arg"}
-ACCP = {"part", "stats", "lse_s", "lse_p", "part_s", "part_p", "grad_x", "grad_w", "gsrc_s", "gsrc_p"}
-INTS = {"num_rows", "split", "F", "FS", "FP"}
+ACCP = {"part", "stats", "lse_s", "lse_p", "part_s", "part_p", "grad_w", "gsrc_s", "gsrc_p"}
+INTS = {"num_rows", "split", "F", "FS", "FP", "num_edges"}
 FLOATS = {"sigma", "coef", "tau"}
 FEAT_T = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16", "fp64": "*fp64"}
 
@@ -72,7 +72,9 @@ def cases():
                 out.append((spmm.agg_kernel, feat, index, ce))
                 ce = dict(REDUCE=reduce, GCN=gcn, HAS_LOOP=loop, BLOCK_F=64)
                 out.append((spmm.agg_combine_kernel, feat, index, ce))
-            out.append((spmm.max_backward_kernel, feat, index, dict(HAS_W=1, NEED_W=1, BLOCK_F=64)))
+            for has_w, need_w in ((0, 0), (1, 0), (0, 1), (1, 1)) if full else ((1, 1),):
+                out.append((spmm.max_backward_kernel, feat, index,
+                            dict(HAS_W=has_w, NEED_W=need_w, BLOCK_E=32, BLOCK_F=64)))
             out.append((segments.combine_sum_kernel, feat, index, dict(BLOCK_F=128)))
             for mode in (0, 1) if full else (0,):
                 out.append((edge_softmax.softmax_rows_kernel, feat, index, dict(MODE=mode, BLOCK_E=128)))
@@ -99,6 +101,8 @@ def cases():
     for warps, be, bf in ((2, 16, 16), (2, 16, 64), (8, 128, 64)):
         out.append((spmm.agg_kernel, "fp32", "i32",
                     dict(REDUCE=0, HAS_W=0, GCN=0, HAS_LOOP=0, BLOCK_E=be, BLOCK_F=bf, _num_warps=warps)))
+        out.append((spmm.max_backward_kernel, "bf16", "i64",
+                    dict(HAS_W=1, NEED_W=1, BLOCK_E=be, BLOCK_F=bf, _num_warps=warps)))
         out.append((structure_kl.skl_grad_kernel, "bf16", "i64",
                     dict(KIND=0, DEGREE=2, TRANSPOSED=1, PEER=1, SRC_ATOMIC=0, BLOCK_E=be, BLOCK_FS=bf, BLOCK_FP=bf,
                          _num_warps=warps)))

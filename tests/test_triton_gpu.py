@@ -1,6 +1,8 @@
 """The Triton backend on a CUDA device against the reference on the same device:
 float32, float16 and bfloat16, int32 and int64 indices, odd widths, a hub row of
-degree 60,000, determinism, and the public ops end to end (gradients).
+degree 60,000 (and a source hub of out-degree 60,000 for the max backward, which walks
+the transpose), bitwise run-to-run determinism (the max backward included), and the
+public ops end to end (gradients).
 
 Skipped without CUDA (and under TRITON_INTERPRET, where kernels are interpreted).
 Low-precision inputs are compared with the reference run on the same inputs (both
@@ -195,14 +197,57 @@ def test_gcn_softmax_sddmm(dtype):
     rel_close(TB.sddmm(g.rowptr, g.col, x, x), REF.sddmm(g.rowptr, g.col, x, x), dtype, "sddmm")
 
 
-def test_max_backward():
-    g = power_law(torch.int64)
-    x = feats(g.num_src, 64, torch.float32, 9)
-    w = torch.rand(g.num_edges, device=DEV)
+def src_hub(index_dtype, degree=60_000, n=5000):
+    """A source of out-degree 60,000 (a hub row of the transpose, with duplicate edges)
+    beside a power-law graph: the max backward splits it into segments."""
+    key = ("src_hub", index_dtype)
+    if key not in _CACHE:
+        gen = torch.Generator().manual_seed(4)
+        hub_e = torch.stack([torch.zeros(degree, dtype=torch.long), torch.randint(0, n, (degree,), generator=gen)])
+        ei = torch.cat([hub_e, power_law_edge_index(n, 30_000, seed=5)], 1).to(index_dtype)
+        _CACHE[key] = Graph.from_edge_index(ei, num_nodes=n).to(DEV)
+    return _CACHE[key]
+
+
+def _max_backward(g, x, w, gout, need_w):
+    rt, ct, pt = g.transpose()
     _, arg = REF.spmm_forward(g.rowptr, g.col, w, x, "max")
-    gout = feats(g.num_dst, 64, torch.float32, 10)
-    rel_close(TB.spmm_max_backward(g.col, w, x, arg, gout, True),
-              REF.spmm_max_backward(g.col, w, x, arg, gout, True), torch.float32, "max bwd")
+    args = (g.col, rt, ct, pt, w, x, arg, gout, need_w)
+    return TB.spmm_max_backward(*args), REF.spmm_max_backward(*args)
+
+
+@pytest.mark.parametrize("dtype,index_dtype", [
+    (torch.float32, torch.int64), (torch.float32, torch.int32),
+    (torch.bfloat16, torch.int32), (torch.float16, torch.int64),
+])
+def test_max_backward(dtype, index_dtype):
+    g = power_law(index_dtype)
+    widths = (1, 64, 1030) if (dtype, index_dtype) == (torch.float32, torch.int64) else (64,)
+    for width in widths:
+        x = feats(g.num_src, width, dtype, 9)
+        w = torch.rand(g.num_edges, device=DEV).to(dtype)
+        gout = feats(g.num_dst, width, dtype, 10)
+        for weight in (None, w):
+            (gx, gw), (rx, rw) = _max_backward(g, x, weight, gout, True)
+            rel_close(gx, rx, dtype, f"max bwd x F={width}")
+            # per-edge sums over the features an edge won: signed terms
+            rel_close(gw, rw, dtype if dtype != torch.float32 else torch.float16, f"max bwd w F={width}")
+            (gx2, gw2), _ = _max_backward(g, x, weight, gout, False)
+            rel_close(gx2, rx, dtype, f"max bwd x F={width} (no weight grad)")
+            assert gw2.numel() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_backward_hubs(dtype):
+    """A destination hub (the forward splits it; one arg edge per feature wins) and a
+    source hub of out-degree 60,000 (the backward splits the transpose's row)."""
+    for g in (hub(torch.int64), src_hub(torch.int32)):
+        x = feats(g.num_src, 64, dtype, 20)
+        w = torch.rand(g.num_edges, device=DEV).to(dtype)
+        gout = feats(g.num_dst, 64, dtype, 21)
+        (gx, gw), (rx, rw) = _max_backward(g, x, w, gout, True)
+        rel_close(gx, rx, dtype, "hub max bwd x")
+        rel_close(gw, rw, dtype if dtype != torch.float32 else torch.float16, "hub max bwd w")
 
 
 @pytest.mark.parametrize("name_graph", case_graphs(), ids=lambda c: c[0])
@@ -224,8 +269,15 @@ def test_deterministic():
     rt, ct, pt = g.transpose()
     fwd = TB.structure_kl_forward(g.rowptr, g.col, hs, hs, hp, hp, "l1", 64.0, 2, 1.0, 0.5)
     gk = torch.rand(g.num_dst, device=DEV)
+    sh = src_hub(torch.int64)
+    srt, sct, spt = sh.transpose()
+    xs = feats(sh.num_src, 64, torch.float32, 22)
+    ws = torch.rand(sh.num_edges, device=DEV)
+    _, sarg = TB.spmm_forward(sh.rowptr, sh.col, ws, xs, "max")
+    sgo = feats(sh.num_dst, 64, torch.float32, 23)
     runs = [
         (TB.spmm_forward(g.rowptr, g.col, None, hs, "sum")[0],
+         TB.spmm_max_backward(sh.col, srt, sct, spt, ws, xs, sarg, sgo, True),
          TB.structure_kl_forward(g.rowptr, g.col, hs, hs, hp, hp, "l1", 64.0, 2, 1.0, 0.5),
          TB.structure_kl_backward(g.rowptr, g.col, rt, ct, pt, hs, hs, hp, hp, *fwd, gk,
                                   "l1", 64.0, 2, 1.0, 0.5, True))
@@ -258,6 +310,7 @@ def test_ops_end_to_end():
         loss = (
             fastalign.spmm(g, x, "mean", backend=backend).square().sum()
             + fastalign.gcn_aggregate(g, x, backend=backend).square().sum()
+            + fastalign.spmm(g, x, "max", backend=backend).square().sum()
             + 100 * fastalign.structure_kl(g, x, hp, kernel="l1", tau=0.1, backend=backend)
         )
         loss.backward()

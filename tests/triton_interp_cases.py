@@ -100,15 +100,81 @@ def test_spmm_max_ties_first_edge():
     assert torch.equal(arg, r_arg)
 
 
-@pytest.mark.parametrize("need_w", [False, True])
-def test_spmm_max_backward(need_w):
-    g = graph("square")
-    x = features(g, 6)
-    w = torch.rand(g.num_edges, dtype=torch.float64)
+def _max_backward_case(g, x, w, grad, need_w):
+    rt, ct, pt = g.transpose()
     _, arg = ref.spmm_forward(g.rowptr, g.col, w, x, "max")
+    out = tb.spmm_max_backward(g.col, rt, ct, pt, w, x, arg, grad, need_w)
+    expect = ref.spmm_max_backward(g.col, rt, ct, pt, w, x, arg, grad, need_w)
+    return out, expect
+
+
+@pytest.mark.parametrize("name", ["square", "rectangular", "no_edges", "hub"])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("need_w", [False, True])
+def test_spmm_max_backward(name, index_dtype, split, need_w):
+    """Gathered over the transpose: hub sources (node 0 of "hub" sends to 5 nodes, and
+    split=4 cuts the transpose's long rows), duplicate edges, isolated nodes."""
+    g = graph(name, index_dtype)
+    x = features(g, 6)
     grad = features(g, 6, seed=5, side="dst")
-    close(tb.spmm_max_backward(g.col, w, x, arg, grad, need_w),
-          ref.spmm_max_backward(g.col, w, x, arg, grad, need_w))
+    with segments.force_split(split):
+        for w in (None, torch.rand(g.num_edges, dtype=torch.float64)):
+            close(*_max_backward_case(g, x, w, grad, need_w))
+
+
+def test_spmm_max_backward_ties():
+    """Rounded features: duplicate edges and equal neighbours tie, and only the first
+    edge reaching the maximum (arg) gets the gradient."""
+    g = graph("square")
+    x = features(g, 5).round()
+    grad = features(g, 5, seed=6, side="dst")
+    _, arg = ref.spmm_forward(g.rowptr, g.col, None, x, "max")
+    ties = 0
+    row = g.row
+    for i in range(g.num_dst):  # the case has ties (else the test proves nothing)
+        msgs = x[g.col[row == i].long()]
+        ties += int(((msgs == msgs.max(0).values).sum(0) > 1).sum()) if msgs.numel() else 0
+    assert ties > 0
+    with segments.force_split(2):
+        close(*_max_backward_case(g, x, None, grad, True))
+
+
+@pytest.mark.parametrize("width", [1, 37, 300])
+def test_spmm_max_backward_widths(width):
+    """Odd widths, and 300 > BLOCK_F: the weight gradient is summed over feature blocks."""
+    g = graph("hub", torch.int32)
+    x = features(g, width)
+    w = torch.rand(g.num_edges, dtype=torch.float64)
+    grad = features(g, width, seed=7, side="dst")
+    with segments.force_split(4):
+        close(*_max_backward_case(g, x, w, grad, True))
+
+
+def test_spmm_max_backward_float32_bitwise_repeatable():
+    g = graph("hub")
+    x = features(g, 19, dtype=torch.float32)
+    w = torch.rand(g.num_edges)
+    grad = features(g, 19, dtype=torch.float32, seed=8, side="dst")
+    with segments.force_split(4):
+        (gx, gw), (rx, rw) = _max_backward_case(g, x, w, grad, True)
+        (gx2, gw2), _ = _max_backward_case(g, x, w, grad, True)
+    close((gx, gw), (rx, rw), 1e-5)
+    assert torch.equal(gx, gx2) and torch.equal(gw, gw2)
+
+
+def test_spmm_max_through_the_op():
+    """fastalign.spmm(reduce="max") passes the transpose to the backward."""
+    g = graph("hub")
+    x = features(g, 4).requires_grad_()
+    w = torch.rand(g.num_edges, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for backend in ("torch", "triton"):
+        x.grad = w.grad = None
+        with segments.force_split(4):
+            fastalign.spmm(g, x, "max", edge_weight=w, backend=backend).square().sum().backward()
+        grads[backend] = (x.grad.clone(), w.grad.clone())
+    close(grads["triton"], grads["torch"])
 
 
 @pytest.mark.parametrize("name", ["square", "rectangular", "hub"])

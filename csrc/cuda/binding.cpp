@@ -149,9 +149,11 @@ std::tuple<Tensor, Tensor> spmm_forward(const Tensor& rowptr, const Tensor& col,
   return {out, arg};
 }
 
-std::tuple<Tensor, Tensor> spmm_max_backward(const Tensor& col, const OptTensor& weight,
-                                             const Tensor& x_in, const Tensor& arg_in,
-                                             const Tensor& grad_out_in, bool need_weight_grad) {
+std::tuple<Tensor, Tensor> spmm_max_backward(const Tensor& col, const Tensor& rowptr_t,
+                                             const Tensor& col_t, const Tensor& perm_t,
+                                             const OptTensor& weight, const Tensor& x_in,
+                                             const Tensor& arg_in, const Tensor& grad_out_in,
+                                             bool need_weight_grad) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   Tensor x = features(x_in, x_in, "x");
   Tensor grad_out = features(grad_out_in, x, "grad_out");
@@ -161,25 +163,37 @@ std::tuple<Tensor, Tensor> spmm_max_backward(const Tensor& col, const OptTensor&
               "fastalign cuda: arg must be int64 shaped like grad_out");
   TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && grad_out.size(1) == x.size(1),
               "fastalign cuda: grad_out must match x in dtype and width");
-  Tensor arg = arg_in.contiguous();
-  Tensor colc = col.contiguous();
-  OptTensor w = edge_values(weight, x, col.numel(), "weight");
-  fa_csr g{nullptr, colc.data_ptr(), grad_out.size(0), colc.numel(),
-           colc.scalar_type() == at::kInt ? FA_I32 : FA_I64};
-  TORCH_CHECK(colc.scalar_type() == at::kInt || colc.scalar_type() == at::kLong,
+  TORCH_CHECK(col.scalar_type() == at::kInt || col.scalar_type() == at::kLong,
               "fastalign cuda: col must be int32 or int64");
+  Tensor arg = dense(arg_in);  // 16-byte aligned: read as vectors
+  Tensor colc = col.contiguous();
+  Csr ct = csr(rowptr_t, col_t, x, "transpose");
+  TORCH_CHECK(ct.g.itype == (colc.scalar_type() == at::kInt ? FA_I32 : FA_I64),
+              "fastalign cuda: graph and transpose index dtypes differ");
+  TORCH_CHECK(ct.g.num_rows == x.size(0) && ct.g.num_edges == colc.numel(),
+              "fastalign cuda: the transpose must have num_src rows and num_edges edges");
+  check_cuda(perm_t, x, "perm_t");
+  TORCH_CHECK(perm_t.scalar_type() == at::kLong && perm_t.numel() == colc.numel(),
+              "fastalign cuda: perm_t must be int64 [num_edges]");
+  Tensor perm = perm_t.contiguous();
+  OptTensor w = edge_values(weight, x, colc.numel(), "weight");
+  fa_csr g{nullptr, colc.data_ptr(), grad_out.size(0), colc.numel(), ct.g.itype};
   const int64_t F = x.size(1);
-  Tensor gx = at::zeros({x.size(0), F}, x.options().dtype(at::kFloat));
+  Tensor gx = at::empty_like(x);  // every row is written (rows without edges get 0)
   Tensor gw = need_weight_grad ? at::zeros({colc.numel()}, x.options().dtype(at::kFloat))
                                : Tensor();
-  FA_CHECK_CUDA(fa_spmm_max_backward(&g, ptr_or_null(w), x.data_ptr(), arg.data_ptr<int64_t>(),
-                                     grad_out.data_ptr(), F, value_type(x, "x"),
-                                     gx.data_ptr<float>(),
-                                     need_weight_grad ? gw.data_ptr<float>() : nullptr, stream()));
+  const int64_t split = split_for(colc.numel());
+  const size_t bytes = fa_spmm_max_backward_workspace_bytes(&ct.g, F, split);
+  Tensor ws = workspace(bytes, x);
+  FA_CHECK_CUDA(fa_spmm_max_backward(&g, &ct.g, perm.data_ptr<int64_t>(), ptr_or_null(w),
+                                     x.data_ptr(), arg.data_ptr<int64_t>(), grad_out.data_ptr(),
+                                     F, value_type(x, "x"), gx.data_ptr(),
+                                     need_weight_grad ? gw.data_ptr<float>() : nullptr, split,
+                                     ws.data_ptr(), bytes, stream()));
   Tensor grad_w = need_weight_grad
                       ? gw.to(weight.has_value() ? weight->scalar_type() : x.scalar_type())
                       : at::empty({0}, x.options());
-  return {gx.to(x.scalar_type()), grad_w};
+  return {gx, grad_w};
 }
 
 // ------------------------------------------------------------------------ edges
@@ -383,8 +397,9 @@ const std::vector<std::string> kFunctions = {
 TORCH_LIBRARY(fastalign_cuda, m) {
   m.def("spmm_forward(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, str reduce)"
         " -> (Tensor, Tensor)");
-  m.def("spmm_max_backward(Tensor col, Tensor? weight, Tensor x, Tensor arg, Tensor grad_out,"
-        " bool need_weight_grad) -> (Tensor, Tensor)");
+  m.def("spmm_max_backward(Tensor col, Tensor rowptr_t, Tensor col_t, Tensor perm_t,"
+        " Tensor? weight, Tensor x, Tensor arg, Tensor grad_out, bool need_weight_grad)"
+        " -> (Tensor, Tensor)");
   m.def("sddmm(Tensor rowptr, Tensor col, Tensor a, Tensor b) -> Tensor");
   m.def("gcn_aggregate(Tensor rowptr, Tensor col, Tensor? weight, Tensor dis,"
         " Tensor? loop_weight, Tensor x) -> Tensor");

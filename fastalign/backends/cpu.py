@@ -42,9 +42,15 @@ def spmm_forward(rowptr: Tensor, col: Tensor, weight: Optional[Tensor], x: Tenso
     return _ops().spmm_forward(rowptr, col, weight, x, reduce)
 
 
-def spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad: bool):
+def spmm_max_backward(
+    col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad: bool
+):
     if x.dtype not in KERNEL_DTYPES:
-        return reference.spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad)
+        return reference.spmm_max_backward(
+            col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad
+        )
+    # The C++ kernel walks destination rows (one thread per row range, no atomics): it
+    # takes no transpose.
     return _ops().spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad)
 
 

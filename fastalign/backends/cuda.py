@@ -61,10 +61,14 @@ def spmm_forward(rowptr, col, weight: Optional[Tensor], x: Tensor, reduce: str):
     return _ops().spmm_forward(rowptr, col, weight, x, reduce)
 
 
-def spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad: bool):
+def spmm_max_backward(
+    col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad: bool
+):
+    """grad_x gathered over the transpose (no atomics); grad_w by destination rows."""
+    args = (col, rowptr_t, col_t, perm_t, weight, x, arg)
     if not _kernel_dtype(x):
-        return _ref.spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad)
-    return _ops().spmm_max_backward(col, weight, x, arg, grad_out.to(x.dtype), need_weight_grad)
+        return _ref.spmm_max_backward(*args, grad_out, need_weight_grad)
+    return _ops().spmm_max_backward(*args, grad_out.to(x.dtype), need_weight_grad)
 
 
 def sddmm(rowptr, col, a: Tensor, b: Tensor) -> Tensor:

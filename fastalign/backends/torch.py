@@ -96,6 +96,9 @@ def spmm_forward(
 
 def spmm_max_backward(
     col: Tensor,
+    rowptr_t: Tensor,
+    col_t: Tensor,
+    perm_t: Tensor,
     weight: Optional[Tensor],
     x: Tensor,
     arg: Tensor,
@@ -103,7 +106,14 @@ def spmm_max_backward(
     need_weight_grad: bool,
 ) -> Tuple[Tensor, Tensor]:
     """Gradients of the max reduction: each output element routes its gradient to the
-    edge in ``arg``. Returns (grad_x, grad_weight or an empty tensor)."""
+    edge in ``arg``. Returns (grad_x, grad_weight or an empty tensor).
+
+    ``(rowptr_t, col_t, perm_t)`` is the graph's transpose (``Graph.transpose()``), for
+    kernels that gather grad_x by source node instead of scattering it:
+    grad_x[j, f] = sum over j's transposed edges k (destination i = col_t[k], edge
+    e = perm_t[k]) of [arg[i, f] == e] * w_e * grad_out[i, f]. The reference scatters
+    and ignores them.
+    """
     acc = _acc_dtype(x.dtype)
     if col.numel() == 0:  # no edge won anything
         grad_w = x.new_zeros(0) if need_weight_grad else x.new_empty(0)

@@ -2,9 +2,12 @@
 only under the Triton interpreter, TRITON_INTERPRET=1, for tests).
 
 Every backend function has the reference's signature (fastalign.backends.torch) and
-launches the kernels of one fastalign.kernels module. Deterministic except
-``spmm_max_backward`` (float32 atomics; the reference is used instead when
-torch.use_deterministic_algorithms(True) is on).
+launches the kernels of one fastalign.kernels module. Deterministic by default, with no
+atomics: hub rows are split into segments combined in a fixed order, and the backward
+passes for source nodes (spmm sum/mean/max, edge similarity, structure KL) walk the
+cached transpose; ``spmm_max_backward`` gathers each source's won output gradients over
+(rowptr_t, col_t, perm_t). The only atomics are opt-in
+(FASTALIGN_TRITON_SKL_BACKWARD=atomic for the structure-KL backward).
 """
 
 from __future__ import annotations

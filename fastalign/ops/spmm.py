@@ -7,7 +7,9 @@ Custom ops:
     fastalign::sddmm                per-edge a[i] . b[j], the edge-weight gradient
 Autograd: grad_x of sum/mean is spmm over the cached transpose (no atomics; the
 graph's own weights in transposed order are cached on the Graph);
-grad_w is an SDDMM of the output gradient with x.
+grad_w is an SDDMM of the output gradient with x. The max backward also walks the cached
+transpose (``perm_t`` maps each transposed edge to its internal edge): a source node
+gathers the output gradients its edges won, so no backend needs atomics for grad_x.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def spmm_op(
     reduce: str,
     rowptr_t: Optional[Tensor],
     col_t: Optional[Tensor],
+    perm_t: Optional[Tensor],
     weight_t: Optional[Tensor],
     backend: str,
 ) -> Tuple[Tensor, Tensor]:
@@ -46,7 +49,7 @@ def spmm_op(
 
 
 @spmm_op.register_fake
-def _(rowptr, col, weight, x, reduce, rowptr_t, col_t, weight_t, backend):
+def _(rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t, weight_t, backend):
     num_dst = rowptr.shape[0] - 1
     out = x.new_empty((num_dst, x.shape[1]))
     arg_shape = (num_dst, x.shape[1]) if reduce == "max" else (0,)
@@ -56,6 +59,9 @@ def _(rowptr, col, weight, x, reduce, rowptr_t, col_t, weight_t, backend):
 @torch.library.custom_op("fastalign::spmm_max_backward", mutates_args=())
 def spmm_max_backward_op(
     col: Tensor,
+    rowptr_t: Tensor,
+    col_t: Tensor,
+    perm_t: Tensor,
     weight: Optional[Tensor],
     x: Tensor,
     arg: Tensor,
@@ -63,11 +69,13 @@ def spmm_max_backward_op(
     need_weight_grad: bool,
     backend: str,
 ) -> Tuple[Tensor, Tensor]:
-    return impl(backend).spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad)
+    return impl(backend).spmm_max_backward(
+        col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad
+    )
 
 
 @spmm_max_backward_op.register_fake
-def _(col, weight, x, arg, grad_out, need_weight_grad, backend):
+def _(col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad, backend):
     grad_w = x.new_empty((col.shape[0],) if need_weight_grad else (0,))
     return torch.empty_like(x), grad_w
 
@@ -83,19 +91,28 @@ def _(rowptr, col, a, b, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    rowptr, col, weight, x, reduce, rowptr_t, col_t, weight_t, backend = inputs
+    rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t, weight_t, backend = inputs
     ctx.reduce, ctx.backend = reduce, backend
-    ctx.save_for_backward(rowptr, col, weight, x, output[1], rowptr_t, col_t, weight_t)
+    ctx.save_for_backward(rowptr, col, weight, x, output[1], rowptr_t, col_t, perm_t, weight_t)
+
+
+_NO_GRADS = (None,) * 6  # reduce, rowptr_t, col_t, perm_t, weight_t, backend
 
 
 def _backward(ctx, grad_out, _grad_arg):
-    rowptr, col, weight, x, arg, rowptr_t, col_t, weight_t = ctx.saved_tensors
+    rowptr, col, weight, x, arg, rowptr_t, col_t, perm_t, weight_t = ctx.saved_tensors
     need_x, need_w = ctx.needs_input_grad[3], ctx.needs_input_grad[2]
     grad_x = grad_w = None
     grad_out = grad_out.contiguous()
     if ctx.reduce == "max":
-        grad_x, grad_w = spmm_max_backward_op(col, weight, x, arg, grad_out, need_w, ctx.backend)
-        return None, None, (grad_w if need_w else None), grad_x, None, None, None, None, None
+        if rowptr_t is None or col_t is None or perm_t is None:
+            raise RuntimeError(
+                "spmm max backward needs the transpose (rowptr_t, col_t, perm_t); it was not passed"
+            )
+        grad_x, grad_w = spmm_max_backward_op(
+            col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_w, ctx.backend
+        )
+        return (None, None, (grad_w if need_w else None), (grad_x if need_x else None)) + _NO_GRADS
     if ctx.reduce == "mean":
         deg = (rowptr[1:] - rowptr[:-1]).clamp(min=1).to(grad_out.dtype)
         grad_out = grad_out / deg.unsqueeze(1)
@@ -103,11 +120,11 @@ def _backward(ctx, grad_out, _grad_arg):
         if rowptr_t is None:
             raise RuntimeError("spmm backward needs the transpose; it was not passed")
         grad_x, _ = spmm_op(
-            rowptr_t, col_t, weight_t, grad_out, "sum", None, None, None, ctx.backend
+            rowptr_t, col_t, weight_t, grad_out, "sum", None, None, None, None, ctx.backend
         )
     if need_w:
         grad_w = sddmm_op(rowptr, col, grad_out, x, ctx.backend)
-    return None, None, grad_w, grad_x, None, None, None, None, None
+    return (None, None, grad_w, grad_x) + _NO_GRADS
 
 
 spmm_op.register_autograd(_backward, setup_context=_setup_context)
@@ -143,10 +160,19 @@ def spmm(
     weight = check_edge_values("edge_weight", weight, graph, x.dtype)
     functions = ("spmm_forward", "sddmm") + (("spmm_max_backward",) if reduce == "max" else ())
     name = resolve("spmm", backend, x.device, functions)
-    needs_grad = torch.is_grad_enabled() and x.requires_grad and reduce != "max"
-    rowptr_t, col_t, perm_t = transpose_for(graph, needs_grad)
+    grad_on = torch.is_grad_enabled()
+    if reduce == "max":  # the max backward walks the transpose for both gradients
+        w_grad = weight is not None and weight.requires_grad
+        needs_t = grad_on and (x.requires_grad or w_grad)
+    else:
+        needs_t = grad_on and x.requires_grad
+    rowptr_t, col_t, perm_t = transpose_for(graph, needs_t)
     weight_t = None
-    if needs_grad and weight is not None:
+    if needs_t and weight is not None and reduce != "max":
         weight_t = transposed_weight(graph, weight, perm_t)
-    out, _ = spmm_op(graph.rowptr, graph.col, weight, x, reduce, rowptr_t, col_t, weight_t, name)
+    if reduce != "max":
+        perm_t = None  # sum/mean need only the transposed rows (and weights)
+    out, _ = spmm_op(
+        graph.rowptr, graph.col, weight, x, reduce, rowptr_t, col_t, perm_t, weight_t, name
+    )
     return out

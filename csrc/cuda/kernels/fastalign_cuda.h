@@ -16,8 +16,9 @@
 //  * Functions that need scratch memory take (workspace, workspace_bytes); ask for the
 //    size with the matching *_workspace_bytes function (an upper bound computed on the
 //    host from sizes only; it may query CUB's scan size, never synchronises).
-//  * Deterministic: no floating-point atomics, except fa_spmm_max_backward's grad_x
-//    (see there).
+//  * Deterministic: no floating-point atomics; results are bitwise reproducible run to
+//    run (split rows are combined in a fixed order; source-side gradients walk the
+//    transpose).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -69,16 +70,21 @@ cudaError_t fa_spmm_forward(const fa_csr* g, const void* weight, const void* x, 
                             void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // Gradients of the max reduction, for arg [num_rows, F] from fa_spmm_forward.
-// grad_x_acc: float32 [num_src, F], zeroed by the caller, accumulated with float
-// atomics (the only atomics in fastalign's CUDA kernels: the backend interface passes no
-// transpose here, and a gather over it would read E x F args instead of N x F).
+// grad_x (dtype, [num_src, F], fully written; may be NULL): gathered by source node over
+// the transpose gt (rowptr_t, col_t; perm_t [num_edges] int64 maps transposed edge k to
+// internal edge perm_t[k]): grad_x[j, f] = sum over j's transposed edges k (destination
+// i = col_t[k], e = perm_t[k]) of [arg[i, f] == e] w_e grad_out[i, f], float32 in
+// transposed-edge order, split rows combined in segment order. No atomics.
 // grad_w_acc (float32 [num_edges], zeroed by the caller, may be NULL): accumulated
-// without atomics, deterministically (one thread per row owns that row's edges).
-// Only g->col and g->num_rows are used (rowptr may be NULL).
-cudaError_t fa_spmm_max_backward(const fa_csr* g, const void* weight, const void* x,
-                                 const int64_t* arg, const void* grad_out, int64_t F,
-                                 fa_dtype dtype, float* grad_x_acc, float* grad_w_acc,
-                                 cudaStream_t stream);
+// without atomics (one thread per destination row owns that row's edges); uses g->col
+// and g->num_rows only (g->rowptr may be NULL).
+// The workspace (for grad_x) holds gt's schedule and partial slots.
+size_t fa_spmm_max_backward_workspace_bytes(const fa_csr* gt, int64_t F, int64_t split);
+cudaError_t fa_spmm_max_backward(const fa_csr* g, const fa_csr* gt, const int64_t* perm_t,
+                                 const void* weight, const void* x, const int64_t* arg,
+                                 const void* grad_out, int64_t F, fa_dtype dtype,
+                                 void* grad_x, float* grad_w_acc, int64_t split,
+                                 void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------- edges
 // s_e = k(x_dst[i], x_src[j]) for e = (j -> i); sddmm is FA_LINEAR. Output [num_edges]

@@ -12,6 +12,8 @@
 //  * 16-byte vector loads of x when the width and the pointers allow;
 //  * float32 accumulation, in edge order: deterministic; split rows are reduced from
 //    their partial slots in segment order.
+// The max backward gathers the same way over the transpose: a tile per segment of a
+// source node's transposed edges adds the output gradients its edges won (no atomics).
 #include "schedule.cuh"
 
 namespace fastalign {
@@ -197,24 +199,127 @@ cudaError_t spmm_layout(const fa_csr* g, int64_t F, fa_reduce reduce, int64_t sp
   return cudaSuccess;
 }
 
-// grad_x by atomics (see the header), grad_w without: one thread per row owns its edges.
+// Max backward for x, by source node over the transpose (rowptr = rowptr_t, col = col_t,
+// perm = perm_t): for the transposed edges k of source j (destination i = col_t[k],
+// internal edge e = perm_t[k]), grad_x[j, f] = sum_k [arg[i, f] == e] w_e grad_out[i, f].
+// Same tiling as spmm_kernel: a tile per segment, edges (i, e, w_e) loaded coalesced and
+// shared by shuffles, each lane owning NT vectors of V features; arg is read as 16-byte
+// vectors, grad_out only where the edge won (each output element is read once overall).
+// float32 accumulation in transposed-edge order; split rows go through the partial slots
+// and spmm_combine_kernel (segment order): deterministic, no atomics.
 template <typename T, typename I>
-__global__ void spmm_max_backward_kernel(const I* __restrict__ col, const T* __restrict__ weight,
-                                         const T* __restrict__ x, const int64_t* __restrict__ arg,
-                                         const T* __restrict__ grad_out, int64_t num_rows,
-                                         int64_t F, float* __restrict__ grad_x,
-                                         float* __restrict__ grad_w) {
-  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (idx >= num_rows * F) return;
-  const int64_t e = arg[idx];
-  if (e < 0) return;
-  const int64_t f = idx % F;
-  const int64_t j = ld_index(col + e);
-  const float g = to_float(grad_out[idx]);
-  const float w = weight != nullptr ? to_float(weight[e]) : 1.f;
-  atomicAdd(grad_x + j * F + f, w * g);
+struct MaxBackwardArgs {
+  const I* rowptr;         // rowptr_t
+  const I* col;            // col_t: the destination of each transposed edge
+  const int64_t* perm;     // perm_t: the internal edge of each transposed edge
+  const T* weight;         // internal order, may be null
+  const int64_t* arg;      // [num_dst, F]
+  const T* grad_out;       // [num_dst, F]
+  T* grad_x;               // [num_src, F]
+  float* part;             // [max_slots, F]
+  int64_t F;
+};
+
+// V int64 args (16-byte loads when V is even: the row and vector offsets are then
+// multiples of 16 bytes for a 16-byte aligned base).
+template <int V>
+__device__ __forceinline__ void load_args(const int64_t* __restrict__ p, int64_t (&out)[V]) {
+  if constexpr (V % 2 == 0) {
+#pragma unroll
+    for (int q = 0; q < V; q += 2) {
+      const longlong2 v = __ldg(reinterpret_cast<const longlong2*>(p + q));
+      out[q] = v.x;
+      out[q + 1] = v.y;
+    }
+  } else {
+#pragma unroll
+    for (int q = 0; q < V; ++q) out[q] = __ldg(p + q);
+  }
 }
 
+template <typename T, typename I, int V, int L, int NT>
+__global__ void __launch_bounds__(kBlock)
+    spmm_max_backward_kernel(MaxBackwardArgs<T, I> a, Schedule s) {
+  constexpr int TPB = kBlock / L;
+  auto tile = cg::tiled_partition<L>(cg::this_thread_block());
+  const Segment seg = find_segment<I, TPB>(s, a.rowptr, threadIdx.x / L);
+  if (!seg.valid) return;
+  const int lane = tile.thread_rank();
+  const int64_t cols = a.F / V;  // V divides F when V > 1
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * L * NT;
+
+  float acc[NT][V];
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int q = 0; q < V; ++q) acc[t][q] = 0.f;
+
+  for (int64_t base = seg.begin; base < seg.end; base += L) {
+    const int64_t k = base + lane;
+    int64_t i = 0, e = -1;
+    float w = 1.f;
+    if (k < seg.end) {
+      i = ld_index(a.col + k);
+      e = __ldg(a.perm + k);
+      if (a.weight != nullptr) w = to_float(a.weight[e]);
+    }
+    const int n = seg.end - base < L ? static_cast<int>(seg.end - base) : L;
+#pragma unroll 2
+    for (int m = 0; m < n; ++m) {
+      const int64_t ii = tile.shfl(i, m);
+      const int64_t ee = tile.shfl(e, m);
+      const float ww = tile.shfl(w, m);
+      const int64_t* ar = a.arg + ii * a.F;
+      const T* gr = a.grad_out + ii * a.F;
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        const int64_t c = c0 + t * L + lane;
+        if (c < cols) {
+          int64_t won[V];
+          load_args<V>(ar + c * V, won);
+#pragma unroll
+          for (int q = 0; q < V; ++q)
+            if (won[q] == ee) acc[t][q] = fmaf(ww, to_float(__ldg(gr + c * V + q)), acc[t][q]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const int64_t c = c0 + t * L + lane;
+    if (c >= cols) continue;
+    if (seg.slot >= 0) {  // a piece of a split row: float32 partials, combined in order
+      float* p = a.part + seg.slot * a.F + c * V;
+#pragma unroll
+      for (int q = 0; q < V; ++q) p[q] = acc[t][q];
+      continue;
+    }
+    store_vec<T, V>(a.grad_x + seg.row * a.F + c * V, acc[t]);
+  }
+}
+
+template <typename T, typename I, int V>
+cudaError_t launch_max_backward(const MaxBackwardArgs<T, I>& a, const Schedule& s,
+                                const TileShape& shape, cudaStream_t stream) {
+  return dispatch_shape(shape, [&](auto sh) -> cudaError_t {
+    constexpr int L = decltype(sh)::lanes, NT = decltype(sh)::nt;
+    dim3 grid(grid_for_segments(s, kBlock / L), shape.chunks);
+    spmm_max_backward_kernel<T, I, V, L, NT><<<grid, kBlock, 0, stream>>>(a, s);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    // The split rows' partial slots, summed in segment order (the sum forward's combine).
+    SpmmArgs<T, I> c{};
+    c.rowptr = a.rowptr;
+    c.out = a.grad_x;
+    c.part = a.part;
+    c.F = a.F;
+    spmm_combine_kernel<T, I, false><<<grid_for_split_rows(s), kBlock, 0, stream>>>(c, s);
+    return cudaGetLastError();
+  });
+}
+
+// Weight gradient of max: one thread per destination row owns that row's edges.
 template <typename T, typename I>
 __global__ void spmm_max_weight_grad_kernel(const I* __restrict__ col, const T* __restrict__ x,
                                             const int64_t* __restrict__ arg,
@@ -298,24 +403,61 @@ extern "C" cudaError_t fa_spmm_forward(const fa_csr* g, const void* weight, cons
   });
 }
 
-extern "C" cudaError_t fa_spmm_max_backward(const fa_csr* g, const void* weight, const void* x,
-                                            const int64_t* arg, const void* grad_out, int64_t F,
-                                            fa_dtype dtype, float* grad_x_acc, float* grad_w_acc,
+extern "C" size_t fa_spmm_max_backward_workspace_bytes(const fa_csr* gt, int64_t F,
+                                                       int64_t split) {
+  if (split <= 0) split = fa_default_split(gt->num_edges);
+  Carve c{nullptr};
+  Schedule s;
+  float* part;
+  int64_t* part_arg;
+  cudaError_t err = gt->itype == FA_I32
+                        ? spmm_layout<int32_t>(gt, F, FA_SUM, split, c, s, &part, &part_arg, 0)
+                        : spmm_layout<int64_t>(gt, F, FA_SUM, split, c, s, &part, &part_arg, 0);
+  return err == cudaSuccess ? align_up(c.off) : 0;
+}
+
+extern "C" cudaError_t fa_spmm_max_backward(const fa_csr* g, const fa_csr* gt,
+                                            const int64_t* perm_t, const void* weight,
+                                            const void* x, const int64_t* arg,
+                                            const void* grad_out, int64_t F, fa_dtype dtype,
+                                            void* grad_x, float* grad_w_acc, int64_t split,
+                                            void* workspace, size_t workspace_bytes,
                                             cudaStream_t stream) {
-  const int64_t n = g->num_rows * F;
-  if (n == 0) return cudaSuccess;
+  if (split <= 0) split = fa_default_split(gt->num_edges);
+  if (g->itype != gt->itype || g->num_edges != gt->num_edges) return cudaErrorInvalidValue;
+  if (F == 0) return cudaSuccess;
+  if (grad_x != nullptr && gt->num_rows > 0 &&
+      workspace_bytes < fa_spmm_max_backward_workspace_bytes(gt, F, split))
+    return cudaErrorInvalidValue;
   return dispatch_types(dtype, g->itype, [&](auto tv, auto iv) -> cudaError_t {
     using T = decltype(tv);
     using I = decltype(iv);
-    const auto* col = static_cast<const I*>(g->col);
-    if (grad_x_acc != nullptr) {
-      spmm_max_backward_kernel<T, I><<<ceil_div(n, kBlock), kBlock, 0, stream>>>(
-          col, static_cast<const T*>(weight), static_cast<const T*>(x), arg,
-          static_cast<const T*>(grad_out), g->num_rows, F, grad_x_acc, grad_w_acc);
-      cudaError_t err = cudaGetLastError();
+    if (grad_x != nullptr && gt->num_rows > 0) {
+      Carve c{static_cast<char*>(workspace)};
+      Schedule s;
+      MaxBackwardArgs<T, I> a{};
+      int64_t* part_arg;
+      cudaError_t err = spmm_layout<I>(gt, F, FA_SUM, split, c, s, &a.part, &part_arg, stream);
+      if (err != cudaSuccess) return err;
+      a.rowptr = static_cast<const I*>(gt->rowptr);
+      a.col = static_cast<const I*>(gt->col);
+      a.perm = perm_t;
+      a.weight = static_cast<const T*>(weight);
+      a.arg = arg;
+      a.grad_out = static_cast<const T*>(grad_out);
+      a.grad_x = static_cast<T*>(grad_x);
+      a.F = F;
+      const int64_t widths[1] = {F};
+      const void* ptrs[3] = {arg, grad_out, grad_x};
+      const int vec = pick_vec(sizeof(T), widths, 1, ptrs, 3);
+      const TileShape shape = pick_shape(F, vec);
+      constexpr int V16 = vec16<T>();
+      err = vec == 1 ? launch_max_backward<T, I, 1>(a, s, shape, stream)
+                     : launch_max_backward<T, I, V16>(a, s, shape, stream);
       if (err != cudaSuccess) return err;
     }
-    if (grad_w_acc != nullptr) {
+    if (grad_w_acc != nullptr && g->num_rows > 0) {
+      const auto* col = static_cast<const I*>(g->col);
       spmm_max_weight_grad_kernel<T, I><<<ceil_div(g->num_rows, kBlock), kBlock, 0, stream>>>(
           col, static_cast<const T*>(x), arg, static_cast<const T*>(grad_out), g->num_rows, F,
           grad_w_acc);
