@@ -68,10 +68,20 @@ def plan(datasets, depths, ks, variants):
 
 def config(L, K, variant, args):
     align, ws, wf, ds = VARIANTS[variant]
+    # --structure-weight / --feature-weight replace the variant's non-zero weights (a
+    # variant without a term keeps it off)
+    if ws > 0 and args.structure_weight is not None:
+        ws = args.structure_weight
+    if wf > 0 and args.feature_weight is not None:
+        wf = args.feature_weight
     return TrainConfig(model="gcn", layers=L, hidden=args.hidden, students=K, align=align,
                        mode=args.mode, epochs=args.epochs, dropout=args.dropout, weight_decay=args.weight_decay,
-                       deep_supervision=ds, backend=args.backend,
-                       weights=LossWeights(structure=ws, feature=wf, deep_supervision=args.ds_weight))
+                       deep_supervision=ds, backend=args.backend, lr=args.lr,
+                       residual=args.residual, residual_alpha=args.residual_alpha,
+                       weight_decay_scope=args.weight_decay_scope, lr_schedule=args.lr_schedule,
+                       align_warmup=args.align_warmup,
+                       weights=LossWeights(structure=ws, feature=wf, deep_supervision=args.ds_weight,
+                                           feature_pairs=args.feature_pairs))
 
 
 def commit() -> str:
@@ -89,11 +99,16 @@ def summarize(folder: str) -> str:
         with open(path) as f:
             r = json.load(f)
         c = r["config"]
-        extra = []
-        for key, default in (("hidden", 16), ("dropout", 0.5), ("weight_decay", 5e-4), ("epochs", 200)):
-            if c[key] != default:
-                extra.append(f"{key}={c[key]}")
-        variant = r["variant"] + (f" ({', '.join(extra)})" if extra else "")
+        if r.get("recipe"):
+            variant = f"{r['variant']} [{r['recipe']}]"
+        else:
+            extra = []
+            for key, default in (("hidden", 16), ("dropout", 0.5), ("weight_decay", 5e-4), ("epochs", 200),
+                                 ("residual", "none"), ("weight_decay_scope", "all"),
+                                 ("lr_schedule", "constant"), ("align_warmup", 0)):
+                if c.get(key, default) != default:
+                    extra.append(f"{key}={c[key]}")
+            variant = r["variant"] + (f" ({', '.join(extra)})" if extra else "")
         rows.append((r["dataset"], c["layers"], variant, c["students"], len(r["seeds"]),
                      r["mean_test_acc"], r["std_test_acc"], r["ensemble"]["mean_test_acc"],
                      r["epoch_time_s"]))
@@ -122,6 +137,21 @@ def main() -> int:
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--ds-weight", type=float, default=LossWeights.deep_supervision)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--residual", default="none", choices=("none", "plain", "initial"))
+    p.add_argument("--residual-alpha", type=float, default=0.1)
+    p.add_argument("--weight-decay-scope", default="all", choices=("all", "first"))
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
+    p.add_argument("--align-warmup", type=int, default=0)
+    p.add_argument("--structure-weight", type=float, default=None,
+                   help="replaces the variant's structure weight where it has one")
+    p.add_argument("--feature-weight", type=float, default=None,
+                   help="replaces the variant's feature weight where it has one")
+    p.add_argument("--feature-pairs", default="all", choices=("all", "hidden"))
+    p.add_argument("--recipe", default=None,
+                   help="a name for this setting: files are <dataset>_L<L>_K<K>_<variant>_<recipe>.json "
+                        "and the summary shows it")
+    p.add_argument("--seed-list", type=int, nargs="+", default=None, help="these seeds instead of 0..seeds-1")
     p.add_argument("--mode", default="alternating")
     p.add_argument("--backend", default="auto")
     p.add_argument("--deadline", default=None, help="UTC HH:MM after which no new configuration starts")
@@ -146,7 +176,7 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     data = {d: load_dataset(d, args.root) for d in args.datasets}
     for d, L, K, v in plan(args.datasets, args.layers, args.ks, args.variants):
-        path = os.path.join(args.out, f"{d}_L{L}_K{K}_{v}.json")
+        path = os.path.join(args.out, f"{d}_L{L}_K{K}_{v}" + (f"_{args.recipe}" if args.recipe else "") + ".json")
         if os.path.exists(path):
             continue
         if any(t and dt.datetime.now(dt.timezone.utc) >= t for t in (deadline, stop_at)):
@@ -154,8 +184,9 @@ def main() -> int:
             break
         cfg = config(L, K, v, args)
         t0 = time.time()
-        r = run_experiment(cfg, data[d], list(range(args.seeds)), stop=stop)
-        r.update(variant=v, commit=commit(), wall_time_s=time.time() - t0,
+        seeds = args.seed_list if args.seed_list else list(range(args.seeds))
+        r = run_experiment(cfg, data[d], seeds, stop=stop)
+        r.update(variant=v, recipe=args.recipe, commit=commit(), wall_time_s=time.time() - t0,
                  date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  command=" ".join([os.path.basename(sys.executable)] + sys.argv))
         with open(path, "w") as f:

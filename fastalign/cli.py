@@ -16,10 +16,10 @@ import sys
 import time
 from typing import List, Optional
 
-from .distill.losses import LossWeights
-from .distill.models import MODELS
+from .distill.losses import FEATURE_PAIRS, LossWeights
+from .distill.models import MODELS, RESIDUALS
 from .distill.pairing import ALIGNS
-from .distill.trainer import BACKENDS, MODES
+from .distill.trainer import BACKENDS, LR_SCHEDULES, MODES, WD_SCOPES
 
 
 def _positive_int(text: str) -> int:
@@ -62,6 +62,17 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--kernel", default=LossWeights.kernel, choices=("l1", "rbf", "linear", "poly", "cosine"))
     p.add_argument("--sigma", type=float, default=LossWeights.sigma)
     p.add_argument("--tau", type=float, default=LossWeights.tau)
+    p.add_argument("--feature-pairs", default=LossWeights.feature_pairs, choices=FEATURE_PAIRS,
+                   help="aligned pairs that get a feature hint: all, or hidden (none touching the logits)")
+    p.add_argument("--align-warmup", type=int, default=0,
+                   help="epochs of a linear 0 -> 1 ramp on the structure and feature terms (0: off)")
+    p.add_argument("--residual", default="none", choices=RESIDUALS,
+                   help="hidden layers 2..L-1: none, plain (h + conv(h)) or initial ((1-a) conv(h) + a h_1)")
+    p.add_argument("--residual-alpha", type=float, default=0.1, help="a for --residual initial")
+    p.add_argument("--weight-decay-scope", default="all", choices=WD_SCOPES,
+                   help="weight decay on all parameters, or on the first graph layer only (PyG's gcn.py)")
+    p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
+                   help="constant, or cosine annealing to 0 over --epochs")
     p.add_argument("--batch-size", type=_positive_int, default=2, help="graphs per mini-batch (PPI)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
@@ -75,13 +86,15 @@ def config_from_args(args):
 
     weights = LossWeights(structure=args.structure_weight, feature=args.feature_weight,
                           deep_supervision=args.ds_weight, kernel=args.kernel, sigma=args.sigma,
-                          tau=args.tau)
+                          tau=args.tau, feature_pairs=args.feature_pairs)
     return TrainConfig(model=args.model, layers=args.layers, hidden=args.hidden, students=args.students,
                        align=args.align, mode=args.mode, epochs=args.epochs, lr=args.lr,
                        weight_decay=args.weight_decay, dropout=args.dropout, heads=args.heads,
                        deep_supervision=not args.no_deep_supervision, weights=weights,
                        backend=args.backend, device=args.device, batch_size=args.batch_size,
-                       log_every=args.log_every)
+                       log_every=args.log_every, residual=args.residual,
+                       residual_alpha=args.residual_alpha, weight_decay_scope=args.weight_decay_scope,
+                       lr_schedule=args.lr_schedule, align_warmup=args.align_warmup)
 
 
 def format_table(result: dict) -> str:

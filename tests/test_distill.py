@@ -269,3 +269,120 @@ def test_cli_demo(capsys):
 def test_stop_callback_keeps_the_seeds_done(data):
     r = run_experiment(small(epochs=2, students=1), data, [0, 1, 2], stop=lambda: True)
     assert r["seeds"] == [0] and len(r["runs"]) == 1
+
+
+# ----------------------------------------------------------------------------- deep-student recipe
+@pytest.mark.parametrize("residual", ["plain", "initial"])
+def test_residual_students(data, residual):
+    torch.manual_seed(0)
+    b = data.transductive
+    kw = dict(num_layers=4, deep_supervision=True, backend=BACKEND)
+    s = Student("gcn", data.num_features, 16, data.num_classes, residual=residual, residual_alpha=0.25, **kw).eval()
+    out = s(b.graph, b.edge_index, b.x)
+    assert [h.shape[1] for h in out.hiddens] == [16, 16, 16, data.num_classes]
+    # recompute layer 2 (index 1) by hand from layer 1's output
+    conv = torch.relu(s.layers[1](b.graph, b.edge_index, out.hiddens[0]))
+    expect = conv + out.hiddens[0] if residual == "plain" else 0.75 * conv + 0.25 * out.hiddens[0]
+    torch.testing.assert_close(out.hiddens[1], expect)
+    # a 2-layer student is the same network whatever the residual setting
+    torch.manual_seed(1)
+    plain = Student("gcn", data.num_features, 16, data.num_classes, backend=BACKEND).eval()
+    torch.manual_seed(1)
+    res = Student("gcn", data.num_features, 16, data.num_classes, residual=residual, backend=BACKEND).eval()
+    assert torch.equal(plain(b.graph, b.edge_index, b.x).logits, res(b.graph, b.edge_index, b.x).logits)
+    with pytest.raises(ValueError, match="residual"):
+        Student("gcn", 8, 16, 3, residual="dense")
+    with pytest.raises(ValueError, match="residual_alpha"):
+        Student("gcn", 8, 16, 3, residual="initial", residual_alpha=0.0)
+
+
+def test_weight_decay_first_layer_only(data):
+    cfg = small(layers=3, weight_decay_scope="first")
+    students, adapters, opts, _ = build_students(cfg, data)
+    g = opts[0].param_groups
+    assert len(g) == 2 and g[0]["weight_decay"] == cfg.weight_decay and g[1]["weight_decay"] == 0.0
+    first = {id(p) for p in students[0].layers[0].parameters()}
+    assert {id(p) for p in g[0]["params"]} == first
+    everything = {id(p) for p in students[0].parameters()} | {id(p) for p in adapters[0].parameters()}
+    assert {id(p) for grp in g for p in grp["params"]} == everything
+    # the default keeps one group with weight decay on everything
+    students, adapters, opts, _ = build_students(small(layers=3), data)
+    assert len(opts[0].param_groups) == 1 and opts[0].param_groups[0]["weight_decay"] == 5e-4
+    with pytest.raises(ValueError, match="weight_decay_scope"):
+        TrainConfig(weight_decay_scope="some")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="align_warmup"):
+        TrainConfig(align_warmup=-1)
+
+
+def test_feature_pairs_hidden_only(data):
+    cfg = small(layers=4, weights=LossWeights(feature_pairs="hidden"))
+    students, adapters, opts, pairs = build_students(cfg, data)
+    assert pairs == [(0, 1), (1, 2), (2, 3), (3, 0)]
+    assert sorted(adapters[0].maps) == ["0_1", "1_2"]  # nothing to or from the logits (layer 3)
+    parts = train_step(cfg, data.transductive, students, adapters, opts, pairs, False)
+    assert parts["structure"] > 0 and parts["feature"] > 0
+    # a 2-layer student has no hidden-to-hidden pair: no hint at all
+    students, adapters, *_ = build_students(small(layers=2, weights=LossWeights(feature_pairs="hidden")), data)
+    assert len(adapters[0].maps) == 0
+    with pytest.raises(ValueError, match="feature_pairs"):
+        LossWeights(feature_pairs="logits")
+
+
+def test_align_warmup_scales_the_alignment_terms(data):
+    torch.manual_seed(0)
+    b = data.transductive
+    cfg = small(layers=3)
+    students, adapters, _, pairs = build_students(cfg, data)
+    out0 = students[0](b.graph, b.edge_index, b.x)
+    with torch.no_grad():
+        peer = students[1](b.graph, b.edge_index, b.x).hiddens
+    full, parts = student_loss(b, out0, [peer], pairs, adapters[0], cfg.weights, False, BACKEND)
+    zero, _ = student_loss(b, out0, [peer], pairs, adapters[0], cfg.weights, False, BACKEND, align_scale=0.0)
+    half, _ = student_loss(b, out0, [peer], pairs, adapters[0], cfg.weights, False, BACKEND, align_scale=0.5)
+    align = cfg.weights.structure * parts["structure"] + cfg.weights.feature * parts["feature"]
+    assert align.item() > 0
+    torch.testing.assert_close(full - zero, align)
+    torch.testing.assert_close(half - zero, 0.5 * align)
+    # the trainer ramps it: epoch 1 of a 4-epoch warm-up uses a quarter
+    seen = []
+    import fastalign.distill.trainer as tr
+    orig = tr.train_step
+    tr.train_step = lambda *a, **k: (seen.append(a[-1]), orig(*a, **k))[1]
+    try:
+        run_experiment(small(epochs=6, align_warmup=4), data, [0])
+    finally:
+        tr.train_step = orig
+    assert seen == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_cosine_schedule_and_deep_recipe_run(data):
+    cfg = small(layers=4, hidden=32, epochs=4, residual="plain", weight_decay_scope="first",
+                lr_schedule="cosine", align_warmup=2, weights=LossWeights(structure=100, feature=0.1,
+                                                                          feature_pairs="hidden"))
+    r = run_experiment(cfg, data, [0])
+    assert 0.0 <= r["mean_test_acc"] <= 1.0
+    assert r["config"]["residual"] == "plain" and r["config"]["weights"]["feature_pairs"] == "hidden"
+
+
+def test_cli_deep_recipe_flags(tmp_path):
+    from fastalign.cli import build_parser, config_from_args, main
+
+    args = build_parser().parse_args(["train"])
+    cfg = config_from_args(args)
+    assert (cfg.residual, cfg.weight_decay_scope, cfg.lr_schedule, cfg.align_warmup) == ("none", "all", "constant", 0)
+    assert cfg.weights.feature_pairs == "all" and cfg.hidden == 16 and cfg.weight_decay == 5e-4
+    argv = ["train", "--layers", "4", "--residual", "initial", "--residual-alpha", "0.2",
+            "--weight-decay-scope", "first", "--lr-schedule", "cosine", "--align-warmup", "3",
+            "--feature-pairs", "hidden", "--epochs", "3", "--backend", BACKEND,
+            "--json", str(tmp_path / "r.json")]
+    cfg = config_from_args(build_parser().parse_args(argv))
+    assert (cfg.residual, cfg.residual_alpha, cfg.weight_decay_scope, cfg.lr_schedule, cfg.align_warmup) == \
+        ("initial", 0.2, "first", "cosine", 3)
+    assert cfg.weights.feature_pairs == "hidden"
+    assert main(argv) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["config"]["residual"] == "initial" and r["config"]["align_warmup"] == 3
+    with pytest.raises(SystemExit):
+        main(["train", "--residual", "dense", "--epochs", "1"])

@@ -25,6 +25,10 @@
   adapter cannot shrink the loss by collapsing it. Mean over pairs and peers keeps each
   term's scale independent of depth and of K.
 * Peers are always detached here: gradients reach only the student being updated.
+* ``feature_pairs="hidden"`` keeps the hints off the pairs that touch the logits layer
+  (deep students: a hint from the logits to the peer's first hidden layer, the ``ahead``
+  wrap, pulled the first layer towards class scores); the structure term still covers
+  every pair.
 """
 
 from __future__ import annotations
@@ -42,6 +46,17 @@ from ..nn import FeatureAlignLoss
 from ..ops._common import KERNELS
 
 
+FEATURE_PAIRS = ("all", "hidden")
+
+
+def hint_pairs(pairs: Sequence[Tuple[int, int]], num_layers: int, which: str) -> List[Tuple[int, int]]:
+    """The aligned pairs that get a feature hint: all, or those between hidden layers only
+    (indexes < num_layers - 1; a 2-layer student then has none)."""
+    if which == "all":
+        return list(pairs)
+    return [(l, m) for l, m in pairs if l < num_layers - 1 and m < num_layers - 1]
+
+
 @dataclass
 class LossWeights:
     structure: float = 1.0
@@ -50,6 +65,9 @@ class LossWeights:
     kernel: str = "l1"
     sigma: Optional[float] = 100.0
     tau: float = 1.0
+    # which aligned pairs get a feature hint: "all" of them, or only "hidden" ones (both
+    # layers hidden embeddings: no hint to or from the logits)
+    feature_pairs: str = "all"
 
     def __post_init__(self):
         for name in ("structure", "feature", "deep_supervision"):
@@ -60,6 +78,8 @@ class LossWeights:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         if self.tau <= 0:
             raise ValueError(f"tau must be positive, got {self.tau}")
+        if self.feature_pairs not in FEATURE_PAIRS:
+            raise ValueError(f"feature_pairs must be one of {FEATURE_PAIRS}, got {self.feature_pairs!r}")
 
 
 def task_loss(logits: Tensor, y: Tensor, mask: Tensor, multilabel: bool) -> Tensor:
@@ -105,21 +125,23 @@ def alignment_losses(
                     ops.structure_kl(graph, hiddens[l], target, kernel=w.kernel, tau=w.tau,
                                      sigma=w.sigma, backend=backend)
                 )
-            if w.feature > 0:
+            if w.feature > 0 and adapters is not None and f"{l}_{m}" in adapters.maps:
                 f_terms.append(adapters(hiddens[l], target, l, m))
     s = torch.stack(s_terms).mean() if s_terms else zero
     f = torch.stack(f_terms).mean() if f_terms else zero
     return s, f
 
 
-def student_loss(batch, out, peers, pairs, adapters, w: LossWeights, multilabel: bool, backend=None):
-    """Total loss of one student and its parts (detached scalars, for logging)."""
+def student_loss(batch, out, peers, pairs, adapters, w: LossWeights, multilabel: bool, backend=None,
+                 align_scale: float = 1.0):
+    """Total loss of one student and its parts (detached scalars, for logging).
+    ``align_scale`` multiplies the structure and feature terms (the warm-up ramp)."""
     mask = batch.masks["train"]
     task = task_loss(out.logits, batch.y, mask, multilabel)
     ds = out.logits.new_zeros(())
     if out.aux_logits and w.deep_supervision > 0:
         ds = torch.stack([task_loss(a, batch.y, mask, multilabel) for a in out.aux_logits]).mean()
     s, f = alignment_losses(batch.graph, out.hiddens, peers, pairs, adapters, w, backend)
-    total = task + w.deep_supervision * ds + w.structure * s + w.feature * f
+    total = task + w.deep_supervision * ds + align_scale * (w.structure * s + w.feature * f)
     parts = {"task": task.detach(), "ds": ds.detach(), "structure": s.detach(), "feature": f.detach()}
     return total, parts

@@ -23,6 +23,7 @@ from .. import ops
 from ..graph import Graph
 
 MODELS = ("gcn", "sage", "gat")
+RESIDUALS = ("none", "plain", "initial")
 
 
 class SparseFeatures:
@@ -110,7 +111,18 @@ class _GATLayer(nn.Module):
 
 
 class Student(nn.Module):
-    """One GNN student. ``deep_supervision`` adds a linear classifier per hidden layer."""
+    """One GNN student. ``deep_supervision`` adds a linear classifier per hidden layer.
+
+    ``residual`` (hidden layers 2..L-1 only, where input and output widths are equal; the
+    first layer and the classifier layer are unchanged, so a 2-layer student is the same
+    with any setting; the layers stay GCN / SAGE / GAT convolutions):
+
+    * ``none``    ``h_l = relu(conv_l(h_{l-1}))`` (the plain stack);
+    * ``plain``   ``h_l = relu(conv_l(h_{l-1})) + h_{l-1}`` (a skip connection);
+    * ``initial`` ``h_l = (1 - a) relu(conv_l(h_{l-1})) + a h_1`` with ``a =
+      residual_alpha``: an initial residual to the first hidden layer (as in APPNP /
+      GCNII), so every layer keeps a share of the un-smoothed embedding.
+    """
 
     def __init__(
         self,
@@ -123,6 +135,8 @@ class Student(nn.Module):
         deep_supervision: bool = False,
         heads: int = 8,
         backend: Optional[str] = None,
+        residual: str = "none",
+        residual_alpha: float = 0.1,
     ):
         super().__init__()
         if model not in MODELS:
@@ -135,7 +149,12 @@ class Student(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if model == "gat" and hidden % heads != 0:
             raise ValueError(f"GAT: hidden ({hidden}) must be divisible by heads ({heads})")
+        if residual not in RESIDUALS:
+            raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+        if not 0.0 < residual_alpha <= 1.0:
+            raise ValueError(f"residual_alpha must be in (0, 1], got {residual_alpha}")
         self.model, self.dropout, self.num_layers = model, dropout, num_layers
+        self.residual, self.residual_alpha = residual, residual_alpha
         dims = [in_dim] + [hidden] * (num_layers - 1) + [num_classes]
         layers = []
         for i in range(num_layers):
@@ -160,7 +179,9 @@ class Student(nn.Module):
             h = torch.zeros(graph.num_dst, self.layers[0].conv.in_channels, device=graph.device,
                             dtype=h.values.dtype).index_put_(
                 (h.graph.row, h.graph.col.long()), h.values)
+        h0 = None
         for i, layer in enumerate(self.layers):
+            inp = h
             if isinstance(h, SparseFeatures):
                 h = h.dropout(self.dropout, self.training)
             else:
@@ -168,6 +189,12 @@ class Student(nn.Module):
             h = layer(graph, edge_index, h)
             if i < self.num_layers - 1:
                 h = F.relu(h)
+                if i == 0:
+                    h0 = h
+                elif self.residual == "plain":
+                    h = h + inp
+                elif self.residual == "initial":
+                    h = (1.0 - self.residual_alpha) * h + self.residual_alpha * h0
                 if self.aux:
                     aux.append(self.aux[i](F.dropout(h, self.dropout, self.training)))
             hiddens.append(h)

@@ -26,12 +26,14 @@ import torch
 from torch import Tensor
 
 from ..datasets import NodeDataset
-from .losses import FeatureAdapters, LossWeights, student_loss
-from .models import MODELS, Student
+from .losses import FeatureAdapters, LossWeights, hint_pairs, student_loss
+from .models import MODELS, RESIDUALS, Student
 from .pairing import ALIGNS, layer_pairs
 
 MODES = ("alternating", "simultaneous")
 BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
+WD_SCOPES = ("all", "first")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -53,6 +55,12 @@ class TrainConfig:
     device: str = "cpu"
     batch_size: int = 2
     log_every: int = 0
+    # deep-student recipe (defaults: the 2-layer Kipf & Welling setting, unchanged)
+    residual: str = "none"          # none | plain | initial (see models.Student)
+    residual_alpha: float = 0.1     # share of the first hidden layer for residual="initial"
+    weight_decay_scope: str = "all"  # all parameters, or "first": the first graph layer only
+    lr_schedule: str = "constant"   # constant | cosine (cosine annealing to 0 over the epochs)
+    align_warmup: int = 0           # epochs of a linear ramp 0 -> 1 on the alignment terms
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -69,6 +77,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if not isinstance(self.layers, int) or not 2 <= self.layers <= 16:
             raise ValueError(f"layers must be an int in [2, 16], got {self.layers!r}")
+        if self.residual not in RESIDUALS:
+            raise ValueError(f"residual must be one of {RESIDUALS}, got {self.residual!r}")
+        if not 0.0 < self.residual_alpha <= 1.0:
+            raise ValueError(f"residual_alpha must be in (0, 1], got {self.residual_alpha}")
+        if self.weight_decay_scope not in WD_SCOPES:
+            raise ValueError(f"weight_decay_scope must be one of {WD_SCOPES}, got {self.weight_decay_scope!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not isinstance(self.align_warmup, int) or self.align_warmup < 0:
+            raise ValueError(f"align_warmup must be a non-negative int, got {self.align_warmup!r}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be positive and weight_decay non-negative")
 
@@ -124,17 +142,27 @@ def build_students(cfg: TrainConfig, data: NodeDataset):
     students, adapters, opts = [], [], []
     for _ in range(cfg.students):
         s = Student(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
-                    cfg.dropout, cfg.deep_supervision, cfg.heads, cfg.op_backend).to(cfg.device)
-        a = FeatureAdapters(s.widths, pairs if cfg.weights.feature > 0 else []).to(cfg.device)
+                    cfg.dropout, cfg.deep_supervision, cfg.heads, cfg.op_backend,
+                    residual=cfg.residual, residual_alpha=cfg.residual_alpha).to(cfg.device)
+        hinted = hint_pairs(pairs, cfg.layers, cfg.weights.feature_pairs) if cfg.weights.feature > 0 else []
+        a = FeatureAdapters(s.widths, hinted).to(cfg.device)
         students.append(s)
         adapters.append(a)
-        opts.append(torch.optim.Adam(list(s.parameters()) + list(a.parameters()),
-                                     lr=cfg.lr, weight_decay=cfg.weight_decay))
+        if cfg.weight_decay_scope == "all":
+            groups = [{"params": list(s.parameters()) + list(a.parameters())}]
+        else:  # PyG's gcn.py: weight decay on the first layer only
+            first = list(s.layers[0].parameters())
+            ids = {id(p) for p in first}
+            rest = [p for p in s.parameters() if id(p) not in ids] + list(a.parameters())
+            groups = [{"params": first}, {"params": rest, "weight_decay": 0.0}]
+        opts.append(torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
     return students, adapters, opts, pairs
 
 
-def train_step(cfg: TrainConfig, batch, students, adapters, opts, pairs, multilabel: bool):
-    """One step over a batch: every student updated once. Returns the mean loss parts."""
+def train_step(cfg: TrainConfig, batch, students, adapters, opts, pairs, multilabel: bool,
+               align_scale: float = 1.0):
+    """One step over a batch: every student updated once. Returns the mean loss parts.
+    ``align_scale`` multiplies the alignment terms (the warm-up ramp)."""
     K = len(students)
     forward = lambda s: s(batch.graph, batch.edge_index, batch.x_input)
     need_peers = bool(pairs) and K > 1
@@ -148,7 +176,7 @@ def train_step(cfg: TrainConfig, batch, students, adapters, opts, pairs, multila
             students[k].train()
             out = forward(students[k])
             loss, parts = student_loss(batch, out, peers, pairs, adapters[k], cfg.weights,
-                                       multilabel, cfg.op_backend)
+                                       multilabel, cfg.op_backend, align_scale)
             opts[k].zero_grad(set_to_none=True)
             loss.backward()
             opts[k].step()
@@ -160,7 +188,7 @@ def train_step(cfg: TrainConfig, batch, students, adapters, opts, pairs, multila
         for k in range(K):
             peers = [detached[j] for j in range(K) if j != k] if need_peers else []
             loss, parts = student_loss(batch, outs[k], peers, pairs, adapters[k], cfg.weights,
-                                       multilabel, cfg.op_backend)
+                                       multilabel, cfg.op_backend, align_scale)
             total = total + loss
             parts_all.append(parts)
         for o in opts:
@@ -184,13 +212,18 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
     labels = _labels(eval_batches)
     best = [{"val": -1.0, "test": float("nan"), "epoch": -1, "probs": None} for _ in students]
     epoch_times = []
+    scheds = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=cfg.epochs) for o in opts]
+              if cfg.lr_schedule == "cosine" else [])
     for epoch in range(1, cfg.epochs + 1):
+        align_scale = min(1.0, epoch / cfg.align_warmup) if cfg.align_warmup else 1.0
         batches = data.train_batches(cfg.batch_size, gen)
         for s in students:
             s.train()
         _sync(cfg.device)
         t0 = time.perf_counter()
-        parts = [train_step(cfg, b, students, adapters, opts, pairs, multilabel) for b in batches]
+        parts = [train_step(cfg, b, students, adapters, opts, pairs, multilabel, align_scale) for b in batches]
+        for sch in scheds:
+            sch.step()
         _sync(cfg.device)
         epoch_times.append(time.perf_counter() - t0)
         vals = []
