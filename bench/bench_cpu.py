@@ -22,6 +22,7 @@ call, so it sees every allocation (torch tensors, MKL and C++ scratch), not only
 
 Usage:
     python bench/bench_cpu.py --out results.json      # the table, ratios and memory
+    python bench/bench_cpu.py --only structure_loss   # some pairs (words of their names)
     pytest bench/bench_cpu.py --benchmark-only        # the same contenders, pytest-benchmark
 """
 
@@ -165,11 +166,13 @@ def time_pair(ours, peer, *, warmup=2, min_reps=3, budget_s=2.0):
     return statistics.median(times[0]), statistics.median(times[1]), len(times[0])
 
 
-def run(out_path=None, budget_s=2.0, num_nodes=NUM_NODES, num_edges=NUM_EDGES):
+def run(out_path=None, budget_s=2.0, num_nodes=NUM_NODES, num_edges=NUM_EDGES, only=None):
     torch.set_num_threads(THREADS)
     setup = Setup(num_nodes, num_edges)
     memory, rows = {}, []
     for name, ours, peer, with_memory in PAIRS:
+        if only and not any(word in name for word in only):
+            continue
         t_ours, t_peer, reps = time_pair(getattr(setup, ours), getattr(setup, peer), budget_s=budget_s)
         print(f"  {name:40s} {t_ours * 1e3:9.1f} ms vs {t_peer * 1e3:9.1f} ms ({reps} reps)", flush=True)
         row = {"pair": name, "ours_ms": t_ours * 1e3, "peer_ms": t_peer * 1e3, "ratio": t_ours / t_peer, "reps": reps}
@@ -248,5 +251,7 @@ if __name__ == "__main__":
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of timing per contender")
     parser.add_argument("--nodes", type=int, default=NUM_NODES, help="smaller graphs for a smoke test")
     parser.add_argument("--edges", type=int, default=NUM_EDGES)
+    parser.add_argument("--only", nargs="+", metavar="WORD",
+                        help="run only the pairs whose name contains one of these words (e.g. structure_loss)")
     args = parser.parse_args()
-    run(args.out, args.budget, args.nodes, args.edges)
+    run(args.out, args.budget, args.nodes, args.edges, args.only)

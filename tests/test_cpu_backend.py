@@ -219,14 +219,42 @@ def test_structure_kl_forward_backward(name, index_dtype, dtype, width, kernel):
         assert torch.equal(torch.isinf(a), empty)
         assert_close(a[~empty], b[~empty], dtype)
     grad_kl = torch.randn(g.num_dst, generator=torch.Generator().manual_seed(8)).to(dtype)
+    kl, lse_s, lse_p = got
+    state = (lse_s, lse_p, kl)  # the backward's order
     for peer_grad in (False, True):
-        args = (g.rowptr, g.col, *g.transpose(), *emb, *got, grad_kl, *params, peer_grad)
+        args = (g.rowptr, g.col, *g.transpose(), *emb, *state, grad_kl, *params, peer_grad)
         results = zip(CPU.structure_kl_backward(*args), truth(REF.structure_kl_backward, *args))
         for k, (a, b) in enumerate(results):
             if k < 2 and degenerate(kernel, width):  # the student's gradients
                 assert_noise(a, dtype)
             else:
                 assert_close(a, b, dtype)
+    # The detached-peer fast path: the forward leaves the student's gradient state, the
+    # backward scales it and runs one pass over the transpose.
+    fast = CPU.structure_kl_forward_with_grad_state(g.rowptr, g.col, *emb, *params)
+    assert len(fast) == 5
+    for a, b in zip(fast[:3], got):
+        assert torch.equal(a, b)  # the same forward, bit for bit
+    dst_grad, src_coef = fast[3:]
+    assert dst_grad.shape == (g.num_dst, width) and src_coef.shape == (g.num_edges, 2)
+    student = CPU.structure_kl_student_backward(
+        *g.transpose(), s_dst, s_src, dst_grad, src_coef, grad_kl, *params, False
+    )
+    args = (g.rowptr, g.col, *g.transpose(), *emb, *state, grad_kl, *params, False)
+    for a, b in zip(student, truth(REF.structure_kl_backward, *args)[:2]):
+        if degenerate(kernel, width):
+            assert_noise(a, dtype)
+        else:
+            assert_close(a, b, dtype)
+    if g.is_square:  # one student tensor on both sides: one gradient, the sum
+        emb = (s_src, s_src, p_src, p_src)
+        fast = CPU.structure_kl_forward_with_grad_state(g.rowptr, g.col, *emb, *params)
+        split = CPU.structure_kl_student_backward(*g.transpose(), s_src, s_src, *fast[3:], grad_kl, *params, False)
+        total, empty = CPU.structure_kl_student_backward(
+            *g.transpose(), s_src, s_src, *fast[3:], grad_kl, *params, True
+        )
+        assert empty.numel() == 0
+        assert_close(total, split[0] + split[1], dtype)
 
 
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastalign
-from fastalign import Graph
+from fastalign import Graph, backends
 from graphs import random_edge_index
 
 BACKEND = "torch"
@@ -50,7 +50,14 @@ def samples():
     logits = torch.randn(g.num_edges, dtype=torch.float64, requires_grad=True)
     yield "edge_softmax", ops.edge_softmax.default, (g.rowptr, logits, BACKEND)
     yield "structure_kl", ops.structure_kl.default, (
-        g.rowptr, g.col, xg, xg, x2, x2, rowptr_t, col_t, perm_t, "l1", 2.0, 2, 1.0, 0.5, BACKEND)
+        g.rowptr, g.col, xg, xg, x2, x2, rowptr_t, col_t, perm_t, "l1", 2.0, 2, 1.0, 0.5, False,
+        BACKEND)
+    if backends.implements("cpu", "structure_kl_forward_with_grad_state"):
+        # the detached-peer fast path of the CPU kernels (gradient state from the forward)
+        for kernel in ("l1", "cosine"):
+            yield f"structure_kl_grad_state_{kernel}", ops.structure_kl.default, (
+                g.rowptr, g.col, xg, xg, x2.detach(), x2.detach(), rowptr_t, col_t, perm_t,
+                kernel, 2.0, 2, 1.0, 0.5, True, "cpu")
 
 
 @pytest.mark.parametrize("name,op,args", list(samples()), ids=[s[0] for s in samples()])

@@ -135,7 +135,8 @@ def _kl(g, hs, hp, kernel, dtype, peer, tau=0.5):
     rel_close(out[0], expect[0], dtype if dtype != torch.float32 else torch.float16, f"kl {kernel}")
     rt, ct, pt = g.transpose()
     gk = torch.rand(g.num_dst, device=DEV).to(dtype)
-    bargs = (g.rowptr, g.col, rt, ct, pt, hs, hs, hp, hp, *expect, gk, kernel, sigma, degree, coef, tau, peer)
+    kl, lse_s, lse_p = expect  # the backward takes (lse_s, lse_p, kl)
+    bargs = (g.rowptr, g.col, rt, ct, pt, hs, hs, hp, hp, lse_s, lse_p, kl, gk, kernel, sigma, degree, coef, tau, peer)
     rel_close(TB.structure_kl_backward(*bargs), REF.structure_kl_backward(*bargs),
               dtype if dtype != torch.float32 else torch.float16, f"kl grads {kernel}")
 

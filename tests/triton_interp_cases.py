@@ -258,11 +258,12 @@ def _check_kl(g, feats, kernel, tau, peers=(False, True)):
     expect = ref.structure_kl_forward(g.rowptr, g.col, *feats, kernel, sigma, degree, coef, tau)
     close(out, expect)
     gk = torch.randn(g.num_dst, dtype=torch.float64)
+    state = (expect[1], expect[2], expect[0])  # the backward takes (lse_s, lse_p, kl)
     for peer in peers:
         close(
-            tb.structure_kl_backward(g.rowptr, g.col, rt, ct, pt, *feats, *expect, gk,
+            tb.structure_kl_backward(g.rowptr, g.col, rt, ct, pt, *feats, *state, gk,
                                      kernel, sigma, degree, coef, tau, peer),
-            ref.structure_kl_backward(g.rowptr, g.col, rt, ct, pt, *feats, *expect, gk,
+            ref.structure_kl_backward(g.rowptr, g.col, rt, ct, pt, *feats, *state, gk,
                                       kernel, sigma, degree, coef, tau, peer),
         )
 

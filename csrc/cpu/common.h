@@ -51,7 +51,9 @@ namespace fastalign {
 namespace cpu {
 
 // Gathers of x[col[e]] are random reads: prefetching the row a few edges ahead keeps
-// several cache misses in flight.
+// several cache misses in flight. The distance runs across row boundaries (a fold's
+// `prefetch_end`, the number of edges): most rows of a power-law graph are shorter
+// than the distance, and prefetching only within the row would leave them unprefetched.
 constexpr int64_t kPrefetchDistance = 8;
 
 template <typename T>

@@ -19,13 +19,14 @@ struct GcnFold {
   const scalar_t* x;
   scalar_t* out;
   int64_t size;
+  int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
   void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
   void accumulate(int64_t r, int64_t e0, int64_t e1, scalar_t* __restrict__ s) const {
-    const int64_t F = size;
+    const int64_t F = size, end = std::max(e1, prefetch_end);
     const scalar_t di = dis[r];
     for (int64_t e = e0; e < e1; ++e) {
-      if (e + kPrefetchDistance < e1) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
+      if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const int64_t j = col[e];
       // With implicit loops, a stored self loop's weight is already in loop_weight.
       if (loop_weight && j == r) continue;
@@ -67,7 +68,8 @@ at::Tensor gcn_aggregate(const at::Tensor& rowptr, const at::Tensor& col,
     const index_t* rpp = rp.data_ptr<index_t>();
     GcnFold<scalar_t, index_t> op{cl.data_ptr<index_t>(), ptr_or_null<scalar_t>(w),
                                   d.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(lw),
-                                  xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), xc.size(1)};
+                                  xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), xc.size(1),
+                                  cl.numel()};
     segment_fold(rpp, partition_rows(rpp, n), op);
   });
   return out;

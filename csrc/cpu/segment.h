@@ -64,20 +64,74 @@ Partition partition_rows(const index_t* rowptr, int64_t num_rows) {
   return p;
 }
 
+// The same partition restricted to its long rows (their pieces only): for a second pass
+// that only the hub rows need.
+inline Partition long_rows_only(const Partition& p) {
+  Partition q;
+  for (const WorkItem& it : p.items)
+    if (it.piece >= 0) q.items.push_back(it);
+  q.long_rows = p.long_rows;
+  q.first_piece = p.first_piece;
+  q.num_pieces = p.num_pieces;
+  return q;
+}
+
+// Kernels are built for the baseline ISA (x86-64: SSE2). The per-item work of a
+// traversal is also compiled for x86-64-v3 (AVX2, FMA) and the CPU picks the version once
+// at load time (GCC target_clones, an ifunc): the feature loops then run 8 floats wide
+// where the CPU has it, and the library still loads on any x86-64. `flatten` inlines the
+// op's accumulate into each clone (else the clones would call one baseline copy). The
+// OpenMP regions stay outside the cloned functions (GCC outlines them before it clones).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define FASTALIGN_MULTIVERSION \
+  __attribute__((target_clones("arch=x86-64-v3", "default"), noinline, flatten))
+#else
+#define FASTALIGN_MULTIVERSION
+#endif
+
 // fn(row, edge_begin, edge_end) over every row (pieces of long rows included), in
 // parallel; for per-edge outputs, where no combination is needed.
+template <typename index_t, typename Fn>
+FASTALIGN_MULTIVERSION void edge_range_item(const index_t* rowptr, const WorkItem& it, const Fn& fn) {
+  if (it.piece >= 0) {
+    fn(it.row_begin, it.edge_begin, it.edge_end);
+    return;
+  }
+  for (int64_t r = it.row_begin; r < it.row_end; ++r) fn(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]));
+}
+
 template <typename index_t, typename Fn>
 void for_each_edge_range(const index_t* rowptr, const Partition& p, const Fn& fn) {
   const int64_t n = p.items.size();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
-  for (int64_t k = 0; k < n; ++k) {
-    const WorkItem& it = p.items[k];
-    if (it.piece >= 0) {
-      fn(it.row_begin, it.edge_begin, it.edge_end);
-    } else {
-      for (int64_t r = it.row_begin; r < it.row_end; ++r) fn(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]));
-    }
+  for (int64_t k = 0; k < n; ++k) edge_range_item(rowptr, p.items[k], fn);
+}
+
+// One work item of a fold: a block of whole rows (init, accumulate, finish each), or
+// one piece of a long row folded into its partial state.
+template <typename index_t, typename Op>
+FASTALIGN_MULTIVERSION void fold_item(const index_t* rowptr, const WorkItem& it, const Op& op,
+                                      typename Op::elem_t* state, typename Op::elem_t* partial) {
+  if (it.piece >= 0) {
+    typename Op::elem_t* s = partial + it.piece * op.size;
+    op.init(s);
+    op.accumulate(it.row_begin, it.edge_begin, it.edge_end, s);
+    return;
   }
+  for (int64_t r = it.row_begin; r < it.row_end; ++r) {
+    op.init(state);
+    op.accumulate(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]), state);
+    op.finish(r, state);
+  }
+}
+
+// The pieces of long row k merged in edge order, then finished.
+template <typename Op>
+FASTALIGN_MULTIVERSION void merge_long_row(const Partition& p, int64_t k, const Op& op,
+                                           typename Op::elem_t* partial) {
+  typename Op::elem_t* s = partial + p.first_piece[k] * op.size;
+  for (int64_t q = p.first_piece[k] + 1; q < p.first_piece[k + 1]; ++q) op.merge(s, partial + q * op.size);
+  op.finish(p.long_rows[k], s);
 }
 
 // A fold over each row's edges into a state of `op.size` elements of Op::elem_t:
@@ -86,35 +140,16 @@ void for_each_edge_range(const index_t* rowptr, const Partition& p, const Fn& fn
 template <typename index_t, typename Op>
 void segment_fold(const index_t* rowptr, const Partition& p, const Op& op) {
   using elem_t = typename Op::elem_t;
-  const int64_t size = op.size;
-  std::vector<elem_t> partial(p.num_pieces * size);
+  std::vector<elem_t> partial(p.num_pieces * op.size);
   const int64_t n = p.items.size();
 #pragma omp parallel num_threads(at::get_num_threads())
   {
-    std::vector<elem_t> state(size);
+    std::vector<elem_t> state(op.size);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t k = 0; k < n; ++k) {
-      const WorkItem& it = p.items[k];
-      if (it.piece >= 0) {
-        elem_t* s = partial.data() + it.piece * size;
-        op.init(s);
-        op.accumulate(it.row_begin, it.edge_begin, it.edge_end, s);
-        continue;
-      }
-      for (int64_t r = it.row_begin; r < it.row_end; ++r) {
-        op.init(state.data());
-        op.accumulate(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]), state.data());
-        op.finish(r, state.data());
-      }
-    }
+    for (int64_t k = 0; k < n; ++k) fold_item(rowptr, p.items[k], op, state.data(), partial.data());
     const int64_t num_long = p.long_rows.size();
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t k = 0; k < num_long; ++k) {
-      elem_t* s = partial.data() + p.first_piece[k] * size;
-      for (int64_t q = p.first_piece[k] + 1; q < p.first_piece[k + 1]; ++q)
-        op.merge(s, partial.data() + q * size);
-      op.finish(p.long_rows[k], s);
-    }
+    for (int64_t k = 0; k < num_long; ++k) merge_long_row(p, k, op, partial.data());
   }
 }
 

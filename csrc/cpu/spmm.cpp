@@ -20,12 +20,13 @@ struct SumFold {
   scalar_t* out;
   int64_t size;  // F
   bool mean;
+  int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
   void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
   void accumulate(int64_t, int64_t e0, int64_t e1, scalar_t* __restrict__ s) const {
-    const int64_t F = size;
+    const int64_t F = size, end = std::max(e1, prefetch_end);
     for (int64_t e = e0; e < e1; ++e) {
-      if (e + kPrefetchDistance < e1) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
+      if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const scalar_t* __restrict__ xj = x + int64_t(col[e]) * F;
       const scalar_t w = weight ? weight[e] : scalar_t(1);
 #pragma omp simd
@@ -101,7 +102,7 @@ void spmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tens
   } else {
     SumFold<scalar_t, index_t> op{rp, col.data_ptr<index_t>(), ptr_or_null<scalar_t>(weight),
                                   x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), x.size(1),
-                                  reduce == "mean"};
+                                  reduce == "mean", col.numel()};
     segment_fold(rp, part, op);
   }
 }

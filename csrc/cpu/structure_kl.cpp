@@ -10,6 +10,14 @@
 // gradients by CSR rows, which also leave two scalars per edge and student (the
 // source-side gradient coefficients: cheaper than recomputing both similarities), then
 // source-side gradients by the rows of the transpose. No E x F tensor anywhere.
+//
+// The usual case, the peer detached (Alignahead++), has a cheaper path:
+// structure_kl_forward_with_grad_state also leaves the student's gradient state for a
+// unit upstream gradient, computed while the row's neighbours are still in cache (a
+// second sweep over the row once its log-sum-exps are known): d kl_i / d s_dst[i], one
+// row per destination node, and per edge the two source-side coefficients. The backward
+// (structure_kl_student_backward) is then a scaling and one pass over the transpose:
+// it gathers one embedding per edge instead of three and recomputes no similarity.
 #include <torch/library.h>
 
 #include <cmath>
@@ -50,6 +58,26 @@ inline void merge_kl_state(T* s, const T* piece) {
   s[2] = mp;
 }
 
+// Per-node state of a run of logits: (m_s, S_s, m_p, S_p, T), see merge_kl_state. Exp in
+// T (the logits are T), sums in double. With `es`, `ep` set, also leaves the
+// exponentials exp(z - m) there (the forward's second sweep reuses them).
+template <typename T>
+void logit_state(const T* zs, const T* zp, int64_t n, double* piece, T* es = nullptr, T* ep = nullptr) {
+  const T ms = *std::max_element(zs, zs + n), mp = *std::max_element(zp, zp + n);
+  double ss = 0, sp = 0, t = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    const T p = std::exp(zs[k] - ms), q = std::exp(zp[k] - mp);
+    if (es) es[k] = p, ep[k] = q;
+    ss += p;
+    sp += q;
+    t += double(q) * (double(zp[k]) - double(zs[k]));
+  }
+  piece[0] = ms, piece[1] = ss, piece[2] = mp, piece[3] = sp, piece[4] = t;
+}
+
+// The forward fold. With `dst_grad` set it also leaves the student's gradient state for
+// a unit upstream gradient on whole rows (hub rows cut into pieces get theirs from a
+// KlDstGradFold afterwards, once their log-sum-exps are known).
 template <typename T, typename index_t>
 struct KlForwardFold {
   // The row state is kept in double whatever T: kl is a small difference of O(lse)
@@ -57,8 +85,11 @@ struct KlForwardFold {
   // F-wide similarities.
   using elem_t = double;
   Embeddings<T> x;
-  const index_t* col;
+  const index_t *rowptr, *col;
   T *kl, *lse_s, *lse_p;
+  T* dst_grad = nullptr;             // [num_dst, fs], or null: no gradient state
+  GradCoef<T>* src_coef = nullptr;   // [num_edges]
+  int64_t prefetch_end = 0;          // the number of edges (see kPrefetchDistance)
   int64_t size = 5;
 
   void init(double* s) const {
@@ -67,34 +98,47 @@ struct KlForwardFold {
   }
   void accumulate(int64_t r, int64_t e0, int64_t e1, double* s) const {
     const int64_t n = e1 - e0;
+    const bool whole_row = e0 == int64_t(rowptr[r]) && e1 == int64_t(rowptr[r + 1]);
+    const bool with_grad = dst_grad != nullptr && whole_row;
+    if (with_grad) fill(dst_grad + r * x.fs, T(0), x.fs);
     if (n == 0) return;
     thread_local std::vector<T> buf;
-    buf.resize(2 * n);
+    thread_local std::vector<Sim<T>> sims;
+    buf.resize((with_grad ? 4 : 2) * n);
+    if (with_grad) sims.resize(n);
     T* zs = buf.data();
     T* zp = zs + n;
+    T* es = with_grad ? zp + n : nullptr;  // exp(z - max) of both, for the second sweep
+    T* ep = with_grad ? es + n : nullptr;
+    Sim<T>* sim_s = sims.data();  // not through the thread_local in the loop
     const T* as = x.s_dst + r * x.fs;
     const T* ap = x.p_dst + r * x.fp;
+    const int64_t end = std::max(e1, prefetch_end);
     for (int64_t k = 0; k < n; ++k) {
-      if (k + kPrefetchDistance < n) {
+      if (e0 + k + kPrefetchDistance < end) {
         const int64_t jn = col[e0 + k + kPrefetchDistance];
         prefetch_row(x.s_src + jn * x.fs, x.fs);
         prefetch_row(x.p_src + jn * x.fp, x.fp);
       }
       const int64_t j = col[e0 + k];
-      zs[k] = similarity(x.p, as, x.s_src + j * x.fs, x.fs).s / x.tau;
+      const Sim<T> sim = similarity(x.p, as, x.s_src + j * x.fs, x.fs);
+      if (with_grad) sim_s[k] = sim;
+      zs[k] = sim.s / x.tau;
       zp[k] = similarity(x.p, ap, x.p_src + j * x.fp, x.fp).s / x.tau;
     }
-    const T ms = *std::max_element(zs, zs + n), mp = *std::max_element(zp, zp + n);
-    // exp in T (the logits are T), sums in double.
-    double ss = 0, sp = 0, t = 0;
-    for (int64_t k = 0; k < n; ++k) {
-      ss += std::exp(zs[k] - ms);
-      const double q = std::exp(zp[k] - mp);
-      sp += q;
-      t += q * (double(zp[k]) - double(zs[k]));
-    }
-    const double piece[5] = {double(ms), ss, double(mp), sp, t};
+    double piece[5];
+    logit_state(zs, zp, n, piece, es, ep);
     merge_kl_state(s, piece);
+    if (!with_grad) return;
+    // Second sweep, the neighbours still in cache: d kl / d z_s = p - q per edge.
+    const T inv_ss = T(1 / piece[1]), inv_sp = T(1 / piece[3]), inv_tau = T(1) / x.tau;
+    T* u = dst_grad + r * x.fs;
+    for (int64_t k = 0; k < n; ++k) {
+      const T d = (es[k] * inv_ss - ep[k] * inv_sp) * inv_tau;
+      const T* b = x.s_src + int64_t(col[e0 + k]) * x.fs;
+      apply_grad(x.p.kernel, grad_coef(x.p, sim_s[k], true, d), as, b, x.fs, u);
+      src_coef[e0 + k] = grad_coef(x.p, sim_s[k], false, d);
+    }
   }
   void merge(double* s, const double* piece) const { merge_kl_state(s, piece); }
   void finish(int64_t r, const double* s) const {
@@ -118,19 +162,22 @@ template <typename T, typename index_t>
 struct KlDstGradFold {
   using elem_t = T;
   Embeddings<T> x;
-  const T *lse_s, *lse_p, *kl, *grad_kl;
+  const T *lse_s, *lse_p, *kl;
+  const T* grad_kl;  // null: a unit upstream gradient (the forward's gradient state)
   const index_t* col;
   bool peer_grad;
   T *out_s, *out_p;
   GradCoef<T> *coef_s, *coef_p;  // per edge, for the source side
   int64_t size;
+  int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
   void init(T* s) const { fill(s, T(0), size); }
   void accumulate(int64_t i, int64_t e0, int64_t e1, T* s) const {
     const T *as = x.s_dst + i * x.fs, *ap = x.p_dst + i * x.fp;
-    const T ls = lse_s[i], lp = lse_p[i], g = grad_kl[i], kli = kl[i];
+    const T ls = lse_s[i], lp = lse_p[i], g = grad_kl ? grad_kl[i] : T(1), kli = kl[i];
+    const int64_t end = std::max(e1, prefetch_end);
     for (int64_t e = e0; e < e1; ++e) {
-      if (e + kPrefetchDistance < e1) {
+      if (e + kPrefetchDistance < end) {
         const int64_t jn = col[e + kPrefetchDistance];
         prefetch_row(x.s_src + jn * x.fs, x.fs);
         prefetch_row(x.p_src + jn * x.fp, x.fp);
@@ -170,25 +217,43 @@ struct KlSrcGradFold {
   bool peer_grad;
   T *out_s, *out_p;
   const GradCoef<T> *coef_s, *coef_p;
+  const T* grad_kl;  // null: the coefficients already carry the upstream gradient
   int64_t size;
+  // Square graph with one student tensor: also add grad_kl[j] * dst_grad[j], the
+  // destination-side gradient, so that one tensor holds the student's whole gradient.
+  const T* dst_grad = nullptr;
+  int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
   void init(T* s) const { fill(s, T(0), size); }
   void accumulate(int64_t j, int64_t k0, int64_t k1, T* s) const {
     const T *bs = x.s_src + j * x.fs, *bp = x.p_src + j * x.fp;
+    const int64_t end = std::max(k1, prefetch_end);
     for (int64_t k = k0; k < k1; ++k) {
-      if (k + kPrefetchDistance < k1) {
+      if (k + kPrefetchDistance < end) {
         const int64_t in = col_t[k + kPrefetchDistance];
         prefetch_row(x.s_dst + in * x.fs, x.fs);
         if (peer_grad) prefetch_row(x.p_dst + in * x.fp, x.fp);
+        // the coefficients are read in transposed order: random too
+        __builtin_prefetch(coef_s + perm_t[k + kPrefetchDistance]);
       }
       const int64_t i = col_t[k], e = perm_t[k];
-      apply_grad(x.p.kernel, coef_s[e], bs, x.s_dst + i * x.fs, x.fs, s);
+      GradCoef<T> c = coef_s[e];
+      if (grad_kl) c.c0 *= grad_kl[i], c.c1 *= grad_kl[i];
+      apply_grad(x.p.kernel, c, bs, x.s_dst + i * x.fs, x.fs, s);
       if (peer_grad) apply_grad(x.p.kernel, coef_p[e], bp, x.p_dst + i * x.fp, x.fp, s + x.fs);
     }
   }
   void merge(T* s, const T* piece) const { add_into(s, piece, size); }
   void finish(int64_t r, const T* s) const {
-    std::copy(s, s + x.fs, out_s + r * x.fs);
+    T* out = out_s + r * x.fs;
+    if (dst_grad) {
+      const T g = grad_kl[r];
+      const T* u = dst_grad + r * x.fs;
+#pragma omp simd
+      for (int64_t f = 0; f < x.fs; ++f) out[f] = s[f] + g * u[f];
+    } else {
+      std::copy(s, s + x.fs, out);
+    }
     if (peer_grad) std::copy(s + x.fs, s + x.fs + x.fp, out_p + r * x.fp);
   }
 };
@@ -212,28 +277,79 @@ Embeddings<T> embeddings(const at::Tensor& s_dst, const at::Tensor& s_src, const
           s_dst.size(1), p_dst.size(1)};
 }
 
+// out[r] = scale[r] * in[r] for [rows, F] tensors.
+template <typename T>
+void scale_rows(const T* in, const T* scale, int64_t rows, int64_t F, T* out) {
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t r = 0; r < rows; ++r) {
+    const T g = scale[r];
+#pragma omp simd
+    for (int64_t f = 0; f < F; ++f) out[r * F + f] = g * in[r * F + f];
+  }
+}
+
+struct Inputs {
+  at::Tensor s_dst, s_src, p_dst, p_src;
+};
+
+Inputs contiguous_inputs(const at::Tensor& s_dst, const at::Tensor& s_src, const at::Tensor& p_dst,
+                         const at::Tensor& p_src) {
+  const auto dtype = s_dst.scalar_type();
+  return {s_dst.contiguous(), contiguous_as(s_src, dtype), p_dst.contiguous(), contiguous_as(p_src, dtype)};
+}
+
+// The forward; with `with_grad` also the student's gradient state for a unit upstream
+// gradient: dst_grad [num_dst, F_student] and src_coef [num_edges, 2].
+std::vector<at::Tensor> forward(const at::Tensor& rowptr, const at::Tensor& col, const Inputs& in,
+                                c10::string_view kernel, double sigma, int64_t degree, double coef,
+                                double tau, bool with_grad) {
+  const int64_t n = rowptr.numel() - 1, num_edges = col.numel();
+  const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
+  const auto opts = in.s_dst.options();
+  at::Tensor kl = at::empty({n}, opts), lse_s = at::empty({n}, opts), lse_p = at::empty({n}, opts);
+  at::Tensor dst_grad = with_grad ? at::empty({n, in.s_dst.size(1)}, opts) : at::empty({0}, opts);
+  at::Tensor src_coef = with_grad ? at::empty({num_edges, 2}, opts) : at::empty({0}, opts);
+  FASTALIGN_DISPATCH(in.s_dst.scalar_type(), col.scalar_type(), "structure_kl_forward", [&] {
+    const index_t* rpp = rp.data_ptr<index_t>();
+    const index_t* clp = cl.data_ptr<index_t>();
+    const auto x = embeddings<scalar_t>(in.s_dst, in.s_src, in.p_dst, in.p_src, kernel, sigma, degree,
+                                        coef, tau);
+    auto* coefs = with_grad ? reinterpret_cast<GradCoef<scalar_t>*>(src_coef.data_ptr<scalar_t>()) : nullptr;
+    KlForwardFold<scalar_t, index_t> op{x, rpp, clp, kl.data_ptr<scalar_t>(), lse_s.data_ptr<scalar_t>(),
+                                        lse_p.data_ptr<scalar_t>()};
+    op.prefetch_end = num_edges;
+    if (with_grad) op.dst_grad = dst_grad.data_ptr<scalar_t>(), op.src_coef = coefs;
+    const Partition part = partition_rows(rpp, n);
+    segment_fold(rpp, part, op);
+    if (!with_grad || part.long_rows.empty()) return;
+    // Hub rows: their log-sum-exps are known only now.
+    KlDstGradFold<scalar_t, index_t> hubs{x, op.lse_s, op.lse_p, op.kl, nullptr, clp, false,
+                                          op.dst_grad, nullptr, coefs, nullptr, x.fs, num_edges};
+    segment_fold(rpp, long_rows_only(part), hubs);
+  });
+  return {kl, lse_s, lse_p, dst_grad, src_coef};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> structure_kl_forward(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& s_dst, const at::Tensor& s_src,
     const at::Tensor& p_dst, const at::Tensor& p_src, c10::string_view kernel, double sigma,
     int64_t degree, double coef, double tau) {
   check_csr(rowptr, col);
-  const int64_t n = rowptr.numel() - 1;
-  check_embeddings(s_dst, s_src, p_dst, p_src, n);
-  const auto dtype = s_dst.scalar_type();
-  const at::Tensor sd = s_dst.contiguous(), ss = contiguous_as(s_src, dtype);
-  const at::Tensor pd = p_dst.contiguous(), ps = contiguous_as(p_src, dtype);
-  const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
-  at::Tensor kl = at::empty({n}, sd.options());
-  at::Tensor lse_s = at::empty({n}, sd.options()), lse_p = at::empty({n}, sd.options());
-  FASTALIGN_DISPATCH(dtype, col.scalar_type(), "structure_kl_forward", [&] {
-    const index_t* rpp = rp.data_ptr<index_t>();
-    KlForwardFold<scalar_t, index_t> op{
-        embeddings<scalar_t>(sd, ss, pd, ps, kernel, sigma, degree, coef, tau),
-        cl.data_ptr<index_t>(), kl.data_ptr<scalar_t>(), lse_s.data_ptr<scalar_t>(),
-        lse_p.data_ptr<scalar_t>()};
-    segment_fold(rpp, partition_rows(rpp, n), op);
-  });
-  return {kl, lse_s, lse_p};
+  check_embeddings(s_dst, s_src, p_dst, p_src, rowptr.numel() - 1);
+  auto out = forward(rowptr, col, contiguous_inputs(s_dst, s_src, p_dst, p_src), kernel, sigma, degree,
+                     coef, tau, false);
+  return {out[0], out[1], out[2]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_forward_with_grad_state(
+    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& s_dst, const at::Tensor& s_src,
+    const at::Tensor& p_dst, const at::Tensor& p_src, c10::string_view kernel, double sigma,
+    int64_t degree, double coef, double tau) {
+  check_csr(rowptr, col);
+  check_embeddings(s_dst, s_src, p_dst, p_src, rowptr.numel() - 1);
+  auto out = forward(rowptr, col, contiguous_inputs(s_dst, s_src, p_dst, p_src), kernel, sigma, degree,
+                     coef, tau, true);
+  return {out[0], out[1], out[2], out[3], out[4]};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward(
@@ -251,49 +367,98 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward
   TORCH_CHECK(lse_s.numel() == n && lse_p.numel() == n && kl.numel() == n && grad_kl.numel() == n,
               "per-node state must have one value per destination node");
   const auto dtype = s_dst.scalar_type();
-  const at::Tensor sd = s_dst.contiguous(), ss = contiguous_as(s_src, dtype);
-  const at::Tensor pd = p_dst.contiguous(), ps = contiguous_as(p_src, dtype);
+  const Inputs in = contiguous_inputs(s_dst, s_src, p_dst, p_src);
   const at::Tensor ls = contiguous_as(lse_s, dtype), lp = contiguous_as(lse_p, dtype);
   const at::Tensor k = contiguous_as(kl, dtype), g = contiguous_as(grad_kl, dtype);
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   const at::Tensor rpt = rowptr_t.contiguous(), clt = col_t.contiguous();
   const at::Tensor perm = contiguous_as(perm_t, at::kLong);
   TORCH_CHECK(perm.numel() == col.numel(), "perm_t must have one entry per edge");
-  at::Tensor g_sd = at::empty_like(sd), g_ss = at::empty_like(ss);
-  at::Tensor g_pd = peer_grad ? at::empty_like(pd) : pd.new_empty({0});
-  at::Tensor g_ps = peer_grad ? at::empty_like(ps) : ps.new_empty({0});
+  at::Tensor g_sd = at::empty_like(in.s_dst), g_ss = at::empty_like(in.s_src);
+  at::Tensor g_pd = peer_grad ? at::empty_like(in.p_dst) : in.p_dst.new_empty({0});
+  at::Tensor g_ps = peer_grad ? at::empty_like(in.p_src) : in.p_src.new_empty({0});
   FASTALIGN_DISPATCH(dtype, col.scalar_type(), "structure_kl_backward", [&] {
-    const auto x = embeddings<scalar_t>(sd, ss, pd, ps, kernel, sigma, degree, coef, tau);
+    const auto x = embeddings<scalar_t>(in.s_dst, in.s_src, in.p_dst, in.p_src, kernel, sigma, degree,
+                                        coef, tau);
     const int64_t size = x.fs + (peer_grad ? x.fp : 0);
-    const scalar_t *lsp = ls.data_ptr<scalar_t>(), *lpp = lp.data_ptr<scalar_t>();
-    const scalar_t *kp = k.data_ptr<scalar_t>(), *gp = g.data_ptr<scalar_t>();
     const index_t* rpp = rp.data_ptr<index_t>();
     std::vector<GradCoef<scalar_t>> coef_s(cl.numel()), coef_p(peer_grad ? cl.numel() : 0);
-    KlDstGradFold<scalar_t, index_t> dst{x, lsp, lpp, kp, gp, cl.data_ptr<index_t>(), peer_grad,
-                                         g_sd.data_ptr<scalar_t>(),
+    KlDstGradFold<scalar_t, index_t> dst{x, ls.data_ptr<scalar_t>(), lp.data_ptr<scalar_t>(),
+                                         k.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                         cl.data_ptr<index_t>(), peer_grad, g_sd.data_ptr<scalar_t>(),
                                          peer_grad ? g_pd.data_ptr<scalar_t>() : nullptr,
-                                         coef_s.data(), coef_p.data(), size};
+                                         coef_s.data(), coef_p.data(), size, cl.numel()};
     segment_fold(rpp, partition_rows(rpp, n), dst);
     const index_t* rptp = rpt.data_ptr<index_t>();
     KlSrcGradFold<scalar_t, index_t> src{x, clt.data_ptr<index_t>(), perm.data_ptr<int64_t>(), peer_grad,
                                          g_ss.data_ptr<scalar_t>(),
                                          peer_grad ? g_ps.data_ptr<scalar_t>() : nullptr,
-                                         coef_s.data(), coef_p.data(), size};
+                                         coef_s.data(), coef_p.data(), nullptr, size, nullptr, clt.numel()};
     segment_fold(rptp, partition_rows(rptp, n_src), src);
   });
   return {g_sd, g_ss, g_pd, g_ps};
+}
+
+// The student's gradients from the forward's gradient state (peer detached):
+// grad s_dst = grad_kl[:, None] * dst_grad, grad s_src by the rows of the transpose.
+// `combined` (a square graph whose s_dst and s_src are one tensor): their sum, in the
+// first output, the second empty; one pass, one [N, F] tensor.
+std::tuple<at::Tensor, at::Tensor> structure_kl_student_backward(
+    const at::Tensor& rowptr_t, const at::Tensor& col_t, const at::Tensor& perm_t,
+    const at::Tensor& s_dst, const at::Tensor& s_src, const at::Tensor& dst_grad,
+    const at::Tensor& src_coef, const at::Tensor& grad_kl, c10::string_view kernel, double sigma,
+    int64_t degree, double coef, double tau, bool combined) {
+  check_csr(rowptr_t, col_t);
+  const int64_t n = s_dst.size(0), n_src = rowptr_t.numel() - 1, num_edges = col_t.numel();
+  check_rows(s_src, n_src, "s_src");
+  const auto dtype = s_dst.scalar_type();
+  TORCH_CHECK(dst_grad.scalar_type() == dtype && src_coef.scalar_type() == dtype,
+              "the gradient state must have the embeddings' dtype");
+  TORCH_CHECK(dst_grad.dim() == 2 && dst_grad.size(0) == n && dst_grad.size(1) == s_dst.size(1),
+              "dst_grad must be [num_dst, F_student]");
+  TORCH_CHECK(src_coef.dim() == 2 && src_coef.size(0) == num_edges && src_coef.size(1) == 2,
+              "src_coef must be [num_edges, 2]");
+  TORCH_CHECK(grad_kl.numel() == n, "grad_kl must have one value per destination node");
+  const at::Tensor sd = s_dst.contiguous(), ss = contiguous_as(s_src, dtype);
+  const at::Tensor u = dst_grad.contiguous(), c = src_coef.contiguous();
+  const at::Tensor g = contiguous_as(grad_kl, dtype);
+  const at::Tensor rpt = rowptr_t.contiguous(), clt = col_t.contiguous();
+  const at::Tensor perm = contiguous_as(perm_t, at::kLong);
+  TORCH_CHECK(perm.numel() == num_edges, "perm_t must have one entry per edge");
+  TORCH_CHECK(!combined || n == n_src, "combined gradients need a square graph");
+  at::Tensor g_ss = at::empty_like(ss);
+  at::Tensor g_sd = combined ? sd.new_empty({0}) : at::empty_like(sd);
+  FASTALIGN_DISPATCH(dtype, col_t.scalar_type(), "structure_kl_student_backward", [&] {
+    if (!combined)
+      scale_rows(u.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), n, sd.size(1), g_sd.data_ptr<scalar_t>());
+    // The peer is not read: its pointers are the student's, never dereferenced.
+    const auto x = embeddings<scalar_t>(sd, ss, sd, ss, kernel, sigma, degree, coef, tau);
+    const index_t* rptp = rpt.data_ptr<index_t>();
+    KlSrcGradFold<scalar_t, index_t> src{
+        x, clt.data_ptr<index_t>(), perm.data_ptr<int64_t>(), false, g_ss.data_ptr<scalar_t>(), nullptr,
+        reinterpret_cast<const GradCoef<scalar_t>*>(c.data_ptr<scalar_t>()), nullptr,
+        g.data_ptr<scalar_t>(), x.fs, nullptr, num_edges};
+    if (combined) src.dst_grad = u.data_ptr<scalar_t>();
+    segment_fold(rptp, partition_rows(rptp, n_src), src);
+  });
+  if (combined) return {g_ss, g_sd};
+  return {g_sd, g_ss};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastalign_cpu, m) {
   m.def("structure_kl_forward(Tensor rowptr, Tensor col, Tensor s_dst, Tensor s_src, Tensor p_dst, Tensor p_src, str kernel, float sigma, int degree, float coef, float tau) -> (Tensor, Tensor, Tensor)");
+  m.def("structure_kl_forward_with_grad_state(Tensor rowptr, Tensor col, Tensor s_dst, Tensor s_src, Tensor p_dst, Tensor p_src, str kernel, float sigma, int degree, float coef, float tau) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("structure_kl_student_backward(Tensor rowptr_t, Tensor col_t, Tensor perm_t, Tensor s_dst, Tensor s_src, Tensor dst_grad, Tensor src_coef, Tensor grad_kl, str kernel, float sigma, int degree, float coef, float tau, bool combined) -> (Tensor, Tensor)");
   m.def("structure_kl_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor perm_t, Tensor s_dst, Tensor s_src, Tensor p_dst, Tensor p_src, Tensor lse_s, Tensor lse_p, Tensor kl, Tensor grad_kl, str kernel, float sigma, int degree, float coef, float tau, bool peer_grad) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastalign_cpu, CPU, m) {
   m.impl("structure_kl_forward", &structure_kl_forward);
   m.impl("structure_kl_backward", &structure_kl_backward);
+  m.impl("structure_kl_forward_with_grad_state", &structure_kl_forward_with_grad_state);
+  m.impl("structure_kl_student_backward", &structure_kl_student_backward);
 }
 
 }  // namespace cpu

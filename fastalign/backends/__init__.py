@@ -39,6 +39,17 @@ BACKEND_FUNCTIONS = (
     "structure_kl_backward",
 )
 
+# Fast paths a backend may add; an op uses them only where the chosen backend has them.
+#   structure_kl_forward_with_grad_state  the forward plus the student's gradient state
+#       for a unit upstream gradient (for a detached peer): (kl, lse_student, lse_peer,
+#       dst_grad [num_dst, F_student], src_coef [num_edges, 2], backend-private)
+#   structure_kl_student_backward  the student's gradients from that state; with
+#       `combined` (s_dst and s_src one tensor) their sum in the first output
+OPTIONAL_FUNCTIONS = (
+    "structure_kl_forward_with_grad_state",
+    "structure_kl_student_backward",
+)
+
 # Automatic choice per device type, best first. On CUDA, per-op measurement may
 # reorder this (see PREFERENCE_BY_OP); the reference is always the last resort.
 PREFERENCE = {
@@ -86,6 +97,18 @@ def is_available(name: str, device: Optional[_torch.device] = None) -> bool:
 def implements(name: str, function: str) -> bool:
     module = _load(name)
     return module is not None and function in module.FUNCTIONS
+
+
+@_torch.compiler.assume_constant_result
+def has_fast_path(name: str, functions: tuple, dtype: _torch.dtype) -> bool:
+    """Whether backend ``name`` has the optional ``functions`` for inputs of ``dtype``
+    (listed in its ``FAST_PATH_DTYPES``). Decided at trace time under torch.compile."""
+    module = _load(name)
+    return (
+        module is not None
+        and all(f in module.FUNCTIONS for f in functions)
+        and dtype in getattr(module, "FAST_PATH_DTYPES", ())
+    )
 
 
 def available_backends(device="cpu") -> list:

@@ -26,6 +26,8 @@ except ImportError:  # built without the extension
 AVAILABLE = _C is not None
 FUNCTIONS = frozenset(getattr(_C, "FUNCTIONS", ())) if _C is not None else frozenset()
 KERNEL_DTYPES = (torch.float32, torch.float64)
+# The dtypes of the optional fast paths (which have no reference fallback).
+FAST_PATH_DTYPES = KERNEL_DTYPES
 
 
 def supports(device: torch.device) -> bool:
@@ -98,6 +100,24 @@ def structure_kl_forward(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma,
     if s_dst.dtype not in KERNEL_DTYPES:
         return reference.structure_kl_forward(*args)
     return _ops().structure_kl_forward(*args)
+
+
+def structure_kl_forward_with_grad_state(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau):
+    """The forward plus the student's gradient state (float32/float64 only; see
+    ``fastalign.backends.OPTIONAL_FUNCTIONS``)."""
+    return _ops().structure_kl_forward_with_grad_state(
+        rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau
+    )
+
+
+def structure_kl_student_backward(
+    rowptr_t, col_t, perm_t, s_dst, s_src, dst_grad, src_coef, grad_kl, kernel, sigma, degree, coef, tau,
+    combined,
+):
+    return _ops().structure_kl_student_backward(
+        rowptr_t, col_t, perm_t, s_dst, s_src, dst_grad, src_coef, grad_kl, kernel, sigma, degree, coef, tau,
+        combined,
+    )
 
 
 def structure_kl_backward(

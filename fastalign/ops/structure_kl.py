@@ -9,6 +9,13 @@ Custom ops ``fastalign::structure_kl`` (returns kl and the per-node log-sum-exps
 students, the only state the backward keeps) and ``fastalign::structure_kl_backward``
 (recomputes the per-edge terms from that state). The reference builds per-edge tensors;
 the compiled backends must not build E x F ones.
+
+Fast path for a detached peer (Alignahead++ detaches it), where the backend has it
+(``fastalign.backends.OPTIONAL_FUNCTIONS``): the forward also returns the student's
+gradient state for a unit upstream gradient (one F-row per destination node and two
+scalars per edge, computed while each row's neighbours are in cache), and
+``fastalign::structure_kl_student_backward`` scales it and makes one pass over the
+transpose, recomputing no similarity.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .. import backends
 from ._common import as_graph, check_tau, impl, kernel_params, resolve, split_pair
 from .edge_similarity import needs_grad
 
 FUNCTIONS = ("structure_kl_forward", "structure_kl_backward")
+FAST_PATH = ("structure_kl_forward_with_grad_state", "structure_kl_student_backward")
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -41,22 +50,37 @@ def structure_kl_op(
     degree: int,
     coef: float,
     tau: float,
+    with_grad_state: bool,
     backend: str,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    return impl(backend).structure_kl_forward(
-        rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau
-    )
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(kl, lse_student, lse_peer, dst_grad, src_coef); the last two are the student's
+    gradient state when ``with_grad_state``, else empty."""
+    args = (rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau)
+    if with_grad_state:
+        return tuple(impl(backend).structure_kl_forward_with_grad_state(*args))
+    kl, lse_s, lse_p = impl(backend).structure_kl_forward(*args)
+    return kl, lse_s, lse_p, s_dst.new_empty((0,)), s_dst.new_empty((0,))
 
 
 @structure_kl_op.register_fake
 def _(rowptr, col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
-      kernel, sigma, degree, coef, tau, backend):
+      kernel, sigma, degree, coef, tau, with_grad_state, backend):
     n = rowptr.shape[0] - 1
+    if with_grad_state:  # only backends with the fast path: their state is in s_dst.dtype
+        return (
+            s_dst.new_empty((n,)),
+            s_dst.new_empty((n,)),
+            s_dst.new_empty((n,)),
+            s_dst.new_empty((n, s_dst.shape[1])),
+            s_dst.new_empty((col.shape[0], 2)),
+        )
     acc = torch.float64 if s_dst.dtype == torch.float64 else torch.float32
     return (
         s_dst.new_empty((n,)),
         s_dst.new_empty((n,), dtype=acc),
         s_dst.new_empty((n,), dtype=acc),
+        s_dst.new_empty((0,)),
+        s_dst.new_empty((0,)),
     )
 
 
@@ -99,19 +123,67 @@ def _(rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src, lse_s, l
     return (torch.empty_like(s_dst), torch.empty_like(s_src)) + peer
 
 
+@torch.library.custom_op("fastalign::structure_kl_student_backward", mutates_args=())
+def structure_kl_student_backward_op(
+    rowptr_t: Tensor,
+    col_t: Tensor,
+    perm_t: Tensor,
+    s_dst: Tensor,
+    s_src: Tensor,
+    dst_grad: Tensor,
+    src_coef: Tensor,
+    grad_kl: Tensor,
+    kernel: str,
+    sigma: float,
+    degree: int,
+    coef: float,
+    tau: float,
+    combined: bool,
+    backend: str,
+) -> Tuple[Tensor, Tensor]:
+    """(grad s_dst, grad s_src); with ``combined`` (s_dst and s_src are one tensor)
+    (their sum, empty)."""
+    return tuple(impl(backend).structure_kl_student_backward(
+        rowptr_t, col_t, perm_t, s_dst, s_src, dst_grad, src_coef, grad_kl,
+        kernel, sigma, degree, coef, tau, combined,
+    ))
+
+
+@structure_kl_student_backward_op.register_fake
+def _(rowptr_t, col_t, perm_t, s_dst, s_src, dst_grad, src_coef, grad_kl,
+      kernel, sigma, degree, coef, tau, combined, backend):
+    if combined:
+        return torch.empty_like(s_src), s_dst.new_empty((0,))
+    return torch.empty_like(s_dst), torch.empty_like(s_src)
+
+
 def _setup_context(ctx, inputs, output):
     (rowptr, col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
-     kernel, sigma, degree, coef, tau, backend) = inputs
-    kl, lse_s, lse_p = output
+     kernel, sigma, degree, coef, tau, with_grad_state, backend) = inputs
+    kl, lse_s, lse_p, dst_grad, src_coef = output
     ctx.params = (kernel, sigma, degree, coef, tau)
     ctx.backend = backend
+    ctx.with_grad_state = with_grad_state
+    ctx.same_student = s_dst is s_src
+    if with_grad_state:  # the peer is not needed any more
+        ctx.save_for_backward(rowptr_t, col_t, perm_t, s_dst, s_src, dst_grad, src_coef)
+        return
     ctx.save_for_backward(
         rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src, lse_s, lse_p, kl
     )
 
 
-def _backward(ctx, grad_kl, _grad_lse_s, _grad_lse_p):
+def _backward(ctx, grad_kl, _grad_lse_s, _grad_lse_p, _grad_dst_grad, _grad_src_coef):
     saved = ctx.saved_tensors
+    if ctx.with_grad_state:
+        # One student tensor on both sides (a square graph): one gradient, their sum.
+        combined = ctx.same_student
+        g_first, g_second = structure_kl_student_backward_op(
+            *saved, grad_kl.contiguous(), *ctx.params, combined, ctx.backend
+        )
+        if combined:  # autograd adds the two slots' gradients into the one tensor
+            return (None, None, None, g_first) + (None,) * 12
+        return (None, None, g_first, g_second) + (None,) * 12
     if saved[2] is None:
         raise RuntimeError("structure_kl backward needs the transpose; it was not passed")
     peer_grad = ctx.needs_input_grad[4] or ctx.needs_input_grad[5]
@@ -120,10 +192,15 @@ def _backward(ctx, grad_kl, _grad_lse_s, _grad_lse_p):
     )
     if not peer_grad:
         g_p_dst = g_p_src = None
-    return (None, None, g_s_dst, g_s_src, g_p_dst, g_p_src) + (None,) * 9
+    return (None, None, g_s_dst, g_s_src, g_p_dst, g_p_src) + (None,) * 10
 
 
 structure_kl_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _fast_path(name: str, dtype: torch.dtype, p_dst: Tensor, p_src: Tensor) -> bool:
+    """The gradient-state path: the peer detached and the backend has it for ``dtype``."""
+    return not needs_grad(p_dst, p_src) and backends.has_fast_path(name, FAST_PATH, dtype)
 
 
 def structure_kl(
@@ -166,10 +243,10 @@ def structure_kl(
     name = resolve("structure_kl", backend, s_dst.device, FUNCTIONS)
     grad = needs_grad(s_dst, s_src, p_dst, p_src)
     rowptr_t, col_t, perm_t = graph.transpose() if grad else (None,) * 3
-    kl, _, _ = structure_kl_op(
+    kl = structure_kl_op(
         graph.rowptr, graph.col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
-        *params, tau, name,
-    )
+        *params, tau, grad and _fast_path(name, s_dst.dtype, p_dst, p_src), name,
+    )[0]
     if reduction == "mean":
         return kl.mean() if kl.numel() > 0 else kl.sum()
     if reduction == "sum":
