@@ -300,9 +300,13 @@ Inputs contiguous_inputs(const at::Tensor& s_dst, const at::Tensor& s_src, const
 
 // The forward; with `with_grad` also the student's gradient state for a unit upstream
 // gradient: dst_grad [num_dst, F_student] and src_coef [num_edges, 2].
-std::vector<at::Tensor> forward(const at::Tensor& rowptr, const at::Tensor& col, const Inputs& in,
+std::vector<at::Tensor> forward(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& s_dst,
+                                const at::Tensor& s_src, const at::Tensor& p_dst, const at::Tensor& p_src,
                                 c10::string_view kernel, double sigma, int64_t degree, double coef,
                                 double tau, bool with_grad) {
+  check_csr(rowptr, col);
+  check_embeddings(s_dst, s_src, p_dst, p_src, rowptr.numel() - 1);
+  const Inputs in = contiguous_inputs(s_dst, s_src, p_dst, p_src);
   const int64_t n = rowptr.numel() - 1, num_edges = col.numel();
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   const auto opts = in.s_dst.options();
@@ -334,10 +338,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> structure_kl_forward(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& s_dst, const at::Tensor& s_src,
     const at::Tensor& p_dst, const at::Tensor& p_src, c10::string_view kernel, double sigma,
     int64_t degree, double coef, double tau) {
-  check_csr(rowptr, col);
-  check_embeddings(s_dst, s_src, p_dst, p_src, rowptr.numel() - 1);
-  auto out = forward(rowptr, col, contiguous_inputs(s_dst, s_src, p_dst, p_src), kernel, sigma, degree,
-                     coef, tau, false);
+  auto out = forward(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau, false);
   return {out[0], out[1], out[2]};
 }
 
@@ -345,10 +346,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& s_dst, const at::Tensor& s_src,
     const at::Tensor& p_dst, const at::Tensor& p_src, c10::string_view kernel, double sigma,
     int64_t degree, double coef, double tau) {
-  check_csr(rowptr, col);
-  check_embeddings(s_dst, s_src, p_dst, p_src, rowptr.numel() - 1);
-  auto out = forward(rowptr, col, contiguous_inputs(s_dst, s_src, p_dst, p_src), kernel, sigma, degree,
-                     coef, tau, true);
+  auto out = forward(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau, true);
   return {out[0], out[1], out[2], out[3], out[4]};
 }
 
