@@ -96,11 +96,19 @@ class FeatureAdapters(nn.Module):
     def __init__(self, widths: Sequence[int], pairs: Sequence[Tuple[int, int]]):
         super().__init__()
         self.maps = nn.ModuleDict(
-            {f"{l}_{m}": FeatureAlignLoss(widths[l], widths[m]) for l, m in pairs}
+            {self._key(l, m): FeatureAlignLoss(widths[l], widths[m]) for l, m in pairs}
         )
 
+    @staticmethod
+    def _key(l: int, m: int) -> str:
+        return f"{l}_{m}"
+
+    def covers(self, l: int, m: int) -> bool:
+        """Whether the pair (l, m) has a hint (see ``hint_pairs``)."""
+        return self._key(l, m) in self.maps
+
     def forward(self, h_student: Tensor, h_peer: Tensor, l: int, m: int) -> Tensor:
-        return self.maps[f"{l}_{m}"](h_student, h_peer)
+        return self.maps[self._key(l, m)](h_student, h_peer)
 
 
 def alignment_losses(
@@ -125,7 +133,7 @@ def alignment_losses(
                     ops.structure_kl(graph, hiddens[l], target, kernel=w.kernel, tau=w.tau,
                                      sigma=w.sigma, backend=backend)
                 )
-            if w.feature > 0 and adapters is not None and f"{l}_{m}" in adapters.maps:
+            if w.feature > 0 and adapters is not None and adapters.covers(l, m):
                 f_terms.append(adapters(hiddens[l], target, l, m))
     s = torch.stack(s_terms).mean() if s_terms else zero
     f = torch.stack(f_terms).mean() if f_terms else zero

@@ -26,6 +26,15 @@ MODELS = ("gcn", "sage", "gat")
 RESIDUALS = ("none", "plain", "initial")
 
 
+def check_residual(residual: str, alpha: float) -> None:
+    """Validates the residual option of :class:`Student` (also checked by TrainConfig
+    before any data is loaded)."""
+    if residual not in RESIDUALS:
+        raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"residual_alpha must be in (0, 1], got {alpha}")
+
+
 class SparseFeatures:
     """A sparse node-feature matrix as a bipartite Graph (row = node, source = feature
     index, edge weight = value), so that input dropout touches only the non-zeros and the
@@ -149,10 +158,7 @@ class Student(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if model == "gat" and hidden % heads != 0:
             raise ValueError(f"GAT: hidden ({hidden}) must be divisible by heads ({heads})")
-        if residual not in RESIDUALS:
-            raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
-        if not 0.0 < residual_alpha <= 1.0:
-            raise ValueError(f"residual_alpha must be in (0, 1], got {residual_alpha}")
+        check_residual(residual, residual_alpha)
         self.model, self.dropout, self.num_layers = model, dropout, num_layers
         self.residual, self.residual_alpha = residual, residual_alpha
         dims = [in_dim] + [hidden] * (num_layers - 1) + [num_classes]

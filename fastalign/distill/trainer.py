@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..datasets import NodeDataset
 from .losses import FeatureAdapters, LossWeights, hint_pairs, student_loss
-from .models import MODELS, RESIDUALS, Student
+from .models import MODELS, Student, check_residual
 from .pairing import ALIGNS, layer_pairs
 
 MODES = ("alternating", "simultaneous")
@@ -77,10 +77,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if not isinstance(self.layers, int) or not 2 <= self.layers <= 16:
             raise ValueError(f"layers must be an int in [2, 16], got {self.layers!r}")
-        if self.residual not in RESIDUALS:
-            raise ValueError(f"residual must be one of {RESIDUALS}, got {self.residual!r}")
-        if not 0.0 < self.residual_alpha <= 1.0:
-            raise ValueError(f"residual_alpha must be in (0, 1], got {self.residual_alpha}")
+        check_residual(self.residual, self.residual_alpha)
         if self.weight_decay_scope not in WD_SCOPES:
             raise ValueError(f"weight_decay_scope must be one of {WD_SCOPES}, got {self.weight_decay_scope!r}")
         if self.lr_schedule not in LR_SCHEDULES:
