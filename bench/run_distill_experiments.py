@@ -20,11 +20,14 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from fastalign.datasets import load_dataset  # noqa: E402
 from fastalign.distill import LossWeights, TrainConfig, run_experiment  # noqa: E402
+from fastalign.distill.trainer import summarize_runs  # noqa: E402
+from fastalign.distill.models import RESIDUALS  # noqa: E402
 
 # variant -> (align, structure weight, feature weight, deep supervision)
 VARIANTS = {
@@ -138,7 +141,7 @@ def main() -> int:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--ds-weight", type=float, default=LossWeights.deep_supervision)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--residual", default="none", choices=("none", "plain", "initial"))
+    p.add_argument("--residual", default="none", choices=RESIDUALS)
     p.add_argument("--residual-alpha", type=float, default=0.1)
     p.add_argument("--weight-decay-scope", default="all", choices=("all", "first"))
     p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
@@ -152,6 +155,9 @@ def main() -> int:
                    help="a name for this setting: files are <dataset>_L<L>_K<K>_<variant>_<recipe>.json "
                         "and the summary shows it")
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="these seeds instead of 0..seeds-1")
+    p.add_argument("--extend", action="store_true",
+                   help="where a configuration's JSON exists, run the seeds it lacks and merge them into it "
+                        "(the configuration must be identical)")
     p.add_argument("--mode", default="alternating")
     p.add_argument("--backend", default="auto")
     p.add_argument("--deadline", default=None, help="UTC HH:MM after which no new configuration starts")
@@ -177,22 +183,42 @@ def main() -> int:
     data = {d: load_dataset(d, args.root) for d in args.datasets}
     for d, L, K, v in plan(args.datasets, args.layers, args.ks, args.variants):
         path = os.path.join(args.out, f"{d}_L{L}_K{K}_{v}" + (f"_{args.recipe}" if args.recipe else "") + ".json")
+        old = None
         if os.path.exists(path):
-            continue
+            if not args.extend:
+                continue
+            with open(path) as f:
+                old = json.load(f)
+        seeds = args.seed_list if args.seed_list else list(range(args.seeds))
+        if old is not None:
+            seeds = [s for s in seeds if s not in old["seeds"]]
+            if not seeds:
+                continue
         if any(t and dt.datetime.now(dt.timezone.utc) >= t for t in (deadline, stop_at)):
             print(f"deadline {args.deadline or args.stop_at} reached; stopping before {path}", flush=True)
             break
         cfg = config(L, K, v, args)
+        if old is not None and old["config"] != asdict(cfg):
+            diff = sorted(k for k in set(old["config"]) | set(asdict(cfg))
+                          if old["config"].get(k) != asdict(cfg).get(k))
+            raise SystemExit(f"--extend {path}: the configuration differs in {diff}")
         t0 = time.time()
-        seeds = args.seed_list if args.seed_list else list(range(args.seeds))
         r = run_experiment(cfg, data[d], seeds, stop=stop)
-        r.update(variant=v, recipe=args.recipe, commit=commit(), wall_time_s=time.time() - t0,
-                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 command=" ".join([os.path.basename(sys.executable)] + sys.argv))
+        run_info = dict(commit=commit(), wall_time_s=time.time() - t0,
+                        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                        command=" ".join([os.path.basename(sys.executable)] + sys.argv))
+        if old is None:
+            r.update(variant=v, recipe=args.recipe, **run_info)
+        else:
+            runs = sorted(old["runs"] + r["runs"], key=lambda run: run["seed"])
+            merged = summarize_runs(old["config"], old["dataset"], old["metric"], runs)
+            keep = {k: old[k] for k in old if k not in merged and k != "extended_by"}
+            r = {**merged, **keep, "extended_by": old.get("extended_by", []) + [dict(seeds=r["seeds"], **run_info)]}
         with open(path, "w") as f:
             json.dump(r, f, indent=1)
         print(f"{d} L={L} K={K} {v}: test {100 * r['mean_test_acc']:.2f} +- {100 * r['std_test_acc']:.2f} "
-              f"ensemble {100 * r['ensemble']['mean_test_acc']:.2f}  ({time.time() - t0:.0f} s)", flush=True)
+              f"ensemble {100 * r['ensemble']['mean_test_acc']:.2f} seeds {len(r['seeds'])}  "
+              f"({time.time() - t0:.0f} s)", flush=True)
     return 0
 
 

@@ -67,8 +67,9 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--align-warmup", type=int, default=0,
                    help="epochs of a linear 0 -> 1 ramp on the structure and feature terms (0: off)")
     p.add_argument("--residual", default="none", choices=RESIDUALS,
-                   help="hidden layers 2..L-1: none, plain (h + conv(h)) or initial ((1-a) conv(h) + a h_1)")
-    p.add_argument("--residual-alpha", type=float, default=0.1, help="a for --residual initial")
+                   help="hidden layers 2..L-1: none, plain (h + conv(h)), initial ((1-a) conv(h) + a h_1) "
+                        "or gcnii (GCN only: initial residual + identity mapping)")
+    p.add_argument("--residual-alpha", type=float, default=0.1, help="a for --residual initial / gcnii")
     p.add_argument("--weight-decay-scope", default="all", choices=WD_SCOPES,
                    help="weight decay on all parameters, or on the first graph layer only (PyG's gcn.py)")
     p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,

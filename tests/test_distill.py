@@ -1,10 +1,12 @@
 """The Alignahead++ trainer: pairing, loss wiring, modes, determinism, the CLI."""
 
 import json
+import math
 
 import pytest
 import torch
 
+from fastalign import ops
 from fastalign.datasets import load_dataset, synthetic_csbm
 from fastalign.distill import (LossWeights, Student, TrainConfig, layer_pairs,
                                run_experiment, score, student_loss)
@@ -272,7 +274,7 @@ def test_stop_callback_keeps_the_seeds_done(data):
 
 
 # ----------------------------------------------------------------------------- deep-student recipe
-@pytest.mark.parametrize("residual", ["plain", "initial"])
+@pytest.mark.parametrize("residual", ["plain", "initial", "gcnii"])
 def test_residual_students(data, residual):
     torch.manual_seed(0)
     b = data.transductive
@@ -281,8 +283,15 @@ def test_residual_students(data, residual):
     out = s(b.graph, b.edge_index, b.x)
     assert [h.shape[1] for h in out.hiddens] == [16, 16, 16, data.num_classes]
     # recompute layer 2 (index 1) by hand from layer 1's output
-    conv = torch.relu(s.layers[1](b.graph, b.edge_index, out.hiddens[0]))
-    expect = conv + out.hiddens[0] if residual == "plain" else 0.75 * conv + 0.25 * out.hiddens[0]
+    h1, layer = out.hiddens[0], s.layers[1]
+    if residual == "gcnii":
+        # aggregate first, initial residual, then identity mapping with b = log(0.5 / 1 + 1)
+        agg = 0.75 * ops.gcn_aggregate(b.graph, h1, backend="torch") + 0.25 * h1
+        beta = math.log(1.5)
+        expect = torch.relu((1 - beta) * agg + beta * agg @ layer.lin.weight.t() + layer.bias)
+    else:
+        conv = torch.relu(layer(b.graph, b.edge_index, h1))
+        expect = conv + h1 if residual == "plain" else 0.75 * conv + 0.25 * h1
     torch.testing.assert_close(out.hiddens[1], expect)
     # a 2-layer student is the same network whatever the residual setting
     torch.manual_seed(1)
@@ -294,6 +303,8 @@ def test_residual_students(data, residual):
         Student("gcn", 8, 16, 3, residual="dense")
     with pytest.raises(ValueError, match="residual_alpha"):
         Student("gcn", 8, 16, 3, residual="initial", residual_alpha=0.0)
+    with pytest.raises(ValueError, match="gcnii"):
+        Student("sage", 8, 16, 3, residual="gcnii")
 
 
 def test_weight_decay_first_layer_only(data):

@@ -13,6 +13,7 @@ The GCN and SAGE layers are built directly on fastalign's ops (``gcn_aggregate``
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import List, Optional
 
 import torch
@@ -23,7 +24,10 @@ from .. import ops
 from ..graph import Graph
 
 MODELS = ("gcn", "sage", "gat")
-RESIDUALS = ("none", "plain", "initial")
+RESIDUALS = ("none", "plain", "initial", "gcnii")
+# GCNII's identity-mapping strength: layer l uses W_eff = (1 - b_l) I + b_l W with
+# b_l = log(lambda / l + 1) (Chen et al. 2020, lambda = 0.5 in their citation experiments)
+GCNII_LAMBDA = 0.5
 
 
 def check_residual(residual: str, alpha: float) -> None:
@@ -85,6 +89,12 @@ class _GCNLayer(nn.Module):
     def forward(self, graph: Graph, edge_index: Tensor, x: Tensor) -> Tensor:
         return ops.gcn_aggregate(graph, _linear(x, self.lin, self.backend), backend=self.backend) + self.bias
 
+    def forward_gcnii(self, graph: Graph, x: Tensor, h0: Tensor, alpha: float, beta: float) -> Tensor:
+        """GCNII layer: ``s = (1 - alpha) A_hat x + alpha h0``, then ``(1 - beta) s + beta s W + b``
+        (initial residual and identity mapping; aggregation before the projection, as in GCNII)."""
+        s = (1.0 - alpha) * ops.gcn_aggregate(graph, x, backend=self.backend) + alpha * h0
+        return (1.0 - beta) * s + beta * self.lin(s) + self.bias
+
 
 class _SAGELayer(nn.Module):
     """GraphSAGE-mean (PyG SAGEConv): ``W_l mean_{j->i} x_j + W_r x_i``."""
@@ -130,7 +140,11 @@ class Student(nn.Module):
     * ``plain``   ``h_l = relu(conv_l(h_{l-1})) + h_{l-1}`` (a skip connection);
     * ``initial`` ``h_l = (1 - a) relu(conv_l(h_{l-1})) + a h_1`` with ``a =
       residual_alpha``: an initial residual to the first hidden layer (as in APPNP /
-      GCNII), so every layer keeps a share of the un-smoothed embedding.
+      GCNII), so every layer keeps a share of the un-smoothed embedding;
+    * ``gcnii``   (GCN only) the GCNII layer, ``h_l = relu((1 - b_l) s + b_l s W_l + bias)``
+      with ``s = (1 - a) A_hat h_{l-1} + a h_1`` and ``b_l = log(GCNII_LAMBDA / (l - 1) + 1)``:
+      the initial residual plus an identity mapping that keeps deep layers near the
+      identity.
     """
 
     def __init__(
@@ -159,6 +173,8 @@ class Student(nn.Module):
         if model == "gat" and hidden % heads != 0:
             raise ValueError(f"GAT: hidden ({hidden}) must be divisible by heads ({heads})")
         check_residual(residual, residual_alpha)
+        if residual == "gcnii" and model != "gcn":
+            raise ValueError(f"residual='gcnii' is a GCN layer; model {model!r} takes none, plain or initial")
         self.model, self.dropout, self.num_layers = model, dropout, num_layers
         self.residual, self.residual_alpha = residual, residual_alpha
         dims = [in_dim] + [hidden] * (num_layers - 1) + [num_classes]
@@ -192,7 +208,10 @@ class Student(nn.Module):
                 h = h.dropout(self.dropout, self.training)
             else:
                 h = F.dropout(h, self.dropout, self.training)
-            h = layer(graph, edge_index, h)
+            if self.residual == "gcnii" and 0 < i < self.num_layers - 1:
+                h = layer.forward_gcnii(graph, h, h0, self.residual_alpha, math.log(GCNII_LAMBDA / i + 1.0))
+            else:
+                h = layer(graph, edge_index, h)
             if i < self.num_layers - 1:
                 h = F.relu(h)
                 if i == 0:

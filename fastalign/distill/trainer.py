@@ -56,8 +56,8 @@ class TrainConfig:
     batch_size: int = 2
     log_every: int = 0
     # deep-student recipe (defaults: the 2-layer Kipf & Welling setting, unchanged)
-    residual: str = "none"          # none | plain | initial (see models.Student)
-    residual_alpha: float = 0.1     # share of the first hidden layer for residual="initial"
+    residual: str = "none"          # none | plain | initial | gcnii (see models.Student)
+    residual_alpha: float = 0.1     # share of the first hidden layer for initial / gcnii
     weight_decay_scope: str = "all"  # all parameters, or "first": the first graph layer only
     lr_schedule: str = "constant"   # constant | cosine (cosine annealing to 0 over the epochs)
     align_warmup: int = 0           # epochs of a linear ramp 0 -> 1 on the alignment terms
@@ -278,20 +278,25 @@ def run_experiment(cfg: TrainConfig, data: NodeDataset, seeds: List[int],
             accs = " ".join(f"{s['test']:.4f}" for s in r["students"])
             log(f"seed {seed}: test {accs}  ensemble {r['ensemble']['test']:.4f}  "
                 f"epoch {r['epoch_time_s'] * 1e3:.1f} ms")
+    return summarize_runs(asdict(cfg), data.name, data.metric, runs)
+
+
+def summarize_runs(config: dict, dataset: str, metric: str, runs: List[dict]) -> dict:
+    """The result of :func:`run_experiment` from its per-seed ``runs`` (also used to merge
+    the runs of two invocations of one configuration on disjoint seeds)."""
     tests = [s["test"] for r in runs for s in r["students"]]
     vals = [s["val"] for r in runs for s in r["students"]]
     mean_test, std_test = _mean_std(tests)
     per_student = []
-    for k in range(cfg.students):
+    for k in range(config["students"]):
         m, sd = _mean_std([r["students"][k]["test"] for r in runs])
         per_student.append({"student": k, "mean_val": _mean_std([r["students"][k]["val"] for r in runs])[0],
                             "mean_test": m, "std_test": sd})
     ens_m, ens_sd = _mean_std([r["ensemble"]["test"] for r in runs])
-    cfg_dict = asdict(cfg)
     return {
-        "dataset": data.name,
-        "metric": data.metric,
-        "config": cfg_dict,
+        "dataset": dataset,
+        "metric": metric,
+        "config": config,
         "seeds": [r["seed"] for r in runs],
         "mean_test_acc": mean_test,
         "std_test_acc": std_test,

@@ -1,0 +1,49 @@
+"""bench/run_distill_experiments.py: one JSON per configuration, resumable, and --extend
+merging new seeds into an existing configuration's JSON."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+RUNNER = os.path.join(os.path.dirname(__file__), "..", "bench", "run_distill_experiments.py")
+
+
+@pytest.fixture(scope="module")
+def runner():
+    spec = importlib.util.spec_from_file_location("run_distill_experiments", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sweep(runner, monkeypatch, out, *extra):
+    argv = ["run_distill_experiments.py", "--datasets", "synthetic", "--layers", "2", "--ks", "1",
+            "--variants", "independent", "--epochs", "2", "--backend", "torch", "--out", str(out), *extra]
+    monkeypatch.setattr("sys.argv", argv)
+    assert runner.main() == 0
+    with open(out / "synthetic_L2_K1_independent.json") as f:
+        return json.load(f)
+
+
+def test_extend_merges_new_seeds(runner, monkeypatch, tmp_path):
+    first = sweep(runner, monkeypatch, tmp_path, "--seeds", "1")
+    assert first["seeds"] == [0] and "extended_by" not in first
+    # without --extend an existing configuration is skipped
+    assert sweep(runner, monkeypatch, tmp_path, "--seeds", "3") == first
+    merged = sweep(runner, monkeypatch, tmp_path, "--seeds", "3", "--extend")
+    assert merged["seeds"] == [0, 1, 2]
+    assert merged["runs"][0] == first["runs"][0]
+    assert [e["seeds"] for e in merged["extended_by"]] == [[1, 2]]
+    assert merged["command"] == first["command"] and merged["variant"] == "independent"
+    tests = [r["students"][0]["test"] for r in merged["runs"]]
+    assert merged["mean_test_acc"] == pytest.approx(sum(tests) / 3)
+    # the seeds it already has are not run again
+    assert sweep(runner, monkeypatch, tmp_path, "--seed-list", "1", "2", "--extend") == merged
+
+
+def test_extend_refuses_another_configuration(runner, monkeypatch, tmp_path):
+    sweep(runner, monkeypatch, tmp_path, "--seeds", "1")
+    with pytest.raises(SystemExit, match="dropout"):
+        sweep(runner, monkeypatch, tmp_path, "--seeds", "2", "--extend", "--dropout", "0.3")
