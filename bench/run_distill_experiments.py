@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from fastalign.datasets import load_dataset  # noqa: E402
 from fastalign.distill import LossWeights, TrainConfig, run_experiment  # noqa: E402
-from fastalign.distill.trainer import summarize_runs  # noqa: E402
 from fastalign.distill.models import RESIDUALS  # noqa: E402
+from fastalign.distill.trainer import summarize_runs  # noqa: E402
 
 # variant -> (align, structure weight, feature weight, deep supervision)
 VARIANTS = {
@@ -199,8 +199,8 @@ def main() -> int:
             break
         cfg = config(L, K, v, args)
         if old is not None and old["config"] != asdict(cfg):
-            diff = sorted(k for k in set(old["config"]) | set(asdict(cfg))
-                          if old["config"].get(k) != asdict(cfg).get(k))
+            new_cfg = asdict(cfg)
+            diff = sorted(k for k in set(old["config"]) | set(new_cfg) if old["config"].get(k) != new_cfg.get(k))
             raise SystemExit(f"--extend {path}: the configuration differs in {diff}")
         t0 = time.time()
         r = run_experiment(cfg, data[d], seeds, stop=stop)

@@ -11,6 +11,9 @@ from fastalign import Graph, backends
 from fastalign.ops.gcn_aggregate import gcn_norm_state
 from graphs import case_graphs, features, power_law_edge_index, random_edge_index
 
+# the module, not the function fastalign.ops re-exports under the same name
+structure_kl_module = importlib.import_module("fastalign.ops.structure_kl")
+
 REF = importlib.import_module("fastalign.backends.torch")
 pytestmark = pytest.mark.skipif(
     not backends.is_available("cpu"), reason="fastalign._C (the CPU extension) is not built"
@@ -407,6 +410,10 @@ def test_automatic_choice_picks_cpu_for_cpu_tensors(monkeypatch):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     device = torch.device("cpu")
     assert set(backends.BACKEND_FUNCTIONS) <= CPU.FUNCTIONS
+    # anything beyond the required functions is a declared optional one, and the
+    # structure_kl fast path asks only for declared ones
+    assert CPU.FUNCTIONS - set(backends.BACKEND_FUNCTIONS) <= set(backends.OPTIONAL_FUNCTIONS)
+    assert set(structure_kl_module.FAST_PATH) <= set(backends.OPTIONAL_FUNCTIONS)
     assert backends.resolve("spmm", None, device, ("spmm_forward", "sddmm")) == "cpu"
     assert backends.resolve("structure_kl", "auto", device, ("structure_kl_forward",)) == "cpu"
     # the registered torch ops are what the adapter calls

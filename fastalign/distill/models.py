@@ -12,8 +12,8 @@ The GCN and SAGE layers are built directly on fastalign's ops (``gcn_aggregate``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
