@@ -87,6 +87,15 @@ def config(L, K, variant, args):
                                            feature_pairs=args.feature_pairs))
 
 
+def next_utc_time(text, now):
+    """The first UTC time HH:MM after ``now`` (so 01:20 given at 23:10 is tomorrow's)."""
+    if not text:
+        return None
+    h, m = map(int, text.split(":"))
+    t = now.replace(hour=h, minute=m, second=0, microsecond=0)
+    return t if t > now else t + dt.timedelta(days=1)
+
+
 def commit() -> str:
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
@@ -160,21 +169,16 @@ def main() -> int:
                         "(the configuration must be identical)")
     p.add_argument("--mode", default="alternating")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--deadline", default=None, help="UTC HH:MM after which no new configuration starts")
+    p.add_argument("--deadline", default=None, help="UTC HH:MM (the next one) after which no new configuration starts")
     p.add_argument("--stop-at", default=None,
-                   help="UTC HH:MM after which no new seed starts (the configuration is saved with the seeds done)")
+                   help="UTC HH:MM (the next one) after which no new seed starts (the configuration is saved with the seeds done)")
     p.add_argument("--summarize", metavar="DIR", default=None, help="print the markdown table of DIR and exit")
     args = p.parse_args()
     if args.summarize:
         print(summarize(args.summarize))
         return 0
-    def at(text):
-        if not text:
-            return None
-        h, m = map(int, text.split(":"))
-        return dt.datetime.now(dt.timezone.utc).replace(hour=h, minute=m, second=0, microsecond=0)
-
-    deadline, stop_at = at(args.deadline), at(args.stop_at)
+    now = dt.datetime.now(dt.timezone.utc)
+    deadline, stop_at = next_utc_time(args.deadline, now), next_utc_time(args.stop_at, now)
     stop = (lambda: dt.datetime.now(dt.timezone.utc) >= stop_at) if stop_at else None
     import torch
 
