@@ -87,6 +87,20 @@ def config(L, K, variant, args):
                                            feature_pairs=args.feature_pairs))
 
 
+def config_differences(old: dict, new: dict, defaults: dict, prefix: str = "") -> list:
+    """The keys where ``new`` differs from ``old``. A key that ``old`` lacks counts as its
+    default: it is an option added after that JSON was written, and every option's default
+    keeps the earlier behaviour."""
+    diff = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
+        if isinstance(before, dict) and isinstance(after, dict):
+            diff += config_differences(before, after, defaults.get(key) or {}, f"{prefix}{key}.")
+        elif before != after:
+            diff.append(prefix + key)
+    return diff
+
+
 def next_utc_time(text, now):
     """The first UTC time HH:MM after ``now`` (so 01:20 given at 23:10 is tomorrow's)."""
     if not text:
@@ -202,10 +216,10 @@ def main() -> int:
             print(f"deadline {args.deadline or args.stop_at} reached; stopping before {path}", flush=True)
             break
         cfg = config(L, K, v, args)
-        if old is not None and old["config"] != asdict(cfg):
-            new_cfg = asdict(cfg)
-            diff = sorted(k for k in set(old["config"]) | set(new_cfg) if old["config"].get(k) != new_cfg.get(k))
-            raise SystemExit(f"--extend {path}: the configuration differs in {diff}")
+        if old is not None:
+            diff = config_differences(old["config"], asdict(cfg), asdict(TrainConfig()))
+            if diff:
+                raise SystemExit(f"--extend {path}: the configuration differs in {diff}")
         t0 = time.time()
         r = run_experiment(cfg, data[d], seeds, stop=stop)
         run_info = dict(commit=commit(), wall_time_s=time.time() - t0,

@@ -47,3 +47,32 @@ def test_extend_refuses_another_configuration(runner, monkeypatch, tmp_path):
     sweep(runner, monkeypatch, tmp_path, "--seeds", "1")
     with pytest.raises(SystemExit, match="dropout"):
         sweep(runner, monkeypatch, tmp_path, "--seeds", "2", "--extend", "--dropout", "0.3")
+
+
+def test_extend_takes_options_added_later_at_their_defaults(runner, monkeypatch, tmp_path):
+    first = sweep(runner, monkeypatch, tmp_path, "--seeds", "1")
+    path = tmp_path / "synthetic_L2_K1_independent.json"
+    # a JSON written before --residual and --feature-pairs existed
+    del first["config"]["residual"], first["config"]["weights"]["feature_pairs"]
+    path.write_text(json.dumps(first))
+    merged = sweep(runner, monkeypatch, tmp_path, "--seeds", "2", "--extend")
+    assert merged["seeds"] == [0, 1]
+    # an option the old JSON lacks, now set away from its default, is a difference
+    path.write_text(json.dumps(first))
+    with pytest.raises(SystemExit, match=r"weights\.feature_pairs"):
+        sweep(runner, monkeypatch, tmp_path, "--seeds", "2", "--extend", "--feature-pairs", "hidden")
+
+
+def test_config_differences_names_nested_keys(runner):
+    defaults = {"a": 1, "w": {"x": 0, "y": "all"}}
+    assert runner.config_differences({"a": 1, "w": {"x": 0}}, {"a": 1, "w": {"x": 0, "y": "all"}}, defaults) == []
+    assert runner.config_differences({"a": 2, "w": {"x": 0}}, {"a": 1, "w": {"x": 1, "y": "hidden"}},
+                                     defaults) == ["a", "w.x", "w.y"]
+
+
+def test_deadline_is_the_next_such_time(runner):
+    import datetime as dt
+    now = dt.datetime(2026, 11, 28, 23, 10, tzinfo=dt.timezone.utc)
+    assert runner.next_utc_time("01:20", now) == dt.datetime(2026, 11, 29, 1, 20, tzinfo=dt.timezone.utc)
+    assert runner.next_utc_time("23:40", now) == dt.datetime(2026, 11, 28, 23, 40, tzinfo=dt.timezone.utc)
+    assert runner.next_utc_time(None, now) is None
