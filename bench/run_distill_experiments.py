@@ -82,7 +82,8 @@ def config(L, K, variant, args):
                        deep_supervision=ds, backend=args.backend, lr=args.lr,
                        residual=args.residual, residual_alpha=args.residual_alpha,
                        weight_decay_scope=args.weight_decay_scope, lr_schedule=args.lr_schedule,
-                       align_warmup=args.align_warmup,
+                       align_warmup=args.align_warmup, hidden_weight_decay=args.hidden_weight_decay,
+                       patience=args.patience,
                        weights=LossWeights(structure=ws, feature=wf, deep_supervision=args.ds_weight,
                                            feature_pairs=args.feature_pairs))
 
@@ -131,7 +132,8 @@ def summarize(folder: str) -> str:
             extra = []
             for key, default in (("hidden", 16), ("dropout", 0.5), ("weight_decay", 5e-4), ("epochs", 200),
                                  ("residual", "none"), ("weight_decay_scope", "all"),
-                                 ("lr_schedule", "constant"), ("align_warmup", 0)):
+                                 ("lr_schedule", "constant"), ("align_warmup", 0),
+                                 ("hidden_weight_decay", None), ("patience", 0)):
                 if c.get(key, default) != default:
                     extra.append(f"{key}={c[key]}")
             variant = r["variant"] + (f" ({', '.join(extra)})" if extra else "")
@@ -169,6 +171,8 @@ def main() -> int:
     p.add_argument("--weight-decay-scope", default="all", choices=("all", "first"))
     p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
     p.add_argument("--align-warmup", type=int, default=0)
+    p.add_argument("--hidden-weight-decay", type=float, default=None)
+    p.add_argument("--patience", type=int, default=0)
     p.add_argument("--structure-weight", type=float, default=None,
                    help="replaces the variant's structure weight where it has one")
     p.add_argument("--feature-weight", type=float, default=None,

@@ -72,6 +72,11 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--residual-alpha", type=float, default=0.1, help="a for --residual initial / gcnii")
     p.add_argument("--weight-decay-scope", default="all", choices=WD_SCOPES,
                    help="weight decay on all parameters, or on the first graph layer only (PyG's gcn.py)")
+    p.add_argument("--hidden-weight-decay", type=_non_negative, default=None,
+                   help="weight decay of hidden layers 2..L-1 instead of what --weight-decay-scope "
+                        "gives them (GCNII: 0.01 on its convolutions)")
+    p.add_argument("--patience", type=int, default=0,
+                   help="stop once no student's validation score improved for N epochs (0: off)")
     p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
                    help="constant, or cosine annealing to 0 over --epochs")
     p.add_argument("--batch-size", type=_positive_int, default=2, help="graphs per mini-batch (PPI)")
@@ -95,7 +100,8 @@ def config_from_args(args):
                        backend=args.backend, device=args.device, batch_size=args.batch_size,
                        log_every=args.log_every, residual=args.residual,
                        residual_alpha=args.residual_alpha, weight_decay_scope=args.weight_decay_scope,
-                       lr_schedule=args.lr_schedule, align_warmup=args.align_warmup)
+                       lr_schedule=args.lr_schedule, align_warmup=args.align_warmup,
+                       hidden_weight_decay=args.hidden_weight_decay, patience=args.patience)
 
 
 def format_table(result: dict) -> str:

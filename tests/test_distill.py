@@ -327,6 +327,38 @@ def test_weight_decay_first_layer_only(data):
         TrainConfig(align_warmup=-1)
 
 
+def test_hidden_weight_decay_sets_the_hidden_layers_apart(data):
+    for scope in ("all", "first"):
+        cfg = small(layers=4, weight_decay_scope=scope, hidden_weight_decay=0.01)
+        students, adapters, opts, _ = build_students(cfg, data)
+        groups = opts[0].param_groups
+        hidden = {id(p) for layer in students[0].layers[1:3] for p in layer.parameters()}
+        assert {id(p) for p in groups[-1]["params"]} == hidden and groups[-1]["weight_decay"] == 0.01
+        # every parameter in exactly one group
+        ids = [id(p) for g in groups for p in g["params"]]
+        everything = {id(p) for p in students[0].parameters()} | {id(p) for p in adapters[0].parameters()}
+        assert len(ids) == len(set(ids)) and set(ids) == everything
+        first = {id(p) for p in students[0].layers[0].parameters()}
+        if scope == "all":   # first layer, classifier layer, heads and adapters keep 5e-4
+            assert len(groups) == 2 and groups[0]["weight_decay"] == 5e-4 and first <= {id(p) for p in groups[0]["params"]}
+        else:                # first layer 5e-4, the rest none
+            assert [g["weight_decay"] for g in groups] == [5e-4, 0.0, 0.01]
+            assert {id(p) for p in groups[0]["params"]} == first
+    with pytest.raises(ValueError, match="hidden_weight_decay"):
+        TrainConfig(hidden_weight_decay=-1.0)
+
+
+def test_patience_stops_once_every_student_stalls(data):
+    r = run_experiment(small(epochs=200, patience=3, lr=0.05), data, [0])
+    run = r["runs"][0]
+    last_best = max(s["best_epoch"] for s in run["students"])
+    assert run["epochs_run"] == last_best + 3 < 200
+    # without patience every epoch runs
+    assert run_experiment(small(epochs=5), data, [0])["runs"][0]["epochs_run"] == 5
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=-1)
+
+
 def test_feature_pairs_hidden_only(data):
     cfg = small(layers=4, weights=LossWeights(feature_pairs="hidden"))
     students, adapters, opts, pairs = build_students(cfg, data)
@@ -395,5 +427,8 @@ def test_cli_deep_recipe_flags(tmp_path):
     assert main(argv) == 0
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["config"]["residual"] == "initial" and r["config"]["align_warmup"] == 3
+    assert (cfg.hidden_weight_decay, cfg.patience) == (None, 0)
+    cfg = config_from_args(build_parser().parse_args(["train", "--hidden-weight-decay", "0.01", "--patience", "100"]))
+    assert (cfg.hidden_weight_decay, cfg.patience) == (0.01, 100)
     with pytest.raises(SystemExit):
         main(["train", "--residual", "dense", "--epochs", "1"])

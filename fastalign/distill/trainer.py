@@ -61,6 +61,10 @@ class TrainConfig:
     weight_decay_scope: str = "all"  # all parameters, or "first": the first graph layer only
     lr_schedule: str = "constant"   # constant | cosine (cosine annealing to 0 over the epochs)
     align_warmup: int = 0           # epochs of a linear ramp 0 -> 1 on the alignment terms
+    # weight decay of the hidden layers 2..L-1 (GCNII's separate decay of its convolutions);
+    # None: they follow weight_decay_scope like every other parameter
+    hidden_weight_decay: Optional[float] = None
+    patience: int = 0               # stop once no student's validation score improved for this many epochs (0: off)
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -86,6 +90,10 @@ class TrainConfig:
             raise ValueError(f"align_warmup must be a non-negative int, got {self.align_warmup!r}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be positive and weight_decay non-negative")
+        if self.hidden_weight_decay is not None and not self.hidden_weight_decay >= 0:
+            raise ValueError(f"hidden_weight_decay must be None or non-negative, got {self.hidden_weight_decay!r}")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"patience must be a non-negative int, got {self.patience!r}")
 
     @property
     def op_backend(self) -> Optional[str]:
@@ -145,15 +153,26 @@ def build_students(cfg: TrainConfig, data: NodeDataset):
         a = FeatureAdapters(s.widths, hinted).to(cfg.device)
         students.append(s)
         adapters.append(a)
-        if cfg.weight_decay_scope == "all":
-            groups = [{"params": list(s.parameters()) + list(a.parameters())}]
-        else:  # PyG's gcn.py: weight decay on the first layer only
-            first = list(s.layers[0].parameters())
-            ids = {id(p) for p in first}
-            rest = [p for p in s.parameters() if id(p) not in ids] + list(a.parameters())
-            groups = [{"params": first}, {"params": rest, "weight_decay": 0.0}]
-        opts.append(torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
+        opts.append(torch.optim.Adam(_param_groups(cfg, s, a), lr=cfg.lr, weight_decay=cfg.weight_decay))
     return students, adapters, opts, pairs
+
+
+def _param_groups(cfg: TrainConfig, student: Student, adapters: FeatureAdapters) -> List[dict]:
+    """Adam's parameter groups: weight decay on every parameter (``all``) or on the first
+    graph layer only (``first``, PyG's gcn.py); ``hidden_weight_decay`` then sets the
+    hidden layers 2..L-1 apart (GCNII: 0.01 on its convolutions, 5e-4 on the rest)."""
+    hidden = [p for layer in student.layers[1:-1] for p in layer.parameters()] \
+        if cfg.hidden_weight_decay is not None else []
+    first = list(student.layers[0].parameters()) if cfg.weight_decay_scope == "first" else []
+    taken = {id(p) for p in hidden + first}
+    rest = [p for p in list(student.parameters()) + list(adapters.parameters()) if id(p) not in taken]
+    if cfg.weight_decay_scope == "all":
+        groups = [{"params": rest}]
+    else:
+        groups = [{"params": first}, {"params": rest, "weight_decay": 0.0}]
+    if hidden:
+        groups.append({"params": hidden, "weight_decay": cfg.hidden_weight_decay})
+    return groups
 
 
 def train_step(cfg: TrainConfig, batch, students, adapters, opts, pairs, multilabel: bool,
@@ -232,11 +251,14 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
             if val > best[k]["val"]:
                 best[k] = {"val": val, "test": score(probs["test"], labels["test"], multilabel),
                            "epoch": epoch, "probs": probs}
-        if log and cfg.log_every and (epoch % cfg.log_every == 0 or epoch == cfg.epochs):
+        stalled = cfg.patience and epoch - max(b["epoch"] for b in best) >= cfg.patience
+        if log and cfg.log_every and (epoch % cfg.log_every == 0 or epoch == cfg.epochs or stalled):
             p = parts[-1]
             log(f"  seed {seed} epoch {epoch:4d}  task {p['task']:.4f}  ds {p['ds']:.4f}  "
                 f"struct {p['structure']:.2e}  feat {p['feature']:.4f}  "
                 f"val {' '.join(f'{v:.3f}' for v in vals)}")
+        if stalled:
+            break
     ens = {sp: torch.stack([b["probs"][sp] for b in best]).mean(0) for sp in ("val", "test")}
     timed = epoch_times[1:] if len(epoch_times) > 1 else epoch_times
     return {
@@ -246,6 +268,7 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
         "ensemble": {"val": score(ens["val"], labels["val"], multilabel),
                      "test": score(ens["test"], labels["test"], multilabel)},
         "epoch_time_s": sum(timed) / len(timed),
+        "epochs_run": len(epoch_times),
     }
 
 
