@@ -251,7 +251,7 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
             if val > best[k]["val"]:
                 best[k] = {"val": val, "test": score(probs["test"], labels["test"], multilabel),
                            "epoch": epoch, "probs": probs}
-        stalled = cfg.patience and epoch - max(b["epoch"] for b in best) >= cfg.patience
+        stalled = cfg.patience > 0 and epoch - max(b["epoch"] for b in best) >= cfg.patience
         if log and cfg.log_every and (epoch % cfg.log_every == 0 or epoch == cfg.epochs or stalled):
             p = parts[-1]
             log(f"  seed {seed} epoch {epoch:4d}  task {p['task']:.4f}  ds {p['ds']:.4f}  "
