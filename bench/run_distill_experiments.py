@@ -119,7 +119,13 @@ def commit() -> str:
         return "unknown"
 
 
+# options a recipe-less row names in the summary when they differ from TrainConfig's default
+SHOWN_OPTIONS = ("hidden", "dropout", "weight_decay", "epochs", "residual", "weight_decay_scope",
+                 "lr_schedule", "align_warmup", "hidden_weight_decay", "patience")
+
+
 def summarize(folder: str) -> str:
+    defaults = asdict(TrainConfig())
     rows = []
     paths = sorted(glob.glob(os.path.join(folder, "*.json")) + glob.glob(os.path.join(folder + "_*", "*.json")))
     for path in paths:
@@ -129,13 +135,7 @@ def summarize(folder: str) -> str:
         if r.get("recipe"):
             variant = f"{r['variant']} [{r['recipe']}]"
         else:
-            extra = []
-            for key, default in (("hidden", 16), ("dropout", 0.5), ("weight_decay", 5e-4), ("epochs", 200),
-                                 ("residual", "none"), ("weight_decay_scope", "all"),
-                                 ("lr_schedule", "constant"), ("align_warmup", 0),
-                                 ("hidden_weight_decay", None), ("patience", 0)):
-                if c.get(key, default) != default:
-                    extra.append(f"{key}={c[key]}")
+            extra = [f"{key}={c[key]}" for key in SHOWN_OPTIONS if c.get(key, defaults[key]) != defaults[key]]
             variant = r["variant"] + (f" ({', '.join(extra)})" if extra else "")
         rows.append((r["dataset"], c["layers"], variant, c["students"], len(r["seeds"]),
                      r["mean_test_acc"], r["std_test_acc"], r["ensemble"]["mean_test_acc"],

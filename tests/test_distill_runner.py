@@ -76,3 +76,12 @@ def test_deadline_is_the_next_such_time(runner):
     assert runner.next_utc_time("01:20", now) == dt.datetime(2026, 11, 29, 1, 20, tzinfo=dt.timezone.utc)
     assert runner.next_utc_time("23:40", now) == dt.datetime(2026, 11, 28, 23, 40, tzinfo=dt.timezone.utc)
     assert runner.next_utc_time(None, now) is None
+
+
+def test_summary_names_the_options_away_from_their_defaults(runner, monkeypatch, tmp_path):
+    sweep(runner, monkeypatch, tmp_path / "runs", "--seeds", "1")
+    sweep(runner, monkeypatch, tmp_path / "runs_wd", "--seeds", "1", "--dropout", "0.3", "--patience", "5")
+    rows = [line for line in runner.summarize(str(tmp_path / "runs")).splitlines() if "synthetic" in line]
+    assert len(rows) == 2
+    assert sorted(row.split("|")[3].strip() for row in rows) == [
+        "independent (dropout=0.3, epochs=2, patience=5)", "independent (epochs=2)"]  # the sweep trains 2 epochs
