@@ -1,9 +1,10 @@
 """CI gate for the CUDA kernels (no GPU needed): every csrc/cuda/kernels/*.cu compiles with
-``nvcc -arch=sm_90`` under the flags torch's CUDAExtension adds, and the launcher API,
-the torch glue and the Python adapter agree with each other.
+``nvcc -arch=sm_90`` under the flags torch's CUDAExtension adds, the torch glue
+(csrc/cuda/binding.cpp) compiles against torch's headers, and the launcher API, the glue
+and the Python adapter agree with each other.
 
-Each compile takes a minute or two on a small machine; set FASTALIGN_SKIP_NVCC=1 to skip
-the compiles locally (the static checks still run).
+Each compile takes a minute or two on a small machine (the glue's, with g++, about 40 s);
+set FASTALIGN_SKIP_NVCC=1 to skip the compiles locally (the static checks still run).
 """
 
 import os
@@ -59,6 +60,60 @@ def test_kernel_compiles_for_sm90(source, tmp_path):
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
+
+
+def _cuda_include_dir(nvcc):
+    """The toolkit's include directory, as nvcc itself reports it (nvcc may be a wrapper
+    script outside the toolkit, so its own path says nothing)."""
+    probe = subprocess.run([nvcc, "--dryrun", "-c", "x.cu", "-o", "x.o"], capture_output=True, text=True)
+    found = re.search(r'INCLUDES="-I([^"]+?)"', probe.stdout + probe.stderr)
+    return Path(found.group(1).strip()) if found else None
+
+
+def test_binding_compiles_against_torch_headers(tmp_path):
+    """The glue is otherwise compiled only where torch has CUDA (the first GPU session):
+    compile it here with g++ against the CPU torch's headers, which include c10/cuda
+    and ATen's CUDA headers but not the one header CMake generates for a CUDA build.
+    It then needs no more than the launchers of fastalign_cuda.h to link."""
+    import sysconfig
+
+    import torch
+    from torch.utils import cpp_extension
+
+    nvcc, gxx = _nvcc(), shutil.which("g++")
+    if nvcc is None or gxx is None:
+        pytest.skip("needs nvcc (for the CUDA runtime headers) and g++")
+    if os.environ.get("FASTALIGN_SKIP_NVCC") == "1":
+        pytest.skip("FASTALIGN_SKIP_NVCC=1")
+    cuda_include = _cuda_include_dir(nvcc)
+    if cuda_include is None or not (cuda_include / "cuda_runtime_api.h").exists():
+        pytest.skip(f"CUDA runtime headers not found (nvcc reported {cuda_include})")
+    torch_includes = [Path(p) for p in cpp_extension.include_paths()]
+    generated = Path("c10/cuda/impl/cuda_cmake_macros.h")
+    if not any((p / generated).exists() for p in torch_includes):
+        # A CUDA build of torch generates it with this one line (c10/cuda/impl/
+        # cuda_cmake_macros.h.in); a CPU build ships without it.
+        (tmp_path / generated).parent.mkdir(parents=True)
+        (tmp_path / generated).write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    obj = tmp_path / "binding.o"
+    cmd = [
+        gxx, "-std=c++17", "-c", "-O0", "-g0", "-fPIC", str(BINDING), "-o", str(obj),
+        "-I", str(ROOT / "csrc"), "-I", str(tmp_path),
+        *[arg for p in torch_includes for arg in ("-isystem", str(p))],
+        "-isystem", sysconfig.get_paths()["include"], "-isystem", str(cuda_include),
+        "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C_cuda",
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}",
+        "-Wall", "-Wextra", "-Werror",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr[-6000:]}"
+    nm = shutil.which("nm")
+    if nm is None:
+        return
+    undefined = subprocess.run([nm, "-u", str(obj)], capture_output=True, text=True).stdout
+    used = set(re.findall(r"\b(fa_\w+)\b", undefined))
+    assert used, "the glue calls no launcher"
+    assert used <= _launchers_declared(), used - _launchers_declared()
 
 
 def _launchers_declared():
