@@ -82,6 +82,18 @@ def test_bench_cli_time_limit(tmp_path):
                                   for r in run["results"])
 
 
+def test_graphs_run_in_the_order_named():
+    """--graphs sets the order too (the large graphs first, where time is short)."""
+    from fastalign.bench.runner import run_benchmarks
+
+    specs = [G._power_law_spec("pl-a", 60, 300), G._power_law_spec("pl-b", 80, 400)]
+    run = run_benchmarks(["spmm"], "cpu", graphs=["pl-b", "pl-a", "pl-b"], backends=["torch"],
+                         compile_peers=False, modes=["fwd"], measure_memory=False,
+                         timing=dict(budget_s=0.0, warmup=0, min_reps=1), specs=specs)
+    assert [g["graph"] for g in run["meta"]["graphs"]] == ["pl-b", "pl-a"]
+    assert [r["graph"] for r in run["results"]][0] == "pl-b"
+
+
 def test_bench_cli_bad_arguments(capsys):
     assert main(["--sizes", "tiny", "--graphs", "nosuchgraph", "--quiet"]) == 2
     assert "unknown graph" in capsys.readouterr().err

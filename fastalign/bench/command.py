@@ -39,7 +39,8 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "nodes; large: also the arxiv-, reddit- and products-like "
                              "power-law graphs (GPU sizes; run where memory allows)")
     parser.add_argument("--graphs", default=None,
-                        help="comma-separated subset of the graphs of --sizes (e.g. cora,pubmed)")
+                        help="comma-separated subset of the graphs of --sizes, run in that order "
+                             "(e.g. reddit-like,cora)")
     parser.add_argument("--backends", default=None,
                         help="comma-separated fastalign backends to run (default: all available)")
     parser.add_argument("--mode", default="both", choices=("fwd", "fwd+bwd", "both"),
