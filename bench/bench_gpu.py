@@ -382,7 +382,33 @@ def summarise(records, copy_gbs):
               "peer; gcn: PyG compiled; skl: PyG-style compiled). Goals (issue 4): spmm fwd <= 0.75x "
               "on reddit/products, <= 1x on arxiv, bf16 <= 0.5x of cuSPARSE fp32; spmm fwd+bwd <= 0.4x; "
               "GCN <= 0.5x; structure_kl <= 0.25x at <= 10% peak memory."]
+    lines += backend_choice(records)
     return "\n".join(lines)
+
+
+def backend_choice(records):
+    """Triton against the hand-written CUDA kernels, op by op: the measurement that
+    fastalign.backends.PREFERENCE_BY_OP is to be set from. Per op, cuda's time over
+    triton's on every (graph, F, dtype) where both ran, their geometric mean, and the
+    faster backend by that mean."""
+    times = {}
+    for r in records:
+        if r.get("ms") and r["impl"] in ("fastalign[triton]", "fastalign[cuda]"):
+            times.setdefault((r["op"], r["graph"], r["F"], r["dtype"]), {})[r["impl"][10:-1]] = r["ms"]
+    ratios = {}
+    for (op, graph, F, dtype), t in times.items():
+        if "triton" in t and "cuda" in t:
+            ratios.setdefault(op, []).append((graph, F, dtype, t["cuda"] / t["triton"]))
+    if not ratios:
+        return []
+    lines = ["", "## triton vs cuda (cuda ms / triton ms; below 1: cuda faster)", "",
+             "| op | rows | geometric mean | range | faster |", "| --- | ---: | ---: | --- | --- |"]
+    for op, rows in ratios.items():
+        values = [x for *_, x in rows]
+        mean = statistics.geometric_mean(values)
+        lines.append(f"| {op} | {len(values)} | {mean:.2f} | {min(values):.2f} to {max(values):.2f} | "
+                     f"{'cuda' if mean < 1 else 'triton'} |")
+    return lines
 
 
 def main(argv=None):
