@@ -4,7 +4,11 @@ degree 60,000 (and a source hub of out-degree 60,000 for the max backward, which
 the transpose), bitwise run-to-run determinism (the max backward included), and the
 public ops end to end (gradients).
 
-Skipped without CUDA (and under TRITON_INTERPRET, where kernels are interpreted).
+Skipped without CUDA (and under TRITON_INTERPRET, where kernels are interpreted), except
+as a dry run: FASTALIGN_GPU_TESTS_ON_CPU=1 with TRITON_INTERPRET=1 runs the float32
+cases on CPU tensors through the interpreter, on graphs a tenth the size (about 20
+minutes). It checks the tests themselves before a GPU session, which is short
+and rare; CI does not run it.
 Low-precision inputs are compared with the reference run on the same inputs (both
 accumulate in float32) by the relative error of the whole output,
 ||out - ref|| / ||ref||, against a few units in the last place of the output dtype.
@@ -19,8 +23,10 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-HAS_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA device")]
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DRY_RUN = INTERPRET and os.environ.get("FASTALIGN_GPU_TESTS_ON_CPU") == "1"
+HAS_GPU = torch.cuda.is_available() and not INTERPRET
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not (HAS_GPU or DRY_RUN), reason="needs a CUDA device")]
 
 import fastalign  # noqa: E402
 from fastalign import Graph  # noqa: E402
@@ -30,7 +36,9 @@ from graphs import case_graphs, power_law_edge_index  # noqa: E402
 
 REF = importlib.import_module("fastalign.backends.torch")
 TB = importlib.import_module("fastalign.backends.triton")
-DEV = "cuda"
+DEV = "cpu" if DRY_RUN else "cuda"
+SCALE = 10 if DRY_RUN else 1  # graph sizes divided by this
+HUB = 60_000 // SCALE
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float64: 1e-12}
 KERNELS = {"l1": (None, 2, 1.0), "rbf": (None, 2, 1.0), "linear": (1.0, 2, 1.0),
@@ -42,6 +50,14 @@ def params(kernel, width):
     if sigma is None:  # keep similarities well scaled
         sigma = float(width) if kernel == "l1" else float(width) ** 0.5
     return sigma, degree, coef
+
+
+def well_scaled(kernel, x):
+    """Features whose similarities stay moderate. Unscaled N(0, 1) rows of width 64 give
+    poly logits near 5e4, where the float32 reference's peer gradients are off from
+    float64 by more than 10x (every float32 implementation is): no oracle to test
+    against. Rows of norm ~1 keep dot products O(1) for linear and poly."""
+    return x / x.size(1) ** 0.5 if kernel in ("linear", "poly") else x
 
 
 def rel_close(out, ref, dtype, what=""):
@@ -64,7 +80,7 @@ def rel_close(out, ref, dtype, what=""):
 _CACHE = {}
 
 
-def power_law(index_dtype, n=3000, e=40_000):
+def power_law(index_dtype, n=3000 // SCALE, e=40_000 // SCALE):
     key = ("pl", index_dtype, n, e)
     if key not in _CACHE:
         ei = power_law_edge_index(n, e, seed=1).to(index_dtype)
@@ -72,15 +88,23 @@ def power_law(index_dtype, n=3000, e=40_000):
     return _CACHE[key]
 
 
-def hub(index_dtype, degree=60_000, n=5000):
+def hub(index_dtype, degree=HUB, n=5000 // SCALE):
     """A hub of in-degree 60,000 (beyond Reddit's ~50k) beside a power-law graph."""
     key = ("hub", index_dtype)
     if key not in _CACHE:
         gen = torch.Generator().manual_seed(3)
         hub_e = torch.stack([torch.randint(0, n, (degree,), generator=gen), torch.zeros(degree, dtype=torch.long)])
-        ei = torch.cat([hub_e, power_law_edge_index(n, 30_000, seed=2)], 1).to(index_dtype)
+        ei = torch.cat([hub_e, power_law_edge_index(n, 30_000 // SCALE, seed=2)], 1).to(index_dtype)
         _CACHE[key] = Graph.from_edge_index(ei, num_nodes=n).to(DEV)
     return _CACHE[key]
+
+
+@pytest.fixture(autouse=True)
+def _float32_only_in_dry_run(request):
+    """The interpreter's float16 / bfloat16 arithmetic is wrong: the dry run skips them."""
+    spec = getattr(request.node, "callspec", None)
+    if DRY_RUN and spec and spec.params.get("dtype", torch.float32) != torch.float32:
+        pytest.skip("dry run: float32 only")
 
 
 def feats(n, width, dtype, seed):
@@ -115,7 +139,7 @@ def test_spmm(dtype, index_dtype, reduce):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_hub_row(dtype):
     g = hub(torch.int64)
-    assert int(g.in_degree.max()) >= 60_000
+    assert int(g.in_degree.max()) >= HUB
     x = feats(g.num_src, 64, dtype, 0)
     for reduce in ("sum", "max"):
         rel_close(TB.spmm_forward(g.rowptr, g.col, None, x, reduce)[0],
@@ -147,7 +171,8 @@ def test_structure_kl(kernel, dtype):
     if dtype != torch.float32 and kernel not in ("l1", "cosine"):
         pytest.skip("low precision: two kernels suffice")
     g = power_law(torch.int32)
-    _kl(g, feats(g.num_src, 64, dtype, 3), feats(g.num_src, 48, dtype, 4), kernel, dtype, peer=True)
+    hs, hp = (well_scaled(kernel, feats(g.num_src, w, dtype, seed)) for w, seed in ((64, 3), (48, 4)))
+    _kl(g, hs, hp, kernel, dtype, peer=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -198,14 +223,14 @@ def test_gcn_softmax_sddmm(dtype):
     rel_close(TB.sddmm(g.rowptr, g.col, x, x), REF.sddmm(g.rowptr, g.col, x, x), dtype, "sddmm")
 
 
-def src_hub(index_dtype, degree=60_000, n=5000):
+def src_hub(index_dtype, degree=HUB, n=5000 // SCALE):
     """A source of out-degree 60,000 (a hub row of the transpose, with duplicate edges)
     beside a power-law graph: the max backward splits it into segments."""
     key = ("src_hub", index_dtype)
     if key not in _CACHE:
         gen = torch.Generator().manual_seed(4)
         hub_e = torch.stack([torch.zeros(degree, dtype=torch.long), torch.randint(0, n, (degree,), generator=gen)])
-        ei = torch.cat([hub_e, power_law_edge_index(n, 30_000, seed=5)], 1).to(index_dtype)
+        ei = torch.cat([hub_e, power_law_edge_index(n, 30_000 // SCALE, seed=5)], 1).to(index_dtype)
         _CACHE[key] = Graph.from_edge_index(ei, num_nodes=n).to(DEV)
     return _CACHE[key]
 
@@ -317,4 +342,5 @@ def test_ops_end_to_end():
         loss.backward()
         out[backend] = (loss.detach(), x.grad.clone())
     rel_close(out["triton"], out["torch"], torch.float16, "ops")
-    assert fastalign.backends.resolve("spmm", None, torch.device(DEV), ("spmm_forward",)) == "triton"
+    if not DRY_RUN:  # on CPU tensors the automatic choice is the C++ backend
+        assert fastalign.backends.resolve("spmm", None, torch.device(DEV), ("spmm_forward",)) == "triton"
