@@ -4,9 +4,15 @@ function by function, then through the public ops (gradients, determinism, hub r
 Skipped without a CUDA device or without the compiled extension. Low-precision inputs
 are compared with the reference run on the same low-precision inputs (both accumulate
 in float32), so the tolerance is about one unit in the last place of the output dtype.
+
+Dry run (not in CI): FASTALIGN_CUDA_TESTS_ON_CPU=1 runs these tests on CPU tensors with
+the C++ CPU backend standing in for the CUDA one (float16 / bfloat16 go to the reference
+there), skipping the few CUDA-specific ones. It checks the tests themselves (arguments,
+shapes, tolerances against a second implementation) before a GPU session.
 """
 
 import importlib
+import os
 
 import pytest
 import torch
@@ -18,13 +24,16 @@ from graphs import case_graphs, power_law_edge_index, random_edge_index
 
 REF = importlib.import_module("fastalign.backends.torch")
 HAS_CUDA = torch.cuda.is_available() and backends.is_available("cuda")
+DRY_RUN = not HAS_CUDA and os.environ.get("FASTALIGN_CUDA_TESTS_ON_CPU") == "1" and backends.is_available("cpu")
 pytestmark = pytest.mark.skipif(
-    not HAS_CUDA, reason="needs a CUDA device and the fastalign._C_cuda extension"
+    not (HAS_CUDA or DRY_RUN), reason="needs a CUDA device and the fastalign._C_cuda extension"
 )
-if HAS_CUDA:
-    CU = backends.get("cuda")
+UNDER_TEST = "cpu" if DRY_RUN else "cuda"  # the backend these tests check
+if HAS_CUDA or DRY_RUN:
+    CU = backends.get(UNDER_TEST)
+cuda_only = pytest.mark.skipif(DRY_RUN, reason="dry run: checks the CUDA extension itself")
 
-DEV = "cuda"
+DEV = "cpu" if DRY_RUN else "cuda"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
 # (rtol, atol relative to the output's scale): a few ulps of the output dtype.
@@ -113,13 +122,22 @@ def edge_weight(graph, dtype, seed=5):
     return (torch.rand(graph.num_edges, generator=gen) + 0.5).to(dtype).to(DEV)
 
 
-def assert_close(actual, expected, dtype=None):
+def magnitude(*tensors):
+    """The largest finite |value| of the tensors, at least 1."""
+    finite = [t[torch.isfinite(t)].float().abs().max() for t in tensors if torch.isfinite(t).any()]
+    return max([1.0] + [float(m) for m in finite])
+
+
+def assert_close(actual, expected, dtype=None, scale_of=()):
+    """Within a few ulps of the output dtype, absolute errors measured against the
+    output's magnitude, or against that of ``scale_of`` when the output is a small
+    difference of such terms (kl = t / S_p + lse_s - lse_p: its float32 error is that of
+    the log-sum-exps, ~1e-5 on a row of 9,000 edges, whatever the size of kl)."""
     dtype = dtype or expected.dtype
     rtol, atol = TOL.get(dtype, TOL[torch.float32])
     assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    finite = expected[torch.isfinite(expected)].float() if expected.numel() else expected
-    scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
+    scale = magnitude(expected, *scale_of) if expected.numel() else 1.0
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale)
 
 
@@ -128,6 +146,7 @@ index_params = pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
 dtype_params = pytest.mark.parametrize("dtype", DTYPES)
 
 
+@cuda_only
 def test_lists_every_backend_function():
     assert CU.FUNCTIONS == frozenset(backends.BACKEND_FUNCTIONS)
     assert backends.resolve("spmm", "cuda", torch.device(DEV), ("spmm_forward",)) == "cuda"
@@ -241,6 +260,10 @@ def test_edge_similarity(name, index_dtype, dtype, width, kernel):
 @pytest.mark.parametrize("width", (1, 16, 67))
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_edge_similarity_backward(name, index_dtype, dtype, width, kernel):
+    if kernel == "cosine" and width == 1:
+        # the cosine of two 1-D rows is +-1, a constant: its gradient is zero, and each
+        # side returns only the rounding residue of two cancelling terms
+        pytest.skip("cosine at width 1: zero gradient")
     g = graph_of(name, index_dtype)
     rowptr_t, col_t, perm_t = g.transpose()
     xd = feats(g.num_dst, width, dtype, seed=2)
@@ -279,7 +302,7 @@ def test_structure_kl(name, index_dtype, dtype, widths, kernel):
     params = sim_params(kernel, max(fs, fp)) + (0.5,)
     kl, lse_s, lse_p = CU.structure_kl_forward(g.rowptr, g.col, sd, ss, pd, ps, *params)
     rkl, rls, rlp = REF.structure_kl_forward(g.rowptr, g.col, sd, ss, pd, ps, *params)
-    assert_close(kl, rkl)
+    assert_close(kl, rkl, scale_of=(rls, rlp))
     assert_close(lse_s, rls, dtype)
     assert_close(lse_p, rlp, dtype)
     assert torch.equal(torch.isinf(lse_s), torch.isinf(rls))
@@ -311,7 +334,7 @@ def test_hub_of_degree_50k(index_dtype, dtype):
     p = feats(g.num_src, 32, dtype, seed=9)
     kl, ls, lp = CU.structure_kl_forward(g.rowptr, g.col, x, x, p, p, *params)
     rkl, rls, rlp = REF.structure_kl_forward(g.rowptr, g.col, x, x, p, p, *params)
-    assert_close(kl, rkl)
+    assert_close(kl, rkl, scale_of=(rls, rlp))
     assert_close(ls, rls, dtype)
     rowptr_t, col_t, perm_t = g.transpose()
     grad = torch.ones(g.num_dst, device=DEV, dtype=dtype)
@@ -355,7 +378,7 @@ def test_spmm_op_gradients(reduce):
     w = edge_weight(g, torch.float32)
     x = feats(g.num_src, 32, torch.float32).requires_grad_()
     wc = w.clone().requires_grad_()
-    out = fastalign.spmm(g, x, reduce, edge_weight=wc, backend="cuda")
+    out = fastalign.spmm(g, x, reduce, edge_weight=wc, backend=UNDER_TEST)
     out.square().sum().backward()
     x2 = x.detach().clone().requires_grad_()
     w2 = w.clone().requires_grad_()
@@ -370,7 +393,7 @@ def test_structure_kl_op_gradients():
     g = graph_of("long_rows", torch.int32)
     hs = feats(g.num_src, 48, torch.float32, 1).requires_grad_()
     hp = feats(g.num_src, 24, torch.float32, 2).requires_grad_()
-    loss = fastalign.structure_kl(g, hs, hp, kernel="cosine", tau=0.5, backend="cuda")
+    loss = fastalign.structure_kl(g, hs, hp, kernel="cosine", tau=0.5, backend=UNDER_TEST)
     loss.backward()
     hs2 = hs.detach().clone().requires_grad_()
     hp2 = hp.detach().clone().requires_grad_()
@@ -414,9 +437,10 @@ def test_misaligned_and_strided_inputs():
         params = sim_params("rbf", f) + (1.0,)
         got = CU.structure_kl_forward(g.rowptr, g.col, inp, inp, x, x, *params)
         want = REF.structure_kl_forward(g.rowptr, g.col, inp, inp, x, x, *params)
-        assert_close(got[0], want[0])
+        assert_close(got[0], want[0], scale_of=want[1:])
 
 
+@cuda_only
 def test_bad_input_fails_with_a_message():
     g = graph_of("square", torch.int64)
     x = feats(g.num_src, 8, torch.float32)
