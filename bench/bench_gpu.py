@@ -391,20 +391,20 @@ def backend_choice(records):
     fastalign.backends.PREFERENCE_BY_OP is to be set from. Per op, cuda's time over
     triton's on every (graph, F, dtype) where both ran, their geometric mean, and the
     faster backend by that mean."""
+    backend_of = {"fastalign[triton]": "triton", "fastalign[cuda]": "cuda"}
     times = {}
     for r in records:
-        if r.get("ms") and r["impl"] in ("fastalign[triton]", "fastalign[cuda]"):
-            times.setdefault((r["op"], r["graph"], r["F"], r["dtype"]), {})[r["impl"][10:-1]] = r["ms"]
+        if r.get("ms") and r["impl"] in backend_of:
+            times.setdefault((r["op"], r["graph"], r["F"], r["dtype"]), {})[backend_of[r["impl"]]] = r["ms"]
     ratios = {}
-    for (op, graph, F, dtype), t in times.items():
+    for (op, *_), t in times.items():
         if "triton" in t and "cuda" in t:
-            ratios.setdefault(op, []).append((graph, F, dtype, t["cuda"] / t["triton"]))
+            ratios.setdefault(op, []).append(t["cuda"] / t["triton"])
     if not ratios:
         return []
     lines = ["", "## triton vs cuda (cuda ms / triton ms; below 1: cuda faster)", "",
              "| op | rows | geometric mean | range | faster |", "| --- | ---: | ---: | --- | --- |"]
-    for op, rows in ratios.items():
-        values = [x for *_, x in rows]
+    for op, values in ratios.items():
         mean = statistics.geometric_mean(values)
         lines.append(f"| {op} | {len(values)} | {mean:.2f} | {min(values):.2f} to {max(values):.2f} | "
                      f"{'cuda' if mean < 1 else 'triton'} |")
