@@ -32,7 +32,7 @@ import fastalign  # noqa: E402
 from fastalign import Graph  # noqa: E402
 from fastalign.ops.gcn_aggregate import gcn_norm_state  # noqa: E402
 
-from graphs import case_graphs, power_law_edge_index  # noqa: E402
+from graphs import case_graphs, power_law_edge_index, well_scaled  # noqa: E402
 
 REF = importlib.import_module("fastalign.backends.torch")
 TB = importlib.import_module("fastalign.backends.triton")
@@ -50,14 +50,6 @@ def params(kernel, width):
     if sigma is None:  # keep similarities well scaled
         sigma = float(width) if kernel == "l1" else float(width) ** 0.5
     return sigma, degree, coef
-
-
-def well_scaled(kernel, x):
-    """Features whose similarities stay moderate. Unscaled N(0, 1) rows of width 64 give
-    poly logits near 5e4, where the float32 reference's peer gradients are off from
-    float64 by more than 10x (every float32 implementation is): no oracle to test
-    against. Rows of norm ~1 keep dot products O(1) for linear and poly."""
-    return x / x.size(1) ** 0.5 if kernel in ("linear", "poly") else x
 
 
 def rel_close(out, ref, dtype, what=""):
