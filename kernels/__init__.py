@@ -12,7 +12,9 @@ backend (fastalign/backends/triton.py) calls with the reference's signatures:
     similarity.py       the similarity kernels' math as @triton.jit helpers
     segments.py         row/segment plans (hub rows split, deterministic combine),
                         cached per rowptr
-    heuristics.py       block sizes: heuristic + on-device autotune, cached per graph
+    heuristics.py       block sizes: a rule of the degree statistics and the width
+                        (opt-in on-device autotune), cached per graph
+    launch.py           the launcher wrapper: contiguous tensors, run on their device
 
 Importable without triton; ``AVAILABLE`` says whether triton is there.
 """

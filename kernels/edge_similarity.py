@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from .heuristics import acc_dtype, heuristic, launch, torch_acc
+from .launch import launcher
 from .segments import combine_sum, row_plan, vmask, work_item
 from .similarity import KINDS, row_sims, sim_grad, sq_norm
 
@@ -87,6 +88,7 @@ def _check_kernel(kernel: str) -> int:
     return KINDS[kernel]
 
 
+@launcher
 def edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef):
     kind = _check_kernel(kernel)
     x_dst, x_src = x_dst.contiguous(), x_src.contiguous()
@@ -135,6 +137,7 @@ def side_grad(rowptr, idx, perm, fixed, gath, grad_s, kind, sigma, degree, coef)
     return out
 
 
+@launcher
 def edge_similarity_backward(
     rowptr, col, rowptr_t, col_t, perm_t, x_dst, x_src, grad_s, kernel, sigma, degree, coef
 ):

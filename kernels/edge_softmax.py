@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from .heuristics import acc_dtype, softmax_block, torch_acc
+from .launch import launcher
 from .segments import row_plan, work_item
 
 FWD = tl.constexpr(0)
@@ -139,9 +140,11 @@ def _run(rowptr, a, b, mode):
     return out
 
 
+@launcher
 def edge_softmax(rowptr, logits):
     return _run(rowptr, logits, None, 0)
 
 
+@launcher
 def edge_softmax_backward(rowptr, p, grad_p):
     return _run(rowptr, p, grad_p, 1)

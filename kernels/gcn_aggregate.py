@@ -10,8 +10,10 @@ per-row epilogue; see spmm.py. Its backward is this op on the transpose (same st
 from __future__ import annotations
 
 from .spmm import aggregate
+from .launch import launcher
 
 
+@launcher
 def gcn_aggregate(rowptr, col, weight, dis, loop_weight, x):
     out, _ = aggregate(rowptr, col, weight, x, "sum", dis=dis, loop_weight=loop_weight)
     return out

@@ -9,11 +9,18 @@ Tiles are [BLOCK_E edges x BLOCK_F features]. The heuristic:
     kept so the tile has <= TILE elements (register pressure), within [16, 128].
   * num_warps = 2 for tiles of <= 1024 elements, 4 up to 4096, else 8.
 
-Autotune (CUDA only; FASTALIGN_TRITON_AUTOTUNE=0 turns it off): the first call of an
-op on a graph times a few neighbours of the heuristic (BLOCK_E halved/doubled, one
-other warp count) with CUDA events and keeps the fastest in ``plan.configs[key]``. Only kernels
-whose launches are idempotent (they overwrite their outputs) are tuned. Under the
-interpreter, during CUDA-graph capture, or when tuning fails, the heuristic is used.
+By default the configuration is a function of the graph's degree statistics, the width
+and the dtype alone, so a graph gives the same summation order, hence the same bits, in
+every process and on every run.
+
+Autotune is opt-in (CUDA only; FASTALIGN_TRITON_AUTOTUNE=1): the first call of an op on
+a graph times a few neighbours of the heuristic (BLOCK_E halved/doubled, one other warp
+count) with CUDA events and keeps the fastest in ``plan.configs[key]``. Timings differ
+from process to process, so a tuned run may pick another block size, hence another
+summation order, than the next process: results are then reproducible within a process
+but not bitwise across processes. Only kernels whose launches are idempotent (they
+overwrite their outputs) are tuned. Under the interpreter, during CUDA-graph capture, or
+when tuning fails, the heuristic is used.
 """
 
 from __future__ import annotations
@@ -79,7 +86,7 @@ def _neighbours(cfg: Config) -> Sequence[Config]:
 def _autotune_enabled(device: torch.device) -> bool:
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
-    if os.environ.get("FASTALIGN_TRITON_AUTOTUNE", "1") == "0":
+    if os.environ.get("FASTALIGN_TRITON_AUTOTUNE", "0") != "1":
         return False
     try:
         return not torch.cuda.is_current_stream_capturing()

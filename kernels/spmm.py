@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from .heuristics import acc_dtype, heuristic, launch, torch_acc
+from .launch import launcher
 from .segments import combine_sum, row_plan, vmask, work_item
 
 SUM = tl.constexpr(0)
@@ -210,12 +211,14 @@ def aggregate(
     return out, arg
 
 
+@launcher
 def spmm_forward(rowptr, col, weight, x, reduce):
     if reduce not in REDUCE_CODES:
         raise ValueError(f"unknown reduce {reduce!r}")
     return aggregate(rowptr, col, weight, x, reduce)
 
 
+@launcher
 def sddmm(rowptr, col, a, b):
     """Per edge e = (j -> i): a[i] . b[j] (the ``linear`` edge similarity)."""
     from .edge_similarity import edge_similarity
@@ -272,6 +275,7 @@ def max_backward_kernel(
     tl.store(grad_x + row * F + fo, acc.to(grad_x.dtype.element_ty), mask=vmask(fm, is_row))
 
 
+@launcher
 def spmm_max_backward(col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad):
     """(grad_x, grad_w or empty) of the max reduction, gathered over the transpose:
     deterministic (no atomics), bitwise reproducible run to run."""

@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from .heuristics import acc_dtype, block_f, heuristic, launch, torch_acc
+from .launch import launcher
 from .segments import combine_sum, row_plan, vmask, work_item
 from .similarity import KINDS, row_sims, sim_grad, sim_grad_other, sq_norm
 
@@ -236,6 +237,7 @@ def _config(plan, fs, fp, dtype):
     return cfg, block_f(fs, dtype, 256), block_f(fp, dtype, 256)
 
 
+@launcher
 def structure_kl_forward(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau):
     kind = _kind(kernel)
     s_dst, s_src, p_dst, p_src = (t.contiguous() for t in (s_dst, s_src, p_dst, p_src))
@@ -321,6 +323,7 @@ def atomic_backward() -> bool:
     )
 
 
+@launcher
 def structure_kl_backward(
     rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src,
     lse_s, lse_p, kl, grad_kl, kernel, sigma, degree, coef, tau, peer_grad,

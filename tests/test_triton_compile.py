@@ -127,3 +127,34 @@ def test_compiles_for_sm90(case):
     src = ASTSource(fn, signature(fn, feat, index), ce)
     compiled = triton.compile(src, target=TARGET, options={"num_warps": warps})
     assert len(compiled.asm["cubin"]) > 0
+
+
+# --------------------------------------------------------------------------- launchers
+def test_every_public_launcher_runs_on_its_inputs_device():
+    """The Triton backend's functions all go through kernels.launch.launcher: contiguous
+    tensors, launched under torch.cuda.device of their inputs (Triton launches on the
+    current device otherwise)."""
+    import torch
+
+    from fastalign.backends import BACKEND_FUNCTIONS, triton as tb
+    from fastalign.kernels import launch
+
+    for name in BACKEND_FUNCTIONS:
+        fn = getattr(tb, name)
+        assert getattr(fn, "is_launcher", False), f"{name} is not wrapped by kernels.launch.launcher"
+    guard = launch.device_guard(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert not isinstance(launch.device_guard(torch.device("cpu")), torch.cuda.device)
+    a, b = torch.zeros(2, device="meta"), torch.zeros(3)
+    assert launch.input_device((None, "x", a, b)) == torch.device("meta")
+
+    seen = []
+
+    @launch.launcher
+    def probe(rowptr, col, x):
+        seen.append((rowptr.is_contiguous(), col.is_contiguous(), x.is_contiguous()))
+        return x
+
+    strided = torch.arange(20)[::2]
+    probe(strided, strided, torch.zeros(4, 3).t())
+    assert seen == [(True, True, True)]

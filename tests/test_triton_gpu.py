@@ -104,9 +104,8 @@ def feats(n, width, dtype, seed):
     return torch.randn(n, width, generator=gen, device=DEV).to(dtype)
 
 
-# Tuning is off for these tests (each tuned op compiles several configs: minutes of a
+# Tuning is opt-in (off by default; each tuned op compiles several configs: minutes of a
 # GPU session); test_autotune covers it.
-os.environ.setdefault("FASTALIGN_TRITON_AUTOTUNE", "0")
 
 
 @pytest.mark.parametrize("dtype,index_dtype", [
@@ -304,6 +303,34 @@ def test_deterministic():
     for a, b in zip(runs[0], runs[1]):
         for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
             assert torch.equal(x, y)
+
+
+def test_launches_on_the_inputs_device():
+    """Tensors on the second GPU, current device the first: every launcher runs under
+    its inputs' device (Triton launches on the current one)."""
+    if DRY_RUN or torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    g = power_law(torch.int32).to("cuda:1")
+    x = feats(g.num_src, 32, torch.float32, 30).to("cuda:1")
+    with torch.cuda.device(0):
+        out = TB.spmm_forward(g.rowptr, g.col, None, x, "sum")[0]
+        kl = TB.structure_kl_forward(g.rowptr, g.col, x, x, x, x, "l1", 32.0, 2, 1.0, 1.0)[0]
+    assert out.device == kl.device == torch.device("cuda:1")
+    ref = REF.spmm_forward(g.rowptr, g.col, None, x, "sum")[0]
+    rel_close(out, ref, torch.float32, "spmm on cuda:1")
+
+
+def test_default_configs_do_not_depend_on_timing():
+    """Without FASTALIGN_TRITON_AUTOTUNE=1 the chosen block sizes are the heuristic's."""
+    from fastalign.kernels.heuristics import heuristic
+    from fastalign.kernels.segments import row_plan
+
+    g = hub(torch.int64)
+    x = feats(g.num_src, 64, torch.float32, 18)
+    rowptr = g.rowptr.clone()
+    TB.spmm_forward(rowptr, g.col, None, x, "sum")
+    plan = row_plan(rowptr)
+    assert list(plan.configs.values()) == [heuristic(plan, 64, torch.float32)]
 
 
 def test_autotune(monkeypatch):

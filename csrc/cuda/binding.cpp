@@ -59,6 +59,18 @@ Tensor features(const Tensor& t, const Tensor& like, const char* name) {
   return dense(t);
 }
 
+fa_itype index_type(const Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, "fastalign cuda: ",
+                   name, " must be int32 or int64, got ", t.scalar_type());
+  return t.scalar_type() == at::kInt ? FA_I32 : FA_I64;
+}
+
+// The rows of a [rows, F] feature tensor against what the graph indexes with.
+void check_rows(const Tensor& t, int64_t rows, const char* name, const char* what) {
+  TORCH_CHECK_VALUE(t.size(0) == rows, "fastalign cuda: ", name, " has ", t.size(0), " rows but the ",
+                    what, " has ", rows);
+}
+
 // The CSR view of (rowptr, col); the tensors must outlive the returned struct.
 struct Csr {
   Tensor rowptr, col;
@@ -68,11 +80,9 @@ struct Csr {
 Csr csr(const Tensor& rowptr, const Tensor& col, const Tensor& like, const char* what) {
   check_cuda(rowptr, like, what);
   check_cuda(col, like, what);
-  TORCH_CHECK(rowptr.scalar_type() == at::kInt || rowptr.scalar_type() == at::kLong,
-              "fastalign cuda: ", what, " indices must be int32 or int64, got ",
-              rowptr.scalar_type());
-  TORCH_CHECK(col.scalar_type() == rowptr.scalar_type(), "fastalign cuda: ", what,
-              " rowptr and col must share a dtype");
+  index_type(rowptr, "rowptr");
+  TORCH_CHECK_TYPE(col.scalar_type() == rowptr.scalar_type(), "fastalign cuda: ", what,
+                   " rowptr and col must share a dtype");
   TORCH_CHECK(rowptr.dim() == 1 && rowptr.numel() >= 1 && col.dim() == 1,
               "fastalign cuda: malformed ", what, " CSR");
   Csr c{rowptr.contiguous(), col.contiguous(), {}};
@@ -235,6 +245,10 @@ std::tuple<Tensor, Tensor> edge_similarity_backward(
   Csr c = csr(rowptr, col, x_dst, "graph");
   Csr ct = csr(rowptr_t, col_t, x_dst, "transpose");
   TORCH_CHECK(c.g.itype == ct.g.itype, "fastalign cuda: graph and transpose index dtypes differ");
+  check_rows(x_dst, c.g.num_rows, "x_dst", "graph (destinations)");
+  check_rows(x_src, ct.g.num_rows, "x_src", "transpose (sources)");
+  TORCH_CHECK_VALUE(ct.g.num_edges == c.g.num_edges, "fastalign cuda: the transpose has ",
+                    ct.g.num_edges, " edges, the graph ", c.g.num_edges);
   check_cuda(perm_t, x_dst, "perm_t");
   TORCH_CHECK(perm_t.scalar_type() == at::kLong && perm_t.numel() == c.g.num_edges,
               "fastalign cuda: perm_t must be int64 [num_edges]");
@@ -258,10 +272,11 @@ Tensor edge_softmax(const Tensor& rowptr, const Tensor& logits_in) {
   const c10::cuda::CUDAGuard guard(logits_in.device());
   check_cuda(logits_in, logits_in, "logits");
   Tensor logits = logits_in.contiguous();
+  TORCH_CHECK_VALUE(logits.dim() == 1, "fastalign cuda: logits must be 1-D [num_edges]");
   check_cuda(rowptr, logits, "rowptr");
+  TORCH_CHECK_VALUE(rowptr.dim() == 1 && rowptr.numel() >= 1, "fastalign cuda: rowptr must be 1-D and non-empty");
   Tensor rp = rowptr.contiguous();
-  fa_csr g{rp.data_ptr(), nullptr, rp.numel() - 1, logits.numel(),
-           rp.scalar_type() == at::kInt ? FA_I32 : FA_I64};
+  fa_csr g{rp.data_ptr(), nullptr, rp.numel() - 1, logits.numel(), index_type(rp, "rowptr")};
   Tensor p = at::empty_like(logits);
   FA_CHECK_CUDA(fa_edge_softmax(&g, logits.data_ptr(), value_type(logits, "logits"),
                                 p.data_ptr(), stream()));
@@ -275,10 +290,11 @@ Tensor edge_softmax_backward(const Tensor& rowptr, const Tensor& p_in, const Ten
   Tensor p = p_in.contiguous();
   Tensor grad = grad_in.to(p.scalar_type()).contiguous();
   TORCH_CHECK(grad.numel() == p.numel(), "fastalign cuda: grad_p must match p");
+  TORCH_CHECK_VALUE(p.dim() == 1, "fastalign cuda: p must be 1-D [num_edges]");
   check_cuda(rowptr, p, "rowptr");
+  TORCH_CHECK_VALUE(rowptr.dim() == 1 && rowptr.numel() >= 1, "fastalign cuda: rowptr must be 1-D and non-empty");
   Tensor rp = rowptr.contiguous();
-  fa_csr g{rp.data_ptr(), nullptr, rp.numel() - 1, p.numel(),
-           rp.scalar_type() == at::kInt ? FA_I32 : FA_I64};
+  fa_csr g{rp.data_ptr(), nullptr, rp.numel() - 1, p.numel(), index_type(rp, "rowptr")};
   Tensor out = at::empty_like(p);
   FA_CHECK_CUDA(fa_edge_softmax_backward(&g, p.data_ptr(), grad.data_ptr(),
                                          value_type(p, "p"), out.data_ptr(), stream()));
@@ -330,6 +346,9 @@ std::tuple<Tensor, Tensor, Tensor> structure_kl_forward(
   TORCH_CHECK(s_src.size(1) == s_dst.size(1) && p_src.size(1) == p_dst.size(1),
               "fastalign cuda: destination and source widths differ");
   Csr c = csr(rowptr, col, s_dst, "graph");
+  check_rows(s_dst, c.g.num_rows, "s_dst", "graph (destinations)");
+  check_rows(p_dst, c.g.num_rows, "p_dst", "graph (destinations)");
+  check_rows(p_src, s_src.size(0), "p_src", "student's s_src");
   Tensor kl = at::empty({c.g.num_rows}, s_dst.options());
   Tensor lse_s = at::empty({c.g.num_rows}, s_dst.options().dtype(at::kFloat));
   Tensor lse_p = at::empty({c.g.num_rows}, s_dst.options().dtype(at::kFloat));
@@ -358,9 +377,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> structure_kl_backward(
   Tensor p_src = features(p_src_in, s_dst, "p_src");
   for (const Tensor* t : {&s_src, &p_dst, &p_src})
     TORCH_CHECK(t->scalar_type() == s_dst.scalar_type(), "fastalign cuda: embeddings must share a dtype");
+  TORCH_CHECK(s_src.size(1) == s_dst.size(1) && p_src.size(1) == p_dst.size(1),
+              "fastalign cuda: destination and source widths differ");
   Csr c = csr(rowptr, col, s_dst, "graph");
   Csr ct = csr(rowptr_t, col_t, s_dst, "transpose");
   TORCH_CHECK(c.g.itype == ct.g.itype, "fastalign cuda: graph and transpose index dtypes differ");
+  check_rows(s_dst, c.g.num_rows, "s_dst", "graph (destinations)");
+  check_rows(p_dst, c.g.num_rows, "p_dst", "graph (destinations)");
+  check_rows(s_src, ct.g.num_rows, "s_src", "transpose (sources)");
+  check_rows(p_src, ct.g.num_rows, "p_src", "transpose (sources)");
+  TORCH_CHECK_VALUE(ct.g.num_edges == c.g.num_edges, "fastalign cuda: the transpose has ",
+                    ct.g.num_edges, " edges, the graph ", c.g.num_edges);
   auto state = [&](const Tensor& t, const char* name) {
     check_cuda(t, s_dst, name);
     TORCH_CHECK(t.numel() == c.g.num_rows, "fastalign cuda: ", name, " must be [num_dst]");

@@ -70,13 +70,22 @@ def _backward(ctx, grad_out):
 gcn_aggregate_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def norm_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the normalisation is computed in: float64 for float64 features, else
+    float32. A degree summed in bfloat16 stops growing at 256 (each +1 rounds away), in
+    float16 at 2048, so low-precision layers never normalise in their own dtype."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def gcn_norm_state(
     graph: Graph, weight: Optional[Tensor], add_self_loops: bool, improved: bool, dtype
 ) -> Tuple[Tensor, Optional[Tensor]]:
-    """(dis = deg^-1/2 [N], loop weights [N] or None), PyG's gcn_norm as per-node state."""
+    """(dis = deg^-1/2 [N], loop weights [N] or None), PyG's gcn_norm as per-node state,
+    in ``norm_dtype(dtype)`` whatever the dtype of the features or weights."""
     row, col = graph.row, graph.col.long()
     n = graph.num_dst
-    w = weight if weight is not None else torch.ones(graph.num_edges, dtype=dtype, device=graph.device)
+    nd = norm_dtype(dtype)
+    w = weight.to(nd) if weight is not None else torch.ones(graph.num_edges, dtype=nd, device=graph.device)
     loop_weight = None
     if add_self_loops:
         is_loop = row == col
@@ -104,8 +113,9 @@ def _cached_state(graph: Graph, add_self_loops: bool, improved: bool, dtype, wit
 
     def build():
         with torch.no_grad():
-            weight = graph.edge_weight.to(dtype) if graph.edge_weight is not None else None
-            dis, loop_weight = gcn_norm_state(graph, weight, add_self_loops, improved, dtype)
+            own = graph.edge_weight
+            dis, loop_weight = gcn_norm_state(graph, own, add_self_loops, improved, dtype)
+            weight = own.to(dtype) if own is not None else None  # the kernels' copy
         return dis, loop_weight, weight
 
     dis, loop_weight, weight = graph._cached(key, build)
@@ -150,10 +160,11 @@ def gcn_aggregate(
             graph, add_self_loops, improved, x.dtype, needs_grad
         )
     else:
-        weight = check_edge_values("edge_weight", edge_weight, graph, x.dtype)
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return _gcn_aggregate_composed(graph, x, weight, add_self_loops, improved, backend)
-        dis, loop_weight = gcn_norm_state(graph, weight, add_self_loops, improved, x.dtype)
+        given = check_edge_values("edge_weight", edge_weight, graph)  # its own precision
+        if torch.is_grad_enabled() and given.requires_grad:
+            return _gcn_aggregate_composed(graph, x, given, add_self_loops, improved, backend)
+        dis, loop_weight = gcn_norm_state(graph, given, add_self_loops, improved, x.dtype)
+        weight = given.to(x.dtype)
         weight_t = weight[graph.transpose()[2]] if needs_grad else None
     rowptr_t, col_t = graph.transpose()[:2] if needs_grad else (None, None)
     return gcn_aggregate_op(
@@ -168,8 +179,8 @@ def _gcn_aggregate_composed(graph, x, weight, add_self_loops, improved, backend)
     w = weight
     if add_self_loops:
         w = w.masked_fill(row == col, 0)
-    norm = dis[row] * w * dis[col]
-    out = spmm(graph, x, "sum", edge_weight=norm, backend=backend)
+    norm = dis[row] * w.to(dis.dtype) * dis[col]
+    out = spmm(graph, x, "sum", edge_weight=norm.to(x.dtype), backend=backend)
     if loop_weight is not None:
-        out = out + (loop_weight * dis * dis).unsqueeze(1) * x
+        out = out + ((loop_weight * dis * dis).unsqueeze(1) * x).to(x.dtype)
     return out
