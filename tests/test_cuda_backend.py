@@ -443,3 +443,30 @@ def test_bad_input_fails_with_a_message():
         torch.ops.fastalign_cuda.spmm_forward(g.rowptr, g.col, None, x, "prod")
     with pytest.raises(RuntimeError, match="2-D"):
         torch.ops.fastalign_cuda.spmm_forward(g.rowptr, g.col, None, x.flatten(), "sum")
+
+
+@cuda_only
+def test_glue_checks_every_shape_it_indexes_with():
+    """A direct op call with inconsistent shapes is refused before any kernel runs."""
+    ops = torch.ops.fastalign_cuda
+    g = graph_of("square", torch.int64)
+    rt, ct, pt = g.transpose()
+    x = feats(g.num_src, 8, torch.float32)
+    short = x[:-1].contiguous()
+    with pytest.raises(ValueError, match="rows"):  # fewer student rows than destinations
+        ops.structure_kl_forward(g.rowptr, g.col, short, x, x, x, "l1", 8.0, 2, 1.0, 1.0)
+    with pytest.raises(ValueError, match="rows"):  # peer sources differ from student sources
+        ops.structure_kl_forward(g.rowptr, g.col, x, x, x, short, "l1", 8.0, 2, 1.0, 1.0)
+    lse = torch.zeros(g.num_dst, device=DEV)
+    with pytest.raises(ValueError, match="rows"):
+        ops.structure_kl_backward(g.rowptr, g.col, rt, ct, pt, x, short, x, short, lse, lse, lse, lse,
+                                  "l1", 8.0, 2, 1.0, 1.0, False)
+    grad_s = torch.zeros(g.num_edges, device=DEV)
+    with pytest.raises(ValueError, match="rows"):
+        ops.edge_similarity_backward(g.rowptr, g.col, rt, ct, pt, short, x, grad_s, "l1", 8.0, 2, 1.0)
+    with pytest.raises(ValueError, match="edges"):
+        ops.edge_similarity_backward(g.rowptr, g.col, rt * 0, ct[:0], pt, x, x, grad_s, "l1", 8.0, 2, 1.0)
+    with pytest.raises(TypeError, match="int32 or int64"):
+        ops.edge_softmax(g.rowptr.float(), grad_s)
+    with pytest.raises(ValueError, match="1-D"):
+        ops.edge_softmax(g.rowptr, grad_s.view(1, -1))
