@@ -12,12 +12,17 @@ the order of the edges the graph was built from.
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-_INDEX_DTYPES = (torch.int32, torch.int64)
+from . import validation
+
+_INDEX_DTYPES = validation.INDEX_DTYPES
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
 
 
 def _check_index_tensor(name: str, t: Tensor) -> None:
@@ -27,10 +32,26 @@ def _check_index_tensor(name: str, t: Tensor) -> None:
         raise TypeError(f"{name} must be an int32 or int64 tensor, got {t.dtype}")
 
 
+def as_count(name: str, value) -> int:
+    """A node count (or similar): an int (not a bool, float or string), 0 <= value < 2**63."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, Tensor)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.dtype.is_floating_point or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be an int, got a {value.dtype} tensor of shape {list(value.shape)}")
+        value = int(value)
+    value = int(value)
+    if value < 0:
+        raise ValueError(f"{name} must be non-negative, got {value}")
+    if value > _INT64_MAX:
+        raise ValueError(f"{name} must be below 2**63, got {value}")
+    return value
+
+
 def _check_range(name: str, idx: Tensor, upper: int) -> None:
     if idx.numel() == 0:
         return
-    lo, hi = int(idx.min()), int(idx.max())
+    lo, hi = (int(v) for v in torch.aminmax(idx))
     if lo < 0:
         raise ValueError(f"{name} contains a negative index ({lo})")
     if hi >= upper:
@@ -40,9 +61,14 @@ def _check_range(name: str, idx: Tensor, upper: int) -> None:
 def _sorted_csr(row: Tensor, col: Tensor, num_rows: int, num_cols: int):
     """Sort edges by (row, col), stably. Returns (rowptr, col_sorted, perm) with
     ``col_sorted = col[perm]``; ``perm`` maps CSR position -> input position."""
-    key = row.to(torch.int64) * max(num_cols, 1) + col.to(torch.int64)
-    perm = torch.sort(key, stable=True).indices
-    counts = torch.bincount(row.to(torch.int64), minlength=num_rows)
+    row64, col64 = row.to(torch.int64), col.to(torch.int64)
+    if num_rows * max(num_cols, 1) <= _INT64_MAX:
+        perm = torch.sort(row64 * max(num_cols, 1) + col64, stable=True).indices
+    else:
+        # the one-key sort would overflow int64: sort by column, then stably by row
+        by_col = torch.sort(col64, stable=True).indices
+        perm = by_col[torch.sort(row64[by_col], stable=True).indices]
+    counts = torch.bincount(row64, minlength=num_rows)
     rowptr = torch.zeros(num_rows + 1, dtype=torch.int64, device=row.device)
     torch.cumsum(counts, 0, out=rowptr[1:])
     return rowptr, col[perm], perm
@@ -71,14 +97,21 @@ class Graph:
         *,
         validate: bool = True,
     ):
+        num_src = as_count("num_src", num_src)
         if validate:
             _validate_csr(rowptr, col, num_src, edge_weight)
+        else:
+            # built valid by a constructor of this module: registered without a scan
+            validation.mark_csr_valid(rowptr, col, num_src)
         self.rowptr = rowptr
         self.col = col
         self.edge_weight = edge_weight
-        self.num_src = int(num_src)
+        self.num_src = num_src
         self.num_dst = int(rowptr.numel()) - 1
         self.perm = perm
+        # key -> (stamp, value); the stamp is the version counters of what the value was
+        # computed from (see _stamp), so an in-place edit of rowptr, col or the edge
+        # weights invalidates what depends on them
         self._cache: dict = {}
 
     # ------------------------------------------------------------------ constructors
@@ -104,11 +137,14 @@ class Graph:
         elif isinstance(num_nodes, (tuple, list)):
             if len(num_nodes) != 2:
                 raise ValueError("num_nodes must be an int or a (num_src, num_dst) pair")
-            num_src, num_dst = (int(v) for v in num_nodes)
+            num_src = as_count("num_nodes[0] (sources)", num_nodes[0])
+            num_dst = as_count("num_nodes[1] (destinations)", num_nodes[1])
         else:
-            num_src = num_dst = int(num_nodes)
-        if num_src < 0 or num_dst < 0:
-            raise ValueError(f"num_nodes must be non-negative, got {num_nodes}")
+            num_src = num_dst = as_count("num_nodes", num_nodes)
+        if edge_index.dtype == torch.int32 and src.numel() > _INT32_MAX:
+            raise ValueError(
+                f"{src.numel()} edges do not fit int32 row offsets: pass an int64 edge_index"
+            )
         _check_range("edge_index[0] (source)", src, num_src)
         _check_range("edge_index[1] (target)", dst, num_dst)
         edge_weight = _check_edge_weight(edge_weight, src.numel(), edge_index.device)
@@ -130,6 +166,7 @@ class Graph:
         _check_index_tensor("col", col)
         if num_src is None:
             num_src = max(rowptr.numel() - 1, int(col.max()) + 1 if col.numel() else 0)
+        num_src = as_count("num_src", num_src)
         return cls(rowptr.contiguous(), col.contiguous(), num_src, edge_weight)
 
     @classmethod
@@ -260,14 +297,12 @@ class Graph:
             rowptr_t, col_t, perm_t = self.transpose()
             w = self.edge_weight[perm_t] if self.edge_weight is not None else None
             g = Graph(rowptr_t, col_t, self.num_dst, w, None, validate=False)
-            g._cache["transpose"] = (
-                self.rowptr,
-                self.col,
-                torch.argsort(perm_t),
-            )
+            back = torch.argsort(perm_t)
+            validation.mark_perm_valid(back)
+            g._store("transpose", (self.rowptr, self.col, back), uses_weight=False)
             return g
 
-        return self._cached("transposed", build)
+        return self._cached("transposed", build, uses_weight=True)
 
     # ------------------------------------------------------------------ edge order
     def to_internal(self, edge_values: Tensor) -> Tensor:
@@ -315,10 +350,13 @@ class Graph:
             self.perm.to(device) if (self.perm is not None and device is not None) else self.perm,
             validate=False,
         )
-        for key, value in self._cache.items():
-            if key in ("transposed",):
+        for key, value, uses_weight in self._fresh_entries():
+            if key == "transposed":
                 continue
-            g._cache[key] = tuple(move(v) for v in value) if isinstance(value, tuple) else move(value)
+            moved = tuple(move(v) for v in value) if isinstance(value, tuple) else move(value)
+            if key == "transpose":
+                g._register_transpose(moved)
+            g._store(key, moved, uses_weight)
         return g
 
     def with_edge_weight(self, edge_weight: Optional[Tensor]) -> "Graph":
@@ -326,17 +364,58 @@ class Graph:
         internal order."""
         edge_weight = _check_edge_weight(edge_weight, self.num_edges, self.device)
         g = Graph(self.rowptr, self.col, self.num_src, edge_weight, self.perm, validate=False)
-        for key in ("row", "transpose", "in_degree", "out_degree"):
-            if key in self._cache:
-                g._cache[key] = self._cache[key]
+        for key, value, uses_weight in self._fresh_entries():
+            if not uses_weight:
+                g._store(key, value, uses_weight)
         return g
 
-    def _cached(self, key, fn):
-        value = self._cache.get(key)
-        if value is None:
+    # ------------------------------------------------------------------ caches
+    def _stamp(self, uses_weight: bool) -> tuple:
+        """The identity and version counter of every tensor a cached value derives from:
+        rowptr and col, and the edge weights for ``uses_weight`` values."""
+        stamp = (id(self.rowptr), validation._version(self.rowptr), id(self.col),
+                 validation._version(self.col))
+        if uses_weight:
+            w = self.edge_weight
+            stamp += (id(w), validation._version(w) if w is not None else None)
+        return stamp
+
+    def _cached(self, key, fn, uses_weight: bool = False):
+        """The value of ``key``, recomputed when what it derives from was replaced or
+        edited in place since (version counters), e.g. ``graph.edge_weight.mul_(3)``."""
+        if torch.compiler.is_compiling():
+            # Traced code reads version counters as unbacked symbols: no staleness check
+            # there (a compiled step reuses what eager mode cached; in-place edits of a
+            # graph's tensors inside a compiled region are not tracked)
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit[2]
             value = fn()
-            self._cache[key] = value
+            self._cache[key] = (None, uses_weight, value)
+            return value
+        stamp = self._stamp(uses_weight)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[2]
+        value = fn()
+        self._cache[key] = (stamp, uses_weight, value)
         return value
+
+    def _store(self, key, value, uses_weight: bool) -> None:
+        stamp = None if torch.compiler.is_compiling() else self._stamp(uses_weight)
+        self._cache[key] = (stamp, uses_weight, value)
+
+    def _fresh_entries(self):
+        """(key, value, uses_weight) of the cached values that are still current."""
+        compiling = torch.compiler.is_compiling()
+        for key, (stamp, uses_weight, value) in list(self._cache.items()):
+            if compiling or stamp == self._stamp(uses_weight):
+                yield key, value, uses_weight
+
+    def _register_transpose(self, value) -> None:
+        rowptr_t, col_t, perm_t = value
+        validation.mark_csr_valid(rowptr_t, col_t, self.num_dst)
+        validation.mark_perm_valid(perm_t)
 
     def _compute_row(self) -> Tensor:
         counts = self.rowptr[1:].long() - self.rowptr[:-1].long()
@@ -348,7 +427,9 @@ class Graph:
 
     def _compute_transpose(self):
         rowptr_t, col_t, perm_t = _sorted_csr(self.col, self.row, self.num_src, self.num_dst)
-        return rowptr_t.to(self.col.dtype), col_t.to(self.col.dtype).contiguous(), perm_t
+        value = (rowptr_t.to(self.col.dtype), col_t.to(self.col.dtype).contiguous(), perm_t)
+        self._register_transpose(value)
+        return value
 
     def __repr__(self) -> str:
         shape = (
@@ -391,25 +472,9 @@ def _check_edge_weight(edge_weight: Optional[Tensor], num_edges: int, device) ->
 
 
 def _validate_csr(rowptr: Tensor, col: Tensor, num_src: int, edge_weight) -> None:
-    _check_index_tensor("rowptr", rowptr)
-    _check_index_tensor("col", col)
-    if rowptr.dim() != 1 or rowptr.numel() < 1:
-        raise ValueError("rowptr must be a 1-D tensor with at least one entry")
-    if col.dim() != 1:
-        raise ValueError(f"col must be 1-D, got shape {list(col.shape)}")
-    if rowptr.dtype != col.dtype:
-        raise TypeError(f"rowptr ({rowptr.dtype}) and col ({col.dtype}) must share a dtype")
-    if rowptr.device != col.device:
-        raise ValueError(f"rowptr is on {rowptr.device} but col on {col.device}")
-    if num_src < 0:
-        raise ValueError(f"num_src must be non-negative, got {num_src}")
-    if int(rowptr[0]) != 0:
-        raise ValueError(f"malformed CSR: rowptr[0] must be 0, got {int(rowptr[0])}")
-    if int(rowptr[-1]) != col.numel():
-        raise ValueError(
-            f"malformed CSR: rowptr[-1] = {int(rowptr[-1])} but col has {col.numel()} entries"
-        )
-    if rowptr.numel() > 1 and bool((rowptr[1:] < rowptr[:-1]).any()):
-        raise ValueError("malformed CSR: rowptr must be non-decreasing")
-    _check_range("col", col, num_src)
+    """A CSR given by the caller: checked once (fastalign.validation caches the result on
+    the tensors' version counters, so the ops do not scan it again)."""
+    validation.check_index_tensor("rowptr", rowptr)
+    validation.check_index_tensor("col", col)
+    validation.check_csr(rowptr, col, num_src, what="Graph")
     _check_edge_weight(edge_weight, col.numel(), rowptr.device)

@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include <atomic>
+#include <cstdint>
+
 namespace fastalign {
 namespace cpu {
 
@@ -32,16 +35,61 @@ inline const T* ptr_or_null(const at::Tensor& t) {
 namespace fastalign {
 namespace cpu {
 
-// Cheap structural checks; the Python layer has validated index ranges already.
+// These ops are public torch ops (torch.ops.fastalign_cpu.*): whatever a caller passes,
+// they must not read out of bounds, loop for ever or abort the process. Shapes and dtypes
+// are checked on entry; the row pointer by check_rowptr (O(rows), before any row is
+// cut into work); every gathered index inside the kernels by an IndexCheck (one
+// predictable branch per edge), reported after the parallel region by report_indices.
+
+inline void check_index_dtype(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, name,
+                   " must be int32 or int64, got ", t.scalar_type());
+}
+
 inline void check_csr(const at::Tensor& rowptr, const at::Tensor& col) {
-  TORCH_CHECK(rowptr.dim() == 1 && rowptr.numel() >= 1, "rowptr must be 1-D and non-empty");
-  TORCH_CHECK(col.dim() == 1, "col must be 1-D");
-  TORCH_CHECK(rowptr.scalar_type() == col.scalar_type(), "rowptr and col must share an index dtype");
-  TORCH_CHECK(rowptr.device().is_cpu() && col.device().is_cpu(), "expected CPU tensors");
+  TORCH_CHECK_VALUE(rowptr.dim() == 1 && rowptr.numel() >= 1, "rowptr must be 1-D and non-empty");
+  TORCH_CHECK_VALUE(col.dim() == 1, "col must be 1-D");
+  check_index_dtype(rowptr, "rowptr");
+  TORCH_CHECK_TYPE(rowptr.scalar_type() == col.scalar_type(), "rowptr and col must share an index dtype");
+  TORCH_CHECK_VALUE(rowptr.device().is_cpu() && col.device().is_cpu(), "expected CPU tensors");
+}
+
+inline void check_edge_values(const at::Tensor& t, int64_t num_edges, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == num_edges, name, " must have shape [", num_edges,
+                    "] (one value per edge of col), got ", t.sizes());
 }
 
 inline void check_rows(const at::Tensor& x, int64_t rows, const char* name) {
-  TORCH_CHECK(x.dim() == 2 && x.size(0) == rows, name, " must be [", rows, ", F], got ", x.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(0) == rows, name, " must be [", rows, ", F], got ", x.sizes());
+}
+
+// rowptr[0] == 0, non-decreasing, rowptr[num_rows] == num_edges.
+template <typename index_t>
+void check_rowptr(const index_t* rowptr, int64_t num_rows, int64_t num_edges, const char* what) {
+  TORCH_CHECK_VALUE(int64_t(rowptr[0]) == 0, what, ": malformed CSR: rowptr[0] must be 0, got ",
+                    int64_t(rowptr[0]));
+  bool monotone = true;
+  for (int64_t r = 0; r < num_rows; ++r) monotone &= rowptr[r + 1] >= rowptr[r];
+  TORCH_CHECK_VALUE(monotone, what, ": malformed CSR: rowptr must be non-decreasing");
+  TORCH_CHECK_VALUE(int64_t(rowptr[num_rows]) == num_edges, what, ": malformed CSR: rowptr[-1] = ",
+                    int64_t(rowptr[num_rows]), " but there are ", num_edges, " edges");
+}
+
+// An index read inside a kernel: valid when in [0, bound). An invalid one is skipped and
+// flagged (relaxed: every writer writes true); the op raises after its parallel region.
+struct IndexCheck {
+  uint64_t bound = 0;
+  std::atomic<bool>* bad = nullptr;
+
+  bool ok(int64_t j) const {
+    if (static_cast<uint64_t>(j) < bound) return true;
+    bad->store(true, std::memory_order_relaxed);
+    return false;
+  }
+};
+
+inline void report_indices(const std::atomic<bool>& bad, const char* op, const char* name, int64_t bound) {
+  TORCH_CHECK_VALUE(!bad.load(), op, ": ", name, " holds an index outside [0, ", bound, ")");
 }
 
 }  // namespace cpu

@@ -2,6 +2,8 @@
 // gradients by CSR rows, source gradients by the rows of the transpose, recomputing k).
 #include <torch/library.h>
 
+#include <atomic>
+
 #include "cpu/common.h"
 #include "cpu/segment.h"
 #include "cpu/similarity.h"
@@ -30,12 +32,15 @@ struct SimGradFold {
   bool self_is_dst;
   scalar_t* out;
   int64_t size;
+  IndexCheck others;  // other_index against the other side's rows
+  IndexCheck edges;   // edge_id against the edges
 
   void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
   void accumulate(int64_t r, int64_t e0, int64_t e1, scalar_t* s) const {
     const scalar_t* self = self_x + r * size;
     for (int64_t k = e0; k < e1; ++k) {
       if (k + kPrefetchDistance < e1) prefetch_row(other_x + int64_t(other_index[k + kPrefetchDistance]) * size, size);
+      if (!others.ok(other_index[k]) || (edge_id && !edges.ok(edge_id[k]))) continue;
       const scalar_t* other = other_x + int64_t(other_index[k]) * size;
       const scalar_t g = grad[edge_id ? edge_id[k] : k];
       // k(a, b) with a the destination row, as in the forward.
@@ -55,10 +60,11 @@ at::Tensor edge_similarity(const at::Tensor& rowptr, const at::Tensor& col, cons
                            int64_t degree, double coef) {
   check_csr(rowptr, col);
   check_rows(x_dst, rowptr.numel() - 1, "x_dst");
-  TORCH_CHECK(x_src.dim() == 2 && x_src.size(1) == x_dst.size(1), "x_src must be [N_src, F]");
+  TORCH_CHECK_VALUE(x_src.dim() == 2 && x_src.size(1) == x_dst.size(1), "x_src must be [N_src, F]");
   const at::Tensor a = x_dst.contiguous(), b = contiguous_as(x_src, x_dst.scalar_type());
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   at::Tensor out = at::empty({col.numel()}, x_dst.options());
+  std::atomic<bool> bad{false};
   FASTALIGN_DISPATCH(x_dst.scalar_type(), col.scalar_type(), "edge_similarity", [&] {
     const auto p = make_params<scalar_t>(kernel, sigma, degree, coef);
     const index_t* rpp = rp.data_ptr<index_t>();
@@ -67,15 +73,19 @@ at::Tensor edge_similarity(const at::Tensor& rowptr, const at::Tensor& col, cons
     const scalar_t* bp = b.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t F = a.size(1);
+    check_rowptr(rpp, rowptr.numel() - 1, col.numel(), "edge_similarity");
+    const IndexCheck cols{uint64_t(b.size(0)), &bad};
     for_each_edge_range(rpp, partition_rows(rpp, rowptr.numel() - 1),
                         [&](int64_t r, int64_t e0, int64_t e1) {
                           for (int64_t e = e0; e < e1; ++e) {
                             if (e + kPrefetchDistance < e1)
                               prefetch_row(bp + int64_t(clp[e + kPrefetchDistance]) * F, F);
-                            o[e] = similarity(p, ap + r * F, bp + int64_t(clp[e]) * F, F).s;
+                            o[e] = cols.ok(clp[e]) ? similarity(p, ap + r * F, bp + int64_t(clp[e]) * F, F).s
+                                                   : scalar_t(0);
                           }
                         });
   });
+  report_indices(bad, "edge_similarity", "col", b.size(0));
   return out;
 }
 
@@ -88,13 +98,21 @@ std::tuple<at::Tensor, at::Tensor> edge_similarity_backward(
   check_csr(rowptr_t, col_t);
   check_rows(x_dst, rowptr.numel() - 1, "x_dst");
   check_rows(x_src, rowptr_t.numel() - 1, "x_src");
-  TORCH_CHECK(grad_s.numel() == col.numel() && perm_t.numel() == col.numel(), "per-edge size mismatch");
+  check_edge_values(grad_s, col.numel(), "grad_s");
+  check_edge_values(perm_t, col.numel(), "perm_t");
+  check_edge_values(col_t, col.numel(), "col_t");
+  TORCH_CHECK_VALUE(x_src.size(1) == x_dst.size(1), "x_dst and x_src widths differ");
+  TORCH_CHECK_TYPE(rowptr.scalar_type() == rowptr_t.scalar_type(), "graph and transpose index dtypes differ");
   const auto dtype = x_dst.scalar_type();
   const at::Tensor a = x_dst.contiguous(), b = contiguous_as(x_src, dtype);
-  const at::Tensor g = contiguous_as(grad_s, dtype), perm = contiguous_as(perm_t, at::kLong);
+  TORCH_CHECK_TYPE(perm_t.scalar_type() == at::kLong, "perm_t must be int64");
+  TORCH_CHECK_VALUE(perm_t.dim() == 1, "perm_t must be 1-D");
+  const at::Tensor g = contiguous_as(grad_s, dtype), perm = perm_t.contiguous();
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   const at::Tensor rpt = rowptr_t.contiguous(), clt = col_t.contiguous();
   at::Tensor grad_dst = at::empty_like(a), grad_src = at::empty_like(b);
+  std::atomic<bool> bad_col{false}, bad_col_t{false}, bad_perm{false};
+  const int64_t num_edges = col.numel();
   FASTALIGN_DISPATCH(dtype, col.scalar_type(), "edge_similarity_backward", [&] {
     const auto p = make_params<scalar_t>(kernel, sigma, degree, coef);
     const int64_t F = a.size(1);
@@ -102,14 +120,22 @@ std::tuple<at::Tensor, at::Tensor> edge_similarity_backward(
     const scalar_t* bp = b.data_ptr<scalar_t>();
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const index_t* rpp = rp.data_ptr<index_t>();
-    SimGradFold<scalar_t, index_t> dst{p, cl.data_ptr<index_t>(), nullptr, ap, bp, gp, true,
-                                       grad_dst.data_ptr<scalar_t>(), F};
-    segment_fold(rpp, partition_rows(rpp, rowptr.numel() - 1), dst);
     const index_t* rptp = rpt.data_ptr<index_t>();
+    check_rowptr(rpp, rowptr.numel() - 1, num_edges, "edge_similarity_backward (graph)");
+    check_rowptr(rptp, rowptr_t.numel() - 1, num_edges, "edge_similarity_backward (transpose)");
+    SimGradFold<scalar_t, index_t> dst{p, cl.data_ptr<index_t>(), nullptr, ap, bp, gp, true,
+                                       grad_dst.data_ptr<scalar_t>(), F,
+                                       IndexCheck{uint64_t(b.size(0)), &bad_col}, IndexCheck{}};
+    segment_fold(rpp, partition_rows(rpp, rowptr.numel() - 1), dst);
     SimGradFold<scalar_t, index_t> src{p, clt.data_ptr<index_t>(), perm.data_ptr<int64_t>(), bp, ap,
-                                       gp, false, grad_src.data_ptr<scalar_t>(), F};
+                                       gp, false, grad_src.data_ptr<scalar_t>(), F,
+                                       IndexCheck{uint64_t(a.size(0)), &bad_col_t},
+                                       IndexCheck{uint64_t(num_edges), &bad_perm}};
     segment_fold(rptp, partition_rows(rptp, rowptr_t.numel() - 1), src);
   });
+  report_indices(bad_col, "edge_similarity_backward", "col", b.size(0));
+  report_indices(bad_col_t, "edge_similarity_backward", "col_t", a.size(0));
+  report_indices(bad_perm, "edge_similarity_backward", "perm_t", num_edges);
   return {grad_dst, grad_src};
 }
 

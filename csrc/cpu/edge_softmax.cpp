@@ -43,6 +43,9 @@ struct SoftmaxFold {
     if (e0 == e1) return;
     scalar_t m = z[e0];
     for (int64_t e = e0 + 1; e < e1; ++e) m = std::max(m, z[e]);
+    // A run of -inf logits adds nothing (exp(-inf - -inf) would be NaN): in a hub row
+    // cut into pieces, such a piece must not poison the others.
+    if (m == -std::numeric_limits<scalar_t>::infinity()) return;
     scalar_t sum = 0;
     for (int64_t e = e0; e < e1; ++e) sum += std::exp(z[e] - m);
     merge_max_sum(s, m, sum);
@@ -73,14 +76,16 @@ struct DotFold {
 };
 
 at::Tensor edge_softmax(const at::Tensor& rowptr, const at::Tensor& logits) {
-  TORCH_CHECK(rowptr.dim() == 1 && rowptr.numel() >= 1, "rowptr must be 1-D and non-empty");
-  TORCH_CHECK(logits.dim() == 1, "logits must be 1-D");
+  TORCH_CHECK_VALUE(rowptr.dim() == 1 && rowptr.numel() >= 1, "rowptr must be 1-D and non-empty");
+  check_index_dtype(rowptr, "rowptr");
+  TORCH_CHECK_VALUE(logits.dim() == 1, "logits must be 1-D");
   const int64_t n = rowptr.numel() - 1;
   const at::Tensor rp = rowptr.contiguous(), z = logits.contiguous();
   at::Tensor out = at::empty_like(z);
   FASTALIGN_DISPATCH(z.scalar_type(), rowptr.scalar_type(), "edge_softmax", [&] {
     const index_t* rpp = rp.data_ptr<index_t>();
     const scalar_t* zp = z.data_ptr<scalar_t>();
+    check_rowptr(rpp, n, z.numel(), "edge_softmax");
     std::vector<scalar_t> row_max(n), row_sum(n);
     const Partition part = partition_rows(rpp, n);
     segment_fold(rpp, part, SoftmaxFold<scalar_t>{zp, row_max.data(), row_sum.data()});
@@ -94,7 +99,9 @@ at::Tensor edge_softmax(const at::Tensor& rowptr, const at::Tensor& logits) {
 }
 
 at::Tensor edge_softmax_backward(const at::Tensor& rowptr, const at::Tensor& p, const at::Tensor& grad_p) {
-  TORCH_CHECK(p.dim() == 1 && grad_p.numel() == p.numel(), "p and grad_p must be [E]");
+  TORCH_CHECK_VALUE(p.dim() == 1 && grad_p.dim() == 1 && grad_p.numel() == p.numel(), "p and grad_p must be [E]");
+  TORCH_CHECK_VALUE(rowptr.dim() == 1 && rowptr.numel() >= 1, "rowptr must be 1-D and non-empty");
+  check_index_dtype(rowptr, "rowptr");
   const int64_t n = rowptr.numel() - 1;
   const at::Tensor rp = rowptr.contiguous(), pc = p.contiguous();
   const at::Tensor g = contiguous_as(grad_p, p.scalar_type());
@@ -103,6 +110,7 @@ at::Tensor edge_softmax_backward(const at::Tensor& rowptr, const at::Tensor& p, 
     const index_t* rpp = rp.data_ptr<index_t>();
     const scalar_t* pp = pc.data_ptr<scalar_t>();
     const scalar_t* gp = g.data_ptr<scalar_t>();
+    check_rowptr(rpp, n, pc.numel(), "edge_softmax_backward");
     std::vector<scalar_t> row_dot(n);
     const Partition part = partition_rows(rpp, n);
     segment_fold(rpp, part, DotFold<scalar_t>{pp, gp, row_dot.data()});

@@ -2,6 +2,8 @@
 // the GCN normalisation fused into the aggregation (no normalised edge weights built).
 #include <torch/library.h>
 
+#include <atomic>
+
 #include "cpu/common.h"
 #include "cpu/segment.h"
 
@@ -19,6 +21,7 @@ struct GcnFold {
   const scalar_t* x;
   scalar_t* out;
   int64_t size;
+  IndexCheck cols;           // col against the nodes (rows of x and dis)
   int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
   void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
@@ -28,6 +31,7 @@ struct GcnFold {
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const int64_t j = col[e];
+      if (!cols.ok(j)) continue;
       // With implicit loops, a stored self loop's weight is already in loop_weight.
       if (loop_weight && j == r) continue;
       scalar_t c = di * dis[j];
@@ -58,20 +62,27 @@ at::Tensor gcn_aggregate(const at::Tensor& rowptr, const at::Tensor& col,
   check_csr(rowptr, col);
   const int64_t n = rowptr.numel() - 1;
   check_rows(x, n, "x");
-  TORCH_CHECK(dis.dim() == 1 && dis.numel() == n, "dis must be [", n, "]");
+  TORCH_CHECK_VALUE(dis.dim() == 1 && dis.numel() == n, "dis must be [", n, "]");
+  if (loop_weight.has_value() && loop_weight->defined())
+    TORCH_CHECK_VALUE(loop_weight->dim() == 1 && loop_weight->numel() == n, "loop_weight must be [", n, "]");
+  if (weight.has_value() && weight->defined())
+    check_edge_values(*weight, col.numel(), "weight");
   const auto dtype = x.scalar_type();
   const at::Tensor xc = x.contiguous(), d = contiguous_as(dis, dtype);
   const at::Tensor w = optional_as(weight, dtype), lw = optional_as(loop_weight, dtype);
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   at::Tensor out = at::empty_like(xc);
+  std::atomic<bool> bad{false};
   FASTALIGN_DISPATCH(dtype, col.scalar_type(), "gcn_aggregate", [&] {
     const index_t* rpp = rp.data_ptr<index_t>();
+    check_rowptr(rpp, n, cl.numel(), "gcn_aggregate");
     GcnFold<scalar_t, index_t> op{cl.data_ptr<index_t>(), ptr_or_null<scalar_t>(w),
                                   d.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(lw),
                                   xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), xc.size(1),
-                                  cl.numel()};
+                                  IndexCheck{uint64_t(n), &bad}, cl.numel()};
     segment_fold(rpp, partition_rows(rpp, n), op);
   });
+  report_indices(bad, "gcn_aggregate", "col", n);
   return out;
 }
 

@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
+#include <new>
 #include <vector>
 
 namespace fastalign {
@@ -100,11 +102,48 @@ FASTALIGN_MULTIVERSION void edge_range_item(const index_t* rowptr, const WorkIte
   for (int64_t r = it.row_begin; r < it.row_end; ++r) fn(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]));
 }
 
+// No exception may leave an OpenMP region (the runtime would terminate the process):
+// a worker's exception is kept (the first one) and rethrown after the region.
+class ErrorSlot {
+ public:
+  template <typename F>
+  void run(const F& f) noexcept {
+    try {
+      f();
+    } catch (...) {
+#pragma omp critical(fastalign_error_slot)
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::exception_ptr error_;
+};
+
 template <typename index_t, typename Fn>
 void for_each_edge_range(const index_t* rowptr, const Partition& p, const Fn& fn) {
   const int64_t n = p.items.size();
+  ErrorSlot errors;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
-  for (int64_t k = 0; k < n; ++k) edge_range_item(rowptr, p.items[k], fn);
+  for (int64_t k = 0; k < n; ++k) errors.run([&] { edge_range_item(rowptr, p.items[k], fn); });
+  errors.rethrow();
+}
+
+// fn(i) for i in [0, n), in parallel chunks of `grain`, exceptions kept as above.
+template <typename Fn>
+void parallel_range(int64_t n, int64_t grain, const Fn& fn) {
+  const int64_t chunks = (n + grain - 1) / grain;
+  ErrorSlot errors;
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t c = 0; c < chunks; ++c)
+    errors.run([&] {
+      const int64_t end = std::min(n, (c + 1) * grain);
+      for (int64_t i = c * grain; i < end; ++i) fn(i);
+    });
+  errors.rethrow();
 }
 
 // One work item of a fold: a block of whole rows (init, accumulate, finish each), or
@@ -142,15 +181,22 @@ void segment_fold(const index_t* rowptr, const Partition& p, const Op& op) {
   using elem_t = typename Op::elem_t;
   std::vector<elem_t> partial(p.num_pieces * op.size);
   const int64_t n = p.items.size();
+  ErrorSlot errors;
 #pragma omp parallel num_threads(at::get_num_threads())
   {
-    std::vector<elem_t> state(op.size);
+    std::vector<elem_t> state;
+    errors.run([&] { state.resize(op.size); });
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t k = 0; k < n; ++k) fold_item(rowptr, p.items[k], op, state.data(), partial.data());
+    for (int64_t k = 0; k < n; ++k)
+      errors.run([&] {
+        if (int64_t(state.size()) != op.size) throw std::bad_alloc();
+        fold_item(rowptr, p.items[k], op, state.data(), partial.data());
+      });
     const int64_t num_long = p.long_rows.size();
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t k = 0; k < num_long; ++k) merge_long_row(p, k, op, partial.data());
+    for (int64_t k = 0; k < num_long; ++k) errors.run([&] { merge_long_row(p, k, op, partial.data()); });
   }
+  errors.rethrow();
 }
 
 // Adds `size` values to a running sum (the merge of the sum folds).

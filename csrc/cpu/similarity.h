@@ -19,7 +19,7 @@ inline Kernel parse_kernel(c10::string_view name) {
   if (name == "linear") return Kernel::Linear;
   if (name == "poly") return Kernel::Poly;
   if (name == "cosine") return Kernel::Cosine;
-  TORCH_CHECK(false, "unknown similarity kernel '", std::string(name), "'");
+  TORCH_CHECK_VALUE(false, "unknown similarity kernel '", std::string(name), "'");
 }
 
 constexpr double kCosineEps = 1e-8;

@@ -1,6 +1,7 @@
 // spmm (sum | mean | max, optional edge weights), its max backward, and sddmm.
 #include <torch/library.h>
 
+#include <atomic>
 #include <limits>
 
 #include "cpu/common.h"
@@ -20,6 +21,7 @@ struct SumFold {
   scalar_t* out;
   int64_t size;  // F
   bool mean;
+  IndexCheck cols;           // col against the rows of x
   int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
   void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
@@ -27,6 +29,7 @@ struct SumFold {
     const int64_t F = size, end = std::max(e1, prefetch_end);
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
+      if (!cols.ok(col[e])) continue;
       const scalar_t* __restrict__ xj = x + int64_t(col[e]) * F;
       const scalar_t w = weight ? weight[e] : scalar_t(1);
 #pragma omp simd
@@ -62,24 +65,33 @@ struct MaxFold {
   scalar_t* out;
   int64_t* arg;
   int64_t size;
+  IndexCheck cols;
 
   void init(elem_t* s) const {
     for (int64_t f = 0; f < size; ++f) s[f] = {scalar_t(0), -1};
   }
-  // Strict '>' keeps the first edge on ties; the row's first edge always sets the state.
+  // Whether (v, later edge) replaces the state: a greater value, or a NaN over a number.
+  // NaN propagates as in torch.amax (the first NaN edge wins and stays), and strict '>'
+  // keeps the first edge on ties, so the result does not depend on the edge order
+  // beyond "first". The row's first edge always sets the state.
+  static bool beats(scalar_t v, const elem_t& s) {
+    return s.arg < 0 || v > s.value || (v != v && s.value == s.value);
+  }
   void accumulate(int64_t, int64_t e0, int64_t e1, elem_t* s) const {
     for (int64_t e = e0; e < e1; ++e) {
+      if (!cols.ok(col[e])) continue;
       const scalar_t* xj = x + int64_t(col[e]) * size;
       const scalar_t w = weight ? weight[e] : scalar_t(1);
       for (int64_t f = 0; f < size; ++f) {
         const scalar_t v = w * xj[f];
-        if (s[f].arg < 0 || v > s[f].value) s[f] = {v, e};
+        if (beats(v, s[f])) s[f] = {v, e};
       }
     }
   }
+  // Pieces merge in edge order: a later piece wins only by beating the earlier state.
   void merge(elem_t* s, const elem_t* piece) const {
     for (int64_t f = 0; f < size; ++f)
-      if (s[f].arg < 0 || (piece[f].arg >= 0 && piece[f].value > s[f].value)) s[f] = piece[f];
+      if (piece[f].arg >= 0 && beats(piece[f].value, s[f])) s[f] = piece[f];
   }
   void finish(int64_t r, const elem_t* s) const {
     for (int64_t f = 0; f < size; ++f) {
@@ -93,27 +105,33 @@ template <typename scalar_t, typename index_t>
 void spmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& weight,
                  const at::Tensor& x, const std::string& reduce, at::Tensor& out, at::Tensor& arg) {
   const index_t* rp = rowptr.data_ptr<index_t>();
+  check_rowptr(rp, rowptr.numel() - 1, col.numel(), "spmm_forward");
   const Partition part = partition_rows(rp, rowptr.numel() - 1);
+  std::atomic<bool> bad{false};
+  const IndexCheck cols{uint64_t(x.size(0)), &bad};
   if (reduce == "max") {
     MaxFold<scalar_t, index_t> op{col.data_ptr<index_t>(), ptr_or_null<scalar_t>(weight),
                                   x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                                  arg.data_ptr<int64_t>(), x.size(1)};
+                                  arg.data_ptr<int64_t>(), x.size(1), cols};
     segment_fold(rp, part, op);
   } else {
     SumFold<scalar_t, index_t> op{rp, col.data_ptr<index_t>(), ptr_or_null<scalar_t>(weight),
                                   x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), x.size(1),
-                                  reduce == "mean", col.numel()};
+                                  reduce == "mean", cols, col.numel()};
     segment_fold(rp, part, op);
   }
+  report_indices(bad, "spmm_forward", "col", x.size(0));
 }
 
 std::tuple<at::Tensor, at::Tensor> spmm_forward(const at::Tensor& rowptr, const at::Tensor& col,
                                                 const c10::optional<at::Tensor>& weight,
                                                 const at::Tensor& x, c10::string_view reduce_) {
   const std::string reduce(reduce_);
-  TORCH_CHECK(reduce == "sum" || reduce == "mean" || reduce == "max", "unknown reduce '", reduce, "'");
+  TORCH_CHECK_VALUE(reduce == "sum" || reduce == "mean" || reduce == "max", "unknown reduce '", reduce, "'");
   check_csr(rowptr, col);
-  TORCH_CHECK(x.dim() == 2, "x must be 2-D");
+  TORCH_CHECK_VALUE(x.dim() == 2, "x must be 2-D");
+  if (weight.has_value() && weight->defined())
+    check_edge_values(*weight, col.numel(), "weight");
   const at::Tensor xc = x.contiguous();
   const at::Tensor w = optional_as(weight, x.scalar_type());
   const int64_t num_dst = rowptr.numel() - 1;
@@ -138,25 +156,32 @@ void spmm_max_backward_kernel(const at::Tensor& col, const at::Tensor& weight, c
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const int64_t* a = arg.data_ptr<int64_t>();
   const scalar_t* g = grad_out.data_ptr<scalar_t>();
-  const int64_t rows = arg.size(0), F = arg.size(1);
+  const int64_t rows = arg.size(0), F = arg.size(1), num_edges = col.numel(), num_src = x.size(0);
   scalar_t* gx = grad_x.data_ptr<scalar_t>();
   constexpr int64_t kBlock = 8;
   const int64_t blocks = (F + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
-  for (int64_t b = 0; b < blocks; ++b) {
+  // arg entries are edges (or -1: no edge), col entries rows of x: both checked as read
+  std::atomic<bool> bad_arg{false}, bad_col{false};
+  const IndexCheck edges{uint64_t(num_edges), &bad_arg}, cols{uint64_t(num_src), &bad_col};
+  parallel_range(blocks, 1, [&](int64_t b) {
     const int64_t f1 = std::min(F, (b + 1) * kBlock);
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t f = b * kBlock; f < f1; ++f) {
         const int64_t e = a[i * F + f];
-        if (e >= 0) gx[int64_t(cl[e]) * F + f] += (w ? w[e] : scalar_t(1)) * g[i * F + f];
+        if (e == -1 || !edges.ok(e) || !cols.ok(cl[e])) continue;
+        gx[int64_t(cl[e]) * F + f] += (w ? w[e] : scalar_t(1)) * g[i * F + f];
       }
-  }
+  });
+  report_indices(bad_arg, "spmm_max_backward", "arg", num_edges);
+  report_indices(bad_col, "spmm_max_backward", "col", num_src);
   if (!grad_w.defined() || grad_w.numel() == 0) return;
   scalar_t* gw = grad_w.data_ptr<scalar_t>();
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  // One pass in row order: this op is not given the rows' edge ranges, so nothing says
+  // that row i's winners are edges of row i (they are when arg is the forward's), and
+  // rows in parallel could then add into one edge at once. O(rows x F) scalar work.
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t f = 0; f < F; ++f) {
-      const int64_t e = a[i * F + f];
+      const int64_t e = a[i * F + f];  // checked above
       if (e >= 0) gw[e] += g[i * F + f] * xp[int64_t(cl[e]) * F + f];
     }
 }
@@ -165,9 +190,14 @@ std::tuple<at::Tensor, at::Tensor> spmm_max_backward(const at::Tensor& col,
                                                      const c10::optional<at::Tensor>& weight,
                                                      const at::Tensor& x, const at::Tensor& arg,
                                                      const at::Tensor& grad_out, bool need_weight_grad) {
-  TORCH_CHECK(x.dim() == 2 && arg.dim() == 2 && arg.sizes() == grad_out.sizes() &&
-                  arg.size(1) == x.size(1),
-              "spmm_max_backward: shape mismatch");
+  TORCH_CHECK_VALUE(x.dim() == 2 && arg.dim() == 2 && arg.sizes() == grad_out.sizes() &&
+                        arg.size(1) == x.size(1),
+                    "spmm_max_backward: shape mismatch");
+  TORCH_CHECK_TYPE(arg.scalar_type() == at::kLong, "spmm_max_backward: arg must be int64");
+  TORCH_CHECK_VALUE(col.dim() == 1, "spmm_max_backward: col must be 1-D");
+  check_index_dtype(col, "col");
+  if (weight.has_value() && weight->defined())
+    check_edge_values(*weight, col.numel(), "weight");
   const at::Tensor xc = x.contiguous(), ac = arg.contiguous(), cl = col.contiguous();
   const at::Tensor g = contiguous_as(grad_out, x.scalar_type());
   const at::Tensor w = optional_as(weight, x.scalar_type());
@@ -190,11 +220,18 @@ void sddmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Ten
   const scalar_t* bp = b.data_ptr<scalar_t>();
   scalar_t* o = out.data_ptr<scalar_t>();
   const int64_t F = a.size(1);
+  check_rowptr(rp, rowptr.numel() - 1, col.numel(), "sddmm");
   const Partition part = partition_rows(rp, rowptr.numel() - 1);
+  std::atomic<bool> bad{false};
+  const IndexCheck cols{uint64_t(b.size(0)), &bad};
   for_each_edge_range(rp, part, [&](int64_t r, int64_t e0, int64_t e1) {
     const scalar_t* __restrict__ ai = ap + r * F;
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < e1) prefetch_row(bp + int64_t(cl[e + kPrefetchDistance]) * F, F);
+      if (!cols.ok(cl[e])) {
+        o[e] = 0;
+        continue;
+      }
       const scalar_t* __restrict__ bj = bp + int64_t(cl[e]) * F;
       scalar_t dot = 0;
 #pragma omp simd reduction(+ : dot)
@@ -202,13 +239,14 @@ void sddmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Ten
       o[e] = dot;
     }
   });
+  report_indices(bad, "sddmm", "col", b.size(0));
 }
 
 at::Tensor sddmm(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
                  const at::Tensor& b) {
   check_csr(rowptr, col);
   check_rows(a, rowptr.numel() - 1, "a");
-  TORCH_CHECK(b.dim() == 2 && b.size(1) == a.size(1), "sddmm: a and b widths differ");
+  TORCH_CHECK_VALUE(b.dim() == 2 && b.size(1) == a.size(1), "sddmm: a and b widths differ");
   const at::Tensor ac = a.contiguous(), bc = contiguous_as(b, a.scalar_type());
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   at::Tensor out = at::empty({col.numel()}, a.options());

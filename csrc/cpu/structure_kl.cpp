@@ -3,7 +3,9 @@
 //
 // Forward: one pass over each row; the scaled similarities of a row (or of a piece of
 // a hub row, at most kPieceEdges) sit in a small thread-local buffer, so the only
-// state left behind is per node: kl, lse_student, lse_peer. With m = max, S = sum
+// state left behind is per node: kl, lse_student, lse_peer (the log-sum-exps in double
+// whatever the features' dtype: at logits of 1e7 a float32 log-sum-exp is off by ~1,
+// and the backward's log p = z - lse would be off by as much). With m = max, S = sum
 // exp(z - m) and T = sum exp(zp - m_p) (zp - zs), kl = T / S_p + lse_s - lse_p
 // (sum q = 1); pieces of a hub row merge (m, S, T) by rescaling.
 // Backward: recomputes each edge's terms from the per-node state; destination-side
@@ -19,6 +21,8 @@
 // (structure_kl_student_backward) is then a scaling and one pass over the transpose:
 // it gathers one embedding per edge instead of three and recomputes no similarity.
 #include <torch/library.h>
+
+#include <atomic>
 
 #include <cmath>
 #include <limits>
@@ -86,7 +90,9 @@ struct KlForwardFold {
   using elem_t = double;
   Embeddings<T> x;
   const index_t *rowptr, *col;
-  T *kl, *lse_s, *lse_p;
+  T* kl;
+  double *lse_s, *lse_p;
+  IndexCheck cols;                   // col against the source rows
   T* dst_grad = nullptr;             // [num_dst, fs], or null: no gradient state
   GradCoef<T>* src_coef = nullptr;   // [num_edges]
   int64_t prefetch_end = 0;          // the number of edges (see kPrefetchDistance)
@@ -121,6 +127,11 @@ struct KlForwardFold {
         prefetch_row(x.p_src + jn * x.fp, x.fp);
       }
       const int64_t j = col[e0 + k];
+      if (!cols.ok(j)) {  // flagged: the op raises after the traversal
+        zs[k] = zp[k] = 0;
+        if (with_grad) sim_s[k] = Sim<T>{};
+        continue;
+      }
       const Sim<T> sim = similarity(x.p, as, x.s_src + j * x.fs, x.fs);
       if (with_grad) sim_s[k] = sim;
       zs[k] = sim.s / x.tau;
@@ -134,6 +145,7 @@ struct KlForwardFold {
     const T inv_ss = T(1 / piece[1]), inv_sp = T(1 / piece[3]), inv_tau = T(1) / x.tau;
     T* u = dst_grad + r * x.fs;
     for (int64_t k = 0; k < n; ++k) {
+      if (!cols.ok(col[e0 + k])) continue;
       const T d = (es[k] * inv_ss - ep[k] * inv_sp) * inv_tau;
       const T* b = x.s_src + int64_t(col[e0 + k]) * x.fs;
       apply_grad(x.p.kernel, grad_coef(x.p, sim_s[k], true, d), as, b, x.fs, u);
@@ -144,12 +156,12 @@ struct KlForwardFold {
   void finish(int64_t r, const double* s) const {
     if (s[3] == 0) {  // no in-edge
       kl[r] = 0;
-      lse_s[r] = lse_p[r] = -std::numeric_limits<T>::infinity();
+      lse_s[r] = lse_p[r] = -std::numeric_limits<double>::infinity();
       return;
     }
     const double ls = s[0] + std::log(s[1]), lp = s[2] + std::log(s[3]);
-    lse_s[r] = T(ls);
-    lse_p[r] = T(lp);
+    lse_s[r] = ls;
+    lse_p[r] = lp;
     kl[r] = T(s[4] / s[3] + ls - lp);
   }
 };
@@ -162,19 +174,22 @@ template <typename T, typename index_t>
 struct KlDstGradFold {
   using elem_t = T;
   Embeddings<T> x;
-  const T *lse_s, *lse_p, *kl;
+  const double *lse_s, *lse_p;
+  const T* kl;
   const T* grad_kl;  // null: a unit upstream gradient (the forward's gradient state)
   const index_t* col;
   bool peer_grad;
   T *out_s, *out_p;
   GradCoef<T> *coef_s, *coef_p;  // per edge, for the source side
   int64_t size;
+  IndexCheck cols;
   int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
   void init(T* s) const { fill(s, T(0), size); }
   void accumulate(int64_t i, int64_t e0, int64_t e1, T* s) const {
     const T *as = x.s_dst + i * x.fs, *ap = x.p_dst + i * x.fp;
-    const T ls = lse_s[i], lp = lse_p[i], g = grad_kl ? grad_kl[i] : T(1), kli = kl[i];
+    const double ls = lse_s[i], lp = lse_p[i], kli = kl[i];
+    const T g = grad_kl ? grad_kl[i] : T(1);
     const int64_t end = std::max(e1, prefetch_end);
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < end) {
@@ -183,17 +198,23 @@ struct KlDstGradFold {
         prefetch_row(x.p_src + jn * x.fp, x.fp);
       }
       const int64_t j = col[e];
+      if (!cols.ok(j)) {
+        coef_s[e] = GradCoef<T>{};
+        if (peer_grad) coef_p[e] = GradCoef<T>{};
+        continue;
+      }
       const T *bs = x.s_src + j * x.fs, *bp = x.p_src + j * x.fp;
       const Sim<T> sim_s = similarity(x.p, as, bs, x.fs);
       const Sim<T> sim_p = similarity(x.p, ap, bp, x.fp);
-      const T logp = sim_s.s / x.tau - ls;
-      const T logq = sim_p.s / x.tau - lp;
-      const T q = std::exp(logq);
-      const T d_s = g * (std::exp(logp) - q) / x.tau;
+      // the logits exactly as the forward rounded them, the rest in double
+      const double logp = double(T(sim_s.s / x.tau)) - ls;
+      const double logq = double(T(sim_p.s / x.tau)) - lp;
+      const double q = std::exp(logq);
+      const T d_s = T(double(g) * (std::exp(logp) - q) / double(x.tau));
       apply_grad(x.p.kernel, grad_coef(x.p, sim_s, true, d_s), as, bs, x.fs, s);
       coef_s[e] = grad_coef(x.p, sim_s, false, d_s);
       if (peer_grad) {
-        const T d_p = g * q * (logq - logp - kli) / x.tau;
+        const T d_p = T(double(g) * q * (logq - logp - kli) / double(x.tau));
         apply_grad(x.p.kernel, grad_coef(x.p, sim_p, true, d_p), ap, bp, x.fp, s + x.fs);
         coef_p[e] = grad_coef(x.p, sim_p, false, d_p);
       }
@@ -219,6 +240,8 @@ struct KlSrcGradFold {
   const GradCoef<T> *coef_s, *coef_p;
   const T* grad_kl;  // null: the coefficients already carry the upstream gradient
   int64_t size;
+  IndexCheck dsts;   // col_t against the destination rows
+  IndexCheck edges;  // perm_t against the edges
   // Square graph with one student tensor: also add grad_kl[j] * dst_grad[j], the
   // destination-side gradient, so that one tensor holds the student's whole gradient.
   const T* dst_grad = nullptr;
@@ -237,6 +260,7 @@ struct KlSrcGradFold {
         __builtin_prefetch(coef_s + perm_t[k + kPrefetchDistance]);
       }
       const int64_t i = col_t[k], e = perm_t[k];
+      if (!dsts.ok(i) || !edges.ok(e)) continue;
       GradCoef<T> c = coef_s[e];
       if (grad_kl) c.c0 *= grad_kl[i], c.c1 *= grad_kl[i];
       apply_grad(x.p.kernel, c, bs, x.s_dst + i * x.fs, x.fs, s);
@@ -262,10 +286,10 @@ void check_embeddings(const at::Tensor& s_dst, const at::Tensor& s_src, const at
                       const at::Tensor& p_src, int64_t num_dst) {
   check_rows(s_dst, num_dst, "s_dst");
   check_rows(p_dst, num_dst, "p_dst");
-  TORCH_CHECK(s_src.dim() == 2 && s_src.size(1) == s_dst.size(1), "s_src must be [N_src, F_student]");
-  TORCH_CHECK(p_src.dim() == 2 && p_src.size(1) == p_dst.size(1) && p_src.size(0) == s_src.size(0),
+  TORCH_CHECK_VALUE(s_src.dim() == 2 && s_src.size(1) == s_dst.size(1), "s_src must be [N_src, F_student]");
+  TORCH_CHECK_VALUE(p_src.dim() == 2 && p_src.size(1) == p_dst.size(1) && p_src.size(0) == s_src.size(0),
               "p_src must be [N_src, F_peer]");
-  TORCH_CHECK(p_dst.scalar_type() == s_dst.scalar_type(), "student and peer must share a dtype");
+  TORCH_CHECK_VALUE(p_dst.scalar_type() == s_dst.scalar_type(), "student and peer must share a dtype");
 }
 
 template <typename T>
@@ -310,17 +334,21 @@ std::vector<at::Tensor> forward(const at::Tensor& rowptr, const at::Tensor& col,
   const int64_t n = rowptr.numel() - 1, num_edges = col.numel();
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   const auto opts = in.s_dst.options();
-  at::Tensor kl = at::empty({n}, opts), lse_s = at::empty({n}, opts), lse_p = at::empty({n}, opts);
+  at::Tensor kl = at::empty({n}, opts);
+  at::Tensor lse_s = at::empty({n}, opts.dtype(at::kDouble)), lse_p = at::empty({n}, opts.dtype(at::kDouble));
   at::Tensor dst_grad = with_grad ? at::empty({n, in.s_dst.size(1)}, opts) : at::empty({0}, opts);
   at::Tensor src_coef = with_grad ? at::empty({num_edges, 2}, opts) : at::empty({0}, opts);
+  std::atomic<bool> bad{false};
+  const IndexCheck cols{uint64_t(in.s_src.size(0)), &bad};
   FASTALIGN_DISPATCH(in.s_dst.scalar_type(), col.scalar_type(), "structure_kl_forward", [&] {
     const index_t* rpp = rp.data_ptr<index_t>();
     const index_t* clp = cl.data_ptr<index_t>();
+    check_rowptr(rpp, n, num_edges, "structure_kl_forward");
     const auto x = embeddings<scalar_t>(in.s_dst, in.s_src, in.p_dst, in.p_src, kernel, sigma, degree,
                                         coef, tau);
     auto* coefs = with_grad ? reinterpret_cast<GradCoef<scalar_t>*>(src_coef.data_ptr<scalar_t>()) : nullptr;
-    KlForwardFold<scalar_t, index_t> op{x, rpp, clp, kl.data_ptr<scalar_t>(), lse_s.data_ptr<scalar_t>(),
-                                        lse_p.data_ptr<scalar_t>()};
+    KlForwardFold<scalar_t, index_t> op{x, rpp, clp, kl.data_ptr<scalar_t>(), lse_s.data_ptr<double>(),
+                                        lse_p.data_ptr<double>(), cols};
     op.prefetch_end = num_edges;
     if (with_grad) op.dst_grad = dst_grad.data_ptr<scalar_t>(), op.src_coef = coefs;
     const Partition part = partition_rows(rpp, n);
@@ -328,9 +356,10 @@ std::vector<at::Tensor> forward(const at::Tensor& rowptr, const at::Tensor& col,
     if (!with_grad || part.long_rows.empty()) return;
     // Hub rows: their log-sum-exps are known only now.
     KlDstGradFold<scalar_t, index_t> hubs{x, op.lse_s, op.lse_p, op.kl, nullptr, clp, false,
-                                          op.dst_grad, nullptr, coefs, nullptr, x.fs, num_edges};
+                                          op.dst_grad, nullptr, coefs, nullptr, x.fs, cols, num_edges};
     segment_fold(rpp, long_rows_only(part), hubs);
   });
+  report_indices(bad, "structure_kl_forward", "col", in.s_src.size(0));
   return {kl, lse_s, lse_p, dst_grad, src_coef};
 }
 
@@ -361,17 +390,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward
   check_csr(rowptr_t, col_t);
   const int64_t n = rowptr.numel() - 1, n_src = rowptr_t.numel() - 1;
   check_embeddings(s_dst, s_src, p_dst, p_src, n);
-  TORCH_CHECK(s_src.size(0) == n_src, "s_src must have one row per source node");
-  TORCH_CHECK(lse_s.numel() == n && lse_p.numel() == n && kl.numel() == n && grad_kl.numel() == n,
+  TORCH_CHECK_VALUE(s_src.size(0) == n_src, "s_src must have one row per source node");
+  TORCH_CHECK_VALUE(lse_s.numel() == n && lse_p.numel() == n && kl.numel() == n && grad_kl.numel() == n,
               "per-node state must have one value per destination node");
   const auto dtype = s_dst.scalar_type();
   const Inputs in = contiguous_inputs(s_dst, s_src, p_dst, p_src);
-  const at::Tensor ls = contiguous_as(lse_s, dtype), lp = contiguous_as(lse_p, dtype);
+  const at::Tensor ls = contiguous_as(lse_s, at::kDouble), lp = contiguous_as(lse_p, at::kDouble);
   const at::Tensor k = contiguous_as(kl, dtype), g = contiguous_as(grad_kl, dtype);
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   const at::Tensor rpt = rowptr_t.contiguous(), clt = col_t.contiguous();
-  const at::Tensor perm = contiguous_as(perm_t, at::kLong);
-  TORCH_CHECK(perm.numel() == col.numel(), "perm_t must have one entry per edge");
+  TORCH_CHECK_TYPE(perm_t.scalar_type() == at::kLong, "perm_t must be int64");
+  const at::Tensor perm = perm_t.contiguous();
+  TORCH_CHECK_VALUE(perm.dim() == 1 && perm.numel() == col.numel() && col_t.numel() == col.numel(),
+                    "perm_t and the transpose must have one entry per edge");
+  TORCH_CHECK_TYPE(rowptr.scalar_type() == rowptr_t.scalar_type(), "graph and transpose index dtypes differ");
+  std::atomic<bool> bad_col{false}, bad_col_t{false}, bad_perm{false};
   at::Tensor g_sd = at::empty_like(in.s_dst), g_ss = at::empty_like(in.s_src);
   at::Tensor g_pd = peer_grad ? at::empty_like(in.p_dst) : in.p_dst.new_empty({0});
   at::Tensor g_ps = peer_grad ? at::empty_like(in.p_src) : in.p_src.new_empty({0});
@@ -380,20 +413,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward
                                         coef, tau);
     const int64_t size = x.fs + (peer_grad ? x.fp : 0);
     const index_t* rpp = rp.data_ptr<index_t>();
+    const index_t* rptp = rpt.data_ptr<index_t>();
+    check_rowptr(rpp, n, cl.numel(), "structure_kl_backward (graph)");
+    check_rowptr(rptp, n_src, cl.numel(), "structure_kl_backward (transpose)");
     std::vector<GradCoef<scalar_t>> coef_s(cl.numel()), coef_p(peer_grad ? cl.numel() : 0);
-    KlDstGradFold<scalar_t, index_t> dst{x, ls.data_ptr<scalar_t>(), lp.data_ptr<scalar_t>(),
+    KlDstGradFold<scalar_t, index_t> dst{x, ls.data_ptr<double>(), lp.data_ptr<double>(),
                                          k.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
                                          cl.data_ptr<index_t>(), peer_grad, g_sd.data_ptr<scalar_t>(),
                                          peer_grad ? g_pd.data_ptr<scalar_t>() : nullptr,
-                                         coef_s.data(), coef_p.data(), size, cl.numel()};
+                                         coef_s.data(), coef_p.data(), size,
+                                         IndexCheck{uint64_t(n_src), &bad_col}, cl.numel()};
     segment_fold(rpp, partition_rows(rpp, n), dst);
-    const index_t* rptp = rpt.data_ptr<index_t>();
     KlSrcGradFold<scalar_t, index_t> src{x, clt.data_ptr<index_t>(), perm.data_ptr<int64_t>(), peer_grad,
                                          g_ss.data_ptr<scalar_t>(),
                                          peer_grad ? g_ps.data_ptr<scalar_t>() : nullptr,
-                                         coef_s.data(), coef_p.data(), nullptr, size, nullptr, clt.numel()};
+                                         coef_s.data(), coef_p.data(), nullptr, size,
+                                         IndexCheck{uint64_t(n), &bad_col_t},
+                                         IndexCheck{uint64_t(cl.numel()), &bad_perm}, nullptr, clt.numel()};
     segment_fold(rptp, partition_rows(rptp, n_src), src);
   });
+  report_indices(bad_col, "structure_kl_backward", "col", n_src);
+  report_indices(bad_col_t, "structure_kl_backward", "col_t", n);
+  report_indices(bad_perm, "structure_kl_backward", "perm_t", col.numel());
   return {g_sd, g_ss, g_pd, g_ps};
 }
 
@@ -410,20 +451,23 @@ std::tuple<at::Tensor, at::Tensor> structure_kl_student_backward(
   const int64_t n = s_dst.size(0), n_src = rowptr_t.numel() - 1, num_edges = col_t.numel();
   check_rows(s_src, n_src, "s_src");
   const auto dtype = s_dst.scalar_type();
-  TORCH_CHECK(dst_grad.scalar_type() == dtype && src_coef.scalar_type() == dtype,
+  TORCH_CHECK_VALUE(dst_grad.scalar_type() == dtype && src_coef.scalar_type() == dtype,
               "the gradient state must have the embeddings' dtype");
-  TORCH_CHECK(dst_grad.dim() == 2 && dst_grad.size(0) == n && dst_grad.size(1) == s_dst.size(1),
+  TORCH_CHECK_VALUE(dst_grad.dim() == 2 && dst_grad.size(0) == n && dst_grad.size(1) == s_dst.size(1),
               "dst_grad must be [num_dst, F_student]");
-  TORCH_CHECK(src_coef.dim() == 2 && src_coef.size(0) == num_edges && src_coef.size(1) == 2,
+  TORCH_CHECK_VALUE(src_coef.dim() == 2 && src_coef.size(0) == num_edges && src_coef.size(1) == 2,
               "src_coef must be [num_edges, 2]");
-  TORCH_CHECK(grad_kl.numel() == n, "grad_kl must have one value per destination node");
+  TORCH_CHECK_VALUE(grad_kl.numel() == n, "grad_kl must have one value per destination node");
   const at::Tensor sd = s_dst.contiguous(), ss = contiguous_as(s_src, dtype);
   const at::Tensor u = dst_grad.contiguous(), c = src_coef.contiguous();
   const at::Tensor g = contiguous_as(grad_kl, dtype);
   const at::Tensor rpt = rowptr_t.contiguous(), clt = col_t.contiguous();
-  const at::Tensor perm = contiguous_as(perm_t, at::kLong);
-  TORCH_CHECK(perm.numel() == num_edges, "perm_t must have one entry per edge");
-  TORCH_CHECK(!combined || n == n_src, "combined gradients need a square graph");
+  TORCH_CHECK_TYPE(perm_t.scalar_type() == at::kLong, "perm_t must be int64");
+  const at::Tensor perm = perm_t.contiguous();
+  TORCH_CHECK_VALUE(perm.dim() == 1 && perm.numel() == num_edges, "perm_t must have one entry per edge");
+  TORCH_CHECK_VALUE(!combined || n == n_src, "combined gradients need a square graph");
+  TORCH_CHECK_VALUE(s_dst.dim() == 2 && s_src.size(1) == s_dst.size(1), "s_dst and s_src widths differ");
+  std::atomic<bool> bad_col_t{false}, bad_perm{false};
   at::Tensor g_ss = at::empty_like(ss);
   at::Tensor g_sd = combined ? sd.new_empty({0}) : at::empty_like(sd);
   FASTALIGN_DISPATCH(dtype, col_t.scalar_type(), "structure_kl_student_backward", [&] {
@@ -432,13 +476,17 @@ std::tuple<at::Tensor, at::Tensor> structure_kl_student_backward(
     // The peer is not read: its pointers are the student's, never dereferenced.
     const auto x = embeddings<scalar_t>(sd, ss, sd, ss, kernel, sigma, degree, coef, tau);
     const index_t* rptp = rpt.data_ptr<index_t>();
+    check_rowptr(rptp, n_src, num_edges, "structure_kl_student_backward");
     KlSrcGradFold<scalar_t, index_t> src{
         x, clt.data_ptr<index_t>(), perm.data_ptr<int64_t>(), false, g_ss.data_ptr<scalar_t>(), nullptr,
         reinterpret_cast<const GradCoef<scalar_t>*>(c.data_ptr<scalar_t>()), nullptr,
-        g.data_ptr<scalar_t>(), x.fs, nullptr, num_edges};
+        g.data_ptr<scalar_t>(), x.fs, IndexCheck{uint64_t(n), &bad_col_t},
+        IndexCheck{uint64_t(num_edges), &bad_perm}, nullptr, num_edges};
     if (combined) src.dst_grad = u.data_ptr<scalar_t>();
     segment_fold(rptp, partition_rows(rptp, n_src), src);
   });
+  report_indices(bad_col_t, "structure_kl_student_backward", "col_t", n);
+  report_indices(bad_perm, "structure_kl_student_backward", "perm_t", num_edges);
   if (combined) return {g_ss, g_sd};
   return {g_sd, g_ss};
 }

@@ -111,6 +111,15 @@ def has_fast_path(name: str, functions: tuple, dtype: _torch.dtype) -> bool:
     )
 
 
+def structure_kl_state_dtype(name: str, dtype: _torch.dtype) -> _torch.dtype:
+    """The dtype of the per-node log-sum-exps backend ``name``'s structure-KL forward
+    returns for features of ``dtype`` (the fake kernels must know it): the backend's
+    ``STRUCTURE_KL_STATE_DTYPE`` entry, else float64 for float64 and float32 otherwise."""
+    module = _load(name)
+    table = getattr(module, "STRUCTURE_KL_STATE_DTYPE", {}) if module is not None else {}
+    return table.get(dtype, _torch.float64 if dtype == _torch.float64 else _torch.float32)
+
+
 def available_backends(device="cpu") -> list:
     """The backends that can run on ``device`` in this installation."""
     return [b for b in BACKENDS if is_available(b, device)]

@@ -117,7 +117,7 @@ def transposed_weight(graph: Graph, weight: Tensor, perm_t: Tensor) -> Tensor:
     own = graph.edge_weight
     if own is not None and weight.data_ptr() == own.data_ptr() and weight.dtype == own.dtype:
         key = ("weight_t", weight.dtype)
-        return graph._cached(key, lambda: weight.detach()[perm_t])
+        return graph._cached(key, lambda: weight.detach()[perm_t], uses_weight=True)
     return weight.detach()[perm_t]
 
 

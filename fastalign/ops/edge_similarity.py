@@ -13,6 +13,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .. import validation as V
 from ._common import as_graph, impl, kernel_params, resolve, split_pair
 
 FUNCTIONS = ("edge_similarity", "edge_similarity_backward")
@@ -33,7 +34,29 @@ def edge_similarity_op(
     coef: float,
     backend: str,
 ) -> Tensor:
+    V.check_csr(rowptr, col, V.check_2d("x_src", x_src).size(0))
+    V.check_rows("x_dst", x_dst, rowptr.numel() - 1, "graph (destinations)")
+    _check_widths(x_dst, x_src)
     return impl(backend).edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef)
+
+
+def _check_widths(x_dst: Tensor, x_src: Tensor) -> None:
+    if x_dst.size(1) != x_src.size(1) or x_dst.dtype != x_src.dtype:
+        raise ValueError(
+            f"x_dst and x_src must share width and dtype, got {x_dst.dtype} x {x_dst.size(1)} "
+            f"and {x_src.dtype} x {x_src.size(1)}"
+        )
+
+
+def check_both_sides(rowptr, col, rowptr_t, col_t, perm_t, dst_rows: Tensor, src_rows: Tensor) -> None:
+    """A CSR and its transpose over ``dst_rows`` destinations and ``src_rows`` sources."""
+    V.check_rows("destination features", dst_rows, rowptr.numel() - 1, "graph (destinations)")
+    V.check_csr(rowptr, col, src_rows.size(0))
+    V.check_rows("source features", src_rows, rowptr_t.numel() - 1, "graph transpose (sources)")
+    V.check_csr(rowptr_t, col_t, dst_rows.size(0), "graph transpose")
+    if col_t.numel() != col.numel():
+        raise ValueError(f"the transpose has {col_t.numel()} edges, the graph {col.numel()}")
+    V.check_perm(perm_t, col.numel())
 
 
 @edge_similarity_op.register_fake
@@ -57,6 +80,10 @@ def edge_similarity_backward_op(
     coef: float,
     backend: str,
 ) -> Tuple[Tensor, Tensor]:
+    V.check_2d("x_dst", x_dst)
+    check_both_sides(rowptr, col, rowptr_t, col_t, perm_t, x_dst, V.check_2d("x_src", x_src))
+    _check_widths(x_dst, x_src)
+    V.check_length("grad_s", grad_s, col.numel(), "edge")
     return impl(backend).edge_similarity_backward(
         rowptr, col, rowptr_t, col_t, perm_t, x_dst, x_src, grad_s, kernel, sigma, degree, coef
     )

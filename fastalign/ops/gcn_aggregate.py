@@ -22,6 +22,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .. import validation as V
 from ..graph import Graph
 from ._common import as_graph, check_edge_values, check_features, impl, resolve
 from .spmm import spmm
@@ -40,6 +41,12 @@ def gcn_aggregate_op(
     weight_t: Optional[Tensor],
     backend: str,
 ) -> Tensor:
+    n = rowptr.numel() - 1
+    V.check_rows("x", x, n, "graph (a square one: rows = nodes)")
+    V.check_csr(rowptr, col, n)
+    V.check_length("weight", weight, col.numel(), "edge")
+    V.check_length("dis", dis, n, "node")
+    V.check_length("loop_weight", loop_weight, n, "node")
     return impl(backend).gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
 
 
@@ -118,11 +125,11 @@ def _cached_state(graph: Graph, add_self_loops: bool, improved: bool, dtype, wit
             weight = own.to(dtype) if own is not None else None  # the kernels' copy
         return dis, loop_weight, weight
 
-    dis, loop_weight, weight = graph._cached(key, build)
+    dis, loop_weight, weight = graph._cached(key, build, uses_weight=True)
     weight_t = None
     if with_transpose and weight is not None:
         perm_t = graph.transpose()[2]
-        weight_t = graph._cached(key + ("weight_t",), lambda: weight[perm_t])
+        weight_t = graph._cached(key + ("weight_t",), lambda: weight[perm_t], uses_weight=True)
     return dis, loop_weight, weight, weight_t
 
 

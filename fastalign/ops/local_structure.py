@@ -11,12 +11,15 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .. import validation as V
 from ._common import as_graph, check_edge_values, check_tau, impl, resolve
 from .edge_similarity import edge_similarity
 
 
 @torch.library.custom_op("fastalign::edge_softmax", mutates_args=())
 def edge_softmax_op(rowptr: Tensor, logits: Tensor, backend: str) -> Tensor:
+    V.check_length("logits", logits, logits.numel(), "edge")  # 1-D
+    V.check_rowptr(rowptr, logits.numel())
     return impl(backend).edge_softmax(rowptr, logits)
 
 
@@ -27,6 +30,9 @@ def _(rowptr, logits, backend):
 
 @torch.library.custom_op("fastalign::edge_softmax_backward", mutates_args=())
 def edge_softmax_backward_op(rowptr: Tensor, p: Tensor, grad_p: Tensor, backend: str) -> Tensor:
+    V.check_length("p", p, p.numel(), "edge")  # 1-D
+    V.check_length("grad_p", grad_p, p.numel(), "edge")
+    V.check_rowptr(rowptr, p.numel())
     return impl(backend).edge_softmax_backward(rowptr, p, grad_p)
 
 

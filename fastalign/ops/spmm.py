@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .. import validation as V
 from ._common import (
     as_graph,
     check_edge_values,
@@ -45,7 +46,12 @@ def spmm_op(
     weight_t: Optional[Tensor],
     backend: str,
 ) -> Tuple[Tensor, Tensor]:
-    return impl(backend).spmm_forward(rowptr, col, weight, x, reduce)
+    V.check_csr(rowptr, col, V.check_2d("x", x).size(0))
+    V.check_length("weight", weight, col.numel(), "edge")
+    out, arg = impl(backend).spmm_forward(rowptr, col, weight, x, reduce)
+    if reduce == "max":  # the backward trusts what this forward wrote (cached, not rescanned)
+        V.mark_arg_valid(arg, col.numel())
+    return out, arg
 
 
 @spmm_op.register_fake
@@ -69,6 +75,19 @@ def spmm_max_backward_op(
     need_weight_grad: bool,
     backend: str,
 ) -> Tuple[Tensor, Tensor]:
+    num_edges = V.check_index_tensor("col", col).numel()
+    V.check_csr(rowptr_t, col_t, V.check_2d("grad_out", grad_out).size(0), "graph transpose")
+    if col.dtype != col_t.dtype:
+        raise TypeError(f"col ({col.dtype}) and the transpose ({col_t.dtype}) must share a dtype")
+    V.check_rows("x", x, rowptr_t.numel() - 1, "graph transpose (sources)")
+    if x.size(1) != grad_out.size(1):
+        raise ValueError(f"x has {x.size(1)} features but grad_out {grad_out.size(1)}")
+    if col_t.numel() != num_edges:
+        raise ValueError(f"the transpose has {col_t.numel()} edges, the graph {num_edges}")
+    V.check_columns(col, x.size(0), "graph")
+    V.check_perm(perm_t, num_edges)
+    V.check_arg(arg, num_edges, grad_out.shape, col_t, perm_t)
+    V.check_length("weight", weight, num_edges, "edge")
     return impl(backend).spmm_max_backward(
         col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad
     )
@@ -82,6 +101,8 @@ def _(col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad, 
 
 @torch.library.custom_op("fastalign::sddmm", mutates_args=())
 def sddmm_op(rowptr: Tensor, col: Tensor, a: Tensor, b: Tensor, backend: str) -> Tensor:
+    V.check_csr(rowptr, col, V.check_2d("b", b).size(0))
+    V.check_rows("a", a, rowptr.numel() - 1, "graph (destinations)")
     return impl(backend).sddmm(rowptr, col, a, b)
 
 

@@ -26,8 +26,22 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from .. import validation as V
 from ._common import as_graph, check_tau, impl, kernel_params, resolve, split_pair
-from .edge_similarity import needs_grad
+from .edge_similarity import check_both_sides, needs_grad
+
+
+def _check_embeddings(rowptr, s_dst, s_src, p_dst, p_src) -> None:
+    """Student and peer features: destinations = the graph's rows, one source set, each
+    student's two sides of one width, one dtype for all."""
+    n = rowptr.numel() - 1
+    V.check_rows("s_dst", s_dst, n, "graph (destinations)")
+    V.check_rows("p_dst", p_dst, n, "graph (destinations)")
+    V.check_rows("p_src", p_src, V.check_2d("s_src", s_src).size(0), "student's s_src")
+    if s_src.size(1) != s_dst.size(1) or p_src.size(1) != p_dst.size(1):
+        raise ValueError("each student's destination and source features must share a width")
+    if len({t.dtype for t in (s_dst, s_src, p_dst, p_src)}) != 1:
+        raise TypeError("student and peer embeddings must share a dtype")
 
 FUNCTIONS = ("structure_kl_forward", "structure_kl_backward")
 FAST_PATH = ("structure_kl_forward_with_grad_state", "structure_kl_student_backward")
@@ -55,6 +69,8 @@ def structure_kl_op(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(kl, lse_student, lse_peer, dst_grad, src_coef); the last two are the student's
     gradient state when ``with_grad_state``, else empty."""
+    _check_embeddings(rowptr, s_dst, s_src, p_dst, p_src)
+    V.check_csr(rowptr, col, s_src.size(0))
     args = (rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau)
     if with_grad_state:
         return tuple(impl(backend).structure_kl_forward_with_grad_state(*args))
@@ -66,19 +82,19 @@ def structure_kl_op(
 def _(rowptr, col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
       kernel, sigma, degree, coef, tau, with_grad_state, backend):
     n = rowptr.shape[0] - 1
-    if with_grad_state:  # only backends with the fast path: their state is in s_dst.dtype
+    lse = backends.structure_kl_state_dtype(backend, s_dst.dtype)
+    if with_grad_state:  # only backends with the fast path: gradient state in s_dst.dtype
         return (
             s_dst.new_empty((n,)),
-            s_dst.new_empty((n,)),
-            s_dst.new_empty((n,)),
+            s_dst.new_empty((n,), dtype=lse),
+            s_dst.new_empty((n,), dtype=lse),
             s_dst.new_empty((n, s_dst.shape[1])),
             s_dst.new_empty((col.shape[0], 2)),
         )
-    acc = torch.float64 if s_dst.dtype == torch.float64 else torch.float32
     return (
         s_dst.new_empty((n,)),
-        s_dst.new_empty((n,), dtype=acc),
-        s_dst.new_empty((n,), dtype=acc),
+        s_dst.new_empty((n,), dtype=lse),
+        s_dst.new_empty((n,), dtype=lse),
         s_dst.new_empty((0,)),
         s_dst.new_empty((0,)),
     )
@@ -107,6 +123,11 @@ def structure_kl_backward_op(
     peer_grad: bool,
     backend: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_embeddings(rowptr, s_dst, s_src, p_dst, p_src)
+    check_both_sides(rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src)
+    n = rowptr.numel() - 1
+    for name, t in (("lse_s", lse_s), ("lse_p", lse_p), ("kl", kl), ("grad_kl", grad_kl)):
+        V.check_length(name, t, n, "destination node")
     return impl(backend).structure_kl_backward(
         rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src,
         lse_s, lse_p, kl, grad_kl, kernel, sigma, degree, coef, tau, peer_grad,
@@ -143,6 +164,18 @@ def structure_kl_student_backward_op(
 ) -> Tuple[Tensor, Tensor]:
     """(grad s_dst, grad s_src); with ``combined`` (s_dst and s_src are one tensor)
     (their sum, empty)."""
+    n, num_edges = V.check_2d("s_dst", s_dst).size(0), col_t.numel()
+    V.check_csr(rowptr_t, col_t, n, "graph transpose")
+    V.check_rows("s_src", s_src, rowptr_t.numel() - 1, "graph transpose (sources)")
+    V.check_perm(perm_t, num_edges)
+    V.check_rows("dst_grad", dst_grad, n, "graph (destinations)")
+    if dst_grad.size(1) != s_dst.size(1) or s_src.size(1) != s_dst.size(1):
+        raise ValueError("dst_grad, s_dst and s_src must share a width")
+    if src_coef.shape != (num_edges, 2):
+        raise ValueError(f"src_coef must have shape [{num_edges}, 2], got {list(src_coef.shape)}")
+    V.check_length("grad_kl", grad_kl, n, "destination node")
+    if combined and s_src.size(0) != n:
+        raise ValueError("combined gradients need a square graph")
     return tuple(impl(backend).structure_kl_student_backward(
         rowptr_t, col_t, perm_t, s_dst, s_src, dst_grad, src_coef, grad_kl,
         kernel, sigma, degree, coef, tau, combined,

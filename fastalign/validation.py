@@ -1,0 +1,235 @@
+"""Checks of the index tensors every op reads through: nothing a caller passes may make
+a kernel read out of bounds, loop for ever or crash the process.
+
+What is checked, before any kernel runs, at O(rows + edges) integer reads:
+
+* a CSR (``rowptr``, ``col``): 1-D int32/int64 tensors of one dtype on one device,
+  ``rowptr[0] == 0``, non-decreasing, ``rowptr[-1] == col.numel()``, every column in
+  ``[0, num_src)``;
+* a row pointer alone (``edge_softmax``): the same, against the per-edge values' length;
+* an edge permutation (``perm_t``): int64, one entry per edge, values in ``[0, E)``;
+* the max reduction's winners (``arg``): values in ``[-1, E)``.
+
+Results are cached per tensor and keyed on the tensors' version counters, so a graph is
+scanned once (a :class:`fastalign.Graph` registers the CSR it built as valid without a
+scan) and an in-place edit of a checked tensor is seen: its next use is checked again.
+The cache holds weak references only, so it keeps no tensor alive, and an entry is used
+only for the very tensor object it was made for.
+
+The checks run inside the custom ops' eager kernels, where a host read costs no graph
+break under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+_LOCK = threading.Lock()
+# id(tensor) -> (weakref to it, its version when checked, facts); facts is a dict of what
+# was established (e.g. {"csr_edges": E, "col_bound": max + 1})
+_FACTS: dict = {}
+
+
+def _forget(key):
+    def drop(_ref):
+        with _LOCK:
+            entry = _FACTS.get(key)
+            if entry is not None and entry[0] is _ref:
+                del _FACTS[key]
+    return drop
+
+
+def _version(t: Tensor) -> Optional[int]:
+    """The version counter; None where there is none (inference tensors: never cached)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+def _facts(t: Tensor) -> Optional[dict]:
+    """What is known of ``t`` in its current version, or None."""
+    entry = _FACTS.get(id(t))
+    if entry is None or entry[0]() is not t or entry[1] != _version(t) or entry[1] is None:
+        return None
+    return entry[2]
+
+
+def _remember(t: Tensor, **facts) -> None:
+    if torch.compiler.is_compiling():  # traced code: the op checks at run time instead
+        return
+    version = _version(t)
+    if version is None:
+        return
+    key = id(t)
+    with _LOCK:
+        entry = _FACTS.get(key)
+        if entry is not None and entry[0]() is t and entry[1] == version:
+            entry[2].update(facts)
+            return
+        ref = weakref.ref(t, _forget(key))
+        _FACTS[key] = (ref, version, dict(facts))
+
+
+def clear_cache() -> None:
+    with _LOCK:
+        _FACTS.clear()
+
+
+# ----------------------------------------------------------------------------- types
+def check_index_tensor(name: str, t, *, dim: int = 1) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{name} must be an int32 or int64 tensor, got {t.dtype}")
+    if t.dim() != dim:
+        raise ValueError(f"{name} must be {dim}-D, got shape {list(t.shape)}")
+    return t
+
+
+def _min_max(t: Tensor):
+    mn, mx = torch.aminmax(t)
+    return int(mn), int(mx)
+
+
+# ----------------------------------------------------------------------------- CSR
+def check_rowptr(rowptr: Tensor, num_edges: int, what: str = "graph") -> None:
+    """``rowptr`` is a valid row pointer over ``num_edges`` edges."""
+    rp = _names(what)[0]
+    check_index_tensor(f"{what}: {rp}", rowptr)
+    if rowptr.numel() < 1:
+        raise ValueError(f"{what}: {rp} must have at least one entry (num_rows + 1)")
+    facts = _facts(rowptr)
+    if facts is not None and facts.get("rowptr_edges") == num_edges:
+        return
+    first, last = int(rowptr[0]), int(rowptr[-1])
+    if first != 0:
+        raise ValueError(f"{what}: malformed CSR: {rp}[0] must be 0, got {first}")
+    if last != num_edges:
+        raise ValueError(f"{what}: malformed CSR: {rp}[-1] = {last} but there are {num_edges} edges")
+    if rowptr.numel() > 1 and bool((rowptr[1:] < rowptr[:-1]).any()):
+        raise ValueError(f"{what}: malformed CSR: {rp} must be non-decreasing")
+    _remember(rowptr, rowptr_edges=num_edges)
+
+
+def _names(what: str):
+    """(rowptr, col) as the caller knows them: rowptr_t / col_t for a transpose."""
+    return ("rowptr_t", "col_t") if "transpose" in what else ("rowptr", "col")
+
+
+def check_columns(col: Tensor, num_src: int, what: str = "graph", name: Optional[str] = None,
+                  unit: str = "nodes") -> None:
+    """Every entry of ``col`` lies in ``[0, num_src)``."""
+    name = name or _names(what)[1]
+    check_index_tensor(f"{what}: {name}", col)
+    if col.numel() == 0:
+        return
+    facts = _facts(col)
+    bound = facts.get("col_bound") if facts is not None else None
+    if bound is None or (bound > num_src and not facts.get("col_exact")):
+        # never checked, or registered with an upper bound only (mark_csr_valid)
+        lo, hi = _min_max(col)
+        if lo < 0:
+            raise ValueError(f"{what}: {name} contains a negative index ({lo})")
+        bound = hi + 1
+        _remember(col, col_bound=bound, col_exact=True)
+    if bound > num_src:
+        raise ValueError(
+            f"{what}: {name} contains index {bound - 1}, out of range for {num_src} {unit}"
+        )
+
+
+def check_csr(rowptr: Tensor, col: Tensor, num_src: int, what: str = "graph") -> None:
+    """``(rowptr, col)`` is a CSR whose columns index ``num_src`` nodes."""
+    rp, cl = _names(what)
+    check_index_tensor(f"{what}: {cl}", col)
+    check_index_tensor(f"{what}: {rp}", rowptr)
+    if rowptr.dtype != col.dtype:
+        raise TypeError(f"{what}: {rp} ({rowptr.dtype}) and {cl} ({col.dtype}) must share a dtype")
+    if rowptr.device != col.device:
+        raise ValueError(f"{what}: {rp} is on {rowptr.device} but {cl} on {col.device}")
+    check_rowptr(rowptr, col.numel(), what)
+    check_columns(col, num_src, what)
+
+
+def mark_csr_valid(rowptr: Tensor, col: Tensor, num_src: int) -> None:
+    """Register a CSR built to be valid (by Graph) without scanning it: its columns are
+    known to lie below ``num_src`` (an upper bound, not the exact maximum)."""
+    _remember(rowptr, rowptr_edges=col.numel())
+    if col.numel():
+        _remember(col, col_bound=num_src, col_exact=False)
+
+
+# ----------------------------------------------------------------------------- edges
+def check_perm(perm: Tensor, num_edges: int, what: str = "graph transpose") -> None:
+    """``perm`` (int64) has one entry per edge, each in ``[0, num_edges)``."""
+    if not isinstance(perm, Tensor) or perm.dtype != torch.int64:
+        raise TypeError(f"{what}: perm_t must be an int64 tensor, got "
+                        f"{perm.dtype if isinstance(perm, Tensor) else type(perm).__name__}")
+    if perm.dim() != 1 or perm.numel() != num_edges:
+        raise ValueError(f"{what}: perm_t must have shape [{num_edges}], got {list(perm.shape)}")
+    check_columns(perm, num_edges, what, "perm_t", unit="edges")
+
+
+def mark_perm_valid(perm: Tensor) -> None:
+    if perm.numel():
+        _remember(perm, col_bound=perm.numel(), col_exact=False)
+
+
+def check_arg(arg: Tensor, num_edges: int, shape, col_t: Tensor, perm_t: Tensor) -> None:
+    """The max reduction's winners: int64 of ``shape`` ``[num_dst, F]``, each -1 (an empty
+    row) or an edge of its own row. The row of internal edge ``perm_t[k]`` is ``col_t[k]``
+    (the transpose, already checked)."""
+    if not isinstance(arg, Tensor) or arg.dtype != torch.int64:
+        raise TypeError("arg must be an int64 tensor (the max reduction's winning edges)")
+    if list(arg.shape) != list(shape):
+        raise ValueError(f"arg must have shape {list(shape)}, got {list(arg.shape)}")
+    if arg.numel() == 0:
+        return
+    facts = _facts(arg)
+    if facts is not None and facts.get("arg_edges") == num_edges:
+        return
+    lo, hi = _min_max(arg)
+    if lo < -1 or hi >= num_edges:
+        raise ValueError(f"arg holds edge {lo if lo < -1 else hi}, out of range for {num_edges} edges")
+    row_of_edge = torch.empty(num_edges, dtype=torch.int64, device=arg.device)
+    row_of_edge[perm_t] = col_t.long()
+    rows = torch.arange(arg.size(0), device=arg.device).unsqueeze(1)
+    owned = (arg == -1) | (row_of_edge[arg.clamp(min=0)] == rows)
+    if not bool(owned.all()):
+        raise ValueError("arg names an edge of another row: each entry must be -1 or an edge of its own row")
+    _remember(arg, arg_edges=num_edges)
+
+
+def mark_arg_valid(arg: Tensor, num_edges: int) -> None:
+    if arg.numel():
+        _remember(arg, arg_edges=num_edges)
+
+
+# ----------------------------------------------------------------------------- shapes
+def check_2d(name: str, t: Tensor) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [rows, features], got shape {list(t.shape)}")
+    return t
+
+
+def check_rows(name: str, t: Tensor, rows: int, what: str) -> None:
+    check_2d(name, t)
+    if t.size(0) != rows:
+        raise ValueError(f"{name} has {t.size(0)} rows but the {what} has {rows}")
+
+
+def check_length(name: str, t: Optional[Tensor], n: int, what: str) -> None:
+    if t is None:
+        return
+    if t.dim() != 1 or t.numel() != n:
+        raise ValueError(f"{name} must have shape [{n}] (one per {what}), got {list(t.shape)}")
