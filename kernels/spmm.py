@@ -67,11 +67,17 @@ def _agg_range(
             v = v * tl.load(weight + eo, mask=em, other=0.0).to(ACC)[:, None]
         if REDUCE == 2:
             v = tl.where(em[:, None], v, float("-inf"))
-            bmax = tl.max(v, axis=0)
+            # NaN propagates (torch.amax): a block holding one has a NaN maximum, won by
+            # its first NaN edge; a NaN state is never replaced
+            isnan = (v != v) & em[:, None]
+            has_nan = tl.max(isnan.to(tl.int32), axis=0) > 0
+            nan_pos = tl.min(tl.where(isnan, eo[:, None], end), axis=0)
+            bmax = tl.max(tl.where(isnan, float("-inf"), v), axis=0)
             # first edge reaching the block max; strict '>' below keeps earlier blocks
             pos = tl.where((v == bmax[None, :]) & em[:, None], eo[:, None], end)
-            bpos = tl.min(pos, axis=0)
-            upd = (bmax > mx) | ((arg < 0) & (bpos < end))
+            bpos = tl.where(has_nan, nan_pos, tl.min(pos, axis=0))
+            bmax = tl.where(has_nan, float("nan"), bmax)
+            upd = (bmax > mx) | ((arg < 0) & (bpos < end)) | (has_nan & (mx == mx))
             mx = tl.where(upd, bmax, mx)
             arg = tl.where(upd, bpos, arg)
         else:
@@ -151,7 +157,8 @@ def agg_combine_kernel(
         v = tl.load(part + s * F + fo, mask=fm, other=0.0)
         if REDUCE == 2:
             a = tl.load(part_arg + s * F + fo, mask=fm, other=-1)
-            upd = (v > acc) | ((arg < 0) & (a >= 0))
+            # a later segment wins by a greater value, or by a NaN over a number
+            upd = (v > acc) | ((arg < 0) & (a >= 0)) | ((v != v) & (acc == acc) & (a >= 0))
             acc = tl.where(upd, v, acc)
             arg = tl.where(upd, a, arg)
         else:

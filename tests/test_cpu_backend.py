@@ -217,10 +217,11 @@ def test_structure_kl_forward_backward(name, index_dtype, dtype, width, kernel):
     emb = (s_dst, s_src, p_dst, p_src)
     got = CPU.structure_kl_forward(g.rowptr, g.col, *emb, *params)
     want = truth(REF.structure_kl_forward, g.rowptr, g.col, *emb, *params)
-    for k, (a, b) in enumerate(zip(got, want)):
-        if k > 0:  # the log-sum-exps: the C++ kernels keep them in double (STRUCTURE_KL_STATE_DTYPE)
-            assert a.dtype == fastalign.backends.structure_kl_state_dtype("cpu", dtype) == torch.float64
-            a = a.to(dtype)
+    # kl and the log-sum-exps: the C++ kernels keep them in double (STRUCTURE_KL_STATE_DTYPE)
+    assert fastalign.backends.structure_kl_state_dtype("cpu", dtype) == (torch.float64, torch.float64)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float64
+        a = a.to(dtype)
         empty = torch.isinf(b)
         assert torch.equal(torch.isinf(a), empty)
         assert_close(a[~empty], b[~empty], dtype)

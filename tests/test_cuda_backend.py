@@ -52,6 +52,17 @@ def sim_params(kernel, width):
     return kernel, sigma, 2, 1.0
 
 
+def kl_state(out, dtype):
+    """A structure-KL forward's (kl, lse_s, lse_p), checked against the dtypes the backend
+    declares (backends.structure_kl_state_dtype) and cast to the reference's (the C++
+    stand-in of a dry run keeps them in double)."""
+    kl_dtype, lse_dtype = backends.structure_kl_state_dtype(UNDER_TEST, dtype)
+    kl, ls, lp = out
+    assert kl.dtype == kl_dtype and ls.dtype == lp.dtype == lse_dtype
+    ref_lse = torch.float64 if dtype == torch.float64 else torch.float32
+    return kl.to(dtype), ls.to(ref_lse), lp.to(ref_lse)
+
+
 def long_row_graph(index_dtype, hub_degree=9000):
     """Rows longer than the kernels' split size (256 edges at this size): split and
     combined; plus ordinary rows and isolated nodes."""
@@ -293,7 +304,7 @@ def test_structure_kl(name, index_dtype, dtype, widths, kernel):
     sd, ss, pd, ps = (well_scaled(kernel, feats(n, f, dtype, seed)) for n, f, seed in
                       ((g.num_dst, fs, 1), (g.num_src, fs, 2), (g.num_dst, fp, 3), (g.num_src, fp, 4)))
     params = sim_params(kernel, max(fs, fp)) + (0.5,)
-    kl, lse_s, lse_p = CU.structure_kl_forward(g.rowptr, g.col, sd, ss, pd, ps, *params)
+    kl, lse_s, lse_p = kl_state(CU.structure_kl_forward(g.rowptr, g.col, sd, ss, pd, ps, *params), dtype)
     rkl, rls, rlp = REF.structure_kl_forward(g.rowptr, g.col, sd, ss, pd, ps, *params)
     assert_close(kl, rkl, scale_of=(rls, rlp))
     assert_close(lse_s, rls, dtype)
@@ -325,7 +336,7 @@ def test_hub_of_degree_50k(index_dtype, dtype):
             assert torch.equal(arg, ref_arg)
     params = sim_params("l1", 64) + (1.0,)
     p = feats(g.num_src, 32, dtype, seed=9)
-    kl, ls, lp = CU.structure_kl_forward(g.rowptr, g.col, x, x, p, p, *params)
+    kl, ls, lp = kl_state(CU.structure_kl_forward(g.rowptr, g.col, x, x, p, p, *params), dtype)
     rkl, rls, rlp = REF.structure_kl_forward(g.rowptr, g.col, x, x, p, p, *params)
     assert_close(kl, rkl, scale_of=(rls, rlp))
     assert_close(ls, rls, dtype)
@@ -428,7 +439,7 @@ def test_misaligned_and_strided_inputs():
         ref, _ = REF.spmm_forward(g.rowptr, g.col, None, inp, "sum")
         assert_close(out, ref)
         params = sim_params("rbf", f) + (1.0,)
-        got = CU.structure_kl_forward(g.rowptr, g.col, inp, inp, x, x, *params)
+        got = kl_state(CU.structure_kl_forward(g.rowptr, g.col, inp, inp, x, x, *params), inp.dtype)
         want = REF.structure_kl_forward(g.rowptr, g.col, inp, inp, x, x, *params)
         assert_close(got[0], want[0], scale_of=want[1:])
 

@@ -100,6 +100,21 @@ def test_spmm_max_ties_first_edge():
     assert torch.equal(arg, r_arg)
 
 
+@pytest.mark.parametrize("split", SPLITS)
+def test_spmm_max_nan_propagates(split):
+    """torch.amax semantics: a NaN message makes the row's maximum NaN and its first NaN
+    edge the winner, in a block, across blocks and across the segments of a hub row."""
+    g = graph("hub")
+    x = features(g, 5)
+    x[3, 0] = x[7, 0] = x[20, 2] = float("nan")
+    x[0, 4] = float("nan")  # node 0 sends to nodes 1..5
+    with segments.force_split(split):
+        out, arg = tb.spmm_forward(g.rowptr, g.col, None, x, "max")
+    r_out, r_arg = ref.spmm_forward(g.rowptr, g.col, None, x, "max")
+    torch.testing.assert_close(out, r_out, equal_nan=True)
+    assert torch.equal(arg, r_arg)
+
+
 def _max_backward_case(g, x, w, grad, need_w):
     rt, ct, pt = g.transpose()
     _, arg = ref.spmm_forward(g.rowptr, g.col, w, x, "max")

@@ -84,18 +84,41 @@ inline Sim<T> similarity(const KernelParams<T>& p, const T* __restrict__ a,
       break;
     }
     case Kernel::Cosine: {
-      T dot = 0, aa = 0, bb = 0;
+      // Sums in double: a float32 row of norm 3e19 overflows float32 sums of squares
+      // (every float32 square fits a double's range). A float64 row beyond ~1e154 still
+      // overflows: then again with each row scaled by its largest entry (cosine does not
+      // change under it), a rare second pass.
+      double dot = 0, aa = 0, bb = 0;
 #pragma omp simd reduction(+ : dot, aa, bb)
       for (int64_t f = 0; f < F; ++f) {
-        dot += a[f] * b[f];
-        aa += a[f] * a[f];
-        bb += b[f] * b[f];
+        dot += double(a[f]) * double(b[f]);
+        aa += double(a[f]) * double(a[f]);
+        bb += double(b[f]) * double(b[f]);
       }
-      r.dot = dot;
-      r.norm_a = std::sqrt(aa);
-      r.norm_b = std::sqrt(bb);
-      const T eps = T(kCosineEps);
-      r.s = dot / (std::max(r.norm_a, eps) * std::max(r.norm_b, eps));
+      double na = std::sqrt(aa), nb = std::sqrt(bb);
+      if (std::isfinite(dot) && std::isfinite(aa) && std::isfinite(bb)) {
+        const double eps = kCosineEps;
+        r.s = T(dot / (std::max(na, eps) * std::max(nb, eps)));
+      } else {  // huge rows (both norms far above eps): cos of the rows scaled to max 1
+        double ma = 0, mb = 0;
+        for (int64_t f = 0; f < F; ++f) {
+          ma = std::max(ma, std::abs(double(a[f])));
+          mb = std::max(mb, std::abs(double(b[f])));
+        }
+        double d = 0, sa = 0, sb = 0;
+        for (int64_t f = 0; f < F; ++f) {
+          const double u = double(a[f]) / ma, v = double(b[f]) / mb;
+          d += u * v;
+          sa += u * u;
+          sb += v * v;
+        }
+        r.s = T(d / (std::sqrt(sa) * std::sqrt(sb)));
+        na = ma * std::sqrt(sa);  // may still be inf in T: the gradient is then 0
+        nb = mb * std::sqrt(sb);
+      }
+      r.dot = T(dot);  // unused by cosine's gradient (it needs s and the norms)
+      r.norm_a = T(na);
+      r.norm_b = T(nb);
       break;
     }
   }
@@ -125,12 +148,13 @@ inline GradCoef<T> grad_coef(const KernelParams<T>& p, const Sim<T>& sim, bool s
       if (p.degree == 0) return {0, 0};
       return {g * T(p.degree) * T(std::pow(sim.dot + p.coef, double(p.degree - 1))), 0};
     case Kernel::Cosine: {
-      const T eps = T(kCosineEps);
-      const T n_self = self_is_a ? sim.norm_a : sim.norm_b;
-      const T n_other = self_is_a ? sim.norm_b : sim.norm_a;
-      const T ns = std::max(n_self, eps), no = std::max(n_other, eps);
+      // in double: the product of two float32 norms of 1e19 overflows float32
+      const double eps = kCosineEps;
+      const double n_self = self_is_a ? sim.norm_a : sim.norm_b;
+      const double n_other = self_is_a ? sim.norm_b : sim.norm_a;
+      const double ns = std::max(n_self, eps), no = std::max(n_other, eps);
       // Below eps the clamped norm is constant: its derivative term vanishes.
-      return {g / (ns * no), n_self > eps ? -g * sim.s / (ns * ns) : T(0)};
+      return {T(double(g) / (ns * no)), n_self > eps ? T(-double(g) * double(sim.s) / (ns * ns)) : T(0)};
     }
   }
   return {0, 0};

@@ -3,9 +3,10 @@
 //
 // Forward: one pass over each row; the scaled similarities of a row (or of a piece of
 // a hub row, at most kPieceEdges) sit in a small thread-local buffer, so the only
-// state left behind is per node: kl, lse_student, lse_peer (the log-sum-exps in double
-// whatever the features' dtype: at logits of 1e7 a float32 log-sum-exp is off by ~1,
-// and the backward's log p = z - lse would be off by as much). With m = max, S = sum
+// state left behind is per node: kl, lse_student, lse_peer, all three in double whatever
+// the features' dtype (at logits of 1e7 a float32 log-sum-exp is off by ~1, and so would
+// be the backward's log p = z - lse; the peer gradient's log q - log p - kl cancels to
+// far below a float32 kl's rounding). With m = max, S = sum
 // exp(z - m) and T = sum exp(zp - m_p) (zp - zs), kl = T / S_p + lse_s - lse_p
 // (sum q = 1); pieces of a hub row merge (m, S, T) by rescaling.
 // Backward: recomputes each edge's terms from the per-node state; destination-side
@@ -90,8 +91,7 @@ struct KlForwardFold {
   using elem_t = double;
   Embeddings<T> x;
   const index_t *rowptr, *col;
-  T* kl;
-  double *lse_s, *lse_p;
+  double *kl, *lse_s, *lse_p;
   IndexCheck cols;                   // col against the source rows
   T* dst_grad = nullptr;             // [num_dst, fs], or null: no gradient state
   GradCoef<T>* src_coef = nullptr;   // [num_edges]
@@ -162,7 +162,7 @@ struct KlForwardFold {
     const double ls = s[0] + std::log(s[1]), lp = s[2] + std::log(s[3]);
     lse_s[r] = ls;
     lse_p[r] = lp;
-    kl[r] = T(s[4] / s[3] + ls - lp);
+    kl[r] = s[4] / s[3] + ls - lp;
   }
 };
 
@@ -174,8 +174,7 @@ template <typename T, typename index_t>
 struct KlDstGradFold {
   using elem_t = T;
   Embeddings<T> x;
-  const double *lse_s, *lse_p;
-  const T* kl;
+  const double *lse_s, *lse_p, *kl;
   const T* grad_kl;  // null: a unit upstream gradient (the forward's gradient state)
   const index_t* col;
   bool peer_grad;
@@ -334,7 +333,7 @@ std::vector<at::Tensor> forward(const at::Tensor& rowptr, const at::Tensor& col,
   const int64_t n = rowptr.numel() - 1, num_edges = col.numel();
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   const auto opts = in.s_dst.options();
-  at::Tensor kl = at::empty({n}, opts);
+  at::Tensor kl = at::empty({n}, opts.dtype(at::kDouble));
   at::Tensor lse_s = at::empty({n}, opts.dtype(at::kDouble)), lse_p = at::empty({n}, opts.dtype(at::kDouble));
   at::Tensor dst_grad = with_grad ? at::empty({n, in.s_dst.size(1)}, opts) : at::empty({0}, opts);
   at::Tensor src_coef = with_grad ? at::empty({num_edges, 2}, opts) : at::empty({0}, opts);
@@ -347,7 +346,7 @@ std::vector<at::Tensor> forward(const at::Tensor& rowptr, const at::Tensor& col,
     const auto x = embeddings<scalar_t>(in.s_dst, in.s_src, in.p_dst, in.p_src, kernel, sigma, degree,
                                         coef, tau);
     auto* coefs = with_grad ? reinterpret_cast<GradCoef<scalar_t>*>(src_coef.data_ptr<scalar_t>()) : nullptr;
-    KlForwardFold<scalar_t, index_t> op{x, rpp, clp, kl.data_ptr<scalar_t>(), lse_s.data_ptr<double>(),
+    KlForwardFold<scalar_t, index_t> op{x, rpp, clp, kl.data_ptr<double>(), lse_s.data_ptr<double>(),
                                         lse_p.data_ptr<double>(), cols};
     op.prefetch_end = num_edges;
     if (with_grad) op.dst_grad = dst_grad.data_ptr<scalar_t>(), op.src_coef = coefs;
@@ -396,7 +395,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward
   const auto dtype = s_dst.scalar_type();
   const Inputs in = contiguous_inputs(s_dst, s_src, p_dst, p_src);
   const at::Tensor ls = contiguous_as(lse_s, at::kDouble), lp = contiguous_as(lse_p, at::kDouble);
-  const at::Tensor k = contiguous_as(kl, dtype), g = contiguous_as(grad_kl, dtype);
+  const at::Tensor k = contiguous_as(kl, at::kDouble), g = contiguous_as(grad_kl, dtype);
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   const at::Tensor rpt = rowptr_t.contiguous(), clt = col_t.contiguous();
   TORCH_CHECK_TYPE(perm_t.scalar_type() == at::kLong, "perm_t must be int64");
@@ -418,7 +417,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward
     check_rowptr(rptp, n_src, cl.numel(), "structure_kl_backward (transpose)");
     std::vector<GradCoef<scalar_t>> coef_s(cl.numel()), coef_p(peer_grad ? cl.numel() : 0);
     KlDstGradFold<scalar_t, index_t> dst{x, ls.data_ptr<double>(), lp.data_ptr<double>(),
-                                         k.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                         k.data_ptr<double>(), g.data_ptr<scalar_t>(),
                                          cl.data_ptr<index_t>(), peer_grad, g_sd.data_ptr<scalar_t>(),
                                          peer_grad ? g_pd.data_ptr<scalar_t>() : nullptr,
                                          coef_s.data(), coef_p.data(), size,

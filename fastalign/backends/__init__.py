@@ -111,13 +111,21 @@ def has_fast_path(name: str, functions: tuple, dtype: _torch.dtype) -> bool:
     )
 
 
-def structure_kl_state_dtype(name: str, dtype: _torch.dtype) -> _torch.dtype:
-    """The dtype of the per-node log-sum-exps backend ``name``'s structure-KL forward
-    returns for features of ``dtype`` (the fake kernels must know it): the backend's
-    ``STRUCTURE_KL_STATE_DTYPE`` entry, else float64 for float64 and float32 otherwise."""
+def structure_kl_state_dtype(name: str, dtype: _torch.dtype):
+    """(kl dtype, log-sum-exp dtype) of backend ``name``'s structure-KL forward for
+    features of ``dtype`` (the fake kernels must know them): the backend's
+    ``STRUCTURE_KL_STATE_DTYPE`` entry, else kl in ``dtype`` and the log-sum-exps in
+    float64 for float64, float32 otherwise. The public op returns kl in ``dtype``."""
     module = _load(name)
     table = getattr(module, "STRUCTURE_KL_STATE_DTYPE", {}) if module is not None else {}
-    return table.get(dtype, _torch.float64 if dtype == _torch.float64 else _torch.float32)
+    return table.get(dtype, (dtype, _torch.float64 if dtype == _torch.float64 else _torch.float32))
+
+
+def cosine_overflow_safe(name: str) -> bool:
+    """Whether backend ``name`` computes the cosine kernel without overflow for any finite
+    float32 input (its ``COSINE_OVERFLOW_SAFE``, True unless a backend says otherwise)."""
+    module = _load(name)
+    return bool(getattr(module, "COSINE_OVERFLOW_SAFE", True)) if module is not None else True
 
 
 def available_backends(device="cpu") -> list:

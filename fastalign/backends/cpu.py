@@ -28,9 +28,11 @@ FUNCTIONS = frozenset(getattr(_C, "FUNCTIONS", ())) if _C is not None else froze
 KERNEL_DTYPES = (torch.float32, torch.float64)
 # The dtypes of the optional fast paths (which have no reference fallback).
 FAST_PATH_DTYPES = KERNEL_DTYPES
-# The kernels keep the structure KL's log-sum-exps in double whatever the features' dtype
-# (at logits of ~1e7 a float32 one is off by ~1, and so would be the backward's log p).
-STRUCTURE_KL_STATE_DTYPE = {torch.float32: torch.float64, torch.float64: torch.float64}
+# The kernels keep the structure KL's per-node state (kl and the log-sum-exps) in double
+# whatever the features' dtype: at logits of ~1e7 a float32 log-sum-exp is off by ~1 and
+# so would be the backward's log p, and the peer gradient's log q - log p - kl cancels
+# to far below a float32 kl's rounding.
+STRUCTURE_KL_STATE_DTYPE = {d: (torch.float64, torch.float64) for d in KERNEL_DTYPES}
 
 
 def supports(device: torch.device) -> bool:

@@ -34,6 +34,11 @@ _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_VECTORS = 128
 
 
+# cosine's sums of squares are float32 for 16/32-bit features: the ops refuse entries
+# large enough to overflow them (fastalign.ops._common.check_cosine_range)
+COSINE_OVERFLOW_SAFE = False
+
+
 def supports(device: torch.device) -> bool:
     return device.type == "cuda"
 

@@ -63,7 +63,8 @@ def spmm_forward(
 
     For ``reduce="max"`` also returns ``arg [num_dst, F]`` (int64): the edge position that
     gave each maximum (the first one on ties), -1 for empty rows; otherwise an empty
-    tensor.
+    tensor. NaN propagates, as in ``torch.amax``: a NaN message makes the row's maximum
+    NaN, and ``arg`` is the first NaN edge, whatever the edge order otherwise.
     """
     num_dst, num_edges = rowptr.numel() - 1, col.numel()
     acc = _acc_dtype(x.dtype)
@@ -82,8 +83,9 @@ def spmm_forward(
     feat = x.size(1)
     out = msg.new_full((num_dst, feat), float("-inf"))
     out.scatter_reduce_(0, row.unsqueeze(1).expand(-1, feat), msg, "amax", include_self=True)
-    # First edge reaching the maximum, per (row, feature).
-    hit = msg == out.index_select(0, row)
+    # First edge reaching the maximum (a NaN maximum: the first NaN), per (row, feature).
+    best = out.index_select(0, row)
+    hit = (msg == best) | (torch.isnan(msg) & torch.isnan(best))
     pos = torch.arange(num_edges, device=x.device).unsqueeze(1).expand(-1, feat)
     pos = torch.where(hit, pos, torch.full_like(pos, num_edges))
     arg = torch.full((num_dst, feat), num_edges, dtype=torch.int64, device=x.device)
@@ -183,10 +185,24 @@ def pairwise(kernel: str, a: Tensor, b: Tensor, sigma: float, degree: int, coef:
     if kernel == "poly":
         return ((a * b).sum(-1) + coef) ** degree
     if kernel == "cosine":
-        na = a.norm(dim=-1).clamp(min=COSINE_EPS)
-        nb = b.norm(dim=-1).clamp(min=COSINE_EPS)
-        return (a * b).sum(-1) / (na * nb)
+        au, ma, na = _scaled_rows(a)
+        bu, mb, nb = _scaled_rows(b)
+        # a.b / (max(|a|, eps) max(|b|, eps)) as (au.bu) (ma / |a|_eps) (mb / |b|_eps):
+        # no sum of squares or product of norms that could overflow
+        s = (au * bu).sum(-1) * (ma / na.clamp(min=COSINE_EPS)) * (mb / nb.clamp(min=COSINE_EPS))
+        return s.to(a.dtype)
     raise ValueError(f"unknown kernel {kernel!r}")
+
+
+def _scaled_rows(a: Tensor):
+    """(a / m, m, |a|) in float64 with m the largest |entry| of each row (1 for a zero
+    row): |a| = m |a / m| stays finite wherever it is representable, whatever the
+    magnitude of the entries (float32 rows of norm 1e20 included)."""
+    a = a.double()
+    m = a.abs().amax(-1)
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    au = a / m.unsqueeze(-1)
+    return au, m, m * au.norm(dim=-1)
 
 
 def pairwise_backward(
@@ -209,13 +225,18 @@ def pairwise_backward(
         f = (degree * (dot + coef) ** (degree - 1)).unsqueeze(1) * g
         return b * f, a * f
     if kernel == "cosine":
-        na_raw, nb_raw = a.norm(dim=-1), b.norm(dim=-1)
+        # d/da = b / (|a| |b|) - a s / |a|^2, each term a product of ratios (float64)
+        _, _, na_raw = _scaled_rows(a)
+        _, _, nb_raw = _scaled_rows(b)
         na, nb = na_raw.clamp(min=COSINE_EPS), nb_raw.clamp(min=COSINE_EPS)
-        inv = (1.0 / (na * nb)).unsqueeze(1)
+        a64, b64, s64, g64 = a.double(), b.double(), s.double().unsqueeze(1), g.double()
         # Below eps the norm is a constant, so its derivative term vanishes.
-        sa = torch.where(na_raw > COSINE_EPS, s / (na * na), torch.zeros_like(s)).unsqueeze(1)
-        sb = torch.where(nb_raw > COSINE_EPS, s / (nb * nb), torch.zeros_like(s)).unsqueeze(1)
-        return (b * inv - a * sa) * g, (a * inv - b * sb) * g
+        ka = torch.where(na_raw > COSINE_EPS, 1.0, 0.0).unsqueeze(1)
+        kb = torch.where(nb_raw > COSINE_EPS, 1.0, 0.0).unsqueeze(1)
+        na, nb = na.unsqueeze(1), nb.unsqueeze(1)
+        ga = ((b64 / nb) / na - ka * (a64 / na) * s64 / na) * g64
+        gb = ((a64 / na) / nb - kb * (b64 / nb) * s64 / nb) * g64
+        return ga.to(a.dtype), gb.to(b.dtype)
     raise ValueError(f"unknown kernel {kernel!r}")
 
 

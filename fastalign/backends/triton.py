@@ -37,6 +37,11 @@ else:  # pragma: no cover
     FUNCTIONS = frozenset()
 
 
+# cosine's sums of squares are float32 for 16/32-bit features: the ops refuse entries
+# large enough to overflow them (fastalign.ops._common.check_cosine_range)
+COSINE_OVERFLOW_SAFE = False
+
+
 def supports(device: torch.device) -> bool:
     if device.type == "cuda":
         return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional, Tuple, Union
 
 import torch
@@ -83,24 +85,80 @@ def split_pair(
     return x, x
 
 
+# The smallest normal float32: a scale below it (or a denominator built from it, such as
+# rbf's 2 sigma^2) is 0 or denormal in the kernels' float32 arithmetic, and 0 / 0 is NaN.
+MIN_SCALE = float(torch.finfo(torch.float32).tiny)
+MAX_DEGREE = 2**31 - 1  # the kernels take the degree as a C int
+
+
+def real_number(name: str, value) -> float:
+    """A finite real number (int or float, not a bool, a string or a tensor of several)."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must be a real number, got a tensor of shape {list(value.shape)}")
+        value = value.item()
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
 def kernel_params(kernel: str, sigma, degree, coef) -> Tuple[str, float, int, float]:
-    if kernel not in KERNELS:
+    if not isinstance(kernel, str) or kernel not in KERNELS:
         raise ValueError(f"unknown similarity kernel {kernel!r}; choose one of {KERNELS}")
     if sigma is None:
         sigma = DEFAULT_SIGMA.get(kernel, 1.0)
-    sigma = float(sigma)
+    sigma = real_number("sigma", sigma)
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
-    if int(degree) != degree or degree < 0:
-        raise ValueError(f"degree must be a non-negative integer, got {degree}")
-    return kernel, sigma, int(degree), float(coef)
+    low = {"l1": MIN_SCALE, "rbf": math.sqrt(MIN_SCALE / 2)}.get(kernel)
+    if low is not None and sigma < low:
+        raise ValueError(
+            f"sigma = {sigma:g} is too small for the {kernel} kernel: its denominator "
+            f"({'sigma' if kernel == 'l1' else '2 sigma^2'}) underflows float32 below sigma = {low:.3g} "
+            "(every similarity would be 0 or NaN)"
+        )
+    if isinstance(degree, bool) or not isinstance(degree, numbers.Integral):
+        raise TypeError(f"degree must be an int, got {type(degree).__name__} ({degree!r})")
+    if not 0 <= degree <= MAX_DEGREE:
+        raise ValueError(f"degree must be an integer in [0, 2**31 - 1], got {degree}")
+    return kernel, sigma, int(degree), real_number("coef", coef)
 
 
 def check_tau(tau) -> float:
-    tau = float(tau)
+    tau = real_number("tau", tau)
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau}")
+    if tau < MIN_SCALE:
+        raise ValueError(
+            f"tau = {tau:g} is too small: logits / tau overflow float32 below {MIN_SCALE:.3g} "
+            "(the softmax would be NaN)"
+        )
     return tau
+
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def check_cosine_range(kernel: str, backend: str, *features: Tensor) -> None:
+    """Backends that sum cosine's squares in the features' precision (float32 for
+    16/32-bit inputs; ``backends.cosine_overflow_safe``) overflow for entries above
+    sqrt(FLOAT32_MAX / 2F): refuse those inputs instead of returning NaN."""
+    if kernel != "cosine" or backends.cosine_overflow_safe(backend):
+        return
+    for t in features:
+        if t.dtype == torch.float64 or t.numel() == 0:
+            continue
+        limit = math.sqrt(FLOAT32_MAX / (2 * max(t.size(1), 1)))
+        top = float(t.detach().abs().amax())
+        if math.isfinite(top) and top > limit:
+            raise ValueError(
+                f"cosine on the {backend!r} backend sums squares in float32: entries up to {top:.3g} "
+                f"overflow them at width {t.size(1)} (limit {limit:.3g}). Cosine does not change "
+                "when a row is scaled: rescale the features, pass float64, or use backend='cpu'/'torch'"
+            )
 
 
 def transpose_for(graph: Graph, needed: bool):

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import validation as V
-from ._common import as_graph, impl, kernel_params, resolve, split_pair
+from ._common import as_graph, check_cosine_range, impl, kernel_params, resolve, split_pair
 
 FUNCTIONS = ("edge_similarity", "edge_similarity_backward")
 
@@ -142,6 +142,7 @@ def edge_similarity(
     x_dst, x_src = split_pair("x", x, graph)
     params = kernel_params(kernel, sigma, degree, coef)
     name = resolve("edge_similarity", backend, x_dst.device, FUNCTIONS)
+    check_cosine_range(kernel, name, x_dst, x_src)
     rowptr_t, col_t, perm_t = graph.transpose() if needs_grad(x_dst, x_src) else (None,) * 3
     return edge_similarity_op(
         graph.rowptr, graph.col, x_dst, x_src, rowptr_t, col_t, perm_t, *params, name

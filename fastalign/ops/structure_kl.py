@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .. import backends
 from .. import validation as V
-from ._common import as_graph, check_tau, impl, kernel_params, resolve, split_pair
+from ._common import as_graph, check_cosine_range, check_tau, impl, kernel_params, resolve, split_pair
 from .edge_similarity import check_both_sides, needs_grad
 
 
@@ -82,22 +82,11 @@ def structure_kl_op(
 def _(rowptr, col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
       kernel, sigma, degree, coef, tau, with_grad_state, backend):
     n = rowptr.shape[0] - 1
-    lse = backends.structure_kl_state_dtype(backend, s_dst.dtype)
+    kl, lse = backends.structure_kl_state_dtype(backend, s_dst.dtype)
+    state = (s_dst.new_empty((n,), dtype=kl), s_dst.new_empty((n,), dtype=lse), s_dst.new_empty((n,), dtype=lse))
     if with_grad_state:  # only backends with the fast path: gradient state in s_dst.dtype
-        return (
-            s_dst.new_empty((n,)),
-            s_dst.new_empty((n,), dtype=lse),
-            s_dst.new_empty((n,), dtype=lse),
-            s_dst.new_empty((n, s_dst.shape[1])),
-            s_dst.new_empty((col.shape[0], 2)),
-        )
-    return (
-        s_dst.new_empty((n,)),
-        s_dst.new_empty((n,), dtype=lse),
-        s_dst.new_empty((n,), dtype=lse),
-        s_dst.new_empty((0,)),
-        s_dst.new_empty((0,)),
-    )
+        return state + (s_dst.new_empty((n, s_dst.shape[1])), s_dst.new_empty((col.shape[0], 2)))
+    return state + (s_dst.new_empty((0,)), s_dst.new_empty((0,)))
 
 
 @torch.library.custom_op("fastalign::structure_kl_backward", mutates_args=())
@@ -274,12 +263,13 @@ def structure_kl(
     if p_dst.dtype != s_dst.dtype:
         raise TypeError(f"h_student ({s_dst.dtype}) and h_peer ({p_dst.dtype}) must share a dtype")
     name = resolve("structure_kl", backend, s_dst.device, FUNCTIONS)
+    check_cosine_range(kernel, name, s_dst, s_src, p_dst, p_src)
     grad = needs_grad(s_dst, s_src, p_dst, p_src)
     rowptr_t, col_t, perm_t = graph.transpose() if grad else (None,) * 3
     kl = structure_kl_op(
         graph.rowptr, graph.col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
         *params, tau, grad and _fast_path(name, s_dst.dtype, p_dst, p_src), name,
-    )[0]
+    )[0].to(s_dst.dtype)  # a backend may keep its state wider (structure_kl_state_dtype)
     if reduction == "mean":
         return kl.mean() if kl.numel() > 0 else kl.sum()
     if reduction == "sum":

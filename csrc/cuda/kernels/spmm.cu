@@ -98,8 +98,9 @@ __global__ void __launch_bounds__(kBlock)
             if (MAX) {
               const float m = ww * v[q];
               // First edge reaching the maximum (strict >; the first edge always wins
-              // over the empty state, even at -inf).
-              if (m > acc[t][q] || best[t][q] < 0) {
+              // over the empty state, even at -inf). NaN propagates as in torch.amax:
+              // the first NaN edge wins and is never replaced.
+              if (m > acc[t][q] || best[t][q] < 0 || (m != m && acc[t][q] == acc[t][q])) {
                 acc[t][q] = m;
                 best[t][q] = base + k;
               }
@@ -155,7 +156,8 @@ __global__ void __launch_bounds__(kBlock) spmm_combine_kernel(SpmmArgs<T, I> a, 
       for (int64_t m = 1; m < count; ++m) {
         const float v = a.part[(first + m) * a.F + f];
         if (MAX) {
-          if (v > acc) {  // earlier segments hold earlier edges: ties keep them
+          // earlier segments hold earlier edges: ties keep them; a NaN beats a number
+          if (v > acc || (v != v && acc == acc)) {
             acc = v;
             best = a.part_arg[(first + m) * a.F + f];
           }
