@@ -1,19 +1,41 @@
-"""fastalign: sparse kernels for GNN aggregation and structural knowledge distillation."""
+"""fastalign: sparse kernels for GNN aggregation and structural knowledge distillation.
 
-from . import backends, ops
-from .graph import Graph
-from .ops import edge_similarity, edge_softmax, gcn_aggregate, local_structure, spmm, structure_kl
+The public names load on first use (PEP 562), so that ``import fastalign`` and the
+``fastalign`` command's ``--help`` do not pay for importing torch; any use of an op,
+``fastalign.ops`` or ``fastalign.nn`` registers the ``torch.ops.fastalign`` operators.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Graph",
-    "backends",
-    "ops",
-    "spmm",
-    "gcn_aggregate",
-    "edge_similarity",
-    "edge_softmax",
-    "local_structure",
-    "structure_kl",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "Graph": "fastalign.graph",
+    "spmm": "fastalign.ops",
+    "gcn_aggregate": "fastalign.ops",
+    "edge_similarity": "fastalign.ops",
+    "edge_softmax": "fastalign.ops",
+    "local_structure": "fastalign.ops",
+    "structure_kl": "fastalign.ops",
+}
+_SUBPACKAGES = ("backends", "ops", "nn", "distill", "bench", "datasets", "validation", "graph", "cli", "info")
+
+__all__ = ["Graph", "backends", "ops", "nn", "spmm", "gcn_aggregate", "edge_similarity", "edge_softmax",
+           "local_structure", "structure_kl", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"fastalign.{name}")
+    raise AttributeError(f"module 'fastalign' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBPACKAGES))

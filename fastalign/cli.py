@@ -16,10 +16,11 @@ import sys
 import time
 from typing import List, Optional
 
-from .distill.losses import FEATURE_PAIRS, LossWeights
-from .distill.models import MODELS, RESIDUALS
-from .distill.pairing import ALIGNS
-from .distill.trainer import BACKENDS, LR_SCHEDULES, MODES, WD_SCOPES
+# torch-free: the parser is built without importing torch (fast --help); the commands
+# import what they run
+from .distill.options import (
+    ALIGNS, BACKENDS, FEATURE_PAIRS, KERNELS, LR_SCHEDULES, MODELS, MODES, RESIDUALS, WD_SCOPES, LossWeights,
+)
 
 
 def _positive_int(text: str) -> int:
@@ -59,7 +60,7 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--ds-weight", type=_non_negative, default=LossWeights.deep_supervision,
                    help="deep-supervision loss weight")
     p.add_argument("--no-deep-supervision", action="store_true", help="no auxiliary classifiers")
-    p.add_argument("--kernel", default=LossWeights.kernel, choices=("l1", "rbf", "linear", "poly", "cosine"))
+    p.add_argument("--kernel", default=LossWeights.kernel, choices=KERNELS)
     p.add_argument("--sigma", type=float, default=LossWeights.sigma)
     p.add_argument("--tau", type=float, default=LossWeights.tau)
     p.add_argument("--feature-pairs", default=LossWeights.feature_pairs, choices=FEATURE_PAIRS,

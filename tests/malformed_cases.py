@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-import fastalign  # noqa: F401  (registers torch.ops.fastalign)
+import fastalign.ops  # noqa: F401  (registers torch.ops.fastalign)
 from fastalign import Graph, backends
 
 N = 7  # nodes; node 6 isolated

@@ -98,3 +98,31 @@ def test_gcn_of_ops_compiles_fullgraph_and_matches_eager():
     torch.testing.assert_close(loss_c, loss_eager)
     for p, ge in zip(model.parameters(), grads_eager):
         torch.testing.assert_close(p.grad, ge)
+
+
+def test_backend_choice_is_a_constant_to_the_compiler():
+    """fastalign.backends marks resolve / has_fast_path as assume_constant_result does,
+    without importing torch._dynamo at import; torch's own decorator must still set
+    exactly that marker."""
+    from fastalign import backends
+
+    def probe():
+        return 0
+
+    marked = torch.compiler.assume_constant_result(probe)
+    assert getattr(marked, "_dynamo_marked_constant", False) is True
+    assert backends.resolve._dynamo_marked_constant and backends.has_fast_path._dynamo_marked_constant
+
+
+def test_import_is_light():
+    """import fastalign and the command line's parser load no torch (fast --help)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fastalign, fastalign.cli; fastalign.cli.build_parser(); "
+            "print('torch' in sys.modules, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr
+    code = "import sys, fastalign; fastalign.spmm; print('torch._dynamo' in sys.modules, hasattr(__import__('torch').ops.fastalign, 'spmm'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr

@@ -432,3 +432,15 @@ def test_cli_deep_recipe_flags(tmp_path):
     assert (cfg.hidden_weight_decay, cfg.patience) == (0.01, 100)
     with pytest.raises(SystemExit):
         main(["train", "--residual", "dense", "--epochs", "1"])
+
+
+def test_option_vocabulary_matches_the_ops():
+    """The torch-free option lists the command line is built from agree with the code
+    that uses them."""
+    from fastalign.distill import options
+    from fastalign.ops import _common
+
+    assert options.KERNELS == _common.KERNELS
+    from fastalign import distill
+
+    assert distill.MODELS == options.MODELS and distill.LossWeights is options.LossWeights

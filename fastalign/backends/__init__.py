@@ -99,7 +99,16 @@ def implements(name: str, function: str) -> bool:
     return module is not None and function in module.FUNCTIONS
 
 
-@_torch.compiler.assume_constant_result
+def _constant_in_compiled_code(fn):
+    """``torch.compiler.assume_constant_result(fn)`` without importing torch._dynamo at
+    import time (2-3 s, paid by every ``fastalign`` command): it only sets the marker
+    dynamo reads when it traces a call of ``fn`` (tests/test_custom_ops.py checks that
+    torch's decorator still sets just this)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_in_compiled_code
 def has_fast_path(name: str, functions: tuple, dtype: _torch.dtype) -> bool:
     """Whether backend ``name`` has the optional ``functions`` for inputs of ``dtype``
     (listed in its ``FAST_PATH_DTYPES``). Decided at trace time under torch.compile."""
@@ -133,7 +142,7 @@ def available_backends(device="cpu") -> list:
     return [b for b in BACKENDS if is_available(b, device)]
 
 
-@_torch.compiler.assume_constant_result
+@_constant_in_compiled_code
 def resolve(op: str, backend: Optional[str], device: _torch.device, functions=()) -> str:
     """The concrete backend name to run ``op`` (needing backend ``functions``) on ``device``.
 

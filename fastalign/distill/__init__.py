@@ -1,12 +1,29 @@
-"""Alignahead++ online distillation between GNN students (see docs/distillation.md)."""
+"""Alignahead++ online distillation between GNN students (see docs/distillation.md).
 
-from .losses import FeatureAdapters, LossWeights, student_loss, task_loss
-from .models import MODELS, Student, StudentOutput
-from .pairing import ALIGNS, layer_pairs
-from .trainer import MODES, TrainConfig, run_experiment, score, train_run
+Names load on first use (the option vocabulary in :mod:`.options` needs no torch)."""
 
-__all__ = [
-    "ALIGNS", "MODELS", "MODES", "FeatureAdapters", "LossWeights", "Student", "StudentOutput",
-    "TrainConfig", "layer_pairs", "run_experiment", "score", "student_loss",
-    "task_loss", "train_run",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "FeatureAdapters": "losses", "LossWeights": "options", "student_loss": "losses", "task_loss": "losses",
+    "MODELS": "options", "Student": "models", "StudentOutput": "models",
+    "ALIGNS": "options", "layer_pairs": "pairing",
+    "MODES": "options", "TrainConfig": "trainer", "run_experiment": "trainer", "score": "trainer",
+    "train_run": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"fastalign.distill.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastalign.distill' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -33,7 +33,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -43,10 +42,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..graph import Graph
 from ..nn import FeatureAlignLoss
-from ..ops._common import KERNELS
-
-
-FEATURE_PAIRS = ("all", "hidden")
+from .options import FEATURE_PAIRS, LossWeights  # noqa: F401  (defined torch-free)
 
 
 def hint_pairs(pairs: Sequence[Tuple[int, int]], num_layers: int, which: str) -> List[Tuple[int, int]]:
@@ -55,31 +51,6 @@ def hint_pairs(pairs: Sequence[Tuple[int, int]], num_layers: int, which: str) ->
     if which == "all":
         return list(pairs)
     return [(l, m) for l, m in pairs if l < num_layers - 1 and m < num_layers - 1]
-
-
-@dataclass
-class LossWeights:
-    structure: float = 1.0
-    feature: float = 1.0
-    deep_supervision: float = 0.5
-    kernel: str = "l1"
-    sigma: Optional[float] = 100.0
-    tau: float = 1.0
-    # which aligned pairs get a feature hint: "all" of them, or only "hidden" ones (both
-    # layers hidden embeddings: no hint to or from the logits)
-    feature_pairs: str = "all"
-
-    def __post_init__(self):
-        for name in ("structure", "feature", "deep_supervision"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"{name} weight must be a non-negative number, got {v!r}")
-        if self.kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
-        if self.tau <= 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
-        if self.feature_pairs not in FEATURE_PAIRS:
-            raise ValueError(f"feature_pairs must be one of {FEATURE_PAIRS}, got {self.feature_pairs!r}")
 
 
 def task_loss(logits: Tensor, y: Tensor, mask: Tensor, multilabel: bool) -> Tensor:

@@ -22,9 +22,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..graph import Graph
+from .options import MODELS, RESIDUALS  # noqa: F401  (defined torch-free)
 
-MODELS = ("gcn", "sage", "gat")
-RESIDUALS = ("none", "plain", "initial", "gcnii")
 # GCNII's identity-mapping strength: layer l uses W_eff = (1 - b_l) I + b_l W with
 # b_l = log(lambda / l + 1) (Chen et al. 2020, lambda = 0.5 in their citation experiments)
 GCNII_LAMBDA = 0.5

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
-ALIGNS = ("ahead", "behind", "one-to-one", "none")
+from .options import ALIGNS
 
 
 def layer_pairs(num_layers: int, align: str) -> List[Tuple[int, int]]:

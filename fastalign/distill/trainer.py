@@ -28,12 +28,8 @@ from torch import Tensor
 from ..datasets import NodeDataset
 from .losses import FeatureAdapters, LossWeights, hint_pairs, student_loss
 from .models import MODELS, Student, check_residual
+from .options import BACKENDS, LR_SCHEDULES, MODES, WD_SCOPES  # noqa: F401  (torch-free)
 from .pairing import ALIGNS, layer_pairs
-
-MODES = ("alternating", "simultaneous")
-BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
-WD_SCOPES = ("all", "first")
-LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass

@@ -1,0 +1,44 @@
+"""The trainer's option vocabulary and loss weights, importable without torch (the
+command line builds its parser from these, so ``fastalign --help`` stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+MODELS = ("gcn", "sage", "gat")
+RESIDUALS = ("none", "plain", "initial", "gcnii")
+ALIGNS = ("ahead", "behind", "one-to-one", "none")
+MODES = ("alternating", "simultaneous")
+BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
+WD_SCOPES = ("all", "first")
+LR_SCHEDULES = ("constant", "cosine")
+FEATURE_PAIRS = ("all", "hidden")
+# the similarity kernels of fastalign's ops (fastalign.ops._common.KERNELS; a test keeps
+# the two equal)
+KERNELS = ("l1", "rbf", "linear", "poly", "cosine")
+
+
+@dataclass
+class LossWeights:
+    structure: float = 1.0
+    feature: float = 1.0
+    deep_supervision: float = 0.5
+    kernel: str = "l1"
+    sigma: Optional[float] = 100.0
+    tau: float = 1.0
+    # which aligned pairs get a feature hint: "all" of them, or only "hidden" ones (both
+    # layers hidden embeddings: no hint to or from the logits)
+    feature_pairs: str = "all"
+
+    def __post_init__(self):
+        for name in ("structure", "feature", "deep_supervision"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ValueError(f"{name} weight must be a non-negative number, got {v!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if not self.tau > 0:
+            raise ValueError(f"tau must be positive, got {self.tau}")
+        if self.feature_pairs not in FEATURE_PAIRS:
+            raise ValueError(f"feature_pairs must be one of {FEATURE_PAIRS}, got {self.feature_pairs!r}")
