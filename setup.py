@@ -4,12 +4,16 @@
 * ``fastalign._C_cuda``: the CUDA kernels (csrc/cuda), built only where torch has CUDA
   and a CUDA toolkit is found (set FASTALIGN_NO_CUDA=1 to skip it).
 * kernels/ (Triton) is installed as the pure-Python package ``fastalign.kernels``.
+* ``fastalign/_build_info.py`` records the torch (and CUDA) the extensions were built
+  against, so that a load failure can say so (fastalign.extensions, ``fastalign info``).
 
-torch must already be installed: build with ``pip install --no-build-isolation``.
+torch must be importable by the build: build with ``pip install --no-build-isolation``
+(pip's default isolated build environment has no torch).
 """
 
 import glob
 import os
+import platform
 
 from setuptools import find_packages, setup
 
@@ -18,11 +22,19 @@ try:
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError as exc:  # pragma: no cover
     raise SystemExit(
-        "fastalign's build needs torch installed first; then run "
-        "`pip install --no-build-isolation .`"
+        "fastalign's build could not import torch ({}). The extensions are compiled against "
+        "the torch that is installed, so the build must see it: install torch first, then build "
+        "without pip's isolated environment (which has no torch): "
+        "`pip install --no-build-isolation <fastalign source>`.".format(exc)
     ) from exc
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-g0"]
+
+
+def want_cuda():
+    return (os.environ.get("FASTALIGN_NO_CUDA", "0") != "1" and torch.version.cuda is not None
+            and CUDA_HOME is not None)
 
 
 def extensions():
@@ -30,7 +42,7 @@ def extensions():
         CppExtension(
             "fastalign._C",
             sorted(glob.glob("csrc/cpu/*.cpp")),
-            include_dirs=[os.path.abspath("csrc")],
+            include_dirs=[os.path.join(HERE, "csrc")],
             extra_compile_args={"cxx": CXX_FLAGS},
             extra_link_args=["-fopenmp"],
         )
@@ -41,8 +53,7 @@ def extensions():
         + sorted(glob.glob("csrc/cuda/*.cu"))
         + sorted(glob.glob("csrc/cuda/*.cpp"))
     )
-    want_cuda = os.environ.get("FASTALIGN_NO_CUDA", "0") != "1"
-    if want_cuda and cuda_sources and torch.version.cuda is not None and CUDA_HOME is not None:
+    if cuda_sources and want_cuda():
         arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
         if not arch:
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
@@ -50,7 +61,7 @@ def extensions():
             CUDAExtension(
                 "fastalign._C_cuda",
                 cuda_sources,
-                include_dirs=[os.path.abspath("csrc")],
+                include_dirs=[os.path.join(HERE, "csrc")],
                 extra_compile_args={
                     "cxx": ["-O3", "-std=c++17", "-g0"],
                     # No --use_fast_math: the kernels are memory-bound, and exact
@@ -62,6 +73,20 @@ def extensions():
     return exts
 
 
+def write_build_info():
+    build = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_extension": bool(want_cuda()),
+        "python": platform.python_version(),
+    }
+    path = os.path.join(HERE, "fastalign", "_build_info.py")
+    with open(path, "w") as f:
+        f.write('"""Written by setup.py at build time: what the extensions were built against."""\n\n')
+        f.write(f"BUILD = {build!r}\n")
+
+
+write_build_info()
 setup(
     packages=find_packages(include=["fastalign", "fastalign.*"]) + ["fastalign.kernels"],
     package_dir={"fastalign.kernels": "kernels"},

@@ -1,5 +1,6 @@
-"""Data for the examples: a Planetoid data set copied to a temporary folder (the shared
-folder is read-only and PyG writes processed/ next to raw/), or a synthetic graph."""
+"""Data for the examples: a Planetoid data set read through a temporary copy (PyG
+writes processed/ next to raw/, and the data folder may be read-only), or a synthetic
+graph when asked for (or, with ``auto``, when no Cora is found, saying so)."""
 
 from __future__ import annotations
 
@@ -22,22 +23,33 @@ def data_root(root=None):
     return candidate if candidate.is_dir() else None
 
 
-def load(name="Cora", root=None, device="cpu"):
-    """(data, description): PyG's Planetoid ``name`` when its files are found, else a
-    synthetic 4-class graph with class-correlated features and edges."""
-    root = data_root(root)
-    if root is not None and (root / name / "raw").is_dir():
-        try:
-            from torch_geometric.datasets import Planetoid
+PLANETOID = ("Cora", "CiteSeer", "PubMed")
+CHOICES = ("auto", "synthetic") + PLANETOID
 
-            tmp = Path(tempfile.mkdtemp(prefix="fastalign-example-"))
-            atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-            shutil.copytree(root / name, tmp / name)
-            data = Planetoid(str(tmp), name)[0].to(device)
-            return data, f"{name} from {root} (copied to {tmp})"
-        except Exception as exc:  # noqa: BLE001 - fall back to synthetic data
-            print(f"could not load {name} ({exc}); using a synthetic graph")
-    return synthetic(device=device), "a synthetic 4-class graph (no data set found)"
+
+def load(name="auto", root=None, device="cpu"):
+    """(data, description). ``name``: a Planetoid data set (its raw files must be found:
+    an error says where they were looked for otherwise), ``synthetic`` (a 4-class graph
+    with class-correlated features and edges), or ``auto``: Cora when its files are
+    found, else the synthetic graph, and the description says which."""
+    if name not in CHOICES:
+        raise SystemExit(f"unknown data set {name!r}; choose one of {CHOICES}")
+    if name == "synthetic":
+        return synthetic(device=device), "a synthetic 4-class graph"
+    root = data_root(root)
+    wanted = "Cora" if name == "auto" else name
+    if root is None or not (root / wanted / "raw").is_dir():
+        if name == "auto":
+            return synthetic(device=device), "a synthetic 4-class graph (no Cora found: pass --root or set FASTALIGN_DATA)"
+        raise SystemExit(f"{wanted} not found: expected {root or '$FASTALIGN_DATA'}/{wanted}/raw (pass --root)")
+    from torch_geometric.datasets import Planetoid
+
+    tmp = Path(tempfile.mkdtemp(prefix="fastalign-example-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    # copyfile: the copies must not keep a read-only mode (the folder is removed at exit)
+    shutil.copytree(root / wanted / "raw", tmp / wanted / "raw", copy_function=shutil.copyfile)
+    data = Planetoid(str(tmp), wanted)[0].to(device)
+    return data, f"{wanted} from {root}"
 
 
 def synthetic(num_nodes=2000, num_classes=4, num_features=64, seed=0, device="cpu"):

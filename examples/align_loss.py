@@ -1,6 +1,6 @@
 """StructureAlignLoss and FeatureAlignLoss in your own training loop.
 
-    python examples/align_loss.py [--root DATASETS] [--dataset Cora] [--epochs 100]
+    python examples/align_loss.py [--root DATASETS] [--dataset auto|synthetic|Cora|CiteSeer|PubMed] [--epochs 100]
 
 Two GCN students of different widths learn together (online distillation, no teacher):
 each step updates one student with its cross-entropy plus
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _data import load  # noqa: E402
+from _data import CHOICES, load  # noqa: E402
 
 from fastalign import Graph  # noqa: E402
 from fastalign.nn import FeatureAlignLoss, GCNConv, StructureAlignLoss  # noqa: E402
@@ -61,7 +61,8 @@ def accuracy(model, data, graph, mask):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=None)
-    parser.add_argument("--dataset", default="Cora")
+    parser.add_argument("--dataset", default="auto", choices=CHOICES,
+                        help="a Planetoid data set, synthetic, or auto (Cora when found, else synthetic)")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--struct-weight", type=float, default=1.0)
     parser.add_argument("--feat-weight", type=float, default=0.5)

@@ -1,6 +1,6 @@
 """Swap fastalign's GCNConv into an existing PyG model and train it.
 
-    python examples/pyg_swap.py [--root DATASETS] [--dataset Cora] [--epochs 200]
+    python examples/pyg_swap.py [--root DATASETS] [--dataset auto|synthetic|Cora|CiteSeer|PubMed] [--epochs 200]
 
 The model below is plain PyG code. ``swap_gcnconv`` replaces every
 ``torch_geometric.nn.GCNConv`` inside it with ``fastalign.nn.GCNConv`` carrying the same
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _data import load  # noqa: E402
+from _data import CHOICES, load  # noqa: E402
 
 import fastalign.nn  # noqa: E402
 
@@ -83,7 +83,8 @@ def train(model, data, epochs, seed):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=None, help="datasets folder (default: $FASTALIGN_DATA or ../shared/datasets)")
-    parser.add_argument("--dataset", default="Cora")
+    parser.add_argument("--dataset", default="auto", choices=CHOICES,
+                        help="a Planetoid data set, synthetic, or auto (Cora when found, else synthetic)")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--hidden", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)

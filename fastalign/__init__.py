@@ -8,8 +8,25 @@ The public names load on first use (PEP 562), so that ``import fastalign`` and t
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import sys
 
 __version__ = "0.1.0"
+
+
+class _TorchBeforeExtensions(importlib.abc.MetaPathFinder):
+    """The compiled extensions link against torch's shared libraries, which only
+    ``import torch`` loads: importing ``fastalign._C`` or ``fastalign._C_cuda`` first
+    imports torch (then lets the usual finders find the extension)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name in ("fastalign._C", "fastalign._C_cuda"):
+            import torch  # noqa: F401
+        return None
+
+
+if not any(isinstance(f, _TorchBeforeExtensions) for f in sys.meta_path):
+    sys.meta_path.insert(0, _TorchBeforeExtensions())
 
 # public name -> the module that defines it
 _EXPORTS = {

@@ -30,6 +30,14 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _device(text: str) -> str:
+    """cpu, cuda or cuda:<index>; anything else is refused here, before any data loads."""
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use cpu, cuda or cuda:<index>")
+    return text
+
+
 def _non_negative(text: str) -> float:
     v = float(text)
     if not v >= 0 or math.isinf(v):
@@ -39,6 +47,7 @@ def _non_negative(text: str) -> float:
 
 def add_train_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train Alignahead++ students",
+                              usage="fastalign train [OPTIONS]   (fastalign train --help lists them)",
                               description="Train K GNN students with Alignahead++ online distillation.")
     p.add_argument("--dataset", default="synthetic",
                    choices=("synthetic", "cora", "citeseer", "pubmed", "ppi"))
@@ -82,10 +91,16 @@ def add_train_parser(subparsers) -> None:
                    help="constant, or cosine annealing to 0 over --epochs")
     p.add_argument("--batch-size", type=_positive_int, default=2, help="graphs per mini-batch (PPI)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    p.add_argument("--log-every", type=int, default=50, help="progress line every N epochs (0: off)")
+    p.add_argument("--device", default="cpu", type=_device, help="cpu or cuda[:i]")
+    p.add_argument("--download", action="store_true",
+                   help="let PyG download missing Planetoid files into --root (never done otherwise)")
+    p.add_argument("--log-every", type=int, default=50,
+                   help="progress line every N epochs (0: off): the epoch's mean losses over the students, "
+                        "task (cross-entropy), ds (deep supervision: the auxiliary classifiers), struct "
+                        "(the structure KL, unweighted) and feat (the feature hint, unweighted), then each "
+                        "student's validation score")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, parser=p)
 
 
 def config_from_args(args):
@@ -107,7 +122,13 @@ def config_from_args(args):
 
 def format_table(result: dict) -> str:
     metric = "micro-F1" if result["metric"] == "micro_f1" else "accuracy"
-    lines = [f"{'student':<10} {'val ' + metric:>16} {'test ' + metric:>16} {'test std':>9}"]
+    seeds = len(result["seeds"])
+    lines = [
+        f"Each student's scores at its best-validation epoch, mean over {seeds} seed(s); std: the "
+        "standard deviation of the test score over the seeds (over seeds x students for 'all'); "
+        "ensemble: the students' averaged probabilities, each from its best epoch.",
+        f"{'student':<10} {'val ' + metric:>16} {'test ' + metric:>16} {'test std':>9}",
+    ]
     for s in result["per_student"]:
         lines.append(f"{s['student']:<10} {s['mean_val']:>16.4f} {s['mean_test']:>16.4f} {s['std_test']:>9.4f}")
     e = result["ensemble"]
@@ -127,9 +148,12 @@ def cmd_train(args) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            raise SystemExit("error: --device cuda requested but CUDA is not available")
+            raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+        index = int(args.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {args.device}: there are {torch.cuda.device_count()} CUDA device(s)")
     cfg = config_from_args(args)
-    data = load_dataset(args.dataset, args.root, seed=args.seeds[0])
+    data = load_dataset(args.dataset, args.root, seed=args.seeds[0], download=args.download)
     print(f"fastalign train: {args.dataset} ({data.metric}), {cfg.students} x {cfg.model} "
           f"L={cfg.layers} H={cfg.hidden}, align={cfg.align}, mode={cfg.mode}, "
           f"backend={cfg.backend}, device={cfg.device}, seeds={args.seeds}", flush=True)
@@ -154,7 +178,7 @@ def add_demo_parser(subparsers) -> None:
     p.add_argument("--features", type=_positive_int, default=32)
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, parser=p)
 
 
 def cmd_demo(args) -> int:
@@ -184,12 +208,37 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def add_info_parser(subparsers) -> None:
+    p = subparsers.add_parser("info", help="versions, compiled extensions and the backend each device uses",
+                              description="Print fastalign's version, Python, torch (and CUDA), triton and PyG, "
+                                          "which compiled extensions loaded (and why one did not), and the "
+                                          "backend each op's automatic choice takes on each device.")
+    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p.set_defaults(func=cmd_info, parser=p)
+
+
+def cmd_info(args) -> int:
+    from .info import collect, format_info
+
+    facts = collect()
+    print(json.dumps(facts, indent=1) if args.json else format_info(facts))
+    return 0
+
+
+def _version_string() -> str:
+    from . import __version__
+
+    return f"fastalign {__version__}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastalign", description="fastalign: sparse GNN kernels and Alignahead++")
+    parser.add_argument("--version", action="version", version=_version_string())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     add_train_parser(sub)
     add_demo_parser(sub)
+    add_info_parser(sub)
     try:  # the bench subcommand lives with the benchmarks; absent module -> no subcommand
         from .bench.command import add_bench_parser
     except ImportError:
@@ -204,8 +253,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        parser.error(str(exc))
+    except (ValueError, TypeError, FileNotFoundError, PermissionError, ImportError) as exc:
+        # the subcommand's own usage line, not the top-level one
+        getattr(args, "parser", parser).error(str(exc))
         return 2
 
 

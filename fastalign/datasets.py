@@ -5,10 +5,11 @@
 * ``synthetic`` (the default of the CLI): a contextual stochastic block model generated
   from the seed -- no files, so the trainer runs anywhere.
 * ``cora``, ``citeseer``, ``pubmed``: the Planetoid public split, read by PyG's
-  ``Planetoid`` from ``<root>/<Name>/raw/ind.<name>.*`` (``Cora``, ``CiteSeer``,
-  ``PubMed``). A read-only root is copied to a temporary folder first, because PyG writes
-  ``processed/`` next to ``raw/``. Missing raw files are downloaded by PyG where a network
-  is available. Features are row-normalised (as in Kipf & Welling).
+  ``Planetoid`` (the ``pyg`` extra) from ``<root>/<Name>/raw/ind.<name>.*`` (``Cora``,
+  ``CiteSeer``, ``PubMed``). PyG writes ``processed/`` next to ``raw/``; a folder without
+  write bits is never written into (the raw files are read through a temporary copy,
+  removed after loading). Missing raw files are an error unless ``download=True``.
+  Features are row-normalised (as in Kipf & Welling).
 * ``ppi``: the inductive protein-protein-interaction set (GraphSAGE version, PyG layout
   ``<root>/PPI/raw/{train,valid,test}_{graph.json,feats.npy,labels.npy,graph_id.npy}``;
   ``<root>/raw/...`` is accepted too): one graph per tissue, 121 binary labels
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -151,9 +153,11 @@ def default_root() -> str:
     return os.environ.get(ENV_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "fastalign", "datasets")
 
 
-def load_dataset(name: str, root: Optional[str] = None, seed: int = 0, **kwargs) -> NodeDataset:
+def load_dataset(name: str, root: Optional[str] = None, seed: int = 0, download: bool = False,
+                 **kwargs) -> NodeDataset:
     """Load a data set by name (``synthetic``, ``cora``, ``citeseer``, ``pubmed``, ``ppi``).
 
+    ``download=True`` lets PyG fetch missing Planetoid files (never done otherwise);
     ``kwargs`` go to the specific loader (e.g. ``num_nodes`` for synthetic).
     """
     if not isinstance(name, str):
@@ -165,8 +169,10 @@ def load_dataset(name: str, root: Optional[str] = None, seed: int = 0, **kwargs)
         return synthetic_csbm(seed=seed, **kwargs)
     root = root or default_root()
     if key == "ppi":
+        if download:
+            raise ValueError("PPI is read from its raw files (PyG's layout); fastalign does not download it")
         return load_ppi(root, **kwargs)
-    return load_planetoid(root, key, **kwargs)
+    return load_planetoid(root, key, download=download, **kwargs)
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -221,47 +227,85 @@ def synthetic_csbm(
 
 
 # --------------------------------------------------------------------------- Planetoid
-_TEMP_COPIES: Dict[str, str] = {}
+PLANETOID_RAW = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
 
-def _writable_root(root: str, folder: str) -> str:
-    """``root`` itself when PyG may write into ``root/folder``, else a temporary copy of
-    ``root/folder/raw`` (made once per process)."""
-    target = os.path.join(root, folder)
-    probe = target if os.path.isdir(target) else root
-    if os.path.isdir(probe) and os.access(probe, os.W_OK) and (
-        not os.path.isdir(target) or os.access(os.path.join(target), os.W_OK)
-    ):
-        return root
-    key = os.path.abspath(target)
-    if key not in _TEMP_COPIES:
-        tmp = tempfile.mkdtemp(prefix="fastalign-data-")
-        raw = os.path.join(target, "raw")
-        if os.path.isdir(raw):
-            shutil.copytree(raw, os.path.join(tmp, folder, "raw"))
-        _TEMP_COPIES[key] = tmp
-    return _TEMP_COPIES[key]
+def _writable(path: str) -> bool:
+    """Whether PyG may write into ``path``: it exists, carries write bits and the process
+    may write it. ``os.access`` alone says yes to root for a read-only folder; the mode
+    bits do not, and a folder someone made read-only is not written into by anyone."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) and os.access(path, os.W_OK)
 
 
-def load_planetoid(root: str, name: str, normalize_features: bool = True) -> NodeDataset:
-    """Cora / CiteSeer / PubMed with the public Planetoid split, via PyG's Planetoid."""
+def _missing_raw_files(raw: str, key: str) -> List[str]:
+    return [f"ind.{key}.{part}" for part in PLANETOID_RAW if not os.path.isfile(os.path.join(raw, f"ind.{key}.{part}"))]
+
+
+def load_planetoid(root: str, name: str, normalize_features: bool = True, download: bool = False) -> NodeDataset:
+    """Cora / CiteSeer / PubMed with the public Planetoid split, via PyG's Planetoid
+    (needs the ``pyg`` extra: ``pip install "fastalign[pyg]"``).
+
+    Reads ``<root>/<Name>/raw/ind.<name>.*``. PyG writes ``processed/`` beside ``raw/``:
+    where the folder may not be written (no write bits, for root too), the raw files are
+    copied to a temporary folder that is removed once the data set is in memory. Missing
+    raw files are an error unless ``download=True``, which lets PyG fetch them (network
+    needed) into ``root`` (it must be writable then).
+    """
     key = name.lower()
     if key not in PLANETOID:
         raise ValueError(f"not a Planetoid data set: {name!r}; choose one of {tuple(PLANETOID)}")
     folder = PLANETOID[key]
     try:
         from torch_geometric.datasets import Planetoid
-    except ImportError as exc:  # pragma: no cover - PyG is a test dependency
-        raise ImportError("loading Planetoid data sets needs torch_geometric (pip install torch_geometric)") from exc
-    where = _writable_root(root, folder)
-    try:
-        data = Planetoid(where, folder, split="public")[0]
-    except Exception as exc:
-        raise RuntimeError(
-            f"could not load {folder} from {os.path.join(root, folder, 'raw')} "
-            f"(expects ind.{key}.{{x,tx,allx,y,ty,ally,graph,test.index}}; PyG tries to download "
-            f"missing files): {exc}"
+    except ImportError as exc:
+        raise ImportError(
+            f"loading {folder} needs torch_geometric: pip install torch_geometric "
+            '(or install fastalign with the pyg extra: pip install --no-build-isolation "fastalign[pyg]")'
         ) from exc
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"the data root {root!r} does not exist: pass --root (or root=) or set ${ENV_VAR} to the folder "
+            f"that holds {folder}/raw/"
+        )
+    target = os.path.join(root, folder)
+    raw = os.path.join(target, "raw")
+    missing = _missing_raw_files(raw, key)
+    if missing and not download:
+        raise FileNotFoundError(
+            f"{folder} is not under {root!r}: {raw} lacks {', '.join(missing)}. Put PyG's raw Planetoid "
+            "files there, or pass --download (download=True) to fetch them"
+        )
+    if missing:  # download=True: PyG fetches into root, which must then be writable
+        if not _writable(root) or (os.path.isdir(target) and not _writable(target)):
+            raise PermissionError(f"cannot download {folder} into {root!r}: it is not writable")
+        try:
+            data = Planetoid(root, folder, split="public")[0]
+        except Exception as exc:
+            raise RuntimeError(f"could not download {folder} into {root!r}: {type(exc).__name__}: {exc}") from exc
+        return _from_pyg(data, key, normalize_features)
+    if _writable(target) and (not os.path.isdir(os.path.join(target, "processed"))
+                              or _writable(os.path.join(target, "processed"))):
+        return _from_pyg(_read_planetoid(Planetoid, root, folder, raw), key, normalize_features)
+    with tempfile.TemporaryDirectory(prefix="fastalign-data-") as tmp:
+        # copyfile, not copy2: the copies must not inherit read-only modes (or the
+        # temporary folder could not be removed by a non-root user)
+        shutil.copytree(raw, os.path.join(tmp, folder, "raw"), copy_function=shutil.copyfile)
+        data = _read_planetoid(Planetoid, tmp, folder, raw)
+    return _from_pyg(data, key, normalize_features)
+
+
+def _read_planetoid(Planetoid, where: str, folder: str, raw: str):
+    try:
+        return Planetoid(where, folder, split="public")[0]
+    except Exception as exc:
+        raise RuntimeError(f"could not read {folder} from {raw}: {type(exc).__name__}: {exc}") from exc
+
+
+def _from_pyg(data, key: str, normalize_features: bool) -> NodeDataset:
     x = data.x.float()
     if normalize_features:
         x = x / x.sum(1, keepdim=True).clamp(min=1e-12)

@@ -1,9 +1,11 @@
 """Data loaders: synthetic CSBM, Planetoid on the real files (when present), and PubMed /
 PPI on small files written here in the real formats."""
 
+import glob
 import json
 import os
 import pickle
+import tempfile
 
 import numpy as np
 import pytest
@@ -120,34 +122,55 @@ def test_pubmed_loader_on_written_files(tmp_path):
     assert t.edge_index.size(1) == sum(len(v) for v in parts["graph"].values())
 
 
-def test_planetoid_read_only_root_is_copied(tmp_path):
+def _our_temp_folders():
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "fastalign-data-*")))
+
+
+def test_planetoid_read_only_root_is_read_through_a_removed_copy(tmp_path):
+    """A folder without write bits is not written into, by root either (os.access says
+    yes to root), and the temporary copy is gone once the data set is loaded."""
     pytest.importorskip("torch_geometric")
     rng = np.random.default_rng(1)
     raw = tmp_path / "PubMed" / "raw"
     _write_planetoid(str(raw), "pubmed", rng)
+    for f in raw.iterdir():
+        os.chmod(f, 0o444)
     os.chmod(raw, 0o555)
     os.chmod(tmp_path / "PubMed", 0o555)
+    before = _our_temp_folders()
     try:
-        if os.access(tmp_path / "PubMed", os.W_OK):
-            pytest.skip("running as a user that can write read-only folders")
         d = load_dataset("pubmed", str(tmp_path))
         assert d.transductive.num_nodes == 536
         assert not (tmp_path / "PubMed" / "processed").exists()
+        assert _our_temp_folders() == before  # the copy was removed
     finally:
         os.chmod(tmp_path / "PubMed", 0o755)
         os.chmod(raw, 0o755)
 
 
-def test_planetoid_missing_files_fail_clearly(tmp_path, monkeypatch):
+def test_planetoid_missing_files_fail_clearly_and_download_only_when_asked(tmp_path, monkeypatch):
     pytest.importorskip("torch_geometric")
     from torch_geometric.datasets import Planetoid
 
+    calls = []
+
     def no_network(*a, **k):
+        calls.append(1)
         raise OSError("no network")
 
     monkeypatch.setattr(Planetoid, "download", no_network)
-    with pytest.raises(RuntimeError, match="could not load PubMed"):
+    with pytest.raises(FileNotFoundError, match=r"ind\.pubmed\.x.*--download"):
         load_dataset("pubmed", str(tmp_path))
+    assert not calls  # nothing fetched unless asked
+    with pytest.raises(RuntimeError, match="could not download PubMed"):
+        load_dataset("pubmed", str(tmp_path), download=True)
+    assert calls
+
+
+def test_a_data_root_that_does_not_exist_is_said_plainly(tmp_path):
+    pytest.importorskip("torch_geometric")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset("cora", str(tmp_path / "nonexistent"))
 
 
 # --------------------------------------------------------------------------- PPI

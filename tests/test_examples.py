@@ -47,3 +47,12 @@ def test_align_loss_example(tmp_path, capsys):
     assert example.main(["--root", str(tmp_path), "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "epoch   2:" in out and "structure" in out and "feature" in out
+
+
+def test_examples_refuse_a_data_set_they_cannot_find(tmp_path, capsys):
+    example = _load("align_loss")
+    with pytest.raises(SystemExit, match="CiteSeer not found"):
+        example.main(["--root", str(tmp_path), "--dataset", "CiteSeer", "--epochs", "1"])
+    with pytest.raises(SystemExit):  # not a name the examples know: argparse refuses it
+        example.main(["--root", str(tmp_path), "--dataset", "Reddit", "--epochs", "1"])
+    assert "invalid choice: 'Reddit'" in capsys.readouterr().err

@@ -83,7 +83,12 @@ def get(name: str) -> ModuleType:
         raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
     module = _load(name)
     if module is None:
-        raise ValueError(f"backend {name!r} is not available in this installation")
+        from ..extensions import why_unavailable
+
+        why = why_unavailable(name)
+        if name == "triton" and why is None:
+            why = "triton is not installed (pip install triton)"
+        raise ValueError(f"backend {name!r} is not available in this installation" + (f": {why}" if why else ""))
     return module
 
 

@@ -18,10 +18,9 @@ from torch import Tensor
 # Not `from . import torch`: the package attribute `torch` may be the real torch.
 reference = importlib.import_module("fastalign.backends.torch")
 
-try:
-    from .. import _C  # loading the library registers the fastalign_cpu ops
-except ImportError:  # built without the extension
-    _C = None
+from .. import extensions
+
+_C = extensions.load("_C")  # loading the library registers the fastalign_cpu ops
 
 AVAILABLE = _C is not None
 FUNCTIONS = frozenset(getattr(_C, "FUNCTIONS", ())) if _C is not None else frozenset()

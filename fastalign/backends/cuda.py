@@ -20,10 +20,9 @@ from torch import Tensor
 # which fastalign.backends imports under that name).
 _ref = importlib.import_module("fastalign.backends.torch")
 
-try:
-    from .. import _C_cuda  # noqa: F401  (loading it registers torch.ops.fastalign_cuda)
-except ImportError:
-    _C_cuda = None
+from .. import extensions
+
+_C_cuda = extensions.load("_C_cuda")  # loading it registers torch.ops.fastalign_cuda
 
 AVAILABLE = _C_cuda is not None
 FUNCTIONS = frozenset(getattr(_C_cuda, "FUNCTIONS", ())) if _C_cuda is not None else frozenset()

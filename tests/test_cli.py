@@ -1,0 +1,84 @@
+"""The ``fastalign`` command as a new user meets it: --help and --version are instant,
+``info`` says what is installed and what will run, and mistakes get one clear line with
+the subcommand's usage, not a traceback; and a compiled extension that fails to load is
+reported once, with the reason."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+
+from fastalign import cli, extensions
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "fastalign.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_and_version_are_fast():
+    t = time.perf_counter()
+    proc = run("--help")
+    elapsed = time.perf_counter() - t
+    assert proc.returncode == 0 and "train" in proc.stdout and "info" in proc.stdout
+    assert elapsed < 5, f"--help took {elapsed:.1f} s"  # no torch import (about 0.2 s alone)
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"fastalign {__import__('fastalign').__version__}"
+
+
+def test_info_says_what_is_installed_and_what_runs():
+    proc = run("info")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("fastalign ") and "torch " in out and "fastalign._C: " in out
+    assert "automatic backend on cpu: spmm -> " in out
+    facts = json.loads(run("info", "--json").stdout)
+    assert set(facts["extensions"]) == {"fastalign._C", "fastalign._C_cuda"}
+    assert facts["automatic_backend"]["cpu"]["structure_kl"] in ("cpu", "torch")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "--device", "gpu"], "unknown device 'gpu'"),
+    (["train", "--dataset", "cora", "--root", "/nonexistent/fastalign-data"], "does not exist"),
+    (["train", "--dataset", "imagenet"], "invalid choice"),
+])
+def test_mistakes_get_one_clear_line(args, words):
+    proc = run(*args)
+    assert proc.returncode == 2
+    assert words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "usage: fastalign train" in proc.stderr  # the subcommand's usage
+    assert len(proc.stderr.splitlines()) < 15
+
+
+def test_train_table_says_what_it_reports(capsys):
+    assert cli.main(["train", "--epochs", "3", "--log-every", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "best-validation epoch" in out and "standard deviation" in out
+
+
+def test_a_failed_extension_load_is_reported_with_its_reason(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def broken(name, *a, **k):
+        if name == "fastalign._C":
+            raise ImportError("undefined symbol: _ZN3c106detail14torchCheckFail")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(extensions, "_STATE", {})
+    monkeypatch.setattr(extensions.importlib, "import_module", broken)
+    monkeypatch.setattr(extensions, "build_info", lambda: {"torch": "2.0.0"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert extensions.load("_C") is None
+    (w,) = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    text = str(w.message)
+    assert "failed to load" in text and "undefined symbol" in text and "built against torch 2.0.0" in text
+    assert "--no-build-isolation" in text
+    assert "failed to load" in extensions.why_unavailable("cpu")
