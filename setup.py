@@ -29,7 +29,12 @@ except ImportError as exc:  # pragma: no cover
     ) from exc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-g0"]
+# FASTALIGN_BUILD_OPT=-O0 builds unoptimised kernels in a fraction of the time (the
+# packaging test uses it: it checks that the sdist builds and loads, not its speed).
+OPT = os.environ.get("FASTALIGN_BUILD_OPT", "-O3")
+if OPT not in ("-O0", "-O1", "-O2", "-O3"):
+    raise SystemExit(f"FASTALIGN_BUILD_OPT must be one of -O0 .. -O3, got {OPT!r}")
+CXX_FLAGS = [OPT, "-std=c++17", "-fopenmp", "-g0"]
 
 
 def want_cuda():

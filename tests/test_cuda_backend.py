@@ -25,9 +25,8 @@ from graphs import case_graphs, power_law_edge_index, random_edge_index, well_sc
 REF = importlib.import_module("fastalign.backends.torch")
 HAS_CUDA = torch.cuda.is_available() and backends.is_available("cuda")
 DRY_RUN = not HAS_CUDA and os.environ.get("FASTALIGN_CUDA_TESTS_ON_CPU") == "1" and backends.is_available("cpu")
-pytestmark = pytest.mark.skipif(
-    not (HAS_CUDA or DRY_RUN), reason="needs a CUDA device and the fastalign._C_cuda extension"
-)
+if not (HAS_CUDA or DRY_RUN):  # one skip line for the file, no cases collected
+    pytest.skip("needs a CUDA device and the fastalign._C_cuda extension", allow_module_level=True)
 UNDER_TEST = "cpu" if DRY_RUN else "cuda"  # the backend these tests check
 if HAS_CUDA or DRY_RUN:
     CU = backends.get(UNDER_TEST)

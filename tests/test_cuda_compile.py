@@ -3,17 +3,22 @@
 (csrc/cuda/binding.cpp) compiles against torch's headers, and the launcher API, the glue
 and the Python adapter agree with each other.
 
-Each compile takes a minute or two on a small machine (the glue's, with g++, about 40 s);
-set FASTALIGN_SKIP_NVCC=1 to skip the compiles locally (the static checks still run).
+Each compile takes a minute or two on a small machine (the glue's, with g++, about 40 s):
+they run in the background from the start of the session, on the second core
+(tests/background_jobs.py, started by conftest.py); set FASTALIGN_SKIP_NVCC=1 to skip
+them locally (the static checks still run).
 """
 
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
+
+import background_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
@@ -45,21 +50,36 @@ def test_kernel_files_exist():
     assert HEADER.exists()
 
 
-@pytest.mark.parametrize("source", KERNELS, ids=[p.name for p in KERNELS])
-def test_kernel_compiles_for_sm90(source, tmp_path):
-    nvcc = _nvcc()
-    if nvcc is None:
+def _kernel_command(source):
+    """nvcc for one kernel file (the object goes to a fresh temporary folder)."""
+    out = Path(tempfile.mkdtemp(prefix="fastalign-nvcc-")) / (source.stem + ".o")
+    return [
+        _nvcc(), "-arch=sm_90", "-std=c++17", "-O3", "-c", str(source), "-o", str(out),
+        "-I", str(ROOT / "csrc"), "-Werror", "all-warnings", *TORCH_NVCC_FLAGS,
+    ]
+
+
+def _skip_without_nvcc():
+    if _nvcc() is None:
         pytest.skip("nvcc not found (no CUDA toolkit on this machine)")
     if os.environ.get("FASTALIGN_SKIP_NVCC") == "1":
         pytest.skip("FASTALIGN_SKIP_NVCC=1")
-    cmd = [
-        nvcc, "-arch=sm_90", "-std=c++17", "-O3", "-c", str(source),
-        "-o", str(tmp_path / (source.stem + ".o")),
-        "-I", str(ROOT / "csrc"), "-Werror", "all-warnings",
-        *TORCH_NVCC_FLAGS,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
+
+
+# The compiles run in the background from the start of the session (tests/background_jobs.py):
+# the longest first.
+for _source in sorted(KERNELS, key=lambda p: -p.stat().st_size):
+    background_jobs.register(f"nvcc:{_source.name}", lambda s=_source: _kernel_command(s))
+BACKGROUND_JOBS = ([] if _nvcc() is None or os.environ.get("FASTALIGN_SKIP_NVCC") == "1" else
+                   [f"nvcc:{p.name}" for p in sorted(KERNELS, key=lambda p: -p.stat().st_size)] + ["g++:binding"])
+RUN_LAST = True  # after the rest of the suite, which the compiles overlap
+
+
+@pytest.mark.parametrize("source", KERNELS, ids=[p.name for p in KERNELS])
+def test_kernel_compiles_for_sm90(source):
+    _skip_without_nvcc()
+    proc = background_jobs.result(f"nvcc:{source.name}")
+    assert proc.returncode == 0, f"{' '.join(map(str, proc.args))}\n{proc.stdout}\n{proc.stderr}"
 
 
 def _cuda_include_dir(nvcc):
@@ -70,11 +90,8 @@ def _cuda_include_dir(nvcc):
     return Path(found.group(1).strip()) if found else None
 
 
-def test_binding_compiles_against_torch_headers(tmp_path):
-    """The glue is otherwise compiled only where torch has CUDA (the first GPU session):
-    compile it here with g++ against the CPU torch's headers, which include c10/cuda
-    and ATen's CUDA headers but not the one header CMake generates for a CUDA build.
-    It then needs no more than the launchers of fastalign_cuda.h to link."""
+def _binding_setup():
+    """(argv of the g++ compile of the glue, its object file), or (None, why not)."""
     import sysconfig
 
     import torch
@@ -82,35 +99,59 @@ def test_binding_compiles_against_torch_headers(tmp_path):
 
     nvcc, gxx = _nvcc(), shutil.which("g++")
     if nvcc is None or gxx is None:
-        pytest.skip("needs nvcc (for the CUDA runtime headers) and g++")
-    if os.environ.get("FASTALIGN_SKIP_NVCC") == "1":
-        pytest.skip("FASTALIGN_SKIP_NVCC=1")
+        return None, "needs nvcc (for the CUDA runtime headers) and g++"
     cuda_include = _cuda_include_dir(nvcc)
     if cuda_include is None or not (cuda_include / "cuda_runtime_api.h").exists():
-        pytest.skip(f"CUDA runtime headers not found (nvcc reported {cuda_include})")
+        return None, f"CUDA runtime headers not found (nvcc reported {cuda_include})"
+    tmp = Path(tempfile.mkdtemp(prefix="fastalign-glue-"))
     torch_includes = [Path(p) for p in cpp_extension.include_paths()]
     generated = Path("c10/cuda/impl/cuda_cmake_macros.h")
     if not any((p / generated).exists() for p in torch_includes):
         # A CUDA build of torch generates it with this one line (c10/cuda/impl/
         # cuda_cmake_macros.h.in); a CPU build ships without it.
-        (tmp_path / generated).parent.mkdir(parents=True)
-        (tmp_path / generated).write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
-    obj = tmp_path / "binding.o"
+        (tmp / generated).parent.mkdir(parents=True)
+        (tmp / generated).write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    obj = tmp / "binding.o"
     cmd = [
         gxx, "-std=c++17", "-c", "-O0", "-g0", "-fPIC", str(BINDING), "-o", str(obj),
-        "-I", str(ROOT / "csrc"), "-I", str(tmp_path),
+        "-I", str(ROOT / "csrc"), "-I", str(tmp),
         *[arg for p in torch_includes for arg in ("-isystem", str(p))],
         "-isystem", sysconfig.get_paths()["include"], "-isystem", str(cuda_include),
         "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C_cuda",
         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}",
         "-Wall", "-Wextra", "-Werror",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr[-6000:]}"
+    return cmd, obj
+
+
+_BINDING = {}
+
+
+def _binding_command():
+    cmd, obj = _binding_setup()
+    _BINDING["obj"] = obj
+    if cmd is None:  # nothing to compile: a command that says why
+        return ["sh", "-c", f"echo '{obj}'; exit 77"]
+    return cmd
+
+
+background_jobs.register("g++:binding", _binding_command)
+
+
+def test_binding_compiles_against_torch_headers():
+    """The glue is otherwise compiled only where torch has CUDA (the first GPU session):
+    compile it here with g++ against the CPU torch's headers, which include c10/cuda
+    and ATen's CUDA headers but not the one header CMake generates for a CUDA build.
+    It then needs no more than the launchers of fastalign_cuda.h to link."""
+    _skip_without_nvcc()
+    proc = background_jobs.result("g++:binding")
+    if proc.returncode == 77:
+        pytest.skip(proc.stdout.strip())
+    assert proc.returncode == 0, f"{' '.join(map(str, proc.args))}\n{proc.stdout}\n{proc.stderr[-6000:]}"
     nm = shutil.which("nm")
     if nm is None:
         return
-    undefined = subprocess.run([nm, "-u", str(obj)], capture_output=True, text=True).stdout
+    undefined = subprocess.run([nm, "-u", str(_BINDING["obj"])], capture_output=True, text=True).stdout
     used = set(re.findall(r"\b(fa_\w+)\b", undefined))
     assert used, "the glue calls no launcher"
     assert used <= _launchers_declared(), used - _launchers_declared()

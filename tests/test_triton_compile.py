@@ -59,44 +59,49 @@ def acc_of(feat):
     return tl.float64 if feat == "fp64" else tl.float32
 
 
+# (feature dtype, index dtype) pairs: every feature dtype with int32 indices, and int64
+# indices with float32 and bfloat16 (the index dtype only changes the index loads, whose
+# code does not depend on the feature dtype: float16 and float64 with int64 add nothing)
+DTYPE_PAIRS = [(f, "i32") for f in ("fp32", "bf16", "fp16", "fp64")] + [("fp32", "i64"), ("bf16", "i64")]
+
+
 def cases():
-    """Every kernel for every (feature dtype, index dtype); every constexpr variant once
-    (float32 / int32), and the main ones for the other combinations."""
+    """Every kernel for each pair of DTYPE_PAIRS; every constexpr variant once (float32 /
+    int32), and the main ones for the other pairs."""
     out = []
-    for feat in ("fp32", "bf16", "fp16", "fp64"):
-        for index in ("i32", "i64"):
-            full = feat == "fp32" and index == "i32"
-            aggs = ((0, 1, 0, 0), (1, 0, 0, 0), (2, 1, 0, 0), (0, 1, 1, 1), (0, 0, 1, 0))
-            for reduce, has_w, gcn, loop in aggs if full else aggs[2:4]:
-                ce = dict(REDUCE=reduce, HAS_W=has_w, GCN=gcn, HAS_LOOP=loop, BLOCK_E=32, BLOCK_F=64)
-                out.append((spmm.agg_kernel, feat, index, ce))
-                ce = dict(REDUCE=reduce, GCN=gcn, HAS_LOOP=loop, BLOCK_F=64)
-                out.append((spmm.agg_combine_kernel, feat, index, ce))
-            for has_w, need_w in ((0, 0), (1, 0), (0, 1), (1, 1)) if full else ((1, 1),):
-                out.append((spmm.max_backward_kernel, feat, index,
-                            dict(HAS_W=has_w, NEED_W=need_w, BLOCK_E=32, BLOCK_F=64)))
-            out.append((segments.combine_sum_kernel, feat, index, dict(BLOCK_F=128)))
-            for mode in (0, 1) if full else (0,):
-                out.append((edge_softmax.softmax_rows_kernel, feat, index, dict(MODE=mode, BLOCK_E=128)))
-                out.append((edge_softmax.softmax_combine_kernel, feat, index, dict(MODE=mode)))
-                out.append((edge_softmax.softmax_seg_write_kernel, feat, index, dict(MODE=mode, BLOCK_E=128)))
-            out.append((structure_kl.skl_combine_kernel, feat, index, {}))
-            for kind in range(5) if full else (4,):
-                for degree in ((0, 3) if kind == 3 else (2,)):
-                    k = dict(KIND=kind, DEGREE=degree)
-                    out.append((edge_similarity.edge_sim_kernel, feat, index, dict(k, BLOCK_E=32, BLOCK_F=64)))
-                    out.append((edge_similarity.edge_sim_grad_kernel, feat, index,
-                                dict(k, HAS_PERM=1, BLOCK_E=32, BLOCK_F=64)))
-                    out.append((structure_kl.skl_fwd_kernel, feat, index,
-                                dict(k, BLOCK_E=32, BLOCK_FS=64, BLOCK_FP=32)))
-                    for transposed in (0, 1):
-                        out.append((structure_kl.skl_grad_kernel, feat, index,
-                                    dict(k, TRANSPOSED=transposed, PEER=int(full or transposed),
-                                         SRC_ATOMIC=0, BLOCK_E=16, BLOCK_FS=128, BLOCK_FP=64)))
-                    if feat in ("fp32", "bf16") and index == "i32":  # the opt-in atomic backward
-                        out.append((structure_kl.skl_grad_kernel, feat, index,
-                                    dict(k, TRANSPOSED=0, PEER=1, SRC_ATOMIC=1, BLOCK_E=16,
-                                         BLOCK_FS=128, BLOCK_FP=64)))
+    for feat, index in DTYPE_PAIRS:
+        full = feat == "fp32" and index == "i32"
+        aggs = ((0, 1, 0, 0), (1, 0, 0, 0), (2, 1, 0, 0), (0, 1, 1, 1), (0, 0, 1, 0))
+        for reduce, has_w, gcn, loop in aggs if full else aggs[2:4]:
+            ce = dict(REDUCE=reduce, HAS_W=has_w, GCN=gcn, HAS_LOOP=loop, BLOCK_E=32, BLOCK_F=64)
+            out.append((spmm.agg_kernel, feat, index, ce))
+            ce = dict(REDUCE=reduce, GCN=gcn, HAS_LOOP=loop, BLOCK_F=64)
+            out.append((spmm.agg_combine_kernel, feat, index, ce))
+        for has_w, need_w in ((0, 0), (1, 0), (0, 1), (1, 1)) if full else ((1, 1),):
+            out.append((spmm.max_backward_kernel, feat, index,
+                        dict(HAS_W=has_w, NEED_W=need_w, BLOCK_E=32, BLOCK_F=64)))
+        out.append((segments.combine_sum_kernel, feat, index, dict(BLOCK_F=128)))
+        for mode in (0, 1) if full else (0,):
+            out.append((edge_softmax.softmax_rows_kernel, feat, index, dict(MODE=mode, BLOCK_E=128)))
+            out.append((edge_softmax.softmax_combine_kernel, feat, index, dict(MODE=mode)))
+            out.append((edge_softmax.softmax_seg_write_kernel, feat, index, dict(MODE=mode, BLOCK_E=128)))
+        out.append((structure_kl.skl_combine_kernel, feat, index, {}))
+        for kind in range(5) if full else (4,):
+            for degree in ((0, 3) if kind == 3 else (2,)):
+                k = dict(KIND=kind, DEGREE=degree)
+                out.append((edge_similarity.edge_sim_kernel, feat, index, dict(k, BLOCK_E=32, BLOCK_F=64)))
+                out.append((edge_similarity.edge_sim_grad_kernel, feat, index,
+                            dict(k, HAS_PERM=1, BLOCK_E=32, BLOCK_F=64)))
+                out.append((structure_kl.skl_fwd_kernel, feat, index,
+                            dict(k, BLOCK_E=32, BLOCK_FS=64, BLOCK_FP=32)))
+                for transposed in (0, 1):
+                    out.append((structure_kl.skl_grad_kernel, feat, index,
+                                dict(k, TRANSPOSED=transposed, PEER=int(full or transposed),
+                                     SRC_ATOMIC=0, BLOCK_E=16, BLOCK_FS=128, BLOCK_FP=64)))
+                if feat in ("fp32", "bf16") and index == "i32":  # the opt-in atomic backward
+                    out.append((structure_kl.skl_grad_kernel, feat, index,
+                                dict(k, TRANSPOSED=0, PEER=1, SRC_ATOMIC=1, BLOCK_E=16,
+                                     BLOCK_FS=128, BLOCK_FP=64)))
     # the warp counts the heuristic and the tuner use, on small and large tiles
     for warps, be, bf in ((2, 16, 16), (2, 16, 64), (8, 128, 64)):
         out.append((spmm.agg_kernel, "fp32", "i32",

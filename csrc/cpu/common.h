@@ -75,17 +75,23 @@ void check_rowptr(const index_t* rowptr, int64_t num_rows, int64_t num_edges, co
                     int64_t(rowptr[num_rows]), " but there are ", num_edges, " edges");
 }
 
-// An index read inside a kernel: valid when in [0, bound). An invalid one is skipped and
-// flagged (relaxed: every writer writes true); the op raises after its parallel region.
+// The indices a kernel is about to read through: valid when in [0, bound). A run of
+// them is checked at once before it is used (a vectorised compare over the run, so the
+// kernels' inner loops stay as they were); a run with a bad one is skipped and flagged
+// (relaxed: every writer writes true), and the op raises after its parallel region.
 struct IndexCheck {
   uint64_t bound = 0;
   std::atomic<bool>* bad = nullptr;
 
-  bool ok(int64_t j) const {
-    if (static_cast<uint64_t>(j) < bound) return true;
-    bad->store(true, std::memory_order_relaxed);
-    return false;
+  template <typename I>
+  bool all_ok(const I* idx, int64_t n) const {
+    unsigned char out = 0;
+#pragma omp simd reduction(| : out)
+    for (int64_t k = 0; k < n; ++k) out |= static_cast<uint64_t>(static_cast<int64_t>(idx[k])) >= bound;
+    if (out) bad->store(true, std::memory_order_relaxed);
+    return !out;
   }
+  bool ok(int64_t j) const { return all_ok(&j, 1); }
 };
 
 inline void report_indices(const std::atomic<bool>& bad, const char* op, const char* name, int64_t bound) {

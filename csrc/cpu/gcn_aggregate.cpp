@@ -28,10 +28,10 @@ struct GcnFold {
   void accumulate(int64_t r, int64_t e0, int64_t e1, scalar_t* __restrict__ s) const {
     const int64_t F = size, end = std::max(e1, prefetch_end);
     const scalar_t di = dis[r];
+    if (!cols.all_ok(col + e0, e1 - e0)) return;
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const int64_t j = col[e];
-      if (!cols.ok(j)) continue;
       // With implicit loops, a stored self loop's weight is already in loop_weight.
       if (loop_weight && j == r) continue;
       scalar_t c = di * dis[j];

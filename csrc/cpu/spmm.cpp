@@ -27,9 +27,9 @@ struct SumFold {
   void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
   void accumulate(int64_t, int64_t e0, int64_t e1, scalar_t* __restrict__ s) const {
     const int64_t F = size, end = std::max(e1, prefetch_end);
+    if (!cols.all_ok(col + e0, e1 - e0)) return;
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
-      if (!cols.ok(col[e])) continue;
       const scalar_t* __restrict__ xj = x + int64_t(col[e]) * F;
       const scalar_t w = weight ? weight[e] : scalar_t(1);
 #pragma omp simd
@@ -78,8 +78,8 @@ struct MaxFold {
     return s.arg < 0 || v > s.value || (v != v && s.value == s.value);
   }
   void accumulate(int64_t, int64_t e0, int64_t e1, elem_t* s) const {
+    if (!cols.all_ok(col + e0, e1 - e0)) return;
     for (int64_t e = e0; e < e1; ++e) {
-      if (!cols.ok(col[e])) continue;
       const scalar_t* xj = x + int64_t(col[e]) * size;
       const scalar_t w = weight ? weight[e] : scalar_t(1);
       for (int64_t f = 0; f < size; ++f) {
@@ -226,12 +226,9 @@ void sddmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Ten
   const IndexCheck cols{uint64_t(b.size(0)), &bad};
   for_each_edge_range(rp, part, [&](int64_t r, int64_t e0, int64_t e1) {
     const scalar_t* __restrict__ ai = ap + r * F;
+    if (!cols.all_ok(cl + e0, e1 - e0)) return;
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < e1) prefetch_row(bp + int64_t(cl[e + kPrefetchDistance]) * F, F);
-      if (!cols.ok(cl[e])) {
-        o[e] = 0;
-        continue;
-      }
       const scalar_t* __restrict__ bj = bp + int64_t(cl[e]) * F;
       scalar_t dot = 0;
 #pragma omp simd reduction(+ : dot)

@@ -107,7 +107,7 @@ struct KlForwardFold {
     const bool whole_row = e0 == int64_t(rowptr[r]) && e1 == int64_t(rowptr[r + 1]);
     const bool with_grad = dst_grad != nullptr && whole_row;
     if (with_grad) fill(dst_grad + r * x.fs, T(0), x.fs);
-    if (n == 0) return;
+    if (n == 0 || !cols.all_ok(col + e0, n)) return;  // a bad index: the op raises after
     thread_local std::vector<T> buf;
     thread_local std::vector<Sim<T>> sims;
     buf.resize((with_grad ? 4 : 2) * n);
@@ -127,11 +127,6 @@ struct KlForwardFold {
         prefetch_row(x.p_src + jn * x.fp, x.fp);
       }
       const int64_t j = col[e0 + k];
-      if (!cols.ok(j)) {  // flagged: the op raises after the traversal
-        zs[k] = zp[k] = 0;
-        if (with_grad) sim_s[k] = Sim<T>{};
-        continue;
-      }
       const Sim<T> sim = similarity(x.p, as, x.s_src + j * x.fs, x.fs);
       if (with_grad) sim_s[k] = sim;
       zs[k] = sim.s / x.tau;
@@ -145,7 +140,6 @@ struct KlForwardFold {
     const T inv_ss = T(1 / piece[1]), inv_sp = T(1 / piece[3]), inv_tau = T(1) / x.tau;
     T* u = dst_grad + r * x.fs;
     for (int64_t k = 0; k < n; ++k) {
-      if (!cols.ok(col[e0 + k])) continue;
       const T d = (es[k] * inv_ss - ep[k] * inv_sp) * inv_tau;
       const T* b = x.s_src + int64_t(col[e0 + k]) * x.fs;
       apply_grad(x.p.kernel, grad_coef(x.p, sim_s[k], true, d), as, b, x.fs, u);
@@ -190,6 +184,7 @@ struct KlDstGradFold {
     const double ls = lse_s[i], lp = lse_p[i], kli = kl[i];
     const T g = grad_kl ? grad_kl[i] : T(1);
     const int64_t end = std::max(e1, prefetch_end);
+    if (!cols.all_ok(col + e0, e1 - e0)) return;  // a bad index: the op raises after
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < end) {
         const int64_t jn = col[e + kPrefetchDistance];
@@ -197,11 +192,6 @@ struct KlDstGradFold {
         prefetch_row(x.p_src + jn * x.fp, x.fp);
       }
       const int64_t j = col[e];
-      if (!cols.ok(j)) {
-        coef_s[e] = GradCoef<T>{};
-        if (peer_grad) coef_p[e] = GradCoef<T>{};
-        continue;
-      }
       const T *bs = x.s_src + j * x.fs, *bp = x.p_src + j * x.fp;
       const Sim<T> sim_s = similarity(x.p, as, bs, x.fs);
       const Sim<T> sim_p = similarity(x.p, ap, bp, x.fp);
@@ -250,6 +240,7 @@ struct KlSrcGradFold {
   void accumulate(int64_t j, int64_t k0, int64_t k1, T* s) const {
     const T *bs = x.s_src + j * x.fs, *bp = x.p_src + j * x.fp;
     const int64_t end = std::max(k1, prefetch_end);
+    if (!dsts.all_ok(col_t + k0, k1 - k0) || !edges.all_ok(perm_t + k0, k1 - k0)) return;
     for (int64_t k = k0; k < k1; ++k) {
       if (k + kPrefetchDistance < end) {
         const int64_t in = col_t[k + kPrefetchDistance];
@@ -259,7 +250,6 @@ struct KlSrcGradFold {
         __builtin_prefetch(coef_s + perm_t[k + kPrefetchDistance]);
       }
       const int64_t i = col_t[k], e = perm_t[k];
-      if (!dsts.ok(i) || !edges.ok(e)) continue;
       GradCoef<T> c = coef_s[e];
       if (grad_kl) c.c0 *= grad_kl[i], c.c1 *= grad_kl[i];
       apply_grad(x.p.kernel, c, bs, x.s_dst + i * x.fs, x.fs, s);
