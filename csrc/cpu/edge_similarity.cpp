@@ -35,10 +35,12 @@ struct SimGradFold {
   IndexCheck others;  // other_index against the other side's rows
   IndexCheck edges;   // edge_id against the edges
 
+  bool indices_ok(int64_t e0, int64_t e1) const {
+    return others.all_ok(other_index + e0, e1 - e0) && (!edge_id || edges.all_ok(edge_id + e0, e1 - e0));
+  }
   void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
   void accumulate(int64_t r, int64_t e0, int64_t e1, scalar_t* s) const {
     const scalar_t* self = self_x + r * size;
-    if (!others.all_ok(other_index + e0, e1 - e0) || (edge_id && !edges.all_ok(edge_id + e0, e1 - e0))) return;
     for (int64_t k = e0; k < e1; ++k) {
       if (k + kPrefetchDistance < e1) prefetch_row(other_x + int64_t(other_index[k + kPrefetchDistance]) * size, size);
       const scalar_t* other = other_x + int64_t(other_index[k]) * size;
@@ -77,13 +79,13 @@ at::Tensor edge_similarity(const at::Tensor& rowptr, const at::Tensor& col, cons
     const IndexCheck cols{uint64_t(b.size(0)), &bad};
     for_each_edge_range(rpp, partition_rows(rpp, rowptr.numel() - 1),
                         [&](int64_t r, int64_t e0, int64_t e1) {
-                          if (!cols.all_ok(clp + e0, e1 - e0)) return;
                           for (int64_t e = e0; e < e1; ++e) {
                             if (e + kPrefetchDistance < e1)
                               prefetch_row(bp + int64_t(clp[e + kPrefetchDistance]) * F, F);
                             o[e] = similarity(p, ap + r * F, bp + int64_t(clp[e]) * F, F).s;
                           }
-                        });
+                        },
+                        [&](int64_t e0, int64_t e1) { return cols.all_ok(clp + e0, e1 - e0); });
   });
   report_indices(bad, "edge_similarity", "col", b.size(0));
   return out;

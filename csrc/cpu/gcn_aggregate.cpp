@@ -24,11 +24,11 @@ struct GcnFold {
   IndexCheck cols;           // col against the nodes (rows of x and dis)
   int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
+  bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
   void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
   void accumulate(int64_t r, int64_t e0, int64_t e1, scalar_t* __restrict__ s) const {
     const int64_t F = size, end = std::max(e1, prefetch_end);
     const scalar_t di = dis[r];
-    if (!cols.all_ok(col + e0, e1 - e0)) return;
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const int64_t j = col[e];

@@ -91,10 +91,29 @@ inline Partition long_rows_only(const Partition& p) {
 #define FASTALIGN_MULTIVERSION
 #endif
 
+// The edges a work item reads: one contiguous range.
+template <typename index_t>
+inline void item_edges(const index_t* rowptr, const WorkItem& it, int64_t& e0, int64_t& e1) {
+  e0 = it.piece >= 0 ? it.edge_begin : int64_t(rowptr[it.row_begin]);
+  e1 = it.piece >= 0 ? it.edge_end : int64_t(rowptr[it.row_end]);
+}
+
+// Checks nothing (ops that gather through no index).
+struct NoIndexCheck {
+  bool operator()(int64_t, int64_t) const { return true; }
+};
+
 // fn(row, edge_begin, edge_end) over every row (pieces of long rows included), in
-// parallel; for per-edge outputs, where no combination is needed.
-template <typename index_t, typename Fn>
-FASTALIGN_MULTIVERSION void edge_range_item(const index_t* rowptr, const WorkItem& it, const Fn& fn) {
+// parallel; for per-edge outputs, where no combination is needed. check(e0, e1) sees
+// each work item's edge range first (the indices the item will read through: a few
+// hundred edges at once, so the check is one vectorised pass over data about to be
+// read anyway); an item that fails it is skipped (the op raises afterwards).
+template <typename index_t, typename Fn, typename Check>
+FASTALIGN_MULTIVERSION void edge_range_item(const index_t* rowptr, const WorkItem& it, const Fn& fn,
+                                            const Check& check) {
+  int64_t e0, e1;
+  item_edges(rowptr, it, e0, e1);
+  if (!check(e0, e1)) return;
   if (it.piece >= 0) {
     fn(it.row_begin, it.edge_begin, it.edge_end);
     return;
@@ -123,12 +142,12 @@ class ErrorSlot {
   std::exception_ptr error_;
 };
 
-template <typename index_t, typename Fn>
-void for_each_edge_range(const index_t* rowptr, const Partition& p, const Fn& fn) {
+template <typename index_t, typename Fn, typename Check = NoIndexCheck>
+void for_each_edge_range(const index_t* rowptr, const Partition& p, const Fn& fn, const Check& check = Check{}) {
   const int64_t n = p.items.size();
   ErrorSlot errors;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
-  for (int64_t k = 0; k < n; ++k) errors.run([&] { edge_range_item(rowptr, p.items[k], fn); });
+  for (int64_t k = 0; k < n; ++k) errors.run([&] { edge_range_item(rowptr, p.items[k], fn, check); });
   errors.rethrow();
 }
 
@@ -147,16 +166,20 @@ void parallel_range(int64_t n, int64_t grain, const Fn& fn) {
 }
 
 // One work item of a fold: a block of whole rows (init, accumulate, finish each), or
-// one piece of a long row folded into its partial state.
+// one piece of a long row folded into its partial state. op.indices_ok(e0, e1) sees the
+// item's edge range first (see edge_range_item); an item that fails it is skipped.
 template <typename index_t, typename Op>
 FASTALIGN_MULTIVERSION void fold_item(const index_t* rowptr, const WorkItem& it, const Op& op,
                                       typename Op::elem_t* state, typename Op::elem_t* partial) {
+  int64_t e0, e1;
+  item_edges(rowptr, it, e0, e1);
   if (it.piece >= 0) {
     typename Op::elem_t* s = partial + it.piece * op.size;
     op.init(s);
-    op.accumulate(it.row_begin, it.edge_begin, it.edge_end, s);
+    if (op.indices_ok(e0, e1)) op.accumulate(it.row_begin, it.edge_begin, it.edge_end, s);
     return;
   }
+  if (!op.indices_ok(e0, e1)) return;
   for (int64_t r = it.row_begin; r < it.row_end; ++r) {
     op.init(state);
     op.accumulate(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]), state);
@@ -175,7 +198,8 @@ FASTALIGN_MULTIVERSION void merge_long_row(const Partition& p, int64_t k, const 
 
 // A fold over each row's edges into a state of `op.size` elements of Op::elem_t:
 //   op.init(state), op.accumulate(row, edge_begin, edge_end, state),
-//   op.merge(state, piece_state) (pieces in edge order), op.finish(row, state).
+//   op.merge(state, piece_state) (pieces in edge order), op.finish(row, state),
+//   op.indices_ok(edge_begin, edge_end) (the indices a work item reads are valid).
 template <typename index_t, typename Op>
 void segment_fold(const index_t* rowptr, const Partition& p, const Op& op) {
   using elem_t = typename Op::elem_t;

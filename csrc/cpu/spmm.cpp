@@ -24,10 +24,10 @@ struct SumFold {
   IndexCheck cols;           // col against the rows of x
   int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
+  bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
   void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
   void accumulate(int64_t, int64_t e0, int64_t e1, scalar_t* __restrict__ s) const {
     const int64_t F = size, end = std::max(e1, prefetch_end);
-    if (!cols.all_ok(col + e0, e1 - e0)) return;
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const scalar_t* __restrict__ xj = x + int64_t(col[e]) * F;
@@ -77,8 +77,8 @@ struct MaxFold {
   static bool beats(scalar_t v, const elem_t& s) {
     return s.arg < 0 || v > s.value || (v != v && s.value == s.value);
   }
+  bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
   void accumulate(int64_t, int64_t e0, int64_t e1, elem_t* s) const {
-    if (!cols.all_ok(col + e0, e1 - e0)) return;
     for (int64_t e = e0; e < e1; ++e) {
       const scalar_t* xj = x + int64_t(col[e]) * size;
       const scalar_t w = weight ? weight[e] : scalar_t(1);
@@ -226,7 +226,6 @@ void sddmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Ten
   const IndexCheck cols{uint64_t(b.size(0)), &bad};
   for_each_edge_range(rp, part, [&](int64_t r, int64_t e0, int64_t e1) {
     const scalar_t* __restrict__ ai = ap + r * F;
-    if (!cols.all_ok(cl + e0, e1 - e0)) return;
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < e1) prefetch_row(bp + int64_t(cl[e + kPrefetchDistance]) * F, F);
       const scalar_t* __restrict__ bj = bp + int64_t(cl[e]) * F;
@@ -235,7 +234,7 @@ void sddmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Ten
       for (int64_t f = 0; f < F; ++f) dot += ai[f] * bj[f];
       o[e] = dot;
     }
-  });
+  }, [&](int64_t e0, int64_t e1) { return cols.all_ok(cl + e0, e1 - e0); });
   report_indices(bad, "sddmm", "col", b.size(0));
 }
 

@@ -98,6 +98,7 @@ struct KlForwardFold {
   int64_t prefetch_end = 0;          // the number of edges (see kPrefetchDistance)
   int64_t size = 5;
 
+  bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
   void init(double* s) const {
     s[0] = s[2] = -std::numeric_limits<double>::infinity();
     s[1] = s[3] = s[4] = 0;
@@ -107,7 +108,7 @@ struct KlForwardFold {
     const bool whole_row = e0 == int64_t(rowptr[r]) && e1 == int64_t(rowptr[r + 1]);
     const bool with_grad = dst_grad != nullptr && whole_row;
     if (with_grad) fill(dst_grad + r * x.fs, T(0), x.fs);
-    if (n == 0 || !cols.all_ok(col + e0, n)) return;  // a bad index: the op raises after
+    if (n == 0) return;
     thread_local std::vector<T> buf;
     thread_local std::vector<Sim<T>> sims;
     buf.resize((with_grad ? 4 : 2) * n);
@@ -178,13 +179,13 @@ struct KlDstGradFold {
   IndexCheck cols;
   int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
+  bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
   void init(T* s) const { fill(s, T(0), size); }
   void accumulate(int64_t i, int64_t e0, int64_t e1, T* s) const {
     const T *as = x.s_dst + i * x.fs, *ap = x.p_dst + i * x.fp;
     const double ls = lse_s[i], lp = lse_p[i], kli = kl[i];
     const T g = grad_kl ? grad_kl[i] : T(1);
     const int64_t end = std::max(e1, prefetch_end);
-    if (!cols.all_ok(col + e0, e1 - e0)) return;  // a bad index: the op raises after
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < end) {
         const int64_t jn = col[e + kPrefetchDistance];
@@ -236,11 +237,13 @@ struct KlSrcGradFold {
   const T* dst_grad = nullptr;
   int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
+  bool indices_ok(int64_t k0, int64_t k1) const {
+    return dsts.all_ok(col_t + k0, k1 - k0) && edges.all_ok(perm_t + k0, k1 - k0);
+  }
   void init(T* s) const { fill(s, T(0), size); }
   void accumulate(int64_t j, int64_t k0, int64_t k1, T* s) const {
     const T *bs = x.s_src + j * x.fs, *bp = x.p_src + j * x.fp;
     const int64_t end = std::max(k1, prefetch_end);
-    if (!dsts.all_ok(col_t + k0, k1 - k0) || !edges.all_ok(perm_t + k0, k1 - k0)) return;
     for (int64_t k = k0; k < k1; ++k) {
       if (k + kPrefetchDistance < end) {
         const int64_t in = col_t[k + kPrefetchDistance];
