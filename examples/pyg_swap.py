@@ -1,11 +1,13 @@
-"""Swap fastalign's GCNConv into an existing PyG model and train it.
+"""Convert a stock PyG model to fastalign's layers in one line and train both.
 
-    python examples/pyg_swap.py [--root DATASETS] [--dataset auto|synthetic|Cora|CiteSeer|PubMed] [--epochs 200]
+    python examples/pyg_swap.py [--model gcn|sage|gin] [--root DATASETS]
+        [--dataset auto|synthetic|Cora|CiteSeer|PubMed] [--epochs 200]
 
-The model below is plain PyG code. ``swap_gcnconv`` replaces every
-``torch_geometric.nn.GCNConv`` inside it with ``fastalign.nn.GCNConv`` carrying the same
-options and state_dict (so the swapped model computes the same function), then both
-models train with the same seed and the script prints their accuracies and epoch times.
+The model is PyG's own (``torch_geometric.nn.models.GCN``, ``GraphSAGE`` or ``GIN``).
+``fastalign.nn.convert`` replaces each of its convs with fastalign's layer carrying the
+same options and parameters (so the converted model computes the same function), then
+both models train with the same seed and the script prints their accuracies and
+training-step times.
 The data set comes from $FASTALIGN_DATA or ../shared/datasets (copied to a temporary
 folder, since PyG writes processed/ files); without it a synthetic graph is used.
 """
@@ -27,34 +29,12 @@ from _data import CHOICES, load  # noqa: E402
 import fastalign.nn  # noqa: E402
 
 
-class GCN(torch.nn.Module):
-    """The two-layer GCN of Kipf & Welling, as PyG's examples write it."""
+def stock_model(kind: str, in_channels: int, hidden: int, out_channels: int) -> torch.nn.Module:
+    """A stock PyG model (torch_geometric.nn.models), two layers."""
+    from torch_geometric.nn import models
 
-    def __init__(self, in_channels, hidden, out_channels):
-        super().__init__()
-        from torch_geometric.nn import GCNConv
-
-        self.conv1 = GCNConv(in_channels, hidden, cached=True)
-        self.conv2 = GCNConv(hidden, out_channels, cached=True)
-
-    def forward(self, x, edge_index):
-        x = F.dropout(x, p=0.5, training=self.training)
-        x = F.relu(self.conv1(x, edge_index))
-        x = F.dropout(x, p=0.5, training=self.training)
-        return self.conv2(x, edge_index)
-
-
-def swap_gcnconv(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace, in place, every PyG GCNConv of ``model`` by fastalign's (same options,
-    same parameters). Returns the model."""
-    from torch_geometric.nn import GCNConv as PyGGCNConv
-
-    for name, child in list(model.named_children()):
-        if isinstance(child, PyGGCNConv):
-            setattr(model, name, fastalign.nn.GCNConv.from_pyg(child))
-        else:
-            swap_gcnconv(child)
-    return model
+    cls = {"gcn": models.GCN, "sage": models.GraphSAGE, "gin": models.GIN}[kind]
+    return cls(in_channels, hidden, num_layers=2, out_channels=out_channels, dropout=0.5)
 
 
 def train(model, data, epochs, seed):
@@ -85,6 +65,7 @@ def main(argv=None):
     parser.add_argument("--root", default=None, help="datasets folder (default: $FASTALIGN_DATA or ../shared/datasets)")
     parser.add_argument("--dataset", default="auto", choices=CHOICES,
                         help="a Planetoid data set, synthetic, or auto (Cora when found, else synthetic)")
+    parser.add_argument("--model", default="gcn", choices=("gcn", "sage", "gin"))
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--hidden", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -95,16 +76,20 @@ def main(argv=None):
     print(f"data: {source}: {data.x.size(0)} nodes, {data.edge_index.size(1)} edges")
 
     torch.manual_seed(args.seed)
-    pyg_model = GCN(data.x.size(1), args.hidden, num_classes)
-    ours = swap_gcnconv(copy.deepcopy(pyg_model))
-    print("swapped:", [type(m).__module__ + "." + type(m).__name__ for m in (ours.conv1, ours.conv2)])
+    pyg_model = stock_model(args.model, data.x.size(1), args.hidden, num_classes)
+    ours = fastalign.nn.convert(copy.deepcopy(pyg_model))  # the one line
+    print("converted:", [type(m).__module__ + "." + type(m).__name__ for m in ours.convs])
 
     pyg_model.eval(), ours.eval()
     with torch.no_grad():
-        diff = (pyg_model(data.x, data.edge_index) - ours(data.x, data.edge_index)).abs().max().item()
-    print(f"same function before training: max |PyG - fastalign| = {diff:.2e}")
+        expected = pyg_model(data.x, data.edge_index)
+        diff = (expected - ours(data.x, data.edge_index)).abs().max().item()
+        scale = max(expected.abs().max().item(), 1e-30)
+    print(f"same function before training: max |PyG - fastalign| = {diff:.2e} "
+          f"(relative to the largest output: {diff / scale:.1e})")
 
-    for label, model in (("PyG GCNConv", pyg_model), ("fastalign GCNConv", ours)):
+    conv = type(ours.convs[0]).__name__
+    for label, model in ((f"PyG {conv}", pyg_model), (f"fastalign {conv}", ours)):
         val, test, epoch_s = train(model, data, args.epochs, args.seed)
         print(f"{label:18s} best val acc {val:.3f}, test acc there {test:.3f}, "
               f"median train step {epoch_s * 1e3:.1f} ms")

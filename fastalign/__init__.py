@@ -37,11 +37,13 @@ _EXPORTS = {
     "edge_softmax": "fastalign.ops",
     "local_structure": "fastalign.ops",
     "structure_kl": "fastalign.ops",
+    "patch_pyg": "fastalign.nn.pyg",
+    "unpatch_pyg": "fastalign.nn.pyg",
 }
 _SUBPACKAGES = ("backends", "ops", "nn", "distill", "bench", "datasets", "validation", "graph", "cli", "info")
 
 __all__ = ["Graph", "backends", "ops", "nn", "spmm", "gcn_aggregate", "edge_similarity", "edge_softmax",
-           "local_structure", "structure_kl", "__version__"]
+           "local_structure", "structure_kl", "patch_pyg", "unpatch_pyg", "__version__"]
 
 
 def __getattr__(name: str):

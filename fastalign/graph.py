@@ -33,7 +33,10 @@ def _check_index_tensor(name: str, t: Tensor) -> None:
 
 
 def as_count(name: str, value) -> int:
-    """A node count (or similar): an int (not a bool, float or string), 0 <= value < 2**63."""
+    """A node count (or similar): an int (not a bool, float or string), 0 <= value < 2**63.
+    A symbolic size (torch.compile with dynamic shapes) passes through unchanged."""
+    if isinstance(value, torch.SymInt):
+        return value
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, Tensor)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
     if isinstance(value, Tensor):
@@ -74,6 +77,34 @@ def _sorted_csr(row: Tensor, col: Tensor, num_rows: int, num_cols: int):
     return rowptr, col[perm], perm
 
 
+
+@torch.library.custom_op("fastalign::csr_from_edges", mutates_args=())
+def csr_from_edges(
+    row: Tensor, col: Tensor, num_rows: int, num_cols: int, check_range: bool
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """(rowptr int64 [num_rows + 1], col sorted by (row, col), perm int64 [E]) for the
+    edges ``col[e] -> row[e]``; ``check_range`` checks both index ranges first.
+
+    An op so that torch.compile traces a graph's construction without breaking: the sort,
+    the bincount and the range checks read the host and have data-dependent shapes
+    inside, but the outputs' shapes follow from the inputs'."""
+    if check_range:
+        _check_range("edge_index[0] (source)", col, num_cols)
+        _check_range("edge_index[1] (target)", row, num_rows)
+    rowptr, col_sorted, perm = _sorted_csr(row, col, num_rows, num_cols)
+    return rowptr, col_sorted.contiguous(), perm
+
+
+@csr_from_edges.register_fake
+def _(row, col, num_rows, num_cols, check_range):
+    num_edges = col.shape[0]
+    return (
+        row.new_empty((num_rows + 1,), dtype=torch.int64),
+        col.new_empty((num_edges,)),
+        row.new_empty((num_edges,), dtype=torch.int64),
+    )
+
+
 class Graph:
     """A (possibly rectangular) graph in CSR-by-destination form.
 
@@ -107,7 +138,7 @@ class Graph:
         self.col = col
         self.edge_weight = edge_weight
         self.num_src = num_src
-        self.num_dst = int(rowptr.numel()) - 1
+        self.num_dst = rowptr.numel() - 1
         self.perm = perm
         # key -> (stamp, value); the stamp is the version counters of what the value was
         # computed from (see _stamp), so an in-place edit of rowptr, col or the edge
@@ -145,10 +176,8 @@ class Graph:
             raise ValueError(
                 f"{src.numel()} edges do not fit int32 row offsets: pass an int64 edge_index"
             )
-        _check_range("edge_index[0] (source)", src, num_src)
-        _check_range("edge_index[1] (target)", dst, num_dst)
         edge_weight = _check_edge_weight(edge_weight, src.numel(), edge_index.device)
-        rowptr, col, perm = _sorted_csr(dst, src, num_dst, num_src)
+        rowptr, col, perm = csr_from_edges(dst, src, num_dst, num_src, True)
         rowptr = rowptr.to(edge_index.dtype)
         weight = edge_weight[perm] if edge_weight is not None else None
         return cls(rowptr, col.contiguous(), num_src, weight, perm, validate=False)
@@ -426,7 +455,7 @@ class Graph:
         )
 
     def _compute_transpose(self):
-        rowptr_t, col_t, perm_t = _sorted_csr(self.col, self.row, self.num_src, self.num_dst)
+        rowptr_t, col_t, perm_t = csr_from_edges(self.col, self.row, self.num_src, self.num_dst, False)
         value = (rowptr_t.to(self.col.dtype), col_t.to(self.col.dtype).contiguous(), perm_t)
         self._register_transpose(value)
         return value

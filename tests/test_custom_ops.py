@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fastalign
+import fastalign.ops  # noqa: F401  (registers the torch.ops.fastalign operators)
 from fastalign import Graph, backends
 from graphs import random_edge_index
 
@@ -40,6 +41,11 @@ def samples():
     _, arg = ops.spmm.default(g.rowptr, g.col, w, x, "max", None, None, None, None, BACKEND)
     yield "spmm_max_backward", ops.spmm_max_backward.default, (
         g.col, rowptr_t, col_t, perm_t, w, x, arg, torch.randn_like(x), True, BACKEND)
+    for dtype in (torch.int64, torch.int32):
+        ei = random_edge_index(12, 9, 40, seed=1).to(dtype)
+        for check in (True, False):
+            yield f"csr_from_edges_{str(dtype)[6:]}_{check}", ops.csr_from_edges.default, (
+                ei[1], ei[0], 9, 12, check)
     yield "sddmm", ops.sddmm.default, (g.rowptr, g.col, x, x, BACKEND)
     yield "gcn_aggregate", ops.gcn_aggregate.default, (
         g.rowptr, g.col, w, dis, loop, xg, rowptr_t, col_t, w[perm_t], BACKEND)

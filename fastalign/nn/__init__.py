@@ -1,7 +1,15 @@
-"""Modules: a PyG-compatible GCNConv and the alignment losses, for anyone's training loop."""
+"""Modules: PyG-compatible convolutions (GCNConv, SAGEConv, GraphConv, GINConv) on
+fastalign's kernels, and the alignment losses, for anyone's training loop."""
 
 from .feature_align_loss import FeatureAlignLoss
 from .gcn_conv import GCNConv
+from .gin_conv import GINConv
+from .graph_conv import GraphConv
+from .pyg import convert, patch_pyg, unpatch_pyg
+from .sage_conv import SAGEConv
 from .structure_align_loss import StructureAlignLoss
 
-__all__ = ["GCNConv", "StructureAlignLoss", "FeatureAlignLoss"]
+__all__ = [
+    "GCNConv", "SAGEConv", "GraphConv", "GINConv", "convert", "patch_pyg", "unpatch_pyg",
+    "StructureAlignLoss", "FeatureAlignLoss",
+]

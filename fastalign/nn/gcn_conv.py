@@ -10,19 +10,10 @@ from torch.nn import Parameter
 
 from ..graph import Graph
 from ..ops import gcn_aggregate, spmm
-from ..ops._common import check_edge_values
+from ._inputs import DropInConv, check_channels, node_count, over_nodes, prepare, sparse_kind
 
 
-def _sparse_kind(adj) -> Optional[str]:
-    """"torch" for a torch.sparse tensor, "sparse_tensor" for a torch_sparse SparseTensor."""
-    if isinstance(adj, Tensor) and adj.layout != torch.strided:
-        return "torch"
-    if type(adj).__name__ == "SparseTensor":
-        return "sparse_tensor"
-    return None
-
-
-class GCNConv(torch.nn.Module):
+class GCNConv(DropInConv):
     r"""The graph convolution of Kipf & Welling, PyG-compatible, on fastalign's kernels.
 
     ``out = D^-1/2 (A + I) D^-1/2 (x W^T) + b`` with exactly PyG's normalisation
@@ -46,10 +37,15 @@ class GCNConv(torch.nn.Module):
             an error (as in PyG).
         normalize: ``False`` aggregates the plain weighted sum ``sum_j w_ji x_j``.
         bias: learn an additive bias.
+        **kwargs: MessagePassing's ``flow`` (``"target_to_source"`` reads edge_index
+            row 0 as the target), ``node_dim`` (the node dimension of batched features),
+            ``decomposed_layers`` (accepted; the aggregation always runs whole) and
+            ``aggr="add"``; other aggregations are refused (use PyG's layer).
         backend: fastalign extra (keyword only): force a kernel backend
             (``"torch"``, ``"cpu"``, ``"triton"``, ``"cuda"``); default automatic.
 
-    ``forward(x, edge_index, edge_weight=None)``: ``x`` is ``[N, in_channels]``;
+    ``forward(x, edge_index, edge_weight=None)``: ``x`` is ``[N, in_channels]`` (dense or
+    torch.sparse), or ``[..., N, in_channels]`` for a batch of features over one graph;
     ``edge_index`` is a ``[2, E]`` int64/int32 edge_index (row 0 source, row 1 target),
     a torch.sparse ``adj_t`` (``A[target, source]``, COO or CSR), a torch_sparse
     ``SparseTensor`` ``adj_t`` or a :class:`fastalign.Graph`; ``edge_weight`` is ``[E]``
@@ -87,16 +83,11 @@ class GCNConv(torch.nn.Module):
         bias: bool = True,
         *,
         backend: Optional[str] = None,
+        **kwargs,
     ):
-        super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value <= 0:
-                raise ValueError(
-                    f"{name} must be positive, got {value}"
-                    + (" (PyG's lazy in_channels=-1 is not supported)" if value == -1 else "")
-                )
+        super().__init__(kwargs, backend)
+        check_channels("GCNConv", "in_channels", in_channels)
+        check_channels("GCNConv", "out_channels", out_channels)
         if add_self_loops is None:
             add_self_loops = normalize
         if add_self_loops and not normalize:
@@ -110,8 +101,8 @@ class GCNConv(torch.nn.Module):
         self.cached = bool(cached)
         self.add_self_loops = bool(add_self_loops)
         self.normalize = bool(normalize)
-        self.backend = backend
         self._cached_graph: Optional[Graph] = None
+        self._cached_kind: Optional[str] = None
         self.lin = torch.nn.Linear(in_channels, out_channels, bias=False)
         if bias:
             self.bias = Parameter(torch.empty(out_channels))
@@ -119,24 +110,14 @@ class GCNConv(torch.nn.Module):
             self.register_parameter("bias", None)
         self.reset_parameters()
 
+    AGGRS = ("add", "sum")
+
     @classmethod
-    def from_pyg(cls, conv, *, backend: Optional[str] = None) -> "GCNConv":
-        """A fastalign GCNConv with the options and parameters of a PyG ``GCNConv``
-        (on the same device and dtype)."""
-        if type(conv).__name__ != "GCNConv" or not hasattr(conv, "lin"):
-            raise TypeError(f"expected a torch_geometric.nn.GCNConv, got {type(conv).__name__}")
-        if conv.in_channels is None or conv.in_channels <= 0:
-            raise ValueError("the PyG GCNConv is lazy (in_channels=-1): run it once first")
-        ours = cls(
-            conv.in_channels, conv.out_channels, improved=conv.improved, cached=conv.cached,
-            add_self_loops=conv.add_self_loops, normalize=conv.normalize,
-            bias=conv.bias is not None, backend=backend,
+    def _pyg_arguments(cls, conv):
+        return (conv.in_channels, conv.out_channels), dict(
+            improved=conv.improved, cached=conv.cached, add_self_loops=conv.add_self_loops,
+            normalize=conv.normalize, bias=conv.bias is not None,
         )
-        weight = conv.lin.weight
-        ours = ours.to(device=weight.device, dtype=weight.dtype)
-        ours.load_state_dict(conv.state_dict())
-        ours.train(conv.training)
-        return ours
 
     def reset_parameters(self) -> None:
         """Glorot weight, zero bias (as PyG), and clear the cached graph."""
@@ -145,81 +126,61 @@ class GCNConv(torch.nn.Module):
             torch.nn.init.zeros_(self.bias)
         self._cached_graph = None
 
+    # PyG's cache attributes (code that resets the cache sets them to None)
+    @property
+    def _cached_edge_index(self) -> Optional[Graph]:
+        return self._cached_graph if self._cached_kind != "sparse_tensor" else None
+
+    @_cached_edge_index.setter
+    def _cached_edge_index(self, value) -> None:
+        if value is not None:
+            raise ValueError("the cache can only be cleared (set to None)")
+        if self._cached_kind != "sparse_tensor":
+            self._cached_graph = None
+
+    @property
+    def _cached_adj_t(self) -> Optional[Graph]:
+        return self._cached_graph if self._cached_kind == "sparse_tensor" else None
+
+    @_cached_adj_t.setter
+    def _cached_adj_t(self, value) -> None:
+        if value is not None:
+            raise ValueError("the cache can only be cleared (set to None)")
+        if self._cached_kind == "sparse_tensor":
+            self._cached_graph = None
+
     # ------------------------------------------------------------------ graph preparation
     def _prepare(self, x: Tensor, edge_index, edge_weight: Optional[Tensor]):
         """(Graph, per-edge weights in internal order or None) with PyG's loop semantics
         for the input kind folded into the weights."""
-        n = x.size(0)
-        kind = _sparse_kind(edge_index)
-        if kind is not None:
-            if edge_weight is not None:
-                raise ValueError(
-                    "edge_weight must be None when edge_index is a sparse adjacency: "
-                    "its values are the edge weights"
-                )
-            graph = Graph.coerce(edge_index)
-            self._check_graph(graph, n)
-            weight = graph.edge_weight
-            if not self.normalize:
-                return graph, weight
-            weight = weight.to(x.dtype) if weight is not None else torch.ones(
-                graph.num_edges, dtype=x.dtype, device=graph.device
-            )
-            if self.add_self_loops:
-                fill = 2.0 if self.improved else 1.0
-                row, col = graph.row, graph.col.long()
-                is_loop = row == col
-                if bool(is_loop.any()):
-                    if kind == "torch":
-                        # add_self_loops on a torch.sparse adj_t coalesces: an existing
-                        # loop's value is summed with the fill value.
-                        total = torch.zeros(n, dtype=weight.dtype, device=weight.device)
-                        total = total.index_add(0, row[is_loop], weight[is_loop]) + fill
-                        weight = torch.where(is_loop, total[row], weight)
-                    else:
-                        # torch_sparse.fill_diag replaces existing loops by the fill value.
-                        weight = weight.masked_fill(is_loop, fill)
-            return graph, weight
-        if isinstance(edge_index, Graph):
-            graph = edge_index
-            self._check_graph(graph, n)
-            if edge_weight is None:
-                return graph, graph.edge_weight
-            check_edge_values("edge_weight", edge_weight, graph)
-            return graph, graph.to_internal(edge_weight)
-        if isinstance(edge_index, Tensor):
-            if edge_index.is_floating_point():
-                raise TypeError(
-                    f"edge_index must be an int64 or int32 tensor, got {edge_index.dtype}"
-                )
-            if edge_weight is not None:
-                if not isinstance(edge_weight, Tensor):
-                    raise TypeError(
-                        f"edge_weight must be a tensor, got {type(edge_weight).__name__}"
-                    )
-                if edge_index.dim() == 2 and edge_weight.shape != (edge_index.size(1),):
-                    raise ValueError(
-                        f"edge_weight must have shape [{edge_index.size(1)}] (one per edge), "
-                        f"got {list(edge_weight.shape)}"
-                    )
-            graph = Graph.from_edge_index(edge_index, num_nodes=n)
-            self._check_graph(graph, n)
-            if edge_weight is None:
-                return graph, None
-            check_edge_values("edge_weight", edge_weight, graph)
-            return graph, graph.to_internal(edge_weight)
-        raise TypeError(
-            "edge_index must be an edge_index tensor, a torch.sparse adj_t, a torch_sparse "
-            f"SparseTensor or a fastalign.Graph, got {type(edge_index).__name__}"
-        )
-
-    @staticmethod
-    def _check_graph(graph: Graph, n: int) -> None:
-        if graph.num_src != n or graph.num_dst != n:
+        if isinstance(edge_index, Graph) and not edge_index.is_square:
             raise ValueError(
-                f"the adjacency is {graph.num_dst} x {graph.num_src} but x has {n} nodes; "
-                "GCNConv needs a square adjacency over the nodes of x"
+                f"the adjacency is {edge_index.num_dst} x {edge_index.num_src}: GCNConv needs "
+                "a square adjacency over the nodes of x"
             )
+        prep = prepare("GCNConv", x, edge_index, edge_weight, flow=self.flow, node_dim=self.node_dim)
+        graph, weight, kind = prep.graph, prep.weight, prep.kind
+        if kind not in ("torch", "sparse_tensor") or not self.normalize:
+            return graph, weight
+        n = graph.num_dst
+        weight = weight.to(x.dtype) if weight is not None else torch.ones(
+            graph.num_edges, dtype=x.dtype, device=graph.device
+        )
+        if self.add_self_loops:
+            fill = 2.0 if self.improved else 1.0
+            row, col = graph.row, graph.col.long()
+            is_loop = row == col
+            if bool(is_loop.any()):
+                if kind == "torch":
+                    # add_self_loops on a torch.sparse adj_t coalesces: an existing
+                    # loop's value is summed with the fill value.
+                    total = torch.zeros(n, dtype=weight.dtype, device=weight.device)
+                    total = total.index_add(0, row[is_loop], weight[is_loop]) + fill
+                    weight = torch.where(is_loop, total[row], weight)
+                else:
+                    # torch_sparse.fill_diag replaces existing loops by the fill value.
+                    weight = weight.masked_fill(is_loop, fill)
+        return graph, weight
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, edge_index, edge_weight: Optional[Tensor] = None) -> Tensor:
@@ -230,13 +191,14 @@ class GCNConv(torch.nn.Module):
             )
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 2:
-            raise ValueError(f"x must be 2-D [num_nodes, in_channels], got shape {list(x.shape)}")
-        if x.size(1) != self.in_channels:
-            raise ValueError(f"x has {x.size(1)} features, expected in_channels={self.in_channels}")
+        node_count("GCNConv", x, self.node_dim)
+        if x.size(-1) != self.in_channels:
+            raise ValueError(f"x has {x.size(-1)} features, expected in_channels={self.in_channels}")
+        if x.layout != torch.strided and x.dim() != 2:
+            raise ValueError(f"sparse features must be 2-D [num_nodes, in_channels], got {x.dim()}-D")
 
         grad_w = False
-        if self.normalize and self._cached_graph is not None:
+        if self.normalize and self.cached and self._cached_graph is not None:
             graph, weight = self._cached_graph, None  # weights folded into the cached graph
         else:
             graph, weight = self._prepare(x, edge_index, edge_weight)
@@ -244,19 +206,23 @@ class GCNConv(torch.nn.Module):
             if self.normalize and (weight is not None or self.cached):
                 folded = graph.with_edge_weight(weight.detach()) if weight is not None else graph
                 if self.cached:
-                    self._cached_graph = folded
+                    self._cached_graph, self._cached_kind = folded, sparse_kind(edge_index)
                 if not grad_w:
                     graph, weight = folded, None
 
-        lin_first = self.out_channels <= self.in_channels
+        # sparse features: the product with W first (torch.sparse.mm), as PyG does
+        lin_first = self.out_channels <= self.in_channels or x.layout != torch.strided
         h = self.lin(x) if lin_first else x
         if self.normalize:
-            h = gcn_aggregate(
-                graph, h, add_self_loops=self.add_self_loops, improved=self.improved,
-                edge_weight=weight if grad_w else None, backend=self.backend,
-            )
+            def propagate(t):
+                return gcn_aggregate(
+                    graph, t, add_self_loops=self.add_self_loops, improved=self.improved,
+                    edge_weight=weight if grad_w else None, backend=self.backend,
+                )
         else:
-            h = spmm(graph, h, "sum", edge_weight=weight, backend=self.backend)
+            def propagate(t):
+                return spmm(graph, t, "sum", edge_weight=weight, backend=self.backend)
+        h = over_nodes(propagate, h, self.node_dim)
         out = h if lin_first else self.lin(h)
         if self.bias is not None:
             out = out + self.bias

@@ -97,14 +97,15 @@ def gcn_norm_state(
     if add_self_loops:
         is_loop = row == col
         fill = 2.0 if (improved and weight is not None) else 1.0
-        loop_weight = torch.full((n,), fill, dtype=w.dtype, device=graph.device)
-        loop_pos = torch.nonzero(is_loop).flatten()
-        if loop_pos.numel() > 0:
-            # The last self loop of a node wins, as in PyG's index assignment.
-            last = torch.full((n,), -1, dtype=torch.int64, device=graph.device)
-            last.scatter_reduce_(0, row[loop_pos], loop_pos, "amax", include_self=True)
-            has = last >= 0
-            loop_weight[has] = w[last[has]]
+        # The last self loop of a node gives its loop weight, as in PyG's index
+        # assignment; computed with fixed shapes (no host read) so that it compiles.
+        num_edges = graph.num_edges
+        edge_pos = torch.arange(num_edges, device=graph.device)
+        last = torch.full((n,), -1, dtype=torch.int64, device=graph.device)
+        last = last.scatter_reduce(0, row, torch.where(is_loop, edge_pos, -1), "amax", include_self=True)
+        has = last >= 0
+        w_or_fill = torch.cat([w, w.new_full((1,), fill)])  # index num_edges: no loop
+        loop_weight = w_or_fill[torch.where(has, last, num_edges)]
         w = w.masked_fill(is_loop, 0)
     deg = torch.zeros(n, dtype=w.dtype, device=graph.device).index_add_(0, row, w)
     if loop_weight is not None:

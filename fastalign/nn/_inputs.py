@@ -1,0 +1,399 @@
+"""PyG's input conventions, turned into what fastalign's ops take, in one pass per call.
+
+Every drop-in conv takes its inputs the way PyG's ``MessagePassing`` layers do: node
+features ``x`` (a tensor, or a ``(x_src, x_dst)`` pair whose second entry may be
+``None``), an adjacency (``[2, E]`` edge_index, PyG ``EdgeIndex``, torch.sparse
+``adj_t``, torch_sparse ``SparseTensor`` ``adj_t`` or :class:`fastalign.Graph`), optional
+per-edge weights, ``size=(num_src, num_dst)``, and the layer's ``flow`` and ``node_dim``.
+:func:`prepare` resolves all of it into a :class:`Prepared` (the Graph by destination and
+the weights in its internal order); :func:`aggregate` runs ``fastalign.spmm`` over the
+node dimension, whatever the features' other dimensions (PyG's "static graph" batches).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..graph import Graph, as_count
+from ..ops import spmm
+from ..ops._common import check_edge_values
+
+FLOWS = ("source_to_target", "target_to_source")
+
+# MessagePassing's constructor arguments (PyG 2.5 - 2.8) and what the drop-ins do with them.
+MESSAGE_PASSING_KWARGS = ("aggr", "aggr_kwargs", "flow", "node_dim", "decomposed_layers")
+
+
+def sparse_kind(adj) -> Optional[str]:
+    """"torch" for a torch.sparse tensor, "sparse_tensor" for a torch_sparse SparseTensor,
+    "edge_index" for PyG's EdgeIndex, None otherwise."""
+    if isinstance(adj, Tensor):
+        if adj.layout != torch.strided:
+            return "torch"
+        if type(adj).__name__ == "EdgeIndex" and hasattr(adj, "sparse_size"):
+            return "edge_index"
+        return None
+    if type(adj).__name__ == "SparseTensor":
+        return "sparse_tensor"
+    return None
+
+
+def check_message_passing_kwargs(layer: str, kwargs: dict, aggrs: Tuple[str, ...]) -> dict:
+    """The MessagePassing arguments a drop-in honours, checked; anything else raises.
+
+    Returns ``{"aggr", "flow", "node_dim", "decomposed_layers"}``. ``decomposed_layers``
+    only changes PyG's peak memory (the result is the same), so any positive value is
+    kept and the aggregation runs whole.
+    """
+    unknown = sorted(set(kwargs) - set(MESSAGE_PASSING_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"{layer}() got an unexpected keyword argument {unknown[0]!r} (fastalign's "
+            f"{layer} takes PyG's arguments and MessagePassing's "
+            f"{', '.join(MESSAGE_PASSING_KWARGS)})"
+        )
+    aggr = kwargs.get("aggr", aggrs[0])
+    if not isinstance(aggr, str) or aggr not in aggrs:
+        shown = aggr if isinstance(aggr, str) else type(aggr).__name__
+        raise ValueError(
+            f"fastalign's {layer} supports aggr in {aggrs}, got {shown!r}: use "
+            f"torch_geometric.nn.{layer} for other aggregations (lstm, multi-aggregation, "
+            "learnable aggregators)"
+        )
+    if kwargs.get("aggr_kwargs"):
+        raise ValueError(
+            f"fastalign's {layer} takes no aggr_kwargs (its aggregations have no options): "
+            f"use torch_geometric.nn.{layer}"
+        )
+    flow = kwargs.get("flow", "source_to_target")
+    check_flow(flow)
+    node_dim = kwargs.get("node_dim", -2)
+    if isinstance(node_dim, bool) or not isinstance(node_dim, int):
+        raise TypeError(f"node_dim must be an int, got {type(node_dim).__name__}")
+    decomposed = kwargs.get("decomposed_layers", 1)
+    if isinstance(decomposed, bool) or not isinstance(decomposed, int) or decomposed < 1:
+        raise ValueError(f"decomposed_layers must be a positive int, got {decomposed!r}")
+    return {"aggr": aggr, "flow": flow, "node_dim": node_dim, "decomposed_layers": decomposed}
+
+
+def check_flow(flow) -> None:
+    if flow not in FLOWS:
+        raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
+
+
+def check_channels(layer: str, name: str, value, lazy_ok: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{layer}: {name} must be an int, got {type(value).__name__}")
+    if value == -1 and lazy_ok:
+        return
+    if value <= 0:
+        raise ValueError(
+            f"{layer}: {name} must be positive, got {value}"
+            + (" (lazy in_channels=-1 is not supported here)" if value == -1 else "")
+        )
+
+
+# The CSRs built from the edge_index tensors callers pass, so that every layer of a model
+# and every epoch over the same `data.edge_index` share one Graph (its sort, transpose and
+# GCN normalisation are computed once). Keyed on the tensor object (held weakly) and its
+# version counter, so an in-place edit of the edge_index builds a fresh Graph.
+_GRAPHS: "OrderedDict[int, tuple]" = OrderedDict()
+_GRAPHS_KEPT = 8
+_GRAPHS_LOCK = threading.Lock()
+
+
+def _version(t: Tensor) -> Optional[int]:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor: no version counter, never cached
+        return None
+
+
+def _drop_graph(key):
+    def drop(ref):
+        with _GRAPHS_LOCK:
+            entry = _GRAPHS.get(key)
+            if entry is not None and entry[0] is ref:
+                del _GRAPHS[key]
+    return drop
+
+
+def graph_from_edge_index(owner: Tensor, edge_index: Tensor, num_src: int, num_dst: int, flow: str) -> Graph:
+    """``Graph.from_edge_index(edge_index, num_nodes=(num_src, num_dst))``, shared by
+    every call with the same ``owner`` tensor (the one the caller passed; ``edge_index``
+    is derived from it by ``flow``) in the same version. Not cached while compiling (the graph is then built inside the traced code)."""
+    version = None if torch.compiler.is_compiling() else _version(owner)
+    if version is None:
+        return Graph.from_edge_index(edge_index, num_nodes=(num_src, num_dst))
+    key, shape = id(owner), (num_src, num_dst, flow)
+    with _GRAPHS_LOCK:
+        hit = _GRAPHS.get(key)
+        if hit is not None and hit[0]() is owner and hit[1] == version and hit[2] == shape:
+            _GRAPHS.move_to_end(key)
+            return hit[3]
+    graph = Graph.from_edge_index(edge_index, num_nodes=(num_src, num_dst))
+    with _GRAPHS_LOCK:
+        _GRAPHS[key] = (weakref.ref(owner, _drop_graph(key)), version, shape, graph)
+        _GRAPHS.move_to_end(key)
+        while len(_GRAPHS) > _GRAPHS_KEPT:
+            _GRAPHS.popitem(last=False)
+    return graph
+
+
+def clear_graph_cache() -> None:
+    with _GRAPHS_LOCK:
+        _GRAPHS.clear()
+
+
+class Prepared(NamedTuple):
+    graph: Graph  # CSR by destination: num_dst x num_src
+    weight: Optional[Tensor]  # per-edge weights in the graph's internal order, or None
+    x_src: Tensor
+    x_dst: Optional[Tensor]
+    kind: Optional[str]  # sparse_kind of the adjacency that was passed
+
+
+def split_features(layer: str, x) -> Tuple[Tensor, Optional[Tensor]]:
+    """``x`` or ``(x_src, x_dst)`` -> (x_src, x_dst); a plain tensor is both."""
+    if isinstance(x, (tuple, list)):
+        if len(x) != 2:
+            raise ValueError(f"{layer}: a feature pair must be (x_src, x_dst), got {len(x)} entries")
+        x_src, x_dst = x
+        if not isinstance(x_src, Tensor):
+            raise TypeError(f"{layer}: x_src must be a torch.Tensor, got {type(x_src).__name__}")
+        if x_dst is not None and not isinstance(x_dst, Tensor):
+            raise TypeError(f"{layer}: x_dst must be a torch.Tensor or None, got {type(x_dst).__name__}")
+        return x_src, x_dst
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{layer}: x must be a torch.Tensor or a pair, got {type(x).__name__}")
+    return x, x
+
+
+def node_count(layer: str, x: Tensor, node_dim: int) -> int:
+    if x.dim() < 2:
+        raise ValueError(
+            f"{layer}: node features must be at least 2-D [num_nodes, channels], got shape {list(x.shape)}"
+        )
+    if not -x.dim() <= node_dim < x.dim():
+        raise ValueError(
+            f"{layer}: node_dim={node_dim} is out of range for features of shape {list(x.shape)}"
+        )
+    if x.layout != torch.strided:
+        return x.size(0)
+    return x.size(node_dim)
+
+
+def _size_pair(size) -> Tuple[Optional[int], Optional[int]]:
+    if size is None:
+        return None, None
+    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
+        raise ValueError(f"size must be a (num_src, num_dst) pair, got {size!r}")
+    return tuple(None if s is None else as_count("size", s) for s in size)
+
+
+def prepare(
+    layer: str,
+    x,
+    edge_index,
+    edge_weight: Optional[Tensor] = None,
+    size=None,
+    *,
+    flow: str = "source_to_target",
+    node_dim: int = -2,
+    sparse_tensor_values: bool = True,
+) -> Prepared:
+    """Resolve a conv's inputs (see the module docstring).
+
+    ``sparse_tensor_values=False`` drops a SparseTensor's values (PyG's SAGEConv and
+    GINConv ignore them; torch.sparse values are used by every PyG layer).
+    """
+    check_flow(flow)
+    x_src, x_dst = split_features(layer, x)
+    bipartite = x_dst is not x_src
+    n_src = node_count(layer, x_src, node_dim)
+    n_dst = node_count(layer, x_dst, node_dim) if x_dst is not None else None
+    size_src, size_dst = _size_pair(size)
+    kind = sparse_kind(edge_index)
+
+    if kind in ("torch", "sparse_tensor") or isinstance(edge_index, Graph):
+        # size is ignored here, as in PyG: the adjacency's shape is the size
+        if flow == "target_to_source" and kind is not None:
+            raise ValueError(
+                f"{layer}: flow='target_to_source' cannot be used with a sparse adjacency "
+                "(it is already A[target, source]); pass its transpose instead"
+            )
+        if edge_weight is not None and kind is not None:
+            raise ValueError(
+                f"{layer}: edge_weight must be None when the adjacency is sparse: its "
+                "values are the edge weights"
+            )
+        if kind == "sparse_tensor" and not sparse_tensor_values:
+            graph = Graph.from_sparse_tensor(edge_index)
+            graph = graph.with_edge_weight(None) if graph.edge_weight is not None else graph
+        else:
+            graph = Graph.coerce(edge_index)
+        weight = graph.edge_weight
+        if edge_weight is not None:  # a Graph with caller-order weights
+            check_edge_values("edge_weight", edge_weight, graph)
+            weight = graph.to_internal(edge_weight)
+    else:
+        if not isinstance(edge_index, Tensor):
+            raise TypeError(
+                f"{layer}: edge_index must be an edge_index tensor, a torch.sparse adj_t, a "
+                "torch_sparse SparseTensor, a PyG EdgeIndex or a fastalign.Graph, got "
+                f"{type(edge_index).__name__}"
+            )
+        owner = edge_index
+        if kind == "edge_index":
+            sparse_size = edge_index.sparse_size()
+            size_src = size_src if size_src is not None else sparse_size[0]
+            size_dst = size_dst if size_dst is not None else sparse_size[1]
+            edge_index = edge_index.as_tensor()
+        if edge_index.is_floating_point() or edge_index.dtype == torch.bool:
+            raise TypeError(f"{layer}: edge_index must be an int64 or int32 tensor, got {edge_index.dtype}")
+        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ValueError(f"{layer}: edge_index must have shape [2, E], got {list(edge_index.shape)}")
+        if flow == "target_to_source":
+            if bipartite:
+                raise ValueError(
+                    f"{layer}: flow='target_to_source' with a (x_src, x_dst) pair is not "
+                    "supported: flip edge_index and use the default flow"
+                )
+            edge_index = edge_index.flip(0)
+            size_src, size_dst = size_dst, size_src
+        num_src = size_src if size_src is not None else n_src
+        num_dst = size_dst if size_dst is not None else (n_dst if n_dst is not None else num_src)
+        if edge_weight is not None:
+            if not isinstance(edge_weight, Tensor):
+                raise TypeError(f"{layer}: edge_weight must be a tensor, got {type(edge_weight).__name__}")
+            if edge_weight.shape != (edge_index.size(1),):
+                raise ValueError(
+                    f"{layer}: edge_weight must have shape [{edge_index.size(1)}] (one per "
+                    f"edge), got {list(edge_weight.shape)}"
+                )
+        graph = graph_from_edge_index(owner, edge_index, num_src, num_dst, flow)
+        weight = None
+        if edge_weight is not None:
+            check_edge_values("edge_weight", edge_weight, graph)
+            weight = graph.to_internal(edge_weight)
+
+    if graph.num_src != n_src:
+        raise ValueError(
+            f"{layer}: the adjacency has {graph.num_src} source nodes but the source "
+            f"features have {n_src} (along node_dim={node_dim})"
+        )
+    if n_dst is not None and graph.num_dst != n_dst:
+        raise ValueError(
+            f"{layer}: the adjacency has {graph.num_dst} target nodes but the target "
+            f"features have {n_dst} (along node_dim={node_dim})"
+        )
+    return Prepared(graph, weight, x_src, x_dst, kind)
+
+
+def over_nodes(fn, x: Tensor, node_dim: int = -2) -> Tensor:
+    """``fn`` (a ``[N, C] -> [M, C]`` aggregation) applied along the node dimension of
+    ``x`` (``[..., N, ..., F]``): the other dimensions are folded into the columns, so a
+    batch of features over one graph is one kernel call."""
+    if x.layout != torch.strided:
+        x = x.to_dense()
+    if x.dim() == 1:
+        return fn(x.unsqueeze(1)).squeeze(1)
+    dim = node_dim % x.dim()
+    if x.dim() == 2 and dim == 0:
+        return fn(x)
+    moved = x.movedim(dim, 0)
+    rest = moved.shape[1:]
+    out = fn(moved.reshape(moved.size(0), -1))
+    return out.reshape((out.size(0),) + tuple(rest)).movedim(0, dim)
+
+
+def aggregate(
+    graph: Graph,
+    x: Tensor,
+    reduce: str,
+    weight: Optional[Tensor],
+    node_dim: int = -2,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """``spmm`` along the node dimension of ``x`` (see :func:`over_nodes`)."""
+    return over_nodes(lambda t: spmm(graph, t, reduce, edge_weight=weight, backend=backend), x, node_dim)
+
+
+class DropInConv(torch.nn.Module):
+    """What the drop-in convs share: MessagePassing's options (``aggr``, ``flow``,
+    ``node_dim``, ``decomposed_layers``, mutable attributes as in PyG), the kernel
+    ``backend`` and the input preparation."""
+
+    AGGRS: Tuple[str, ...] = ("sum",)
+    # PyG's spelling of each aggregation -> fastalign.spmm's reduce
+    REDUCE = {"add": "sum", "sum": "sum", "mean": "mean", "max": "max"}
+
+    def __init__(self, layer_kwargs: dict, backend: Optional[str]):
+        super().__init__()
+        options = check_message_passing_kwargs(type(self).__name__, layer_kwargs, self.AGGRS)
+        self.aggr = options["aggr"]
+        self.flow = options["flow"]
+        self.node_dim = options["node_dim"]
+        self.decomposed_layers = options["decomposed_layers"]
+        self.backend = backend
+
+    @classmethod
+    def _pyg_arguments(cls, conv) -> Tuple[tuple, dict]:
+        """The constructor arguments that rebuild a PyG layer of this name."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_pyg(cls, conv, *, backend: Optional[str] = None):
+        """This layer with the options and parameters of a built PyG layer of the same
+        name (same device and dtype; a GINConv's ``nn`` is shared, not copied)."""
+        name = cls.__name__
+        if type(conv).__name__ != name or not isinstance(conv, torch.nn.Module):
+            raise TypeError(f"expected a torch_geometric.nn.{name}, got {type(conv).__name__}")
+        for p in conv.parameters():
+            if isinstance(p, torch.nn.parameter.UninitializedParameter):
+                raise ValueError(f"the PyG {name} is lazy (in_channels=-1): run it once first")
+        # taken first: building a GINConv resets the nn it shares with the PyG layer
+        state = {k: v.detach().clone() for k, v in conv.state_dict().items()}
+        args, kwargs = cls._pyg_arguments(conv)
+        kwargs.update(
+            flow=getattr(conv, "flow", "source_to_target"), node_dim=getattr(conv, "node_dim", -2),
+            decomposed_layers=getattr(conv, "decomposed_layers", 1),
+        )
+        ours = cls(*args, backend=backend, **kwargs)
+        ours.load_state_dict(state)
+        first = next(iter(conv.parameters()), None)
+        if first is not None:
+            ours = ours.to(device=first.device, dtype=first.dtype)
+        ours.train(conv.training)
+        return ours
+
+    def _prepare(self, x, edge_index, edge_weight=None, size=None, sparse_tensor_values=True):
+        return prepare(
+            type(self).__name__, x, edge_index, edge_weight, size, flow=self.flow,
+            node_dim=self.node_dim, sparse_tensor_values=sparse_tensor_values,
+        )
+
+    def _aggregate(self, prep: Prepared, x: Tensor) -> Tensor:
+        return aggregate(prep.graph, x, self.REDUCE[self.aggr], prep.weight, self.node_dim, self.backend)
+
+    def _aggregate_linear(self, prep: Prepared, x: Tensor, lin: torch.nn.Linear) -> Tensor:
+        """``lin(aggregate(x))``. A sum or mean commutes with the linear map, so when
+        ``lin`` narrows the features it runs first and the aggregation moves fewer
+        columns (the bias is added after: it is not aggregated)."""
+        narrows = (
+            not isinstance(lin.weight, torch.nn.parameter.UninitializedParameter)
+            and lin.out_features < lin.in_features
+            and self.REDUCE[self.aggr] in ("sum", "mean")
+            and x.layout == torch.strided
+            and self.node_dim % x.dim() != x.dim() - 1
+        )
+        if not narrows:
+            return lin(self._aggregate(prep, x))
+        out = self._aggregate(prep, torch.nn.functional.linear(x, lin.weight))
+        return out + lin.bias if lin.bias is not None else out

@@ -1,0 +1,98 @@
+"""fastalign.nn.convert and fastalign.patch_pyg on stock PyG models."""
+
+import pytest
+import torch
+
+import fastalign
+import fastalign.nn as fnn
+from graphs import random_edge_index
+
+pyg_nn = pytest.importorskip("torch_geometric.nn", reason="needs torch_geometric (the test extra)")
+
+N, F_IN = 30, 12
+
+
+class Mixed(torch.nn.Module):
+    """A model of mixed PyG layers, one of which fastalign does not offer (lstm)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gcn = pyg_nn.GCNConv(F_IN, 16)
+        self.sage = pyg_nn.SAGEConv(16, 16, aggr="max", project=True)
+        self.blocks = torch.nn.ModuleList([
+            pyg_nn.GraphConv(16, 8, aggr="mean"),
+            pyg_nn.GINConv(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()), train_eps=True),
+        ])
+        self.lstm = pyg_nn.SAGEConv(8, 4, aggr="lstm")
+
+    def forward(self, x, edge_index):
+        x = self.gcn(x, edge_index).relu()
+        x = self.sage(x, edge_index)
+        for block in self.blocks:
+            x = block(x, edge_index)
+        return self.lstm(x, edge_index)
+
+
+def inputs():
+    ei = random_edge_index(N, N, 120, seed=0)
+    ei = ei[:, torch.argsort(ei[1], stable=True)]  # lstm needs edges sorted by target
+    return torch.randn(N, F_IN, generator=torch.Generator().manual_seed(0)), ei
+
+
+def test_convert_swaps_supported_layers_keeps_outputs_and_says_what_it_left():
+    torch.manual_seed(0)
+    model = Mixed()
+    x, ei = inputs()
+    expected = model(x, ei)
+    gin_mlp = model.blocks[1].nn
+    with pytest.warns(UserWarning, match=r"lstm \(fastalign's SAGEConv supports aggr"):
+        converted = fnn.convert(model)
+    assert converted is model
+    assert type(model.gcn) is fnn.GCNConv and type(model.sage) is fnn.SAGEConv
+    assert type(model.blocks[0]) is fnn.GraphConv and type(model.blocks[1]) is fnn.GINConv
+    assert model.blocks[1].nn is gin_mlp  # carried, not copied
+    assert type(model.lstm) is pyg_nn.SAGEConv
+    assert [name for name, _ in model.fastalign_skipped] == ["lstm"]
+    torch.testing.assert_close(model(x, ei), expected, rtol=1e-5, atol=1e-5)
+    # training goes through the converted layers
+    model(x, ei).sum().backward()
+    assert model.gcn.lin.weight.grad is not None and model.blocks[1].eps.grad is not None
+
+
+def test_convert_a_single_layer_and_quiet():
+    conv = pyg_nn.GraphConv(F_IN, 3)
+    ours = fnn.convert(conv)
+    assert type(ours) is fnn.GraphConv
+    x, ei = inputs()
+    torch.testing.assert_close(ours(x, ei), conv(x, ei))
+    lazy = pyg_nn.GCNConv(-1, 3)
+    assert fnn.convert(lazy, quiet=True) is lazy
+    assert "lazy" in lazy.fastalign_skipped[0][1]
+
+
+def test_patch_pyg_builds_fastalign_layers_in_stock_models():
+    x, ei = inputs()
+    torch.manual_seed(0)
+    stock = pyg_nn.models.GraphSAGE(F_IN, 16, num_layers=2, out_channels=4)
+    fastalign.patch_pyg()
+    try:
+        fastalign.patch_pyg()  # idempotent
+        torch.manual_seed(0)
+        patched = pyg_nn.models.GraphSAGE(F_IN, 16, num_layers=2, out_channels=4)
+        assert all(type(c) is fnn.SAGEConv for c in patched.convs)
+        patched.load_state_dict(stock.state_dict())
+        torch.testing.assert_close(patched(x, ei), stock(x, ei), rtol=1e-5, atol=1e-5)
+        assert isinstance(pyg_nn.GCNConv(4, 4), pyg_nn.GCNConv)
+        # what fastalign cannot build falls back to PyG's own layer
+        fallback = pyg_nn.SAGEConv(4, 4, aggr="lstm")
+        assert type(fallback) is fnn.pyg.original("SAGEConv")
+        assert isinstance(fallback, pyg_nn.SAGEConv)
+        with pytest.warns(UserWarning, match="does not call MessagePassing hooks"):
+            class Weighted(pyg_nn.GraphConv):
+                def message(self, x_j, edge_weight):
+                    return x_j
+        assert Weighted(4, 4)(torch.randn(3, 4), torch.tensor([[0, 1], [1, 2]])).shape == (3, 4)
+    finally:
+        fastalign.unpatch_pyg()
+    assert pyg_nn.GCNConv is fnn.pyg.original("GCNConv")
+    assert type(pyg_nn.models.GCN(F_IN, 8, num_layers=1).convs[0]) is pyg_nn.GCNConv
