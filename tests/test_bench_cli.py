@@ -39,11 +39,11 @@ def test_bench_cli_tiny_writes_json_and_png(tmp_path, capsys):
     assert meta["graphs"][0]["graph"] == "powerlaw-tiny"
     results = run["results"]
     suites = {r["suite"] for r in results}
-    assert suites == {"spmm", "gcn", "align"}
+    assert suites == {"spmm", "gcn", "align", "sage", "graphconv", "gin"}
     assert {r["mode"] for r in results} == {"fwd", "fwd+bwd"}
     peers_run = {r["contender"] for r in results if r["kind"] == "peer" and r["status"] == "ok"}
     assert {"torch.sparse.mm (CSR)", "PyG GCNConv edge_index", "PyG GCNConv adj_t (torch.sparse)",
-            "PyG-style loss"} <= peers_run
+            "PyG-style loss", "PyG SAGEConv", "PyG GraphConv", "PyG GINConv"} <= peers_run
     ours = [r for r in results if r["kind"] == "fastalign"]
     assert {r["backend"] for r in ours} >= {"torch"}
     for r in results:
@@ -203,3 +203,18 @@ def test_timing_and_cpu_memory():
     assert 60 * mib < peak < 80 * mib
     small = peak_memory(lambda: torch.ones(1024), "cpu")
     assert small < 4 * mib
+
+
+def test_bench_layers_suite_runs_the_three_drop_in_layers(tmp_path):
+    pytest.importorskip("torch_geometric")
+    json_path = tmp_path / "layers.json"
+    argv = ["--suite", "layers", "--device", "cpu", "--sizes", "tiny", "--no-compile", "--mode", "fwd+bwd",
+            "--budget", "0.02", "--threads", "1", "--quiet", "--no-memory", "--backends", "torch,cpu",
+            "--json", str(json_path)]
+    assert main(argv) == 0
+    results = json.loads(json_path.read_text())["results"]
+    assert {r["suite"] for r in results} == {"sage", "graphconv", "gin"}
+    for r in results:
+        assert r["status"] == "ok", r
+        if r["max_rel_err"] is not None:  # the same layer, parameters and inputs as PyG's
+            assert r["max_rel_err"] < 1e-4, r

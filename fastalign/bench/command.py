@@ -1,9 +1,10 @@
 """``fastalign bench``: the command line of the benchmark harness.
 
-``fastalign bench --suite spmm|gcn|align|all --device cpu|cuda --sizes small|large
+``fastalign bench --suite spmm|gcn|align|sage|graphconv|gin|layers|all --device cpu|cuda --sizes small|large
 [--json PATH] [--plot PATH]``: every available fastalign backend against the peers
 (torch.sparse.mm, PyG's GCNConv on edge_index eager and compiled and on adj_t, the
-PyG-style structure loss eager and compiled), time and peak memory, forward and
+PyG-style structure loss eager and compiled, PyG's SAGEConv, GraphConv and GINConv eager
+and compiled), time and peak memory, forward and
 forward+backward, on Cora, CiteSeer, PubMed's graph and generated power-law graphs.
 
 The trainer's CLI registers it with ``add_bench_parser(subparsers)``; ``python -m
@@ -16,11 +17,12 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-SUITE_CHOICES = ("spmm", "gcn", "align", "all")
+SUITE_CHOICES = ("spmm", "gcn", "align", "sage", "graphconv", "gin", "layers", "all")
 DESCRIPTION = (
     "Benchmark every available fastalign backend against the peers (torch.sparse.mm, "
     "PyG's gather+scatter, PyG's GCNConv(cached=True) on edge_index eager and compiled and "
-    "on a torch.sparse adj_t, the PyG-style structure loss eager and compiled): median "
+    "on a torch.sparse adj_t, the PyG-style structure loss eager and compiled, PyG's "
+    "SAGEConv, GraphConv and GINConv eager and compiled): median "
     "time and peak extra memory of one call, forward and forward+backward, on Cora, "
     "CiteSeer, PubMed's graph and generated power-law graphs. Prints a table; --json "
     "writes every measurement, --plot a PNG of the speed-ups over the fastest peer."
@@ -29,7 +31,7 @@ DESCRIPTION = (
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--suite", default="all", choices=SUITE_CHOICES,
-                        help="which suite to run (default: all)")
+                        help="which suite to run; layers: sage, graphconv and gin (default: all)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="device to run on (default: cpu)")
     # "tiny" (one 400-node graph) exists for tests and smoke runs; not advertised.
@@ -112,7 +114,9 @@ def run_command(args: argparse.Namespace) -> int:
     # torch.sparse's beta / invariant-check notices would drown the progress lines
     warnings.filterwarnings("ignore", message=r".*[Ss]parse (CSR tensor support|invariant checks).*")
     warnings.filterwarnings("ignore", message=r".*Converting sparse tensor to CSR.*")
-    suites = ("spmm", "gcn", "align") if args.suite == "all" else (args.suite,)
+    from .suites import LAYER_SUITES, SUITES
+
+    suites = {"all": SUITES, "layers": LAYER_SUITES}.get(args.suite, (args.suite,))
     modes = ("fwd", "fwd+bwd") if args.mode == "both" else (args.mode,)
     timing = {"budget_s": args.budget} if args.budget is not None else None
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -18,6 +18,10 @@ Suites:
   peer detached). fastalign ``structure_kl`` per backend, against the PyG-style loss
   eager and under torch.compile.
 
+* ``sage``, ``graphconv``, ``gin`` (together: ``layers``): one drop-in layer 64 -> 64
+  (SAGEConv mean, GraphConv add, GINConv with a two-layer SiLU MLP) fed the edge_index as PyG
+  code feeds it, against the same PyG layer eager and under torch.compile.
+
 Every contender's forward output is checked against the first successful one of its
 suite (the fastalign ``torch`` reference when available): the largest error relative to
 the output's largest magnitude is recorded as ``max_rel_err``.
@@ -36,7 +40,8 @@ from fastalign.graph import Graph
 
 from . import peers
 
-SUITES = ("spmm", "gcn", "align")
+LAYER_SUITES = ("sage", "graphconv", "gin")
+SUITES = ("spmm", "gcn", "align") + LAYER_SUITES
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -332,6 +337,70 @@ def _align_pyg(compile_: bool):
     return build
 
 
+# ---------------------------------------------------------------------- layers
+LAYER_CLASSES = {"sage": "SAGEConv", "graphconv": "GraphConv", "gin": "GINConv"}
+
+
+def _gin_mlp(width: int) -> torch.nn.Module:
+    # SiLU, not ReLU: a smooth MLP, so that the gradient check between contenders is not
+    # thrown by a ReLU gate that float32 rounding puts on the other side of 0 (one such
+    # pre-activation in 6.4M flips a row's gradient on the 100k-node graph)
+    return torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.SiLU(), torch.nn.Linear(width, width))
+
+
+def _make_layer(module, suite: str, width: int, nn=None):
+    cls = getattr(module, LAYER_CLASSES[suite])
+    if suite == "gin":
+        return cls(nn)
+    return cls(width, width)
+
+
+def _layer_state(w: Workload, suite: str):
+    """One PyG-compatible layer's parameters (seeded), shared by the suite's contenders."""
+
+    def build():
+        import fastalign.nn as fnn
+
+        torch.manual_seed(w.seed)
+        layer = _make_layer(fnn, suite, w.features, _gin_mlp(w.features))
+        return {k: v.detach().clone() for k, v in layer.state_dict().items()}
+
+    return w._get(f"{suite}_state", build)
+
+
+def _layer(suite: str, module_name: str, w: Workload, backend=None):
+    import importlib
+
+    module = importlib.import_module(module_name)
+    layer = _make_layer(module, suite, w.features, _gin_mlp(w.features))
+    if backend is not None:
+        layer.backend = backend
+    layer = layer.to(w.device, w.dtype)
+    layer.load_state_dict(_layer_state(w, suite))
+    return layer
+
+
+def _layer_fastalign(suite: str, backend: str):
+    def build(w: Workload, mode: str):
+        reason = backend_implements(backend, ("spmm_forward",))
+        if reason:
+            raise Skip(reason)
+        return _run_layer(_layer(suite, "fastalign.nn", w, backend), w.edge_index, w, mode)
+
+    return build
+
+
+def _layer_pyg(suite: str, compile_: bool):
+    def build(w: Workload, mode: str):
+        _need_pyg()
+        layer = _layer(suite, "torch_geometric.nn", w)
+        if compile_:
+            layer = peers.compiled(layer)
+        return _run_layer(layer, w.edge_index, w, mode)
+
+    return build
+
+
 # ---------------------------------------------------------------------- registry
 def contenders(suite: str, device, *, compile_peers: bool = True, backends=None) -> List[Contender]:
     """The contenders of ``suite`` on ``device``: every available fastalign backend
@@ -360,6 +429,15 @@ def contenders(suite: str, device, *, compile_peers: bool = True, backends=None)
         if compile_peers:
             out.append(Contender("PyG GCNConv edge_index compiled", "peer", _gcn_pyg("edge_index", True),
                                  compiled=True, estimate=lambda w: _bytes_ExF(w, 2)))
+    elif suite in LAYER_SUITES:
+        layer = LAYER_CLASSES[suite]
+        for b in names:
+            out.append(Contender(f"fastalign {layer}[{b}]", "fastalign", _layer_fastalign(suite, b), backend=b,
+                                 estimate=(lambda w: _bytes_ExF(w, 2)) if b == "torch" else (lambda w: _bytes_NxF(w, 4))))
+        out.append(Contender(f"PyG {layer}", "peer", _layer_pyg(suite, False), estimate=lambda w: _bytes_ExF(w, 3)))
+        if compile_peers:
+            out.append(Contender(f"PyG {layer} compiled", "peer", _layer_pyg(suite, True), compiled=True,
+                                 estimate=lambda w: _bytes_ExF(w, 2)))
     else:
         for b in names:
             out.append(Contender(f"fastalign structure_kl[{b}]", "fastalign", _align_fastalign(b), backend=b,

@@ -56,9 +56,9 @@ class GCNConv(DropInConv):
     the aggregation order of ``lin`` and propagation is chosen by cost (mathematically
     identical), and PyG's torch.sparse CSC input (unsupported in PyG) is accepted.
 
-    Pass a :class:`fastalign.Graph` (or use ``cached=True``) to build the CSR once:
-    with an edge_index, every uncached call sorts the edges again, as PyG normalises
-    again.
+    The CSR built from an edge_index is shared by every layer and call that passes the
+    same tensor (an in-place edit of it is seen); a :class:`fastalign.Graph` or
+    ``cached=True`` skip even that lookup.
 
     Example::
 
