@@ -79,7 +79,8 @@ main() {
   $PY -c "import fastalign, fastalign.kernels; from fastalign import backends; print('backends on cuda:', backends.available_backends('cuda'))" 2>&1
 
   if [ "$MODE" = harness ]; then
-    # Every fastalign backend against PyG (edge_index, adj_t, compiled) and torch.sparse on
+    # Every fastalign backend against PyG (edge_index, adj_t, compiled; the GCN, SAGE, Graph and
+    # GIN layers) and torch.sparse on
     # the large power-law graphs first, then the Planetoid graphs carried in .data. Peers
     # compiled once with dynamic shapes; the JSON is rewritten after each graph, and no
     # measurement starts after --max-minutes.
