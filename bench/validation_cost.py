@@ -5,7 +5,7 @@ as they run (cached on the Graph's tensors after the first call) against the sam
 with those checks switched off, interleaved round by round in one process; plus what the
 first, uncached check of a CSR costs (one scan of rowptr and col).
 
-The C++ kernels' own checks (a row-pointer scan and one branch per gathered index) are
+The C++ kernels' own checks (a row-pointer scan and a vectorised pass over each run of indices) are
 part of both timings here; to see their cost, run ``--ops-only`` against a build from
 before they existed and compare the medians (whole processes, alternated).
 

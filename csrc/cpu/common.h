@@ -4,6 +4,8 @@
 #include <ATen/Dispatch.h>
 
 #include <atomic>
+#include <limits>
+#include <type_traits>
 #include <cstdint>
 
 namespace fastalign {
@@ -83,13 +85,20 @@ struct IndexCheck {
   uint64_t bound = 0;
   std::atomic<bool>* bad = nullptr;
 
+  // Branch-free and in the index's own width, so it vectorises on every ISA (SSE2
+  // included): with U the unsigned type of I and top = min(bound, max(I) + 1) - 1,
+  // v | (top - v) has its sign bit set exactly when v < 0 or v > top.
   template <typename I>
   bool all_ok(const I* idx, int64_t n) const {
-    unsigned char out = 0;
-#pragma omp simd reduction(| : out)
-    for (int64_t k = 0; k < n; ++k) out |= static_cast<uint64_t>(static_cast<int64_t>(idx[k])) >= bound;
-    if (out) bad->store(true, std::memory_order_relaxed);
-    return !out;
+    using U = std::make_unsigned_t<I>;
+    const uint64_t limit = uint64_t(std::numeric_limits<I>::max()) + 1;
+    const U top = U(std::min(bound, limit) - 1);  // bound 0: all ones, nothing passes
+    U acc = 0;
+#pragma omp simd reduction(| : acc)
+    for (int64_t k = 0; k < n; ++k) acc |= U(idx[k]) | U(top - U(idx[k]));
+    const bool good = (acc >> (8 * sizeof(U) - 1)) == 0;
+    if (!good) bad->store(true, std::memory_order_relaxed);
+    return good;
   }
   bool ok(int64_t j) const { return all_ok(&j, 1); }
 };

@@ -91,11 +91,26 @@ inline Partition long_rows_only(const Partition& p) {
 #define FASTALIGN_MULTIVERSION
 #endif
 
-// The edges a work item reads: one contiguous range.
-template <typename index_t>
-inline void item_edges(const index_t* rowptr, const WorkItem& it, int64_t& e0, int64_t& e1) {
-  e0 = it.piece >= 0 ? it.edge_begin : int64_t(rowptr[it.row_begin]);
-  e1 = it.piece >= 0 ? it.edge_end : int64_t(rowptr[it.row_end]);
+// Index checks run over runs of whole rows of about kCheckEdges edges, just before the
+// rows are processed: the checked indices are then still in L1 when the kernel gathers
+// through them (a whole work item, ~60k edges on one thread, would be read twice from
+// memory; a check per row costs a call and a branch per row of a few edges).
+constexpr int64_t kCheckEdges = 1024;
+
+// fn(run_begin, run_end) over [row_begin, row_end) cut into runs of whole rows of at
+// least kCheckEdges edges (the last may be shorter); a run whose edges fail check(e0, e1)
+// is skipped (the op raises afterwards).
+template <typename index_t, typename Check, typename Fn>
+inline void checked_runs(const index_t* rowptr, int64_t row_begin, int64_t row_end, const Check& check,
+                         const Fn& fn) {
+  int64_t r = row_begin;
+  while (r < row_end) {
+    const int64_t e0 = rowptr[r];
+    int64_t stop = r + 1;
+    while (stop < row_end && int64_t(rowptr[stop]) - e0 < kCheckEdges) ++stop;
+    if (check(e0, int64_t(rowptr[stop]))) fn(r, stop);
+    r = stop;
+  }
 }
 
 // Checks nothing (ops that gather through no index).
@@ -105,20 +120,18 @@ struct NoIndexCheck {
 
 // fn(row, edge_begin, edge_end) over every row (pieces of long rows included), in
 // parallel; for per-edge outputs, where no combination is needed. check(e0, e1) sees
-// each work item's edge range first (the indices the item will read through: a few
-// hundred edges at once, so the check is one vectorised pass over data about to be
-// read anyway); an item that fails it is skipped (the op raises afterwards).
+// the edges of each run of rows (see checked_runs) or piece before fn does; a run that
+// fails it is skipped (the op raises afterwards).
 template <typename index_t, typename Fn, typename Check>
 FASTALIGN_MULTIVERSION void edge_range_item(const index_t* rowptr, const WorkItem& it, const Fn& fn,
                                             const Check& check) {
-  int64_t e0, e1;
-  item_edges(rowptr, it, e0, e1);
-  if (!check(e0, e1)) return;
   if (it.piece >= 0) {
-    fn(it.row_begin, it.edge_begin, it.edge_end);
+    if (check(it.edge_begin, it.edge_end)) fn(it.row_begin, it.edge_begin, it.edge_end);
     return;
   }
-  for (int64_t r = it.row_begin; r < it.row_end; ++r) fn(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]));
+  checked_runs(rowptr, it.row_begin, it.row_end, check, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) fn(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]));
+  });
 }
 
 // No exception may leave an OpenMP region (the runtime would terminate the process):
@@ -167,24 +180,25 @@ void parallel_range(int64_t n, int64_t grain, const Fn& fn) {
 
 // One work item of a fold: a block of whole rows (init, accumulate, finish each), or
 // one piece of a long row folded into its partial state. op.indices_ok(e0, e1) sees the
-// item's edge range first (see edge_range_item); an item that fails it is skipped.
+// edges of each run of rows (see checked_runs) or piece first; a run that fails it is
+// skipped.
 template <typename index_t, typename Op>
 FASTALIGN_MULTIVERSION void fold_item(const index_t* rowptr, const WorkItem& it, const Op& op,
                                       typename Op::elem_t* state, typename Op::elem_t* partial) {
-  int64_t e0, e1;
-  item_edges(rowptr, it, e0, e1);
   if (it.piece >= 0) {
     typename Op::elem_t* s = partial + it.piece * op.size;
     op.init(s);
-    if (op.indices_ok(e0, e1)) op.accumulate(it.row_begin, it.edge_begin, it.edge_end, s);
+    if (op.indices_ok(it.edge_begin, it.edge_end)) op.accumulate(it.row_begin, it.edge_begin, it.edge_end, s);
     return;
   }
-  if (!op.indices_ok(e0, e1)) return;
-  for (int64_t r = it.row_begin; r < it.row_end; ++r) {
-    op.init(state);
-    op.accumulate(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]), state);
-    op.finish(r, state);
-  }
+  const auto check = [&](int64_t e0, int64_t e1) { return op.indices_ok(e0, e1); };
+  checked_runs(rowptr, it.row_begin, it.row_end, check, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      op.init(state);
+      op.accumulate(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]), state);
+      op.finish(r, state);
+    }
+  });
 }
 
 // The pieces of long row k merged in edge order, then finished.
