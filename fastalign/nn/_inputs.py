@@ -151,6 +151,18 @@ def clear_graph_cache() -> None:
         _GRAPHS.clear()
 
 
+def channel_pair(layer: str, in_channels, out_channels, lazy_ok: bool = False) -> Tuple[int, int]:
+    """PyG's ``in_channels`` (an int, or ``(src, dst)`` widths) as a checked pair; checks
+    ``out_channels`` too."""
+    pair = (in_channels, in_channels) if isinstance(in_channels, int) else tuple(in_channels)
+    if len(pair) != 2:
+        raise ValueError(f"{layer}: in_channels must be an int or a pair, got {in_channels!r}")
+    for name, value in zip(("in_channels[0]", "in_channels[1]"), pair):
+        check_channels(layer, name, value, lazy_ok=lazy_ok)
+    check_channels(layer, "out_channels", out_channels)
+    return pair
+
+
 class Prepared(NamedTuple):
     graph: Graph  # CSR by destination: num_dst x num_src
     weight: Optional[Tensor]  # per-edge weights in the graph's internal order, or None

@@ -7,7 +7,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._inputs import DropInConv, check_channels
+from ._inputs import DropInConv, channel_pair
 
 
 class GraphConv(DropInConv):
@@ -47,12 +47,7 @@ class GraphConv(DropInConv):
         **kwargs,
     ):
         super().__init__(dict(kwargs, aggr=aggr), backend)
-        pair = (in_channels, in_channels) if isinstance(in_channels, int) else tuple(in_channels)
-        if len(pair) != 2:
-            raise ValueError(f"GraphConv: in_channels must be an int or a pair, got {in_channels!r}")
-        for name, value in zip(("in_channels[0]", "in_channels[1]"), pair):
-            check_channels("GraphConv", name, value)
-        check_channels("GraphConv", "out_channels", out_channels)
+        pair = channel_pair("GraphConv", in_channels, out_channels)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.lin_rel = torch.nn.Linear(pair[0], out_channels, bias=bias)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._inputs import DropInConv, check_channels
+from ._inputs import DropInConv, channel_pair
 
 
 def _linear(in_features: int, out_features: int, bias: bool) -> torch.nn.Module:
@@ -76,12 +76,7 @@ class SAGEConv(DropInConv):
         **kwargs,
     ):
         super().__init__(dict(kwargs, aggr=aggr), backend)
-        pair = (in_channels, in_channels) if isinstance(in_channels, int) else tuple(in_channels)
-        if len(pair) != 2:
-            raise ValueError(f"SAGEConv: in_channels must be an int or a pair, got {in_channels!r}")
-        for name, value in zip(("in_channels[0]", "in_channels[1]"), pair):
-            check_channels("SAGEConv", name, value, lazy_ok=True)
-        check_channels("SAGEConv", "out_channels", out_channels)
+        pair = channel_pair("SAGEConv", in_channels, out_channels, lazy_ok=True)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.normalize = bool(normalize)
