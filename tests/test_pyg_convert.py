@@ -96,3 +96,40 @@ def test_patch_pyg_builds_fastalign_layers_in_stock_models():
         fastalign.unpatch_pyg()
     assert pyg_nn.GCNConv is fnn.pyg.original("GCNConv")
     assert type(pyg_nn.models.GCN(F_IN, 8, num_layers=1).convs[0]) is pyg_nn.GCNConv
+
+
+def test_to_hetero_duplicates_fastalign_layers_per_edge_type():
+    """PyG's to_hetero recognises fastalign's layers as message-passing layers (once
+    patch_pyg or convert has run) and gives each edge type its own copy."""
+    from torch_geometric.nn import to_hetero
+
+    class Net(torch.nn.Module):
+        def __init__(self, conv_cls):
+            super().__init__()
+            self.conv1 = conv_cls((8, 8), 16)
+            self.conv2 = conv_cls((16, 16), 4)
+
+        def forward(self, x, edge_index):
+            return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
+
+    gen = torch.Generator().manual_seed(0)
+    x_dict = {"paper": torch.randn(20, 8, generator=gen), "author": torch.randn(12, 8, generator=gen)}
+    edge_index_dict = {
+        ("paper", "cites", "paper"): random_edge_index(20, 20, 60, seed=1),
+        ("author", "writes", "paper"): torch.stack([torch.randint(0, 12, (30,), generator=gen),
+                                                    torch.randint(0, 20, (30,), generator=gen)]),
+        ("paper", "rev_writes", "author"): torch.stack([torch.randint(0, 20, (30,), generator=gen),
+                                                        torch.randint(0, 12, (30,), generator=gen)]),
+    }
+    metadata = (list(x_dict), list(edge_index_dict))
+    torch.manual_seed(0)
+    theirs = to_hetero(Net(pyg_nn.SAGEConv), metadata, aggr="sum")
+    fnn.convert(torch.nn.Module(), quiet=True)  # installs the FX hook, as convert does
+    ours = to_hetero(Net(fnn.SAGEConv), metadata, aggr="sum")
+    convs = [m for m in ours.modules() if isinstance(m, fnn.SAGEConv)]
+    assert len(convs) == 2 * len(edge_index_dict)  # one per layer and edge type
+    ours.load_state_dict(theirs.state_dict())
+    out_o, out_t = ours(x_dict, edge_index_dict), theirs(x_dict, edge_index_dict)
+    assert out_o.keys() == out_t.keys() == {"paper", "author"}
+    for key in out_t:
+        torch.testing.assert_close(out_o[key], out_t[key], rtol=1e-5, atol=1e-5)

@@ -7,6 +7,8 @@
   GINConv) build fastalign layers, for code that constructs its models afterwards;
   :func:`unpatch_pyg` undoes it. A construction fastalign cannot honour (``aggr="lstm"``,
   a lazy GCNConv, ...) builds PyG's own layer instead.
+
+Both also let PyG's ``to_hetero`` see fastalign's layers as message-passing layers.
 """
 
 from __future__ import annotations
@@ -37,6 +39,32 @@ def _pyg_classes() -> Dict[str, type]:
     return {name: originals.get(name, getattr(pyg_nn, name)) for name in DROP_INS}
 
 
+_FX_ORIGINAL = None
+
+
+def _recognise_in_fx() -> None:
+    """Let PyG's FX passes (``to_hetero``, ``to_hetero_with_bases``) treat fastalign's
+    layers as the message-passing layers they are: they look for ``MessagePassing``
+    instances, which fastalign's layers are not. Idempotent; other modules unaffected."""
+    global _FX_ORIGINAL
+    try:
+        import torch_geometric.nn.fx as pyg_fx
+    except ImportError:  # pragma: no cover - an old PyG without the FX passes
+        return
+    if _FX_ORIGINAL is not None:
+        return
+    original = pyg_fx.is_message_passing_op
+    ours = tuple(DROP_INS.values())
+
+    def is_message_passing_op(module, op, target):
+        if op == "call_module" and isinstance(pyg_fx.get_submodule(module, target), ours):
+            return True
+        return original(module, op, target)
+
+    pyg_fx.is_message_passing_op = is_message_passing_op
+    _FX_ORIGINAL = original
+
+
 def convert(model: torch.nn.Module, *, backend: Optional[str] = None, quiet: bool = False) -> torch.nn.Module:
     """Replace, in place, every PyG ``GCNConv``/``SAGEConv``/``GraphConv``/``GINConv`` of
     ``model`` by fastalign's layer with the same options and parameters. Layers that
@@ -47,6 +75,7 @@ def convert(model: torch.nn.Module, *, backend: Optional[str] = None, quiet: boo
     The list of what was left is ``model.fastalign_skipped``: ``[(name, reason), ...]``.
     """
     pyg = _pyg_classes()
+    _recognise_in_fx()
     by_class = {cls: DROP_INS[name] for name, cls in pyg.items()}
     skipped: List[Tuple[str, str]] = []
 
@@ -140,6 +169,7 @@ def patch_pyg() -> None:
     if _ORIGINALS is not None:
         return
     originals = _pyg_classes()
+    _recognise_in_fx()
     replacements = {name: _patched(name, cls) for name, cls in originals.items()}
     for module in list(sys.modules.values()):
         if not getattr(module, "__name__", "").startswith("torch_geometric"):
