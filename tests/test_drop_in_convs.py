@@ -392,3 +392,11 @@ def test_one_graph_per_edge_index_tensor_and_in_place_edits_are_seen():
     with torch.inference_mode():  # inference tensors have no version counter: not cached
         ei_inf = ei.clone()
         assert _inputs.prepare("T", x, ei_inf).graph is not _inputs.prepare("T", x, ei_inf).graph
+
+
+def test_message_hooks_are_refused_with_a_clear_error():
+    conv = fnn.GraphConv(4, 4)
+    with pytest.raises(NotImplementedError, match="no messages to hook"):
+        conv.register_message_forward_hook(lambda *a: None)
+    with pytest.raises(NotImplementedError, match="torch_geometric.nn.GCNConv"):
+        fnn.GCNConv(4, 4).register_message_forward_pre_hook(lambda *a: None)

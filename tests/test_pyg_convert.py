@@ -133,3 +133,20 @@ def test_to_hetero_duplicates_fastalign_layers_per_edge_type():
     assert out_o.keys() == out_t.keys() == {"paper", "author"}
     for key in out_t:
         torch.testing.assert_close(out_o[key], out_t[key], rtol=1e-5, atol=1e-5)
+
+
+def test_to_hetero_with_bases_says_it_needs_message_hooks():
+    from torch_geometric.nn import to_hetero_with_bases
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = fnn.SAGEConv(8, 4)
+
+        def forward(self, x, edge_index):
+            return self.conv(x, edge_index)
+
+    fnn.convert(torch.nn.Module(), quiet=True)  # installs the FX hook, as convert does
+    metadata = (["paper", "author"], [("paper", "cites", "paper"), ("author", "writes", "paper")])
+    with pytest.raises(NotImplementedError, match="no messages to hook"):
+        to_hetero_with_bases(Net(), metadata, num_bases=2, in_channels={"x": 8})

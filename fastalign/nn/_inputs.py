@@ -355,6 +355,21 @@ class DropInConv(torch.nn.Module):
         self.decomposed_layers = options["decomposed_layers"]
         self.backend = backend
 
+    def _no_message_hooks(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"fastalign's {type(self).__name__} computes messages and their aggregation in one "
+            "kernel, so there are no messages to hook (this is what PyG's to_hetero_with_bases, "
+            f"explain and message hooks need): use torch_geometric.nn.{type(self).__name__} there"
+        )
+
+    # PyG's MessagePassing hook API, refused clearly rather than by an AttributeError
+    register_message_forward_pre_hook = _no_message_hooks
+    register_message_forward_hook = _no_message_hooks
+    register_aggregate_forward_pre_hook = _no_message_hooks
+    register_aggregate_forward_hook = _no_message_hooks
+    register_propagate_forward_pre_hook = _no_message_hooks
+    register_propagate_forward_hook = _no_message_hooks
+
     @classmethod
     def _pyg_arguments(cls, conv) -> Tuple[tuple, dict]:
         """The constructor arguments that rebuild a PyG layer of this name."""

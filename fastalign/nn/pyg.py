@@ -63,6 +63,20 @@ def _recognise_in_fx() -> None:
 
     pyg_fx.is_message_passing_op = is_message_passing_op
     _FX_ORIGINAL = original
+    try:  # to_hetero_with_bases wraps MessagePassing modules only; it needs message hooks,
+        # which fastalign's layers refuse with a clear error (not a shape error later)
+        from torch_geometric.nn import to_hetero_with_bases_transformer as with_bases
+    except ImportError:  # pragma: no cover
+        return
+    transformer = with_bases.ToHeteroWithBasesTransformer
+    wrap = transformer.init_submodule
+
+    def init_submodule(self, module, target):
+        if isinstance(module, ours):
+            return with_bases.HeteroBasisConv(module, len(self.metadata[1]), self.num_bases)
+        return wrap(self, module, target)
+
+    transformer.init_submodule = init_submodule
 
 
 def convert(model: torch.nn.Module, *, backend: Optional[str] = None, quiet: bool = False) -> torch.nn.Module:
