@@ -14,7 +14,7 @@ from graphs import case_graphs, features, power_law_edge_index, random_edge_inde
 # the module, not the function fastalign.ops re-exports under the same name
 structure_kl_module = importlib.import_module("fastalign.ops.structure_kl")
 
-REF = importlib.import_module("fastalign.backends.torch")
+REF = importlib.import_module("fastalign.backends.reference")
 pytestmark = pytest.mark.skipif(
     not backends.is_available("cpu"), reason="fastalign._C (the CPU extension) is not built"
 )

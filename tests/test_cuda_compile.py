@@ -196,7 +196,7 @@ def test_registered_schemas_match_the_reference_signatures():
     import importlib
     import inspect
 
-    ref = importlib.import_module("fastalign.backends.torch")
+    ref = importlib.import_module("fastalign.backends.reference")
 
     text = re.sub(r'"\s*\n\s*"', "", BINDING.read_text())  # join adjacent literals
     schemas = re.findall(r'm\.def\("(\w+)\((.*?)\)\s*->', text, re.S)

@@ -132,3 +132,19 @@ def test_import_is_light():
     code = "import sys, fastalign; fastalign.spmm; print('torch._dynamo' in sys.modules, hasattr(__import__('torch').ops.fastalign, 'spmm'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
+
+
+def test_the_reference_backend_module_and_its_deprecated_name():
+    import importlib
+    import sys
+    import warnings
+
+    from fastalign.backends import reference
+
+    assert backends._load("torch") is reference  # the backend string stays "torch"
+    sys.modules.pop("fastalign.backends.torch", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = importlib.import_module("fastalign.backends.torch")
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+    assert old.spmm_forward is reference.spmm_forward and old.FUNCTIONS == reference.FUNCTIONS

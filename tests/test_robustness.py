@@ -12,7 +12,7 @@ from fastalign import Graph, backends
 from fastalign.ops import _common
 
 BACKENDS = backends.available_backends("cpu")
-REF = importlib.import_module("fastalign.backends.torch")
+REF = importlib.import_module("fastalign.backends.reference")
 NAN, INF = float("nan"), float("inf")
 
 

@@ -36,7 +36,7 @@ from fastalign.ops.gcn_aggregate import gcn_norm_state  # noqa: E402
 
 from graphs import case_graphs, power_law_edge_index, well_scaled  # noqa: E402
 
-REF = importlib.import_module("fastalign.backends.torch")
+REF = importlib.import_module("fastalign.backends.reference")
 TB = importlib.import_module("fastalign.backends.triton")
 DEV = "cpu" if DRY_RUN else "cuda"
 SCALE = 10 if DRY_RUN else 1  # graph sizes divided by this

@@ -24,7 +24,7 @@ if not isinstance(kspmm.agg_kernel, InterpretedFunction):  # imported too early
         "fastalign.kernels was imported before TRITON_INTERPRET=1 was set",
         allow_module_level=True,
     )
-ref = importlib.import_module("fastalign.backends.torch")
+ref = importlib.import_module("fastalign.backends.reference")
 tb = importlib.import_module("fastalign.backends.triton")
 
 GRAPHS = dict(case_graphs())

@@ -18,8 +18,8 @@ from functools import lru_cache
 from types import ModuleType
 from typing import Optional
 
-# Imported under another name: the submodule fastalign.backends.torch, once loaded,
-# becomes the package attribute `torch` and would shadow the library here.
+# Imported under another name: the deprecated alias module fastalign.backends.torch,
+# once loaded, becomes the package attribute `torch` and would shadow the library here.
 import torch as _torch
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
@@ -59,7 +59,7 @@ PREFERENCE = {
 PREFERENCE_BY_OP: dict = {}
 
 _MODULES = {
-    "torch": "fastalign.backends.torch",
+    "torch": "fastalign.backends.reference",
     "cpu": "fastalign.backends.cpu",
     "triton": "fastalign.backends.triton",
     "cuda": "fastalign.backends.cuda",

@@ -2,23 +2,20 @@
 ``torch.ops.fastalign_cpu.<name>`` for the CPU dispatch key.
 
 The kernels take float32/float64 features and int32/int64 indices. float16/bfloat16
-inputs go to the reference backend (``fastalign.backends.torch``), which accumulates them
+inputs go to the reference backend (``fastalign.backends.reference``), which accumulates them
 in float32. ``FUNCTIONS`` lists what the extension registers; functions it does not
 provide are not listed, so the automatic choice falls back to the reference for them.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-# Not `from . import torch`: the package attribute `torch` may be the real torch.
-reference = importlib.import_module("fastalign.backends.torch")
-
 from .. import extensions
+from . import reference
 
 _C = extensions.load("_C")  # loading the library registers the fastalign_cpu ops
 

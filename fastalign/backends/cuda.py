@@ -10,17 +10,13 @@ reference, so every listed function accepts everything the reference does.
 
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-# The reference module (``from . import torch`` would give the torch package itself,
-# which fastalign.backends imports under that name).
-_ref = importlib.import_module("fastalign.backends.torch")
-
 from .. import extensions
+from . import reference as _ref
 
 _C_cuda = extensions.load("_C_cuda")  # loading it registers torch.ops.fastalign_cuda
 

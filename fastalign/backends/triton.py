@@ -1,7 +1,7 @@
 """Adapter to the Triton kernels in ``fastalign.kernels`` (CUDA tensors; CPU tensors
 only under the Triton interpreter, TRITON_INTERPRET=1, for tests).
 
-Every backend function has the reference's signature (fastalign.backends.torch) and
+Every backend function has the reference's signature (fastalign.backends.reference) and
 launches the kernels of one fastalign.kernels module. Deterministic by default, with no
 atomics: hub rows are split into segments combined in a fixed order, and the backward
 passes for source nodes (spmm sum/mean/max, edge similarity, structure KL) walk the

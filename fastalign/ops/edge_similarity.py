@@ -1,6 +1,6 @@
 """edge_similarity: s_e = k(x_i, x_j) for every edge e = (j -> i).
 
-Kernels (see fastalign.backends.torch for the exact formulas): "l1", "rbf", "linear",
+Kernels (see fastalign.backends.reference for the exact formulas): "l1", "rbf", "linear",
 "poly", "cosine". Custom ops ``fastalign::edge_similarity`` and its backward
 ``fastalign::edge_similarity_backward`` (destination gradients by CSR rows, source
 gradients by the rows of the cached transpose: no atomics).
