@@ -4,6 +4,11 @@ Kernels (see fastalign.backends.reference for the exact formulas): "l1", "rbf", 
 "poly", "cosine". Custom ops ``fastalign::edge_similarity`` and its backward
 ``fastalign::edge_similarity_backward`` (destination gradients by CSR rows, source
 gradients by the rows of the cached transpose: no atomics).
+
+Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/edge_similarity.cpp``
+(kernels in ``csrc/cpu/similarity.h``); Triton ``kernels/edge_similarity.py``
+(``kernels/similarity.py``); CUDA ``csrc/cuda/kernels/edge_similarity.cu`` and
+``edge_similarity_backward.cu`` (``similarity.cuh``).
 """
 
 from __future__ import annotations

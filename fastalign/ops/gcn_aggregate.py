@@ -11,6 +11,11 @@ The normalisation is kept as per-node state (``dis`` = deg^-1/2 and the loop wei
 and applied inside the aggregation, so no normalised per-edge weights are built per call;
 the state is cached on the Graph for its own edge weights.
 
+Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/gcn_aggregate.cpp``;
+Triton ``kernels/gcn_aggregate.py`` (the aggregation kernel of ``kernels/spmm.py`` with
+the normalisation fused); CUDA ``csrc/cuda/kernels/spmm.cu`` (``fa_spmm_forward`` with
+``dis`` and the loop weights).
+
 Custom op ``fastalign::gcn_aggregate``; its backward is the same op on the transpose
 (the normalised operator's transpose has the same per-node state).
 """

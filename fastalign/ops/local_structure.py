@@ -2,6 +2,10 @@
 
 ``edge_softmax`` is its own custom op (``fastalign::edge_softmax``, backward
 ``p * (g - sum_row(p * g))``); ``local_structure`` composes it with edge_similarity.
+
+Kernels of edge_softmax: reference ``fastalign/backends/reference.py``; CPU
+``csrc/cpu/edge_softmax.cpp``; Triton ``kernels/edge_softmax.py``; CUDA
+``csrc/cuda/kernels/edge_softmax.cu``.
 """
 
 from __future__ import annotations

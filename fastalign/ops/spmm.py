@@ -10,6 +10,11 @@ graph's own weights in transposed order are cached on the Graph);
 grad_w is an SDDMM of the output gradient with x. The max backward also walks the cached
 transpose (``perm_t`` maps each transposed edge to its internal edge): a source node
 gathers the output gradients its edges won, so no backend needs atomics for grad_x.
+
+Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/spmm.cpp``
+(traversal in ``csrc/cpu/segment.h``); Triton ``kernels/spmm.py``; CUDA
+``csrc/cuda/kernels/spmm.cu`` (the sddmm runs as the ``linear`` edge similarity on the
+GPU backends).
 """
 
 from __future__ import annotations

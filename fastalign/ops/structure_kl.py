@@ -10,6 +10,10 @@ students, the only state the backward keeps) and ``fastalign::structure_kl_backw
 (recomputes the per-edge terms from that state). The reference builds per-edge tensors;
 the compiled backends must not build E x F ones.
 
+Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/structure_kl.cpp``;
+Triton ``kernels/structure_kl.py``; CUDA ``csrc/cuda/kernels/structure_kl.cu`` and
+``structure_kl_backward.cu``.
+
 Fast path for a detached peer (Alignahead++ detaches it), where the backend has it
 (``fastalign.backends.OPTIONAL_FUNCTIONS``): the forward also returns the student's
 gradient state for a unit upstream gradient (one F-row per destination node and two
