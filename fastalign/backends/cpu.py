@@ -9,10 +9,10 @@ provide are not listed, so the automatic choice falls back to the reference for 
 
 from __future__ import annotations
 
-from typing import Optional
+import functools
+import inspect
 
 import torch
-from torch import Tensor
 
 from .. import extensions
 from . import reference
@@ -39,68 +39,50 @@ def _ops():
     return torch.ops.fastalign_cpu
 
 
-def spmm_forward(rowptr: Tensor, col: Tensor, weight: Optional[Tensor], x: Tensor, reduce: str):
-    if x.dtype not in KERNEL_DTYPES:
-        return reference.spmm_forward(rowptr, col, weight, x, reduce)
-    return _ops().spmm_forward(rowptr, col, weight, x, reduce)
-
-
-def spmm_max_backward(
-    col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad: bool
-):
-    if x.dtype not in KERNEL_DTYPES:
-        return reference.spmm_max_backward(
-            col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad
-        )
+def _spmm_max_backward_kernel(col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad):
     # The C++ kernel walks destination rows (one thread per row range, no atomics): it
     # takes no transpose.
     return _ops().spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad)
 
 
-def sddmm(rowptr, col, a, b):
-    if a.dtype not in KERNEL_DTYPES:
-        return reference.sddmm(rowptr, col, a, b)
-    return _ops().sddmm(rowptr, col, a, b)
+# backend function -> the argument whose dtype decides (the kernels take float32 and
+# float64; anything else goes to the reference), and the kernel call where it is not
+# the fastalign_cpu op of the same name with the same arguments
+_KERNELS = {
+    "spmm_forward": ("x", None),
+    "spmm_max_backward": ("x", _spmm_max_backward_kernel),
+    "sddmm": ("a", None),
+    "gcn_aggregate": ("x", None),
+    "edge_similarity": ("x_dst", None),
+    "edge_similarity_backward": ("x_dst", None),
+    "edge_softmax": ("logits", None),
+    "edge_softmax_backward": ("p", None),
+    "structure_kl_forward": ("s_dst", None),
+    "structure_kl_backward": ("s_dst", None),
+}
 
 
-def gcn_aggregate(rowptr, col, weight, dis, loop_weight, x):
-    if x.dtype not in KERNEL_DTYPES:
-        return reference.gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
-    return _ops().gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
+def _adapter(name: str, dtype_arg: str, kernel):
+    """Backend function ``name``: the C++ kernel where the dtype fits, else the reference
+    (same signature as the reference's)."""
+    fallback = getattr(reference, name)
+    position = list(inspect.signature(fallback).parameters).index(dtype_arg)
+
+    @functools.wraps(fallback)
+    def run(*args, **kwargs):
+        t = args[position] if position < len(args) else kwargs[dtype_arg]
+        if t.dtype not in KERNEL_DTYPES:
+            return fallback(*args, **kwargs)
+        if kernel is not None:
+            return kernel(*args, **kwargs)
+        return getattr(_ops(), name)(*args, **kwargs)
+
+    run.__doc__ = f"C++ kernel for float32/float64 {dtype_arg}, else the reference's {name}."
+    return run
 
 
-def edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef):
-    if x_dst.dtype not in KERNEL_DTYPES:
-        return reference.edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef)
-    return _ops().edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef)
-
-
-def edge_similarity_backward(
-    rowptr, col, rowptr_t, col_t, perm_t, x_dst, x_src, grad_s, kernel, sigma, degree, coef
-):
-    args = (rowptr, col, rowptr_t, col_t, perm_t, x_dst, x_src, grad_s, kernel, sigma, degree, coef)
-    if x_dst.dtype not in KERNEL_DTYPES:
-        return reference.edge_similarity_backward(*args)
-    return _ops().edge_similarity_backward(*args)
-
-
-def edge_softmax(rowptr, logits):
-    if logits.dtype not in KERNEL_DTYPES:
-        return reference.edge_softmax(rowptr, logits)
-    return _ops().edge_softmax(rowptr, logits)
-
-
-def edge_softmax_backward(rowptr, p, grad_p):
-    if p.dtype not in KERNEL_DTYPES:
-        return reference.edge_softmax_backward(rowptr, p, grad_p)
-    return _ops().edge_softmax_backward(rowptr, p, grad_p)
-
-
-def structure_kl_forward(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau):
-    args = (rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau)
-    if s_dst.dtype not in KERNEL_DTYPES:
-        return reference.structure_kl_forward(*args)
-    return _ops().structure_kl_forward(*args)
+for _name, (_dtype_arg, _kernel) in _KERNELS.items():
+    globals()[_name] = _adapter(_name, _dtype_arg, _kernel)
 
 
 def structure_kl_forward_with_grad_state(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau):
@@ -119,14 +101,3 @@ def structure_kl_student_backward(
         rowptr_t, col_t, perm_t, s_dst, s_src, dst_grad, src_coef, grad_kl, kernel, sigma, degree, coef, tau,
         combined,
     )
-
-
-def structure_kl_backward(
-    rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src,
-    lse_s, lse_p, kl, grad_kl, kernel, sigma, degree, coef, tau, peer_grad,
-):
-    args = (rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src,
-            lse_s, lse_p, kl, grad_kl, kernel, sigma, degree, coef, tau, peer_grad)
-    if s_dst.dtype not in KERNEL_DTYPES:
-        return reference.structure_kl_backward(*args)
-    return _ops().structure_kl_backward(*args)
