@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU benchmark of the Triton backend against its peers, side by side in one process.
 
-Graphs: DESIGN.md's power-law recipe (dst = perm[floor(u^1.6 N)], src uniform, self
+Graphs: docs/design.md's power-law recipe (dst = perm[floor(u^1.6 N)], src uniform, self
 loops dropped, seeded), generated with torch on the device (same distribution as
 tests/graphs.power_law_edge_index; not the same random stream), int32 indices:
 arxiv-like (N=169,343, E=2,332,486), reddit-like (232,965 / 114,615,892), products-like

@@ -1,4 +1,4 @@
-"""Benchmark graphs: DESIGN.md's generated power-law graphs and the Planetoid citation
+"""Benchmark graphs: the generated power-law graphs of docs/design.md and the Planetoid citation
 graphs (structure only, read straight from the raw ``ind.<name>.graph`` files, so that
 PubMed's graph is usable although its feature file is missing from the shared data).
 
@@ -20,7 +20,7 @@ DATA_ENV = "FASTALIGN_DATA"
 
 
 def power_law_edge_index(num_nodes: int, num_edges: int, *, seed: int = 0, exponent: float = 1.6) -> Tensor:
-    """DESIGN.md's benchmark graphs: ``dst = perm[floor(u^1.6 N)]`` with ``u`` uniform in
+    """The benchmark graphs of docs/design.md: ``dst = perm[floor(u^1.6 N)]`` with ``u`` uniform in
     [0, 1) and ``perm`` a random permutation of the nodes (heavy-tailed in-degree, hubs
     spread over the id range), ``src`` uniform in [0, N), self loops dropped (so slightly
     fewer than ``num_edges`` edges remain), seeded. Returns a ``[2, E]`` int64 edge_index
@@ -126,9 +126,9 @@ def graph_specs(sizes: str = "small", root=None) -> List[GraphSpec]:
 
     * ``tiny`` (for tests): one generated graph of 400 nodes, 3,000 edges.
     * ``small``: Cora, CiteSeer, PubMed's graph, power-law 10k nodes / 100k edges and
-      DESIGN.md's CPU size, 100k nodes / 1M edges.
+      the CPU size of docs/design.md, 100k nodes / 1M edges.
     * ``large``: ``small`` plus the arxiv-, reddit- and products-like power-law graphs of
-      DESIGN.md (GPU sizes; each contender runs where memory allows).
+      docs/design.md (GPU sizes; each contender runs where memory allows).
     """
     if sizes == "tiny":
         return [_power_law_spec("powerlaw-tiny", 400, 3_000)]
@@ -137,7 +137,7 @@ def graph_specs(sizes: str = "small", root=None) -> List[GraphSpec]:
         _planetoid_spec("citeseer", 3_327, 9_104, root),
         _planetoid_spec("pubmed", 19_717, 88_648, root),
         _power_law_spec("powerlaw-10k", 10_000, 100_000),
-        _power_law_spec("powerlaw-100k", 100_000, 1_000_000, "DESIGN.md CPU size"),
+        _power_law_spec("powerlaw-100k", 100_000, 1_000_000, "the CPU size of docs/design.md"),
     ]
     if sizes == "small":
         return specs
