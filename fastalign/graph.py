@@ -402,11 +402,11 @@ class Graph:
     def _stamp(self, uses_weight: bool) -> tuple:
         """The identity and version counter of every tensor a cached value derives from:
         rowptr and col, and the edge weights for ``uses_weight`` values."""
-        stamp = (id(self.rowptr), validation._version(self.rowptr), id(self.col),
-                 validation._version(self.col))
+        stamp = (id(self.rowptr), validation.version(self.rowptr), id(self.col),
+                 validation.version(self.col))
         if uses_weight:
             w = self.edge_weight
-            stamp += (id(w), validation._version(w) if w is not None else None)
+            stamp += (id(w), validation.version(w) if w is not None else None)
         return stamp
 
     def _cached(self, key, fn, uses_weight: bool = False):

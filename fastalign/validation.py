@@ -37,16 +37,23 @@ _LOCK = threading.Lock()
 _FACTS: dict = {}
 
 
-def _forget(key):
-    def drop(_ref):
-        with _LOCK:
-            entry = _FACTS.get(key)
-            if entry is not None and entry[0] is _ref:
-                del _FACTS[key]
+def forget_when_collected(table: dict, lock, key):
+    """A weakref callback that drops ``table[key]`` (an entry whose first item is that
+    weak reference) once its tensor is collected: the id-keyed caches hold no tensor
+    alive and never serve a later tensor that reuses the id."""
+    def drop(ref):
+        with lock:
+            entry = table.get(key)
+            if entry is not None and entry[0] is ref:
+                del table[key]
     return drop
 
 
-def _version(t: Tensor) -> Optional[int]:
+def _forget(key):
+    return forget_when_collected(_FACTS, _LOCK, key)
+
+
+def version(t: Tensor) -> Optional[int]:
     """The version counter; None where there is none (inference tensors: never cached)."""
     try:
         return t._version
@@ -57,7 +64,7 @@ def _version(t: Tensor) -> Optional[int]:
 def _facts(t: Tensor) -> Optional[dict]:
     """What is known of ``t`` in its current version, or None."""
     entry = _FACTS.get(id(t))
-    if entry is None or entry[0]() is not t or entry[1] != _version(t) or entry[1] is None:
+    if entry is None or entry[0]() is not t or entry[1] != version(t) or entry[1] is None:
         return None
     return entry[2]
 
@@ -65,17 +72,17 @@ def _facts(t: Tensor) -> Optional[dict]:
 def _remember(t: Tensor, **facts) -> None:
     if torch.compiler.is_compiling():  # traced code: the op checks at run time instead
         return
-    version = _version(t)
-    if version is None:
+    current = version(t)
+    if current is None:
         return
     key = id(t)
     with _LOCK:
         entry = _FACTS.get(key)
-        if entry is not None and entry[0]() is t and entry[1] == version:
+        if entry is not None and entry[0]() is t and entry[1] == current:
             entry[2].update(facts)
             return
         ref = weakref.ref(t, _forget(key))
-        _FACTS[key] = (ref, version, dict(facts))
+        _FACTS[key] = (ref, current, dict(facts))
 
 
 def clear_cache() -> None:

@@ -20,6 +20,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .. import validation
 from ..graph import Graph, as_count
 from ..ops import spmm
 from ..ops._common import check_edge_values
@@ -108,27 +109,12 @@ _GRAPHS_KEPT = 8
 _GRAPHS_LOCK = threading.Lock()
 
 
-def _version(t: Tensor) -> Optional[int]:
-    try:
-        return t._version
-    except RuntimeError:  # an inference tensor: no version counter, never cached
-        return None
-
-
-def _drop_graph(key):
-    def drop(ref):
-        with _GRAPHS_LOCK:
-            entry = _GRAPHS.get(key)
-            if entry is not None and entry[0] is ref:
-                del _GRAPHS[key]
-    return drop
-
-
 def graph_from_edge_index(owner: Tensor, edge_index: Tensor, num_src: int, num_dst: int, flow: str) -> Graph:
     """``Graph.from_edge_index(edge_index, num_nodes=(num_src, num_dst))``, shared by
     every call with the same ``owner`` tensor (the one the caller passed; ``edge_index``
-    is derived from it by ``flow``) in the same version. Not cached while compiling (the graph is then built inside the traced code)."""
-    version = None if torch.compiler.is_compiling() else _version(owner)
+    is derived from it by ``flow``) in the same version. Not cached while compiling (the
+    graph is then built inside the traced code)."""
+    version = None if torch.compiler.is_compiling() else validation.version(owner)
     if version is None:
         return Graph.from_edge_index(edge_index, num_nodes=(num_src, num_dst))
     key, shape = id(owner), (num_src, num_dst, flow)
@@ -139,7 +125,8 @@ def graph_from_edge_index(owner: Tensor, edge_index: Tensor, num_src: int, num_d
             return hit[3]
     graph = Graph.from_edge_index(edge_index, num_nodes=(num_src, num_dst))
     with _GRAPHS_LOCK:
-        _GRAPHS[key] = (weakref.ref(owner, _drop_graph(key)), version, shape, graph)
+        ref = weakref.ref(owner, validation.forget_when_collected(_GRAPHS, _GRAPHS_LOCK, key))
+        _GRAPHS[key] = (ref, version, shape, graph)
         _GRAPHS.move_to_end(key)
         while len(_GRAPHS) > _GRAPHS_KEPT:
             _GRAPHS.popitem(last=False)
