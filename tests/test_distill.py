@@ -444,3 +444,31 @@ def test_option_vocabulary_matches_the_ops():
     from fastalign import distill
 
     assert distill.MODELS == options.MODELS and distill.LossWeights is options.LossWeights
+
+
+def test_small_graphs_train_on_one_thread_unless_the_user_chose(data, monkeypatch):
+    """A small graph trains on one CPU thread (a parallel region beside a busy process
+    waits for a thread that is not scheduled); OMP_NUM_THREADS overrides; the count is
+    restored afterwards."""
+    from fastalign.distill import trainer
+
+    seen = []
+
+    class Done(Exception):
+        pass
+
+    def fake_run(cfg, data, seed, log):
+        seen.append(torch.get_num_threads())
+        raise Done  # the thread count is all this test needs
+
+    monkeypatch.setattr(trainer, "train_run", fake_run)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    assert data.transductive.edge_index.size(1) < trainer.ONE_THREAD_EDGES
+    with pytest.raises(Done):
+        trainer.run_experiment(small(), data, [0])
+    assert seen == [1] and torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", str(before))
+    with pytest.raises(Done):
+        trainer.run_experiment(small(), data, [0])
+    assert seen == [1, before] and torch.get_num_threads() == before

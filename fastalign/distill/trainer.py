@@ -17,6 +17,8 @@ best epochs.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -277,6 +279,32 @@ def _mean_std(values: List[float]):
     return (statistics.fmean(values), statistics.pstdev(values)) if values else (float("nan"), float("nan"))
 
 
+# Graphs below this many edges train on one CPU thread unless OMP_NUM_THREADS says
+# otherwise: on Cora a second thread gains nothing alone (14.6 s for the 8-layer,
+# 3-student run with 2 threads, as fast with 1), while beside one other busy process
+# every parallel region waits for a thread that is not scheduled (165 s with 2 threads,
+# 16.5 s with 1). Measured with bench/busy_machine.py's competitor; docs/benchmarks.md.
+ONE_THREAD_EDGES = 50_000
+
+
+@contextlib.contextmanager
+def _thread_count(cfg: TrainConfig, data: NodeDataset):
+    """One torch thread for a small graph on the CPU (see ONE_THREAD_EDGES), unless the
+    user chose the count (OMP_NUM_THREADS); restored afterwards."""
+    batches = [data.transductive] if not data.inductive else [g for gs in data.graphs.values() for g in gs]
+    edges = max((b.edge_index.size(1) for b in batches), default=0)
+    small = str(cfg.device).startswith("cpu") and edges < ONE_THREAD_EDGES
+    if not small or "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_experiment(cfg: TrainConfig, data: NodeDataset, seeds: List[int],
                    log: Optional[Callable[[str], None]] = None,
                    stop: Optional[Callable[[], bool]] = None) -> dict:
@@ -288,15 +316,16 @@ def run_experiment(cfg: TrainConfig, data: NodeDataset, seeds: List[int],
         raise ValueError("seeds must not be empty")
     data.to(cfg.device)
     runs = []
-    for seed in seeds:
-        if runs and stop is not None and stop():
-            break
-        r = train_run(cfg, data, seed, log)
-        runs.append(r)
-        if log:
-            accs = " ".join(f"{s['test']:.4f}" for s in r["students"])
-            log(f"seed {seed}: test {accs}  ensemble {r['ensemble']['test']:.4f}  "
-                f"epoch {r['epoch_time_s'] * 1e3:.1f} ms")
+    with _thread_count(cfg, data):
+        for seed in seeds:
+            if runs and stop is not None and stop():
+                break
+            r = train_run(cfg, data, seed, log)
+            runs.append(r)
+            if log:
+                accs = " ".join(f"{s['test']:.4f}" for s in r["students"])
+                log(f"seed {seed}: test {accs}  ensemble {r['ensemble']['test']:.4f}  "
+                    f"epoch {r['epoch_time_s'] * 1e3:.1f} ms")
     return summarize_runs(asdict(cfg), data.name, data.metric, runs)
 
 
