@@ -216,7 +216,7 @@ def prepare(
     x_src, x_dst = split_features(layer, x)
     bipartite = x_dst is not x_src
     n_src = node_count(layer, x_src, node_dim)
-    n_dst = node_count(layer, x_dst, node_dim) if x_dst is not None else None
+    n_dst = None if x_dst is None else n_src if x_dst is x_src else node_count(layer, x_dst, node_dim)
     size_src, size_dst = _size_pair(size)
     kind = sparse_kind(edge_index)
 
@@ -239,8 +239,7 @@ def prepare(
             graph = Graph.coerce(edge_index)
         weight = graph.edge_weight
         if edge_weight is not None:  # a Graph with caller-order weights
-            check_edge_values("edge_weight", edge_weight, graph)
-            weight = graph.to_internal(edge_weight)
+            weight = graph.to_internal(check_edge_values("edge_weight", edge_weight, graph))
     else:
         if not isinstance(edge_index, Tensor):
             raise TypeError(
@@ -268,19 +267,10 @@ def prepare(
             size_src, size_dst = size_dst, size_src
         num_src = size_src if size_src is not None else n_src
         num_dst = size_dst if size_dst is not None else (n_dst if n_dst is not None else num_src)
-        if edge_weight is not None:
-            if not isinstance(edge_weight, Tensor):
-                raise TypeError(f"{layer}: edge_weight must be a tensor, got {type(edge_weight).__name__}")
-            if edge_weight.shape != (edge_index.size(1),):
-                raise ValueError(
-                    f"{layer}: edge_weight must have shape [{edge_index.size(1)}] (one per "
-                    f"edge), got {list(edge_weight.shape)}"
-                )
         graph = graph_from_edge_index(owner, edge_index, num_src, num_dst, flow)
         weight = None
-        if edge_weight is not None:
-            check_edge_values("edge_weight", edge_weight, graph)
-            weight = graph.to_internal(edge_weight)
+        if edge_weight is not None:  # the ops' own check: type, dtype, one per edge, device
+            weight = graph.to_internal(check_edge_values("edge_weight", edge_weight, graph))
 
     if graph.num_src != n_src:
         raise ValueError(
