@@ -1,9 +1,9 @@
 """Convert a stock PyG model to fastalign's layers in one line and train both.
 
-    python examples/pyg_swap.py [--model gcn|sage|gin] [--root DATASETS]
+    python examples/pyg_swap.py [--model gcn|sage|gin|gat] [--root DATASETS]
         [--dataset auto|synthetic|Cora|CiteSeer|PubMed] [--epochs 200]
 
-The model is PyG's own (``torch_geometric.nn.models.GCN``, ``GraphSAGE`` or ``GIN``).
+The model is PyG's own (``torch_geometric.nn.models.GCN``, ``GraphSAGE``, ``GIN`` or ``GAT``).
 ``fastalign.nn.convert`` replaces each of its convs with fastalign's layer carrying the
 same options and parameters (so the converted model computes the same function), then
 both models train with the same seed and the script prints their accuracies and
@@ -33,7 +33,7 @@ def stock_model(kind: str, in_channels: int, hidden: int, out_channels: int) -> 
     """A stock PyG model (torch_geometric.nn.models), two layers."""
     from torch_geometric.nn import models
 
-    cls = {"gcn": models.GCN, "sage": models.GraphSAGE, "gin": models.GIN}[kind]
+    cls = {"gcn": models.GCN, "sage": models.GraphSAGE, "gin": models.GIN, "gat": models.GAT}[kind]
     return cls(in_channels, hidden, num_layers=2, out_channels=out_channels, dropout=0.5)
 
 
@@ -65,7 +65,7 @@ def main(argv=None):
     parser.add_argument("--root", default=None, help="datasets folder (default: $FASTALIGN_DATA or ../shared/datasets)")
     parser.add_argument("--dataset", default="auto", choices=CHOICES,
                         help="a Planetoid data set, synthetic, or auto (Cora when found, else synthetic)")
-    parser.add_argument("--model", default="gcn", choices=("gcn", "sage", "gin"))
+    parser.add_argument("--model", default="gcn", choices=("gcn", "sage", "gin", "gat"))
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--hidden", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)

@@ -33,6 +33,7 @@ _EXPORTS = {
     "Graph": "fastalign.graph",
     "spmm": "fastalign.ops",
     "gcn_aggregate": "fastalign.ops",
+    "gat_aggregate": "fastalign.ops",
     "edge_similarity": "fastalign.ops",
     "edge_softmax": "fastalign.ops",
     "local_structure": "fastalign.ops",
@@ -42,7 +43,7 @@ _EXPORTS = {
 }
 _SUBPACKAGES = ("backends", "ops", "nn", "distill", "bench", "datasets", "validation", "graph", "cli", "info")
 
-__all__ = ["Graph", "backends", "ops", "nn", "spmm", "gcn_aggregate", "edge_similarity", "edge_softmax",
+__all__ = ["Graph", "backends", "ops", "nn", "spmm", "gcn_aggregate", "gat_aggregate", "edge_similarity", "edge_softmax",
            "local_structure", "structure_kl", "patch_pyg", "unpatch_pyg", "__version__"]
 
 

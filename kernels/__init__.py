@@ -9,6 +9,7 @@ backend (fastalign/backends/triton.py) calls with the reference's signatures:
     edge_similarity.py  per-edge similarity and its backward (both sides by rows)
     edge_softmax.py     softmax over each node's in-edges and its backward
     structure_kl.py     the fused structure-KL loss: one-pass forward, recompute backward
+    gat_aggregate.py    fused graph attention: online-softmax forward, recompute backward
     similarity.py       the similarity kernels' math as @triton.jit helpers
     segments.py         row/segment plans (hub rows split, deterministic combine),
                         cached per rowptr

@@ -111,3 +111,28 @@ def features(graph: Graph, width=6, dtype=torch.float64, seed=0, side="src"):
     n = graph.num_src if side == "src" else graph.num_dst
     return torch.randn(n, width, generator=gen, dtype=torch.float64).to(dtype)
 
+
+
+def loop_gat(graph: Graph, x, alpha_src, alpha_dst=None, negative_slope=0.2, add_self_loops=True, keep=None):
+    """Graph attention destination by destination in plain Python loops (float64), PyG's
+    self-loop rule: stored loops dropped, one loop per node below min(num_src, num_dst).
+    ``keep(edge_id)`` -> [H] dropout factors (edge id: internal position, num_edges + i
+    for the loop of i); None: no dropout."""
+    x, a_s = x.double(), alpha_src.double()
+    a_d = alpha_dst.double() if alpha_dst is not None else None
+    out = torch.zeros(graph.num_dst, x.size(1), x.size(2), dtype=torch.float64)
+    rowptr, col = graph.rowptr.tolist(), graph.col.tolist()
+    for i in range(graph.num_dst):
+        edges = [(col[e], e) for e in range(rowptr[i], rowptr[i + 1])]
+        if add_self_loops:
+            edges = [(j, e) for j, e in edges if j != i]
+            if i < min(graph.num_src, graph.num_dst):
+                edges.append((i, graph.num_edges + i))
+        if not edges:
+            continue
+        z = torch.stack([a_s[j] + (a_d[i] if a_d is not None else 0) for j, _ in edges])
+        a = torch.softmax(torch.nn.functional.leaky_relu(z, negative_slope), dim=0)
+        for (j, e), a_j in zip(edges, a):
+            factor = keep(e) if keep is not None else 1.0
+            out[i] += (a_j * factor).unsqueeze(-1) * x[j]
+    return out

@@ -39,11 +39,11 @@ def test_bench_cli_tiny_writes_json_and_png(tmp_path, capsys):
     assert meta["graphs"][0]["graph"] == "powerlaw-tiny"
     results = run["results"]
     suites = {r["suite"] for r in results}
-    assert suites == {"spmm", "gcn", "align", "sage", "graphconv", "gin"}
+    assert suites == {"spmm", "gcn", "align", "sage", "graphconv", "gin", "gat"}
     assert {r["mode"] for r in results} == {"fwd", "fwd+bwd"}
     peers_run = {r["contender"] for r in results if r["kind"] == "peer" and r["status"] == "ok"}
     assert {"torch.sparse.mm (CSR)", "PyG GCNConv edge_index", "PyG GCNConv adj_t (torch.sparse)",
-            "PyG-style loss", "PyG SAGEConv", "PyG GraphConv", "PyG GINConv"} <= peers_run
+            "PyG-style loss", "PyG SAGEConv", "PyG GraphConv", "PyG GINConv", "PyG GATConv"} <= peers_run
     ours = [r for r in results if r["kind"] == "fastalign"]
     assert {r["backend"] for r in ours} >= {"torch"}
     for r in results:
@@ -205,7 +205,7 @@ def test_timing_and_cpu_memory():
     assert small < 4 * mib
 
 
-def test_bench_layers_suite_runs_the_three_drop_in_layers(tmp_path):
+def test_bench_layers_suite_runs_every_drop_in_layer(tmp_path):
     pytest.importorskip("torch_geometric")
     json_path = tmp_path / "layers.json"
     argv = ["--suite", "layers", "--device", "cpu", "--sizes", "tiny", "--no-compile", "--mode", "fwd+bwd",
@@ -213,7 +213,7 @@ def test_bench_layers_suite_runs_the_three_drop_in_layers(tmp_path):
             "--json", str(json_path)]
     assert main(argv) == 0
     results = json.loads(json_path.read_text())["results"]
-    assert {r["suite"] for r in results} == {"sage", "graphconv", "gin"}
+    assert {r["suite"] for r in results} == {"sage", "graphconv", "gin", "gat"}
     for r in results:
         assert r["status"] == "ok", r
         if r["max_rel_err"] is not None:  # the same layer, parameters and inputs as PyG's

@@ -242,6 +242,32 @@ def test_gcn_aggregate(name, index_dtype, dtype, width, self_loops, weighted):
     assert_close(out, REF.gcn_aggregate(g.rowptr, g.col, w, dis, loop_w, x))
 
 
+# --------------------------------------------------------------------------- graph attention
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("heads,channels", ((1, 16), (3, 5), (8, 8)))
+@pytest.mark.parametrize("loops,dropout,with_dst", ((True, 0.0, True), (False, 0.3, True), (True, 0.5, False)))
+def test_gat_aggregate(name, index_dtype, dtype, heads, channels, loops, dropout, with_dst):
+    g = graph_of(name, index_dtype)
+    x = feats(g.num_src, heads * channels, dtype, seed=2).view(-1, heads, channels)
+    a_s = feats(g.num_src, heads, dtype, seed=3)
+    a_d = feats(g.num_dst, heads, dtype, seed=4) if with_dst else None
+    args = (x, a_s, a_d, 0.2, dropout, 12345, loops)
+    out, lse = CU.gat_aggregate_forward(g.rowptr, g.col, *args)
+    ref_out, ref_lse = REF.gat_aggregate_forward(g.rowptr, g.col, *args)
+    assert_close(out, ref_out)
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert_close(lse[finite], ref_lse[finite], torch.float32)
+    rowptr_t, col_t, perm_t = g.transpose()
+    grad_out = feats(g.num_dst, heads * channels, dtype, seed=5).view(-1, heads, channels)
+    back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_out, ref_lse, grad_out, 0.2, dropout,
+            12345, loops)
+    for got, expected in zip(CU.gat_aggregate_backward(*back), REF.gat_aggregate_backward(*back)):
+        assert_close(got, expected)
+
+
 # --------------------------------------------------------------------------- similarity
 @graph_params
 @index_params

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fastalign import ops
+from fastalign import backends, ops
 from fastalign.datasets import load_dataset, synthetic_csbm
 from fastalign.distill import (LossWeights, Student, TrainConfig, layer_pairs,
                                run_experiment, score, student_loss)
@@ -472,3 +472,21 @@ def test_small_graphs_train_on_one_thread_unless_the_user_chose(data, monkeypatc
     with pytest.raises(Done):
         trainer.run_experiment(small(), data, [0])
     assert seen == [1, before] and torch.get_num_threads() == before
+
+
+def test_gat_students_use_the_fused_layer_on_every_backend(data):
+    from fastalign.nn import GATConv
+
+    b = data.transductive
+    outs = []
+    for backend in [n for n in ("torch", "cpu") if backends.is_available(n)]:
+        torch.manual_seed(3)
+        s = Student("gat", data.num_features, 16, data.num_classes, num_layers=3, heads=4, backend=backend)
+        assert all(isinstance(layer.conv, GATConv) and layer.conv.backend == backend for layer in s.layers)
+        torch.manual_seed(4)  # the same dropout masks (features and attention) on each backend
+        out = s.double()(b.graph, b.edge_index, b.x.double()).logits
+        out.sum().backward()
+        outs.append((out, s.layers[0].conv.att_src.grad))
+    for out, grad in outs[1:]:
+        torch.testing.assert_close(out, outs[0][0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(grad, outs[0][1], rtol=1e-10, atol=1e-12)

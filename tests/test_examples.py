@@ -31,7 +31,7 @@ def _load(name):
 
 
 @pytest.mark.parametrize("model,conv", [("gcn", "gcn_conv.GCNConv"), ("sage", "sage_conv.SAGEConv"),
-                                        ("gin", "gin_conv.GINConv")])
+                                        ("gin", "gin_conv.GINConv"), ("gat", "gat_conv.GATConv")])
 def test_pyg_swap_example(tmp_path, capsys, model, conv):
     pytest.importorskip("torch_geometric")
     example = _load("pyg_swap")
@@ -41,7 +41,9 @@ def test_pyg_swap_example(tmp_path, capsys, model, conv):
     assert "synthetic" in out
     assert f"fastalign.nn.{conv}" in out
     relative = float(out.split("relative to the largest output: ")[1].split(")")[0])
-    assert relative < 1e-6  # float32 sums in another order
+    # float32 sums in another order; GAT's logits then go through exp, where a logit's
+    # absolute rounding error (~1e-7 of its size) becomes a relative error of the attention
+    assert relative < (1e-5 if model == "gat" else 1e-6)
     name = conv.split(".")[1]
     assert f"PyG {name}" in out and f"fastalign {name}" in out and "test acc" in out
 

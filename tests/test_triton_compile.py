@@ -19,16 +19,17 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from fastalign.kernels import edge_similarity, edge_softmax, segments, spmm, structure_kl  # noqa: E402
+from fastalign.kernels import edge_similarity, edge_softmax, gat_aggregate, segments, spmm, structure_kl  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 
 # argument name -> type class
-IDX = {"rowptr", "col", "idx"}
+IDX = {"rowptr", "col", "idx", "rowptr_t", "col_t"}
 I64 = {"perm", "seg_row", "seg_start", "seg_end", "seg_long", "long_rows", "long_seg_ptr",
-       "arg", "arg_out", "part_arg"}
-ACCP = {"part", "stats", "lse_s", "lse_p", "part_s", "part_p", "grad_w", "gsrc_s", "gsrc_p"}
-INTS = {"num_rows", "split", "F", "FS", "FP", "num_edges"}
+       "arg", "arg_out", "part_arg", "perm_t"}
+ACCP = {"part", "stats", "lse_s", "lse_p", "part_s", "part_p", "grad_w", "gsrc_s", "gsrc_p", "lse", "d_row",
+        "params"}
+INTS = {"num_rows", "split", "F", "FS", "FP", "num_edges", "num_loops", "seed", "threshold", "H", "C"}
 FLOATS = {"sigma", "coef", "tau"}
 FEAT_T = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16", "fp64": "*fp64"}
 
@@ -86,6 +87,14 @@ def cases():
             out.append((edge_softmax.softmax_combine_kernel, feat, index, dict(MODE=mode)))
             out.append((edge_softmax.softmax_seg_write_kernel, feat, index, dict(MODE=mode, BLOCK_E=128)))
         out.append((structure_kl.skl_combine_kernel, feat, index, {}))
+        gat = dict(BLOCK_E=32, HP=8, CP=8)
+        for has_dst, loops, dropout in ((1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0)) if full else ((1, 1, 1),):
+            out.append((gat_aggregate.gat_forward_kernel, feat, index,
+                        dict(gat, HAS_DST=has_dst, LOOPS=loops, DROPOUT=dropout)))
+            out.append((gat_aggregate.gat_src_grad_kernel, feat, index,
+                        dict(gat, HAS_DST=has_dst, LOOPS=loops, DROPOUT=dropout)))
+            if has_dst:
+                out.append((gat_aggregate.gat_dst_grad_kernel, feat, index, dict(gat, LOOPS=loops, DROPOUT=dropout)))
         for kind in range(5) if full else (4,):
             for degree in ((0, 3) if kind == 3 else (2,)):
                 k = dict(KIND=kind, DEGREE=degree)

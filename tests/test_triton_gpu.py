@@ -365,3 +365,22 @@ def test_ops_end_to_end():
     rel_close(out["triton"], out["torch"], torch.float16, "ops")
     if not DRY_RUN:  # on CPU tensors the automatic choice is the C++ backend
         assert fastalign.backends.resolve("spmm", None, torch.device(DEV), ("spmm_forward",)) == "triton"
+
+
+# --------------------------------------------------------------------------- graph attention
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("graph", ["power_law", "hub"])
+def test_gat_aggregate(dtype, graph):
+    g = power_law(torch.int32) if graph == "power_law" else hub(torch.int64)
+    heads, channels = 8, 8
+    x = feats(g.num_src, heads * channels, dtype, 1).view(-1, heads, channels)
+    a_s, a_d = feats(g.num_src, heads, dtype, 2), feats(g.num_dst, heads, dtype, 3)
+    args = (x, a_s, a_d, 0.2, 0.25, 99, True)
+    out, lse = TB.gat_aggregate_forward(g.rowptr, g.col, *args)
+    ref_out, ref_lse = REF.gat_aggregate_forward(g.rowptr, g.col, *args)
+    rel_close(out, ref_out, dtype, "out")
+    rel_close(lse, ref_lse, torch.float32, "lse")
+    rowptr_t, col_t, perm_t = g.transpose()
+    grad_out = feats(g.num_dst, heads * channels, dtype, 4).view(-1, heads, channels)
+    back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_out, ref_lse, grad_out, 0.2, 0.25, 99, True)
+    rel_close(TB.gat_aggregate_backward(*back), REF.gat_aggregate_backward(*back), dtype, "grads")

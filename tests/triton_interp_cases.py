@@ -315,6 +315,30 @@ def test_structure_kl_atomic_backward(kernel, monkeypatch):
         _check_kl(g, feats, kernel, 0.6)
 
 
+# --------------------------------------------------------------------------- gat_aggregate
+@pytest.mark.parametrize("name", ["square", "rectangular", "no_edges", "hub"])
+@pytest.mark.parametrize("loops,dropout,with_dst", [(True, 0.0, True), (False, 0.4, True), (True, 0.5, False)])
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_gat_aggregate(name, loops, dropout, with_dst, index_dtype):
+    g = graph(name, index_dtype)
+    gen = torch.Generator().manual_seed(3)
+    heads, channels = 3, 5  # neither a power of two: the padded tiles' masks
+    x = torch.randn(g.num_src, heads, channels, generator=gen, dtype=torch.float64)
+    a_s = torch.randn(g.num_src, heads, generator=gen, dtype=torch.float64)
+    a_d = torch.randn(g.num_dst, heads, generator=gen, dtype=torch.float64) if with_dst else None
+    args = (x, a_s, a_d, 0.15, dropout, 2**31 + 17, loops)
+    out, lse = tb.gat_aggregate_forward(g.rowptr, g.col, *args)
+    ref_out, ref_lse = ref.gat_aggregate_forward(g.rowptr, g.col, *args)
+    close(out, ref_out)
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+    close(torch.nan_to_num(lse, neginf=0.0), torch.nan_to_num(ref_lse, neginf=0.0))
+    rowptr_t, col_t, perm_t = g.transpose()
+    grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_out, ref_lse, grad_out, 0.15, dropout,
+            2**31 + 17, loops)
+    close(tb.gat_aggregate_backward(*back), ref.gat_aggregate_backward(*back))
+
+
 # --------------------------------------------------------------------------- through the ops
 def test_ops_autograd_match_reference():
     g = graph("square")
@@ -330,6 +354,8 @@ def test_ops_autograd_match_reference():
             + fastalign.gcn_aggregate(g, x, backend=backend).sum()
             + fastalign.structure_kl(g, hs, hp, kernel="rbf", tau=0.5, backend=backend)
             + fastalign.local_structure(g, x, kernel="cosine", backend=backend).square().sum()
+            + fastalign.gat_aggregate(g, x.view(-1, 2, 3), x[:, :2], x[:, 2:4], dropout=0.3, seed=4,
+                                      backend=backend).square().sum()
         )
         loss.backward()
         grads[backend] = (loss.detach(), x.grad.clone(), w.grad.clone())

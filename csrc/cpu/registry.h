@@ -15,7 +15,7 @@ inline std::vector<std::string> registered_functions() {
       "gcn_aggregate",         "edge_similarity",     "edge_similarity_backward",
       "edge_softmax",          "edge_softmax_backward", "structure_kl_forward",
       "structure_kl_backward", "structure_kl_forward_with_grad_state",
-      "structure_kl_student_backward",
+      "structure_kl_student_backward", "gat_aggregate_forward", "gat_aggregate_backward",
   };
 }
 

@@ -11,6 +11,8 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <optional>
 #include <string>
@@ -412,11 +414,101 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> structure_kl_backward(
 }
 
 // The backend functions implemented here (fastalign.backends.cuda lists exactly these).
+// ------------------------------------------------------------------------ graph attention
+// x [num_src, H, C]; alpha_src [num_src, H]; alpha_dst [num_dst, H] or none. lse float32.
+fa_attention attention(double negative_slope, double dropout, int64_t seed, bool add_self_loops) {
+  // the threshold and scale of fastalign.backends.reference.dropout_threshold / _scale
+  const double threshold = std::min(std::ceil(dropout * 16777216.0), 16777216.0);
+  return fa_attention{static_cast<float>(negative_slope),
+                      static_cast<float>(dropout < 1.0 ? 1.0 / (1.0 - dropout) : 0.0),
+                      static_cast<uint32_t>(threshold), static_cast<uint32_t>(static_cast<uint64_t>(seed)),
+                      add_self_loops ? 1 : 0};
+}
+
+void check_heads(const Tensor& x, const Tensor& alpha_src, const OptTensor& alpha_dst, int64_t num_dst) {
+  TORCH_CHECK_VALUE(x.dim() == 3, "fastalign cuda: x must be [num_src, H, C]");
+  TORCH_CHECK_VALUE(alpha_src.dim() == 2 && alpha_src.size(0) == x.size(0) && alpha_src.size(1) == x.size(1),
+                    "fastalign cuda: alpha_src must be [num_src, H]");
+  if (alpha_dst.has_value() && alpha_dst->defined())
+    TORCH_CHECK_VALUE(alpha_dst->dim() == 2 && alpha_dst->size(0) == num_dst && alpha_dst->size(1) == x.size(1),
+                      "fastalign cuda: alpha_dst must be [num_dst, H]");
+}
+
+Tensor heads_like(const Tensor& t, const Tensor& x, const char* name) {
+  check_cuda(t, x, name);
+  return t.to(x.scalar_type()).contiguous();
+}
+
+std::tuple<Tensor, Tensor> gat_aggregate_forward(const Tensor& rowptr, const Tensor& col, const Tensor& x_in,
+                                                 const Tensor& alpha_src, const OptTensor& alpha_dst,
+                                                 double negative_slope, double dropout, int64_t seed,
+                                                 bool add_self_loops) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  check_cuda(x_in, x_in, "x");
+  value_type(x_in, "x");
+  Tensor x = dense(x_in);
+  Csr c = csr(rowptr, col, x, "graph");
+  check_heads(x, alpha_src, alpha_dst, c.g.num_rows);
+  Tensor as = heads_like(alpha_src, x, "alpha_src");
+  OptTensor ad;
+  if (alpha_dst.has_value() && alpha_dst->defined()) ad = heads_like(*alpha_dst, x, "alpha_dst");
+  const int64_t H = x.size(1), C = x.size(2);
+  Tensor out = at::empty({c.g.num_rows, H, C}, x.options());
+  Tensor lse = at::empty({c.g.num_rows, H}, x.options().dtype(at::kFloat));
+  const fa_attention att = attention(negative_slope, dropout, seed, add_self_loops);
+  FA_CHECK_CUDA(fa_gat_forward(&c.g, x.size(0), x.data_ptr(), as.data_ptr(), ptr_or_null(ad), value_type(x, "x"),
+                               static_cast<int>(H), static_cast<int>(C), &att, out.data_ptr(),
+                               lse.data_ptr<float>(), stream()));
+  return {out, lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor> gat_aggregate_backward(
+    const Tensor& rowptr, const Tensor& col, const Tensor& rowptr_t, const Tensor& col_t, const Tensor& perm_t,
+    const Tensor& x_in, const Tensor& alpha_src, const OptTensor& alpha_dst, const Tensor& out, const Tensor& lse,
+    const Tensor& grad_out, double negative_slope, double dropout, int64_t seed, bool add_self_loops) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  check_cuda(x_in, x_in, "x");
+  value_type(x_in, "x");
+  Tensor x = dense(x_in);
+  Csr c = csr(rowptr, col, x, "graph");
+  Csr ct = csr(rowptr_t, col_t, x, "graph transpose");
+  check_heads(x, alpha_src, alpha_dst, c.g.num_rows);
+  TORCH_CHECK_VALUE(ct.g.num_rows == x.size(0) && ct.g.num_edges == c.g.num_edges,
+                    "fastalign cuda: the transpose must have num_src rows and the graph's edges");
+  check_cuda(perm_t, x, "perm_t");
+  TORCH_CHECK_TYPE(perm_t.scalar_type() == at::kLong && perm_t.numel() == c.g.num_edges,
+                   "fastalign cuda: perm_t must be int64 [num_edges]");
+  const int64_t H = x.size(1), C = x.size(2);
+  TORCH_CHECK_VALUE(out.sizes() == grad_out.sizes() && out.dim() == 3 && out.size(0) == c.g.num_rows &&
+                        out.size(1) == H && out.size(2) == C,
+                    "fastalign cuda: out and grad_out must be [num_dst, H, C]");
+  TORCH_CHECK_VALUE(lse.dim() == 2 && lse.size(0) == c.g.num_rows && lse.size(1) == H,
+                    "fastalign cuda: lse must be [num_dst, H]");
+  check_cuda(out, x, "out");
+  check_cuda(grad_out, x, "grad_out");
+  check_cuda(lse, x, "lse");
+  Tensor as = heads_like(alpha_src, x, "alpha_src");
+  OptTensor ad;
+  if (alpha_dst.has_value() && alpha_dst->defined()) ad = heads_like(*alpha_dst, x, "alpha_dst");
+  Tensor g = grad_out.to(x.scalar_type()).contiguous();
+  Tensor d_row = (g.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();
+  Tensor l = lse.to(at::kFloat).contiguous();
+  Tensor pt = perm_t.contiguous();
+  Tensor grad_x = at::empty_like(x), grad_src = at::empty_like(as);
+  Tensor grad_dst = ad.has_value() ? at::empty_like(*ad) : at::empty({0}, x.options());
+  const fa_attention att = attention(negative_slope, dropout, seed, add_self_loops);
+  FA_CHECK_CUDA(fa_gat_backward(&c.g, &ct.g, pt.data_ptr<int64_t>(), x.size(0), x.data_ptr(), as.data_ptr(),
+                                ptr_or_null(ad), value_type(x, "x"), static_cast<int>(H), static_cast<int>(C), &att,
+                                l.data_ptr<float>(), d_row.data_ptr<float>(), g.data_ptr(), grad_x.data_ptr(),
+                                grad_src.data_ptr(), ad.has_value() ? grad_dst.data_ptr() : nullptr, stream()));
+  return {grad_x, grad_src, grad_dst};
+}
+
 const std::vector<std::string> kFunctions = {
     "spmm_forward",     "spmm_max_backward",        "sddmm",
     "gcn_aggregate",    "edge_similarity",          "edge_similarity_backward",
     "edge_softmax",     "edge_softmax_backward",    "structure_kl_forward",
-    "structure_kl_backward",
+    "structure_kl_backward", "gat_aggregate_forward", "gat_aggregate_backward",
 };
 
 }  // namespace
@@ -444,6 +536,11 @@ TORCH_LIBRARY(fastalign_cuda, m) {
         " Tensor perm_t, Tensor s_dst, Tensor s_src, Tensor p_dst, Tensor p_src, Tensor lse_s,"
         " Tensor lse_p, Tensor kl, Tensor grad_kl, str kernel, float sigma, int degree,"
         " float coef, float tau, bool peer_grad) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("gat_aggregate_forward(Tensor rowptr, Tensor col, Tensor x, Tensor alpha_src, Tensor? alpha_dst,"
+        " float negative_slope, float dropout, int seed, bool add_self_loops) -> (Tensor, Tensor)");
+  m.def("gat_aggregate_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor perm_t,"
+        " Tensor x, Tensor alpha_src, Tensor? alpha_dst, Tensor out, Tensor lse, Tensor grad_out,"
+        " float negative_slope, float dropout, int seed, bool add_self_loops) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastalign_cuda, CUDA, m) {
@@ -457,6 +554,8 @@ TORCH_LIBRARY_IMPL(fastalign_cuda, CUDA, m) {
   m.impl("edge_softmax_backward", &edge_softmax_backward);
   m.impl("structure_kl_forward", &structure_kl_forward);
   m.impl("structure_kl_backward", &structure_kl_backward);
+  m.impl("gat_aggregate_forward", &gat_aggregate_forward);
+  m.impl("gat_aggregate_backward", &gat_aggregate_backward);
 }
 
 PYBIND11_MODULE(_C_cuda, m) {

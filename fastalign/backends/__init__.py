@@ -37,6 +37,8 @@ BACKEND_FUNCTIONS = (
     "edge_softmax_backward",
     "structure_kl_forward",
     "structure_kl_backward",
+    "gat_aggregate_forward",
+    "gat_aggregate_backward",
 )
 
 # Fast paths a backend may add; an op uses them only where the chosen backend has them.

@@ -59,6 +59,8 @@ _KERNELS = {
     "edge_softmax_backward": ("p", None),
     "structure_kl_forward": ("s_dst", None),
     "structure_kl_backward": ("s_dst", None),
+    "gat_aggregate_forward": ("x", None),
+    "gat_aggregate_backward": ("x", None),
 }
 
 

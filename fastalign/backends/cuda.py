@@ -139,3 +139,29 @@ def structure_kl_backward(
         rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src,
         lse_s, lse_p, kl, grad_kl, kernel, sigma, degree, coef, tau, peer_grad,
     )
+
+
+# --------------------------------------------------------------------------- graph attention
+def gat_aggregate_forward(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops):
+    if not _kernel_dtype(x):
+        return _ref.gat_aggregate_forward(
+            rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops
+        )
+    return _ops().gat_aggregate_forward(
+        rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops
+    )
+
+
+def gat_aggregate_backward(
+    rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, out, lse, grad_out,
+    negative_slope, dropout, seed, add_self_loops,
+):
+    if not _kernel_dtype(x):
+        return _ref.gat_aggregate_backward(
+            rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, out, lse, grad_out,
+            negative_slope, dropout, seed, add_self_loops,
+        )
+    return _ops().gat_aggregate_backward(
+        rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, out, lse, grad_out,
+        negative_slope, dropout, seed, add_self_loops,
+    )

@@ -16,6 +16,7 @@ j -> i with a = x_dst[i], b = x_src[j]:
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -356,3 +357,133 @@ def structure_kl_backward(
     else:
         grads += [p_dst.new_empty(0), p_src.new_empty(0)]
     return tuple(grads)
+
+
+# --------------------------------------------------------------------------- attention
+# Attention dropout draws its mask from a counter-based hash of (seed, edge, head), so a
+# backward regenerates it instead of storing it and every backend draws the same mask.
+# Edge ids: a stored edge is its internal position e; the self loop added for node i is
+# num_edges + i. For idx = edge * heads + head (int64), with fmix32 MurmurHash3's 32-bit
+# finaliser: bits = fmix32(lo32(idx) ^ fmix32(hi32(idx) ^ seed)); the entry is kept when
+# bits >> 8 (24 uniform bits) >= ceil(dropout * 2^24), and kept entries are scaled by
+# 1 / (1 - dropout) (0 when dropout is 1: everything is dropped).
+_M32 = 0xFFFFFFFF
+
+
+def dropout_threshold(dropout: float) -> int:
+    """The 24-bit threshold below which an entry is dropped."""
+    return min(int(math.ceil(dropout * 16777216.0)), 16777216)
+
+
+def dropout_scale(dropout: float) -> float:
+    return 1.0 / (1.0 - dropout) if dropout < 1.0 else 0.0
+
+
+def _mul32(a: Tensor, c: int) -> Tensor:
+    """(a * c) mod 2^32 for int64 ``a`` in [0, 2^32), exact in int64 (16-bit halves of c)."""
+    return (a * (c & 0xFFFF) + (((a * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _fmix32(h: Tensor) -> Tensor:
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def attention_keep(seed: int, edge_ids: Tensor, heads: int, dropout: float) -> Tensor:
+    """The dropout mask [len(edge_ids), heads] (bool: kept) of attention entries."""
+    idx = edge_ids.long().unsqueeze(1) * heads + torch.arange(heads, device=edge_ids.device)
+    bits = _fmix32((idx & _M32) ^ _fmix32(((idx >> 32) ^ (seed & _M32)) & _M32))
+    return (bits >> 8) >= dropout_threshold(dropout)
+
+
+def attention_edges(rowptr: Tensor, col: Tensor, num_src: int, add_self_loops: bool):
+    """(dst, src, edge id) of every attended edge: the stored edges, and with
+    ``add_self_loops`` (as PyG's GATConv) the stored self loops removed and one loop
+    i -> i added for each i < min(num_src, num_dst), with edge id num_edges + i."""
+    num_dst, num_edges = rowptr.numel() - 1, col.numel()
+    dst, src = csr_row(rowptr, num_edges), col.long()
+    eid = torch.arange(num_edges, device=col.device)
+    if add_self_loops:
+        keep = src != dst
+        loops = torch.arange(min(num_src, num_dst), device=col.device)
+        dst = torch.cat([dst[keep], loops])
+        src = torch.cat([src[keep], loops])
+        eid = torch.cat([eid[keep], loops + num_edges])
+    return dst, src, eid
+
+
+def _attention(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops):
+    """Per attended edge: (dst, src, pre-activation z, softmax a, dropout factor k, lse)."""
+    num_dst, heads = rowptr.numel() - 1, alpha_src.size(1)
+    acc = _acc_dtype(x.dtype)
+    dst, src, eid = attention_edges(rowptr, col, x.size(0), add_self_loops)
+    z = alpha_src.to(acc)[src]
+    if alpha_dst is not None:
+        z = z + alpha_dst.to(acc)[dst]
+    logits = torch.nn.functional.leaky_relu(z, negative_slope)
+    m = logits.new_full((num_dst, heads), float("-inf"))
+    m = m.scatter_reduce(0, dst.unsqueeze(1).expand_as(logits), logits, "amax", include_self=True)
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    lse = torch.log(_segment_sum(torch.exp(logits - m_safe[dst]), dst, num_dst)) + m_safe
+    a = torch.exp(logits - lse[dst])
+    if dropout > 0:
+        k = attention_keep(seed, eid, heads, dropout).to(acc) * dropout_scale(dropout)
+    else:
+        k = torch.ones_like(a)
+    return dst, src, z, a, k, lse
+
+
+def gat_aggregate_forward(
+    rowptr: Tensor, col: Tensor, x: Tensor, alpha_src: Tensor, alpha_dst: Optional[Tensor],
+    negative_slope: float, dropout: float, seed: int, add_self_loops: bool,
+) -> Tuple[Tensor, Tensor]:
+    """out[i, h] = sum_{j -> i} drop(softmax_j(leaky_relu(alpha_src[j, h] +
+    alpha_dst[i, h])))_ij * x[j, h] for ``x`` [num_src, H, C].
+
+    Returns (out [num_dst, H, C] in x's dtype, lse [num_dst, H]: the log-sum-exp of each
+    row's logits, -inf for a row with no attended edge, in float64 for float64 inputs and
+    float32 otherwise). The softmax is over the undropped logits; dropout then zeroes
+    entries (see ``attention_keep``) and rescales the rest.
+    """
+    dst, src, _, a, k, lse = _attention(
+        rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops
+    )
+    acc = a.dtype
+    msg = (a * k).unsqueeze(-1) * x.to(acc)[src]
+    out = _segment_sum(msg, dst, rowptr.numel() - 1)
+    return out.to(x.dtype), lse
+
+
+def gat_aggregate_backward(
+    rowptr: Tensor, col: Tensor, rowptr_t: Tensor, col_t: Tensor, perm_t: Tensor,
+    x: Tensor, alpha_src: Tensor, alpha_dst: Optional[Tensor], out: Tensor, lse: Tensor,
+    grad_out: Tensor, negative_slope: float, dropout: float, seed: int, add_self_loops: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """(grad_x, grad_alpha_src, grad_alpha_dst; the last empty without alpha_dst).
+
+    With g_i the output gradient and D_i = g_i . out_i (per node and head):
+    d out_i / d a_ij gives g_i . x_j, the softmax turns it into
+    dz_ij = a_ij (k_ij g_i . x_j - D_i) leaky_relu'(z_ij), and
+    grad_x[j] = sum_i a_ij k_ij g_i, grad_alpha_src[j] = sum_i dz_ij,
+    grad_alpha_dst[i] = sum_j dz_ij.
+    """
+    acc = _acc_dtype(x.dtype)
+    dst, src, z, a, k, _ = _attention(
+        rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops
+    )
+    g = grad_out.to(acc)
+    d_row = (g * out.to(acc)).sum(-1)
+    g_e = g[dst]
+    dot = (g_e * x.to(acc)[src]).sum(-1)
+    slope = torch.where(z > 0, torch.ones_like(z), torch.full_like(z, negative_slope))
+    dz = a * (k * dot - d_row[dst]) * slope
+    grad_x = _segment_sum((a * k).unsqueeze(-1) * g_e, src, x.size(0))
+    grad_src = _segment_sum(dz, src, x.size(0))
+    grad_dst = (
+        _segment_sum(dz, dst, rowptr.numel() - 1).to(alpha_dst.dtype)
+        if alpha_dst is not None else x.new_empty(0)
+    )
+    return grad_x.to(x.dtype), grad_src.to(alpha_src.dtype), grad_dst

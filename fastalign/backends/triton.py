@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover
 if AVAILABLE:
     from ..kernels.edge_similarity import edge_similarity, edge_similarity_backward
     from ..kernels.edge_softmax import edge_softmax, edge_softmax_backward
+    from ..kernels.gat_aggregate import gat_aggregate_backward, gat_aggregate_forward
     from ..kernels.gcn_aggregate import gcn_aggregate
     from ..kernels.spmm import sddmm, spmm_forward, spmm_max_backward
     from ..kernels.structure_kl import structure_kl_backward, structure_kl_forward

@@ -18,9 +18,10 @@ Suites:
   peer detached). fastalign ``structure_kl`` per backend, against the PyG-style loss
   eager and under torch.compile.
 
-* ``sage``, ``graphconv``, ``gin`` (together: ``layers``): one drop-in layer 64 -> 64
-  (SAGEConv mean, GraphConv add, GINConv with a two-layer SiLU MLP) fed the edge_index as PyG
-  code feeds it, against the same PyG layer eager and under torch.compile.
+* ``sage``, ``graphconv``, ``gin``, ``gat`` (together: ``layers``): one drop-in layer
+  64 -> 64 (SAGEConv mean, GraphConv add, GINConv with a two-layer SiLU MLP, GATConv with
+  8 heads of 8 channels) fed the edge_index as PyG code feeds it, against the same PyG
+  layer eager and under torch.compile.
 
 Every contender's forward output is checked against the first successful one of its
 suite (the fastalign ``torch`` reference when available): the largest error relative to
@@ -40,7 +41,7 @@ from fastalign.graph import Graph
 
 from . import peers
 
-LAYER_SUITES = ("sage", "graphconv", "gin")
+LAYER_SUITES = ("sage", "graphconv", "gin", "gat")
 SUITES = ("spmm", "gcn", "align") + LAYER_SUITES
 MODES = ("fwd", "fwd+bwd")
 
@@ -338,7 +339,10 @@ def _align_pyg(compile_: bool):
 
 
 # ---------------------------------------------------------------------- layers
-LAYER_CLASSES = {"sage": "SAGEConv", "graphconv": "GraphConv", "gin": "GINConv"}
+LAYER_CLASSES = {"sage": "SAGEConv", "graphconv": "GraphConv", "gin": "GINConv", "gat": "GATConv"}
+GAT_HEADS = 8
+# the backend functions a suite's fastalign layer needs
+LAYER_FUNCTIONS = {"gat": ("gat_aggregate_forward", "gat_aggregate_backward")}
 
 
 def _gin_mlp(width: int) -> torch.nn.Module:
@@ -352,6 +356,8 @@ def _make_layer(module, suite: str, width: int, nn=None):
     cls = getattr(module, LAYER_CLASSES[suite])
     if suite == "gin":
         return cls(nn)
+    if suite == "gat":
+        return cls(width, width // GAT_HEADS, heads=GAT_HEADS)
     return cls(width, width)
 
 
@@ -382,7 +388,7 @@ def _layer(suite: str, module_name: str, w: Workload, backend=None):
 
 def _layer_fastalign(suite: str, backend: str):
     def build(w: Workload, mode: str):
-        reason = backend_implements(backend, ("spmm_forward",))
+        reason = backend_implements(backend, LAYER_FUNCTIONS.get(suite, ("spmm_forward",)))
         if reason:
             raise Skip(reason)
         return _run_layer(_layer(suite, "fastalign.nn", w, backend), w.edge_index, w, mode)
@@ -437,7 +443,7 @@ def contenders(suite: str, device, *, compile_peers: bool = True, backends=None)
         out.append(Contender(f"PyG {layer}", "peer", _layer_pyg(suite, False), estimate=lambda w: _bytes_ExF(w, 3)))
         if compile_peers:
             out.append(Contender(f"PyG {layer} compiled", "peer", _layer_pyg(suite, True), compiled=True,
-                                 estimate=lambda w: _bytes_ExF(w, 2)))
+                                 estimate=lambda w: _bytes_ExF(w, 3 if suite == "gat" else 2)))
     else:
         for b in names:
             out.append(Contender(f"fastalign structure_kl[{b}]", "fastalign", _align_fastalign(b), backend=b,

@@ -7,7 +7,8 @@ embeddings after ReLU, then the logits -- these are what layer pairing aligns), 
 auxiliary logit tensor per intermediate layer (deep supervision; empty when disabled).
 
 The GCN and SAGE layers are built directly on fastalign's ops (``gcn_aggregate``,
-``spmm(reduce="mean")``); GAT uses PyG's ``GATConv`` on the edge_index.
+``spmm(reduce="mean")``); GAT uses :class:`fastalign.nn.GATConv` (the fused attention op
+``gat_aggregate``) on the same Graph.
 """
 
 from __future__ import annotations
@@ -115,17 +116,16 @@ class _SAGELayer(nn.Module):
 
 
 class _GATLayer(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, heads: int, concat: bool, dropout: float):
+    def __init__(self, in_dim: int, out_dim: int, heads: int, concat: bool, dropout: float,
+                 backend: Optional[str]):
         super().__init__()
-        try:
-            from torch_geometric.nn import GATConv
-        except ImportError as exc:  # pragma: no cover
-            raise ImportError("the GAT student needs torch_geometric") from exc
+        from ..nn import GATConv
+
         per_head = out_dim // heads if concat else out_dim
-        self.conv = GATConv(in_dim, per_head, heads=heads, concat=concat, dropout=dropout)
+        self.conv = GATConv(in_dim, per_head, heads=heads, concat=concat, dropout=dropout, backend=backend)
 
     def forward(self, graph: Graph, edge_index: Tensor, x: Tensor) -> Tensor:
-        return self.conv(x, edge_index)
+        return self.conv(x, graph)
 
 
 class Student(nn.Module):
@@ -185,7 +185,7 @@ class Student(nn.Module):
             elif model == "sage":
                 layers.append(_SAGELayer(dims[i], dims[i + 1], backend))
             else:
-                layers.append(_GATLayer(dims[i], dims[i + 1], 1 if last else heads, not last, dropout))
+                layers.append(_GATLayer(dims[i], dims[i + 1], 1 if last else heads, not last, dropout, backend))
         self.layers = nn.ModuleList(layers)
         self.widths = dims[1:]
         self.aux = nn.ModuleList(

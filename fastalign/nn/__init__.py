@@ -1,7 +1,8 @@
-"""Modules: PyG-compatible convolutions (GCNConv, SAGEConv, GraphConv, GINConv) on
+"""Modules: PyG-compatible convolutions (GCNConv, SAGEConv, GraphConv, GINConv, GATConv) on
 fastalign's kernels, and the alignment losses, for anyone's training loop."""
 
 from .feature_align_loss import FeatureAlignLoss
+from .gat_conv import GATConv
 from .gcn_conv import GCNConv
 from .gin_conv import GINConv
 from .graph_conv import GraphConv
@@ -10,6 +11,6 @@ from .sage_conv import SAGEConv
 from .structure_align_loss import StructureAlignLoss
 
 __all__ = [
-    "GCNConv", "SAGEConv", "GraphConv", "GINConv", "convert", "patch_pyg", "unpatch_pyg",
+    "GCNConv", "SAGEConv", "GraphConv", "GINConv", "GATConv", "convert", "patch_pyg", "unpatch_pyg",
     "StructureAlignLoss", "FeatureAlignLoss",
 ]

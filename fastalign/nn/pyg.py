@@ -4,7 +4,7 @@
   parameters (in place, like Liger-Kernel's model patching), and says which layers it
   left alone and why.
 * :func:`patch_pyg` makes ``torch_geometric.nn.GCNConv`` (and SAGEConv, GraphConv,
-  GINConv) build fastalign layers, for code that constructs its models afterwards;
+  GINConv, GATConv) build fastalign layers, for code that constructs its models afterwards;
   :func:`unpatch_pyg` undoes it. A construction fastalign cannot honour (``aggr="lstm"``,
   a lazy GCNConv, ...) builds PyG's own layer instead.
 
@@ -19,12 +19,15 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .gat_conv import GATConv
 from .gcn_conv import GCNConv
 from .gin_conv import GINConv
 from .graph_conv import GraphConv
 from .sage_conv import SAGEConv
 
-DROP_INS = {"GCNConv": GCNConv, "SAGEConv": SAGEConv, "GraphConv": GraphConv, "GINConv": GINConv}
+DROP_INS = {
+    "GCNConv": GCNConv, "SAGEConv": SAGEConv, "GraphConv": GraphConv, "GINConv": GINConv, "GATConv": GATConv,
+}
 
 # PyG's MessagePassing hooks a subclass may override; fastalign's layers never call them
 _HOOKS = ("message", "aggregate", "message_and_aggregate", "update", "propagate")
@@ -80,7 +83,7 @@ def _recognise_in_fx() -> None:
 
 
 def convert(model: torch.nn.Module, *, backend: Optional[str] = None, quiet: bool = False) -> torch.nn.Module:
-    """Replace, in place, every PyG ``GCNConv``/``SAGEConv``/``GraphConv``/``GINConv`` of
+    """Replace, in place, every PyG ``GCNConv``/``SAGEConv``/``GraphConv``/``GINConv``/``GATConv`` of
     ``model`` by fastalign's layer with the same options and parameters. Layers that
     cannot be converted (another aggregation, a subclass, an uninitialised lazy layer)
     stay as they are; a warning names each with the reason (``quiet=True``: no warning).
@@ -176,7 +179,7 @@ _PATCHED_SITES: List[Tuple[object, str, type]] = []
 
 
 def patch_pyg() -> None:
-    """Make ``torch_geometric.nn.{GCNConv, SAGEConv, GraphConv, GINConv}`` (and every
+    """Make ``torch_geometric.nn.{GCNConv, SAGEConv, GraphConv, GINConv, GATConv}`` (and every
     loaded PyG module's reference to them, ``torch_geometric.nn.models``' included)
     build fastalign's layers. Idempotent; :func:`unpatch_pyg` restores PyG's."""
     global _ORIGINALS

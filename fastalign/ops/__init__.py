@@ -5,6 +5,7 @@ public function; backends implement the numeric work (fastalign.backends).
 """
 
 from .edge_similarity import edge_similarity
+from .gat_aggregate import gat_aggregate
 from .gcn_aggregate import gcn_aggregate, gcn_norm_state
 from .local_structure import edge_softmax, local_structure
 from .spmm import spmm
@@ -13,6 +14,7 @@ from .structure_kl import structure_kl
 __all__ = [
     "spmm",
     "gcn_aggregate",
+    "gat_aggregate",
     "gcn_norm_state",
     "edge_similarity",
     "edge_softmax",

@@ -115,6 +115,33 @@ cudaError_t fa_edge_softmax_backward(const fa_csr* g, const void* p, const void*
                                      fa_dtype dtype, void* grad_logits,
                                      cudaStream_t stream);
 
+// ---------------------------------------------------------------------------- graph attention
+// out[i, h] = sum_{j -> i} drop(softmax_j(leaky_relu(alpha_src[j, h] + alpha_dst[i, h]))) x[j, h]
+// for x [num_src, heads, channels] (alpha_dst may be null), as fastalign/ops/gat_aggregate.py.
+// With self_loops the stored loops are skipped and loop i -> i is attended for every
+// i < min(num_src, num_rows) (edge id num_edges + i). Dropout: an entry (edge id e, head
+// h) is kept when fmix32(lo32(e H + h) ^ fmix32(hi32(e H + h) ^ seed)) >> 8 >= threshold,
+// then scaled by `scale` (threshold 0: no dropout). lse: float32 [num_rows, heads]
+// (-inf for a row with nothing attended). One thread per (row, head); the backward walks
+// destination rows for grad_alpha_dst and the transpose (gt, perm_t) for grad_x and
+// grad_alpha_src, with d_row = grad_out . out per (row, head) (float32).
+typedef struct {
+  float slope;
+  float scale;
+  uint32_t threshold;
+  uint32_t seed;
+  int self_loops;
+} fa_attention;
+
+cudaError_t fa_gat_forward(const fa_csr* g, int64_t num_src, const void* x, const void* alpha_src,
+                           const void* alpha_dst, fa_dtype dtype, int heads, int channels,
+                           const fa_attention* att, void* out, float* lse, cudaStream_t stream);
+cudaError_t fa_gat_backward(const fa_csr* g, const fa_csr* gt, const int64_t* perm_t, int64_t num_src,
+                            const void* x, const void* alpha_src, const void* alpha_dst, fa_dtype dtype,
+                            int heads, int channels, const fa_attention* att, const float* lse,
+                            const float* d_row, const void* grad_out, void* grad_x, void* grad_src,
+                            void* grad_dst, cudaStream_t stream);
+
 // ---------------------------------------------------------------------------- structure KL
 // Per destination i: kl_i = KL(q_i || p_i), p = softmax(k(student)/tau),
 // q = softmax(k(peer)/tau) over i's in-edges. Student features s_dst/s_src have width

@@ -1,0 +1,290 @@
+"""gat_aggregate: fused graph attention (fastalign/ops/gat_aggregate.py has the formulas).
+
+Tiles are [edges, heads, channels] (heads and channels padded to powers of two).
+
+* Forward, one program per destination row: a pass over the row's edges for the
+  per-head max of the logits, a second for the sums of exp and the weighted features;
+  the row's added self loop is attended after its edges. Stores out and the per-head
+  log-sum-exp, nothing per edge.
+* Backward, by recomputation: one program per destination row sums the logit gradients
+  into grad_alpha_dst; one program per source row walks the transpose for grad_x and
+  grad_alpha_src (no atomics).
+
+The dropout mask is the counter hash of ``fastalign.backends.reference.attention_keep``
+in uint32 arithmetic, regenerated wherever an edge is visited. A hub row is one
+program (its edges run block by block); splitting hub rows is not done for this op yet.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .heuristics import acc_dtype, torch_acc
+from .launch import launcher
+
+BLOCK_EDGES = 32
+
+
+@triton.jit
+def _fmix32(h):
+    """MurmurHash3's finaliser of h < 2^32 held in uint64 (products masked to 32 bits)."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    h ^= h >> 16
+    return h
+
+
+@triton.jit
+def _dropout_factor(edge, hh, H, seed, threshold, scale, DROPOUT: tl.constexpr, ACC: tl.constexpr):
+    """[E, HP] factors of edge ids ``edge`` [E] and heads ``hh`` [HP]: 1 without dropout,
+    else 0 or ``scale`` (the hash of reference.attention_keep)."""
+    if DROPOUT:
+        idx = edge.to(tl.uint64)[:, None] * H + hh.to(tl.uint64)[None, :]
+        lo = idx & 0xFFFFFFFF
+        hi = idx >> 32
+        bits = _fmix32(lo ^ _fmix32(hi ^ seed.to(tl.uint64)))
+        return tl.where((bits >> 8) >= threshold, scale, 0.0).to(ACC)
+    else:
+        return tl.full([edge.shape[0], hh.shape[0]], 1.0, ACC)
+
+
+@triton.jit
+def _leaky(z, slope):
+    return tl.where(z > 0, z, z * slope)
+
+
+@triton.jit
+def gat_forward_kernel(
+    rowptr, col, x, a_src, a_dst, out, lse, num_edges, num_loops, params, seed, threshold,
+    H, C, HAS_DST: tl.constexpr, LOOPS: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_E: tl.constexpr, HP: tl.constexpr, CP: tl.constexpr,
+):
+    i = tl.program_id(0).to(tl.int64)
+    start = tl.load(rowptr + i).to(tl.int64)
+    end = tl.load(rowptr + i + 1).to(tl.int64)
+    hh = tl.arange(0, HP)
+    cc = tl.arange(0, CP)
+    hm = hh < H
+    slope = tl.load(params).to(ACC)  # a tensor: a Python float argument would be float32
+    scale = tl.load(params + 1).to(ACC)
+    tile = hm[:, None] & (cc < C)[None, :]
+    ad = tl.zeros([HP], dtype=ACC)
+    if HAS_DST:
+        ad = tl.load(a_dst + i * H + hh, mask=hm, other=0.0).to(ACC)
+    loop_h = hm & ((hh.to(tl.int64) * 0 + i) < num_loops)  # the row's added loop, per head
+    z_loop = tl.load(a_src + i * H + hh, mask=loop_h, other=0.0).to(ACC) + ad
+    e_loop = tl.where(loop_h, _leaky(z_loop, slope), float("-inf"))
+
+    m = e_loop
+    for e0 in range(start, end, BLOCK_E):
+        eo = e0 + tl.arange(0, BLOCK_E)
+        valid = eo < end
+        j = tl.load(col + eo, mask=valid, other=0).to(tl.int64)
+        if LOOPS:
+            valid = valid & (j != i)
+        z = tl.load(a_src + j[:, None] * H + hh[None, :], mask=valid[:, None] & hm[None, :], other=0.0).to(ACC)
+        e = tl.where(valid[:, None] & hm[None, :], _leaky(z + ad[None, :], slope), float("-inf"))
+        m = tl.maximum(m, tl.max(e, axis=0))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+
+    s = tl.zeros([HP], dtype=ACC)
+    acc = tl.zeros([HP, CP], dtype=ACC)
+    for e0 in range(start, end, BLOCK_E):
+        eo = e0 + tl.arange(0, BLOCK_E)
+        valid = eo < end
+        j = tl.load(col + eo, mask=valid, other=0).to(tl.int64)
+        if LOOPS:
+            valid = valid & (j != i)
+        vm = valid[:, None] & hm[None, :]
+        z = tl.load(a_src + j[:, None] * H + hh[None, :], mask=vm, other=0.0).to(ACC)
+        p = tl.where(vm, tl.exp(_leaky(z + ad[None, :], slope) - m_safe[None, :]), 0.0)
+        s += tl.sum(p, axis=0)
+        w = p * _dropout_factor(eo, hh, H, seed, threshold, scale, DROPOUT, ACC)
+        xv = tl.load(x + (j[:, None, None] * H + hh[None, :, None]) * C + cc[None, None, :],
+                     mask=valid[:, None, None] & tile[None, :, :], other=0.0).to(ACC)
+        acc += tl.sum(w[:, :, None] * xv, axis=0)
+    p_loop = tl.where(loop_h, tl.exp(e_loop - m_safe), 0.0)
+    s += p_loop
+    k_loop = tl.sum(_dropout_factor(tl.full([1], 0, tl.int64) + num_edges + i, hh, H, seed, threshold, scale,
+                                    DROPOUT, ACC), axis=0)
+    x_loop = tl.load(x + (i * H + hh[:, None]) * C + cc[None, :], mask=tile & loop_h[:, None], other=0.0).to(ACC)
+    acc += (p_loop * k_loop)[:, None] * x_loop
+
+    inv = tl.where(s > 0, 1.0 / tl.where(s > 0, s, 1.0), 0.0)
+    o = acc * inv[:, None]
+    tl.store(out + (i * H + hh[:, None]) * C + cc[None, :], o.to(out.dtype.element_ty), mask=tile)
+    row_lse = tl.where(s > 0, m_safe + tl.log(tl.where(s > 0, s, 1.0)), float("-inf"))
+    tl.store(lse + i * H + hh, row_lse.to(lse.dtype.element_ty), mask=hm)
+
+
+@triton.jit
+def _edge_grads(z, lse_i, d_i, k, dot, slope, valid):
+    """(a k, dz) of edges with pre-activations z [E, HP] (0 where not ``valid``)."""
+    a = tl.where(valid, tl.exp(_leaky(z, slope) - lse_i), 0.0)
+    dz = a * (k * dot - d_i) * tl.where(z > 0, 1.0, slope)
+    return a * k, dz
+
+
+@triton.jit
+def gat_dst_grad_kernel(
+    rowptr, col, x, a_src, a_dst, lse, d_row, g, grad_dst, num_edges, num_loops, params, seed, threshold,
+    H, C, LOOPS: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_E: tl.constexpr, HP: tl.constexpr, CP: tl.constexpr,
+):
+    i = tl.program_id(0).to(tl.int64)
+    start = tl.load(rowptr + i).to(tl.int64)
+    end = tl.load(rowptr + i + 1).to(tl.int64)
+    hh = tl.arange(0, HP)
+    cc = tl.arange(0, CP)
+    hm = hh < H
+    slope = tl.load(params).to(ACC)  # a tensor: a Python float argument would be float32
+    scale = tl.load(params + 1).to(ACC)
+    tile = hm[:, None] & (cc < C)[None, :]
+    ad = tl.load(a_dst + i * H + hh, mask=hm, other=0.0).to(ACC)
+    lse_i = tl.load(lse + i * H + hh, mask=hm, other=0.0).to(ACC)
+    d_i = tl.load(d_row + i * H + hh, mask=hm, other=0.0).to(ACC)
+    g_i = tl.load(g + (i * H + hh[:, None]) * C + cc[None, :], mask=tile, other=0.0).to(ACC)
+    total = tl.zeros([HP], dtype=ACC)
+    for e0 in range(start, end, BLOCK_E):
+        eo = e0 + tl.arange(0, BLOCK_E)
+        valid = eo < end
+        j = tl.load(col + eo, mask=valid, other=0).to(tl.int64)
+        if LOOPS:
+            valid = valid & (j != i)
+        vm = valid[:, None] & hm[None, :]
+        z = tl.load(a_src + j[:, None] * H + hh[None, :], mask=vm, other=0.0).to(ACC) + ad[None, :]
+        xv = tl.load(x + (j[:, None, None] * H + hh[None, :, None]) * C + cc[None, None, :],
+                     mask=valid[:, None, None] & tile[None, :, :], other=0.0).to(ACC)
+        dot = tl.sum(xv * g_i[None, :, :], axis=2)
+        k = _dropout_factor(eo, hh, H, seed, threshold, scale, DROPOUT, ACC)
+        _, dz = _edge_grads(z, lse_i[None, :], d_i[None, :], k, dot, slope, vm)
+        total += tl.sum(tl.where(vm, dz, 0.0), axis=0)
+    if LOOPS:
+        if i < num_loops:
+            z = (tl.load(a_src + i * H + hh, mask=hm, other=0.0).to(ACC) + ad)[None, :]
+            x_i = tl.load(x + (i * H + hh[:, None]) * C + cc[None, :], mask=tile, other=0.0).to(ACC)
+            dot = tl.sum(x_i * g_i, axis=1)[None, :]
+            k = _dropout_factor(tl.full([1], 0, tl.int64) + num_edges + i, hh, H, seed, threshold, scale,
+                                DROPOUT, ACC)
+            _, dz = _edge_grads(z, lse_i[None, :], d_i[None, :], k, dot, slope, hm[None, :])
+            total += tl.sum(tl.where(hm[None, :], dz, 0.0), axis=0)
+    tl.store(grad_dst + i * H + hh, total.to(grad_dst.dtype.element_ty), mask=hm)
+
+
+@triton.jit
+def gat_src_grad_kernel(
+    rowptr_t, col_t, perm_t, x, a_src, a_dst, lse, d_row, g, grad_x, grad_src, num_edges, num_loops, params,
+    seed, threshold, H, C, HAS_DST: tl.constexpr, LOOPS: tl.constexpr, DROPOUT: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_E: tl.constexpr, HP: tl.constexpr, CP: tl.constexpr,
+):
+    j = tl.program_id(0).to(tl.int64)
+    start = tl.load(rowptr_t + j).to(tl.int64)
+    end = tl.load(rowptr_t + j + 1).to(tl.int64)
+    hh = tl.arange(0, HP)
+    cc = tl.arange(0, CP)
+    hm = hh < H
+    slope = tl.load(params).to(ACC)  # a tensor: a Python float argument would be float32
+    scale = tl.load(params + 1).to(ACC)
+    tile = hm[:, None] & (cc < C)[None, :]
+    as_j = tl.load(a_src + j * H + hh, mask=hm, other=0.0).to(ACC)
+    x_j = tl.load(x + (j * H + hh[:, None]) * C + cc[None, :], mask=tile, other=0.0).to(ACC)
+    gsrc = tl.zeros([HP], dtype=ACC)
+    gx = tl.zeros([HP, CP], dtype=ACC)
+    for t0 in range(start, end, BLOCK_E):
+        to = t0 + tl.arange(0, BLOCK_E)
+        valid = to < end
+        i = tl.load(col_t + to, mask=valid, other=0).to(tl.int64)
+        edge = tl.load(perm_t + to, mask=valid, other=0)
+        if LOOPS:
+            valid = valid & (i != j)
+        vm = valid[:, None] & hm[None, :]
+        z = tl.zeros([BLOCK_E, HP], dtype=ACC) + as_j[None, :]
+        if HAS_DST:
+            z += tl.load(a_dst + i[:, None] * H + hh[None, :], mask=vm, other=0.0).to(ACC)
+        lse_i = tl.load(lse + i[:, None] * H + hh[None, :], mask=vm, other=0.0).to(ACC)
+        d_i = tl.load(d_row + i[:, None] * H + hh[None, :], mask=vm, other=0.0).to(ACC)
+        gv = tl.load(g + (i[:, None, None] * H + hh[None, :, None]) * C + cc[None, None, :],
+                     mask=valid[:, None, None] & tile[None, :, :], other=0.0).to(ACC)
+        dot = tl.sum(gv * x_j[None, :, :], axis=2)
+        k = _dropout_factor(edge, hh, H, seed, threshold, scale, DROPOUT, ACC)
+        ak, dz = _edge_grads(z, lse_i, d_i, k, dot, slope, vm)
+        gsrc += tl.sum(tl.where(vm, dz, 0.0), axis=0)
+        gx += tl.sum(tl.where(vm, ak, 0.0)[:, :, None] * gv, axis=0)
+    if LOOPS:
+        if j < num_loops:
+            z = as_j
+            if HAS_DST:
+                z += tl.load(a_dst + j * H + hh, mask=hm, other=0.0).to(ACC)
+            lse_j = tl.load(lse + j * H + hh, mask=hm, other=0.0).to(ACC)
+            d_j = tl.load(d_row + j * H + hh, mask=hm, other=0.0).to(ACC)
+            g_j = tl.load(g + (j * H + hh[:, None]) * C + cc[None, :], mask=tile, other=0.0).to(ACC)
+            dot = tl.sum(g_j * x_j, axis=1)
+            k = _dropout_factor(tl.full([1], 0, tl.int64) + num_edges + j, hh, H, seed, threshold, scale,
+                                DROPOUT, ACC)
+            ak, dz = _edge_grads(z[None, :], lse_j[None, :], d_j[None, :], k, dot[None, :], slope, hm[None, :])
+            gsrc += tl.sum(tl.where(hm[None, :], dz, 0.0), axis=0)
+            gx += tl.sum(tl.where(hm[None, :], ak, 0.0), axis=0)[:, None] * g_j
+    tl.store(grad_src + j * H + hh, gsrc.to(grad_src.dtype.element_ty), mask=hm)
+    tl.store(grad_x + (j * H + hh[:, None]) * C + cc[None, :], gx.to(grad_x.dtype.element_ty), mask=tile)
+
+
+def _options(x, negative_slope, dropout, seed, add_self_loops, num_dst):
+    from fastalign.backends.reference import dropout_scale, dropout_threshold
+
+    heads, channels = x.size(1), x.size(2)
+    params = torch.tensor([negative_slope, dropout_scale(dropout)], dtype=torch_acc(x.dtype), device=x.device)
+    return dict(
+        params=params,
+        num_loops=min(x.size(0), num_dst) if add_self_loops else 0,
+        seed=int(seed) & 0xFFFFFFFF, threshold=dropout_threshold(dropout),
+        H=heads, C=channels, LOOPS=bool(add_self_loops), DROPOUT=dropout > 0, ACC=acc_dtype(x.dtype),
+        BLOCK_E=BLOCK_EDGES, HP=triton.next_power_of_2(max(heads, 1)), CP=triton.next_power_of_2(max(channels, 1)),
+    )
+
+
+@launcher
+def gat_aggregate_forward(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops):
+    num_dst = rowptr.numel() - 1
+    out = x.new_empty((num_dst, x.size(1), x.size(2)))
+    lse = torch.empty((num_dst, x.size(1)), dtype=torch_acc(x.dtype), device=x.device)
+    if num_dst == 0 or x.size(1) == 0:
+        return out.zero_(), lse.fill_(float("-inf"))
+    has_dst = alpha_dst is not None
+    gat_forward_kernel[(num_dst,)](
+        rowptr, col, x, alpha_src, alpha_dst if has_dst else alpha_src, out, lse, col.numel(),
+        HAS_DST=has_dst, **_options(x, negative_slope, dropout, seed, add_self_loops, num_dst),
+    )
+    return out, lse
+
+
+@launcher
+def gat_aggregate_backward(
+    rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, out, lse, grad_out,
+    negative_slope, dropout, seed, add_self_loops,
+):
+    num_dst, num_src = rowptr.numel() - 1, x.size(0)
+    acc = torch_acc(x.dtype)
+    d_row = (grad_out.to(acc) * out.to(acc)).sum(-1).contiguous()
+    lse = lse.to(acc).contiguous()
+    grad_x = torch.zeros_like(x)
+    grad_src = torch.zeros_like(alpha_src)
+    has_dst = alpha_dst is not None
+    grad_dst = torch.zeros_like(alpha_dst) if has_dst else x.new_empty(0)
+    if x.size(1) == 0:
+        return grad_x, grad_src, grad_dst
+    options = _options(x, negative_slope, dropout, seed, add_self_loops, num_dst)
+    if has_dst and num_dst:
+        gat_dst_grad_kernel[(num_dst,)](
+            rowptr, col, x, alpha_src, alpha_dst, lse, d_row, grad_out, grad_dst, col.numel(),
+            **options,
+        )
+    if num_src:
+        gat_src_grad_kernel[(num_src,)](
+            rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst if has_dst else alpha_src, lse, d_row, grad_out,
+            grad_x, grad_src, col.numel(), HAS_DST=has_dst, **options,
+        )
+    return grad_x, grad_src, grad_dst
