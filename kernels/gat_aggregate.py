@@ -6,8 +6,8 @@ Tiles are [edges, heads, channels] (heads and channels padded to powers of two).
   per-head max of the logits, a second for the sums of exp and the weighted features;
   the row's added self loop is attended after its edges. Stores out and the per-head
   log-sum-exp, nothing per edge.
-* Backward, by recomputation: one program per destination row sums the logit gradients
-  into grad_alpha_dst; one program per source row walks the transpose for grad_x and
+* Backward, by recomputation: one program per destination row gives D_i = g_i . out_i
+  and grad_alpha_dst; one program per source row walks the transpose for grad_x and
   grad_alpha_src (no atomics).
 
 The dropout mask is the counter hash of ``fastalign.backends.reference.attention_keep``
@@ -132,9 +132,12 @@ def _edge_grads(z, lse_i, d_i, k, dot, slope, valid):
 @triton.jit
 def gat_dst_grad_kernel(
     rowptr, col, x, a_src, a_dst, lse, d_row, g, grad_dst, num_edges, num_loops, params, seed, threshold,
-    H, C, LOOPS: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
+    H, C, HAS_DST: tl.constexpr, LOOPS: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_E: tl.constexpr, HP: tl.constexpr, CP: tl.constexpr,
 ):
+    """Per destination row: D_i = g_i . out_i = sum_j a k (g_i . x_j) into d_row, and
+    grad_alpha_dst = sum_j a (k g_i . x_j - D_i) l' = S1 - D_i S2 (l' the leaky ReLU's
+    slope at z; D_i is known only at the row's end)."""
     i = tl.program_id(0).to(tl.int64)
     start = tl.load(rowptr + i).to(tl.int64)
     end = tl.load(rowptr + i + 1).to(tl.int64)
@@ -144,11 +147,14 @@ def gat_dst_grad_kernel(
     slope = tl.load(params).to(ACC)  # a tensor: a Python float argument would be float32
     scale = tl.load(params + 1).to(ACC)
     tile = hm[:, None] & (cc < C)[None, :]
-    ad = tl.load(a_dst + i * H + hh, mask=hm, other=0.0).to(ACC)
+    ad = tl.zeros([HP], dtype=ACC)
+    if HAS_DST:
+        ad = tl.load(a_dst + i * H + hh, mask=hm, other=0.0).to(ACC)
     lse_i = tl.load(lse + i * H + hh, mask=hm, other=0.0).to(ACC)
-    d_i = tl.load(d_row + i * H + hh, mask=hm, other=0.0).to(ACC)
     g_i = tl.load(g + (i * H + hh[:, None]) * C + cc[None, :], mask=tile, other=0.0).to(ACC)
-    total = tl.zeros([HP], dtype=ACC)
+    s1 = tl.zeros([HP], dtype=ACC)
+    s2 = tl.zeros([HP], dtype=ACC)
+    d = tl.zeros([HP], dtype=ACC)
     for e0 in range(start, end, BLOCK_E):
         eo = e0 + tl.arange(0, BLOCK_E)
         valid = eo < end
@@ -161,18 +167,26 @@ def gat_dst_grad_kernel(
                      mask=valid[:, None, None] & tile[None, :, :], other=0.0).to(ACC)
         dot = tl.sum(xv * g_i[None, :, :], axis=2)
         k = _dropout_factor(eo, hh, H, seed, threshold, scale, DROPOUT, ACC)
-        _, dz = _edge_grads(z, lse_i[None, :], d_i[None, :], k, dot, slope, vm)
-        total += tl.sum(tl.where(vm, dz, 0.0), axis=0)
+        a = tl.where(vm, tl.exp(_leaky(z, slope) - lse_i[None, :]), 0.0)
+        lg = tl.where(z > 0, 1.0, slope)
+        s1 += tl.sum(a * k * dot * lg, axis=0)
+        s2 += tl.sum(a * lg, axis=0)
+        d += tl.sum(a * k * dot, axis=0)
     if LOOPS:
         if i < num_loops:
-            z = (tl.load(a_src + i * H + hh, mask=hm, other=0.0).to(ACC) + ad)[None, :]
+            z = tl.load(a_src + i * H + hh, mask=hm, other=0.0).to(ACC) + ad
             x_i = tl.load(x + (i * H + hh[:, None]) * C + cc[None, :], mask=tile, other=0.0).to(ACC)
-            dot = tl.sum(x_i * g_i, axis=1)[None, :]
-            k = _dropout_factor(tl.full([1], 0, tl.int64) + num_edges + i, hh, H, seed, threshold, scale,
-                                DROPOUT, ACC)
-            _, dz = _edge_grads(z, lse_i[None, :], d_i[None, :], k, dot, slope, hm[None, :])
-            total += tl.sum(tl.where(hm[None, :], dz, 0.0), axis=0)
-    tl.store(grad_dst + i * H + hh, total.to(grad_dst.dtype.element_ty), mask=hm)
+            dot = tl.sum(x_i * g_i, axis=1)
+            k = tl.sum(_dropout_factor(tl.full([1], 0, tl.int64) + num_edges + i, hh, H, seed, threshold, scale,
+                                       DROPOUT, ACC), axis=0)
+            a = tl.where(hm, tl.exp(_leaky(z, slope) - lse_i), 0.0)
+            lg = tl.where(z > 0, 1.0, slope)
+            s1 += a * k * dot * lg
+            s2 += a * lg
+            d += a * k * dot
+    tl.store(d_row + i * H + hh, d.to(d_row.dtype.element_ty), mask=hm)
+    if HAS_DST:
+        tl.store(grad_dst + i * H + hh, (s1 - d * s2).to(grad_dst.dtype.element_ty), mask=hm)
 
 
 @triton.jit
@@ -263,12 +277,12 @@ def gat_aggregate_forward(rowptr, col, x, alpha_src, alpha_dst, negative_slope, 
 
 @launcher
 def gat_aggregate_backward(
-    rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, out, lse, grad_out,
+    rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse, grad_out,
     negative_slope, dropout, seed, add_self_loops,
 ):
     num_dst, num_src = rowptr.numel() - 1, x.size(0)
     acc = torch_acc(x.dtype)
-    d_row = (grad_out.to(acc) * out.to(acc)).sum(-1).contiguous()
+    d_row = torch.zeros((num_dst, x.size(1)), dtype=acc, device=x.device)  # g_i . out_i, from the first pass
     lse = lse.to(acc).contiguous()
     grad_x = torch.zeros_like(x)
     grad_src = torch.zeros_like(alpha_src)
@@ -277,10 +291,10 @@ def gat_aggregate_backward(
     if x.size(1) == 0:
         return grad_x, grad_src, grad_dst
     options = _options(x, negative_slope, dropout, seed, add_self_loops, num_dst)
-    if has_dst and num_dst:
+    if num_dst:
         gat_dst_grad_kernel[(num_dst,)](
-            rowptr, col, x, alpha_src, alpha_dst, lse, d_row, grad_out, grad_dst, col.numel(),
-            **options,
+            rowptr, col, x, alpha_src, alpha_dst if has_dst else alpha_src, lse, d_row, grad_out,
+            grad_dst if has_dst else d_row, col.numel(), HAS_DST=has_dst, **options,
         )
     if num_src:
         gat_src_grad_kernel[(num_src,)](

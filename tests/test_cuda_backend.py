@@ -262,7 +262,7 @@ def test_gat_aggregate(name, index_dtype, dtype, heads, channels, loops, dropout
     assert_close(lse[finite], ref_lse[finite], torch.float32)
     rowptr_t, col_t, perm_t = g.transpose()
     grad_out = feats(g.num_dst, heads * channels, dtype, seed=5).view(-1, heads, channels)
-    back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_out, ref_lse, grad_out, 0.2, dropout,
+    back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_lse, grad_out, 0.2, dropout,
             12345, loops)
     for got, expected in zip(CU.gat_aggregate_backward(*back), REF.gat_aggregate_backward(*back)):
         assert_close(got, expected)

@@ -69,7 +69,7 @@ def samples():
         g.rowptr, g.col, xh.detach(), a_src.detach(), a_dst.detach(), 0.2, 0.3, 11, False, None, None, None,
         BACKEND)
     yield "gat_aggregate_backward", ops.gat_aggregate_backward.default, (
-        g.rowptr, g.col, rowptr_t, col_t, perm_t, xh.detach(), a_src.detach(), a_dst.detach(), out, lse,
+        g.rowptr, g.col, rowptr_t, col_t, perm_t, xh.detach(), a_src.detach(), a_dst.detach(), lse,
         torch.randn_like(out), 0.2, 0.3, 11, False, BACKEND)
     if backends.implements("cpu", "structure_kl_forward_with_grad_state"):
         # the detached-peer fast path of the CPU kernels (gradient state from the forward)

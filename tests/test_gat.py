@@ -185,10 +185,10 @@ def test_direct_op_calls_with_bad_indices_raise(backend):
     rowptr_t, col_t, perm_t = g.transpose()
     out, lse = ops.gat_aggregate(g.rowptr, g.col, x, a_s, a_d, 0.2, 0.0, 0, True, None, None, None, backend)
     with pytest.raises(ValueError, match="lse"):
-        ops.gat_aggregate_backward(g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, out, lse[:-1],
+        ops.gat_aggregate_backward(g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, lse[:-1],
                                    out, 0.2, 0.0, 0, True, backend)
     with pytest.raises(ValueError, match="perm_t"):
-        ops.gat_aggregate_backward(g.rowptr, g.col, rowptr_t, col_t, perm_t[:-1], x, a_s, a_d, out, lse,
+        ops.gat_aggregate_backward(g.rowptr, g.col, rowptr_t, col_t, perm_t[:-1], x, a_s, a_d, lse,
                                    out, 0.2, 0.0, 0, True, backend)
     if backend == "cpu":  # the kernels' own checks, below the op's
         with pytest.raises(ValueError, match="outside"):
@@ -197,7 +197,7 @@ def test_direct_op_calls_with_bad_indices_raise(backend):
         bad_t[0] = -1
         with pytest.raises(ValueError, match="outside"):
             torch.ops.fastalign_cpu.gat_aggregate_backward(
-                g.rowptr, g.col, rowptr_t, bad_t, perm_t, x, a_s, a_d, out, lse, out, 0.2, 0.0, 0, True)
+                g.rowptr, g.col, rowptr_t, bad_t, perm_t, x, a_s, a_d, lse, out, 0.2, 0.0, 0, True)
 
 
 def test_no_grad_needs_no_transpose_and_empty_graph_works():

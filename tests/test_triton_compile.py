@@ -93,8 +93,8 @@ def cases():
                         dict(gat, HAS_DST=has_dst, LOOPS=loops, DROPOUT=dropout)))
             out.append((gat_aggregate.gat_src_grad_kernel, feat, index,
                         dict(gat, HAS_DST=has_dst, LOOPS=loops, DROPOUT=dropout)))
-            if has_dst:
-                out.append((gat_aggregate.gat_dst_grad_kernel, feat, index, dict(gat, LOOPS=loops, DROPOUT=dropout)))
+            out.append((gat_aggregate.gat_dst_grad_kernel, feat, index,
+                        dict(gat, HAS_DST=has_dst, LOOPS=loops, DROPOUT=dropout)))
         for kind in range(5) if full else (4,):
             for degree in ((0, 3) if kind == 3 else (2,)):
                 k = dict(KIND=kind, DEGREE=degree)

@@ -382,5 +382,5 @@ def test_gat_aggregate(dtype, graph):
     rel_close(lse, ref_lse, torch.float32, "lse")
     rowptr_t, col_t, perm_t = g.transpose()
     grad_out = feats(g.num_dst, heads * channels, dtype, 4).view(-1, heads, channels)
-    back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_out, ref_lse, grad_out, 0.2, 0.25, 99, True)
+    back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_lse, grad_out, 0.2, 0.25, 99, True)
     rel_close(TB.gat_aggregate_backward(*back), REF.gat_aggregate_backward(*back), dtype, "grads")

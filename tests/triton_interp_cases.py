@@ -334,7 +334,7 @@ def test_gat_aggregate(name, loops, dropout, with_dst, index_dtype):
     close(torch.nan_to_num(lse, neginf=0.0), torch.nan_to_num(ref_lse, neginf=0.0))
     rowptr_t, col_t, perm_t = g.transpose()
     grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64)
-    back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_out, ref_lse, grad_out, 0.15, dropout,
+    back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_lse, grad_out, 0.15, dropout,
             2**31 + 17, loops)
     close(tb.gat_aggregate_backward(*back), ref.gat_aggregate_backward(*back))
 

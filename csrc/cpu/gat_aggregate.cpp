@@ -1,8 +1,9 @@
 // gat_aggregate: graph attention fused (fastalign/ops/gat_aggregate.py has the formulas).
 // Forward: one fold per destination row, an online softmax per head over the row's
 // edges accumulating the attention-weighted features; only the log-sum-exp per (row,
-// head) is kept. Backward by recomputation: a fold over destination rows for
-// grad_alpha_dst, a fold over the transpose (source rows) for grad_x and grad_alpha_src.
+// head) is kept. Backward by recomputation: a fold over destination rows for D_i =
+// g_i . out_i and grad_alpha_dst, a fold over the transpose (source rows) for grad_x and
+// grad_alpha_src.
 // No per-edge tensor is written. Self loops (add_self_loops) are attended in the row's
 // finish, the stored ones skipped; dropout is the counter hash of
 // fastalign.backends.reference.attention_keep, regenerated wherever an edge is visited.
@@ -242,7 +243,7 @@ template <typename scalar_t>
 struct EdgeGrad {
   const Attention<scalar_t>* at;
   const scalar_t* lse;    // [num_dst, H]
-  const scalar_t* d_row;  // [num_dst, H]: g_i . out_i
+  const scalar_t* d_row;  // [num_dst, H]: g_i . out_i (from the destination-side pass)
 
   void operator()(int64_t i, int64_t j, int64_t edge, scalar_t* __restrict__ ak, scalar_t* __restrict__ dz,
                   scalar_t* __restrict__ z) const {
@@ -273,48 +274,66 @@ inline void head_dots(const scalar_t* __restrict__ a, const scalar_t* __restrict
   }
 }
 
-// grad_alpha_dst: a fold over destination rows; state [H | scratch 3H].
+// The destination-side pass: per (row i, head) D_i = g_i . out_i = sum_j a k (g_i . x_j)
+// (so the backward needs no saved output) and grad_alpha_dst[i] = sum_j dz_ij, as
+// S1 - D_i S2 with S1 = sum_j a k (g_i . x_j) l', S2 = sum_j a l' (l' the leaky ReLU's
+// slope at z_ij): dz_ij = a (k g_i . x_j - D_i) l' needs D_i, known only at the row's end.
+// State [S1 | S2 | D | scratch 3H].
 template <typename scalar_t, typename index_t, int kC>
 struct DstGradFold {
   using elem_t = scalar_t;
-  EdgeGrad<scalar_t> eg;
+  const Attention<scalar_t>* at;
+  const scalar_t* lse;
   const index_t* col;
   const scalar_t* x;
   const scalar_t* g;  // [num_dst, H, C]
-  scalar_t* grad_dst;
-  int64_t size;  // 4H
+  scalar_t* d_row;    // [num_dst, H] (written)
+  scalar_t* grad_dst; // [num_dst, H] or null
+  int64_t size;       // 6H
   IndexCheck cols;
   int64_t prefetch_end = 0;
 
-  int64_t cw() const { return kC > 0 ? kC : eg.at->C; }
+  int64_t cw() const { return kC > 0 ? kC : at->C; }
   bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
-  void init(scalar_t* s) const { fill(s, scalar_t(0), eg.at->H); }
+  void init(scalar_t* s) const { fill(s, scalar_t(0), 3 * at->H); }
   void attend(int64_t i, int64_t j, int64_t edge, scalar_t* __restrict__ s) const {
-    const int64_t H = eg.at->H, C = cw();
-    scalar_t* __restrict__ ak = s + H;
-    scalar_t* __restrict__ dz = ak + H;
-    head_dots<kC>(g + i * H * C, x + j * H * C, H, C, dz);
-    eg(i, j, edge, ak, dz, dz + H);
+    const int64_t H = at->H, C = cw();
+    scalar_t* __restrict__ k = s + 3 * H;
+    scalar_t* __restrict__ dot = k + H;
+    scalar_t* __restrict__ z = dot + H;
+    const scalar_t* __restrict__ li = lse + i * H;
+    head_dots<kC>(g + i * H * C, x + j * H * C, H, C, dot);
+    at->pre(j, i, z);
+    at->drop.factors(edge, H, k);
 #pragma omp simd
-    for (int64_t h = 0; h < H; ++h) s[h] += dz[h];
+    for (int64_t h = 0; h < H; ++h) {
+      const scalar_t a = softmax_exp(at->leaky(z[h]) - li[h]);
+      const scalar_t akd = a * k[h] * dot[h], slope = at->leaky_grad(z[h]);
+      s[h] += akd * slope;
+      s[H + h] += a * slope;
+      s[2 * H + h] += akd;
+    }
   }
   void accumulate(int64_t r, int64_t e0, int64_t e1, scalar_t* s) const {
-    const int64_t width = eg.at->H * cw(), end = std::max(e1, prefetch_end);
+    const int64_t width = at->H * cw(), end = std::max(e1, prefetch_end);
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < end) {
         const int64_t ahead = col[e + kPrefetchDistance];
         prefetch_row(x + ahead * width, width);
-        __builtin_prefetch(eg.at->alpha_src + ahead * eg.at->H);
+        __builtin_prefetch(at->alpha_src + ahead * at->H);
       }
       const int64_t j = col[e];
-      if (!eg.at->skipped(j, r)) attend(r, j, e, s);
+      if (!at->skipped(j, r)) attend(r, j, e, s);
     }
   }
-  void merge(scalar_t* s, const scalar_t* piece) const { add_into(s, piece, eg.at->H); }
+  void merge(scalar_t* s, const scalar_t* piece) const { add_into(s, piece, 3 * at->H); }
   void finish(int64_t r, scalar_t* s) const {
-    if (eg.at->has_loop(r)) attend(r, r, eg.at->num_edges + r, s);
-    const int64_t H = eg.at->H;
-    for (int64_t h = 0; h < H; ++h) grad_dst[r * H + h] = s[h];
+    if (at->has_loop(r)) attend(r, r, at->num_edges + r, s);
+    const int64_t H = at->H;
+    for (int64_t h = 0; h < H; ++h) {
+      d_row[r * H + h] = s[2 * H + h];
+      if (grad_dst) grad_dst[r * H + h] = s[h] - s[2 * H + h] * s[H + h];
+    }
   }
 };
 
@@ -441,8 +460,8 @@ std::tuple<at::Tensor, at::Tensor> gat_aggregate_forward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
     const at::Tensor& perm_t, const at::Tensor& x, const at::Tensor& alpha_src,
-    const c10::optional<at::Tensor>& alpha_dst, const at::Tensor& out, const at::Tensor& lse,
-    const at::Tensor& grad_out, double negative_slope, double dropout, int64_t seed, bool add_self_loops) {
+    const c10::optional<at::Tensor>& alpha_dst, const at::Tensor& lse, const at::Tensor& grad_out,
+    double negative_slope, double dropout, int64_t seed, bool add_self_loops) {
   check_csr(rowptr, col);
   check_csr(rowptr_t, col_t);
   const int64_t n = rowptr.numel() - 1, num_src = x.size(0), E = col.numel();
@@ -452,12 +471,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward(
   TORCH_CHECK_TYPE(perm_t.scalar_type() == at::kLong, "perm_t must be int64");
   check_edge_values(perm_t, E, "perm_t");
   const std::vector<int64_t> shape{n, x.size(1), x.size(2)};
-  TORCH_CHECK_VALUE(out.sizes().equals(shape) && grad_out.sizes().equals(shape), "out and grad_out must be ", shape);
+  TORCH_CHECK_VALUE(grad_out.sizes().equals(shape), "grad_out must be ", shape);
   TORCH_CHECK_VALUE(lse.dim() == 2 && lse.size(0) == n && lse.size(1) == x.size(1), "lse must be [", n, ", ",
                     x.size(1), "]");
   const auto dtype = x.scalar_type();
   const at::Tensor xc = x.contiguous(), as = contiguous_as(alpha_src, dtype), ad = optional_as(alpha_dst, dtype);
-  const at::Tensor g = contiguous_as(grad_out, dtype), oc = contiguous_as(out, dtype), lc = contiguous_as(lse, dtype);
+  const at::Tensor g = contiguous_as(grad_out, dtype), lc = contiguous_as(lse, dtype);
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   const at::Tensor rpt = rowptr_t.contiguous(), clt = col_t.contiguous(), pt = perm_t.contiguous();
   at::Tensor grad_x = at::empty_like(xc), grad_src = at::empty_like(as);
@@ -471,19 +490,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward(
     check_rowptr(rptp, num_src, E, "gat_aggregate_backward (transpose)");
     const int64_t H = x.size(1), C = x.size(2);
     const scalar_t* gp = g.data_ptr<scalar_t>();
-    const scalar_t* op = oc.data_ptr<scalar_t>();
     scalar_t* dp = d_row.data_ptr<scalar_t>();
-    parallel_range(n, 256, [&](int64_t i) { head_dots<0>(gp + i * H * C, op + i * H * C, H, C, dp + i * H); });
     const auto attn = attention<scalar_t>(as, ad, xc, negative_slope, dropout, seed, add_self_loops, n, E);
     const EdgeGrad<scalar_t> eg{&attn, lc.data_ptr<scalar_t>(), dp};
     with_channels(C, [&](auto channels) {
       constexpr int kC = decltype(channels)::value;
-      if (ad.defined()) {
-        DstGradFold<scalar_t, index_t, kC> dst_op{eg, cl.data_ptr<index_t>(), xc.data_ptr<scalar_t>(), gp,
-                                                  grad_dst.data_ptr<scalar_t>(), 4 * H,
-                                                  IndexCheck{uint64_t(num_src), &bad_col}, E};
-        segment_fold(rpp, partition_rows(rpp, n), dst_op);
-      }
+      DstGradFold<scalar_t, index_t, kC> dst_op{&attn, lc.data_ptr<scalar_t>(), cl.data_ptr<index_t>(),
+                                                xc.data_ptr<scalar_t>(), gp, dp,
+                                                ad.defined() ? grad_dst.data_ptr<scalar_t>() : nullptr, 6 * H,
+                                                IndexCheck{uint64_t(num_src), &bad_col}, E};
+      segment_fold(rpp, partition_rows(rpp, n), dst_op);
       SrcGradFold<scalar_t, index_t, kC> src_op{eg, clt.data_ptr<index_t>(), pt.data_ptr<int64_t>(),
                                                 xc.data_ptr<scalar_t>(), gp, grad_x.data_ptr<scalar_t>(),
                                                 grad_src.data_ptr<scalar_t>(), H * (C + 4),
@@ -504,7 +520,7 @@ TORCH_LIBRARY_FRAGMENT(fastalign_cpu, m) {
       "float negative_slope, float dropout, int seed, bool add_self_loops) -> (Tensor, Tensor)");
   m.def(
       "gat_aggregate_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor perm_t, "
-      "Tensor x, Tensor alpha_src, Tensor? alpha_dst, Tensor out, Tensor lse, Tensor grad_out, "
+      "Tensor x, Tensor alpha_src, Tensor? alpha_dst, Tensor lse, Tensor grad_out, "
       "float negative_slope, float dropout, int seed, bool add_self_loops) -> (Tensor, Tensor, Tensor)");
 }
 

@@ -464,7 +464,7 @@ std::tuple<Tensor, Tensor> gat_aggregate_forward(const Tensor& rowptr, const Ten
 
 std::tuple<Tensor, Tensor, Tensor> gat_aggregate_backward(
     const Tensor& rowptr, const Tensor& col, const Tensor& rowptr_t, const Tensor& col_t, const Tensor& perm_t,
-    const Tensor& x_in, const Tensor& alpha_src, const OptTensor& alpha_dst, const Tensor& out, const Tensor& lse,
+    const Tensor& x_in, const Tensor& alpha_src, const OptTensor& alpha_dst, const Tensor& lse,
     const Tensor& grad_out, double negative_slope, double dropout, int64_t seed, bool add_self_loops) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   check_cuda(x_in, x_in, "x");
@@ -479,19 +479,18 @@ std::tuple<Tensor, Tensor, Tensor> gat_aggregate_backward(
   TORCH_CHECK_TYPE(perm_t.scalar_type() == at::kLong && perm_t.numel() == c.g.num_edges,
                    "fastalign cuda: perm_t must be int64 [num_edges]");
   const int64_t H = x.size(1), C = x.size(2);
-  TORCH_CHECK_VALUE(out.sizes() == grad_out.sizes() && out.dim() == 3 && out.size(0) == c.g.num_rows &&
-                        out.size(1) == H && out.size(2) == C,
-                    "fastalign cuda: out and grad_out must be [num_dst, H, C]");
+  TORCH_CHECK_VALUE(grad_out.dim() == 3 && grad_out.size(0) == c.g.num_rows && grad_out.size(1) == H &&
+                        grad_out.size(2) == C,
+                    "fastalign cuda: grad_out must be [num_dst, H, C]");
   TORCH_CHECK_VALUE(lse.dim() == 2 && lse.size(0) == c.g.num_rows && lse.size(1) == H,
                     "fastalign cuda: lse must be [num_dst, H]");
-  check_cuda(out, x, "out");
   check_cuda(grad_out, x, "grad_out");
   check_cuda(lse, x, "lse");
   Tensor as = heads_like(alpha_src, x, "alpha_src");
   OptTensor ad;
   if (alpha_dst.has_value() && alpha_dst->defined()) ad = heads_like(*alpha_dst, x, "alpha_dst");
   Tensor g = grad_out.to(x.scalar_type()).contiguous();
-  Tensor d_row = (g.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();
+  Tensor d_row = at::empty({c.g.num_rows, H}, x.options().dtype(at::kFloat));  // written by the first pass
   Tensor l = lse.to(at::kFloat).contiguous();
   Tensor pt = perm_t.contiguous();
   Tensor grad_x = at::empty_like(x), grad_src = at::empty_like(as);
@@ -539,7 +538,7 @@ TORCH_LIBRARY(fastalign_cuda, m) {
   m.def("gat_aggregate_forward(Tensor rowptr, Tensor col, Tensor x, Tensor alpha_src, Tensor? alpha_dst,"
         " float negative_slope, float dropout, int seed, bool add_self_loops) -> (Tensor, Tensor)");
   m.def("gat_aggregate_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor perm_t,"
-        " Tensor x, Tensor alpha_src, Tensor? alpha_dst, Tensor out, Tensor lse, Tensor grad_out,"
+        " Tensor x, Tensor alpha_src, Tensor? alpha_dst, Tensor lse, Tensor grad_out,"
         " float negative_slope, float dropout, int seed, bool add_self_loops) -> (Tensor, Tensor, Tensor)");
 }
 

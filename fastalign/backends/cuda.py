@@ -153,15 +153,15 @@ def gat_aggregate_forward(rowptr, col, x, alpha_src, alpha_dst, negative_slope, 
 
 
 def gat_aggregate_backward(
-    rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, out, lse, grad_out,
+    rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse, grad_out,
     negative_slope, dropout, seed, add_self_loops,
 ):
     if not _kernel_dtype(x):
         return _ref.gat_aggregate_backward(
-            rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, out, lse, grad_out,
+            rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse, grad_out,
             negative_slope, dropout, seed, add_self_loops,
         )
     return _ops().gat_aggregate_backward(
-        rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, out, lse, grad_out,
+        rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse, grad_out,
         negative_slope, dropout, seed, add_self_loops,
     )

@@ -459,12 +459,13 @@ def gat_aggregate_forward(
 
 def gat_aggregate_backward(
     rowptr: Tensor, col: Tensor, rowptr_t: Tensor, col_t: Tensor, perm_t: Tensor,
-    x: Tensor, alpha_src: Tensor, alpha_dst: Optional[Tensor], out: Tensor, lse: Tensor,
+    x: Tensor, alpha_src: Tensor, alpha_dst: Optional[Tensor], lse: Tensor,
     grad_out: Tensor, negative_slope: float, dropout: float, seed: int, add_self_loops: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """(grad_x, grad_alpha_src, grad_alpha_dst; the last empty without alpha_dst).
 
-    With g_i the output gradient and D_i = g_i . out_i (per node and head):
+    With g_i the output gradient and D_i = g_i . out_i = sum_j a_ij k_ij g_i . x_j (per
+    node and head; recomputed, so the output need not be saved):
     d out_i / d a_ij gives g_i . x_j, the softmax turns it into
     dz_ij = a_ij (k_ij g_i . x_j - D_i) leaky_relu'(z_ij), and
     grad_x[j] = sum_i a_ij k_ij g_i, grad_alpha_src[j] = sum_i dz_ij,
@@ -475,9 +476,9 @@ def gat_aggregate_backward(
         rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops
     )
     g = grad_out.to(acc)
-    d_row = (g * out.to(acc)).sum(-1)
     g_e = g[dst]
     dot = (g_e * x.to(acc)[src]).sum(-1)
+    d_row = _segment_sum(a * k * dot, dst, rowptr.numel() - 1)
     slope = torch.where(z > 0, torch.ones_like(z), torch.full_like(z, negative_slope))
     dz = a * (k * dot - d_row[dst]) * slope
     grad_x = _segment_sum((a * k).unsqueeze(-1) * g_e, src, x.size(0))

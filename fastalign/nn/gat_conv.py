@@ -192,20 +192,25 @@ class GATConv(DropInConv):
         res = self.res(raw_dst) if raw_dst is not None and self.res is not None else None
         lin_src = self.lin if self.lin is not None else self.lin_src
         lin_dst = self.lin if self.lin is not None else self.lin_dst
-        x_src, alpha_src = self._heads(raw_src, lin_src, self.att_src)
-        alpha_dst = None if raw_dst is None else self._heads(raw_dst, lin_dst, self.att_dst, project=False)[1]
+        if raw_dst is raw_src and lin_dst is lin_src:
+            # one product for both attention terms: one [N, F] gradient for x, not two
+            x_src, both = self._heads(raw_src, lin_src, (self.att_src, self.att_dst))
+            return raw, x_src, both[:, : self.heads], both[:, self.heads:], res
+        x_src, alpha_src = self._heads(raw_src, lin_src, (self.att_src,))
+        alpha_dst = None if raw_dst is None else self._heads(raw_dst, lin_dst, (self.att_dst,), project=False)[1]
         return raw, x_src, alpha_src, alpha_dst, res
 
-    def _heads(self, raw: Tensor, lin: torch.nn.Module, att: Tensor, project: bool = True):
-        """(lin(raw) as [N, H, C] (or None unless ``project``), the attention term
-        (lin(raw) . att per head, [N, H])). The attention vectors are folded into the
-        projection, ``raw (W_h^T a_h)``, an [F, H] product: the same number as PyG's
-        ``(x_h * a_h).sum(-1)`` without its [N, H, C] product and its slow broadcast
-        backward."""
+    def _heads(self, raw: Tensor, lin: torch.nn.Module, atts: Tuple[Tensor, ...], project: bool = True):
+        """(lin(raw) as [N, H, C] (or None unless ``project``), the attention terms
+        lin(raw) . a per head for each a of ``atts``, side by side: [N, H * len(atts)]).
+        The attention vectors are folded into the projection, ``raw (W_h^T a_h)``, an
+        [F, H] product: the same numbers as PyG's ``(x_h * a_h).sum(-1)`` without its
+        [N, H, C] product and its slow broadcast backward."""
         H, C = self.heads, self.out_channels
         lazy = isinstance(lin.weight, torch.nn.parameter.UninitializedParameter)
         h = lin(raw).view(-1, H, C) if project or lazy else None  # a lazy lin materialises here
-        folded = torch.einsum("hcf,hc->fh", lin.weight.view(H, C, -1), att.view(H, C))
+        weight = lin.weight.view(H, C, -1)
+        folded = torch.cat([torch.einsum("hcf,hc->fh", weight, a.view(H, C)) for a in atts], dim=1)
         return h, raw @ folded
 
     def forward(self, x, edge_index, edge_attr: Optional[Tensor] = None, size=None,

@@ -9,10 +9,11 @@ way it adds them: with ``add_self_loops`` the stored self loops are ignored and 
 i -> i is attended for each i < min(num_src, num_dst), without building a new graph.
 
 Forward: one pass per destination row with an online softmax, saving only the per-(node,
-head) log-sum-exp. Backward by recomputation: with D_i = g_i . out_i, the logit gradient
-of edge j -> i is a_ij (k_ij g_i . x_j - D_i) leaky_relu'(z_ij) (k the dropout factor);
-a pass over destination rows sums it into grad_alpha_dst, a pass over the transpose
-(source rows) into grad_alpha_src and grad_x = sum_i a_ij k_ij g_i. No E x H x C tensor
+head) log-sum-exp (not the output). Backward by recomputation: with D_i = g_i . out_i =
+sum_j a_ij k_ij g_i . x_j, the logit gradient of edge j -> i is a_ij (k_ij g_i . x_j -
+D_i) leaky_relu'(z_ij) (k the dropout factor); a pass over destination rows gives D_i and
+sums the logit gradients into grad_alpha_dst, a pass over the transpose (source rows) into
+grad_alpha_src and grad_x = sum_i a_ij k_ij g_i. No E x H x C tensor
 and no E x H tensor is built on the kernel backends (the reference builds both).
 
 Attention dropout draws its mask from a counter-based hash of (seed, edge, head)
@@ -96,7 +97,6 @@ def gat_aggregate_backward_op(
     x: Tensor,
     alpha_src: Tensor,
     alpha_dst: Optional[Tensor],
-    out: Tensor,
     lse: Tensor,
     grad_out: Tensor,
     negative_slope: float,
@@ -116,19 +116,18 @@ def gat_aggregate_backward_op(
         )
     V.check_perm(perm_t, col.numel())
     shape = (num_dst, x.size(1), x.size(2))
-    for name, t in (("out", out), ("grad_out", grad_out)):
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    if tuple(grad_out.shape) != shape:
+        raise ValueError(f"grad_out must have shape {list(shape)}, got {list(grad_out.shape)}")
     if tuple(lse.shape) != shape[:2]:
         raise ValueError(f"lse must have shape {list(shape[:2])}, got {list(lse.shape)}")
     return impl(backend).gat_aggregate_backward(
-        rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, out, lse, grad_out,
+        rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse, grad_out,
         negative_slope, dropout, seed, add_self_loops,
     )
 
 
 @gat_aggregate_backward_op.register_fake
-def _(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, out, lse, grad_out,
+def _(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse, grad_out,
       negative_slope, dropout, seed, add_self_loops, backend):
     grad_dst = torch.empty_like(alpha_dst) if alpha_dst is not None else x.new_empty(0)
     return torch.empty_like(x), torch.empty_like(alpha_src), grad_dst
@@ -139,16 +138,17 @@ def _setup_context(ctx, inputs, output):
      rowptr_t, col_t, perm_t, backend) = inputs
     ctx.options = (negative_slope, dropout, seed, add_self_loops, backend)
     ctx.has_dst = alpha_dst is not None
-    ctx.save_for_backward(rowptr, col, x, alpha_src, alpha_dst, output[0], output[1], rowptr_t, col_t, perm_t)
+    # not the output: the backward recomputes what it needs of it (D_i = g_i . out_i)
+    ctx.save_for_backward(rowptr, col, x, alpha_src, alpha_dst, output[1], rowptr_t, col_t, perm_t)
 
 
 def _backward(ctx, grad_out, _grad_lse):
-    rowptr, col, x, alpha_src, alpha_dst, out, lse, rowptr_t, col_t, perm_t = ctx.saved_tensors
+    rowptr, col, x, alpha_src, alpha_dst, lse, rowptr_t, col_t, perm_t = ctx.saved_tensors
     if rowptr_t is None or col_t is None or perm_t is None:
         raise RuntimeError("gat_aggregate backward needs the transpose (rowptr_t, col_t, perm_t); it was not passed")
     negative_slope, dropout, seed, add_self_loops, backend = ctx.options
     grad_x, grad_src, grad_dst = gat_aggregate_backward_op(
-        rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, out, lse,
+        rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse,
         grad_out.contiguous(), negative_slope, dropout, seed, add_self_loops, backend,
     )
     needs = ctx.needs_input_grad

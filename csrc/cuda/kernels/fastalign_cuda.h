@@ -123,8 +123,9 @@ cudaError_t fa_edge_softmax_backward(const fa_csr* g, const void* p, const void*
 // h) is kept when fmix32(lo32(e H + h) ^ fmix32(hi32(e H + h) ^ seed)) >> 8 >= threshold,
 // then scaled by `scale` (threshold 0: no dropout). lse: float32 [num_rows, heads]
 // (-inf for a row with nothing attended). One thread per (row, head); the backward walks
-// destination rows for grad_alpha_dst and the transpose (gt, perm_t) for grad_x and
-// grad_alpha_src, with d_row = grad_out . out per (row, head) (float32).
+// destination rows for d_row = grad_out . out per (row, head) (float32 [num_rows, heads],
+// written: scratch the caller allocates) and grad_alpha_dst (alpha_dst given), then the
+// transpose (gt, perm_t) for grad_x and grad_alpha_src.
 typedef struct {
   float slope;
   float scale;
@@ -139,7 +140,7 @@ cudaError_t fa_gat_forward(const fa_csr* g, int64_t num_src, const void* x, cons
 cudaError_t fa_gat_backward(const fa_csr* g, const fa_csr* gt, const int64_t* perm_t, int64_t num_src,
                             const void* x, const void* alpha_src, const void* alpha_dst, fa_dtype dtype,
                             int heads, int channels, const fa_attention* att, const float* lse,
-                            const float* d_row, const void* grad_out, void* grad_x, void* grad_src,
+                            float* d_row, const void* grad_out, void* grad_x, void* grad_src,
                             void* grad_dst, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------- structure KL

@@ -2,7 +2,8 @@
 // per (row, head): a pass for the row's max logit, one for its sum of exponentials, then
 // the weighted features in register chunks of kChunk channels (the weights recomputed
 // per chunk: no per-edge buffer). The backward recomputes the attention from the saved
-// per-(row, head) log-sum-exp. Deterministic: every output element has one owner thread
+// per-(row, head) log-sum-exp: destination rows first (D = g . out and grad_alpha_dst),
+// then the transpose. Deterministic: every output element has one owner thread
 // and sums in edge order; no atomics. Hub rows are not split yet (one thread walks a
 // whole row).
 #include "common.cuh"
@@ -93,30 +94,35 @@ __device__ __forceinline__ float dot_c(const T* __restrict__ a, const T* __restr
   return d;
 }
 
-// grad_alpha_dst[i, h] = sum_j dz_ij over destination rows.
+// Per destination (row i, head h): D = g_i . out_i = sum_j a k (g_i . x_j) into d_row (the
+// source pass needs it), and grad_alpha_dst = sum_j a (k g_i . x_j - D) l' = S1 - D S2
+// (l' the leaky ReLU's slope at z; D is known only at the row's end).
 template <typename T, typename I>
 __global__ void __launch_bounds__(kBlock)
     gat_dst_grad_kernel(const I* __restrict__ rowptr, const I* __restrict__ col, int64_t num_rows,
                         int64_t num_edges, int64_t num_loops, const T* __restrict__ x, const T* __restrict__ as,
                         const T* __restrict__ ad, int H, int C, fa_attention att, const float* __restrict__ lse,
-                        const float* __restrict__ d_row, const T* __restrict__ g, T* __restrict__ grad_dst) {
+                        float* __restrict__ d_row, const T* __restrict__ g, T* __restrict__ grad_dst) {
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= num_rows * H) return;
   const int64_t i = t / H;
   const int h = static_cast<int>(t % H);
   const bool loops = att.self_loops != 0, has_loop = loops && i < num_loops;
-  const float adv = to_float(ad[i * H + h]), l = lse[i * H + h], d = d_row[i * H + h];
+  const float adv = ad ? to_float(ad[i * H + h]) : 0.f, l = lse[i * H + h];
   const T* gi = g + (i * H + h) * C;
-  float total = 0.f;
+  float s1 = 0.f, s2 = 0.f, d = 0.f;
   for_each_attended(rowptr, col, static_cast<const int64_t*>(nullptr), i, loops, has_loop, num_edges,
                     [&](int64_t j, int64_t edge) {
                       const float z = to_float(as[j * H + h]) + adv;
                       const float a = expf(leaky(z, att.slope) - l);
-                      const float k = drop_factor(att, edge, H, h);
-                      const float dot = dot_c(gi, x + (j * H + h) * C, C);
-                      total += a * (k * dot - d) * (z > 0.f ? 1.f : att.slope);
+                      const float akd = a * drop_factor(att, edge, H, h) * dot_c(gi, x + (j * H + h) * C, C);
+                      const float lg = z > 0.f ? 1.f : att.slope;
+                      s1 = fmaf(akd, lg, s1);
+                      s2 = fmaf(a, lg, s2);
+                      d += akd;
                     });
-  grad_dst[i * H + h] = from_float<T>(total);
+  d_row[i * H + h] = d;
+  if (grad_dst) grad_dst[i * H + h] = from_float<T>(s1 - d * s2);
 }
 
 // grad_alpha_src and grad_x over the transpose's rows (sources j).
@@ -192,14 +198,14 @@ extern "C" cudaError_t fa_gat_forward(const fa_csr* g, int64_t num_src, const vo
 extern "C" cudaError_t fa_gat_backward(const fa_csr* g, const fa_csr* gt, const int64_t* perm_t, int64_t num_src,
                                        const void* x, const void* alpha_src, const void* alpha_dst, fa_dtype dtype,
                                        int heads, int channels, const fa_attention* att, const float* lse,
-                                       const float* d_row, const void* grad_out, void* grad_x, void* grad_src,
+                                       float* d_row, const void* grad_out, void* grad_x, void* grad_src,
                                        void* grad_dst, cudaStream_t stream) {
   if (heads == 0) return cudaSuccess;
   const int64_t num_loops = att->self_loops ? (num_src < g->num_rows ? num_src : g->num_rows) : 0;
   return dispatch_types(dtype, g->itype, [&](auto tv, auto iv) -> cudaError_t {
     using T = decltype(tv);
     using I = decltype(iv);
-    if (alpha_dst && g->num_rows > 0) {
+    if (g->num_rows > 0) {
       gat_dst_grad_kernel<T, I><<<thread_grid(g->num_rows * heads), kBlock, 0, stream>>>(
           static_cast<const I*>(g->rowptr), static_cast<const I*>(g->col), g->num_rows, g->num_edges, num_loops,
           static_cast<const T*>(x), static_cast<const T*>(alpha_src), static_cast<const T*>(alpha_dst), heads,
