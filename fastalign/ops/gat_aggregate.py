@@ -8,8 +8,10 @@ exactly PyG's GATConv propagation (edge_updater + propagate), self loops include
 way it adds them: with ``add_self_loops`` the stored self loops are ignored and a loop
 i -> i is attended for each i < min(num_src, num_dst), without building a new graph.
 
-Forward: one pass per destination row with an online softmax, saving only the per-(node,
-head) log-sum-exp (not the output). Backward by recomputation: with D_i = g_i . out_i =
+Forward, per destination row: the row's max logit per head (a pass over the attention
+terms only), then one pass over the features summing the exponentials and the weighted
+features (hub rows cut into pieces merge their (max, sum, features) online), saving
+only the per-(node, head) log-sum-exp (not the output). Backward by recomputation: with D_i = g_i . out_i =
 sum_j a_ij k_ij g_i . x_j, the logit gradient of edge j -> i is a_ij (k_ij g_i . x_j -
 D_i) leaky_relu'(z_ij) (k the dropout factor); a pass over destination rows gives D_i and
 sums the logit gradients into grad_alpha_dst, a pass over the transpose (source rows) into
