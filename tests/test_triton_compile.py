@@ -28,7 +28,7 @@ IDX = {"rowptr", "col", "idx", "rowptr_t", "col_t"}
 I64 = {"perm", "seg_row", "seg_start", "seg_end", "seg_long", "long_rows", "long_seg_ptr",
        "arg", "arg_out", "part_arg", "perm_t"}
 ACCP = {"part", "stats", "lse_s", "lse_p", "part_s", "part_p", "grad_w", "gsrc_s", "gsrc_p", "lse", "d_row",
-        "params"}
+        "params", "part_m", "part_acc", "part_src", "part_x"}
 INTS = {"num_rows", "split", "F", "FS", "FP", "num_edges", "num_loops", "seed", "threshold", "H", "C"}
 FLOATS = {"sigma", "coef", "tau"}
 FEAT_T = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16", "fp64": "*fp64"}
@@ -95,6 +95,11 @@ def cases():
                         dict(gat, HAS_DST=has_dst, LOOPS=loops, DROPOUT=dropout)))
             out.append((gat_aggregate.gat_dst_grad_kernel, feat, index,
                         dict(gat, HAS_DST=has_dst, LOOPS=loops, DROPOUT=dropout)))
+        heads = dict(HP=8, CP=8)
+        out.append((gat_aggregate.gat_forward_combine_kernel, feat, index, heads))
+        out.append((gat_aggregate.gat_src_grad_combine_kernel, feat, index, heads))
+        for has_dst in (0, 1) if full else (1,):
+            out.append((gat_aggregate.gat_dst_grad_combine_kernel, feat, index, dict(HP=8, HAS_DST=has_dst)))
         for kind in range(5) if full else (4,):
             for degree in ((0, 3) if kind == 3 else (2,)):
                 k = dict(KIND=kind, DEGREE=degree)

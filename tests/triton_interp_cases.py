@@ -319,7 +319,8 @@ def test_structure_kl_atomic_backward(kernel, monkeypatch):
 @pytest.mark.parametrize("name", ["square", "rectangular", "no_edges", "hub"])
 @pytest.mark.parametrize("loops,dropout,with_dst", [(True, 0.0, True), (False, 0.4, True), (True, 0.5, False)])
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
-def test_gat_aggregate(name, loops, dropout, with_dst, index_dtype):
+@pytest.mark.parametrize("split", SPLITS)
+def test_gat_aggregate(name, loops, dropout, with_dst, index_dtype, split):
     g = graph(name, index_dtype)
     gen = torch.Generator().manual_seed(3)
     heads, channels = 3, 5  # neither a power of two: the padded tiles' masks
@@ -327,6 +328,12 @@ def test_gat_aggregate(name, loops, dropout, with_dst, index_dtype):
     a_s = torch.randn(g.num_src, heads, generator=gen, dtype=torch.float64)
     a_d = torch.randn(g.num_dst, heads, generator=gen, dtype=torch.float64) if with_dst else None
     args = (x, a_s, a_d, 0.15, dropout, 2**31 + 17, loops)
+    with segments.force_split(split):  # 4: hub rows and rows of more than 4 edges in segments
+        _check_gat(g, args, gen)
+
+
+def _check_gat(g, args, gen):
+    x, a_s, a_d, _, dropout, _, loops = args
     out, lse = tb.gat_aggregate_forward(g.rowptr, g.col, *args)
     ref_out, ref_lse = ref.gat_aggregate_forward(g.rowptr, g.col, *args)
     close(out, ref_out)
