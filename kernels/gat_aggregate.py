@@ -61,6 +61,51 @@ def _leaky(z, slope):
 
 
 @triton.jit
+def _masks(H, C, HP: tl.constexpr, CP: tl.constexpr):
+    """(head offsets, channel offsets, head mask, [HP, CP] mask)."""
+    hh = tl.arange(0, HP)
+    cc = tl.arange(0, CP)
+    hm = hh < H
+    return hh, cc, hm, hm[:, None] & (cc < C)[None, :]
+
+
+@triton.jit
+def _tiles(params, H, C, ACC: tl.constexpr, HP: tl.constexpr, CP: tl.constexpr):
+    """``_masks`` and (negative slope, dropout scale), read from a tensor: a Python float
+    argument would be float32."""
+    hh, cc, hm, tile = _masks(H, C, HP, CP)
+    return hh, cc, hm, tile, tl.load(params).to(ACC), tl.load(params + 1).to(ACC)
+
+
+@triton.jit
+def _long_row(long_rows, long_seg_ptr):
+    """(row, first segment, end segment) of a combine program's long row."""
+    l = tl.program_id(0).to(tl.int64)
+    return tl.load(long_rows + l), tl.load(long_seg_ptr + l), tl.load(long_seg_ptr + l + 1)
+
+
+@triton.jit
+def _dst_terms(a_dst, i, H, hh, hm, HAS_DST: tl.constexpr, ACC: tl.constexpr, HP: tl.constexpr):
+    """alpha_dst[i] per head (0 without destination terms)."""
+    if HAS_DST:
+        return tl.load(a_dst + i * H + hh, mask=hm, other=0.0).to(ACC)
+    else:
+        return tl.zeros([HP], dtype=ACC)
+
+
+@triton.jit
+def _edge_block(col, e0, end, row, LOOPS: tl.constexpr, BLOCK_E: tl.constexpr):
+    """(edge positions, neighbours, attended) of the block of edges from e0 of a row whose
+    edges end at ``end``: a stored self loop is not attended when loops are added."""
+    eo = e0 + tl.arange(0, BLOCK_E)
+    valid = eo < end
+    j = tl.load(col + eo, mask=valid, other=0).to(tl.int64)
+    if LOOPS:
+        valid = valid & (j != row)
+    return eo, j, valid
+
+
+@triton.jit
 def _program(pid, rowptr, seg_row, seg_start, seg_end, num_rows, split, num_loops, LOOPS: tl.constexpr):
     """(row, start, end, is_row, is_seg, seg, with_loop) of program ``pid`` of a unified
     row grid (segments.work_item); ``with_loop``: this program attends the row's added
@@ -84,26 +129,15 @@ def gat_forward_kernel(
     pid = tl.program_id(0).to(tl.int64)
     i, start, end, is_row, is_seg, seg, with_loop = _program(
         pid, rowptr, seg_row, seg_start, seg_end, num_rows, split, num_loops, LOOPS)
-    hh = tl.arange(0, HP)
-    cc = tl.arange(0, CP)
-    hm = hh < H
-    slope = tl.load(params).to(ACC)  # a tensor: a Python float argument would be float32
-    scale = tl.load(params + 1).to(ACC)
-    tile = hm[:, None] & (cc < C)[None, :]
-    ad = tl.zeros([HP], dtype=ACC)
-    if HAS_DST:
-        ad = tl.load(a_dst + i * H + hh, mask=hm, other=0.0).to(ACC)
+    hh, cc, hm, tile, slope, scale = _tiles(params, H, C, ACC, HP, CP)
+    ad = _dst_terms(a_dst, i, H, hh, hm, HAS_DST, ACC, HP)
     loop_h = vmask(hm, with_loop)  # the row's added loop, per head
     z_loop = tl.load(a_src + i * H + hh, mask=loop_h, other=0.0).to(ACC) + ad
     e_loop = tl.where(loop_h, _leaky(z_loop, slope), float("-inf"))
 
     m = e_loop
     for e0 in range(start, end, BLOCK_E):
-        eo = e0 + tl.arange(0, BLOCK_E)
-        valid = eo < end
-        j = tl.load(col + eo, mask=valid, other=0).to(tl.int64)
-        if LOOPS:
-            valid = valid & (j != i)
+        eo, j, valid = _edge_block(col, e0, end, i, LOOPS, BLOCK_E)
         z = tl.load(a_src + j[:, None] * H + hh[None, :], mask=valid[:, None] & hm[None, :], other=0.0).to(ACC)
         e = tl.where(valid[:, None] & hm[None, :], _leaky(z + ad[None, :], slope), float("-inf"))
         m = tl.maximum(m, tl.max(e, axis=0))
@@ -112,11 +146,7 @@ def gat_forward_kernel(
     s = tl.zeros([HP], dtype=ACC)
     acc = tl.zeros([HP, CP], dtype=ACC)
     for e0 in range(start, end, BLOCK_E):
-        eo = e0 + tl.arange(0, BLOCK_E)
-        valid = eo < end
-        j = tl.load(col + eo, mask=valid, other=0).to(tl.int64)
-        if LOOPS:
-            valid = valid & (j != i)
+        eo, j, valid = _edge_block(col, e0, end, i, LOOPS, BLOCK_E)
         vm = valid[:, None] & hm[None, :]
         z = tl.load(a_src + j[:, None] * H + hh[None, :], mask=vm, other=0.0).to(ACC)
         p = tl.where(vm, tl.exp(_leaky(z + ad[None, :], slope) - m_safe[None, :]), 0.0)
@@ -150,14 +180,8 @@ def gat_forward_combine_kernel(
     HP: tl.constexpr, CP: tl.constexpr,
 ):
     """A long row's segment partials merged in segment order (online max), then out, lse."""
-    l = tl.program_id(0).to(tl.int64)
-    row = tl.load(long_rows + l)
-    s0 = tl.load(long_seg_ptr + l)
-    s1 = tl.load(long_seg_ptr + l + 1)
-    hh = tl.arange(0, HP)
-    cc = tl.arange(0, CP)
-    hm = hh < H
-    tile = hm[:, None] & (cc < C)[None, :]
+    row, s0, s1 = _long_row(long_rows, long_seg_ptr)
+    hh, cc, hm, tile = _masks(H, C, HP, CP)
     m = tl.full([HP], float("-inf"), ACC)
     s = tl.zeros([HP], dtype=ACC)
     acc = tl.zeros([HP, CP], dtype=ACC)
@@ -201,26 +225,15 @@ def gat_dst_grad_kernel(
     pid = tl.program_id(0).to(tl.int64)
     i, start, end, is_row, is_seg, seg, with_loop = _program(
         pid, rowptr, seg_row, seg_start, seg_end, num_rows, split, num_loops, LOOPS)
-    hh = tl.arange(0, HP)
-    cc = tl.arange(0, CP)
-    hm = hh < H
-    slope = tl.load(params).to(ACC)  # a tensor: a Python float argument would be float32
-    scale = tl.load(params + 1).to(ACC)
-    tile = hm[:, None] & (cc < C)[None, :]
-    ad = tl.zeros([HP], dtype=ACC)
-    if HAS_DST:
-        ad = tl.load(a_dst + i * H + hh, mask=hm, other=0.0).to(ACC)
+    hh, cc, hm, tile, slope, scale = _tiles(params, H, C, ACC, HP, CP)
+    ad = _dst_terms(a_dst, i, H, hh, hm, HAS_DST, ACC, HP)
     lse_i = tl.load(lse + i * H + hh, mask=hm, other=0.0).to(ACC)
     g_i = tl.load(g + (i * H + hh[:, None]) * C + cc[None, :], mask=tile, other=0.0).to(ACC)
     s1 = tl.zeros([HP], dtype=ACC)
     s2 = tl.zeros([HP], dtype=ACC)
     d = tl.zeros([HP], dtype=ACC)
     for e0 in range(start, end, BLOCK_E):
-        eo = e0 + tl.arange(0, BLOCK_E)
-        valid = eo < end
-        j = tl.load(col + eo, mask=valid, other=0).to(tl.int64)
-        if LOOPS:
-            valid = valid & (j != i)
+        eo, j, valid = _edge_block(col, e0, end, i, LOOPS, BLOCK_E)
         vm = valid[:, None] & hm[None, :]
         z = tl.load(a_src + j[:, None] * H + hh[None, :], mask=vm, other=0.0).to(ACC) + ad[None, :]
         xv = tl.load(x + (j[:, None, None] * H + hh[None, :, None]) * C + cc[None, None, :],
@@ -256,10 +269,7 @@ def gat_dst_grad_combine_kernel(
     long_rows, long_seg_ptr, part, d_row, grad_dst, H, HAS_DST: tl.constexpr, ACC: tl.constexpr,
     HP: tl.constexpr,
 ):
-    l = tl.program_id(0).to(tl.int64)
-    row = tl.load(long_rows + l)
-    q0 = tl.load(long_seg_ptr + l)
-    q1 = tl.load(long_seg_ptr + l + 1)
+    row, q0, q1 = _long_row(long_rows, long_seg_ptr)
     hh = tl.arange(0, HP)
     hm = hh < H
     s1 = tl.zeros([HP], dtype=ACC)
@@ -284,23 +294,14 @@ def gat_src_grad_kernel(
     pid = tl.program_id(0).to(tl.int64)
     j, start, end, is_row, is_seg, seg, with_loop = _program(
         pid, rowptr_t, seg_row, seg_start, seg_end, num_rows, split, num_loops, LOOPS)
-    hh = tl.arange(0, HP)
-    cc = tl.arange(0, CP)
-    hm = hh < H
-    slope = tl.load(params).to(ACC)  # a tensor: a Python float argument would be float32
-    scale = tl.load(params + 1).to(ACC)
-    tile = hm[:, None] & (cc < C)[None, :]
+    hh, cc, hm, tile, slope, scale = _tiles(params, H, C, ACC, HP, CP)
     as_j = tl.load(a_src + j * H + hh, mask=hm, other=0.0).to(ACC)
     x_j = tl.load(x + (j * H + hh[:, None]) * C + cc[None, :], mask=tile, other=0.0).to(ACC)
     gsrc = tl.zeros([HP], dtype=ACC)
     gx = tl.zeros([HP, CP], dtype=ACC)
     for t0 in range(start, end, BLOCK_E):
-        to = t0 + tl.arange(0, BLOCK_E)
-        valid = to < end
-        i = tl.load(col_t + to, mask=valid, other=0).to(tl.int64)
-        edge = tl.load(perm_t + to, mask=valid, other=0)
-        if LOOPS:
-            valid = valid & (i != j)
+        to, i, valid = _edge_block(col_t, t0, end, j, LOOPS, BLOCK_E)
+        edge = tl.load(perm_t + to, mask=to < end, other=0)
         vm = valid[:, None] & hm[None, :]
         z = tl.zeros([BLOCK_E, HP], dtype=ACC) + as_j[None, :]
         if HAS_DST:
@@ -338,14 +339,8 @@ def gat_src_grad_combine_kernel(
     long_rows, long_seg_ptr, part_src, part_x, grad_src, grad_x, H, C, ACC: tl.constexpr, HP: tl.constexpr,
     CP: tl.constexpr,
 ):
-    l = tl.program_id(0).to(tl.int64)
-    row = tl.load(long_rows + l)
-    q0 = tl.load(long_seg_ptr + l)
-    q1 = tl.load(long_seg_ptr + l + 1)
-    hh = tl.arange(0, HP)
-    cc = tl.arange(0, CP)
-    hm = hh < H
-    tile = hm[:, None] & (cc < C)[None, :]
+    row, q0, q1 = _long_row(long_rows, long_seg_ptr)
+    hh, cc, hm, tile = _masks(H, C, HP, CP)
     gsrc = tl.zeros([HP], dtype=ACC)
     gx = tl.zeros([HP, CP], dtype=ACC)
     for q in range(q0, q1):

@@ -10,7 +10,8 @@ reference, so every listed function accepts everything the reference does.
 
 from __future__ import annotations
 
-from typing import Optional
+import functools
+import inspect
 
 import torch
 from torch import Tensor
@@ -54,114 +55,67 @@ def _pair_fits(dtype: torch.dtype, *widths: int) -> bool:
     return all(w <= _MAX_VECTORS * vec for w in widths)
 
 
-# --------------------------------------------------------------------------- spmm
-def spmm_forward(rowptr, col, weight: Optional[Tensor], x: Tensor, reduce: str):
-    if not _kernel_dtype(x):
-        return _ref.spmm_forward(rowptr, col, weight, x, reduce)
-    return _ops().spmm_forward(rowptr, col, weight, x, reduce)
+# backend function -> (when the kernel applies, given ``arg(name)`` -> that argument; the
+# kernel call where it is not the fastalign_cuda op of the same name and arguments).
+# Otherwise the reference runs, so every function accepts what the reference does.
+def _x_fits(name):
+    return lambda arg: _kernel_dtype(arg(name))
 
 
-def spmm_max_backward(
-    col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad: bool
-):
+def _pair_rows_fit(name, *others):
+    """The dtype fits and rows of ``name`` (and of ``others``) fit one pair-kernel tile."""
+    def applies(arg):
+        t = arg(name)
+        return _kernel_dtype(t) and _pair_fits(t.dtype, t.size(1), *(arg(o).size(1) for o in others))
+    return applies
+
+
+def _sddmm_fits(arg):
+    a, b = arg("a"), arg("b")
+    return _kernel_dtype(a, b) and a.dtype == b.dtype and _pair_fits(a.dtype, a.size(1))
+
+
+def _spmm_max_backward_kernel(col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad):
     """grad_x gathered over the transpose (no atomics); grad_w by destination rows."""
-    args = (col, rowptr_t, col_t, perm_t, weight, x, arg)
-    if not _kernel_dtype(x):
-        return _ref.spmm_max_backward(*args, grad_out, need_weight_grad)
-    return _ops().spmm_max_backward(*args, grad_out.to(x.dtype), need_weight_grad)
+    return _ops().spmm_max_backward(col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out.to(x.dtype),
+                                    need_weight_grad)
 
 
-def sddmm(rowptr, col, a: Tensor, b: Tensor) -> Tensor:
-    if not _kernel_dtype(a, b) or a.dtype != b.dtype or not _pair_fits(a.dtype, a.size(1)):
-        return _ref.sddmm(rowptr, col, a, b)
-    return _ops().sddmm(rowptr, col, a, b)
+_KERNELS = {
+    "spmm_forward": (_x_fits("x"), None),
+    "spmm_max_backward": (_x_fits("x"), _spmm_max_backward_kernel),
+    "sddmm": (_sddmm_fits, None),
+    "gcn_aggregate": (_x_fits("x"), None),
+    "edge_similarity": (_pair_rows_fit("x_dst"), None),
+    "edge_similarity_backward": (_pair_rows_fit("x_dst"), None),
+    "edge_softmax": (_x_fits("logits"), None),
+    "edge_softmax_backward": (_x_fits("p"), None),
+    "structure_kl_forward": (_pair_rows_fit("s_dst", "p_dst"), None),
+    "structure_kl_backward": (_pair_rows_fit("s_dst", "p_dst"), None),
+    "gat_aggregate_forward": (_x_fits("x"), None),
+    "gat_aggregate_backward": (_x_fits("x"), None),
+}
 
 
-def gcn_aggregate(rowptr, col, weight, dis, loop_weight, x):
-    if not _kernel_dtype(x):
-        return _ref.gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
-    return _ops().gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
+def _adapter(name: str, applies, kernel):
+    """Backend function ``name``: the CUDA kernel where ``applies``, else the reference
+    (same signature as the reference's)."""
+    fallback = getattr(_ref, name)
+    position = {p: k for k, p in enumerate(inspect.signature(fallback).parameters)}
+
+    @functools.wraps(fallback)
+    def run(*args, **kwargs):
+        def arg(n):
+            k = position[n]
+            return args[k] if k < len(args) else kwargs[n]
+
+        if not applies(arg):
+            return fallback(*args, **kwargs)
+        return (kernel or getattr(_ops(), name))(*args, **kwargs)
+
+    run.__doc__ = f"CUDA kernel where it applies (float32/float16/bfloat16), else the reference's {name}."
+    return run
 
 
-# --------------------------------------------------------------------------- similarity
-def edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef):
-    if not _kernel_dtype(x_dst) or not _pair_fits(x_dst.dtype, x_dst.size(1)):
-        return _ref.edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef)
-    return _ops().edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef)
-
-
-def edge_similarity_backward(
-    rowptr, col, rowptr_t, col_t, perm_t, x_dst, x_src, grad_s, kernel, sigma, degree, coef
-):
-    if not _kernel_dtype(x_dst) or not _pair_fits(x_dst.dtype, x_dst.size(1)):
-        return _ref.edge_similarity_backward(
-            rowptr, col, rowptr_t, col_t, perm_t, x_dst, x_src, grad_s, kernel, sigma, degree, coef
-        )
-    return _ops().edge_similarity_backward(
-        rowptr, col, rowptr_t, col_t, perm_t, x_dst, x_src, grad_s, kernel, sigma, degree, coef
-    )
-
-
-# --------------------------------------------------------------------------- softmax
-def edge_softmax(rowptr, logits):
-    if not _kernel_dtype(logits):
-        return _ref.edge_softmax(rowptr, logits)
-    return _ops().edge_softmax(rowptr, logits)
-
-
-def edge_softmax_backward(rowptr, p, grad_p):
-    if not _kernel_dtype(p):
-        return _ref.edge_softmax_backward(rowptr, p, grad_p)
-    return _ops().edge_softmax_backward(rowptr, p, grad_p)
-
-
-# --------------------------------------------------------------------------- structure KL
-def structure_kl_forward(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau):
-    if not _kernel_dtype(s_dst) or not _pair_fits(s_dst.dtype, s_dst.size(1), p_dst.size(1)):
-        return _ref.structure_kl_forward(
-            rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau
-        )
-    return _ops().structure_kl_forward(
-        rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau
-    )
-
-
-def structure_kl_backward(
-    rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src,
-    lse_s, lse_p, kl, grad_kl, kernel, sigma, degree, coef, tau, peer_grad,
-):
-    if not _kernel_dtype(s_dst) or not _pair_fits(s_dst.dtype, s_dst.size(1), p_dst.size(1)):
-        return _ref.structure_kl_backward(
-            rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src,
-            lse_s, lse_p, kl, grad_kl, kernel, sigma, degree, coef, tau, peer_grad,
-        )
-    return _ops().structure_kl_backward(
-        rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src,
-        lse_s, lse_p, kl, grad_kl, kernel, sigma, degree, coef, tau, peer_grad,
-    )
-
-
-# --------------------------------------------------------------------------- graph attention
-def gat_aggregate_forward(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops):
-    if not _kernel_dtype(x):
-        return _ref.gat_aggregate_forward(
-            rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops
-        )
-    return _ops().gat_aggregate_forward(
-        rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops
-    )
-
-
-def gat_aggregate_backward(
-    rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse, grad_out,
-    negative_slope, dropout, seed, add_self_loops,
-):
-    if not _kernel_dtype(x):
-        return _ref.gat_aggregate_backward(
-            rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse, grad_out,
-            negative_slope, dropout, seed, add_self_loops,
-        )
-    return _ops().gat_aggregate_backward(
-        rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse, grad_out,
-        negative_slope, dropout, seed, add_self_loops,
-    )
+for _name, (_applies, _kernel) in _KERNELS.items():
+    globals()[_name] = _adapter(_name, _applies, _kernel)

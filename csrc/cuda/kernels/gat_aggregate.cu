@@ -46,6 +46,23 @@ __device__ __forceinline__ void for_each_attended(const I* __restrict__ rowptr, 
   if (has_loop) fn(r, num_edges + r);
 }
 
+// o[q] = scale * sum of w v[q] over what ``each`` adds (add(w, v)), for the kChunk
+// channels c0.. of a row (registers: the weights are recomputed per chunk, never stored).
+template <typename T, typename Each>
+__device__ __forceinline__ void weighted_chunk(Each&& each, int C, int c0, float scale, T* __restrict__ o) {
+  float acc[kChunk];
+#pragma unroll
+  for (int q = 0; q < kChunk; ++q) acc[q] = 0.f;
+  each([&](float w, const T* __restrict__ v) {
+#pragma unroll
+    for (int q = 0; q < kChunk; ++q)
+      if (c0 + q < C) acc[q] = fmaf(w, to_float(v[q]), acc[q]);
+  });
+#pragma unroll
+  for (int q = 0; q < kChunk; ++q)
+    if (c0 + q < C) o[q] = from_float<T>(acc[q] * scale);
+}
+
 template <typename T, typename I>
 __global__ void __launch_bounds__(kBlock)
     gat_forward_kernel(const I* __restrict__ rowptr, const I* __restrict__ col, int64_t num_rows,
@@ -69,21 +86,14 @@ __global__ void __launch_bounds__(kBlock)
   lse[i * H + h] = s > 0.f ? ms + logf(s) : -INFINITY;
   const float inv = s > 0.f ? 1.f / s : 0.f;
   for (int c0 = 0; c0 < C; c0 += kChunk) {
-    float acc[kChunk];
-#pragma unroll
-    for (int q = 0; q < kChunk; ++q) acc[q] = 0.f;
-    for_each_attended(rowptr, col, static_cast<const int64_t*>(nullptr), i, loops, has_loop, num_edges,
-                      [&](int64_t j, int64_t edge) {
-                        const float w = expf(logit(j) - ms) * drop_factor(att, edge, H, h);
-                        const T* xj = x + (j * H + h) * C + c0;
-#pragma unroll
-                        for (int q = 0; q < kChunk; ++q)
-                          if (c0 + q < C) acc[q] = fmaf(w, to_float(xj[q]), acc[q]);
-                      });
-    T* o = out + (i * H + h) * C + c0;
-#pragma unroll
-    for (int q = 0; q < kChunk; ++q)
-      if (c0 + q < C) o[q] = from_float<T>(acc[q] * inv);
+    weighted_chunk<T>(
+        [&](auto&& add) {
+          for_each_attended(rowptr, col, static_cast<const int64_t*>(nullptr), i, loops, has_loop, num_edges,
+                            [&](int64_t j, int64_t edge) {
+                              add(expf(logit(j) - ms) * drop_factor(att, edge, H, h), x + (j * H + h) * C + c0);
+                            });
+        },
+        C, c0, inv, out + (i * H + h) * C + c0);
   }
 }
 
@@ -157,21 +167,14 @@ __global__ void __launch_bounds__(kBlock)
   });
   grad_src[j * H + h] = from_float<T>(gsrc);
   for (int c0 = 0; c0 < C; c0 += kChunk) {
-    float acc[kChunk];
-#pragma unroll
-    for (int q = 0; q < kChunk; ++q) acc[q] = 0.f;
-    for_each_attended(rowptr_t, col_t, perm_t, j, loops, has_loop, num_edges, [&](int64_t i, int64_t edge) {
-      const float z = asv + (ad ? to_float(ad[i * H + h]) : 0.f);
-      const float w = expf(leaky(z, att.slope) - lse[i * H + h]) * drop_factor(att, edge, H, h);
-      const T* gi = g + (i * H + h) * C + c0;
-#pragma unroll
-      for (int q = 0; q < kChunk; ++q)
-        if (c0 + q < C) acc[q] = fmaf(w, to_float(gi[q]), acc[q]);
-    });
-    T* o = grad_x + (j * H + h) * C + c0;
-#pragma unroll
-    for (int q = 0; q < kChunk; ++q)
-      if (c0 + q < C) o[q] = from_float<T>(acc[q]);
+    weighted_chunk<T>(
+        [&](auto&& add) {
+          for_each_attended(rowptr_t, col_t, perm_t, j, loops, has_loop, num_edges, [&](int64_t i, int64_t edge) {
+            const float z = asv + (ad ? to_float(ad[i * H + h]) : 0.f);
+            add(expf(leaky(z, att.slope) - lse[i * H + h]) * drop_factor(att, edge, H, h), g + (i * H + h) * C + c0);
+          });
+        },
+        C, c0, 1.f, grad_x + (j * H + h) * C + c0);
   }
 }
 
