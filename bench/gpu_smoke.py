@@ -6,7 +6,8 @@ cut into segments), float32 and bfloat16, forward and backward, F = 64.
 
 Independent computations: torch.sparse.mm on CSR (cuSPARSE) for spmm sum/mean and the
 GCN aggregation (its normalisation written out per edge), and the pure-PyTorch
-reference backend run over chunks of destination rows for the rest (rows are independent
+reference backend run over chunks of destination rows for the rest (graph attention
+included) (rows are independent
 in the forward; the gradients of the chunks add up), so that no E x F tensor of the whole
 graph is built. bfloat16 results are compared with the float32 truth.
 
@@ -252,6 +253,30 @@ def main(argv=None):
                     # kl_i is a small difference of log-sum-exps over up to ~10^4 edges: GPU
                     # row state in float32 costs a few 1e-4 of the KL vector's norm
                     tol_scale=10.0)
+        # graph attention (8 heads x F/8 channels; no added loops and no dropout, so that
+        # the reference over row chunks, whose edge positions and node ids are local, is
+        # the same function): out and the x gradient
+        heads = 8
+        a_src32, a_dst32 = rand(n, heads), rand(n, heads)
+
+        def gat(v, a_s, a_d, graph, backend):
+            out = fastalign.gat_aggregate(graph, v.view(v.size(0), heads, -1), a_s, a_d,
+                                          add_self_loops=False, backend=backend)
+            return out.reshape(out.size(0), -1)
+
+        def gat_truth():
+            xr = x64.clone().requires_grad_()
+            out = torch.empty(n, F, device=dev, dtype=torch.float64)
+            a_s, a_d = a_src32.double(), a_dst32.double()
+            for r0, r1, _, _, sub in row_chunks(g, smoke.chunk):
+                o = gat(xr, a_s, a_d[r0:r1], sub, "torch")
+                o.backward(gout64[r0:r1])
+                out[r0:r1] = o.detach()
+            return out, xr.grad
+
+        a_s, a_d = a_src32.to(dtype), a_dst32.to(dtype)
+        smoke.check("gat_aggregate 8 heads fwd+bwd", dtype,
+                    lambda b: grads(lambda v: gat(v, a_s, a_d, g, b), x, gout), gat_truth)
         del x, gout, peer
     passed = sum(r[3] == "PASS" for r in smoke.rows)
     print(f"gpu_smoke: {passed} passed, {smoke.failed} failed, "
