@@ -165,4 +165,4 @@ def test_smoke_check_dry_run():
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_smoke.py"), "--dry-run"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "7 passed, 0 failed, 0 skipped" in proc.stdout, proc.stdout
+    assert "8 passed, 0 failed, 0 skipped" in proc.stdout, proc.stdout
