@@ -64,13 +64,13 @@ def samples():
     for be in ("torch", "cpu") if backends.is_available("cpu") else ("torch",):
         for dropout, dst in ((0.0, a_dst), (0.3, None)):
             yield f"gat_aggregate_{be}_{dropout}", ops.gat_aggregate.default, (
-                g.rowptr, g.col, xh, a_src, dst, 0.2, dropout, 11, True, rowptr_t, col_t, perm_t, be)
+                g.rowptr, g.col, xh, a_src, dst, 0.2, dropout, torch.tensor([11]), True, rowptr_t, col_t, perm_t, be)
     out, lse = ops.gat_aggregate.default(
-        g.rowptr, g.col, xh.detach(), a_src.detach(), a_dst.detach(), 0.2, 0.3, 11, False, None, None, None,
+        g.rowptr, g.col, xh.detach(), a_src.detach(), a_dst.detach(), 0.2, 0.3, torch.tensor([11]), False, None, None, None,
         BACKEND)
     yield "gat_aggregate_backward", ops.gat_aggregate_backward.default, (
         g.rowptr, g.col, rowptr_t, col_t, perm_t, xh.detach(), a_src.detach(), a_dst.detach(), lse,
-        torch.randn_like(out), 0.2, 0.3, 11, False, BACKEND)
+        torch.randn_like(out), 0.2, 0.3, torch.tensor([11]), False, BACKEND)
     if backends.implements("cpu", "structure_kl_forward_with_grad_state"):
         # the detached-peer fast path of the CPU kernels (gradient state from the forward)
         for kernel in ("l1", "cosine"):

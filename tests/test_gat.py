@@ -167,10 +167,18 @@ def test_bad_inputs_are_clear_errors():
         fastalign.gat_aggregate(g, x, a_s, a_d, dropout=0.5, seed=1.5)
     with pytest.raises(ValueError, match="seed"):
         fastalign.gat_aggregate(g, x, a_s, a_d, dropout=0.5, seed=-1)
+    with pytest.raises(TypeError, match="seed"):
+        fastalign.gat_aggregate(g, x, a_s, a_d, dropout=0.5, seed=torch.tensor([1.5]))
+    # a one-element integer tensor is a seed too (the same mask as the int)
+    torch.testing.assert_close(fastalign.gat_aggregate(g, x, a_s, a_d, dropout=0.5, seed=torch.tensor(7)),
+                               fastalign.gat_aggregate(g, x, a_s, a_d, dropout=0.5, seed=7))
     with pytest.raises(TypeError, match="add_self_loops"):
         fastalign.gat_aggregate(g, x, a_s, a_d, add_self_loops="yes")
     with pytest.raises(ValueError, match="source nodes"):
         fastalign.gat_aggregate(g, x[:-1], a_s[:-1], a_d)
+
+
+SEED = torch.zeros(1, dtype=torch.int64)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -181,15 +189,15 @@ def test_direct_op_calls_with_bad_indices_raise(backend):
     bad_col = g.col.clone()
     bad_col[3] = g.num_src + 5
     with pytest.raises(ValueError, match="out of range"):
-        ops.gat_aggregate(g.rowptr, bad_col, x, a_s, a_d, 0.2, 0.0, 0, True, None, None, None, backend)
+        ops.gat_aggregate(g.rowptr, bad_col, x, a_s, a_d, 0.2, 0.0, SEED, True, None, None, None, backend)
     rowptr_t, col_t, perm_t = g.transpose()
-    out, lse = ops.gat_aggregate(g.rowptr, g.col, x, a_s, a_d, 0.2, 0.0, 0, True, None, None, None, backend)
+    out, lse = ops.gat_aggregate(g.rowptr, g.col, x, a_s, a_d, 0.2, 0.0, SEED, True, None, None, None, backend)
     with pytest.raises(ValueError, match="lse"):
         ops.gat_aggregate_backward(g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, lse[:-1],
-                                   out, 0.2, 0.0, 0, True, backend)
+                                   out, 0.2, 0.0, SEED, True, backend)
     with pytest.raises(ValueError, match="perm_t"):
         ops.gat_aggregate_backward(g.rowptr, g.col, rowptr_t, col_t, perm_t[:-1], x, a_s, a_d, lse,
-                                   out, 0.2, 0.0, 0, True, backend)
+                                   out, 0.2, 0.0, SEED, True, backend)
     if backend == "cpu":  # the kernels' own checks, below the op's
         with pytest.raises(ValueError, match="outside"):
             torch.ops.fastalign_cpu.gat_aggregate_forward(g.rowptr, bad_col, x, a_s, a_d, 0.2, 0.0, 0, True)

@@ -197,7 +197,7 @@ def test_unsupported_options_are_clear_errors():
         fastalign.unpatch_pyg()
 
 
-def test_compiles_without_graph_breaks_in_eval():
+def test_compiles_without_graph_breaks_in_eval_and_in_training_with_dropout():
     x, ei = square(seed=8)
     conv = fnn.GATConv(F_IN, 4, heads=2, dropout=0.3).to(DT).eval()
     import torch._dynamo as dynamo
@@ -207,3 +207,14 @@ def test_compiles_without_graph_breaks_in_eval():
     assert explained.graph_break_count == 0, explained.break_reasons
     compiled = torch.compile(conv, fullgraph=True)
     torch.testing.assert_close(compiled(x, ei), conv(x, ei), rtol=1e-9, atol=1e-10)
+    # training: the dropout seed is drawn as a tensor inside the graph
+    conv.train()
+    dynamo.reset()
+    explained = dynamo.explain(conv)(x, ei)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    xg = x.clone().requires_grad_()
+    out = torch.compile(conv, fullgraph=True)(xg, ei)
+    out.sum().backward()
+    assert out.shape == (N_SRC, 8) and torch.isfinite(xg.grad).all()
+    # dropout acted (the compiled graph draws its own numbers, so not eager's mask)
+    assert not torch.allclose(out.detach(), conv.eval()(x, ei))

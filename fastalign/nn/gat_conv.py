@@ -13,7 +13,7 @@ from torch.nn import Parameter
 
 from ..backends import reference
 from ..ops import gat_aggregate
-from ..ops.gat_aggregate import check_dropout, draw_seed
+from ..ops.gat_aggregate import check_dropout, draw_seed, seed_value
 from ..ops._common import real_number
 from ._inputs import DropInConv, Prepared, channel_pair
 
@@ -218,7 +218,7 @@ class GATConv(DropInConv):
         raw, x_src, alpha_src, alpha_dst, res = self._project(x)
         prep = self._prepare(raw, edge_index, None, size, sparse_tensor_values=False)
         dropout = self.dropout if self.training else 0.0
-        seed = draw_seed() if dropout > 0 else 0
+        seed = draw_seed() if dropout > 0 else None
         out = gat_aggregate(
             prep.graph, x_src, alpha_src, alpha_dst, self.negative_slope, dropout,
             self.add_self_loops, seed=seed, backend=self.backend,
@@ -284,7 +284,7 @@ class GATConv(DropInConv):
         e = torch.exp(logits - top[dst])
         alpha = e / logits.new_zeros(top.shape).index_add(0, dst, e)[dst]
         if dropout > 0:
-            keep = reference.attention_keep(seed, edge_id, alpha.size(1), dropout)
+            keep = reference.attention_keep(seed_value(seed), edge_id, alpha.size(1), dropout)
             alpha = alpha * keep.to(alpha.dtype) * reference.dropout_scale(dropout)
         return alpha
 

@@ -63,7 +63,7 @@ def gat_aggregate_op(
     alpha_dst: Optional[Tensor],
     negative_slope: float,
     dropout: float,
-    seed: int,
+    seed: Tensor,
     add_self_loops: bool,
     rowptr_t: Optional[Tensor],
     col_t: Optional[Tensor],
@@ -73,7 +73,7 @@ def gat_aggregate_op(
     _check_gat_inputs(x, alpha_src, alpha_dst, rowptr.numel() - 1)
     V.check_csr(rowptr, col, x.size(0))
     return impl(backend).gat_aggregate_forward(
-        rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops
+        rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed_value(seed), add_self_loops
     )
 
 
@@ -103,7 +103,7 @@ def gat_aggregate_backward_op(
     grad_out: Tensor,
     negative_slope: float,
     dropout: float,
-    seed: int,
+    seed: Tensor,
     add_self_loops: bool,
     backend: str,
 ) -> Tuple[Tensor, Tensor, Tensor]:
@@ -124,7 +124,7 @@ def gat_aggregate_backward_op(
         raise ValueError(f"lse must have shape {list(shape[:2])}, got {list(lse.shape)}")
     return impl(backend).gat_aggregate_backward(
         rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse, grad_out,
-        negative_slope, dropout, seed, add_self_loops,
+        negative_slope, dropout, seed_value(seed), add_self_loops,
     )
 
 
@@ -138,17 +138,17 @@ def _(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse, grad_o
 def _setup_context(ctx, inputs, output):
     (rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops,
      rowptr_t, col_t, perm_t, backend) = inputs
-    ctx.options = (negative_slope, dropout, seed, add_self_loops, backend)
+    ctx.options = (negative_slope, dropout, add_self_loops, backend)
     ctx.has_dst = alpha_dst is not None
     # not the output: the backward recomputes what it needs of it (D_i = g_i . out_i)
-    ctx.save_for_backward(rowptr, col, x, alpha_src, alpha_dst, output[1], rowptr_t, col_t, perm_t)
+    ctx.save_for_backward(rowptr, col, x, alpha_src, alpha_dst, output[1], rowptr_t, col_t, perm_t, seed)
 
 
 def _backward(ctx, grad_out, _grad_lse):
-    rowptr, col, x, alpha_src, alpha_dst, lse, rowptr_t, col_t, perm_t = ctx.saved_tensors
+    rowptr, col, x, alpha_src, alpha_dst, lse, rowptr_t, col_t, perm_t, seed = ctx.saved_tensors
     if rowptr_t is None or col_t is None or perm_t is None:
         raise RuntimeError("gat_aggregate backward needs the transpose (rowptr_t, col_t, perm_t); it was not passed")
-    negative_slope, dropout, seed, add_self_loops, backend = ctx.options
+    negative_slope, dropout, add_self_loops, backend = ctx.options
     grad_x, grad_src, grad_dst = gat_aggregate_backward_op(
         rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse,
         grad_out.contiguous(), negative_slope, dropout, seed, add_self_loops, backend,
@@ -184,17 +184,31 @@ def check_dropout(dropout) -> float:
     return dropout
 
 
-def check_seed(seed) -> int:
+def check_seed(seed) -> Tensor:
+    """The dropout seed as the ops take it: a one-element int64 tensor on the CPU (a
+    tensor, so that a seed drawn inside a compiled model is no graph break; read on the
+    host by the op's kernel call, never by the traced code)."""
+    if isinstance(seed, Tensor):
+        if seed.numel() != 1 or seed.is_floating_point() or seed.is_complex() or seed.dtype == torch.bool:
+            raise TypeError(f"seed must be an int or a one-element integer tensor, got {seed.dtype} {list(seed.shape)}")
+        return seed.reshape(1).to(device="cpu", dtype=torch.int64)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")
     if not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"seed must lie in [0, 2**32), got {seed}")
-    return int(seed)
+    return torch.tensor([int(seed)], dtype=torch.int64)
 
 
-def draw_seed() -> int:
+def seed_value(seed: Tensor) -> int:
+    """The seed's 32 bits (the hash uses the low 32 bits of any integer)."""
+    if seed.numel() != 1 or seed.is_floating_point():
+        raise TypeError(f"seed must be a one-element integer tensor, got {seed.dtype} {list(seed.shape)}")
+    return int(seed.reshape(()).item()) % SEED_LIMIT
+
+
+def draw_seed() -> Tensor:
     """A dropout seed from torch's default generator (reproducible under torch.manual_seed)."""
-    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+    return torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64)
 
 
 def gat_aggregate(
@@ -225,8 +239,8 @@ def gat_aggregate(
             ``1 / (1 - dropout)``); pass 0 in evaluation.
         add_self_loops: as PyG's GATConv: the stored self loops are ignored and one loop
             per node i < min(num_src, num_dst) is attended.
-        seed: the dropout mask's seed (an int in ``[0, 2**32)``); by default drawn from
-            torch's default generator when ``dropout > 0``.
+        seed: the dropout mask's seed (an int in ``[0, 2**32)``, or a one-element integer
+            tensor); by default drawn from torch's default generator when ``dropout > 0``.
         backend: ``None``/``"auto"`` or a backend name.
 
     Returns:
@@ -248,7 +262,10 @@ def gat_aggregate(
     dropout = check_dropout(dropout)
     if not isinstance(add_self_loops, bool):
         raise TypeError(f"add_self_loops must be a bool, got {type(add_self_loops).__name__}")
-    seed = 0 if dropout == 0 else (draw_seed() if seed is None else check_seed(seed))
+    if dropout == 0:
+        seed = torch.zeros(1, dtype=torch.int64)  # unused: no dropout
+    else:
+        seed = draw_seed() if seed is None else check_seed(seed)
     name = resolve("gat_aggregate", backend, x.device, ("gat_aggregate_forward", "gat_aggregate_backward"))
     needs_t = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, alpha_src, alpha_dst)
