@@ -154,7 +154,7 @@ def test_power_law_generator_recipe():
     # hubs are spread over the id range (the permutation), not packed at low ids
     top = torch.topk(indeg, 10).indices
     assert top.float().std() > 100
-    from graphs import power_law_edge_index as from_tests
+    from helpers import power_law_edge_index as from_tests
 
     assert from_tests is G.power_law_edge_index
     with pytest.raises(ValueError):

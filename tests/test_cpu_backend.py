@@ -9,7 +9,7 @@ import torch
 import fastalign
 from fastalign import Graph, backends
 from fastalign.ops.gcn_aggregate import gcn_norm_state
-from graphs import case_graphs, features, power_law_edge_index, random_edge_index
+from helpers import KERNELS, case_graphs, features, power_law_edge_index, random_edge_index
 
 # the module, not the function fastalign.ops re-exports under the same name
 structure_kl_module = importlib.import_module("fastalign.ops.structure_kl")
@@ -26,7 +26,6 @@ if backends.is_available("cpu"):
 TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}
 INDEX_DTYPES = (torch.int32, torch.int64)
 WIDTHS = (1, 3, 16, 67)
-KERNELS = ("l1", "rbf", "linear", "poly", "cosine")
 SIGMA = {"l1": 2.0, "rbf": 1.5, "linear": 1.0, "poly": 1.0, "cosine": 1.0}
 
 

@@ -9,7 +9,7 @@ import torch
 
 from fastalign.backends import BACKEND_FUNCTIONS, reference
 from fastalign.backends import cuda as cu
-from graphs import case_graphs
+from helpers import case_graphs
 
 
 class Recorder:

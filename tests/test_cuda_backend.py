@@ -20,7 +20,7 @@ import torch
 import fastalign
 from fastalign import Graph, backends
 from fastalign.ops.gcn_aggregate import gcn_norm_state
-from graphs import case_graphs, power_law_edge_index, random_edge_index, well_scaled
+from helpers import KERNELS, case_graphs, power_law_edge_index, random_edge_index, well_scaled
 
 REF = importlib.import_module("fastalign.backends.reference")
 HAS_CUDA = torch.cuda.is_available() and backends.is_available("cuda")
@@ -42,7 +42,6 @@ TOL = {
     torch.bfloat16: (3e-2, 1.6e-2),
 }
 WIDTHS = (1, 3, 16, 64, 67, 256)
-KERNELS = ("l1", "rbf", "linear", "poly", "cosine")
 
 
 def sim_params(kernel, width):

@@ -8,7 +8,7 @@ import torch
 import fastalign
 import fastalign.ops  # noqa: F401  (registers the torch.ops.fastalign operators)
 from fastalign import Graph, backends
-from graphs import random_edge_index
+from helpers import random_edge_index
 
 BACKEND = "torch"
 

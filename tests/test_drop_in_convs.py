@@ -9,7 +9,7 @@ import torch
 
 import fastalign.nn as fnn
 from fastalign import Graph
-from graphs import random_edge_index
+from helpers import random_edge_index
 from pyg_twins import DT, _gen, adjacencies, assert_same_forward_backward, leaf, twin  # noqa: F401
 
 pyg_nn = pytest.importorskip("torch_geometric.nn", reason="needs torch_geometric (the test extra)")

@@ -4,7 +4,7 @@ import scipy.sparse as sp
 import torch
 
 from fastalign import Graph
-from graphs import dense_adjacency, random_edge_index
+from helpers import dense_adjacency, random_edge_index
 
 
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])

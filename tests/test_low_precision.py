@@ -8,6 +8,7 @@ import torch
 import fastalign
 from fastalign import Graph, backends
 from fastalign.nn import GCNConv
+from helpers import rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = backends.available_backends(DEVICE)
@@ -27,10 +28,6 @@ def hub_graph(hub_degree=5000, index_dtype=torch.int64):
     dst = torch.cat([torch.zeros_like(others), others, ring_dst])
     ei = torch.stack([src, dst]).to(index_dtype)
     return Graph.from_edge_index(ei, num_nodes=n).to(DEVICE)
-
-
-def rel_err(out, ref):
-    return ((out.double() - ref).norm() / ref.norm()).item()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -6,7 +6,8 @@ import torch
 
 import fastalign
 from fastalign import Graph
-from graphs import (
+from helpers import (
+    KERNELS,
     case_graphs,
     dense_adjacency,
     dense_edge_values,
@@ -17,7 +18,6 @@ from graphs import (
 
 REF = "torch"
 INDEX_DTYPES = [torch.int32, torch.int64]
-KERNELS = ["l1", "rbf", "linear", "poly", "cosine"]
 CASES = [(name, dt) for dt in INDEX_DTYPES for name, _ in case_graphs()]
 
 

@@ -16,12 +16,12 @@ from hypothesis import strategies as st  # noqa: E402
 
 import fastalign  # noqa: E402
 from fastalign import Graph, backends  # noqa: E402
+from helpers import KERNELS  # noqa: E402
 
 BACKENDS = [b for b in backends.available_backends("cpu") if b != "torch"]
 REF = importlib.import_module("fastalign.backends.reference")
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
-KERNELS = ("l1", "rbf", "linear", "poly", "cosine")
 
 
 @st.composite

@@ -5,7 +5,7 @@ import torch
 
 import fastalign
 import fastalign.nn as fnn
-from graphs import random_edge_index
+from helpers import random_edge_index
 
 pyg_nn = pytest.importorskip("torch_geometric.nn", reason="needs torch_geometric (the test extra)")
 

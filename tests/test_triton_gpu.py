@@ -34,7 +34,7 @@ import fastalign  # noqa: E402
 from fastalign import Graph  # noqa: E402
 from fastalign.ops.gcn_aggregate import gcn_norm_state  # noqa: E402
 
-from graphs import case_graphs, power_law_edge_index, well_scaled  # noqa: E402
+from helpers import case_graphs, power_law_edge_index, well_scaled  # noqa: E402
 
 REF = importlib.import_module("fastalign.backends.reference")
 TB = importlib.import_module("fastalign.backends.triton")

@@ -17,7 +17,7 @@ from fastalign.kernels import segments, spmm as kspmm
 from fastalign.ops.gcn_aggregate import gcn_norm_state
 from triton.runtime.interpreter import InterpretedFunction
 
-from graphs import case_graphs, features
+from helpers import case_graphs, features
 
 if not isinstance(kspmm.agg_kernel, InterpretedFunction):  # imported too early
     pytest.skip(

@@ -1,5 +1,8 @@
-"""Small test graphs with the edge cases every backend must handle, and dense float64
-computations of each op (an independent definition, not the reference backend)."""
+"""The test suite's shared helpers (as torch_scatter's testing.py): small graphs with the
+edge cases every backend must handle, feature makers, the similarity kernels, relative
+errors, and dense float64 computations of each op (an independent definition, not the
+reference backend). The PyG-comparison helpers of the drop-in layers are in
+pyg_twins.py (they need torch_geometric)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,13 @@ import torch
 
 from fastalign import Graph
 from fastalign.bench.graphs import power_law_edge_index  # noqa: F401  (canonical generator)
+from fastalign.ops._common import KERNELS  # noqa: F401  (the similarity kernels, in one order)
+
+
+def rel_err(out, ref) -> float:
+    """||out - ref|| / ||ref|| in float64 (0 for an empty reference)."""
+    out, ref = out.double(), ref.double()
+    return float((out - ref).norm() / ref.norm().clamp(min=1e-30)) if ref.numel() else 0.0
 
 
 def random_edge_index(num_src, num_dst, num_edges, *, seed=0, self_loops=True, duplicates=True):
