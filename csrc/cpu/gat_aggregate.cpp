@@ -15,20 +15,13 @@
 #include <limits>
 #include <type_traits>
 
+#include "attention_dropout.h"
 #include "cpu/common.h"
 #include "cpu/segment.h"
 
 namespace fastalign {
 namespace cpu {
 namespace {
-
-inline uint32_t fmix32(uint32_t h) {
-  h ^= h >> 16;
-  h *= 0x85EBCA6Bu;
-  h ^= h >> 13;
-  h *= 0xC2B2AE35u;
-  return h ^ (h >> 16);
-}
 
 // exp for the kernels' softmax arguments, which are never positive (a logit minus its
 // row's max or log-sum-exp). float: Cody-Waite range reduction and Cephes' degree-6
@@ -61,16 +54,16 @@ struct Dropout {
   uint32_t threshold = 0;  // entries whose 24 hash bits fall below it are dropped
   double scale = 1.0;
 
-  Dropout(double p, int64_t seed_value) : seed(uint32_t(uint64_t(seed_value))) {
-    threshold = uint32_t(std::min(std::ceil(p * 16777216.0), 16777216.0));
-    scale = p < 1.0 ? 1.0 / (1.0 - p) : 0.0;
-  }
+  Dropout(double p, int64_t seed_value)
+      : seed(uint32_t(uint64_t(seed_value))),
+        threshold(attention_dropout::threshold(p)),
+        scale(attention_dropout::scale(p)) {}
   bool active() const { return threshold != 0; }
   template <typename scalar_t>
   scalar_t factor(int64_t edge, int64_t heads, int64_t h) const {
-    const uint64_t idx = uint64_t(edge) * uint64_t(heads) + uint64_t(h);
-    const uint32_t bits = fmix32(uint32_t(idx) ^ fmix32(uint32_t(idx >> 32) ^ seed));
-    return scalar_t(scale) * scalar_t((bits >> 8) >= threshold);  // no branch on a coin toss
+    // no branch on a coin toss
+    return scalar_t(scale) * scalar_t(attention_dropout::kept(uint64_t(edge), uint64_t(heads), uint64_t(h), seed,
+                                                              threshold));
   }
   // k[h] for every head of one edge
   template <typename scalar_t>

@@ -11,14 +11,13 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cmath>
 #include <cstdlib>
 #include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "attention_dropout.h"
 #include "cuda/kernels/fastalign_cuda.h"
 
 namespace {
@@ -417,11 +416,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> structure_kl_backward(
 // ------------------------------------------------------------------------ graph attention
 // x [num_src, H, C]; alpha_src [num_src, H]; alpha_dst [num_dst, H] or none. lse float32.
 fa_attention attention(double negative_slope, double dropout, int64_t seed, bool add_self_loops) {
-  // the threshold and scale of fastalign.backends.reference.dropout_threshold / _scale
-  const double threshold = std::min(std::ceil(dropout * 16777216.0), 16777216.0);
-  return fa_attention{static_cast<float>(negative_slope),
-                      static_cast<float>(dropout < 1.0 ? 1.0 / (1.0 - dropout) : 0.0),
-                      static_cast<uint32_t>(threshold), static_cast<uint32_t>(static_cast<uint64_t>(seed)),
+  return fa_attention{static_cast<float>(negative_slope), static_cast<float>(fastalign::attention_dropout::scale(dropout)),
+                      fastalign::attention_dropout::threshold(dropout), static_cast<uint32_t>(static_cast<uint64_t>(seed)),
                       add_self_loops ? 1 : 0};
 }
 

@@ -47,8 +47,9 @@ def _segment_sum(values: Tensor, row: Tensor, num_rows: int) -> Tensor:
 
 
 def _segment_max(values: Tensor, row: Tensor, num_rows: int) -> Tensor:
-    out = values.new_full((num_rows,), float("-inf"))
-    return out.scatter_reduce_(0, row, values, "amax", include_self=True)
+    out = values.new_full((num_rows,) + values.shape[1:], float("-inf"))
+    index = row.view((-1,) + (1,) * (values.dim() - 1)).expand_as(values)
+    return out.scatter_reduce_(0, index, values, "amax", include_self=True)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -292,7 +293,8 @@ def edge_softmax_backward(rowptr: Tensor, p: Tensor, grad_p: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- structure KL
 def _log_softmax_rows(z: Tensor, row: Tensor, num_dst: int) -> Tuple[Tensor, Tensor]:
-    """(log-softmax per edge, log-sum-exp per row; -inf for empty rows)."""
+    """(log-softmax per edge, log-sum-exp per row; -inf for empty rows); z may carry
+    trailing dimensions (one softmax per column, as the heads of attention)."""
     m = _segment_max(z, row, num_dst)
     m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     lse = torch.log(_segment_sum(torch.exp(z - m_safe[row]), row, num_dst)) + m_safe
@@ -415,25 +417,23 @@ def attention_edges(rowptr: Tensor, col: Tensor, num_src: int, add_self_loops: b
     return dst, src, eid
 
 
-def _attention(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops):
-    """Per attended edge: (dst, src, pre-activation z, softmax a, dropout factor k, lse)."""
+def attention(rowptr, col, num_src, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops):
+    """Per attended edge (``attention_edges``' order): (dst, src, edge id, pre-activation z,
+    softmax a, dropout factor k), and the log-sum-exp per (row, head). Differentiable in
+    the attention terms (fastalign.nn.GATConv returns a k when asked for the attention)."""
     num_dst, heads = rowptr.numel() - 1, alpha_src.size(1)
-    acc = _acc_dtype(x.dtype)
-    dst, src, eid = attention_edges(rowptr, col, x.size(0), add_self_loops)
+    acc = _acc_dtype(alpha_src.dtype)
+    dst, src, eid = attention_edges(rowptr, col, num_src, add_self_loops)
     z = alpha_src.to(acc)[src]
     if alpha_dst is not None:
         z = z + alpha_dst.to(acc)[dst]
-    logits = torch.nn.functional.leaky_relu(z, negative_slope)
-    m = logits.new_full((num_dst, heads), float("-inf"))
-    m = m.scatter_reduce(0, dst.unsqueeze(1).expand_as(logits), logits, "amax", include_self=True)
-    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    lse = torch.log(_segment_sum(torch.exp(logits - m_safe[dst]), dst, num_dst)) + m_safe
-    a = torch.exp(logits - lse[dst])
+    logp, lse = _log_softmax_rows(torch.nn.functional.leaky_relu(z, negative_slope), dst, num_dst)
+    a = torch.exp(logp)
     if dropout > 0:
         k = attention_keep(seed, eid, heads, dropout).to(acc) * dropout_scale(dropout)
     else:
         k = torch.ones_like(a)
-    return dst, src, z, a, k, lse
+    return dst, src, eid, z, a, k, lse
 
 
 def gat_aggregate_forward(
@@ -448,8 +448,8 @@ def gat_aggregate_forward(
     float32 otherwise). The softmax is over the undropped logits; dropout then zeroes
     entries (see ``attention_keep``) and rescales the rest.
     """
-    dst, src, _, a, k, lse = _attention(
-        rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops
+    dst, src, _, _, a, k, lse = attention(
+        rowptr, col, x.size(0), alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops
     )
     acc = a.dtype
     msg = (a * k).unsqueeze(-1) * x.to(acc)[src]
@@ -472,8 +472,8 @@ def gat_aggregate_backward(
     grad_alpha_dst[i] = sum_j dz_ij.
     """
     acc = _acc_dtype(x.dtype)
-    dst, src, z, a, k, _ = _attention(
-        rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops
+    dst, src, _, z, a, k, _ = attention(
+        rowptr, col, x.size(0), alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops
     )
     g = grad_out.to(acc)
     g_e = g[dst]

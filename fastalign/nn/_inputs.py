@@ -150,6 +150,14 @@ def channel_pair(layer: str, in_channels, out_channels, lazy_ok: bool = False) -
     return pair
 
 
+def linear(in_features: int, out_features: int, bias: bool) -> torch.nn.Module:
+    """``torch.nn.Linear``, or ``LazyLinear`` for ``in_features=-1`` (PyG's lazy
+    initialisation: the width is read off the first input)."""
+    if in_features == -1:
+        return torch.nn.LazyLinear(out_features, bias=bias)
+    return torch.nn.Linear(in_features, out_features, bias=bias)
+
+
 class Prepared(NamedTuple):
     graph: Graph  # CSR by destination: num_dst x num_src
     weight: Optional[Tensor]  # per-edge weights in the graph's internal order, or None

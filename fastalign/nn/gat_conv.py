@@ -7,7 +7,6 @@ import math
 from typing import Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Parameter
 
@@ -15,14 +14,7 @@ from ..backends import reference
 from ..ops import gat_aggregate
 from ..ops.gat_aggregate import check_dropout, draw_seed, seed_value
 from ..ops._common import real_number
-from ._inputs import DropInConv, Prepared, channel_pair
-
-
-def _linear(in_features: int, out_features: int) -> torch.nn.Module:
-    # in_features=-1: PyG's lazy initialisation (the width is read off the first input)
-    if in_features == -1:
-        return torch.nn.LazyLinear(out_features, bias=False)
-    return torch.nn.Linear(in_features, out_features, bias=False)
+from ._inputs import DropInConv, Prepared, channel_pair, linear
 
 
 def _glorot(t: Tensor) -> None:
@@ -138,17 +130,17 @@ class GATConv(DropInConv):
 
         self.lin = self.lin_src = self.lin_dst = None
         if isinstance(in_channels, int):
-            self.lin = _linear(in_channels, heads * out_channels)
+            self.lin = linear(in_channels, heads * out_channels, bias=False)
         else:
-            self.lin_src = _linear(pair[0], heads * out_channels)
-            self.lin_dst = _linear(pair[1], heads * out_channels)
+            self.lin_src = linear(pair[0], heads * out_channels, bias=False)
+            self.lin_dst = linear(pair[1], heads * out_channels, bias=False)
         self.att_src = Parameter(torch.empty(1, heads, out_channels))
         self.att_dst = Parameter(torch.empty(1, heads, out_channels))
         self.lin_edge = None
         self.register_parameter("att_edge", None)
         total = out_channels * (heads if self.concat else 1)
         if self.residual:
-            self.res = _linear(pair[1], total)
+            self.res = linear(pair[1], total, bias=False)
         else:
             self.register_parameter("res", None)
         if bias:
@@ -234,34 +226,31 @@ class GATConv(DropInConv):
 
     # ------------------------------------------------------------------ attention weights
     def _attention(self, prep: Prepared, adj, alpha_src, alpha_dst, dropout, seed, dtype):
-        """The attention per attended edge, as PyG returns it (the E x H tensor only this
-        asks for)."""
+        """The attention per attended edge (the reference's, the same mask as the fused
+        op), in the order PyG returns it (the E x H tensor only this asks for)."""
         graph = prep.graph
+        dst, src, eid, _, a, k, _ = reference.attention(
+            graph.rowptr, graph.col, graph.num_src, alpha_src, alpha_dst, self.negative_slope, dropout,
+            seed_value(seed) if dropout > 0 else 0, self.add_self_loops,
+        )
+        alpha = (a * k).to(dtype)
         num_edges = graph.num_edges
-        loops = torch.arange(min(graph.num_src, graph.num_dst), device=graph.device)
-        if prep.kind is None and not isinstance(adj, type(graph)):  # an edge_index: caller order
+        if prep.kind is None and not isinstance(adj, type(graph)):
+            # an edge_index: the caller's edge order (loops dropped), then the added loops
             ei = adj.as_tensor() if hasattr(adj, "as_tensor") else adj
-            src, dst = (ei[0], ei[1]) if self.flow == "source_to_target" else (ei[1], ei[0])
-            edge_id = torch.arange(num_edges, device=graph.device)
-            if graph.perm is not None:  # internal position of each caller edge
-                edge_id = torch.empty_like(edge_id).scatter_(0, graph.perm, edge_id)
-            if self.add_self_loops:
-                keep = ei[0] != ei[1]
-                ei = torch.cat([ei[:, keep], torch.stack([loops, loops]).to(ei.dtype)], dim=1)
-                src, dst = torch.cat([src[keep], loops]), torch.cat([dst[keep], loops])
-                edge_id = torch.cat([edge_id[keep], loops + num_edges])
-            alpha = self._edge_alpha(src.long(), dst.long(), graph.num_dst, edge_id, alpha_src, alpha_dst, dropout, seed)
-            return ei, alpha.to(dtype)
-        # a sparse adjacency or a Graph: the (target, source)-sorted edges, loops in place
-        src, dst = graph.col.long(), graph.row
-        edge_id = torch.arange(num_edges, device=graph.device)
+            pos = eid.clone()  # caller position of each stored edge; a loop's id stays after them
+            stored = eid < num_edges
+            if graph.perm is not None:
+                pos[stored] = graph.perm[eid[stored]]
+            order = torch.argsort(pos)
+            pos = pos[order]
+            n = int(stored.sum())
+            loops = (pos[n:] - num_edges).to(ei.dtype)
+            return torch.cat([ei[:, pos[:n]], torch.stack([loops, loops])], dim=1), alpha[order]
+        # a sparse adjacency or a Graph: (target, source)-sorted, the loops in place
         if self.add_self_loops:
-            keep = src != dst
-            src, dst = torch.cat([src[keep], loops]), torch.cat([dst[keep], loops])
-            edge_id = torch.cat([edge_id[keep], loops + num_edges])
             order = torch.argsort(dst * max(graph.num_src, 1) + src, stable=True)
-            src, dst, edge_id = src[order], dst[order], edge_id[order]
-        alpha = self._edge_alpha(src, dst, graph.num_dst, edge_id, alpha_src, alpha_dst, dropout, seed).to(dtype)
+            src, dst, alpha = src[order], dst[order], alpha[order]
         sizes = (graph.num_dst, graph.num_src)
         if prep.kind == "torch":
             if adj.layout == torch.sparse_coo:
@@ -274,19 +263,6 @@ class GATConv(DropInConv):
 
             return SparseTensor(row=dst, col=src, value=alpha, sparse_sizes=sizes)
         return torch.stack([src, dst]), alpha
-
-    def _edge_alpha(self, src, dst, num_dst, edge_id, alpha_src, alpha_dst, dropout, seed) -> Tensor:
-        logits = alpha_src[src] if alpha_dst is None else alpha_src[src] + alpha_dst[dst]
-        logits = F.leaky_relu(logits, self.negative_slope)
-        index = dst.unsqueeze(1).expand_as(logits)
-        top = logits.new_full((num_dst, logits.size(1)), float("-inf"))
-        top = top.scatter_reduce(0, index, logits.detach(), "amax", include_self=True)
-        e = torch.exp(logits - top[dst])
-        alpha = e / logits.new_zeros(top.shape).index_add(0, dst, e)[dst]
-        if dropout > 0:
-            keep = reference.attention_keep(seed_value(seed), edge_id, alpha.size(1), dropout)
-            alpha = alpha * keep.to(alpha.dtype) * reference.dropout_scale(dropout)
-        return alpha
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.in_channels}, {self.out_channels}, heads={self.heads})"

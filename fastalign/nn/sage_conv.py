@@ -8,14 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._inputs import DropInConv, channel_pair
-
-
-def _linear(in_features: int, out_features: int, bias: bool) -> torch.nn.Module:
-    # in_features=-1: PyG's lazy initialisation (the width is read off the first input)
-    if in_features == -1:
-        return torch.nn.LazyLinear(out_features, bias=bias)
-    return torch.nn.Linear(in_features, out_features, bias=bias)
+from ._inputs import DropInConv, channel_pair, linear
 
 
 class SAGEConv(DropInConv):
@@ -86,9 +79,9 @@ class SAGEConv(DropInConv):
             if pair[0] <= 0:
                 raise ValueError("'SAGEConv' does not support lazy initialization with `project=True`")
             self.lin = torch.nn.Linear(pair[0], pair[0], bias=True)
-        self.lin_l = _linear(pair[0], out_channels, bias)
+        self.lin_l = linear(pair[0], out_channels, bias)
         if self.root_weight:
-            self.lin_r = _linear(pair[1], out_channels, False)
+            self.lin_r = linear(pair[1], out_channels, False)
         self.reset_parameters()
 
     @classmethod

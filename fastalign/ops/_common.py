@@ -26,14 +26,15 @@ def as_graph(graph, x: Optional[Tensor] = None) -> Graph:
     return Graph.coerce(graph, num_nodes=num_nodes)
 
 
-def check_features(name: str, x, num_rows: int, graph: Graph, side: str) -> Tensor:
-    """A 2-D floating tensor with ``num_rows`` rows on the graph's device, contiguous."""
+def check_features(name: str, x, num_rows: int, graph: Graph, side: str, dim: int = 2,
+                   layout: str = "[num_nodes, features]") -> Tensor:
+    """A ``dim``-D floating tensor with ``num_rows`` rows on the graph's device, contiguous."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [num_nodes, features], got shape {list(x.shape)}")
+    if x.dim() != dim:
+        raise ValueError(f"{name} must be {dim}-D {layout}, got shape {list(x.shape)}")
     if x.size(0) != num_rows:
         raise ValueError(
             f"{name} has {x.size(0)} rows but the graph has {num_rows} {side} nodes"
@@ -83,6 +84,12 @@ def split_pair(
         )
     x = check_features(name, x, graph.num_dst, graph, "")
     return x, x
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What the kernels accumulate and keep per-node state in for features of ``dtype``:
+    float64 for float64, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # The smallest normal float32: a scale below it (or a denominator built from it, such as

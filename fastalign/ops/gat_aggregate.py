@@ -37,9 +37,10 @@ import torch
 from torch import Tensor
 
 from .. import validation as V
-from ._common import FLOAT_DTYPES, as_graph, impl, real_number, resolve, transpose_for
+from ._common import acc_dtype, as_graph, check_features, impl, real_number, resolve, transpose_for
 
 SEED_LIMIT = 2**32
+_NO_SEED = torch.zeros(1, dtype=torch.int64)  # the seed passed without dropout (never read)
 
 
 def _check_gat_inputs(x: Tensor, alpha_src: Tensor, alpha_dst: Optional[Tensor], num_dst: int) -> None:
@@ -77,16 +78,12 @@ def gat_aggregate_op(
     )
 
 
-def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @gat_aggregate_op.register_fake
 def _(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops,
       rowptr_t, col_t, perm_t, backend):
     num_dst = rowptr.shape[0] - 1
     out = x.new_empty((num_dst, x.shape[1], x.shape[2]))
-    return out, x.new_empty((num_dst, x.shape[1]), dtype=_lse_dtype(x.dtype))
+    return out, x.new_empty((num_dst, x.shape[1]), dtype=acc_dtype(x.dtype))
 
 
 @torch.library.custom_op("fastalign::gat_aggregate_backward", mutates_args=())
@@ -165,18 +162,6 @@ def _backward(ctx, grad_out, _grad_lse):
 gat_aggregate_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_tensor(name: str, t, dim: int, graph) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {t.dtype}")
-    if t.dim() != dim:
-        raise ValueError(f"{name} must be {dim}-D, got shape {list(t.shape)}")
-    if t.device != graph.device:
-        raise ValueError(f"{name} is on {t.device} but the graph is on {graph.device}")
-    return t.contiguous()
-
-
 def check_dropout(dropout) -> float:
     dropout = real_number("dropout", dropout)
     if not 0.0 <= dropout <= 1.0:
@@ -248,22 +233,21 @@ def gat_aggregate(
         ``alpha_dst``. A destination with no attended edge gets 0.
     """
     graph = as_graph(graph, x)
-    x = _check_tensor("x", x, 3, graph)
-    alpha_src = _check_tensor("alpha_src", alpha_src, 2, graph)
+    x = check_features("x", x, graph.num_src, graph, "source", dim=3, layout="[num_src, H, C]")
+    alpha_src = check_features("alpha_src", alpha_src, graph.num_src, graph, "source", layout="[num_src, H]")
     if alpha_dst is not None:
-        alpha_dst = _check_tensor("alpha_dst", alpha_dst, 2, graph)
+        alpha_dst = check_features("alpha_dst", alpha_dst, graph.num_dst, graph, "destination",
+                                   layout="[num_dst, H]")
     for name, t in (("alpha_src", alpha_src), ("alpha_dst", alpha_dst)):
         if t is not None and t.dtype != x.dtype:
             raise TypeError(f"{name} ({t.dtype}) and x ({x.dtype}) must share a dtype")
-    if x.size(0) != graph.num_src:
-        raise ValueError(f"x has {x.size(0)} rows but the graph has {graph.num_src} source nodes")
     _check_gat_inputs(x, alpha_src, alpha_dst, graph.num_dst)
     negative_slope = real_number("negative_slope", negative_slope)
     dropout = check_dropout(dropout)
     if not isinstance(add_self_loops, bool):
         raise TypeError(f"add_self_loops must be a bool, got {type(add_self_loops).__name__}")
     if dropout == 0:
-        seed = torch.zeros(1, dtype=torch.int64)  # unused: no dropout
+        seed = _NO_SEED
     else:
         seed = draw_seed() if seed is None else check_seed(seed)
     name = resolve("gat_aggregate", backend, x.device, ("gat_aggregate_forward", "gat_aggregate_backward"))

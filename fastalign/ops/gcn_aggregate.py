@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .. import validation as V
 from ..graph import Graph
-from ._common import as_graph, check_edge_values, check_features, impl, resolve
+from ._common import acc_dtype, as_graph, check_edge_values, check_features, impl, resolve
 from .spmm import spmm
 
 
@@ -86,7 +86,7 @@ def norm_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the normalisation is computed in: float64 for float64 features, else
     float32. A degree summed in bfloat16 stops growing at 256 (each +1 rounds away), in
     float16 at 2048, so low-precision layers never normalise in their own dtype."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return acc_dtype(dtype)
 
 
 def gcn_norm_state(

@@ -6,6 +6,7 @@
 // then the transpose. Deterministic: every output element has one owner thread
 // and sums in edge order; no atomics. Hub rows are not split yet (one thread walks a
 // whole row).
+#include "attention_dropout.h"
 #include "common.cuh"
 
 using namespace fastalign::cuda;
@@ -14,19 +15,12 @@ namespace {
 
 constexpr int kChunk = 8;
 
-__device__ __forceinline__ uint32_t fmix32(uint32_t h) {
-  h ^= h >> 16;
-  h *= 0x85EBCA6Bu;
-  h ^= h >> 13;
-  h *= 0xC2B2AE35u;
-  return h ^ (h >> 16);
-}
-
 __device__ __forceinline__ float drop_factor(const fa_attention& att, int64_t edge, int heads, int h) {
   if (att.threshold == 0) return 1.f;
-  const uint64_t idx = static_cast<uint64_t>(edge) * static_cast<uint64_t>(heads) + static_cast<uint64_t>(h);
-  const uint32_t bits = fmix32(static_cast<uint32_t>(idx) ^ fmix32(static_cast<uint32_t>(idx >> 32) ^ att.seed));
-  return (bits >> 8) >= att.threshold ? att.scale : 0.f;
+  return fastalign::attention_dropout::kept(static_cast<uint64_t>(edge), static_cast<uint64_t>(heads),
+                                            static_cast<uint64_t>(h), att.seed, att.threshold)
+             ? att.scale
+             : 0.f;
 }
 
 __device__ __forceinline__ float leaky(float z, float slope) { return z > 0.f ? z : z * slope; }
