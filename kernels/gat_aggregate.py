@@ -19,6 +19,8 @@ added self loop attended by its last segment.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -350,13 +352,19 @@ def gat_src_grad_combine_kernel(
     tl.store(grad_x + (row * H + hh[:, None]) * C + cc[None, :], gx.to(grad_x.dtype.element_ty), mask=tile)
 
 
+@functools.lru_cache(maxsize=64)
+def _params(negative_slope: float, scale: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(negative slope, dropout scale) on the device, made once per value (not a host to
+    device copy per launch)."""
+    return torch.tensor([negative_slope, scale], dtype=dtype, device=device)
+
+
 def _options(x, negative_slope, dropout, seed, add_self_loops, num_dst):
     from fastalign.backends.reference import dropout_scale, dropout_threshold
 
     heads, channels = x.size(1), x.size(2)
-    params = torch.tensor([negative_slope, dropout_scale(dropout)], dtype=torch_acc(x.dtype), device=x.device)
     return dict(
-        params=params,
+        params=_params(float(negative_slope), dropout_scale(dropout), torch_acc(x.dtype), x.device),
         num_loops=min(x.size(0), num_dst) if add_self_loops else 0,
         seed=int(seed) & 0xFFFFFFFF, threshold=dropout_threshold(dropout),
         H=heads, C=channels, LOOPS=bool(add_self_loops), DROPOUT=dropout > 0, ACC=acc_dtype(x.dtype),
@@ -406,12 +414,13 @@ def gat_aggregate_backward(
 ):
     num_dst, num_src = rowptr.numel() - 1, x.size(0)
     acc = torch_acc(x.dtype)
-    d_row = torch.zeros((num_dst, x.size(1)), dtype=acc, device=x.device)  # g_i . out_i, from the first pass
+    # every row of these is written (by its program, or a long row's by the combine)
+    d_row = torch.empty((num_dst, x.size(1)), dtype=acc, device=x.device)  # g_i . out_i, from the first pass
     lse = lse.to(acc).contiguous()
-    grad_x = torch.zeros_like(x)
-    grad_src = torch.zeros_like(alpha_src)
+    grad_x = torch.empty_like(x)
+    grad_src = torch.empty_like(alpha_src)
     has_dst = alpha_dst is not None
-    grad_dst = torch.zeros_like(alpha_dst) if has_dst else x.new_empty(0)
+    grad_dst = torch.empty_like(alpha_dst) if has_dst else x.new_empty(0)
     if x.size(1) == 0:
         return grad_x, grad_src, grad_dst
     heads, channels = x.size(1), x.size(2)
