@@ -2,6 +2,7 @@
 // Input preparation and dtype dispatch shared by the CPU kernels.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 
 #include <atomic>
 #include <limits>
@@ -17,6 +18,22 @@ namespace cpu {
   AT_DISPATCH_FLOATING_TYPES(SCALAR, NAME, [&] {                        \
     AT_DISPATCH_INDEX_TYPES(INDEX, NAME, [&] { __VA_ARGS__(); });       \
   })
+
+// The same with float16/bfloat16 features too, for the kernels written over a storage
+// type scalar_t and an arithmetic type acc_t<scalar_t>: the half types are read and
+// written as stored (half the bytes of float32) and every sum runs in float.
+#define FASTALIGN_DISPATCH_WITH_HALF(SCALAR, INDEX, NAME, ...)                          \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, SCALAR, NAME, [&] {         \
+    AT_DISPATCH_INDEX_TYPES(INDEX, NAME, [&] { __VA_ARGS__(); });                       \
+  })
+
+// float for float16/bfloat16, the type itself otherwise.
+template <typename scalar_t>
+using acc_t = at::opmath_type<scalar_t>;
+
+inline at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 ? at::kFloat : t;
+}
 
 inline at::Tensor contiguous_as(const at::Tensor& t, at::ScalarType dtype) {
   return t.to(dtype).contiguous();

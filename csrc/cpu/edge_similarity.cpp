@@ -20,10 +20,12 @@ KernelParams<scalar_t> make_params(c10::string_view kernel, double sigma, int64_
 // Gradient of sum_e g_e k(.) w.r.t. one side. Rows of `rowptr` are nodes of that side
 // ("self"); edge k of a row reaches node other_index[k], its upstream gradient is
 // grad[edge_id[k]] (edge_id null: k itself).
+// scalar_t is the rows' storage type; the kernel and the sums are in acc.
 template <typename scalar_t, typename index_t>
 struct SimGradFold {
-  using elem_t = scalar_t;
-  KernelParams<scalar_t> p;
+  using acc = acc_t<scalar_t>;
+  using elem_t = acc;
+  KernelParams<acc> p;
   const index_t* other_index;
   const int64_t* edge_id;
   const scalar_t* self_x;
@@ -38,22 +40,23 @@ struct SimGradFold {
   bool indices_ok(int64_t e0, int64_t e1) const {
     return others.all_ok(other_index + e0, e1 - e0) && (!edge_id || edges.all_ok(edge_id + e0, e1 - e0));
   }
-  void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
-  void accumulate(int64_t r, int64_t e0, int64_t e1, scalar_t* s) const {
+  void init(acc* s) const { fill(s, acc(0), size); }
+  void accumulate(int64_t r, int64_t e0, int64_t e1, acc* s) const {
     const scalar_t* self = self_x + r * size;
     for (int64_t k = e0; k < e1; ++k) {
       if (k + kPrefetchDistance < e1) prefetch_row(other_x + int64_t(other_index[k + kPrefetchDistance]) * size, size);
       const scalar_t* other = other_x + int64_t(other_index[k]) * size;
-      const scalar_t g = grad[edge_id ? edge_id[k] : k];
+      const acc g = acc(grad[edge_id ? edge_id[k] : k]);
       // k(a, b) with a the destination row, as in the forward.
-      const Sim<scalar_t> sim = self_is_dst ? similarity(p, self, other, size)
+      const Sim<acc> sim = self_is_dst ? similarity(p, self, other, size)
                                             : similarity(p, other, self, size);
       accumulate_grad(p, sim, self_is_dst, self, other, g, size, s);
     }
   }
-  void merge(scalar_t* s, const scalar_t* piece) const { add_into(s, piece, size); }
-  void finish(int64_t r, const scalar_t* s) const {
-    std::copy(s, s + size, out + r * size);
+  void merge(acc* s, const acc* piece) const { add_into(s, piece, size); }
+  void finish(int64_t r, const acc* s) const {
+    scalar_t* o = out + r * size;
+    for (int64_t f = 0; f < size; ++f) o[f] = scalar_t(s[f]);
   }
 };
 
@@ -67,8 +70,8 @@ at::Tensor edge_similarity(const at::Tensor& rowptr, const at::Tensor& col, cons
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   at::Tensor out = at::empty({col.numel()}, x_dst.options());
   std::atomic<bool> bad{false};
-  FASTALIGN_DISPATCH(x_dst.scalar_type(), col.scalar_type(), "edge_similarity", [&] {
-    const auto p = make_params<scalar_t>(kernel, sigma, degree, coef);
+  FASTALIGN_DISPATCH_WITH_HALF(x_dst.scalar_type(), col.scalar_type(), "edge_similarity", [&] {
+    const auto p = make_params<acc_t<scalar_t>>(kernel, sigma, degree, coef);
     const index_t* rpp = rp.data_ptr<index_t>();
     const index_t* clp = cl.data_ptr<index_t>();
     const scalar_t* ap = a.data_ptr<scalar_t>();
@@ -82,7 +85,7 @@ at::Tensor edge_similarity(const at::Tensor& rowptr, const at::Tensor& col, cons
                           for (int64_t e = e0; e < e1; ++e) {
                             if (e + kPrefetchDistance < e1)
                               prefetch_row(bp + int64_t(clp[e + kPrefetchDistance]) * F, F);
-                            o[e] = similarity(p, ap + r * F, bp + int64_t(clp[e]) * F, F).s;
+                            o[e] = scalar_t(similarity(p, ap + r * F, bp + int64_t(clp[e]) * F, F).s);
                           }
                         },
                         [&](int64_t e0, int64_t e1) { return cols.all_ok(clp + e0, e1 - e0); });
@@ -115,8 +118,8 @@ std::tuple<at::Tensor, at::Tensor> edge_similarity_backward(
   at::Tensor grad_dst = at::empty_like(a), grad_src = at::empty_like(b);
   std::atomic<bool> bad_col{false}, bad_col_t{false}, bad_perm{false};
   const int64_t num_edges = col.numel();
-  FASTALIGN_DISPATCH(dtype, col.scalar_type(), "edge_similarity_backward", [&] {
-    const auto p = make_params<scalar_t>(kernel, sigma, degree, coef);
+  FASTALIGN_DISPATCH_WITH_HALF(dtype, col.scalar_type(), "edge_similarity_backward", [&] {
+    const auto p = make_params<acc_t<scalar_t>>(kernel, sigma, degree, coef);
     const int64_t F = a.size(1);
     const scalar_t* ap = a.data_ptr<scalar_t>();
     const scalar_t* bp = b.data_ptr<scalar_t>();

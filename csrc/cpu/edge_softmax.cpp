@@ -27,32 +27,34 @@ inline void merge_max_sum(scalar_t* s, scalar_t m, scalar_t sum) {
   s[0] = mx;
 }
 
+// scalar_t is the logits' storage type; the state is in acc (float for the half types).
 template <typename scalar_t>
 struct SoftmaxFold {
-  using elem_t = scalar_t;
+  using acc = acc_t<scalar_t>;
+  using elem_t = acc;
   const scalar_t* z;
-  scalar_t* row_max;
-  scalar_t* row_sum;
+  acc* row_max;
+  acc* row_sum;
   int64_t size = 2;
 
   bool indices_ok(int64_t, int64_t) const { return true; }  // reads no index
-  void init(scalar_t* s) const {
-    s[0] = -std::numeric_limits<scalar_t>::infinity();
+  void init(acc* s) const {
+    s[0] = -std::numeric_limits<acc>::infinity();
     s[1] = 0;
   }
-  void accumulate(int64_t, int64_t e0, int64_t e1, scalar_t* s) const {
+  void accumulate(int64_t, int64_t e0, int64_t e1, acc* s) const {
     if (e0 == e1) return;
-    scalar_t m = z[e0];
-    for (int64_t e = e0 + 1; e < e1; ++e) m = std::max(m, z[e]);
+    acc m = acc(z[e0]);
+    for (int64_t e = e0 + 1; e < e1; ++e) m = std::max(m, acc(z[e]));
     // A run of -inf logits adds nothing (exp(-inf - -inf) would be NaN): in a hub row
     // cut into pieces, such a piece must not poison the others.
-    if (m == -std::numeric_limits<scalar_t>::infinity()) return;
-    scalar_t sum = 0;
-    for (int64_t e = e0; e < e1; ++e) sum += std::exp(z[e] - m);
+    if (m == -std::numeric_limits<acc>::infinity()) return;
+    acc sum = 0;
+    for (int64_t e = e0; e < e1; ++e) sum += std::exp(acc(z[e]) - m);
     merge_max_sum(s, m, sum);
   }
-  void merge(scalar_t* s, const scalar_t* piece) const { merge_max_sum(s, piece[0], piece[1]); }
-  void finish(int64_t r, const scalar_t* s) const {
+  void merge(acc* s, const acc* piece) const { merge_max_sum(s, piece[0], piece[1]); }
+  void finish(int64_t r, const acc* s) const {
     row_max[r] = s[0];
     row_sum[r] = s[1];
   }
@@ -60,21 +62,22 @@ struct SoftmaxFold {
 
 template <typename scalar_t>
 struct DotFold {
-  using elem_t = scalar_t;
+  using acc = acc_t<scalar_t>;
+  using elem_t = acc;
   const scalar_t* p;
   const scalar_t* g;
-  scalar_t* row_dot;
+  acc* row_dot;
   int64_t size = 1;
 
   bool indices_ok(int64_t, int64_t) const { return true; }  // reads no index
-  void init(scalar_t* s) const { s[0] = 0; }
-  void accumulate(int64_t, int64_t e0, int64_t e1, scalar_t* s) const {
-    scalar_t d = 0;
-    for (int64_t e = e0; e < e1; ++e) d += p[e] * g[e];
+  void init(acc* s) const { s[0] = 0; }
+  void accumulate(int64_t, int64_t e0, int64_t e1, acc* s) const {
+    acc d = 0;
+    for (int64_t e = e0; e < e1; ++e) d += acc(p[e]) * acc(g[e]);
     s[0] += d;
   }
-  void merge(scalar_t* s, const scalar_t* piece) const { s[0] += piece[0]; }
-  void finish(int64_t r, const scalar_t* s) const { row_dot[r] = s[0]; }
+  void merge(acc* s, const acc* piece) const { s[0] += piece[0]; }
+  void finish(int64_t r, const acc* s) const { row_dot[r] = s[0]; }
 };
 
 at::Tensor edge_softmax(const at::Tensor& rowptr, const at::Tensor& logits) {
@@ -84,17 +87,18 @@ at::Tensor edge_softmax(const at::Tensor& rowptr, const at::Tensor& logits) {
   const int64_t n = rowptr.numel() - 1;
   const at::Tensor rp = rowptr.contiguous(), z = logits.contiguous();
   at::Tensor out = at::empty_like(z);
-  FASTALIGN_DISPATCH(z.scalar_type(), rowptr.scalar_type(), "edge_softmax", [&] {
+  FASTALIGN_DISPATCH_WITH_HALF(z.scalar_type(), rowptr.scalar_type(), "edge_softmax", [&] {
+    using acc = acc_t<scalar_t>;
     const index_t* rpp = rp.data_ptr<index_t>();
     const scalar_t* zp = z.data_ptr<scalar_t>();
     check_rowptr(rpp, n, z.numel(), "edge_softmax");
-    std::vector<scalar_t> row_max(n), row_sum(n);
+    std::vector<acc> row_max(n), row_sum(n);
     const Partition part = partition_rows(rpp, n);
     segment_fold(rpp, part, SoftmaxFold<scalar_t>{zp, row_max.data(), row_sum.data()});
     scalar_t* o = out.data_ptr<scalar_t>();
     for_each_edge_range(rpp, part, [&](int64_t r, int64_t e0, int64_t e1) {
-      const scalar_t m = row_max[r], inv = row_sum[r];
-      for (int64_t e = e0; e < e1; ++e) o[e] = std::exp(zp[e] - m) / inv;
+      const acc m = row_max[r], inv = row_sum[r];
+      for (int64_t e = e0; e < e1; ++e) o[e] = scalar_t(std::exp(acc(zp[e]) - m) / inv);
     });
   });
   return out;
@@ -108,17 +112,18 @@ at::Tensor edge_softmax_backward(const at::Tensor& rowptr, const at::Tensor& p, 
   const at::Tensor rp = rowptr.contiguous(), pc = p.contiguous();
   const at::Tensor g = contiguous_as(grad_p, p.scalar_type());
   at::Tensor out = at::empty_like(pc);
-  FASTALIGN_DISPATCH(pc.scalar_type(), rowptr.scalar_type(), "edge_softmax_backward", [&] {
+  FASTALIGN_DISPATCH_WITH_HALF(pc.scalar_type(), rowptr.scalar_type(), "edge_softmax_backward", [&] {
+    using acc = acc_t<scalar_t>;
     const index_t* rpp = rp.data_ptr<index_t>();
     const scalar_t* pp = pc.data_ptr<scalar_t>();
     const scalar_t* gp = g.data_ptr<scalar_t>();
     check_rowptr(rpp, n, pc.numel(), "edge_softmax_backward");
-    std::vector<scalar_t> row_dot(n);
+    std::vector<acc> row_dot(n);
     const Partition part = partition_rows(rpp, n);
     segment_fold(rpp, part, DotFold<scalar_t>{pp, gp, row_dot.data()});
     scalar_t* o = out.data_ptr<scalar_t>();
     for_each_edge_range(rpp, part, [&](int64_t r, int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1; ++e) o[e] = pp[e] * (gp[e] - row_dot[r]);
+      for (int64_t e = e0; e < e1; ++e) o[e] = scalar_t(acc(pp[e]) * (acc(gp[e]) - row_dot[r]));
     });
   });
   return out;

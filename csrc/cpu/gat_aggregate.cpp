@@ -111,64 +111,65 @@ struct Attention {
 
 // Forward fold. State: [max (H) | sum of exp (H) | weighted features (H x C) | scratch (3H)];
 // the scratch is per-thread room for one edge's per-head values (not part of the fold).
-template <typename scalar_t, typename index_t, int kC>
+template <typename S, typename index_t, int kC>
 struct ForwardFold {
-  using elem_t = scalar_t;
-  Attention<scalar_t> at;
+  using T = acc_t<S>;
+  using elem_t = T;
+  Attention<T> at;
   const index_t* col;
-  const scalar_t* x;  // [num_src, H, C]
-  scalar_t* out;      // [num_dst, H, C]
-  scalar_t* lse;      // [num_dst, H]
+  const S* x;  // [num_src, H, C]
+  S* out;      // [num_dst, H, C]
+  T* lse;      // [num_dst, H]
   int64_t size;       // H (C + 5)
   IndexCheck cols;
   int64_t prefetch_end = 0;
 
   // C fixed at compile time for the common widths (0: read at run time)
   int64_t cw() const { return kC > 0 ? kC : at.C; }
-  scalar_t* scratch(scalar_t* s) const { return s + at.H * (cw() + 2); }
+  T* scratch(T* s) const { return s + at.H * (cw() + 2); }
   bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
-  void init(scalar_t* s) const {
-    fill(s, -std::numeric_limits<scalar_t>::infinity(), at.H);
-    fill(s + at.H, scalar_t(0), at.H * (cw() + 1));
+  void init(T* s) const {
+    fill(s, -std::numeric_limits<T>::infinity(), at.H);
+    fill(s + at.H, T(0), at.H * (cw() + 1));
   }
   // Raise the state's max to m (per head), rescaling what was summed under the old one.
-  void raise_max(const scalar_t* __restrict__ m, scalar_t* __restrict__ s) const {
+  void raise_max(const T* __restrict__ m, T* __restrict__ s) const {
     const int64_t H = at.H, C = cw();
     for (int64_t h = 0; h < H; ++h) {
       if (!(m[h] > s[h])) continue;
-      const scalar_t c = softmax_exp(s[h] - m[h]);
+      const T c = softmax_exp(s[h] - m[h]);
       s[H + h] *= c;
-      scalar_t* __restrict__ acc = s + 2 * H + h * C;
+      T* __restrict__ acc = s + 2 * H + h * C;
 #pragma omp simd
       for (int64_t f = 0; f < C; ++f) acc[f] *= c;
       s[h] = m[h];
     }
   }
   // Attend edge j -> i under the state's max (which is at least the edge's logit).
-  void attend(int64_t i, int64_t j, int64_t edge, scalar_t* __restrict__ s) const {
+  void attend(int64_t i, int64_t j, int64_t edge, T* __restrict__ s) const {
     const int64_t H = at.H, C = cw();
-    scalar_t* __restrict__ p = scratch(s);
-    scalar_t* __restrict__ k = p + H;
+    T* __restrict__ p = scratch(s);
+    T* __restrict__ k = p + H;
     at.pre(j, i, p);
 #pragma omp simd
     for (int64_t h = 0; h < H; ++h) p[h] = softmax_exp(at.leaky(p[h]) - s[h]);
     at.drop.factors(edge, H, k);
-    const scalar_t* __restrict__ xj = x + j * H * C;
+    const S* __restrict__ xj = x + j * H * C;
     for (int64_t h = 0; h < H; ++h) {
       s[H + h] += p[h];
-      const scalar_t w = p[h] * k[h];
-      scalar_t* __restrict__ acc = s + 2 * H + h * C;
-      const scalar_t* __restrict__ xh = xj + h * C;
+      const T w = p[h] * k[h];
+      T* __restrict__ acc = s + 2 * H + h * C;
+      const S* __restrict__ xh = xj + h * C;
 #pragma omp simd
-      for (int64_t f = 0; f < C; ++f) acc[f] += w * xh[f];
+      for (int64_t f = 0; f < C; ++f) acc[f] += w * T(xh[f]);
     }
   }
   // The per-head max of the logits of edges [e0, e1) of row r (and of its loop when
   // `loop`), into m.
-  void row_max(int64_t r, int64_t e0, int64_t e1, bool loop, scalar_t* __restrict__ m,
-               scalar_t* __restrict__ z) const {
+  void row_max(int64_t r, int64_t e0, int64_t e1, bool loop, T* __restrict__ m,
+               T* __restrict__ z) const {
     const int64_t H = at.H;
-    fill(m, -std::numeric_limits<scalar_t>::infinity(), H);
+    fill(m, -std::numeric_limits<T>::infinity(), H);
     const int64_t width = H * cw(), end = std::max(e1, prefetch_end);
     for (int64_t e = e0; e < e1; ++e) {
       // this pass is the first to touch each source: start the attention terms of the
@@ -181,15 +182,15 @@ struct ForwardFold {
     }
     if (loop) raise_to(r, r, m, z);
   }
-  void raise_to(int64_t j, int64_t r, scalar_t* __restrict__ m, scalar_t* __restrict__ z) const {
+  void raise_to(int64_t j, int64_t r, T* __restrict__ m, T* __restrict__ z) const {
     at.pre(j, r, z);
     const int64_t H = at.H;
 #pragma omp simd
     for (int64_t h = 0; h < H; ++h) m[h] = std::max(m[h], at.leaky(z[h]));
   }
-  void run(int64_t r, int64_t e0, int64_t e1, bool loop, scalar_t* s) const {
+  void run(int64_t r, int64_t e0, int64_t e1, bool loop, T* s) const {
     const int64_t width = at.H * cw(), end = std::max(e1, prefetch_end);
-    scalar_t* m = scratch(s) + 2 * at.H;
+    T* m = scratch(s) + 2 * at.H;
     row_max(r, e0, e1, loop, m, scratch(s));
     raise_max(m, s);
     for (int64_t e = e0; e < e1; ++e) {
@@ -199,32 +200,32 @@ struct ForwardFold {
     }
     if (loop) attend(r, r, at.num_edges + r, s);
   }
-  void accumulate(int64_t r, int64_t e0, int64_t e1, scalar_t* s) const { run(r, e0, e1, false, s); }
-  void merge(scalar_t* __restrict__ s, const scalar_t* __restrict__ piece) const {
+  void accumulate(int64_t r, int64_t e0, int64_t e1, T* s) const { run(r, e0, e1, false, s); }
+  void merge(T* __restrict__ s, const T* __restrict__ piece) const {
     const int64_t H = at.H, C = cw();
     for (int64_t h = 0; h < H; ++h) {
-      if (piece[h] == -std::numeric_limits<scalar_t>::infinity()) continue;  // nothing attended
-      const scalar_t m = std::max(s[h], piece[h]);
-      const scalar_t c0 = softmax_exp(s[h] - m), c1 = softmax_exp(piece[h] - m);
+      if (piece[h] == -std::numeric_limits<T>::infinity()) continue;  // nothing attended
+      const T m = std::max(s[h], piece[h]);
+      const T c0 = softmax_exp(s[h] - m), c1 = softmax_exp(piece[h] - m);
       s[H + h] = s[H + h] * c0 + piece[H + h] * c1;
-      scalar_t* __restrict__ acc = s + 2 * H + h * C;
-      const scalar_t* __restrict__ pa = piece + 2 * H + h * C;
+      T* __restrict__ acc = s + 2 * H + h * C;
+      const T* __restrict__ pa = piece + 2 * H + h * C;
 #pragma omp simd
       for (int64_t f = 0; f < C; ++f) acc[f] = acc[f] * c0 + pa[f] * c1;
       s[h] = m;
     }
   }
-  void finish(int64_t r, scalar_t* s) const {
+  void finish(int64_t r, T* s) const {
     if (at.has_loop(r)) run(r, 0, 0, true, s);
     const int64_t H = at.H, C = cw();
     for (int64_t h = 0; h < H; ++h) {
-      const scalar_t sum = s[H + h];
-      const scalar_t inv = sum > scalar_t(0) ? scalar_t(1) / sum : scalar_t(0);
-      lse[r * H + h] = sum > scalar_t(0) ? s[h] + std::log(sum) : -std::numeric_limits<scalar_t>::infinity();
-      const scalar_t* __restrict__ acc = s + 2 * H + h * C;
-      scalar_t* __restrict__ o = out + (r * H + h) * C;
+      const T sum = s[H + h];
+      const T inv = sum > T(0) ? T(1) / sum : T(0);
+      lse[r * H + h] = sum > T(0) ? s[h] + std::log(sum) : -std::numeric_limits<T>::infinity();
+      const T* __restrict__ acc = s + 2 * H + h * C;
+      S* __restrict__ o = out + (r * H + h) * C;
 #pragma omp simd
-      for (int64_t f = 0; f < C; ++f) o[f] = acc[f] * inv;
+      for (int64_t f = 0; f < C; ++f) o[f] = S(acc[f] * inv);
     }
   }
 };
@@ -232,22 +233,22 @@ struct ForwardFold {
 // The recomputed per-edge quantities of the backward for edge j -> i, every head:
 // ak[h] = a k (softmax times dropout) and dz[h], the logit gradient, given
 // dot[h] = g_i . x_j (in dz on entry). Scratch: 2H.
-template <typename scalar_t>
+template <typename T>
 struct EdgeGrad {
-  const Attention<scalar_t>* at;
-  const scalar_t* lse;    // [num_dst, H]
-  const scalar_t* d_row;  // [num_dst, H]: g_i . out_i (from the destination-side pass)
+  const Attention<T>* at;
+  const T* lse;    // [num_dst, H]
+  const T* d_row;  // [num_dst, H]: g_i . out_i (from the destination-side pass)
 
-  void operator()(int64_t i, int64_t j, int64_t edge, scalar_t* __restrict__ ak, scalar_t* __restrict__ dz,
-                  scalar_t* __restrict__ z) const {
+  void operator()(int64_t i, int64_t j, int64_t edge, T* __restrict__ ak, T* __restrict__ dz,
+                  T* __restrict__ z) const {
     const int64_t H = at->H;
-    const scalar_t* __restrict__ li = lse + i * H;
-    const scalar_t* __restrict__ di = d_row + i * H;
+    const T* __restrict__ li = lse + i * H;
+    const T* __restrict__ di = d_row + i * H;
     at->pre(j, i, z);
     at->drop.factors(edge, H, ak);
 #pragma omp simd
     for (int64_t h = 0; h < H; ++h) {
-      const scalar_t a = softmax_exp(at->leaky(z[h]) - li[h]);
+      const T a = softmax_exp(at->leaky(z[h]) - li[h]);
       dz[h] = a * (ak[h] * dz[h] - di[h]) * at->leaky_grad(z[h]);
       ak[h] *= a;
     }
@@ -255,14 +256,14 @@ struct EdgeGrad {
 };
 
 // dot[h] = a_h . b_h for H rows of C
-template <int kC, typename scalar_t>
-inline void head_dots(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t H, int64_t width,
-                      scalar_t* __restrict__ dot) {
+template <int kC, typename T, typename S>
+inline void head_dots(const S* __restrict__ a, const S* __restrict__ b, int64_t H, int64_t width,
+                      T* __restrict__ dot) {
   const int64_t C = kC > 0 ? kC : width;
   for (int64_t h = 0; h < H; ++h) {
-    scalar_t d = 0;
+    T d = 0;
 #pragma omp simd reduction(+ : d)
-    for (int64_t f = 0; f < C; ++f) d += a[h * C + f] * b[h * C + f];
+    for (int64_t f = 0; f < C; ++f) d += T(a[h * C + f]) * T(b[h * C + f]);
     dot[h] = d;
   }
 }
@@ -272,42 +273,43 @@ inline void head_dots(const scalar_t* __restrict__ a, const scalar_t* __restrict
 // S1 - D_i S2 with S1 = sum_j a k (g_i . x_j) l', S2 = sum_j a l' (l' the leaky ReLU's
 // slope at z_ij): dz_ij = a (k g_i . x_j - D_i) l' needs D_i, known only at the row's end.
 // State [S1 | S2 | D | scratch 3H].
-template <typename scalar_t, typename index_t, int kC>
+template <typename S, typename index_t, int kC>
 struct DstGradFold {
-  using elem_t = scalar_t;
-  const Attention<scalar_t>* at;
-  const scalar_t* lse;
+  using T = acc_t<S>;
+  using elem_t = T;
+  const Attention<T>* at;
+  const T* lse;
   const index_t* col;
-  const scalar_t* x;
-  const scalar_t* g;  // [num_dst, H, C]
-  scalar_t* d_row;    // [num_dst, H] (written)
-  scalar_t* grad_dst; // [num_dst, H] or null
+  const S* x;
+  const S* g;  // [num_dst, H, C]
+  T* d_row;    // [num_dst, H] (written)
+  T* grad_dst; // [num_dst, H] or null
   int64_t size;       // 6H
   IndexCheck cols;
   int64_t prefetch_end = 0;
 
   int64_t cw() const { return kC > 0 ? kC : at->C; }
   bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
-  void init(scalar_t* s) const { fill(s, scalar_t(0), 3 * at->H); }
-  void attend(int64_t i, int64_t j, int64_t edge, scalar_t* __restrict__ s) const {
+  void init(T* s) const { fill(s, T(0), 3 * at->H); }
+  void attend(int64_t i, int64_t j, int64_t edge, T* __restrict__ s) const {
     const int64_t H = at->H, C = cw();
-    scalar_t* __restrict__ k = s + 3 * H;
-    scalar_t* __restrict__ dot = k + H;
-    scalar_t* __restrict__ z = dot + H;
-    const scalar_t* __restrict__ li = lse + i * H;
+    T* __restrict__ k = s + 3 * H;
+    T* __restrict__ dot = k + H;
+    T* __restrict__ z = dot + H;
+    const T* __restrict__ li = lse + i * H;
     head_dots<kC>(g + i * H * C, x + j * H * C, H, C, dot);
     at->pre(j, i, z);
     at->drop.factors(edge, H, k);
 #pragma omp simd
     for (int64_t h = 0; h < H; ++h) {
-      const scalar_t a = softmax_exp(at->leaky(z[h]) - li[h]);
-      const scalar_t akd = a * k[h] * dot[h], slope = at->leaky_grad(z[h]);
+      const T a = softmax_exp(at->leaky(z[h]) - li[h]);
+      const T akd = a * k[h] * dot[h], slope = at->leaky_grad(z[h]);
       s[h] += akd * slope;
       s[H + h] += a * slope;
       s[2 * H + h] += akd;
     }
   }
-  void accumulate(int64_t r, int64_t e0, int64_t e1, scalar_t* s) const {
+  void accumulate(int64_t r, int64_t e0, int64_t e1, T* s) const {
     const int64_t width = at->H * cw(), end = std::max(e1, prefetch_end);
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < end) {
@@ -319,8 +321,8 @@ struct DstGradFold {
       if (!at->skipped(j, r)) attend(r, j, e, s);
     }
   }
-  void merge(scalar_t* s, const scalar_t* piece) const { add_into(s, piece, 3 * at->H); }
-  void finish(int64_t r, scalar_t* s) const {
+  void merge(T* s, const T* piece) const { add_into(s, piece, 3 * at->H); }
+  void finish(int64_t r, T* s) const {
     if (at->has_loop(r)) attend(r, r, at->num_edges + r, s);
     const int64_t H = at->H;
     for (int64_t h = 0; h < H; ++h) {
@@ -332,40 +334,41 @@ struct DstGradFold {
 
 // grad_x and grad_alpha_src: a fold over the transpose's rows (sources); state
 // [grad_alpha_src (H) | grad_x (H x C) | scratch 3H].
-template <typename scalar_t, typename index_t, int kC>
+template <typename S, typename index_t, int kC>
 struct SrcGradFold {
-  using elem_t = scalar_t;
-  EdgeGrad<scalar_t> eg;
+  using T = acc_t<S>;
+  using elem_t = T;
+  EdgeGrad<T> eg;
   const index_t* col_t;
   const int64_t* perm_t;
-  const scalar_t* x;
-  const scalar_t* g;
-  scalar_t* grad_x;
-  scalar_t* grad_src;
+  const S* x;
+  const S* g;
+  S* grad_x;
+  T* grad_src;
   int64_t size;  // H (C + 4)
   IndexCheck dsts;  // col_t against the destinations
   int64_t prefetch_end = 0;
 
   int64_t cw() const { return kC > 0 ? kC : eg.at->C; }
   bool indices_ok(int64_t e0, int64_t e1) const { return dsts.all_ok(col_t + e0, e1 - e0); }
-  void init(scalar_t* s) const { fill(s, scalar_t(0), eg.at->H * (cw() + 1)); }
-  void attend(int64_t j, int64_t i, int64_t edge, scalar_t* __restrict__ s) const {
+  void init(T* s) const { fill(s, T(0), eg.at->H * (cw() + 1)); }
+  void attend(int64_t j, int64_t i, int64_t edge, T* __restrict__ s) const {
     const int64_t H = eg.at->H, C = cw();
-    scalar_t* __restrict__ ak = s + H * (C + 1);
-    scalar_t* __restrict__ dz = ak + H;
-    const scalar_t* __restrict__ gi = g + i * H * C;
+    T* __restrict__ ak = s + H * (C + 1);
+    T* __restrict__ dz = ak + H;
+    const S* __restrict__ gi = g + i * H * C;
     head_dots<kC>(gi, x + j * H * C, H, C, dz);
     eg(i, j, edge, ak, dz, dz + H);
 #pragma omp simd
     for (int64_t h = 0; h < H; ++h) s[h] += dz[h];
     for (int64_t h = 0; h < H; ++h) {
-      scalar_t* __restrict__ gx = s + H + h * C;
-      const scalar_t w = ak[h];
+      T* __restrict__ gx = s + H + h * C;
+      const T w = ak[h];
 #pragma omp simd
-      for (int64_t f = 0; f < C; ++f) gx[f] += w * gi[h * C + f];
+      for (int64_t f = 0; f < C; ++f) gx[f] += w * T(gi[h * C + f]);
     }
   }
-  void accumulate(int64_t j, int64_t t0, int64_t t1, scalar_t* s) const {
+  void accumulate(int64_t j, int64_t t0, int64_t t1, T* s) const {
     const int64_t width = eg.at->H * cw(), end = std::max(t1, prefetch_end);
     for (int64_t t = t0; t < t1; ++t) {
       if (t + kPrefetchDistance < end) {  // every destination-side value the edge reads
@@ -379,14 +382,14 @@ struct SrcGradFold {
       if (!eg.at->skipped(i, j)) attend(j, i, perm_t[t], s);
     }
   }
-  void merge(scalar_t* s, const scalar_t* piece) const { add_into(s, piece, eg.at->H * (cw() + 1)); }
-  void finish(int64_t j, scalar_t* s) const {
+  void merge(T* s, const T* piece) const { add_into(s, piece, eg.at->H * (cw() + 1)); }
+  void finish(int64_t j, T* s) const {
     if (eg.at->has_loop(j)) attend(j, j, eg.at->num_edges + j, s);
     const int64_t H = eg.at->H, width = H * cw();
     for (int64_t h = 0; h < H; ++h) grad_src[j * H + h] = s[h];
-    scalar_t* __restrict__ o = grad_x + j * width;
+    S* __restrict__ o = grad_x + j * width;
 #pragma omp simd
-    for (int64_t f = 0; f < width; ++f) o[f] = s[H + f];
+    for (int64_t f = 0; f < width; ++f) o[f] = S(s[H + f]);
   }
 };
 
@@ -428,20 +431,23 @@ std::tuple<at::Tensor, at::Tensor> gat_aggregate_forward(
   check_csr(rowptr, col);
   const int64_t n = rowptr.numel() - 1;
   check_heads(x, alpha_src, alpha_dst, n);
-  const auto dtype = x.scalar_type();
-  const at::Tensor xc = x.contiguous(), as = contiguous_as(alpha_src, dtype), ad = optional_as(alpha_dst, dtype);
+  // x is read as stored; the attention terms, the softmax and lse are in acc (float for
+  // the half types).
+  const auto dtype = x.scalar_type(), acc = acc_dtype(dtype);
+  const at::Tensor xc = x.contiguous(), as = contiguous_as(alpha_src, acc), ad = optional_as(alpha_dst, acc);
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   at::Tensor out = at::empty({n, x.size(1), x.size(2)}, xc.options());
-  at::Tensor lse = at::empty({n, x.size(1)}, xc.options());
+  at::Tensor lse = at::empty({n, x.size(1)}, xc.options().dtype(acc));
   std::atomic<bool> bad{false};
-  FASTALIGN_DISPATCH(dtype, col.scalar_type(), "gat_aggregate_forward", [&] {
+  FASTALIGN_DISPATCH_WITH_HALF(dtype, col.scalar_type(), "gat_aggregate_forward", [&] {
+    using T = acc_t<scalar_t>;
     const index_t* rpp = rp.data_ptr<index_t>();
     check_rowptr(rpp, n, cl.numel(), "gat_aggregate");
-    const auto attn = attention<scalar_t>(as, ad, xc, negative_slope, dropout, seed, add_self_loops, n, cl.numel());
+    const auto attn = attention<T>(as, ad, xc, negative_slope, dropout, seed, add_self_loops, n, cl.numel());
     with_channels(x.size(2), [&](auto channels) {
       ForwardFold<scalar_t, index_t, decltype(channels)::value> op{
           attn, cl.data_ptr<index_t>(), xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-          lse.data_ptr<scalar_t>(), x.size(1) * (x.size(2) + 5), IndexCheck{uint64_t(xc.size(0)), &bad},
+          lse.data_ptr<T>(), x.size(1) * (x.size(2) + 5), IndexCheck{uint64_t(xc.size(0)), &bad},
           cl.numel()};
       segment_fold(rpp, partition_rows(rpp, n), op);
     });
@@ -467,42 +473,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward(
   TORCH_CHECK_VALUE(grad_out.sizes().equals(shape), "grad_out must be ", shape);
   TORCH_CHECK_VALUE(lse.dim() == 2 && lse.size(0) == n && lse.size(1) == x.size(1), "lse must be [", n, ", ",
                     x.size(1), "]");
-  const auto dtype = x.scalar_type();
-  const at::Tensor xc = x.contiguous(), as = contiguous_as(alpha_src, dtype), ad = optional_as(alpha_dst, dtype);
-  const at::Tensor g = contiguous_as(grad_out, dtype), lc = contiguous_as(lse, dtype);
+  const auto dtype = x.scalar_type(), acc = acc_dtype(dtype);
+  const at::Tensor xc = x.contiguous(), as = contiguous_as(alpha_src, acc), ad = optional_as(alpha_dst, acc);
+  const at::Tensor g = contiguous_as(grad_out, dtype), lc = contiguous_as(lse, acc);
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   const at::Tensor rpt = rowptr_t.contiguous(), clt = col_t.contiguous(), pt = perm_t.contiguous();
+  // the attention gradients in acc (cast at the end), grad_x as x is stored
   at::Tensor grad_x = at::empty_like(xc), grad_src = at::empty_like(as);
   at::Tensor grad_dst = ad.defined() ? at::empty_like(ad) : at::empty({0}, xc.options());
-  at::Tensor d_row = at::empty({n, x.size(1)}, xc.options());
+  at::Tensor d_row = at::empty({n, x.size(1)}, xc.options().dtype(acc));
   std::atomic<bool> bad_col{false}, bad_col_t{false};
-  FASTALIGN_DISPATCH(dtype, col.scalar_type(), "gat_aggregate_backward", [&] {
+  FASTALIGN_DISPATCH_WITH_HALF(dtype, col.scalar_type(), "gat_aggregate_backward", [&] {
+    using T = acc_t<scalar_t>;
     const index_t* rpp = rp.data_ptr<index_t>();
     const index_t* rptp = rpt.data_ptr<index_t>();
     check_rowptr(rpp, n, E, "gat_aggregate_backward");
     check_rowptr(rptp, num_src, E, "gat_aggregate_backward (transpose)");
     const int64_t H = x.size(1), C = x.size(2);
     const scalar_t* gp = g.data_ptr<scalar_t>();
-    scalar_t* dp = d_row.data_ptr<scalar_t>();
-    const auto attn = attention<scalar_t>(as, ad, xc, negative_slope, dropout, seed, add_self_loops, n, E);
-    const EdgeGrad<scalar_t> eg{&attn, lc.data_ptr<scalar_t>(), dp};
+    T* dp = d_row.data_ptr<T>();
+    const auto attn = attention<T>(as, ad, xc, negative_slope, dropout, seed, add_self_loops, n, E);
+    const EdgeGrad<T> eg{&attn, lc.data_ptr<T>(), dp};
     with_channels(C, [&](auto channels) {
       constexpr int kC = decltype(channels)::value;
-      DstGradFold<scalar_t, index_t, kC> dst_op{&attn, lc.data_ptr<scalar_t>(), cl.data_ptr<index_t>(),
+      DstGradFold<scalar_t, index_t, kC> dst_op{&attn, lc.data_ptr<T>(), cl.data_ptr<index_t>(),
                                                 xc.data_ptr<scalar_t>(), gp, dp,
-                                                ad.defined() ? grad_dst.data_ptr<scalar_t>() : nullptr, 6 * H,
+                                                ad.defined() ? grad_dst.data_ptr<T>() : nullptr, 6 * H,
                                                 IndexCheck{uint64_t(num_src), &bad_col}, E};
       segment_fold(rpp, partition_rows(rpp, n), dst_op);
       SrcGradFold<scalar_t, index_t, kC> src_op{eg, clt.data_ptr<index_t>(), pt.data_ptr<int64_t>(),
                                                 xc.data_ptr<scalar_t>(), gp, grad_x.data_ptr<scalar_t>(),
-                                                grad_src.data_ptr<scalar_t>(), H * (C + 4),
+                                                grad_src.data_ptr<T>(), H * (C + 4),
                                                 IndexCheck{uint64_t(n), &bad_col_t}, E};
       segment_fold(rptp, partition_rows(rptp, num_src), src_op);
     });
   });
   report_indices(bad_col, "gat_aggregate_backward", "col", num_src);
   report_indices(bad_col_t, "gat_aggregate_backward", "col_t", n);
-  return {grad_x, grad_src, grad_dst};
+  return {grad_x, grad_src.to(dtype), ad.defined() ? grad_dst.to(dtype) : grad_dst};
 }
 
 }  // namespace

@@ -11,13 +11,16 @@ namespace fastalign {
 namespace cpu {
 namespace {
 
+// scalar_t is the features' storage type; the normalisation, the weights and the sums
+// are in acc (float for the half types: a bfloat16 degree would stop at 256).
 template <typename scalar_t, typename index_t>
 struct GcnFold {
-  using elem_t = scalar_t;
+  using acc = acc_t<scalar_t>;
+  using elem_t = acc;
   const index_t* col;
-  const scalar_t* weight;       // may be null
-  const scalar_t* dis;
-  const scalar_t* loop_weight;  // null: no implicit self loops
+  const acc* weight;       // may be null
+  const acc* dis;
+  const acc* loop_weight;  // null: no implicit self loops
   const scalar_t* x;
   scalar_t* out;
   int64_t size;
@@ -25,33 +28,33 @@ struct GcnFold {
   int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
   bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
-  void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
-  void accumulate(int64_t r, int64_t e0, int64_t e1, scalar_t* __restrict__ s) const {
+  void init(acc* s) const { fill(s, acc(0), size); }
+  void accumulate(int64_t r, int64_t e0, int64_t e1, acc* __restrict__ s) const {
     const int64_t F = size, end = std::max(e1, prefetch_end);
-    const scalar_t di = dis[r];
+    const acc di = dis[r];
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const int64_t j = col[e];
       // With implicit loops, a stored self loop's weight is already in loop_weight.
       if (loop_weight && j == r) continue;
-      scalar_t c = di * dis[j];
+      acc c = di * dis[j];
       if (weight) c *= weight[e];
       const scalar_t* __restrict__ xj = x + j * F;
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) s[f] += xj[f] * c;
+      for (int64_t f = 0; f < F; ++f) s[f] += acc(xj[f]) * c;
     }
   }
-  void merge(scalar_t* s, const scalar_t* piece) const { add_into(s, piece, size); }
-  void finish(int64_t r, const scalar_t* __restrict__ s) const {
+  void merge(acc* s, const acc* piece) const { add_into(s, piece, size); }
+  void finish(int64_t r, const acc* __restrict__ s) const {
     scalar_t* __restrict__ o = out + r * size;
     if (loop_weight) {
-      const scalar_t c = loop_weight[r] * dis[r] * dis[r];
+      const acc c = loop_weight[r] * dis[r] * dis[r];
       const scalar_t* __restrict__ xr = x + r * size;
 #pragma omp simd
-      for (int64_t f = 0; f < size; ++f) o[f] = s[f] + c * xr[f];
+      for (int64_t f = 0; f < size; ++f) o[f] = scalar_t(s[f] + c * acc(xr[f]));
     } else {
 #pragma omp simd
-      for (int64_t f = 0; f < size; ++f) o[f] = s[f];
+      for (int64_t f = 0; f < size; ++f) o[f] = scalar_t(s[f]);
     }
   }
 };
@@ -68,16 +71,18 @@ at::Tensor gcn_aggregate(const at::Tensor& rowptr, const at::Tensor& col,
   if (weight.has_value() && weight->defined())
     check_edge_values(*weight, col.numel(), "weight");
   const auto dtype = x.scalar_type();
-  const at::Tensor xc = x.contiguous(), d = contiguous_as(dis, dtype);
-  const at::Tensor w = optional_as(weight, dtype), lw = optional_as(loop_weight, dtype);
+  const auto acc = acc_dtype(dtype);
+  const at::Tensor xc = x.contiguous(), d = contiguous_as(dis, acc);
+  const at::Tensor w = optional_as(weight, acc), lw = optional_as(loop_weight, acc);
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   at::Tensor out = at::empty_like(xc);
   std::atomic<bool> bad{false};
-  FASTALIGN_DISPATCH(dtype, col.scalar_type(), "gcn_aggregate", [&] {
+  FASTALIGN_DISPATCH_WITH_HALF(dtype, col.scalar_type(), "gcn_aggregate", [&] {
     const index_t* rpp = rp.data_ptr<index_t>();
     check_rowptr(rpp, n, cl.numel(), "gcn_aggregate");
-    GcnFold<scalar_t, index_t> op{cl.data_ptr<index_t>(), ptr_or_null<scalar_t>(w),
-                                  d.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(lw),
+    using acc_s = acc_t<scalar_t>;
+    GcnFold<scalar_t, index_t> op{cl.data_ptr<index_t>(), ptr_or_null<acc_s>(w),
+                                  d.data_ptr<acc_s>(), ptr_or_null<acc_s>(lw),
                                   xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), xc.size(1),
                                   IndexCheck{uint64_t(n), &bad}, cl.numel()};
     segment_fold(rpp, partition_rows(rpp, n), op);

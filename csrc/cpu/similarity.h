@@ -61,24 +61,26 @@ struct Sim {
   T s = 0, dot = 0, norm_a = 0, norm_b = 0;
 };
 
-template <typename T>
-inline Sim<T> similarity(const KernelParams<T>& p, const T* __restrict__ a,
-                         const T* __restrict__ b, int64_t F) {
+// T is the arithmetic type, S the rows' storage type (float16/bfloat16 rows are
+// computed in T = float).
+template <typename T, typename S>
+inline Sim<T> similarity(const KernelParams<T>& p, const S* __restrict__ a,
+                         const S* __restrict__ b, int64_t F) {
   Sim<T> r;
   switch (p.kernel) {
     case Kernel::L1: {
-      const T d = lane_sum<T>(F, [&](int64_t f) { return std::abs(a[f] - b[f]); });
+      const T d = lane_sum<T>(F, [&](int64_t f) { return std::abs(T(a[f]) - T(b[f])); });
       r.s = std::exp(-d / p.sigma);
       break;
     }
     case Kernel::RBF: {
-      const T d = lane_sum<T>(F, [&](int64_t f) { return (a[f] - b[f]) * (a[f] - b[f]); });
+      const T d = lane_sum<T>(F, [&](int64_t f) { return (T(a[f]) - T(b[f])) * (T(a[f]) - T(b[f])); });
       r.s = std::exp(-d / (T(2) * p.sigma * p.sigma));
       break;
     }
     case Kernel::Linear:
     case Kernel::Poly: {
-      const T dot = lane_sum<T>(F, [&](int64_t f) { return a[f] * b[f]; });
+      const T dot = lane_sum<T>(F, [&](int64_t f) { return T(a[f]) * T(b[f]); });
       r.dot = dot;
       r.s = p.kernel == Kernel::Linear ? dot : T(std::pow(dot + p.coef, double(p.degree)));
       break;
@@ -91,9 +93,10 @@ inline Sim<T> similarity(const KernelParams<T>& p, const T* __restrict__ a,
       double dot = 0, aa = 0, bb = 0;
 #pragma omp simd reduction(+ : dot, aa, bb)
       for (int64_t f = 0; f < F; ++f) {
-        dot += double(a[f]) * double(b[f]);
-        aa += double(a[f]) * double(a[f]);
-        bb += double(b[f]) * double(b[f]);
+        const double u = double(T(a[f])), v = double(T(b[f]));
+        dot += u * v;
+        aa += u * u;
+        bb += v * v;
       }
       double na = std::sqrt(aa), nb = std::sqrt(bb);
       if (std::isfinite(dot) && std::isfinite(aa) && std::isfinite(bb)) {
@@ -102,12 +105,12 @@ inline Sim<T> similarity(const KernelParams<T>& p, const T* __restrict__ a,
       } else {  // huge rows (both norms far above eps): cos of the rows scaled to max 1
         double ma = 0, mb = 0;
         for (int64_t f = 0; f < F; ++f) {
-          ma = std::max(ma, std::abs(double(a[f])));
-          mb = std::max(mb, std::abs(double(b[f])));
+          ma = std::max(ma, std::abs(double(T(a[f]))));
+          mb = std::max(mb, std::abs(double(T(b[f]))));
         }
         double d = 0, sa = 0, sb = 0;
         for (int64_t f = 0; f < F; ++f) {
-          const double u = double(a[f]) / ma, v = double(b[f]) / mb;
+          const double u = double(T(a[f])) / ma, v = double(T(b[f])) / mb;
           d += u * v;
           sa += u * u;
           sb += v * v;
@@ -163,37 +166,38 @@ inline GradCoef<T> grad_coef(const KernelParams<T>& p, const Sim<T>& sim, bool s
 // out += the gradient w.r.t. self with coefficients c:
 //   l1  c0 sign(self - other)   rbf  c0 (self - other)   linear, poly  c0 other
 //   cosine  c0 other + c1 self
-template <typename T>
-inline void apply_grad(Kernel kernel, GradCoef<T> c, const T* __restrict__ self,
-                       const T* __restrict__ other, int64_t F, T* __restrict__ out) {
+// (rows stored as S, arithmetic and out in T)
+template <typename T, typename S>
+inline void apply_grad(Kernel kernel, GradCoef<T> c, const S* __restrict__ self,
+                       const S* __restrict__ other, int64_t F, T* __restrict__ out) {
   const T c0 = c.c0, c1 = c.c1;
   switch (kernel) {
     case Kernel::L1:
 #pragma omp simd
       for (int64_t f = 0; f < F; ++f) {
-        const T d = self[f] - other[f];
+        const T d = T(self[f]) - T(other[f]);
         out[f] += c0 * (T(d > 0) - T(d < 0));
       }
       break;
     case Kernel::RBF:
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) out[f] += c0 * (self[f] - other[f]);
+      for (int64_t f = 0; f < F; ++f) out[f] += c0 * (T(self[f]) - T(other[f]));
       break;
     case Kernel::Linear:
     case Kernel::Poly:
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) out[f] += c0 * other[f];
+      for (int64_t f = 0; f < F; ++f) out[f] += c0 * T(other[f]);
       break;
     case Kernel::Cosine:
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) out[f] += c0 * other[f] + c1 * self[f];
+      for (int64_t f = 0; f < F; ++f) out[f] += c0 * T(other[f]) + c1 * T(self[f]);
       break;
   }
 }
 
-template <typename T>
+template <typename T, typename S>
 inline void accumulate_grad(const KernelParams<T>& p, const Sim<T>& sim, bool self_is_a,
-                            const T* __restrict__ self, const T* __restrict__ other, T g,
+                            const S* __restrict__ self, const S* __restrict__ other, T g,
                             int64_t F, T* __restrict__ out) {
   apply_grad(p.kernel, grad_coef(p, sim, self_is_a, g), self, other, F, out);
 }

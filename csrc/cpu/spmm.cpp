@@ -11,12 +11,14 @@ namespace fastalign {
 namespace cpu {
 namespace {
 
+// scalar_t is the features' storage type, acc the arithmetic (float for the half types).
 template <typename scalar_t, typename index_t>
 struct SumFold {
-  using elem_t = scalar_t;
+  using acc = acc_t<scalar_t>;
+  using elem_t = acc;
   const index_t* rowptr;
   const index_t* col;
-  const scalar_t* weight;  // may be null
+  const acc* weight;  // may be null
   const scalar_t* x;
   scalar_t* out;
   int64_t size;  // F
@@ -25,27 +27,27 @@ struct SumFold {
   int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
   bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
-  void init(scalar_t* s) const { fill(s, scalar_t(0), size); }
-  void accumulate(int64_t, int64_t e0, int64_t e1, scalar_t* __restrict__ s) const {
+  void init(acc* s) const { fill(s, acc(0), size); }
+  void accumulate(int64_t, int64_t e0, int64_t e1, acc* __restrict__ s) const {
     const int64_t F = size, end = std::max(e1, prefetch_end);
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const scalar_t* __restrict__ xj = x + int64_t(col[e]) * F;
-      const scalar_t w = weight ? weight[e] : scalar_t(1);
+      const acc w = weight ? weight[e] : acc(1);
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) s[f] += w * xj[f];
+      for (int64_t f = 0; f < F; ++f) s[f] += w * acc(xj[f]);
     }
   }
-  void merge(scalar_t* s, const scalar_t* piece) const { add_into(s, piece, size); }
-  void finish(int64_t r, const scalar_t* __restrict__ s) const {
+  void merge(acc* s, const acc* piece) const { add_into(s, piece, size); }
+  void finish(int64_t r, const acc* __restrict__ s) const {
     scalar_t* __restrict__ o = out + r * size;
     if (mean) {
-      const scalar_t deg = scalar_t(std::max<int64_t>(1, int64_t(rowptr[r + 1]) - int64_t(rowptr[r])));
+      const acc deg = acc(std::max<int64_t>(1, int64_t(rowptr[r + 1]) - int64_t(rowptr[r])));
 #pragma omp simd
-      for (int64_t f = 0; f < size; ++f) o[f] = s[f] / deg;
+      for (int64_t f = 0; f < size; ++f) o[f] = scalar_t(s[f] / deg);
     } else {
 #pragma omp simd
-      for (int64_t f = 0; f < size; ++f) o[f] = s[f];
+      for (int64_t f = 0; f < size; ++f) o[f] = scalar_t(s[f]);
     }
   }
 };
@@ -58,9 +60,10 @@ struct MaxArg {
 
 template <typename scalar_t, typename index_t>
 struct MaxFold {
-  using elem_t = MaxArg<scalar_t>;
+  using acc = acc_t<scalar_t>;
+  using elem_t = MaxArg<acc>;
   const index_t* col;
-  const scalar_t* weight;
+  const acc* weight;
   const scalar_t* x;
   scalar_t* out;
   int64_t* arg;
@@ -68,22 +71,22 @@ struct MaxFold {
   IndexCheck cols;
 
   void init(elem_t* s) const {
-    for (int64_t f = 0; f < size; ++f) s[f] = {scalar_t(0), -1};
+    for (int64_t f = 0; f < size; ++f) s[f] = {acc(0), -1};
   }
   // Whether (v, later edge) replaces the state: a greater value, or a NaN over a number.
   // NaN propagates as in torch.amax (the first NaN edge wins and stays), and strict '>'
   // keeps the first edge on ties, so the result does not depend on the edge order
   // beyond "first". The row's first edge always sets the state.
-  static bool beats(scalar_t v, const elem_t& s) {
+  static bool beats(acc v, const elem_t& s) {
     return s.arg < 0 || v > s.value || (v != v && s.value == s.value);
   }
   bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
   void accumulate(int64_t, int64_t e0, int64_t e1, elem_t* s) const {
     for (int64_t e = e0; e < e1; ++e) {
       const scalar_t* xj = x + int64_t(col[e]) * size;
-      const scalar_t w = weight ? weight[e] : scalar_t(1);
+      const acc w = weight ? weight[e] : acc(1);
       for (int64_t f = 0; f < size; ++f) {
-        const scalar_t v = w * xj[f];
+        const acc v = w * acc(xj[f]);
         if (beats(v, s[f])) s[f] = {v, e};
       }
     }
@@ -95,7 +98,7 @@ struct MaxFold {
   }
   void finish(int64_t r, const elem_t* s) const {
     for (int64_t f = 0; f < size; ++f) {
-      out[r * size + f] = s[f].arg >= 0 ? s[f].value : scalar_t(0);
+      out[r * size + f] = scalar_t(s[f].arg >= 0 ? s[f].value : acc(0));
       arg[r * size + f] = s[f].arg;
     }
   }
@@ -110,12 +113,12 @@ void spmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tens
   std::atomic<bool> bad{false};
   const IndexCheck cols{uint64_t(x.size(0)), &bad};
   if (reduce == "max") {
-    MaxFold<scalar_t, index_t> op{col.data_ptr<index_t>(), ptr_or_null<scalar_t>(weight),
+    MaxFold<scalar_t, index_t> op{col.data_ptr<index_t>(), ptr_or_null<acc_t<scalar_t>>(weight),
                                   x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
                                   arg.data_ptr<int64_t>(), x.size(1), cols};
     segment_fold(rp, part, op);
   } else {
-    SumFold<scalar_t, index_t> op{rp, col.data_ptr<index_t>(), ptr_or_null<scalar_t>(weight),
+    SumFold<scalar_t, index_t> op{rp, col.data_ptr<index_t>(), ptr_or_null<acc_t<scalar_t>>(weight),
                                   x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), x.size(1),
                                   reduce == "mean", cols, col.numel()};
     segment_fold(rp, part, op);
@@ -133,31 +136,32 @@ std::tuple<at::Tensor, at::Tensor> spmm_forward(const at::Tensor& rowptr, const 
   if (weight.has_value() && weight->defined())
     check_edge_values(*weight, col.numel(), "weight");
   const at::Tensor xc = x.contiguous();
-  const at::Tensor w = optional_as(weight, x.scalar_type());
+  const at::Tensor w = optional_as(weight, acc_dtype(x.scalar_type()));
   const int64_t num_dst = rowptr.numel() - 1;
   at::Tensor out = at::empty({num_dst, x.size(1)}, x.options());
   at::Tensor arg = reduce == "max" ? at::empty({num_dst, x.size(1)}, x.options().dtype(at::kLong))
                                    : at::empty({0}, x.options().dtype(at::kLong));
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
-  FASTALIGN_DISPATCH(x.scalar_type(), col.scalar_type(), "spmm_forward",
+  FASTALIGN_DISPATCH_WITH_HALF(x.scalar_type(), col.scalar_type(), "spmm_forward",
                      [&] { spmm_kernel<scalar_t, index_t>(rp, cl, w, xc, reduce, out, arg); });
   return {out, arg};
 }
 
 // grad_x: feature columns are split between threads (each output column has one
-// writer, rows visited in order: deterministic without atomics). grad_w: an edge's
-// gradient only comes from its own destination row, so rows run in parallel.
+// writer, rows visited in order: deterministic without atomics). grad_x and grad_w are
+// accumulated in acc (float for the half types) and cast by the caller.
 template <typename scalar_t, typename index_t>
 void spmm_max_backward_kernel(const at::Tensor& col, const at::Tensor& weight, const at::Tensor& x,
                               const at::Tensor& arg, const at::Tensor& grad_out,
                               at::Tensor& grad_x, at::Tensor& grad_w) {
+  using acc = acc_t<scalar_t>;
   const index_t* cl = col.data_ptr<index_t>();
-  const scalar_t* w = ptr_or_null<scalar_t>(weight);
+  const acc* w = ptr_or_null<acc>(weight);
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const int64_t* a = arg.data_ptr<int64_t>();
   const scalar_t* g = grad_out.data_ptr<scalar_t>();
   const int64_t rows = arg.size(0), F = arg.size(1), num_edges = col.numel(), num_src = x.size(0);
-  scalar_t* gx = grad_x.data_ptr<scalar_t>();
+  acc* gx = grad_x.data_ptr<acc>();
   constexpr int64_t kBlock = 8;
   const int64_t blocks = (F + kBlock - 1) / kBlock;
   // arg entries are edges (or -1: no edge), col entries rows of x: both checked as read
@@ -169,20 +173,20 @@ void spmm_max_backward_kernel(const at::Tensor& col, const at::Tensor& weight, c
       for (int64_t f = b * kBlock; f < f1; ++f) {
         const int64_t e = a[i * F + f];
         if (e == -1 || !edges.ok(e) || !cols.ok(cl[e])) continue;
-        gx[int64_t(cl[e]) * F + f] += (w ? w[e] : scalar_t(1)) * g[i * F + f];
+        gx[int64_t(cl[e]) * F + f] += (w ? w[e] : acc(1)) * acc(g[i * F + f]);
       }
   });
   report_indices(bad_arg, "spmm_max_backward", "arg", num_edges);
   report_indices(bad_col, "spmm_max_backward", "col", num_src);
   if (!grad_w.defined() || grad_w.numel() == 0) return;
-  scalar_t* gw = grad_w.data_ptr<scalar_t>();
+  acc* gw = grad_w.data_ptr<acc>();
   // One pass in row order: this op is not given the rows' edge ranges, so nothing says
   // that row i's winners are edges of row i (they are when arg is the forward's), and
   // rows in parallel could then add into one edge at once. O(rows x F) scalar work.
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t f = 0; f < F; ++f) {
       const int64_t e = a[i * F + f];  // checked above
-      if (e >= 0) gw[e] += g[i * F + f] * xp[int64_t(cl[e]) * F + f];
+      if (e >= 0) gw[e] += acc(g[i * F + f]) * acc(xp[int64_t(cl[e]) * F + f]);
     }
 }
 
@@ -199,16 +203,17 @@ std::tuple<at::Tensor, at::Tensor> spmm_max_backward(const at::Tensor& col,
   if (weight.has_value() && weight->defined())
     check_edge_values(*weight, col.numel(), "weight");
   const at::Tensor xc = x.contiguous(), ac = arg.contiguous(), cl = col.contiguous();
+  const auto acc = acc_dtype(x.scalar_type());
   const at::Tensor g = contiguous_as(grad_out, x.scalar_type());
-  const at::Tensor w = optional_as(weight, x.scalar_type());
-  at::Tensor grad_x = at::zeros_like(xc);
-  at::Tensor grad_w = need_weight_grad ? at::zeros({col.numel()}, x.options()) : x.new_empty({0});
-  FASTALIGN_DISPATCH(x.scalar_type(), col.scalar_type(), "spmm_max_backward", [&] {
+  const at::Tensor w = optional_as(weight, acc);
+  at::Tensor grad_x = at::zeros(xc.sizes(), xc.options().dtype(acc));
+  at::Tensor grad_w = need_weight_grad ? at::zeros({col.numel()}, x.options().dtype(acc)) : x.new_empty({0});
+  FASTALIGN_DISPATCH_WITH_HALF(x.scalar_type(), col.scalar_type(), "spmm_max_backward", [&] {
     spmm_max_backward_kernel<scalar_t, index_t>(cl, w, xc, ac, g, grad_x, grad_w);
   });
-  if (need_weight_grad && weight.has_value() && weight->defined())
-    grad_w = grad_w.to(weight->scalar_type());
-  return {grad_x, grad_w};
+  if (need_weight_grad)
+    grad_w = grad_w.to(weight.has_value() && weight->defined() ? weight->scalar_type() : x.scalar_type());
+  return {grad_x.to(x.scalar_type()), grad_w};
 }
 
 template <typename scalar_t, typename index_t>
@@ -229,10 +234,10 @@ void sddmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Ten
     for (int64_t e = e0; e < e1; ++e) {
       if (e + kPrefetchDistance < e1) prefetch_row(bp + int64_t(cl[e + kPrefetchDistance]) * F, F);
       const scalar_t* __restrict__ bj = bp + int64_t(cl[e]) * F;
-      scalar_t dot = 0;
+      acc_t<scalar_t> dot = 0;
 #pragma omp simd reduction(+ : dot)
-      for (int64_t f = 0; f < F; ++f) dot += ai[f] * bj[f];
-      o[e] = dot;
+      for (int64_t f = 0; f < F; ++f) dot += acc_t<scalar_t>(ai[f]) * acc_t<scalar_t>(bj[f]);
+      o[e] = scalar_t(dot);
     }
   }, [&](int64_t e0, int64_t e1) { return cols.all_ok(cl + e0, e1 - e0); });
   report_indices(bad, "sddmm", "col", b.size(0));
@@ -246,7 +251,7 @@ at::Tensor sddmm(const at::Tensor& rowptr, const at::Tensor& col, const at::Tens
   const at::Tensor ac = a.contiguous(), bc = contiguous_as(b, a.scalar_type());
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   at::Tensor out = at::empty({col.numel()}, a.options());
-  FASTALIGN_DISPATCH(a.scalar_type(), col.scalar_type(), "sddmm",
+  FASTALIGN_DISPATCH_WITH_HALF(a.scalar_type(), col.scalar_type(), "sddmm",
                      [&] { sddmm_kernel<scalar_t, index_t>(rp, cl, ac, bc, out); });
   return out;
 }

@@ -37,11 +37,14 @@ namespace fastalign {
 namespace cpu {
 namespace {
 
-template <typename T>
+// S is the embeddings' storage type, T the arithmetic (float for the half types). The
+// gradient state (dst_grad, src_coef) and every sum are in T.
+template <typename S>
 struct Embeddings {
+  using T = acc_t<S>;
   KernelParams<T> p;
   T tau;
-  const T *s_dst, *s_src, *p_dst, *p_src;
+  const S *s_dst, *s_src, *p_dst, *p_src;
   int64_t fs, fp;  // student and peer widths
 };
 
@@ -83,13 +86,14 @@ void logit_state(const T* zs, const T* zp, int64_t n, double* piece, T* es = nul
 // The forward fold. With `dst_grad` set it also leaves the student's gradient state for
 // a unit upstream gradient on whole rows (hub rows cut into pieces get theirs from a
 // KlDstGradFold afterwards, once their log-sum-exps are known).
-template <typename T, typename index_t>
+template <typename S, typename index_t>
 struct KlForwardFold {
+  using T = acc_t<S>;
   // The row state is kept in double whatever T: kl is a small difference of O(lse)
   // terms, and a hub row sums thousands of them. It is scalar work next to the
   // F-wide similarities.
   using elem_t = double;
-  Embeddings<T> x;
+  Embeddings<S> x;
   const index_t *rowptr, *col;
   double *kl, *lse_s, *lse_p;
   IndexCheck cols;                   // col against the source rows
@@ -118,8 +122,8 @@ struct KlForwardFold {
     T* es = with_grad ? zp + n : nullptr;  // exp(z - max) of both, for the second sweep
     T* ep = with_grad ? es + n : nullptr;
     Sim<T>* sim_s = sims.data();  // not through the thread_local in the loop
-    const T* as = x.s_dst + r * x.fs;
-    const T* ap = x.p_dst + r * x.fp;
+    const S* as = x.s_dst + r * x.fs;
+    const S* ap = x.p_dst + r * x.fp;
     const int64_t end = std::max(e1, prefetch_end);
     for (int64_t k = 0; k < n; ++k) {
       if (e0 + k + kPrefetchDistance < end) {
@@ -142,7 +146,7 @@ struct KlForwardFold {
     T* u = dst_grad + r * x.fs;
     for (int64_t k = 0; k < n; ++k) {
       const T d = (es[k] * inv_ss - ep[k] * inv_sp) * inv_tau;
-      const T* b = x.s_src + int64_t(col[e0 + k]) * x.fs;
+      const S* b = x.s_src + int64_t(col[e0 + k]) * x.fs;
       apply_grad(x.p.kernel, grad_coef(x.p, sim_s[k], true, d), as, b, x.fs, u);
       src_coef[e0 + k] = grad_coef(x.p, sim_s[k], false, d);
     }
@@ -165,15 +169,16 @@ struct KlForwardFold {
 // from the per-node state, accumulate d/d(destination) and store the two source-side
 // coefficients of each edge (GradCoef: 2 scalars per edge and student), so that the
 // source pass only applies them instead of recomputing k. State: [student | peer].
-template <typename T, typename index_t>
+template <typename S, typename index_t>
 struct KlDstGradFold {
+  using T = acc_t<S>;
   using elem_t = T;
-  Embeddings<T> x;
+  Embeddings<S> x;
   const double *lse_s, *lse_p, *kl;
   const T* grad_kl;  // null: a unit upstream gradient (the forward's gradient state)
   const index_t* col;
   bool peer_grad;
-  T *out_s, *out_p;
+  T *out_s, *out_p;  // gradient rows (the forward's dst_grad state, or the backward's in T)
   GradCoef<T> *coef_s, *coef_p;  // per edge, for the source side
   int64_t size;
   IndexCheck cols;
@@ -182,7 +187,7 @@ struct KlDstGradFold {
   bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
   void init(T* s) const { fill(s, T(0), size); }
   void accumulate(int64_t i, int64_t e0, int64_t e1, T* s) const {
-    const T *as = x.s_dst + i * x.fs, *ap = x.p_dst + i * x.fp;
+    const S *as = x.s_dst + i * x.fs, *ap = x.p_dst + i * x.fp;
     const double ls = lse_s[i], lp = lse_p[i], kli = kl[i];
     const T g = grad_kl ? grad_kl[i] : T(1);
     const int64_t end = std::max(e1, prefetch_end);
@@ -193,7 +198,7 @@ struct KlDstGradFold {
         prefetch_row(x.p_src + jn * x.fp, x.fp);
       }
       const int64_t j = col[e];
-      const T *bs = x.s_src + j * x.fs, *bp = x.p_src + j * x.fp;
+      const S *bs = x.s_src + j * x.fs, *bp = x.p_src + j * x.fp;
       const Sim<T> sim_s = similarity(x.p, as, bs, x.fs);
       const Sim<T> sim_p = similarity(x.p, ap, bp, x.fp);
       // the logits exactly as the forward rounded them, the rest in double
@@ -219,14 +224,15 @@ struct KlDstGradFold {
 
 // Source-side gradients, by rows of the transpose: transposed edge k is internal edge
 // perm_t[k] from this source to destination col_t[k].
-template <typename T, typename index_t>
+template <typename S, typename index_t>
 struct KlSrcGradFold {
+  using T = acc_t<S>;
   using elem_t = T;
-  Embeddings<T> x;
+  Embeddings<S> x;
   const index_t* col_t;
   const int64_t* perm_t;
   bool peer_grad;
-  T *out_s, *out_p;
+  S *out_s, *out_p;
   const GradCoef<T> *coef_s, *coef_p;
   const T* grad_kl;  // null: the coefficients already carry the upstream gradient
   int64_t size;
@@ -242,7 +248,7 @@ struct KlSrcGradFold {
   }
   void init(T* s) const { fill(s, T(0), size); }
   void accumulate(int64_t j, int64_t k0, int64_t k1, T* s) const {
-    const T *bs = x.s_src + j * x.fs, *bp = x.p_src + j * x.fp;
+    const S *bs = x.s_src + j * x.fs, *bp = x.p_src + j * x.fp;
     const int64_t end = std::max(k1, prefetch_end);
     for (int64_t k = k0; k < k1; ++k) {
       if (k + kPrefetchDistance < end) {
@@ -261,12 +267,12 @@ struct KlSrcGradFold {
   }
   void merge(T* s, const T* piece) const { add_into(s, piece, size); }
   void finish(int64_t r, const T* s) const {
-    T* out = out_s + r * x.fs;
+    S* out = out_s + r * x.fs;
     if (dst_grad) {
       const T g = grad_kl[r];
       const T* u = dst_grad + r * x.fs;
 #pragma omp simd
-      for (int64_t f = 0; f < x.fs; ++f) out[f] = s[f] + g * u[f];
+      for (int64_t f = 0; f < x.fs; ++f) out[f] = S(s[f] + g * u[f]);
     } else {
       std::copy(s, s + x.fs, out);
     }
@@ -284,23 +290,24 @@ void check_embeddings(const at::Tensor& s_dst, const at::Tensor& s_src, const at
   TORCH_CHECK_VALUE(p_dst.scalar_type() == s_dst.scalar_type(), "student and peer must share a dtype");
 }
 
-template <typename T>
-Embeddings<T> embeddings(const at::Tensor& s_dst, const at::Tensor& s_src, const at::Tensor& p_dst,
+template <typename S>
+Embeddings<S> embeddings(const at::Tensor& s_dst, const at::Tensor& s_src, const at::Tensor& p_dst,
                          const at::Tensor& p_src, c10::string_view kernel, double sigma,
                          int64_t degree, double coef, double tau) {
+  using T = acc_t<S>;
   return {{parse_kernel(kernel), T(sigma), degree, T(coef)}, T(tau),
-          s_dst.data_ptr<T>(), s_src.data_ptr<T>(), p_dst.data_ptr<T>(), p_src.data_ptr<T>(),
+          s_dst.data_ptr<S>(), s_src.data_ptr<S>(), p_dst.data_ptr<S>(), p_src.data_ptr<S>(),
           s_dst.size(1), p_dst.size(1)};
 }
 
-// out[r] = scale[r] * in[r] for [rows, F] tensors.
-template <typename T>
-void scale_rows(const T* in, const T* scale, int64_t rows, int64_t F, T* out) {
+// out[r] = scale[r] * in[r] for [rows, F] tensors (in and scale in T, out stored as S).
+template <typename T, typename S>
+void scale_rows(const T* in, const T* scale, int64_t rows, int64_t F, S* out) {
 #pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
   for (int64_t r = 0; r < rows; ++r) {
     const T g = scale[r];
 #pragma omp simd
-    for (int64_t f = 0; f < F; ++f) out[r * F + f] = g * in[r * F + f];
+    for (int64_t f = 0; f < F; ++f) out[r * F + f] = S(g * in[r * F + f]);
   }
 }
 
@@ -328,21 +335,23 @@ std::vector<at::Tensor> forward(const at::Tensor& rowptr, const at::Tensor& col,
   const auto opts = in.s_dst.options();
   at::Tensor kl = at::empty({n}, opts.dtype(at::kDouble));
   at::Tensor lse_s = at::empty({n}, opts.dtype(at::kDouble)), lse_p = at::empty({n}, opts.dtype(at::kDouble));
-  at::Tensor dst_grad = with_grad ? at::empty({n, in.s_dst.size(1)}, opts) : at::empty({0}, opts);
-  at::Tensor src_coef = with_grad ? at::empty({num_edges, 2}, opts) : at::empty({0}, opts);
+  const auto state = opts.dtype(acc_dtype(in.s_dst.scalar_type()));  // the gradient state's dtype
+  at::Tensor dst_grad = with_grad ? at::empty({n, in.s_dst.size(1)}, state) : at::empty({0}, state);
+  at::Tensor src_coef = with_grad ? at::empty({num_edges, 2}, state) : at::empty({0}, state);
   std::atomic<bool> bad{false};
   const IndexCheck cols{uint64_t(in.s_src.size(0)), &bad};
-  FASTALIGN_DISPATCH(in.s_dst.scalar_type(), col.scalar_type(), "structure_kl_forward", [&] {
+  FASTALIGN_DISPATCH_WITH_HALF(in.s_dst.scalar_type(), col.scalar_type(), "structure_kl_forward", [&] {
+    using acc = acc_t<scalar_t>;
     const index_t* rpp = rp.data_ptr<index_t>();
     const index_t* clp = cl.data_ptr<index_t>();
     check_rowptr(rpp, n, num_edges, "structure_kl_forward");
     const auto x = embeddings<scalar_t>(in.s_dst, in.s_src, in.p_dst, in.p_src, kernel, sigma, degree,
                                         coef, tau);
-    auto* coefs = with_grad ? reinterpret_cast<GradCoef<scalar_t>*>(src_coef.data_ptr<scalar_t>()) : nullptr;
+    auto* coefs = with_grad ? reinterpret_cast<GradCoef<acc>*>(src_coef.data_ptr<acc>()) : nullptr;
     KlForwardFold<scalar_t, index_t> op{x, rpp, clp, kl.data_ptr<double>(), lse_s.data_ptr<double>(),
                                         lse_p.data_ptr<double>(), cols};
     op.prefetch_end = num_edges;
-    if (with_grad) op.dst_grad = dst_grad.data_ptr<scalar_t>(), op.src_coef = coefs;
+    if (with_grad) op.dst_grad = dst_grad.data_ptr<acc>(), op.src_coef = coefs;
     const Partition part = partition_rows(rpp, n);
     segment_fold(rpp, part, op);
     if (!with_grad || part.long_rows.empty()) return;
@@ -388,7 +397,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward
   const auto dtype = s_dst.scalar_type();
   const Inputs in = contiguous_inputs(s_dst, s_src, p_dst, p_src);
   const at::Tensor ls = contiguous_as(lse_s, at::kDouble), lp = contiguous_as(lse_p, at::kDouble);
-  const at::Tensor k = contiguous_as(kl, at::kDouble), g = contiguous_as(grad_kl, dtype);
+  const at::Tensor k = contiguous_as(kl, at::kDouble), g = contiguous_as(grad_kl, acc_dtype(dtype));
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   const at::Tensor rpt = rowptr_t.contiguous(), clt = col_t.contiguous();
   TORCH_CHECK_TYPE(perm_t.scalar_type() == at::kLong, "perm_t must be int64");
@@ -397,10 +406,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward
                     "perm_t and the transpose must have one entry per edge");
   TORCH_CHECK_TYPE(rowptr.scalar_type() == rowptr_t.scalar_type(), "graph and transpose index dtypes differ");
   std::atomic<bool> bad_col{false}, bad_col_t{false}, bad_perm{false};
-  at::Tensor g_sd = at::empty_like(in.s_dst), g_ss = at::empty_like(in.s_src);
-  at::Tensor g_pd = peer_grad ? at::empty_like(in.p_dst) : in.p_dst.new_empty({0});
+  // The destination-side gradients are folded in T and cast once (S may be a half type).
+  const auto acc_opts = in.s_dst.options().dtype(acc_dtype(dtype));
+  at::Tensor g_sd = at::empty(in.s_dst.sizes(), acc_opts), g_ss = at::empty_like(in.s_src);
+  at::Tensor g_pd = peer_grad ? at::empty(in.p_dst.sizes(), acc_opts) : in.p_dst.new_empty({0});
   at::Tensor g_ps = peer_grad ? at::empty_like(in.p_src) : in.p_src.new_empty({0});
-  FASTALIGN_DISPATCH(dtype, col.scalar_type(), "structure_kl_backward", [&] {
+  FASTALIGN_DISPATCH_WITH_HALF(dtype, col.scalar_type(), "structure_kl_backward", [&] {
+    using acc = acc_t<scalar_t>;
     const auto x = embeddings<scalar_t>(in.s_dst, in.s_src, in.p_dst, in.p_src, kernel, sigma, degree,
                                         coef, tau);
     const int64_t size = x.fs + (peer_grad ? x.fp : 0);
@@ -408,11 +420,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward
     const index_t* rptp = rpt.data_ptr<index_t>();
     check_rowptr(rpp, n, cl.numel(), "structure_kl_backward (graph)");
     check_rowptr(rptp, n_src, cl.numel(), "structure_kl_backward (transpose)");
-    std::vector<GradCoef<scalar_t>> coef_s(cl.numel()), coef_p(peer_grad ? cl.numel() : 0);
+    std::vector<GradCoef<acc>> coef_s(cl.numel()), coef_p(peer_grad ? cl.numel() : 0);
     KlDstGradFold<scalar_t, index_t> dst{x, ls.data_ptr<double>(), lp.data_ptr<double>(),
-                                         k.data_ptr<double>(), g.data_ptr<scalar_t>(),
-                                         cl.data_ptr<index_t>(), peer_grad, g_sd.data_ptr<scalar_t>(),
-                                         peer_grad ? g_pd.data_ptr<scalar_t>() : nullptr,
+                                         k.data_ptr<double>(), g.data_ptr<acc>(),
+                                         cl.data_ptr<index_t>(), peer_grad, g_sd.data_ptr<acc>(),
+                                         peer_grad ? g_pd.data_ptr<acc>() : nullptr,
                                          coef_s.data(), coef_p.data(), size,
                                          IndexCheck{uint64_t(n_src), &bad_col}, cl.numel()};
     segment_fold(rpp, partition_rows(rpp, n), dst);
@@ -427,7 +439,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward
   report_indices(bad_col, "structure_kl_backward", "col", n_src);
   report_indices(bad_col_t, "structure_kl_backward", "col_t", n);
   report_indices(bad_perm, "structure_kl_backward", "perm_t", col.numel());
-  return {g_sd, g_ss, g_pd, g_ps};
+  return {g_sd.to(dtype), g_ss, peer_grad ? g_pd.to(dtype) : g_pd, g_ps};
 }
 
 // The student's gradients from the forward's gradient state (peer detached):
@@ -443,8 +455,9 @@ std::tuple<at::Tensor, at::Tensor> structure_kl_student_backward(
   const int64_t n = s_dst.size(0), n_src = rowptr_t.numel() - 1, num_edges = col_t.numel();
   check_rows(s_src, n_src, "s_src");
   const auto dtype = s_dst.scalar_type();
-  TORCH_CHECK_VALUE(dst_grad.scalar_type() == dtype && src_coef.scalar_type() == dtype,
-              "the gradient state must have the embeddings' dtype");
+  const auto state = acc_dtype(dtype);
+  TORCH_CHECK_VALUE(dst_grad.scalar_type() == state && src_coef.scalar_type() == state,
+              "the gradient state must be ", state, " (the forward's, for ", dtype, " embeddings)");
   TORCH_CHECK_VALUE(dst_grad.dim() == 2 && dst_grad.size(0) == n && dst_grad.size(1) == s_dst.size(1),
               "dst_grad must be [num_dst, F_student]");
   TORCH_CHECK_VALUE(src_coef.dim() == 2 && src_coef.size(0) == num_edges && src_coef.size(1) == 2,
@@ -452,7 +465,7 @@ std::tuple<at::Tensor, at::Tensor> structure_kl_student_backward(
   TORCH_CHECK_VALUE(grad_kl.numel() == n, "grad_kl must have one value per destination node");
   const at::Tensor sd = s_dst.contiguous(), ss = contiguous_as(s_src, dtype);
   const at::Tensor u = dst_grad.contiguous(), c = src_coef.contiguous();
-  const at::Tensor g = contiguous_as(grad_kl, dtype);
+  const at::Tensor g = contiguous_as(grad_kl, state);
   const at::Tensor rpt = rowptr_t.contiguous(), clt = col_t.contiguous();
   TORCH_CHECK_TYPE(perm_t.scalar_type() == at::kLong, "perm_t must be int64");
   const at::Tensor perm = perm_t.contiguous();
@@ -462,19 +475,20 @@ std::tuple<at::Tensor, at::Tensor> structure_kl_student_backward(
   std::atomic<bool> bad_col_t{false}, bad_perm{false};
   at::Tensor g_ss = at::empty_like(ss);
   at::Tensor g_sd = combined ? sd.new_empty({0}) : at::empty_like(sd);
-  FASTALIGN_DISPATCH(dtype, col_t.scalar_type(), "structure_kl_student_backward", [&] {
+  FASTALIGN_DISPATCH_WITH_HALF(dtype, col_t.scalar_type(), "structure_kl_student_backward", [&] {
+    using acc = acc_t<scalar_t>;
     if (!combined)
-      scale_rows(u.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), n, sd.size(1), g_sd.data_ptr<scalar_t>());
+      scale_rows(u.data_ptr<acc>(), g.data_ptr<acc>(), n, sd.size(1), g_sd.data_ptr<scalar_t>());
     // The peer is not read: its pointers are the student's, never dereferenced.
     const auto x = embeddings<scalar_t>(sd, ss, sd, ss, kernel, sigma, degree, coef, tau);
     const index_t* rptp = rpt.data_ptr<index_t>();
     check_rowptr(rptp, n_src, num_edges, "structure_kl_student_backward");
     KlSrcGradFold<scalar_t, index_t> src{
         x, clt.data_ptr<index_t>(), perm.data_ptr<int64_t>(), false, g_ss.data_ptr<scalar_t>(), nullptr,
-        reinterpret_cast<const GradCoef<scalar_t>*>(c.data_ptr<scalar_t>()), nullptr,
-        g.data_ptr<scalar_t>(), x.fs, IndexCheck{uint64_t(n), &bad_col_t},
+        reinterpret_cast<const GradCoef<acc>*>(c.data_ptr<acc>()), nullptr,
+        g.data_ptr<acc>(), x.fs, IndexCheck{uint64_t(n), &bad_col_t},
         IndexCheck{uint64_t(num_edges), &bad_perm}, nullptr, num_edges};
-    if (combined) src.dst_grad = u.data_ptr<scalar_t>();
+    if (combined) src.dst_grad = u.data_ptr<acc>();
     segment_fold(rptp, partition_rows(rptp, n_src), src);
   });
   report_indices(bad_col_t, "structure_kl_student_backward", "col_t", n);

@@ -1,10 +1,11 @@
 """Adapter to the C++/OpenMP kernels (csrc/cpu), registered by ``fastalign._C`` as
 ``torch.ops.fastalign_cpu.<name>`` for the CPU dispatch key.
 
-The kernels take float32/float64 features and int32/int64 indices. float16/bfloat16
-inputs go to the reference backend (``fastalign.backends.reference``), which accumulates them
-in float32. ``FUNCTIONS`` lists what the extension registers; functions it does not
-provide are not listed, so the automatic choice falls back to the reference for them.
+The kernels take float32, float64, float16 and bfloat16 features and int32/int64
+indices. The half types are read and written as stored (half the bytes of float32) and
+computed in float32, as the reference (``fastalign.backends.reference``) defines them.
+``FUNCTIONS`` lists what the extension registers; functions it does not provide are not
+listed, so the automatic choice falls back to the reference for them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ _C = extensions.load("_C")  # loading the library registers the fastalign_cpu op
 
 AVAILABLE = _C is not None
 FUNCTIONS = frozenset(getattr(_C, "FUNCTIONS", ())) if _C is not None else frozenset()
-KERNEL_DTYPES = (torch.float32, torch.float64)
-# The dtypes of the optional fast paths (which have no reference fallback).
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# The dtypes of the optional fast paths (which have no reference fallback); their
+# gradient state is float32 for the half types (``fastalign._common.acc_dtype``).
 FAST_PATH_DTYPES = KERNEL_DTYPES
 # The kernels keep the structure KL's per-node state (kl and the log-sum-exps) in double
 # whatever the features' dtype: at logits of ~1e7 a float32 log-sum-exp is off by ~1 and
@@ -45,8 +47,8 @@ def _spmm_max_backward_kernel(col, rowptr_t, col_t, perm_t, weight, x, arg, grad
     return _ops().spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad)
 
 
-# backend function -> the argument whose dtype decides (the kernels take float32 and
-# float64; anything else goes to the reference), and the kernel call where it is not
+# backend function -> the argument whose dtype decides (a dtype outside KERNEL_DTYPES
+# goes to the reference), and the kernel call where it is not
 # the fastalign_cpu op of the same name with the same arguments
 _KERNELS = {
     "spmm_forward": ("x", None),
@@ -79,7 +81,7 @@ def _adapter(name: str, dtype_arg: str, kernel):
             return kernel(*args, **kwargs)
         return getattr(_ops(), name)(*args, **kwargs)
 
-    run.__doc__ = f"C++ kernel for float32/float64 {dtype_arg}, else the reference's {name}."
+    run.__doc__ = f"C++ kernel for a floating {dtype_arg} of KERNEL_DTYPES, else the reference's {name}."
     return run
 
 
@@ -88,8 +90,8 @@ for _name, (_dtype_arg, _kernel) in _KERNELS.items():
 
 
 def structure_kl_forward_with_grad_state(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau):
-    """The forward plus the student's gradient state (float32/float64 only; see
-    ``fastalign.backends.OPTIONAL_FUNCTIONS``)."""
+    """The forward plus the student's gradient state (in float32 for half-type
+    embeddings; see ``fastalign.backends.OPTIONAL_FUNCTIONS``)."""
     return _ops().structure_kl_forward_with_grad_state(
         rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau
     )

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .. import backends
 from .. import validation as V
-from ._common import as_graph, check_cosine_range, check_tau, impl, kernel_params, resolve, split_pair
+from ._common import acc_dtype, as_graph, check_cosine_range, check_tau, impl, kernel_params, resolve, split_pair
 from .edge_similarity import check_both_sides, needs_grad
 
 
@@ -88,8 +88,9 @@ def _(rowptr, col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
     n = rowptr.shape[0] - 1
     kl, lse = backends.structure_kl_state_dtype(backend, s_dst.dtype)
     state = (s_dst.new_empty((n,), dtype=kl), s_dst.new_empty((n,), dtype=lse), s_dst.new_empty((n,), dtype=lse))
-    if with_grad_state:  # only backends with the fast path: gradient state in s_dst.dtype
-        return state + (s_dst.new_empty((n, s_dst.shape[1])), s_dst.new_empty((col.shape[0], 2)))
+    if with_grad_state:  # only backends with the fast path: gradient state in acc_dtype(s_dst.dtype)
+        acc = acc_dtype(s_dst.dtype)
+        return state + (s_dst.new_empty((n, s_dst.shape[1]), dtype=acc), s_dst.new_empty((col.shape[0], 2), dtype=acc))
     return state + (s_dst.new_empty((0,)), s_dst.new_empty((0,)))
 
 
