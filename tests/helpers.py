@@ -13,6 +13,11 @@ from fastalign.bench.graphs import power_law_edge_index  # noqa: F401  (canonica
 from fastalign.ops._common import KERNELS  # noqa: F401  (the similarity kernels, in one order)
 
 
+# The relative error (rel_err) a whole float16/bfloat16 output may have against the
+# float64 reference: a few units in the last place of the output dtype.
+LOW_PRECISION_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
+
+
 def rel_err(out, ref) -> float:
     """||out - ref|| / ||ref|| in float64 (0 for an empty reference)."""
     out, ref = out.double(), ref.double()

@@ -9,7 +9,8 @@ import torch
 import fastalign
 from fastalign import Graph, backends
 from fastalign.ops.gcn_aggregate import gcn_norm_state
-from helpers import KERNELS, case_graphs, features, power_law_edge_index, random_edge_index
+from helpers import (KERNELS, LOW_PRECISION_TOL, case_graphs, features, power_law_edge_index, random_edge_index,
+                     rel_err)
 
 # the module, not the function fastalign.ops re-exports under the same name
 structure_kl_module = importlib.import_module("fastalign.ops.structure_kl")
@@ -263,18 +264,12 @@ def test_structure_kl_forward_backward(name, index_dtype, dtype, width, kernel):
         assert_close(total, split[0] + split[1], dtype)
 
 
-# Relative error of a whole output against float64: a few units in the last place.
-LOW_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
-
-
-@pytest.mark.parametrize("dtype", list(LOW_TOL))
+@pytest.mark.parametrize("dtype", list(LOW_PRECISION_TOL))
 @pytest.mark.parametrize("name", ("square", "hub", "rectangular"))
 def test_low_precision_kernels_against_float64(dtype, name):
     """float16/bfloat16 inputs run the C++ kernels (read as stored, computed in float32):
     every function's outputs in the inputs' dtype, within the dtype's tolerance of the
     float64 reference."""
-    from helpers import rel_err
-
     g = graph_of(name, torch.int64)
     x64 = features(g, 16, torch.float64)
     w64 = edge_weight(g, torch.float64)
@@ -284,7 +279,7 @@ def test_low_precision_kernels_against_float64(dtype, name):
 
     def check(fast, ref):
         assert fast.dtype == dtype
-        assert rel_err(fast.double(), ref) <= LOW_TOL[dtype]
+        assert rel_err(fast.double(), ref) <= LOW_PRECISION_TOL[dtype]
 
     for reduce in ("sum", "mean", "max"):
         out, arg = CPU.spmm_forward(g.rowptr, g.col, low(w64), low(x64), reduce)
@@ -319,7 +314,7 @@ def test_low_precision_kernels_against_float64(dtype, name):
         kl_params = (*params, 0.5)
         kl, lse_s, lse_p = CPU.structure_kl_forward(g.rowptr, g.col, *map(low, emb64), *kl_params)
         rkl, rls, rlp = REF.structure_kl_forward(g.rowptr, g.col, *emb64, *kl_params)
-        assert rel_err(kl, rkl) <= LOW_TOL[dtype]
+        assert rel_err(kl, rkl) <= LOW_PRECISION_TOL[dtype]
         grad_kl = torch.rand(g.num_dst, dtype=torch.float64)
         fast = CPU.structure_kl_backward(g.rowptr, g.col, *g.transpose(), *map(low, emb64), lse_s, lse_p, kl,
                                          low(grad_kl), *kl_params, True)

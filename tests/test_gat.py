@@ -7,7 +7,7 @@ import torch
 import fastalign
 from fastalign import Graph, backends
 from fastalign.backends import reference
-from helpers import case_graphs, loop_gat, random_edge_index, rel_err
+from helpers import LOW_PRECISION_TOL, case_graphs, loop_gat, random_edge_index, rel_err
 
 BACKENDS = [b for b in ("torch", "cpu") if backends.is_available(b)]
 HEADS, CHANNELS = 3, 4
@@ -130,7 +130,7 @@ def test_float32_and_non_contiguous_inputs(backend):
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
 
 
-LOW = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
+LOW = LOW_PRECISION_TOL
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

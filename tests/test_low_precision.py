@@ -8,13 +8,11 @@ import torch
 import fastalign
 from fastalign import Graph, backends
 from fastalign.nn import GCNConv
-from helpers import rel_err
+from helpers import LOW_PRECISION_TOL, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = backends.available_backends(DEVICE)
-# Relative error of the whole output, ||out - ref|| / ||ref||: a few units in the last
-# place of the output dtype.
-TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
+TOL = LOW_PRECISION_TOL
 
 
 def hub_graph(hub_degree=5000, index_dtype=torch.int64):

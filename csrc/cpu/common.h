@@ -12,17 +12,13 @@
 namespace fastalign {
 namespace cpu {
 
-// float32/float64 features x int32/int64 indices. An OpenMP pragma cannot sit inside a
-// dispatch lambda, so BODY calls a template function with scalar_t and index_t.
-#define FASTALIGN_DISPATCH(SCALAR, INDEX, NAME, ...)                    \
-  AT_DISPATCH_FLOATING_TYPES(SCALAR, NAME, [&] {                        \
-    AT_DISPATCH_INDEX_TYPES(INDEX, NAME, [&] { __VA_ARGS__(); });       \
-  })
-
-// The same with float16/bfloat16 features too, for the kernels written over a storage
-// type scalar_t and an arithmetic type acc_t<scalar_t>: the half types are read and
-// written as stored (half the bytes of float32) and every sum runs in float.
-#define FASTALIGN_DISPATCH_WITH_HALF(SCALAR, INDEX, NAME, ...)                          \
+// float32/float64/float16/bfloat16 features x int32/int64 indices. The kernels are
+// written over a storage type scalar_t and an arithmetic type acc_t<scalar_t>: the half
+// types are read and written as stored (half the bytes of float32) and every sum runs
+// in float (at::toOpMathType gives the matching dtype for the glue's tensors). An
+// OpenMP pragma cannot sit inside a dispatch lambda, so BODY calls a template function
+// with scalar_t and index_t.
+#define FASTALIGN_DISPATCH(SCALAR, INDEX, NAME, ...)                                    \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, SCALAR, NAME, [&] {         \
     AT_DISPATCH_INDEX_TYPES(INDEX, NAME, [&] { __VA_ARGS__(); });                       \
   })
@@ -30,10 +26,6 @@ namespace cpu {
 // float for float16/bfloat16, the type itself otherwise.
 template <typename scalar_t>
 using acc_t = at::opmath_type<scalar_t>;
-
-inline at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kHalf || t == at::kBFloat16 ? at::kFloat : t;
-}
 
 inline at::Tensor contiguous_as(const at::Tensor& t, at::ScalarType dtype) {
   return t.to(dtype).contiguous();

@@ -70,7 +70,7 @@ at::Tensor edge_similarity(const at::Tensor& rowptr, const at::Tensor& col, cons
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   at::Tensor out = at::empty({col.numel()}, x_dst.options());
   std::atomic<bool> bad{false};
-  FASTALIGN_DISPATCH_WITH_HALF(x_dst.scalar_type(), col.scalar_type(), "edge_similarity", [&] {
+  FASTALIGN_DISPATCH(x_dst.scalar_type(), col.scalar_type(), "edge_similarity", [&] {
     const auto p = make_params<acc_t<scalar_t>>(kernel, sigma, degree, coef);
     const index_t* rpp = rp.data_ptr<index_t>();
     const index_t* clp = cl.data_ptr<index_t>();
@@ -118,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor> edge_similarity_backward(
   at::Tensor grad_dst = at::empty_like(a), grad_src = at::empty_like(b);
   std::atomic<bool> bad_col{false}, bad_col_t{false}, bad_perm{false};
   const int64_t num_edges = col.numel();
-  FASTALIGN_DISPATCH_WITH_HALF(dtype, col.scalar_type(), "edge_similarity_backward", [&] {
+  FASTALIGN_DISPATCH(dtype, col.scalar_type(), "edge_similarity_backward", [&] {
     const auto p = make_params<acc_t<scalar_t>>(kernel, sigma, degree, coef);
     const int64_t F = a.size(1);
     const scalar_t* ap = a.data_ptr<scalar_t>();

@@ -87,7 +87,7 @@ at::Tensor edge_softmax(const at::Tensor& rowptr, const at::Tensor& logits) {
   const int64_t n = rowptr.numel() - 1;
   const at::Tensor rp = rowptr.contiguous(), z = logits.contiguous();
   at::Tensor out = at::empty_like(z);
-  FASTALIGN_DISPATCH_WITH_HALF(z.scalar_type(), rowptr.scalar_type(), "edge_softmax", [&] {
+  FASTALIGN_DISPATCH(z.scalar_type(), rowptr.scalar_type(), "edge_softmax", [&] {
     using acc = acc_t<scalar_t>;
     const index_t* rpp = rp.data_ptr<index_t>();
     const scalar_t* zp = z.data_ptr<scalar_t>();
@@ -112,7 +112,7 @@ at::Tensor edge_softmax_backward(const at::Tensor& rowptr, const at::Tensor& p, 
   const at::Tensor rp = rowptr.contiguous(), pc = p.contiguous();
   const at::Tensor g = contiguous_as(grad_p, p.scalar_type());
   at::Tensor out = at::empty_like(pc);
-  FASTALIGN_DISPATCH_WITH_HALF(pc.scalar_type(), rowptr.scalar_type(), "edge_softmax_backward", [&] {
+  FASTALIGN_DISPATCH(pc.scalar_type(), rowptr.scalar_type(), "edge_softmax_backward", [&] {
     using acc = acc_t<scalar_t>;
     const index_t* rpp = rp.data_ptr<index_t>();
     const scalar_t* pp = pc.data_ptr<scalar_t>();

@@ -433,13 +433,13 @@ std::tuple<at::Tensor, at::Tensor> gat_aggregate_forward(
   check_heads(x, alpha_src, alpha_dst, n);
   // x is read as stored; the attention terms, the softmax and lse are in acc (float for
   // the half types).
-  const auto dtype = x.scalar_type(), acc = acc_dtype(dtype);
+  const auto dtype = x.scalar_type(), acc = at::toOpMathType(dtype);
   const at::Tensor xc = x.contiguous(), as = contiguous_as(alpha_src, acc), ad = optional_as(alpha_dst, acc);
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   at::Tensor out = at::empty({n, x.size(1), x.size(2)}, xc.options());
   at::Tensor lse = at::empty({n, x.size(1)}, xc.options().dtype(acc));
   std::atomic<bool> bad{false};
-  FASTALIGN_DISPATCH_WITH_HALF(dtype, col.scalar_type(), "gat_aggregate_forward", [&] {
+  FASTALIGN_DISPATCH(dtype, col.scalar_type(), "gat_aggregate_forward", [&] {
     using T = acc_t<scalar_t>;
     const index_t* rpp = rp.data_ptr<index_t>();
     check_rowptr(rpp, n, cl.numel(), "gat_aggregate");
@@ -473,7 +473,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward(
   TORCH_CHECK_VALUE(grad_out.sizes().equals(shape), "grad_out must be ", shape);
   TORCH_CHECK_VALUE(lse.dim() == 2 && lse.size(0) == n && lse.size(1) == x.size(1), "lse must be [", n, ", ",
                     x.size(1), "]");
-  const auto dtype = x.scalar_type(), acc = acc_dtype(dtype);
+  const auto dtype = x.scalar_type(), acc = at::toOpMathType(dtype);
   const at::Tensor xc = x.contiguous(), as = contiguous_as(alpha_src, acc), ad = optional_as(alpha_dst, acc);
   const at::Tensor g = contiguous_as(grad_out, dtype), lc = contiguous_as(lse, acc);
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
@@ -483,7 +483,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward(
   at::Tensor grad_dst = ad.defined() ? at::empty_like(ad) : at::empty({0}, xc.options());
   at::Tensor d_row = at::empty({n, x.size(1)}, xc.options().dtype(acc));
   std::atomic<bool> bad_col{false}, bad_col_t{false};
-  FASTALIGN_DISPATCH_WITH_HALF(dtype, col.scalar_type(), "gat_aggregate_backward", [&] {
+  FASTALIGN_DISPATCH(dtype, col.scalar_type(), "gat_aggregate_backward", [&] {
     using T = acc_t<scalar_t>;
     const index_t* rpp = rp.data_ptr<index_t>();
     const index_t* rptp = rpt.data_ptr<index_t>();

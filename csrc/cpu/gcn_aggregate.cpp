@@ -71,13 +71,13 @@ at::Tensor gcn_aggregate(const at::Tensor& rowptr, const at::Tensor& col,
   if (weight.has_value() && weight->defined())
     check_edge_values(*weight, col.numel(), "weight");
   const auto dtype = x.scalar_type();
-  const auto acc = acc_dtype(dtype);
+  const auto acc = at::toOpMathType(dtype);
   const at::Tensor xc = x.contiguous(), d = contiguous_as(dis, acc);
   const at::Tensor w = optional_as(weight, acc), lw = optional_as(loop_weight, acc);
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   at::Tensor out = at::empty_like(xc);
   std::atomic<bool> bad{false};
-  FASTALIGN_DISPATCH_WITH_HALF(dtype, col.scalar_type(), "gcn_aggregate", [&] {
+  FASTALIGN_DISPATCH(dtype, col.scalar_type(), "gcn_aggregate", [&] {
     const index_t* rpp = rp.data_ptr<index_t>();
     check_rowptr(rpp, n, cl.numel(), "gcn_aggregate");
     using acc_s = acc_t<scalar_t>;

@@ -1,5 +1,5 @@
 #pragma once
-// The similarity kernels k(a, b) of fastalign (see fastalign/backends/torch.py) and their
+// The similarity kernels k(a, b) of fastalign (see fastalign/backends/reference.py) and their
 // derivatives, on one pair of feature rows. Shared by edge_similarity and structure_kl.
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>

@@ -136,13 +136,13 @@ std::tuple<at::Tensor, at::Tensor> spmm_forward(const at::Tensor& rowptr, const 
   if (weight.has_value() && weight->defined())
     check_edge_values(*weight, col.numel(), "weight");
   const at::Tensor xc = x.contiguous();
-  const at::Tensor w = optional_as(weight, acc_dtype(x.scalar_type()));
+  const at::Tensor w = optional_as(weight, at::toOpMathType(x.scalar_type()));
   const int64_t num_dst = rowptr.numel() - 1;
   at::Tensor out = at::empty({num_dst, x.size(1)}, x.options());
   at::Tensor arg = reduce == "max" ? at::empty({num_dst, x.size(1)}, x.options().dtype(at::kLong))
                                    : at::empty({0}, x.options().dtype(at::kLong));
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
-  FASTALIGN_DISPATCH_WITH_HALF(x.scalar_type(), col.scalar_type(), "spmm_forward",
+  FASTALIGN_DISPATCH(x.scalar_type(), col.scalar_type(), "spmm_forward",
                      [&] { spmm_kernel<scalar_t, index_t>(rp, cl, w, xc, reduce, out, arg); });
   return {out, arg};
 }
@@ -203,12 +203,12 @@ std::tuple<at::Tensor, at::Tensor> spmm_max_backward(const at::Tensor& col,
   if (weight.has_value() && weight->defined())
     check_edge_values(*weight, col.numel(), "weight");
   const at::Tensor xc = x.contiguous(), ac = arg.contiguous(), cl = col.contiguous();
-  const auto acc = acc_dtype(x.scalar_type());
+  const auto acc = at::toOpMathType(x.scalar_type());
   const at::Tensor g = contiguous_as(grad_out, x.scalar_type());
   const at::Tensor w = optional_as(weight, acc);
   at::Tensor grad_x = at::zeros(xc.sizes(), xc.options().dtype(acc));
   at::Tensor grad_w = need_weight_grad ? at::zeros({col.numel()}, x.options().dtype(acc)) : x.new_empty({0});
-  FASTALIGN_DISPATCH_WITH_HALF(x.scalar_type(), col.scalar_type(), "spmm_max_backward", [&] {
+  FASTALIGN_DISPATCH(x.scalar_type(), col.scalar_type(), "spmm_max_backward", [&] {
     spmm_max_backward_kernel<scalar_t, index_t>(cl, w, xc, ac, g, grad_x, grad_w);
   });
   if (need_weight_grad)
@@ -251,7 +251,7 @@ at::Tensor sddmm(const at::Tensor& rowptr, const at::Tensor& col, const at::Tens
   const at::Tensor ac = a.contiguous(), bc = contiguous_as(b, a.scalar_type());
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   at::Tensor out = at::empty({col.numel()}, a.options());
-  FASTALIGN_DISPATCH_WITH_HALF(a.scalar_type(), col.scalar_type(), "sddmm",
+  FASTALIGN_DISPATCH(a.scalar_type(), col.scalar_type(), "sddmm",
                      [&] { sddmm_kernel<scalar_t, index_t>(rp, cl, ac, bc, out); });
   return out;
 }

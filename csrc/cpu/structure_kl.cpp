@@ -335,12 +335,12 @@ std::vector<at::Tensor> forward(const at::Tensor& rowptr, const at::Tensor& col,
   const auto opts = in.s_dst.options();
   at::Tensor kl = at::empty({n}, opts.dtype(at::kDouble));
   at::Tensor lse_s = at::empty({n}, opts.dtype(at::kDouble)), lse_p = at::empty({n}, opts.dtype(at::kDouble));
-  const auto state = opts.dtype(acc_dtype(in.s_dst.scalar_type()));  // the gradient state's dtype
+  const auto state = opts.dtype(at::toOpMathType(in.s_dst.scalar_type()));  // the gradient state's dtype
   at::Tensor dst_grad = with_grad ? at::empty({n, in.s_dst.size(1)}, state) : at::empty({0}, state);
   at::Tensor src_coef = with_grad ? at::empty({num_edges, 2}, state) : at::empty({0}, state);
   std::atomic<bool> bad{false};
   const IndexCheck cols{uint64_t(in.s_src.size(0)), &bad};
-  FASTALIGN_DISPATCH_WITH_HALF(in.s_dst.scalar_type(), col.scalar_type(), "structure_kl_forward", [&] {
+  FASTALIGN_DISPATCH(in.s_dst.scalar_type(), col.scalar_type(), "structure_kl_forward", [&] {
     using acc = acc_t<scalar_t>;
     const index_t* rpp = rp.data_ptr<index_t>();
     const index_t* clp = cl.data_ptr<index_t>();
@@ -397,7 +397,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward
   const auto dtype = s_dst.scalar_type();
   const Inputs in = contiguous_inputs(s_dst, s_src, p_dst, p_src);
   const at::Tensor ls = contiguous_as(lse_s, at::kDouble), lp = contiguous_as(lse_p, at::kDouble);
-  const at::Tensor k = contiguous_as(kl, at::kDouble), g = contiguous_as(grad_kl, acc_dtype(dtype));
+  const at::Tensor k = contiguous_as(kl, at::kDouble), g = contiguous_as(grad_kl, at::toOpMathType(dtype));
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   const at::Tensor rpt = rowptr_t.contiguous(), clt = col_t.contiguous();
   TORCH_CHECK_TYPE(perm_t.scalar_type() == at::kLong, "perm_t must be int64");
@@ -407,11 +407,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> structure_kl_backward
   TORCH_CHECK_TYPE(rowptr.scalar_type() == rowptr_t.scalar_type(), "graph and transpose index dtypes differ");
   std::atomic<bool> bad_col{false}, bad_col_t{false}, bad_perm{false};
   // The destination-side gradients are folded in T and cast once (S may be a half type).
-  const auto acc_opts = in.s_dst.options().dtype(acc_dtype(dtype));
+  const auto acc_opts = in.s_dst.options().dtype(at::toOpMathType(dtype));
   at::Tensor g_sd = at::empty(in.s_dst.sizes(), acc_opts), g_ss = at::empty_like(in.s_src);
   at::Tensor g_pd = peer_grad ? at::empty(in.p_dst.sizes(), acc_opts) : in.p_dst.new_empty({0});
   at::Tensor g_ps = peer_grad ? at::empty_like(in.p_src) : in.p_src.new_empty({0});
-  FASTALIGN_DISPATCH_WITH_HALF(dtype, col.scalar_type(), "structure_kl_backward", [&] {
+  FASTALIGN_DISPATCH(dtype, col.scalar_type(), "structure_kl_backward", [&] {
     using acc = acc_t<scalar_t>;
     const auto x = embeddings<scalar_t>(in.s_dst, in.s_src, in.p_dst, in.p_src, kernel, sigma, degree,
                                         coef, tau);
@@ -455,7 +455,7 @@ std::tuple<at::Tensor, at::Tensor> structure_kl_student_backward(
   const int64_t n = s_dst.size(0), n_src = rowptr_t.numel() - 1, num_edges = col_t.numel();
   check_rows(s_src, n_src, "s_src");
   const auto dtype = s_dst.scalar_type();
-  const auto state = acc_dtype(dtype);
+  const auto state = at::toOpMathType(dtype);
   TORCH_CHECK_VALUE(dst_grad.scalar_type() == state && src_coef.scalar_type() == state,
               "the gradient state must be ", state, " (the forward's, for ", dtype, " embeddings)");
   TORCH_CHECK_VALUE(dst_grad.dim() == 2 && dst_grad.size(0) == n && dst_grad.size(1) == s_dst.size(1),
@@ -475,7 +475,7 @@ std::tuple<at::Tensor, at::Tensor> structure_kl_student_backward(
   std::atomic<bool> bad_col_t{false}, bad_perm{false};
   at::Tensor g_ss = at::empty_like(ss);
   at::Tensor g_sd = combined ? sd.new_empty({0}) : at::empty_like(sd);
-  FASTALIGN_DISPATCH_WITH_HALF(dtype, col_t.scalar_type(), "structure_kl_student_backward", [&] {
+  FASTALIGN_DISPATCH(dtype, col_t.scalar_type(), "structure_kl_student_backward", [&] {
     using acc = acc_t<scalar_t>;
     if (!combined)
       scale_rows(u.data_ptr<acc>(), g.data_ptr<acc>(), n, sd.size(1), g_sd.data_ptr<scalar_t>());

@@ -11,7 +11,6 @@ listed, so the automatic choice falls back to the reference for them.
 from __future__ import annotations
 
 import functools
-import inspect
 
 import torch
 
@@ -23,8 +22,8 @@ _C = extensions.load("_C")  # loading the library registers the fastalign_cpu op
 AVAILABLE = _C is not None
 FUNCTIONS = frozenset(getattr(_C, "FUNCTIONS", ())) if _C is not None else frozenset()
 KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-# The dtypes of the optional fast paths (which have no reference fallback); their
-# gradient state is float32 for the half types (``fastalign._common.acc_dtype``).
+# The dtypes of the optional fast paths; their gradient state is float32 for the half
+# types (``fastalign.ops._common.acc_dtype``).
 FAST_PATH_DTYPES = KERNEL_DTYPES
 # The kernels keep the structure KL's per-node state (kl and the log-sum-exps) in double
 # whatever the features' dtype: at logits of ~1e7 a float32 log-sum-exp is off by ~1 and
@@ -41,52 +40,28 @@ def _ops():
     return torch.ops.fastalign_cpu
 
 
-def _spmm_max_backward_kernel(col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad):
-    # The C++ kernel walks destination rows (one thread per row range, no atomics): it
-    # takes no transpose.
-    return _ops().spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad)
+def _kernel(name: str):
+    """Backend function ``name``: the fastalign_cpu op of that name, with the reference's
+    signature (the kernels take every floating dtype the ops accept)."""
 
-
-# backend function -> the argument whose dtype decides (a dtype outside KERNEL_DTYPES
-# goes to the reference), and the kernel call where it is not
-# the fastalign_cpu op of the same name with the same arguments
-_KERNELS = {
-    "spmm_forward": ("x", None),
-    "spmm_max_backward": ("x", _spmm_max_backward_kernel),
-    "sddmm": ("a", None),
-    "gcn_aggregate": ("x", None),
-    "edge_similarity": ("x_dst", None),
-    "edge_similarity_backward": ("x_dst", None),
-    "edge_softmax": ("logits", None),
-    "edge_softmax_backward": ("p", None),
-    "structure_kl_forward": ("s_dst", None),
-    "structure_kl_backward": ("s_dst", None),
-    "gat_aggregate_forward": ("x", None),
-    "gat_aggregate_backward": ("x", None),
-}
-
-
-def _adapter(name: str, dtype_arg: str, kernel):
-    """Backend function ``name``: the C++ kernel where the dtype fits, else the reference
-    (same signature as the reference's)."""
-    fallback = getattr(reference, name)
-    position = list(inspect.signature(fallback).parameters).index(dtype_arg)
-
-    @functools.wraps(fallback)
+    @functools.wraps(getattr(reference, name))
     def run(*args, **kwargs):
-        t = args[position] if position < len(args) else kwargs[dtype_arg]
-        if t.dtype not in KERNEL_DTYPES:
-            return fallback(*args, **kwargs)
-        if kernel is not None:
-            return kernel(*args, **kwargs)
         return getattr(_ops(), name)(*args, **kwargs)
 
-    run.__doc__ = f"C++ kernel for a floating {dtype_arg} of KERNEL_DTYPES, else the reference's {name}."
+    run.__doc__ = f"The C++ kernel of the reference's {name}."
     return run
 
 
-for _name, (_dtype_arg, _kernel) in _KERNELS.items():
-    globals()[_name] = _adapter(_name, _dtype_arg, _kernel)
+for _name in ("spmm_forward", "sddmm", "gcn_aggregate", "edge_similarity", "edge_similarity_backward",
+              "edge_softmax", "edge_softmax_backward", "structure_kl_forward", "structure_kl_backward",
+              "gat_aggregate_forward", "gat_aggregate_backward"):
+    globals()[_name] = _kernel(_name)
+
+
+def spmm_max_backward(col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad):
+    """The C++ kernel of the reference's spmm_max_backward. It walks destination rows
+    (one thread per row range, no atomics): it takes no transpose."""
+    return _ops().spmm_max_backward(col, weight, x, arg, grad_out, need_weight_grad)
 
 
 def structure_kl_forward_with_grad_state(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma, degree, coef, tau):
