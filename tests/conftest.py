@@ -1,7 +1,7 @@
 import os
 import sys
 
-# Tests import their helpers as `tests.graphs` / `graphs`.
+# Tests import their helpers as `helpers` (tests/helpers.py).
 sys.path.insert(0, os.path.dirname(__file__))
 
 

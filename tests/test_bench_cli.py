@@ -74,6 +74,37 @@ def test_bench_cli_subset_and_markdown(tmp_path, capsys):
     assert all(r["peak_mem_bytes"] is None for r in run["results"])
 
 
+def test_bench_cli_low_precision(tmp_path, capsys):
+    """--dtype runs each graph in each dtype in one process: every contender's output in
+    its dtype, the speed-ups against peers of the same dtype, and the float32 ratios."""
+    from helpers import LOW_PRECISION_TOL
+
+    run, png = _tiny_run(tmp_path, ["--suite", "spmm", "--dtype", "float32,bfloat16",
+                                    "--no-memory"])
+    out = capsys.readouterr().out
+    assert "spmm: powerlaw-tiny (" in out and "spmm: powerlaw-tiny bfloat16 (" in out
+    assert "lower precision: float32 time / this dtype's time" in out
+    assert run["meta"]["dtypes"] == ["float32", "bfloat16"]
+    assert "--dtype float32,bfloat16" in run["meta"]["command"]
+    results = run["results"]
+    assert {r["dtype"] for r in results} == {"float32", "bfloat16"}
+    bf16 = [r for r in results if r["dtype"] == "bfloat16" and r["status"] == "ok"]
+    # torch.sparse.mm has no CPU kernel for the half types (MKL): recorded, not fatal
+    assert {r["contender"] for r in bf16 if r["kind"] == "peer"} >= {"PyG gather+scatter"}
+    assert all(r["reason"] for r in results if r["status"] != "ok")
+    assert any(r["kind"] == "fastalign" for r in bf16)
+    for r in bf16:
+        if r.get("max_rel_err") is not None:  # two bf16 roundings against each other
+            assert r["max_rel_err"] < 2 * LOW_PRECISION_TOL[torch.bfloat16], r
+    from fastalign.bench import report
+
+    ratios = report.dtype_speedups(results)
+    assert ratios and all(dt == "bfloat16" and ratio > 0 for *_, dt, ratio in ratios)
+    speed = report.speedups(results)
+    assert any(key[1] == "powerlaw-tiny bfloat16" for key in speed)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_bench_cli_time_limit(tmp_path):
     run, _ = _tiny_run(tmp_path, ["--suite", "spmm", "--backends", "torch", "--max-minutes", "1e-9",
                                   "--no-memory"])
@@ -102,6 +133,8 @@ def test_bench_cli_bad_arguments(capsys):
         main(["--suite", "nosuch"])
     assert main(["--sizes", "tiny", "--features", "0", "--quiet"]) == 2
     assert main(["--sizes", "tiny", "--max-minutes", "0", "--quiet"]) == 2
+    assert main(["--sizes", "tiny", "--dtype", "float8", "--quiet"]) == 2
+    assert "unknown dtype 'float8'" in capsys.readouterr().err
 
 
 def test_add_bench_parser_registers_subcommand():

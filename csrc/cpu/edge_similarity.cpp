@@ -46,7 +46,7 @@ struct SimGradFold {
     for (int64_t k = e0; k < e1; ++k) {
       if (k + kPrefetchDistance < e1) prefetch_row(other_x + int64_t(other_index[k + kPrefetchDistance]) * size, size);
       const scalar_t* other = other_x + int64_t(other_index[k]) * size;
-      const acc g = acc(grad[edge_id ? edge_id[k] : k]);
+      const acc g = widen(grad[edge_id ? edge_id[k] : k]);
       // k(a, b) with a the destination row, as in the forward.
       const Sim<acc> sim = self_is_dst ? similarity(p, self, other, size)
                                             : similarity(p, other, self, size);
@@ -56,7 +56,7 @@ struct SimGradFold {
   void merge(acc* s, const acc* piece) const { add_into(s, piece, size); }
   void finish(int64_t r, const acc* s) const {
     scalar_t* o = out + r * size;
-    for (int64_t f = 0; f < size; ++f) o[f] = scalar_t(s[f]);
+    for (int64_t f = 0; f < size; ++f) o[f] = narrow<scalar_t>(s[f]);
   }
 };
 
@@ -85,7 +85,7 @@ at::Tensor edge_similarity(const at::Tensor& rowptr, const at::Tensor& col, cons
                           for (int64_t e = e0; e < e1; ++e) {
                             if (e + kPrefetchDistance < e1)
                               prefetch_row(bp + int64_t(clp[e + kPrefetchDistance]) * F, F);
-                            o[e] = scalar_t(similarity(p, ap + r * F, bp + int64_t(clp[e]) * F, F).s);
+                            o[e] = narrow<scalar_t>(similarity(p, ap + r * F, bp + int64_t(clp[e]) * F, F).s);
                           }
                         },
                         [&](int64_t e0, int64_t e1) { return cols.all_ok(clp + e0, e1 - e0); });

@@ -44,13 +44,13 @@ struct SoftmaxFold {
   }
   void accumulate(int64_t, int64_t e0, int64_t e1, acc* s) const {
     if (e0 == e1) return;
-    acc m = acc(z[e0]);
-    for (int64_t e = e0 + 1; e < e1; ++e) m = std::max(m, acc(z[e]));
+    acc m = widen(z[e0]);
+    for (int64_t e = e0 + 1; e < e1; ++e) m = std::max(m, widen(z[e]));
     // A run of -inf logits adds nothing (exp(-inf - -inf) would be NaN): in a hub row
     // cut into pieces, such a piece must not poison the others.
     if (m == -std::numeric_limits<acc>::infinity()) return;
     acc sum = 0;
-    for (int64_t e = e0; e < e1; ++e) sum += std::exp(acc(z[e]) - m);
+    for (int64_t e = e0; e < e1; ++e) sum += std::exp(widen(z[e]) - m);
     merge_max_sum(s, m, sum);
   }
   void merge(acc* s, const acc* piece) const { merge_max_sum(s, piece[0], piece[1]); }
@@ -73,7 +73,7 @@ struct DotFold {
   void init(acc* s) const { s[0] = 0; }
   void accumulate(int64_t, int64_t e0, int64_t e1, acc* s) const {
     acc d = 0;
-    for (int64_t e = e0; e < e1; ++e) d += acc(p[e]) * acc(g[e]);
+    for (int64_t e = e0; e < e1; ++e) d += widen(p[e]) * widen(g[e]);
     s[0] += d;
   }
   void merge(acc* s, const acc* piece) const { s[0] += piece[0]; }
@@ -98,7 +98,7 @@ at::Tensor edge_softmax(const at::Tensor& rowptr, const at::Tensor& logits) {
     scalar_t* o = out.data_ptr<scalar_t>();
     for_each_edge_range(rpp, part, [&](int64_t r, int64_t e0, int64_t e1) {
       const acc m = row_max[r], inv = row_sum[r];
-      for (int64_t e = e0; e < e1; ++e) o[e] = scalar_t(std::exp(acc(zp[e]) - m) / inv);
+      for (int64_t e = e0; e < e1; ++e) o[e] = narrow<scalar_t>(std::exp(widen(zp[e]) - m) / inv);
     });
   });
   return out;
@@ -123,7 +123,7 @@ at::Tensor edge_softmax_backward(const at::Tensor& rowptr, const at::Tensor& p, 
     segment_fold(rpp, part, DotFold<scalar_t>{pp, gp, row_dot.data()});
     scalar_t* o = out.data_ptr<scalar_t>();
     for_each_edge_range(rpp, part, [&](int64_t r, int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1; ++e) o[e] = scalar_t(acc(pp[e]) * (acc(gp[e]) - row_dot[r]));
+      for (int64_t e = e0; e < e1; ++e) o[e] = narrow<scalar_t>(widen(pp[e]) * (widen(gp[e]) - row_dot[r]));
     });
   });
   return out;

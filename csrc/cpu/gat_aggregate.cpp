@@ -161,7 +161,7 @@ struct ForwardFold {
       T* __restrict__ acc = s + 2 * H + h * C;
       const S* __restrict__ xh = xj + h * C;
 #pragma omp simd
-      for (int64_t f = 0; f < C; ++f) acc[f] += w * T(xh[f]);
+      for (int64_t f = 0; f < C; ++f) acc[f] += w * T(widen(xh[f]));
     }
   }
   // The per-head max of the logits of edges [e0, e1) of row r (and of its loop when
@@ -225,7 +225,7 @@ struct ForwardFold {
       const T* __restrict__ acc = s + 2 * H + h * C;
       S* __restrict__ o = out + (r * H + h) * C;
 #pragma omp simd
-      for (int64_t f = 0; f < C; ++f) o[f] = S(acc[f] * inv);
+      for (int64_t f = 0; f < C; ++f) o[f] = narrow<S>(acc[f] * inv);
     }
   }
 };
@@ -263,7 +263,7 @@ inline void head_dots(const S* __restrict__ a, const S* __restrict__ b, int64_t 
   for (int64_t h = 0; h < H; ++h) {
     T d = 0;
 #pragma omp simd reduction(+ : d)
-    for (int64_t f = 0; f < C; ++f) d += T(a[h * C + f]) * T(b[h * C + f]);
+    for (int64_t f = 0; f < C; ++f) d += T(widen(a[h * C + f])) * T(widen(b[h * C + f]));
     dot[h] = d;
   }
 }
@@ -365,7 +365,7 @@ struct SrcGradFold {
       T* __restrict__ gx = s + H + h * C;
       const T w = ak[h];
 #pragma omp simd
-      for (int64_t f = 0; f < C; ++f) gx[f] += w * T(gi[h * C + f]);
+      for (int64_t f = 0; f < C; ++f) gx[f] += w * T(widen(gi[h * C + f]));
     }
   }
   void accumulate(int64_t j, int64_t t0, int64_t t1, T* s) const {
@@ -389,7 +389,7 @@ struct SrcGradFold {
     for (int64_t h = 0; h < H; ++h) grad_src[j * H + h] = s[h];
     S* __restrict__ o = grad_x + j * width;
 #pragma omp simd
-    for (int64_t f = 0; f < width; ++f) o[f] = S(s[H + f]);
+    for (int64_t f = 0; f < width; ++f) o[f] = narrow<S>(s[H + f]);
   }
 };
 

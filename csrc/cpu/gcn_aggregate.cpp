@@ -41,7 +41,7 @@ struct GcnFold {
       if (weight) c *= weight[e];
       const scalar_t* __restrict__ xj = x + j * F;
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) s[f] += acc(xj[f]) * c;
+      for (int64_t f = 0; f < F; ++f) s[f] += widen(xj[f]) * c;
     }
   }
   void merge(acc* s, const acc* piece) const { add_into(s, piece, size); }
@@ -51,10 +51,10 @@ struct GcnFold {
       const acc c = loop_weight[r] * dis[r] * dis[r];
       const scalar_t* __restrict__ xr = x + r * size;
 #pragma omp simd
-      for (int64_t f = 0; f < size; ++f) o[f] = scalar_t(s[f] + c * acc(xr[f]));
+      for (int64_t f = 0; f < size; ++f) o[f] = narrow<scalar_t>(s[f] + c * widen(xr[f]));
     } else {
 #pragma omp simd
-      for (int64_t f = 0; f < size; ++f) o[f] = scalar_t(s[f]);
+      for (int64_t f = 0; f < size; ++f) o[f] = narrow<scalar_t>(s[f]);
     }
   }
 };

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cpu/common.h"
+
 namespace fastalign {
 namespace cpu {
 
@@ -69,18 +71,18 @@ inline Sim<T> similarity(const KernelParams<T>& p, const S* __restrict__ a,
   Sim<T> r;
   switch (p.kernel) {
     case Kernel::L1: {
-      const T d = lane_sum<T>(F, [&](int64_t f) { return std::abs(T(a[f]) - T(b[f])); });
+      const T d = lane_sum<T>(F, [&](int64_t f) { return std::abs(T(widen(a[f])) - T(widen(b[f]))); });
       r.s = std::exp(-d / p.sigma);
       break;
     }
     case Kernel::RBF: {
-      const T d = lane_sum<T>(F, [&](int64_t f) { return (T(a[f]) - T(b[f])) * (T(a[f]) - T(b[f])); });
+      const T d = lane_sum<T>(F, [&](int64_t f) { return (T(widen(a[f])) - T(widen(b[f]))) * (T(widen(a[f])) - T(widen(b[f]))); });
       r.s = std::exp(-d / (T(2) * p.sigma * p.sigma));
       break;
     }
     case Kernel::Linear:
     case Kernel::Poly: {
-      const T dot = lane_sum<T>(F, [&](int64_t f) { return T(a[f]) * T(b[f]); });
+      const T dot = lane_sum<T>(F, [&](int64_t f) { return T(widen(a[f])) * T(widen(b[f])); });
       r.dot = dot;
       r.s = p.kernel == Kernel::Linear ? dot : T(std::pow(dot + p.coef, double(p.degree)));
       break;
@@ -93,7 +95,7 @@ inline Sim<T> similarity(const KernelParams<T>& p, const S* __restrict__ a,
       double dot = 0, aa = 0, bb = 0;
 #pragma omp simd reduction(+ : dot, aa, bb)
       for (int64_t f = 0; f < F; ++f) {
-        const double u = double(T(a[f])), v = double(T(b[f]));
+        const double u = double(widen(a[f])), v = double(widen(b[f]));
         dot += u * v;
         aa += u * u;
         bb += v * v;
@@ -105,12 +107,12 @@ inline Sim<T> similarity(const KernelParams<T>& p, const S* __restrict__ a,
       } else {  // huge rows (both norms far above eps): cos of the rows scaled to max 1
         double ma = 0, mb = 0;
         for (int64_t f = 0; f < F; ++f) {
-          ma = std::max(ma, std::abs(double(T(a[f]))));
-          mb = std::max(mb, std::abs(double(T(b[f]))));
+          ma = std::max(ma, std::abs(double(widen(a[f]))));
+          mb = std::max(mb, std::abs(double(widen(b[f]))));
         }
         double d = 0, sa = 0, sb = 0;
         for (int64_t f = 0; f < F; ++f) {
-          const double u = double(T(a[f])) / ma, v = double(T(b[f])) / mb;
+          const double u = double(widen(a[f])) / ma, v = double(widen(b[f])) / mb;
           d += u * v;
           sa += u * u;
           sb += v * v;
@@ -175,22 +177,22 @@ inline void apply_grad(Kernel kernel, GradCoef<T> c, const S* __restrict__ self,
     case Kernel::L1:
 #pragma omp simd
       for (int64_t f = 0; f < F; ++f) {
-        const T d = T(self[f]) - T(other[f]);
+        const T d = T(widen(self[f])) - T(widen(other[f]));
         out[f] += c0 * (T(d > 0) - T(d < 0));
       }
       break;
     case Kernel::RBF:
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) out[f] += c0 * (T(self[f]) - T(other[f]));
+      for (int64_t f = 0; f < F; ++f) out[f] += c0 * (T(widen(self[f])) - T(widen(other[f])));
       break;
     case Kernel::Linear:
     case Kernel::Poly:
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) out[f] += c0 * T(other[f]);
+      for (int64_t f = 0; f < F; ++f) out[f] += c0 * T(widen(other[f]));
       break;
     case Kernel::Cosine:
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) out[f] += c0 * T(other[f]) + c1 * T(self[f]);
+      for (int64_t f = 0; f < F; ++f) out[f] += c0 * T(widen(other[f])) + c1 * T(widen(self[f]));
       break;
   }
 }

@@ -35,7 +35,7 @@ struct SumFold {
       const scalar_t* __restrict__ xj = x + int64_t(col[e]) * F;
       const acc w = weight ? weight[e] : acc(1);
 #pragma omp simd
-      for (int64_t f = 0; f < F; ++f) s[f] += w * acc(xj[f]);
+      for (int64_t f = 0; f < F; ++f) s[f] += w * widen(xj[f]);
     }
   }
   void merge(acc* s, const acc* piece) const { add_into(s, piece, size); }
@@ -44,10 +44,10 @@ struct SumFold {
     if (mean) {
       const acc deg = acc(std::max<int64_t>(1, int64_t(rowptr[r + 1]) - int64_t(rowptr[r])));
 #pragma omp simd
-      for (int64_t f = 0; f < size; ++f) o[f] = scalar_t(s[f] / deg);
+      for (int64_t f = 0; f < size; ++f) o[f] = narrow<scalar_t>(s[f] / deg);
     } else {
 #pragma omp simd
-      for (int64_t f = 0; f < size; ++f) o[f] = scalar_t(s[f]);
+      for (int64_t f = 0; f < size; ++f) o[f] = narrow<scalar_t>(s[f]);
     }
   }
 };
@@ -86,7 +86,7 @@ struct MaxFold {
       const scalar_t* xj = x + int64_t(col[e]) * size;
       const acc w = weight ? weight[e] : acc(1);
       for (int64_t f = 0; f < size; ++f) {
-        const acc v = w * acc(xj[f]);
+        const acc v = w * widen(xj[f]);
         if (beats(v, s[f])) s[f] = {v, e};
       }
     }
@@ -98,7 +98,7 @@ struct MaxFold {
   }
   void finish(int64_t r, const elem_t* s) const {
     for (int64_t f = 0; f < size; ++f) {
-      out[r * size + f] = scalar_t(s[f].arg >= 0 ? s[f].value : acc(0));
+      out[r * size + f] = narrow<scalar_t>(s[f].arg >= 0 ? s[f].value : acc(0));
       arg[r * size + f] = s[f].arg;
     }
   }
@@ -186,7 +186,7 @@ void spmm_max_backward_kernel(const at::Tensor& col, const at::Tensor& weight, c
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t f = 0; f < F; ++f) {
       const int64_t e = a[i * F + f];  // checked above
-      if (e >= 0) gw[e] += acc(g[i * F + f]) * acc(xp[int64_t(cl[e]) * F + f]);
+      if (e >= 0) gw[e] += widen(g[i * F + f]) * widen(xp[int64_t(cl[e]) * F + f]);
     }
 }
 
@@ -236,8 +236,8 @@ void sddmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Ten
       const scalar_t* __restrict__ bj = bp + int64_t(cl[e]) * F;
       acc_t<scalar_t> dot = 0;
 #pragma omp simd reduction(+ : dot)
-      for (int64_t f = 0; f < F; ++f) dot += acc_t<scalar_t>(ai[f]) * acc_t<scalar_t>(bj[f]);
-      o[e] = scalar_t(dot);
+      for (int64_t f = 0; f < F; ++f) dot += widen(ai[f]) * widen(bj[f]);
+      o[e] = narrow<scalar_t>(dot);
     }
   }, [&](int64_t e0, int64_t e1) { return cols.all_ok(cl + e0, e1 - e0); });
   report_indices(bad, "sddmm", "col", b.size(0));

@@ -272,11 +272,11 @@ struct KlSrcGradFold {
       const T g = grad_kl[r];
       const T* u = dst_grad + r * x.fs;
 #pragma omp simd
-      for (int64_t f = 0; f < x.fs; ++f) out[f] = S(s[f] + g * u[f]);
+      for (int64_t f = 0; f < x.fs; ++f) out[f] = narrow<S>(s[f] + g * u[f]);
     } else {
-      std::copy(s, s + x.fs, out);
+      narrow_row(s, x.fs, out);
     }
-    if (peer_grad) std::copy(s + x.fs, s + x.fs + x.fp, out_p + r * x.fp);
+    if (peer_grad) narrow_row(s + x.fs, x.fp, out_p + r * x.fp);
   }
 };
 
@@ -307,7 +307,7 @@ void scale_rows(const T* in, const T* scale, int64_t rows, int64_t F, S* out) {
   for (int64_t r = 0; r < rows; ++r) {
     const T g = scale[r];
 #pragma omp simd
-    for (int64_t f = 0; f < F; ++f) out[r * F + f] = S(g * in[r * F + f]);
+    for (int64_t f = 0; f < F; ++f) out[r * F + f] = narrow<S>(g * in[r * F + f]);
   }
 }
 

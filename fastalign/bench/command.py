@@ -54,6 +54,10 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "once per graph (less compile time, possibly slower peers)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--features", type=int, default=64, help="feature width (default 64)")
+    parser.add_argument("--dtype", default="float32",
+                        help="comma-separated feature dtypes, each graph run in each: float32, "
+                             "bfloat16, float16 (default float32); with several, the table "
+                             "also gives each contender's float32 time over its time in the others")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timed calls per measurement (default: 1.0 CPU, 0.5 CUDA)")
     parser.add_argument("--max-minutes", type=float, default=None,
@@ -138,7 +142,7 @@ def run_command(args: argparse.Namespace) -> int:
         run = run_benchmarks(
             suites, args.device, args.sizes, graphs=_split(args.graphs),
             backends=_split(args.backends), compile_peers=not args.no_compile,
-            features=args.features, modes=modes, timing=timing,
+            features=args.features, modes=modes, dtypes=_split(args.dtype) or ["float32"], timing=timing,
             measure_memory=not args.no_memory, progress=progress, command=command,
             max_seconds=args.max_minutes * 60 if args.max_minutes is not None else None,
             on_graph_done=(lambda partial: report.write_json(partial, args.json_path)) if args.json_path else None,
@@ -162,6 +166,7 @@ def _argv_for_record(args) -> list:
     out = ["--suite", args.suite, "--device", args.device, "--sizes", args.sizes]
     for flag, value in (("--graphs", args.graphs), ("--backends", args.backends),
                         ("--features", args.features if args.features != 64 else None),
+                        ("--dtype", args.dtype if args.dtype != "float32" else None),
                         ("--budget", args.budget), ("--threads", args.threads),
                         ("--max-minutes", args.max_minutes)):
         if value is not None:

@@ -12,21 +12,46 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-ERR_TOL = 1e-3  # float32 outputs: a larger relative error is flagged in the table
+# A larger relative error against the group's first output is flagged in the table. Both
+# outputs carry their dtype's rounding, hence twice the tests' per-dtype tolerance.
+ERR_TOL = {"float32": 1e-3, "bfloat16": 4e-2, "float16": 6e-3}
+
+
+def _dtype(r: dict) -> str:
+    return r.get("dtype", "float32")  # runs recorded before the dtype option were float32
+
+
+def _where(r: dict) -> str:
+    """The graph, with the dtype when it is not float32: "cora", "cora bfloat16"."""
+    return r["graph"] if _dtype(r) == "float32" else f"{r['graph']} {_dtype(r)}"
 
 
 def speedups(results: List[dict]) -> Dict[Tuple[str, str, str, str], float]:
-    """(suite, graph, mode, contender) -> speed-up over the fastest peer that ran."""
+    """(suite, graph [dtype], mode, contender) -> speed-up over the fastest peer that ran
+    in the same dtype."""
     best: Dict[Tuple[str, str, str], float] = {}
     for r in results:
         if r["kind"] == "peer" and r["status"] == "ok":
-            key = (r["suite"], r["graph"], r["mode"])
+            key = (r["suite"], _where(r), r["mode"])
             best[key] = min(best.get(key, float("inf")), r["median_ms"])
     out = {}
     for r in results:
-        key = (r["suite"], r["graph"], r["mode"])
+        key = (r["suite"], _where(r), r["mode"])
         if r["status"] == "ok" and key in best and r["median_ms"] > 0:
             out[key + (r["contender"],)] = best[key] / r["median_ms"]
+    return out
+
+
+def dtype_speedups(results: List[dict]) -> List[Tuple[str, str, str, str, str, float]]:
+    """[(suite, graph, mode, contender, dtype, float32 time / its time)] for every
+    contender that ran in float32 and in a lower precision in the same run."""
+    f32 = {(r["suite"], r["graph"], r["mode"], r["contender"]): r["median_ms"]
+           for r in results if r["status"] == "ok" and _dtype(r) == "float32"}
+    out = []
+    for r in results:
+        key = (r["suite"], r["graph"], r["mode"], r["contender"])
+        if r["status"] == "ok" and _dtype(r) != "float32" and key in f32 and r["median_ms"] > 0:
+            out.append(key + (_dtype(r), f32[key] / r["median_ms"]))
     return out
 
 
@@ -57,7 +82,7 @@ def _cell(rec: Optional[dict], speed: Optional[float]) -> Tuple[str, str, str]:
         return (label, "", "")
     t = _fmt_ms(rec["median_ms"])
     err = rec.get("max_rel_err")
-    if err is not None and err > ERR_TOL:
+    if err is not None and err > ERR_TOL.get(_dtype(rec), ERR_TOL["float32"]):
         t += f" (!err {err:.1e})"
     return (t, _fmt_mem(rec["peak_mem_bytes"]), f"{speed:.2f}x" if speed is not None else "")
 
@@ -68,7 +93,7 @@ def rows(run: dict):
     sp = speedups(results)
     groups: "OrderedDict[Tuple[str, str], OrderedDict[str, Dict[str, dict]]]" = OrderedDict()
     for r in results:
-        g = groups.setdefault((r["suite"], r["graph"]), OrderedDict())
+        g = groups.setdefault((r["suite"], _where(r)), OrderedDict())
         g.setdefault(r["contender"], {})[r["mode"]] = r
     out = []
     for (suite, graph), by_contender in groups.items():
@@ -107,6 +132,12 @@ def render_text(run: dict) -> str:
             ))
             if k == 0:
                 lines.append("  " + "  ".join("-" * wd for wd in widths))
+    ratios = dtype_speedups(run["results"])
+    if ratios:
+        lines.append("")
+        lines.append("lower precision: float32 time / this dtype's time, same contender")
+        for suite, graph, mode, name, dtype, ratio in ratios:
+            lines.append(f"  {suite} | {graph} | {mode} | {name} | {dtype}: {ratio:.2f}x")
     skipped = meta.get("skipped_graphs") or []
     for s in skipped:
         lines.append(f"skipped graph {s['graph']}: {s['reason']}")
@@ -130,6 +161,13 @@ def render_markdown(run: dict) -> str:
             label = header if first else ""
             first = False
             lines.append("| " + " | ".join((label, name) + f + b) + " |")
+    ratios = dtype_speedups(run["results"])
+    if ratios:
+        lines.append("")
+        lines.append("| suite | graph | mode | contender | dtype | float32 time / its time |")
+        lines.append("|" + "---|" * 6)
+        for suite, graph, mode, name, dtype, ratio in ratios:
+            lines.append(f"| {suite} | {graph} | {mode} | {name} | {dtype} | {ratio:.2f}x |")
     reasons = sorted({(r["contender"], r["status"], r["reason"]) for r in run["results"] if r["status"] != "ok"})
     if reasons:
         lines.append("")
@@ -162,7 +200,7 @@ def plot(run: dict, path) -> None:
     for suite in run["meta"]["suites"]:
         for mode in run["meta"]["modes"]:
             panels.append((suite, mode))
-    graphs = list(OrderedDict.fromkeys(r["graph"] for r in results))
+    graphs = list(OrderedDict.fromkeys(_where(r) for r in results))
     ncols = len(run["meta"]["modes"])
     nrows = max(1, len(run["meta"]["suites"]))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.2 * nrows), squeeze=False)

@@ -18,6 +18,8 @@ from . import suites as S
 from .graphs import GraphSpec, graph_specs
 from .timing import peak_memory, prepare_cpu_memory_measurement, time_call
 
+BENCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 TIMING = {
     # warm-up calls, minimum / maximum timed calls, time budget per measurement (s)
     "cpu": dict(warmup=2, min_reps=3, max_reps=30, budget_s=1.0),
@@ -106,6 +108,41 @@ def _first_tensor(result):
     return None
 
 
+def _measure(c: S.Contender, w: S.Workload, mode: str, rec: dict, reference, cfg: dict,
+             measure_memory: bool):
+    """Time contender ``c`` into ``rec`` (status, times, memory, error against the
+    group's first output); returns the group's reference output."""
+    device = w.device
+    fn = out = None
+    try:
+        _check_fits(c, w, device)
+        fn = c.build(w, mode)
+        out = _first_tensor(fn())  # first call: compiles, fills caches, checks
+        if reference is None:
+            reference = out
+            rec["reference"] = True
+        else:
+            rec["max_rel_err"] = _rel_err(out, reference)
+        out = None
+        t = time_call(fn, device, **cfg)
+        rec.update(median_ms=t.median_s * 1e3, min_ms=t.min_s * 1e3, reps=t.reps)
+        if measure_memory:
+            rec["peak_mem_bytes"] = peak_memory(fn, device)
+    except S.Skip as exc:
+        rec.update(status="skipped", reason=str(exc))
+    except Exception as exc:  # noqa: BLE001 - record and go on
+        if _is_oom(exc):
+            rec.update(status="oom", reason="out of memory")
+        else:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            rec.update(status="error", reason=f"{type(exc).__name__}: {first}"[:300])
+    finally:
+        fn = out = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return reference
+
+
 def run_benchmarks(
     suites: Sequence[str],
     device="cpu",
@@ -123,13 +160,16 @@ def run_benchmarks(
     specs: Optional[List[GraphSpec]] = None,
     max_seconds: Optional[float] = None,
     on_graph_done: Optional[Callable[[dict], None]] = None,
+    dtypes: Sequence[str] = ("float32",),
 ) -> dict:
     """Run ``suites`` on the graphs of ``sizes`` (optionally only those named in
     ``graphs``, in that order); returns ``{"meta": ..., "results": [...]}`` (see :mod:`.report`).
 
     ``max_seconds``: start no measurement after that long (the rest is recorded as
     skipped, "time limit"), for machines lent by the minute. ``on_graph_done(run)`` is
-    called with the partial run after each graph (to save it as it goes)."""
+    called with the partial run after each graph (to save it as it goes). ``dtypes``:
+    the feature dtypes to run each graph in (one graph build shared by all), so a
+    bfloat16 run and its float32 counterpart are timed in one process."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was requested but CUDA is not available")
@@ -141,6 +181,10 @@ def run_benchmarks(
     for mode in modes:
         if mode not in S.MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {S.MODES}")
+    dtypes = list(dict.fromkeys(dtypes))
+    for name in dtypes:
+        if name not in BENCH_DTYPES:
+            raise ValueError(f"unknown dtype {name!r}; choose from {sorted(BENCH_DTYPES)}")
     say = progress or (lambda msg: None)
     specs = list(specs) if specs is not None else graph_specs(sizes)
     if graphs:
@@ -156,7 +200,7 @@ def run_benchmarks(
     cpu_mem_ok = prepare_cpu_memory_measurement() if device.type == "cpu" and measure_memory else None
 
     plan = {suite: S.contenders(suite, device, compile_peers=compile_peers, backends=backends) for suite in suites}
-    steps_per_graph = sum(len(c) for c in plan.values()) * len(modes)
+    steps_per_graph = sum(len(c) for c in plan.values()) * len(modes) * len(dtypes)
     total = steps_per_graph * len(specs)
     meta = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -172,7 +216,7 @@ def run_benchmarks(
         "suites": list(suites),
         "modes": list(modes),
         "features": features,
-        "dtype": "float32",
+        "dtypes": dtypes,
         "timing": cfg,
         "compile_options": dict(peers.COMPILE_OPTIONS) if compile_peers else None,
         "timing_method": "median wall time per call after warm-up (CUDA: synchronised)",
@@ -215,9 +259,10 @@ def run_benchmarks(
             meta["skipped_graphs"].append({"graph": spec.name, "reason": f"failed to load: {exc}"})
             step += steps_per_graph
             continue
-        w = S.Workload(spec.name, edge_index, num_nodes, device, features=features)
+        w = S.Workload(spec.name, edge_index, num_nodes, device, features=features,
+                       dtype=BENCH_DTYPES[dtypes[0]])
         try:
-            w.graph  # noqa: B018 - build the CSR and transpose once
+            graph = w.graph  # the CSR and its transpose, built once for every dtype
         except Exception as exc:  # noqa: BLE001
             reason = "out of memory" if _is_oom(exc) else f"{type(exc).__name__}: {exc}"
             meta["skipped_graphs"].append({"graph": spec.name, "reason": f"graph build failed: {reason}"})
@@ -226,64 +271,38 @@ def run_benchmarks(
             continue
         meta["graphs"].append({"graph": spec.name, "num_nodes": num_nodes, "num_edges": w.num_edges,
                                "kind": spec.kind, "build_s": round(time.perf_counter() - t0, 2)})
-        for suite, contenders in plan.items():
-            for mode in modes:
-                reference = None
-                for c in contenders:
-                    step += 1
-                    if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
-                        results.append({
+        for dtype_name in dtypes:
+            if dtype_name != dtypes[0]:
+                w.release()  # the previous dtype's tensors go before this one's are made
+                w = S.Workload(spec.name, edge_index, num_nodes, device, features=features,
+                               dtype=BENCH_DTYPES[dtype_name], _cache={"graph": graph})
+            for suite, contenders in plan.items():
+                for mode in modes:
+                    reference = None
+                    for c in contenders:
+                        step += 1
+                        rec = {
                             "suite": suite, "graph": spec.name, "num_nodes": num_nodes,
-                            "num_edges": w.num_edges, "features": features, "mode": mode,
-                            "contender": c.name, "kind": c.kind, "backend": c.backend,
-                            "compiled": c.compiled, "status": "skipped", "median_ms": None,
+                            "num_edges": w.num_edges, "features": features, "dtype": dtype_name,
+                            "mode": mode, "contender": c.name, "kind": c.kind, "backend": c.backend,
+                            "compiled": c.compiled, "status": "ok", "median_ms": None,
                             "min_ms": None, "reps": 0, "peak_mem_bytes": None,
-                            "max_rel_err": None, "reason": f"time limit ({max_seconds:.0f} s) reached",
-                        })
-                        continue
-                    rec = {
-                        "suite": suite, "graph": spec.name, "num_nodes": num_nodes,
-                        "num_edges": w.num_edges, "features": features, "mode": mode,
-                        "contender": c.name, "kind": c.kind, "backend": c.backend,
-                        "compiled": c.compiled, "status": "ok", "median_ms": None,
-                        "min_ms": None, "reps": 0, "peak_mem_bytes": None,
-                        "max_rel_err": None, "reason": None,
-                    }
-                    note(f"{suite} | {spec.name} | {mode} | {c.name} ...")
-                    fn = out = None
-                    try:
-                        _check_fits(c, w, device)
-                        fn = c.build(w, mode)
-                        out = _first_tensor(fn())  # first call: compiles, fills caches, checks
-                        if reference is None:
-                            reference = out
-                            rec["reference"] = True
+                            "max_rel_err": None, "reason": None,
+                        }
+                        label = f"{suite} | {spec.name} | {dtype_name} | {mode} | {c.name}"
+                        if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+                            rec.update(status="skipped", reason=f"time limit ({max_seconds:.0f} s) reached")
+                            results.append(rec)
+                            continue
+                        note(f"{label} ...")
+                        reference = _measure(c, w, mode, rec, reference, cfg, measure_memory)
+                        results.append(rec)
+                        if rec["status"] == "ok":
+                            mem = rec["peak_mem_bytes"]
+                            mem_s = f", peak {mem / 2**20:.1f} MiB" if mem is not None else ""
+                            note(f"{label}: {rec['median_ms']:.3f} ms{mem_s}")
                         else:
-                            rec["max_rel_err"] = _rel_err(out, reference)
-                        out = None
-                        t = time_call(fn, device, **cfg)
-                        rec.update(median_ms=t.median_s * 1e3, min_ms=t.min_s * 1e3, reps=t.reps)
-                        if measure_memory:
-                            rec["peak_mem_bytes"] = peak_memory(fn, device)
-                    except S.Skip as exc:
-                        rec.update(status="skipped", reason=str(exc))
-                    except Exception as exc:  # noqa: BLE001 - record and go on
-                        if _is_oom(exc):
-                            rec.update(status="oom", reason="out of memory")
-                        else:
-                            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                            rec.update(status="error", reason=f"{type(exc).__name__}: {first}"[:300])
-                    finally:
-                        fn = out = None
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                    results.append(rec)
-                    if rec["status"] == "ok":
-                        mem = rec["peak_mem_bytes"]
-                        mem_s = f", peak {mem / 2**20:.1f} MiB" if mem is not None else ""
-                        note(f"{suite} | {spec.name} | {mode} | {c.name}: {rec['median_ms']:.3f} ms{mem_s}")
-                    else:
-                        note(f"{suite} | {spec.name} | {mode} | {c.name}: {rec['status']} ({rec['reason']})")
+                            note(f"{label}: {rec['status']} ({rec['reason']})")
         w.release()
         if compile_peers:
             try:
