@@ -35,6 +35,7 @@ _EXPORTS = {
     "gcn_aggregate": "fastalign.ops",
     "gat_aggregate": "fastalign.ops",
     "edge_similarity": "fastalign.ops",
+    "edge_scale": "fastalign.ops",
     "edge_softmax": "fastalign.ops",
     "local_structure": "fastalign.ops",
     "structure_kl": "fastalign.ops",
@@ -43,7 +44,7 @@ _EXPORTS = {
 }
 _SUBPACKAGES = ("backends", "ops", "nn", "distill", "bench", "datasets", "validation", "graph", "cli", "info")
 
-__all__ = ["Graph", "backends", "ops", "nn", "spmm", "gcn_aggregate", "gat_aggregate", "edge_similarity", "edge_softmax",
+__all__ = ["Graph", "backends", "ops", "nn", "spmm", "gcn_aggregate", "gat_aggregate", "edge_similarity", "edge_scale", "edge_softmax",
            "local_structure", "structure_kl", "patch_pyg", "unpatch_pyg", "__version__"]
 
 

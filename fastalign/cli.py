@@ -30,6 +30,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _sigma(text: str):
+    """A positive number, or "auto" (each layer's own mean edge distance)."""
+    if text == "auto":
+        return text
+    v = float(text)
+    if not v > 0 or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text}")
+    return v
+
+
 def _device(text: str) -> str:
     """cpu, cuda or cuda:<index>; anything else is refused here, before any data loads."""
     kind, _, index = text.partition(":")
@@ -70,7 +80,10 @@ def add_train_parser(subparsers) -> None:
                    help="deep-supervision loss weight")
     p.add_argument("--no-deep-supervision", action="store_true", help="no auxiliary classifiers")
     p.add_argument("--kernel", default=LossWeights.kernel, choices=KERNELS)
-    p.add_argument("--sigma", type=float, default=LossWeights.sigma)
+    p.add_argument("--sigma", type=_sigma, default=LossWeights.sigma,
+                   help="l1 / rbf kernel scale, or auto: each student's layer at its own mean edge "
+                        "distance, so that the structure term does not flatten to uniform where the "
+                        "embeddings are small (default 100, the public Alignahead code's)")
     p.add_argument("--tau", type=float, default=LossWeights.tau)
     p.add_argument("--feature-pairs", default=LossWeights.feature_pairs, choices=FEATURE_PAIRS,
                    help="aligned pairs that get a feature hint: all, or hidden (none touching the logits)")
@@ -97,7 +110,7 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--log-every", type=int, default=50,
                    help="progress line every N epochs (0: off): the epoch's mean losses over the students, "
                         "task (cross-entropy), ds (deep supervision: the auxiliary classifiers), struct "
-                        "(the structure KL, unweighted) and feat (the feature hint, unweighted), then each "
+                        "(the structure KL, unweighted; then per aligned pair l->m) and feat (the feature hint, unweighted), then each "
                         "student's validation score")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.set_defaults(func=cmd_train, parser=p)
@@ -135,6 +148,11 @@ def format_table(result: dict) -> str:
     lines.append(f"{'ensemble':<10} {'':>16} {e['mean_test_acc']:>16.4f} {e['std_test_acc']:>9.4f}")
     lines.append(f"{'all':<10} {result['mean_val_acc']:>16.4f} {result['mean_test_acc']:>16.4f} "
                  f"{result['std_test_acc']:>9.4f}")
+    pairs = result.get("structure_by_pair") or []
+    if pairs:
+        lines.append("structure KL (unweighted), per aligned pair, mean over seeds: "
+                     + ", ".join(f"{p['pair'][0]}->{p['pair'][1]} first epoch {p['first_epoch']:.2e} "
+                                 f"last {p['last_epoch']:.2e}" for p in pairs))
     lines.append(f"epoch time {result['epoch_time_s'] * 1e3:.1f} ms "
                  f"({len(result['seeds'])} seed(s) x {len(result['per_student'])} student(s))")
     return "\n".join(lines)

@@ -96,16 +96,29 @@ def dense_kernel(kernel, a, b, sigma=None, degree=2, coef=1.0):
     raise ValueError(kernel)
 
 
+def dense_edge_scale(graph: Graph, x, kernel):
+    """sigma="auto" by its definition: the mean L1 edge distance (l1), or the root of half
+    the mean squared L2 edge distance (rbf), from the E x F differences (float64)."""
+    x_dst, x_src = x if isinstance(x, tuple) else (x, x)
+    diff = x_dst.detach().double()[graph.row] - x_src.detach().double()[graph.col.long()]
+    if kernel == "l1":
+        return diff.abs().sum(1).mean()
+    return (diff.pow(2).sum(1).mean() / 2).sqrt()
+
+
 def dense_edge_values(graph: Graph, matrix):
     """Read an [Nd, Ns] matrix at the graph's edges (internal order)."""
     return matrix[graph.row, graph.col.long()]
 
 
-def dense_structure_kl(graph, hs, hp, kernel="l1", tau=1.0, **kw):
-    """Per-node KL(q || p) computed edge by edge in plain Python loops (float64)."""
+def dense_structure_kl(graph, hs, hp, kernel="l1", tau=1.0, peer_sigma=None, **kw):
+    """Per-node KL(q || p) computed edge by edge in plain Python loops (float64);
+    ``peer_sigma``: the peer's kernel at another sigma than the student's."""
     hs_dst, hs_src = hs if isinstance(hs, tuple) else (hs, hs)
     hp_dst, hp_src = hp if isinstance(hp, tuple) else (hp, hp)
     ks = dense_kernel(kernel, hs_dst.double(), hs_src.double(), **kw)
+    if peer_sigma is not None:
+        kw = dict(kw, sigma=peer_sigma)
     kp = dense_kernel(kernel, hp_dst.double(), hp_src.double(), **kw)
     out = torch.zeros(graph.num_dst, dtype=torch.float64)
     rowptr = graph.rowptr.tolist()

@@ -115,7 +115,7 @@ def test_gradients_reach_only_the_updated_student(data):
         align = parts["structure"] + parts["feature"]
         assert align.item() > 0
         # the gradient of the alignment terms alone
-        s, f = alignment_losses(b.graph, out0.hiddens, [out1.hiddens], pairs, adapters[0], weights, BACKEND)
+        s, f, _ = alignment_losses(b.graph, out0.hiddens, [out1.hiddens], pairs, adapters[0], weights, BACKEND)
         (s + f).backward(retain_graph=True)
         assert all(p.grad is None for p in students[1].parameters())
         assert all(p.grad is None for p in adapters[1].parameters())
@@ -251,8 +251,67 @@ def test_cli_train_writes_json(tmp_path, capsys):
     assert r["mean_test_acc"] == pytest.approx(sum(tests) / len(tests))
 
 
+def test_cli_sigma_auto_logs_the_structure_term_per_pair(tmp_path, capsys):
+    """--sigma auto trains; the unweighted structure KL of each aligned pair is in the
+    progress lines, the table and the JSON, and at the auto scale it is far from the
+    ~0 of a kernel that flattens every local structure (sigma 100 on small embeddings)."""
+    from fastalign.cli import main
+
+    results = {}
+    for sigma in ("auto", "100"):
+        path = tmp_path / f"r_{sigma}.json"
+        assert main(["train", "--epochs", "3", "--students", "2", "--hidden", "16", "--layers", "3",
+                     "--seeds", "0", "--backend", BACKEND, "--sigma", sigma, "--log-every", "1",
+                     "--json", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert "struct " in out and "[0->1 " in out and " 2->0 " in out
+        assert "structure KL (unweighted), per aligned pair" in out
+        results[sigma] = json.loads(path.read_text())
+    auto = results["auto"]
+    assert auto["config"]["weights"]["sigma"] == "auto"
+    pairs = auto["structure_by_pair"]
+    assert [p["pair"] for p in pairs] == [[0, 1], [1, 2], [2, 0]]
+    run_pairs = auto["runs"][0]["structure_by_pair"]
+    assert [p["pair"] for p in run_pairs] == [[0, 1], [1, 2], [2, 0]]
+    for p, q in zip(pairs, results["100"]["structure_by_pair"]):
+        assert p["first_epoch"] > 0 and p["last_epoch"] > 0 and p["mean"] > 0
+        assert p["mean"] > 10 * q["mean"], (p, q)
+
+
+def test_structure_by_pair_empty_without_alignment(data):
+    r = run_experiment(small(epochs=2, students=1), data, [0])
+    assert r["structure_by_pair"] == [] and r["runs"][0]["structure_by_pair"] == []
+    r = run_experiment(small(epochs=2, weights=LossWeights(structure=0.0)), data, [0])
+    assert r["structure_by_pair"] == []
+
+
+def test_students_start_alike_whatever_the_alignment(data):
+    """For a seed, independent and distilled students start from the same weights (the
+    adapters are drawn after every student), so their results can be paired per seed."""
+    inits = []
+    for cfg in (small(layers=3, students=3, align="none", weights=LossWeights(structure=0.0, feature=0.0)),
+                small(layers=3, students=3, hidden=16, weights=LossWeights(sigma="auto"))):
+        torch.manual_seed(7)
+        students, adapters, _, _ = build_students(cfg, data)
+        inits.append([torch.cat([p.detach().flatten() for p in s.parameters()]) for s in students])
+        if cfg.align != "none":
+            assert any(len(a.maps) for a in adapters)
+    assert all(torch.equal(a, b) for a, b in zip(*inits))
+    assert not torch.equal(inits[0][0], inits[0][1])  # ... and differ from one another
+
+
+def test_loss_weights_sigma():
+    assert LossWeights(sigma="auto").sigma == "auto"
+    assert LossWeights(kernel="rbf", sigma="auto").kernel == "rbf"
+    for bad in (dict(sigma="median"), dict(kernel="cosine", sigma="auto"), dict(sigma=-1.0),
+                dict(sigma=0.0), dict(sigma=True)):
+        with pytest.raises(ValueError, match="sigma"):
+            LossWeights(**bad)
+
+
 @pytest.mark.parametrize("argv", [["train", "--layers", "1"], ["train", "--students", "0"],
-                                  ["train", "--align", "sideways"], ["train", "--dataset", "mnist"]])
+                                  ["train", "--align", "sideways"], ["train", "--dataset", "mnist"],
+                                  ["train", "--sigma", "median"], ["train", "--sigma", "-1"]])
 def test_cli_rejects_bad_arguments(argv):
     from fastalign.cli import main
 

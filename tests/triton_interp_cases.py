@@ -230,6 +230,18 @@ def test_edge_similarity(kernel, name):
           ref.edge_similarity_backward(g.rowptr, g.col, rt, ct, pt, xd, xs, gs, kernel, sigma, degree, coef))
 
 
+@pytest.mark.parametrize("kernel", ["l1", "rbf"])
+@pytest.mark.parametrize("name", ["square", "rectangular", "hub"])
+def test_auto_sigma(kernel, name):
+    """sigma="auto" through the public ops: the scale and the loss as the reference's."""
+    g = graph(name)
+    hs = (features(g, 5, side="dst", seed=1), features(g, 5, seed=2)) if not g.is_square else features(g, 5)
+    hp = (features(g, 3, side="dst", seed=3), features(g, 3, seed=4)) if not g.is_square else 3 * features(g, 3, seed=3)
+    close(fastalign.edge_scale(g, hs, kernel, backend="triton"), fastalign.edge_scale(g, hs, kernel, backend="torch"))
+    kw = dict(kernel=kernel, sigma="auto", reduction="none")
+    close(fastalign.structure_kl(g, hs, hp, backend="triton", **kw), fastalign.structure_kl(g, hs, hp, backend="torch", **kw))
+
+
 @pytest.mark.parametrize("kernel", ["l1", "cosine", "poly"])
 def test_edge_similarity_hub_split_and_wide(kernel):
     g = graph("hub")

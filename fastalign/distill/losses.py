@@ -6,7 +6,8 @@
 
 * task: cross-entropy on the training nodes (BCE-with-logits for multi-label, PPI).
 * structure: ``fastalign.ops.structure_kl`` = KL(peer || student) of the neighbour
-  softmaxes of a per-edge kernel, averaged over destination nodes (default l1, sigma 100).
+  softmaxes of a per-edge kernel, averaged over destination nodes (default l1, sigma 100;
+  ``sigma="auto"``: each layer's kernel at its own mean edge distance, ``ops.edge_scale``).
 * feature alignment (our choice, ``fastalign.nn.FeatureAlignLoss``; the paper does not
   publish its form): a FitNets-style
   hint loss, ``mean_{i,d} (A h_s - h_p)_{i,d}^2`` over all nodes, with ``A`` a learnable
@@ -90,11 +91,13 @@ def alignment_losses(
     adapters: Optional[FeatureAdapters],
     w: LossWeights,
     backend: Optional[str] = None,
-) -> Tuple[Tensor, Tensor]:
-    """(structure, feature) terms averaged over peers and pairs; peers are detached."""
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """(structure, feature) terms averaged over peers and pairs, and the structure term
+    of each pair averaged over peers (``[len(pairs)]``, empty without one); peers are
+    detached."""
     zero = hiddens[0].new_zeros(())
     if not peers or not pairs:
-        return zero, zero
+        return zero, zero, hiddens[0].new_zeros(0)
     s_terms, f_terms = [], []
     for peer in peers:
         for l, m in pairs:
@@ -108,7 +111,10 @@ def alignment_losses(
                 f_terms.append(adapters(hiddens[l], target, l, m))
     s = torch.stack(s_terms).mean() if s_terms else zero
     f = torch.stack(f_terms).mean() if f_terms else zero
-    return s, f
+    # s_terms is peer-major: one row of pairs per peer
+    by_pair = (torch.stack(s_terms).detach().view(len(peers), len(pairs)).mean(0) if s_terms
+               else hiddens[0].new_zeros(0))
+    return s, f, by_pair
 
 
 def student_loss(batch, out, peers, pairs, adapters, w: LossWeights, multilabel: bool, backend=None,
@@ -120,7 +126,8 @@ def student_loss(batch, out, peers, pairs, adapters, w: LossWeights, multilabel:
     ds = out.logits.new_zeros(())
     if out.aux_logits and w.deep_supervision > 0:
         ds = torch.stack([task_loss(a, batch.y, mask, multilabel) for a in out.aux_logits]).mean()
-    s, f = alignment_losses(batch.graph, out.hiddens, peers, pairs, adapters, w, backend)
+    s, f, s_by_pair = alignment_losses(batch.graph, out.hiddens, peers, pairs, adapters, w, backend)
     total = task + w.deep_supervision * ds + align_scale * (w.structure * s + w.feature * f)
-    parts = {"task": task.detach(), "ds": ds.detach(), "structure": s.detach(), "feature": f.detach()}
+    parts = {"task": task.detach(), "ds": ds.detach(), "structure": s.detach(), "feature": f.detach(),
+             "structure_by_pair": s_by_pair}
     return total, parts

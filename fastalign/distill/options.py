@@ -4,7 +4,7 @@ command line builds its parser from these, so ``fastalign --help`` stays fast)."
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 MODELS = ("gcn", "sage", "gat")
 RESIDUALS = ("none", "plain", "initial", "gcnii")
@@ -25,7 +25,8 @@ class LossWeights:
     feature: float = 1.0
     deep_supervision: float = 0.5
     kernel: str = "l1"
-    sigma: Optional[float] = 100.0
+    # the l1 / rbf scale; "auto": each layer's own mean edge distance (fastalign.ops.edge_scale)
+    sigma: Union[float, str, None] = 100.0
     tau: float = 1.0
     # which aligned pairs get a feature hint: "all" of them, or only "hidden" ones (both
     # layers hidden embeddings: no hint to or from the logits)
@@ -38,6 +39,13 @@ class LossWeights:
                 raise ValueError(f"{name} weight must be a non-negative number, got {v!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if isinstance(self.sigma, str):
+            if self.sigma != "auto" or self.kernel not in ("l1", "rbf"):
+                raise ValueError(f"sigma must be a positive number, or 'auto' with the l1 or rbf "
+                                 f"kernel; got {self.sigma!r} with {self.kernel!r}")
+        elif self.sigma is not None and not (isinstance(self.sigma, (int, float))
+                                             and not isinstance(self.sigma, bool) and self.sigma > 0):
+            raise ValueError(f"sigma must be a positive number or 'auto', got {self.sigma!r}")
         if not self.tau > 0:
             raise ValueError(f"tau must be positive, got {self.tau}")
         if self.feature_pairs not in FEATURE_PAIRS:

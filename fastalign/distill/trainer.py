@@ -142,16 +142,16 @@ def _labels(eval_batches) -> Dict[str, Tensor]:
 # ----------------------------------------------------------------------------- one run
 def build_students(cfg: TrainConfig, data: NodeDataset):
     pairs = layer_pairs(cfg.layers, cfg.align) if cfg.students > 1 else []
-    students, adapters, opts = [], [], []
-    for _ in range(cfg.students):
-        s = Student(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
-                    cfg.dropout, cfg.deep_supervision, cfg.heads, cfg.op_backend,
-                    residual=cfg.residual, residual_alpha=cfg.residual_alpha).to(cfg.device)
-        hinted = hint_pairs(pairs, cfg.layers, cfg.weights.feature_pairs) if cfg.weights.feature > 0 else []
-        a = FeatureAdapters(s.widths, hinted).to(cfg.device)
-        students.append(s)
-        adapters.append(a)
-        opts.append(torch.optim.Adam(_param_groups(cfg, s, a), lr=cfg.lr, weight_decay=cfg.weight_decay))
+    # every student before any adapter: for a seed, the students start from the same
+    # weights whatever the alignment terms (a paired comparison with independent students)
+    students = [Student(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
+                        cfg.dropout, cfg.deep_supervision, cfg.heads, cfg.op_backend,
+                        residual=cfg.residual, residual_alpha=cfg.residual_alpha).to(cfg.device)
+                for _ in range(cfg.students)]
+    hinted = hint_pairs(pairs, cfg.layers, cfg.weights.feature_pairs) if cfg.weights.feature > 0 else []
+    adapters = [FeatureAdapters(s.widths, hinted).to(cfg.device) for s in students]
+    opts = [torch.optim.Adam(_param_groups(cfg, s, a), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            for s, a in zip(students, adapters)]
     return students, adapters, opts, pairs
 
 
@@ -210,7 +210,8 @@ def train_step(cfg: TrainConfig, batch, students, adapters, opts, pairs, multila
         total.backward()
         for o in opts:
             o.step()
-    return {k: torch.stack([p[k] for p in parts_all]).mean().item() for k in parts_all[0]}
+    # the students' mean of each part; structure_by_pair stays a list, one value per pair
+    return {k: torch.stack([p[k] for p in parts_all]).mean(0).tolist() for k in parts_all[0]}
 
 
 def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Callable[[str], None]] = None) -> dict:
@@ -226,6 +227,9 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
     labels = _labels(eval_batches)
     best = [{"val": -1.0, "test": float("nan"), "epoch": -1, "probs": None} for _ in students]
     epoch_times = []
+    # the unweighted structure KL of each aligned pair, averaged over the students and
+    # the epoch's batches: first epoch, last epoch, and the mean over the epochs run
+    s_first = s_sum = s_last = None
     scheds = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=cfg.epochs) for o in opts]
               if cfg.lr_schedule == "cosine" else [])
     for epoch in range(1, cfg.epochs + 1):
@@ -240,6 +244,10 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
             sch.step()
         _sync(cfg.device)
         epoch_times.append(time.perf_counter() - t0)
+        if pairs and parts[0]["structure_by_pair"]:
+            s_last = [sum(p["structure_by_pair"][i] for p in parts) / len(parts) for i in range(len(pairs))]
+            s_first = s_first or s_last
+            s_sum = s_last if s_sum is None else [a + b for a, b in zip(s_sum, s_last)]
         vals = []
         for k, s in enumerate(students):
             logits = predict(s, eval_batches)
@@ -252,9 +260,10 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
         stalled = cfg.patience > 0 and epoch - max(b["epoch"] for b in best) >= cfg.patience
         if log and cfg.log_every and (epoch % cfg.log_every == 0 or epoch == cfg.epochs or stalled):
             p = parts[-1]
+            by_pair = "".join(f" {l}->{m} {v:.2e}" for (l, m), v in zip(pairs, p["structure_by_pair"]))
             log(f"  seed {seed} epoch {epoch:4d}  task {p['task']:.4f}  ds {p['ds']:.4f}  "
-                f"struct {p['structure']:.2e}  feat {p['feature']:.4f}  "
-                f"val {' '.join(f'{v:.3f}' for v in vals)}")
+                f"struct {p['structure']:.2e}{f' [{by_pair.strip()}]' if by_pair else ''}  "
+                f"feat {p['feature']:.4f}  val {' '.join(f'{v:.3f}' for v in vals)}")
         if stalled:
             break
     ens = {sp: torch.stack([b["probs"][sp] for b in best]).mean(0) for sp in ("val", "test")}
@@ -267,6 +276,11 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
                      "test": score(ens["test"], labels["test"], multilabel)},
         "epoch_time_s": sum(timed) / len(timed),
         "epochs_run": len(epoch_times),
+        "structure_by_pair": [
+            {"pair": [l, m], "first_epoch": s_first[i], "last_epoch": s_last[i],
+             "mean": s_sum[i] / len(epoch_times)}
+            for i, (l, m) in enumerate(pairs)
+        ] if s_last is not None else [],
     }
 
 
@@ -341,6 +355,12 @@ def summarize_runs(config: dict, dataset: str, metric: str, runs: List[dict]) ->
         per_student.append({"student": k, "mean_val": _mean_std([r["students"][k]["val"] for r in runs])[0],
                             "mean_test": m, "std_test": sd})
     ens_m, ens_sd = _mean_std([r["ensemble"]["test"] for r in runs])
+    pair_runs = [r.get("structure_by_pair") or [] for r in runs]
+    by_pair = [
+        {"pair": entries[0]["pair"],
+         **{k: statistics.fmean(e[k] for e in entries) for k in ("first_epoch", "last_epoch", "mean")}}
+        for entries in zip(*pair_runs)
+    ] if pair_runs and all(pair_runs) else []
     return {
         "dataset": dataset,
         "metric": metric,
@@ -352,5 +372,7 @@ def summarize_runs(config: dict, dataset: str, metric: str, runs: List[dict]) ->
         "per_student": per_student,
         "ensemble": {"mean_test_acc": ens_m, "std_test_acc": ens_sd},
         "epoch_time_s": statistics.fmean(r["epoch_time_s"] for r in runs),
+        # the unweighted structure KL per aligned pair, mean over the seeds
+        "structure_by_pair": by_pair,
         "runs": runs,
     }

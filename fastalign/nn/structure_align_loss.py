@@ -31,7 +31,10 @@ class StructureAlignLoss(torch.nn.Module):
             sigma 100 by default, as the public Alignahead code), ``"rbf"``, ``"linear"``,
             ``"poly"``, ``"cosine"``.
         tau: softmax temperature.
-        sigma, degree, coef: kernel parameters (see :func:`fastalign.edge_similarity`).
+        sigma, degree, coef: kernel parameters (see :func:`fastalign.edge_similarity`);
+            ``sigma="auto"`` (l1, rbf): the student's and the peer's kernels each at their
+            own mean edge distance (:func:`fastalign.edge_scale`), held constant in the
+            gradient.
         reduction: ``"mean"`` over destination nodes, ``"sum"`` or ``"none"``.
         detach_peer: detach ``h_peer`` (Alignahead++ trains students in turn with the
             peers' embeddings detached); by default the gradient reaches whichever
@@ -62,7 +65,7 @@ class StructureAlignLoss(torch.nn.Module):
         self,
         kernel: str = "l1",
         tau: float = 1.0,
-        sigma: Optional[float] = None,
+        sigma: Union[float, str, None] = None,
         degree: int = 2,
         coef: float = 1.0,
         reduction: str = "mean",

@@ -4,6 +4,7 @@ Each op module holds the custom op(s), their fake kernels, the autograd formula 
 public function; backends implement the numeric work (fastalign.backends).
 """
 
+from .edge_scale import edge_scale
 from .edge_similarity import edge_similarity
 from .gat_aggregate import gat_aggregate
 from .gcn_aggregate import gcn_aggregate, gcn_norm_state
@@ -17,6 +18,7 @@ __all__ = [
     "gat_aggregate",
     "gcn_norm_state",
     "edge_similarity",
+    "edge_scale",
     "edge_softmax",
     "local_structure",
     "structure_kl",

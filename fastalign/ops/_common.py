@@ -15,6 +15,9 @@ from ..graph import Graph
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 KERNELS = ("l1", "rbf", "linear", "poly", "cosine")
 DEFAULT_SIGMA = {"l1": 100.0, "rbf": 1.0}
+# distance kernels: sigma="auto" takes their scale from the embeddings (ops/edge_scale.py)
+AUTO_SIGMA_KERNELS = ("l1", "rbf")
+AUTO = "auto"
 
 
 def as_graph(graph, x: Optional[Tensor] = None) -> Graph:
@@ -112,9 +115,24 @@ def real_number(name: str, value) -> float:
     return value
 
 
+def is_auto(sigma) -> bool:
+    return isinstance(sigma, str) and sigma == AUTO
+
+
 def kernel_params(kernel: str, sigma, degree, coef) -> Tuple[str, float, int, float]:
+    """The custom ops' kernel arguments; ``sigma="auto"`` gives sigma 1 (the caller
+    divides the features by their scale, ops/edge_scale.py)."""
     if not isinstance(kernel, str) or kernel not in KERNELS:
         raise ValueError(f"unknown similarity kernel {kernel!r}; choose one of {KERNELS}")
+    if isinstance(sigma, str):
+        if sigma != AUTO:
+            raise TypeError(f"sigma must be a positive real number or {AUTO!r}, got str ({sigma!r})")
+        if kernel not in AUTO_SIGMA_KERNELS:
+            raise ValueError(
+                f"sigma={AUTO!r} is a distance scale, for the {' and '.join(AUTO_SIGMA_KERNELS)} "
+                f"kernels; the {kernel} kernel has no sigma"
+            )
+        sigma = 1.0
     if sigma is None:
         sigma = DEFAULT_SIGMA.get(kernel, 1.0)
     sigma = real_number("sigma", sigma)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import validation as V
-from ._common import as_graph, check_cosine_range, impl, kernel_params, resolve, split_pair
+from ._common import as_graph, check_cosine_range, impl, is_auto, kernel_params, resolve, split_pair
 
 FUNCTIONS = ("edge_similarity", "edge_similarity_backward")
 
@@ -126,7 +126,7 @@ def edge_similarity(
     graph,
     x: Union[Tensor, Tuple[Tensor, Tensor]],
     kernel: str = "l1",
-    sigma: Optional[float] = None,
+    sigma: Union[float, str, None] = None,
     degree: int = 2,
     coef: float = 1.0,
     backend: Optional[str] = None,
@@ -139,6 +139,8 @@ def edge_similarity(
         kernel: ``"l1"`` exp(-||x_i - x_j||_1 / sigma) (sigma 100 by default),
             ``"rbf"`` exp(-||x_i - x_j||^2 / (2 sigma^2)) (sigma 1 by default),
             ``"linear"`` x_i . x_j, ``"poly"`` (x_i . x_j + coef)^degree, ``"cosine"``.
+        sigma: the l1 / rbf scale, or ``"auto"``: :func:`edge_scale` of ``x`` (detached),
+            so that an edge at the typical distance has similarity exp(-1).
 
     Returns:
         ``[E]`` in the graph's internal edge order.
@@ -148,6 +150,10 @@ def edge_similarity(
     params = kernel_params(kernel, sigma, degree, coef)
     name = resolve("edge_similarity", backend, x_dst.device, FUNCTIONS)
     check_cosine_range(kernel, name, x_dst, x_src)
+    if is_auto(sigma):
+        from .edge_scale import scaled  # it runs this module's op: imported on use, one way
+
+        x_dst, x_src = scaled(graph, kernel, x_dst, x_src, name)
     rowptr_t, col_t, perm_t = graph.transpose() if needs_grad(x_dst, x_src) else (None,) * 3
     return edge_similarity_op(
         graph.rowptr, graph.col, x_dst, x_src, rowptr_t, col_t, perm_t, *params, name

@@ -72,7 +72,7 @@ def local_structure(
     x: Union[Tensor, Tuple[Tensor, Tensor]],
     kernel: str = "l1",
     tau: float = 1.0,
-    sigma: Optional[float] = None,
+    sigma: Union[float, str, None] = None,
     degree: int = 2,
     coef: float = 1.0,
     backend: Optional[str] = None,

@@ -31,7 +31,9 @@ from torch import Tensor
 
 from .. import backends
 from .. import validation as V
-from ._common import acc_dtype, as_graph, check_cosine_range, check_tau, impl, kernel_params, resolve, split_pair
+from ._common import (acc_dtype, as_graph, check_cosine_range, check_tau, impl, is_auto, kernel_params, resolve,
+                      split_pair)
+from .edge_scale import scaled
 from .edge_similarity import check_both_sides, needs_grad
 
 
@@ -237,7 +239,7 @@ def structure_kl(
     kernel: str = "l1",
     tau: float = 1.0,
     reduction: str = "mean",
-    sigma: Optional[float] = None,
+    sigma: Union[float, str, None] = None,
     degree: int = 2,
     coef: float = 1.0,
     backend: Optional[str] = None,
@@ -250,6 +252,9 @@ def structure_kl(
             only per-edge similarities are compared), or ``(h_dst, h_src)`` pairs for a
             rectangular graph.
         kernel, sigma, degree, coef: the similarity kernel, as in :func:`edge_similarity`.
+            ``sigma="auto"`` (l1, rbf): the student's and the peer's kernels each at their
+            own :func:`edge_scale` (detached), so that layers of different magnitude are
+            compared by the shape of their local structure.
         tau: softmax temperature.
         reduction: ``"mean"`` over all destination nodes (isolated ones count as 0),
             ``"sum"``, or ``"none"`` (one value per destination node).
@@ -269,6 +274,9 @@ def structure_kl(
         raise TypeError(f"h_student ({s_dst.dtype}) and h_peer ({p_dst.dtype}) must share a dtype")
     name = resolve("structure_kl", backend, s_dst.device, FUNCTIONS)
     check_cosine_range(kernel, name, s_dst, s_src, p_dst, p_src)
+    if is_auto(sigma):
+        s_dst, s_src = scaled(graph, kernel, s_dst, s_src, name)
+        p_dst, p_src = scaled(graph, kernel, p_dst, p_src, name)
     grad = needs_grad(s_dst, s_src, p_dst, p_src)
     rowptr_t, col_t, perm_t = graph.transpose() if grad else (None,) * 3
     kl = structure_kl_op(
