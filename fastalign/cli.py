@@ -112,6 +112,10 @@ def add_train_parser(subparsers) -> None:
                         "task (cross-entropy), ds (deep supervision: the auxiliary classifiers), struct "
                         "(the structure KL, unweighted; then per aligned pair l->m) and feat (the feature hint, unweighted), then each "
                         "student's validation score")
+    p.add_argument("--distributed", action="store_true",
+                   help="spread the students over the processes of a torchrun launch (student k on "
+                        "rank k %% world size; gloo on the CPU, NCCL with --device cuda, each rank on "
+                        "cuda:LOCAL_RANK); simultaneous mode only; rank 0 prints and writes --json")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.set_defaults(func=cmd_train, parser=p)
 
@@ -158,7 +162,30 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _start_distributed(args, cfg):
+    """Join the torchrun launch's process group; returns (world, device)."""
+    import torch
+    import torch.distributed as dist
+
+    from .distill.trainer import ALTERNATING_DISTRIBUTED
+    from .distill.world import DistributedWorld
+
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        raise ValueError("--distributed: launch with torchrun, e.g. torchrun --nproc-per-node 2 "
+                         "-m fastalign.cli train --distributed --mode simultaneous ...")
+    if cfg.mode != "simultaneous":
+        raise ValueError(ALTERNATING_DISTRIBUTED)
+    device = args.device
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return DistributedWorld(cfg.students, device), device
+
+
 def cmd_train(args) -> int:
+    import dataclasses
+
     from .datasets import load_dataset
     from .distill.trainer import run_experiment
 
@@ -171,12 +198,27 @@ def cmd_train(args) -> int:
         if index >= torch.cuda.device_count():
             raise ValueError(f"--device {args.device}: there are {torch.cuda.device_count()} CUDA device(s)")
     cfg = config_from_args(args)
-    data = load_dataset(args.dataset, args.root, seed=args.seeds[0], download=args.download)
-    print(f"fastalign train: {args.dataset} ({data.metric}), {cfg.students} x {cfg.model} "
-          f"L={cfg.layers} H={cfg.hidden}, align={cfg.align}, mode={cfg.mode}, "
-          f"backend={cfg.backend}, device={cfg.device}, seeds={args.seeds}", flush=True)
-    t0 = time.time()
-    result = run_experiment(cfg, data, list(args.seeds), log=lambda m: print(m, flush=True))
+    world = None
+    if args.distributed:
+        world, device = _start_distributed(args, cfg)
+        cfg = dataclasses.replace(cfg, device=device)
+    main_rank = world is None or world.is_main
+    say = (lambda m: print(m, flush=True)) if main_rank else (lambda m: None)
+    try:
+        data = load_dataset(args.dataset, args.root, seed=args.seeds[0], download=args.download)
+        where = f", {world.size} processes" if world is not None else ""
+        say(f"fastalign train: {args.dataset} ({data.metric}), {cfg.students} x {cfg.model} "
+            f"L={cfg.layers} H={cfg.hidden}, align={cfg.align}, mode={cfg.mode}, "
+            f"backend={cfg.backend}, device={cfg.device}{where}, seeds={args.seeds}")
+        t0 = time.time()
+        result = run_experiment(cfg, data, list(args.seeds), log=say, world=world)
+    finally:
+        if world is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if not main_rank:
+        return 0
     result["wall_time_s"] = time.time() - t0
     result["command"] = "fastalign " + " ".join(sys.argv[1:]) if sys.argv else ""
     print(format_table(result))

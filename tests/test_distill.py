@@ -300,6 +300,21 @@ def test_students_start_alike_whatever_the_alignment(data):
     assert not torch.equal(inits[0][0], inits[0][1])  # ... and differ from one another
 
 
+def test_cli_distributed_needs_torchrun(monkeypatch, capsys):
+    from fastalign.cli import main
+
+    for var in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--distributed", "--mode", "simultaneous", "--epochs", "1"])
+    assert exc.value.code == 2 and "launch with torchrun" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--distributed", "--mode", "alternating", "--epochs", "1"])
+    assert exc.value.code == 2 and "cannot be spread over processes" in capsys.readouterr().err
+
+
 def test_loss_weights_sigma():
     assert LossWeights(sigma="auto").sigma == "auto"
     assert LossWeights(kernel="rbf", sigma="auto").kernel == "rbf"
@@ -516,7 +531,7 @@ def test_small_graphs_train_on_one_thread_unless_the_user_chose(data, monkeypatc
     class Done(Exception):
         pass
 
-    def fake_run(cfg, data, seed, log):
+    def fake_run(cfg, data, seed, log, world=None):
         seen.append(torch.get_num_threads())
         raise Done  # the thread count is all this test needs
 

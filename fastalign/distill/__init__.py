@@ -11,7 +11,7 @@ _EXPORTS = {
     "MODELS": "options", "Student": "models", "StudentOutput": "models",
     "ALIGNS": "options", "layer_pairs": "pairing",
     "MODES": "options", "TrainConfig": "trainer", "run_experiment": "trainer", "score": "trainer",
-    "train_run": "trainer",
+    "train_run": "trainer", "World": "world", "DistributedWorld": "world",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -32,6 +32,7 @@ from .losses import FeatureAdapters, LossWeights, hint_pairs, student_loss
 from .models import MODELS, Student, check_residual
 from .options import BACKENDS, LR_SCHEDULES, MODES, WD_SCOPES  # noqa: F401  (torch-free)
 from .pairing import ALIGNS, layer_pairs
+from .world import DistributedWorld, World  # noqa: F401  (DistributedWorld: re-exported)
 
 
 @dataclass
@@ -173,22 +174,63 @@ def _param_groups(cfg: TrainConfig, student: Student, adapters: FeatureAdapters)
     return groups
 
 
+class StudentRandomness:
+    """One random stream per student (its dropout masks), swapped in around its forward:
+    a student draws the same masks whichever process runs it and whatever the others
+    draw, so a distributed run repeats the single-process one."""
+
+    def __init__(self, seed: int, num_students: int, device):
+        self.device = torch.device(device)
+        draw = torch.Generator().manual_seed(seed)
+        seeds = torch.randint(0, 2**62, (num_students,), generator=draw).tolist()
+        self.cpu = [torch.Generator().manual_seed(s).get_state() for s in seeds]
+        self.gpu = ([torch.Generator(self.device).manual_seed(s).get_state() for s in seeds]
+                    if self.device.type == "cuda" else None)
+
+    @contextlib.contextmanager
+    def of(self, k: int):
+        saved = torch.get_rng_state()
+        torch.set_rng_state(self.cpu[k])
+        if self.gpu is not None:
+            saved_gpu = torch.cuda.get_rng_state(self.device)
+            torch.cuda.set_rng_state(self.gpu[k], self.device)
+        try:
+            yield
+        finally:
+            self.cpu[k] = torch.get_rng_state()
+            torch.set_rng_state(saved)
+            if self.gpu is not None:
+                self.gpu[k] = torch.cuda.get_rng_state(self.device)
+                torch.cuda.set_rng_state(saved_gpu, self.device)
+
+
 def train_step(cfg: TrainConfig, batch, students, adapters, opts, pairs, multilabel: bool,
-               align_scale: float = 1.0):
-    """One step over a batch: every student updated once. Returns the mean loss parts.
-    ``align_scale`` multiplies the alignment terms (the warm-up ramp)."""
+               align_scale: float = 1.0, world: Optional[World] = None,
+               rng: Optional[StudentRandomness] = None):
+    """One step over a batch: every (local) student updated once. Returns the loss parts'
+    mean over all students. ``align_scale`` multiplies the alignment terms (the warm-up
+    ramp); ``world`` says which students are local and brings the others' embeddings."""
     K = len(students)
-    forward = lambda s: s(batch.graph, batch.edge_index, batch.x_input)
+    world = world or World(K)
+    stream = rng.of if rng is not None else (lambda k: contextlib.nullcontext())
+
+    def forward(k):
+        with stream(k):
+            return students[k](batch.graph, batch.edge_index, batch.x_input)
+
     need_peers = bool(pairs) and K > 1
+    local = world.local()
     parts_all = []
     if cfg.mode == "alternating":
+        if world.size > 1:
+            raise ValueError(ALTERNATING_DISTRIBUTED)
         for k in range(K):
             peers = []
             if need_peers:
                 with torch.no_grad():
-                    peers = [forward(students[j]).hiddens for j in range(K) if j != k]
+                    peers = [forward(j).hiddens for j in range(K) if j != k]
             students[k].train()
-            out = forward(students[k])
+            out = forward(k)
             loss, parts = student_loss(batch, out, peers, pairs, adapters[k], cfg.weights,
                                        multilabel, cfg.op_backend, align_scale)
             opts[k].zero_grad(set_to_none=True)
@@ -196,69 +238,93 @@ def train_step(cfg: TrainConfig, batch, students, adapters, opts, pairs, multila
             opts[k].step()
             parts_all.append(parts)
     else:
-        outs = [forward(s) for s in students]
-        detached = [[h.detach() for h in o.hiddens] for o in outs]
+        outs = {k: forward(k) for k in local}
+        detached = (world.exchange({k: [h.detach() for h in o.hiddens] for k, o in outs.items()},
+                                   [m for _, m in pairs]) if need_peers else None)
         total = 0.0
-        for k in range(K):
+        for k in local:
             peers = [detached[j] for j in range(K) if j != k] if need_peers else []
             loss, parts = student_loss(batch, outs[k], peers, pairs, adapters[k], cfg.weights,
                                        multilabel, cfg.op_backend, align_scale)
             total = total + loss
             parts_all.append(parts)
-        for o in opts:
-            o.zero_grad(set_to_none=True)
+        for k in local:
+            opts[k].zero_grad(set_to_none=True)
         total.backward()
-        for o in opts:
-            o.step()
+        for k in local:
+            opts[k].step()
     # the students' mean of each part; structure_by_pair stays a list, one value per pair
-    return {k: torch.stack([p[k] for p in parts_all]).mean(0).tolist() for k in parts_all[0]}
+    mean = {key: torch.stack([p[key] for p in parts_all]).mean(0).tolist() for key in parts_all[0]}
+    return world.mean_parts(mean, len(parts_all))
 
 
-def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Callable[[str], None]] = None) -> dict:
+ALTERNATING_DISTRIBUTED = (
+    "mode 'alternating' updates the students one after another, each seeing the others' "
+    "latest weights: it cannot be spread over processes. Use --mode simultaneous with "
+    "--distributed (one forward per student per step, peers' embeddings exchanged)."
+)
+
+
+def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Callable[[str], None]] = None,
+              world: Optional[World] = None) -> dict:
     """Train ``cfg.students`` students from ``seed``; return per-student best-val scores,
-    the ensemble's, and the mean training time per epoch."""
+    the ensemble's, and the mean training time per epoch. ``world``: where the students
+    live (default: all in this process; a :class:`DistributedWorld` spreads them over
+    processes, every rank calling this with the same arguments)."""
+    world = world or World(cfg.students)
+    if world.size > 1 and cfg.mode != "simultaneous":
+        raise ValueError(ALTERNATING_DISTRIBUTED)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    # every rank builds every student (the same weights as one process would), then keeps its own
     students, adapters, opts, pairs = build_students(cfg, data)
-    for s in students:
-        s.train()
+    local = world.local()
+    for k in range(cfg.students):
+        if k not in local:
+            students[k] = adapters[k] = opts[k] = None
+    rng = StudentRandomness(seed, cfg.students, cfg.device)
     multilabel = data.multilabel
     eval_batches = data.eval_batches(cfg.batch_size)
     labels = _labels(eval_batches)
-    best = [{"val": -1.0, "test": float("nan"), "epoch": -1, "probs": None} for _ in students]
+    best = {k: {"val": -1.0, "test": float("nan"), "epoch": -1, "probs": None} for k in local}
+    exchanged = 0
     epoch_times = []
     # the unweighted structure KL of each aligned pair, averaged over the students and
     # the epoch's batches: first epoch, last epoch, and the mean over the epochs run
     s_first = s_sum = s_last = None
-    scheds = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=cfg.epochs) for o in opts]
+    scheds = ([torch.optim.lr_scheduler.CosineAnnealingLR(opts[k], T_max=cfg.epochs) for k in local]
               if cfg.lr_schedule == "cosine" else [])
     for epoch in range(1, cfg.epochs + 1):
         align_scale = min(1.0, epoch / cfg.align_warmup) if cfg.align_warmup else 1.0
         batches = data.train_batches(cfg.batch_size, gen)
-        for s in students:
-            s.train()
+        for k in local:
+            students[k].train()
         _sync(cfg.device)
         t0 = time.perf_counter()
-        parts = [train_step(cfg, b, students, adapters, opts, pairs, multilabel, align_scale) for b in batches]
+        parts = [train_step(cfg, b, students, adapters, opts, pairs, multilabel, align_scale, world=world, rng=rng)
+                 for b in batches]
         for sch in scheds:
             sch.step()
         _sync(cfg.device)
-        epoch_times.append(time.perf_counter() - t0)
+        epoch_times.append(world.max_float(time.perf_counter() - t0))  # the slowest process's
+        exchanged = max(exchanged, world.exchanged_bytes)
         if pairs and parts[0]["structure_by_pair"]:
             s_last = [sum(p["structure_by_pair"][i] for p in parts) / len(parts) for i in range(len(pairs))]
             s_first = s_first or s_last
             s_sum = s_last if s_sum is None else [a + b for a, b in zip(s_sum, s_last)]
-        vals = []
-        for k, s in enumerate(students):
-            logits = predict(s, eval_batches)
+        local_vals = {}
+        for k in local:
+            logits = predict(students[k], eval_batches)
             probs = {sp: _probs(v, multilabel) for sp, v in logits.items()}
             val = score(probs["val"], labels["val"], multilabel)
-            vals.append(val)
             if val > best[k]["val"]:
                 best[k] = {"val": val, "test": score(probs["test"], labels["test"], multilabel),
                            "epoch": epoch, "probs": probs}
-        stalled = cfg.patience > 0 and epoch - max(b["epoch"] for b in best) >= cfg.patience
-        if log and cfg.log_every and (epoch % cfg.log_every == 0 or epoch == cfg.epochs or stalled):
+            local_vals[k] = (val, best[k]["epoch"])
+        every = world.gather_scalars(local_vals)
+        vals = [v for v, _ in every]
+        stalled = cfg.patience > 0 and epoch - max(e for _, e in every) >= cfg.patience
+        if log and world.is_main and cfg.log_every and (epoch % cfg.log_every == 0 or epoch == cfg.epochs or stalled):
             p = parts[-1]
             by_pair = "".join(f" {l}->{m} {v:.2e}" for (l, m), v in zip(pairs, p["structure_by_pair"]))
             log(f"  seed {seed} epoch {epoch:4d}  task {p['task']:.4f}  ds {p['ds']:.4f}  "
@@ -266,16 +332,19 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
                 f"feat {p['feature']:.4f}  val {' '.join(f'{v:.3f}' for v in vals)}")
         if stalled:
             break
-    ens = {sp: torch.stack([b["probs"][sp] for b in best]).mean(0) for sp in ("val", "test")}
+    everyone = world.gather_results(best)
+    ens = {sp: torch.stack([b["probs"][sp] for b in everyone]).mean(0) for sp in ("val", "test")}
     timed = epoch_times[1:] if len(epoch_times) > 1 else epoch_times
     return {
         "seed": seed,
         "students": [{"student": k, "val": b["val"], "test": b["test"], "best_epoch": b["epoch"]}
-                     for k, b in enumerate(best)],
+                     for k, b in enumerate(everyone)],
         "ensemble": {"val": score(ens["val"], labels["val"], multilabel),
                      "test": score(ens["test"], labels["test"], multilabel)},
         "epoch_time_s": sum(timed) / len(timed),
         "epochs_run": len(epoch_times),
+        "processes": world.size,
+        "exchanged_bytes_per_step": exchanged,  # sent by one process (0 in one process)
         "structure_by_pair": [
             {"pair": [l, m], "first_epoch": s_first[i], "last_epoch": s_last[i],
              "mean": s_sum[i] / len(epoch_times)}
@@ -321,22 +390,25 @@ def _thread_count(cfg: TrainConfig, data: NodeDataset):
 
 def run_experiment(cfg: TrainConfig, data: NodeDataset, seeds: List[int],
                    log: Optional[Callable[[str], None]] = None,
-                   stop: Optional[Callable[[], bool]] = None) -> dict:
+                   stop: Optional[Callable[[], bool]] = None, world: Optional[World] = None) -> dict:
     """Runs every seed; the summary holds mean/std of the test score over all (seed,
     student) pairs, per-student and ensemble means, and the mean epoch time. ``stop``
     (checked before each seed after the first) ends the run early; ``seeds`` in the
-    result lists the seeds that ran."""
+    result lists the seeds that ran. ``world``: see :func:`train_run` (every rank gets
+    the whole result; only the main one logs)."""
     if not seeds:
         raise ValueError("seeds must not be empty")
+    world = world or World(cfg.students)
     data.to(cfg.device)
     runs = []
     with _thread_count(cfg, data):
         for seed in seeds:
-            if runs and stop is not None and stop():
+            # one decision for every rank (a rank that stopped alone would hang the others)
+            if runs and stop is not None and world.max_float(float(bool(stop()))) > 0:
                 break
-            r = train_run(cfg, data, seed, log)
+            r = train_run(cfg, data, seed, log, world)
             runs.append(r)
-            if log:
+            if log and world.is_main:
                 accs = " ".join(f"{s['test']:.4f}" for s in r["students"])
                 log(f"seed {seed}: test {accs}  ensemble {r['ensemble']['test']:.4f}  "
                     f"epoch {r['epoch_time_s'] * 1e3:.1f} ms")
