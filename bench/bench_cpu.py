@@ -1,6 +1,6 @@
 """CPU benchmark of the fastalign "cpu" backend against its peers, pair by pair.
 
-Graph: the CPU benchmark graph of docs/design.md, tests/graphs.power_law_edge_index(100_000,
+Graph: the CPU benchmark graph of docs/design.md, fastalign.bench.graphs.power_law_edge_index(100_000,
 1_000_000, seed=0) (heavy-tailed in-degree, self loops dropped), features standard
 normal, F = 64, float32, 2 threads. Each pair runs in the same process and is reported
 as a ratio (ours / peer; below 1 is faster):

@@ -103,6 +103,12 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
                    help="constant, or cosine annealing to 0 over --epochs")
     p.add_argument("--batch-size", type=_positive_int, default=2, help="graphs per mini-batch (PPI)")
+    p.add_argument("--num-parts", type=_positive_int, default=1,
+                   help="train on mini-batches: the subgraphs of a random partition of the nodes into "
+                        "this many parts, drawn every epoch (PyG's RandomNodeLoader); the structure and "
+                        "feature terms act on each part's subgraph; validation on the whole graph")
+    p.add_argument("--nodes", type=_positive_int, default=None, help="synthetic: number of nodes (default 600)")
+    p.add_argument("--avg-degree", type=float, default=None, help="synthetic: mean degree (default 8)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--device", default="cpu", type=_device, help="cpu or cuda[:i]")
     p.add_argument("--download", action="store_true",
@@ -134,7 +140,8 @@ def config_from_args(args):
                        log_every=args.log_every, residual=args.residual,
                        residual_alpha=args.residual_alpha, weight_decay_scope=args.weight_decay_scope,
                        lr_schedule=args.lr_schedule, align_warmup=args.align_warmup,
-                       hidden_weight_decay=args.hidden_weight_decay, patience=args.patience)
+                       hidden_weight_decay=args.hidden_weight_decay, patience=args.patience,
+                       num_parts=args.num_parts)
 
 
 def format_table(result: dict) -> str:
@@ -205,7 +212,10 @@ def cmd_train(args) -> int:
     main_rank = world is None or world.is_main
     say = (lambda m: print(m, flush=True)) if main_rank else (lambda m: None)
     try:
-        data = load_dataset(args.dataset, args.root, seed=args.seeds[0], download=args.download)
+        sizes = {k: v for k, v in (("num_nodes", args.nodes), ("avg_degree", args.avg_degree)) if v is not None}
+        if sizes and args.dataset != "synthetic":
+            raise ValueError("--nodes and --avg-degree size the synthetic data set only")
+        data = load_dataset(args.dataset, args.root, seed=args.seeds[0], download=args.download, **sizes)
         where = f", {world.size} processes" if world is not None else ""
         say(f"fastalign train: {args.dataset} ({data.metric}), {cfg.students} x {cfg.model} "
             f"L={cfg.layers} H={cfg.hidden}, align={cfg.align}, mode={cfg.mode}, "

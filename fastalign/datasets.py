@@ -103,10 +103,16 @@ class NodeDataset:
     def metric(self) -> str:
         return "micro_f1" if self.multilabel else "accuracy"
 
-    def train_batches(self, batch_size: int = 1, generator: Optional[torch.Generator] = None):
-        """The batches of one training epoch (the whole graph when transductive; shuffled
-        mini-batches of ``batch_size`` training graphs when inductive)."""
+    def train_batches(self, batch_size: int = 1, generator: Optional[torch.Generator] = None,
+                      num_parts: int = 1):
+        """The batches of one training epoch: when transductive, the whole graph, or with
+        ``num_parts`` > 1 the subgraphs induced by a fresh random partition of the nodes
+        into that many parts (PyG's RandomNodeLoader: each part keeps the edges between
+        its own nodes, about 1/num_parts of every node's neighbours); when inductive,
+        shuffled mini-batches of ``batch_size`` training graphs."""
         if not self.inductive:
+            if num_parts > 1:
+                return random_node_parts(self.transductive, num_parts, generator)
             return [self.transductive]
         graphs = self.graphs["train"]
         order = torch.randperm(len(graphs), generator=generator).tolist()
@@ -176,6 +182,33 @@ def load_dataset(name: str, root: Optional[str] = None, seed: int = 0, download:
 
 
 # --------------------------------------------------------------------------- synthetic
+DENSE_CSBM_NODES = 20_000  # above: edges drawn one by one (an N x N mask would not fit)
+
+
+def _sparse_block_edges(y: Tensor, num_classes: int, avg_degree: float, homophily: float,
+                        g: torch.Generator):
+    """Undirected block-model edges (src < dst, unique), drawn in O(E)."""
+    n = y.numel()
+    m = int(round(n * avg_degree / 2))
+    members = torch.argsort(y, stable=True)  # the nodes of class c at [start[c], start[c+1])
+    counts = torch.bincount(y, minlength=num_classes)
+    start = torch.cumsum(counts, 0) - counts
+    src = torch.randint(0, n, (m,), generator=g)
+    same = torch.rand(m, generator=g) < homophily
+    c = y[src]
+    # in-block: a uniform member of c; across: a uniform node of the other blocks
+    u = torch.rand(m, generator=g, dtype=torch.float64)
+    within = start[c] + (u * counts[c]).long().clamp(max=counts[c] - 1)
+    others = n - counts[c]
+    k = (u * others).long().clamp(max=others - 1)  # the k-th node outside block c
+    across = torch.where(k < start[c], k, k + counts[c])
+    dst = members[torch.where(same, within, across)]
+    lo, hi = torch.minimum(src, dst), torch.maximum(src, dst)
+    keep = lo != hi
+    pairs = torch.unique(lo[keep] * n + hi[keep])
+    return pairs // n, pairs % n
+
+
 def synthetic_csbm(
     num_nodes: int = 600,
     num_classes: int = 4,
@@ -191,7 +224,13 @@ def synthetic_csbm(
     expected in-block share ``homophily`` of each node's ``avg_degree`` undirected edges,
     and Gaussian features ``mu_c * feature_snr + N(0, I)`` with random unit class means.
     Split: ``train_per_class`` nodes per class, ``num_val`` validation, the rest test.
-    Everything is drawn from a ``torch.Generator`` seeded with ``seed``."""
+    Everything is drawn from a ``torch.Generator`` seeded with ``seed``.
+
+    Up to ``DENSE_CSBM_NODES`` nodes every pair is an independent Bernoulli draw (an
+    N x N mask); above, the same expected degrees are drawn edge by edge in O(E) memory
+    (``N * avg_degree / 2`` undirected edges, each from a uniform node to a uniform node
+    of its block with probability ``homophily``, else to a uniform node of another
+    block; duplicates and self loops are dropped), so graphs of millions of nodes fit."""
     for arg, v in (("num_nodes", num_nodes), ("num_classes", num_classes), ("num_features", num_features)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{arg} must be a positive int, got {v!r}")
@@ -202,14 +241,17 @@ def synthetic_csbm(
     g = torch.Generator().manual_seed(int(seed))
     y = torch.arange(num_nodes) % num_classes
     y = y[torch.randperm(num_nodes, generator=g)]
-    n_in = num_nodes / num_classes
-    p_in = avg_degree * homophily / max(n_in - 1, 1)
-    p_out = avg_degree * (1 - homophily) / max(num_nodes - n_in, 1)
-    upper = torch.triu(torch.ones(num_nodes, num_nodes, dtype=torch.bool), diagonal=1)
-    same = y.unsqueeze(0) == y.unsqueeze(1)
-    prob = torch.where(same, torch.tensor(p_in), torch.tensor(p_out))
-    adj = (torch.rand(num_nodes, num_nodes, generator=g) < prob) & upper
-    src, dst = adj.nonzero(as_tuple=True)
+    if num_nodes <= DENSE_CSBM_NODES:
+        n_in = num_nodes / num_classes
+        p_in = avg_degree * homophily / max(n_in - 1, 1)
+        p_out = avg_degree * (1 - homophily) / max(num_nodes - n_in, 1)
+        upper = torch.triu(torch.ones(num_nodes, num_nodes, dtype=torch.bool), diagonal=1)
+        same = y.unsqueeze(0) == y.unsqueeze(1)
+        prob = torch.where(same, torch.tensor(p_in), torch.tensor(p_out))
+        adj = (torch.rand(num_nodes, num_nodes, generator=g) < prob) & upper
+        src, dst = adj.nonzero(as_tuple=True)
+    else:
+        src, dst = _sparse_block_edges(y, num_classes, avg_degree, homophily, g)
     edge_index = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], 1)
     means = torch.randn(num_classes, num_features, generator=g)
     means = means / means.norm(dim=1, keepdim=True) * feature_snr * num_features**0.5 / 2
@@ -224,6 +266,31 @@ def synthetic_csbm(
     test = ~(train | val)
     batch = GraphBatch(x, y, edge_index, {"train": train, "val": val, "test": test})
     return NodeDataset("synthetic", num_features, num_classes, False, transductive=batch)
+
+
+def random_node_parts(batch: GraphBatch, num_parts: int, generator: Optional[torch.Generator] = None
+                      ) -> List[GraphBatch]:
+    """``batch`` cut into the subgraphs induced by a random partition of its nodes into
+    ``num_parts`` parts of (nearly) equal size, node ids renumbered within each part."""
+    n = batch.x.size(0)
+    if not isinstance(num_parts, int) or isinstance(num_parts, bool) or num_parts < 1:
+        raise ValueError(f"num_parts must be a positive int, got {num_parts!r}")
+    device = batch.x.device
+    part = torch.empty(n, dtype=torch.long)
+    part[torch.randperm(n, generator=generator)] = torch.arange(n) % num_parts
+    part = part.to(device)
+    src, dst = batch.edge_index
+    inside = part[src] == part[dst]
+    edge_part = part[src[inside]]
+    local = torch.empty(n, dtype=torch.long, device=device)
+    out = []
+    for p in range(num_parts):
+        nodes = (part == p).nonzero(as_tuple=True)[0]
+        local[nodes] = torch.arange(nodes.numel(), device=device)
+        ei = batch.edge_index[:, inside][:, edge_part == p]
+        out.append(GraphBatch(batch.x[nodes], batch.y[nodes], local[ei],
+                              {k: m[nodes] for k, m in batch.masks.items()}))
+    return out
 
 
 # --------------------------------------------------------------------------- Planetoid

@@ -240,3 +240,59 @@ def test_merge_graphs_offsets():
     m = merge_graphs([a, b], "train")
     assert m.num_nodes == 400 and m.edge_index.size(1) == a.edge_index.size(1) + b.edge_index.size(1)
     assert int(m.edge_index[:, a.edge_index.size(1):].min()) >= 200
+
+
+def test_synthetic_large_graphs_are_drawn_edge_by_edge():
+    """Above DENSE_CSBM_NODES the block model is drawn in O(E): the same expected mean
+    degree and in-block share, undirected, no self loops or duplicates, seeded."""
+    from fastalign.datasets import DENSE_CSBM_NODES
+
+    n = DENSE_CSBM_NODES + 5_000
+    d = synthetic_csbm(num_nodes=n, avg_degree=12, homophily=0.7, seed=3)
+    b = d.transductive
+    src, dst = b.edge_index
+    assert abs(b.edge_index.size(1) / n - 12) < 0.2
+    assert abs((b.y[src] == b.y[dst]).float().mean().item() - 0.7) < 0.01
+    assert not (src == dst).any()
+    key = src * n + dst
+    assert key.unique().numel() == key.numel()  # no duplicate edge
+    assert torch.equal(torch.sort(key).values, torch.sort(dst * n + src).values)  # both directions
+    again = synthetic_csbm(num_nodes=n, avg_degree=12, homophily=0.7, seed=3).transductive
+    assert torch.equal(again.edge_index, b.edge_index) and torch.equal(again.x, b.x)
+
+
+def test_random_node_parts_are_the_induced_subgraphs():
+    from fastalign.datasets import random_node_parts
+
+    b = synthetic_csbm(num_nodes=400, seed=1).transductive
+    parts = random_node_parts(b, 3, torch.Generator().manual_seed(0))
+    assert sorted(p.num_nodes for p in parts) == [133, 133, 134]
+    # every node in exactly one part; find each part's nodes by their features (distinct rows)
+    row_of = {tuple(r.tolist()): i for i, r in enumerate(b.x)}
+    seen, kept = [], 0
+    for p in parts:
+        ids = torch.tensor([row_of[tuple(r.tolist())] for r in p.x])
+        seen += ids.tolist()
+        assert torch.equal(p.y, b.y[ids])
+        for split, mask in p.masks.items():
+            assert torch.equal(mask, b.masks[split][ids])
+        inside = torch.zeros(b.num_nodes, dtype=torch.bool)
+        inside[ids] = True
+        src, dst = b.edge_index
+        want = {(a, c) for a, c in zip(src.tolist(), dst.tolist()) if inside[a] and inside[c]}
+        got = {(ids[a].item(), ids[c].item()) for a, c in p.edge_index.t().tolist()}
+        assert got == want and p.edge_index.size(1) == len(want)
+        assert p.graph.num_dst == p.graph.num_src == p.num_nodes
+        kept += len(want)
+    assert sorted(seen) == list(range(b.num_nodes))
+    assert 0 < kept < b.edge_index.size(1)
+    with pytest.raises(ValueError, match="num_parts"):
+        random_node_parts(b, 0)
+    # a different draw every call of the same generator (a fresh partition per epoch)
+    gen = torch.Generator().manual_seed(0)
+    first, second = random_node_parts(b, 3, gen), random_node_parts(b, 3, gen)
+    assert not torch.equal(first[0].x, second[0].x)
+    from fastalign.datasets import NodeDataset
+
+    d = NodeDataset("t", b.x.size(1), 4, False, transductive=b)
+    assert d.train_batches(num_parts=1) == [b] and len(d.train_batches(num_parts=4)) == 4

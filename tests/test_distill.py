@@ -315,6 +315,42 @@ def test_cli_distributed_needs_torchrun(monkeypatch, capsys):
     assert exc.value.code == 2 and "cannot be spread over processes" in capsys.readouterr().err
 
 
+def test_mini_batches_of_random_node_parts(data):
+    """--num-parts P: every epoch the students train on the P subgraphs of a fresh random
+    node partition (each update on one part, the structure and feature terms on its
+    subgraph), and are selected on the whole graph."""
+    from fastalign.distill import task_loss
+
+    seen = []
+    import fastalign.distill.trainer as tr
+    orig = tr.train_step
+    tr.train_step = lambda cfg, batch, *a, **k: (seen.append(batch.num_nodes), orig(cfg, batch, *a, **k))[1]
+    try:
+        r = run_experiment(small(epochs=2, num_parts=3, layers=3), data, [0])
+    finally:
+        tr.train_step = orig
+    assert seen == [100, 100, 100] * 2
+    assert 0.25 < r["mean_test_acc"] <= 1.0 and r["structure_by_pair"]
+    # a part without labelled nodes gives no task signal (0, with a gradient), not NaN
+    logits = torch.randn(5, 3, requires_grad=True)
+    loss = task_loss(logits, torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.bool), False)
+    assert loss.item() == 0.0 and loss.requires_grad
+    with pytest.raises(ValueError, match="num_parts"):
+        small(num_parts=0)
+
+
+def test_cli_synthetic_size_and_parts(tmp_path):
+    from fastalign.cli import main
+
+    path = tmp_path / "r.json"
+    assert main(["train", "--nodes", "400", "--avg-degree", "6", "--num-parts", "2", "--epochs", "2",
+                 "--backend", BACKEND, "--json", str(path)]) == 0
+    r = json.loads(path.read_text())
+    assert r["config"]["num_parts"] == 2
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", "cora", "--nodes", "400", "--epochs", "1"])
+
+
 def test_loss_weights_sigma():
     assert LossWeights(sigma="auto").sigma == "auto"
     assert LossWeights(kernel="rbf", sigma="auto").kernel == "rbf"

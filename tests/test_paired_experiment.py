@@ -55,3 +55,5 @@ def test_summary_chooses_the_auto_weight_on_validation(tmp_path):
     chosen = [r for r in rows if "chosen on val" in r]
     assert len(chosen) == 1 and "auto-w10" in chosen[0] and "+2.00" in chosen[0]
     assert any("| sigma100 |" in r and "+0.00" in r and "5.0e-05" in r for r in rows)
+    vs = [r for r in rows if "auto-w10 vs sigma100" in r]
+    assert len(vs) == 1 and "+2.00" in vs[0] and "4 / 0" in vs[0]

@@ -13,7 +13,8 @@ student before its adapters):
 Per seed the score is the mean test accuracy of the K students (each at its best
 validation epoch); the table gives each variant's mean, and its difference from
 ``independent`` per seed: the mean difference, its standard error, and the sign test
-(wins / losses, two-sided p-value). Each configuration is one JSON (the trainer's result)
+(wins / losses, two-sided p-value); a last row per group pairs the chosen auto variant
+with ``sigma100`` (the same recipe, only the kernel's scale differs). Each configuration is one JSON (the trainer's result)
 in ``--out``; existing files are skipped, so a sweep can be resumed.
 
     python experiments/distill/paired.py --root /work/shared/datasets --layers 2 4 --ks 2 3
@@ -152,6 +153,12 @@ def summarize(folder: str) -> str:
             lines.append(f"| {dataset} | {L} | {K} | {label} | {c['seeds']} | {100 * c['mean']:.2f} | "
                          f"{100 * c['diff']:+.2f} +- {100 * c['se']:.2f} | {c['wins']} / {c['losses']} | "
                          f"{c['p']:.3f} | {kl_s} |")
+        s100 = results.get((dataset, L, K, "sigma100"))
+        if chosen and s100 is not None:  # what the scale itself changes: the same recipe at sigma 100
+            c = compare(s100, results[(dataset, L, K, chosen)])
+            lines.append(f"| {dataset} | {L} | {K} | {chosen} vs sigma100 | {c['seeds']} | | "
+                         f"{100 * c['diff']:+.2f} +- {100 * c['se']:.2f} | {c['wins']} / {c['losses']} | "
+                         f"{c['p']:.3f} | |")
     return "\n".join(lines)
 
 

@@ -55,6 +55,8 @@ def hint_pairs(pairs: Sequence[Tuple[int, int]], num_layers: int, which: str) ->
 
 
 def task_loss(logits: Tensor, y: Tensor, mask: Tensor, multilabel: bool) -> Tensor:
+    if not bool(mask.any()):  # a mini-batch without labelled nodes: no task signal (not NaN)
+        return logits.sum() * 0.0
     if multilabel:
         return F.binary_cross_entropy_with_logits(logits[mask], y[mask])
     return F.cross_entropy(logits[mask], y[mask])

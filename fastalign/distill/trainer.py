@@ -64,6 +64,9 @@ class TrainConfig:
     # None: they follow weight_decay_scope like every other parameter
     hidden_weight_decay: Optional[float] = None
     patience: int = 0               # stop once no student's validation score improved for this many epochs (0: off)
+    # mini-batches of a transductive graph: the subgraphs of a random partition of the
+    # nodes into this many parts, drawn every epoch (1: the whole graph)
+    num_parts: int = 1
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -74,7 +77,7 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        for name in ("students", "epochs", "batch_size", "hidden"):
+        for name in ("students", "epochs", "batch_size", "hidden", "num_parts"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -296,7 +299,7 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
               if cfg.lr_schedule == "cosine" else [])
     for epoch in range(1, cfg.epochs + 1):
         align_scale = min(1.0, epoch / cfg.align_warmup) if cfg.align_warmup else 1.0
-        batches = data.train_batches(cfg.batch_size, gen)
+        batches = data.train_batches(cfg.batch_size, gen, num_parts=cfg.num_parts)
         for k in local:
             students[k].train()
         _sync(cfg.device)
