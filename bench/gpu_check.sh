@@ -106,8 +106,8 @@ main() {
     LEFT=$(( $(left) - 5 ))
     if [ "$LEFT" -ge 20 ]; then
       log "distillation epoch time, $DATA, K=3 (budget ${LEFT}s)"
-      echo "== bench/distill_epoch_time.py" >>"$OUT/fastalign_bench_cuda.txt"
-      timeout "$LEFT" $PY bench/distill_epoch_time.py --dataset $DATA --root .data --students 3 --hidden 64 \
+      echo "== experiments/distill/epoch_time.py" >>"$OUT/fastalign_bench_cuda.txt"
+      timeout "$LEFT" $PY experiments/distill/epoch_time.py --dataset $DATA --root .data --students 3 --hidden 64 \
         --device cuda --backends auto torch --rounds 3 --epochs 2 --json "$OUT/distill_epoch_time.json" \
         >>"$OUT/fastalign_bench_cuda.txt" 2>&1
       echo "distill exit code: $?" >>"$OUT/fastalign_bench_cuda.txt"

@@ -1,4 +1,4 @@
-"""bench/run_distill_experiments.py: one JSON per configuration, resumable, and --extend
+"""experiments/distill/sweep.py: one JSON per configuration, resumable, and --extend
 merging new seeds into an existing configuration's JSON."""
 
 import importlib.util
@@ -7,19 +7,19 @@ import os
 
 import pytest
 
-RUNNER = os.path.join(os.path.dirname(__file__), "..", "bench", "run_distill_experiments.py")
+RUNNER = os.path.join(os.path.dirname(__file__), "..", "experiments", "distill", "sweep.py")
 
 
 @pytest.fixture(scope="module")
 def runner():
-    spec = importlib.util.spec_from_file_location("run_distill_experiments", RUNNER)
+    spec = importlib.util.spec_from_file_location("sweep", RUNNER)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def sweep(runner, monkeypatch, out, *extra):
-    argv = ["run_distill_experiments.py", "--datasets", "synthetic", "--layers", "2", "--ks", "1",
+    argv = ["sweep.py", "--datasets", "synthetic", "--layers", "2", "--ks", "1",
             "--variants", "independent", "--epochs", "2", "--backend", "torch", "--out", str(out), *extra]
     monkeypatch.setattr("sys.argv", argv)
     assert runner.main() == 0

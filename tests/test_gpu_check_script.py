@@ -40,7 +40,7 @@ if args[:2] == ["-m", "fastalign.bench"]:
 elif args and args[0].endswith("bench_gpu.py"):
     out = after("--out")
     touch(os.path.join(out, "bench_gpu.json")); touch(os.path.join(out, "bench_gpu.md"), "| table |\n")
-elif args and args[0].endswith("distill_epoch_time.py"):
+elif args and args[0].endswith("distill/epoch_time.py"):
     touch(after("--json"))
 elif args and args[0].endswith("gpu_smoke.py"):
     print("  spmm sum fwd+bwd  triton  float32  PASS")
@@ -143,7 +143,7 @@ def test_harness_mode_runs_fastalign_bench(fake_env):
     made = [c for _, c in _calls(calls)]
     assert not any(c.startswith("-m pip") for c in made)
     bench = next(c for c in made if c.startswith("-m fastalign.bench"))
-    distill = next(c for c in made if c.startswith("bench/distill_epoch_time.py"))
+    distill = next(c for c in made if c.startswith("experiments/distill/epoch_time.py"))
     assert "--device cuda" in distill and made.index(distill) > made.index(bench)
     assert "--device cuda" in bench and "--sizes large" in bench
     graphs = re.search(r"--graphs (\S+)", bench).group(1).split(",")

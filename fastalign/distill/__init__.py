@@ -12,6 +12,7 @@ _EXPORTS = {
     "ALIGNS": "options", "layer_pairs": "pairing",
     "MODES": "options", "TrainConfig": "trainer", "run_experiment": "trainer", "score": "trainer",
     "train_run": "trainer", "World": "world", "DistributedWorld": "world",
+    "build_students": "trainer", "train_step": "trainer", "summarize_runs": "trainer", "RESIDUALS": "options",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,6 +1,6 @@
 """Time one training epoch of K Alignahead++ students with each backend, interleaved.
 
-    python bench/distill_epoch_time.py --dataset cora --students 3 --backends auto torch
+    python experiments/distill/epoch_time.py --dataset cora --students 3 --backends auto torch
 
 An epoch is the training step of every student (alternating mode by default, so K
 forwards with gradients and K(K-1) peer forwards, plus the structure and feature losses)
@@ -17,13 +17,15 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import torch
 
-import torch  # noqa: E402
+from fastalign.datasets import load_dataset
+from fastalign.distill import TrainConfig, build_students, train_step
 
-from fastalign.datasets import load_dataset  # noqa: E402
-from fastalign.distill import TrainConfig  # noqa: E402
-from fastalign.distill.trainer import _sync, build_students, train_step  # noqa: E402
+
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def main() -> int:

@@ -6,8 +6,8 @@ existing files are skipped, so the sweep can be resumed. Configurations run in p
 order (2-layer baseline vs Alignahead++ K=2 first, then deeper, then the ablations and
 larger K) and the sweep stops starting new ones after ``--deadline`` (UTC, HH:MM).
 
-    python bench/run_distill_experiments.py --root /work/shared/datasets --out bench/results/distill
-    python bench/run_distill_experiments.py --summarize bench/results/distill
+    python experiments/distill/sweep.py --root /work/shared/datasets --out experiments/distill/results/rounds
+    python experiments/distill/sweep.py --summarize experiments/distill/results/rounds
 """
 
 from __future__ import annotations
@@ -22,12 +22,8 @@ import sys
 import time
 from dataclasses import asdict
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from fastalign.datasets import load_dataset  # noqa: E402
-from fastalign.distill import LossWeights, TrainConfig, run_experiment  # noqa: E402
-from fastalign.distill.models import RESIDUALS  # noqa: E402
-from fastalign.distill.trainer import summarize_runs  # noqa: E402
+from fastalign.datasets import load_dataset
+from fastalign.distill import RESIDUALS, LossWeights, TrainConfig, run_experiment, summarize_runs
 
 # variant -> (align, structure weight, feature weight, deep supervision)
 VARIANTS = {
@@ -152,7 +148,7 @@ def summarize(folder: str) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=os.environ.get("FASTALIGN_DATA", "/work/shared/datasets"))
-    p.add_argument("--out", default="bench/results/distill")
+    p.add_argument("--out", default="experiments/distill/results/rounds")
     p.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
     p.add_argument("--layers", nargs="+", type=int, default=[2, 4, 8])
     p.add_argument("--ks", nargs="+", type=int, default=[1, 2, 3, 4])
