@@ -280,14 +280,17 @@ def random_node_parts(batch: GraphBatch, num_parts: int, generator: Optional[tor
     part[torch.randperm(n, generator=generator)] = torch.arange(n) % num_parts
     part = part.to(device)
     src, dst = batch.edge_index
-    inside = part[src] == part[dst]
-    edge_part = part[src[inside]]
+    inside = batch.edge_index[:, part[src] == part[dst]]
+    # nodes and kept edges grouped by part once (stable: the original order within a part)
+    node_order = torch.argsort(part, stable=True)
+    node_counts = torch.bincount(part, minlength=num_parts).tolist()
+    edge_part = part[inside[0]]
+    edges = inside[:, torch.argsort(edge_part, stable=True)]
+    edge_counts = torch.bincount(edge_part, minlength=num_parts).tolist()
     local = torch.empty(n, dtype=torch.long, device=device)
     out = []
-    for p in range(num_parts):
-        nodes = (part == p).nonzero(as_tuple=True)[0]
+    for nodes, ei in zip(torch.split(node_order, node_counts), torch.split(edges, edge_counts, dim=1)):
         local[nodes] = torch.arange(nodes.numel(), device=device)
-        ei = batch.edge_index[:, inside][:, edge_part == p]
         out.append(GraphBatch(batch.x[nodes], batch.y[nodes], local[ei],
                               {k: m[nodes] for k, m in batch.masks.items()}))
     return out

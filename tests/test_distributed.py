@@ -84,15 +84,20 @@ def test_distributed_students_repeat_the_single_process_run(tmp_path, students, 
     assert got["mean_test_acc"] == want["mean_test_acc"]
 
 
-def _refuse_alternating(rank, path):
-    data = synthetic_csbm(num_nodes=300, seed=0)
-    cfg = config(2, mode="alternating", epochs=1)
+def _write_value_error(rank, path, fn):
+    """Rank 0 writes the message of the ValueError that ``fn`` raises (on every rank)."""
     try:
-        train_run(cfg, data, 0, world=DistributedWorld(2, "cpu"))
+        fn()
     except ValueError as exc:
         if rank == 0:
             with open(path, "w") as f:
                 f.write(str(exc))
+
+
+def _refuse_alternating(rank, path):
+    data = synthetic_csbm(num_nodes=300, seed=0)
+    cfg = config(2, mode="alternating", epochs=1)
+    _write_value_error(rank, path, lambda: train_run(cfg, data, 0, world=DistributedWorld(2, "cpu")))
 
 
 def test_distributed_refuses_alternating_mode(tmp_path):
@@ -103,12 +108,7 @@ def test_distributed_refuses_alternating_mode(tmp_path):
 
 
 def _too_few_students(rank, path):
-    try:
-        DistributedWorld(1, "cpu")
-    except ValueError as exc:
-        if rank == 0:
-            with open(path, "w") as f:
-                f.write(str(exc))
+    _write_value_error(rank, path, lambda: DistributedWorld(1, "cpu"))
 
 
 def test_distributed_needs_a_student_per_process(tmp_path):

@@ -37,35 +37,37 @@ from ._common import AUTO_SIGMA_KERNELS, as_graph, resolve, split_pair
 from .edge_similarity import FUNCTIONS, edge_similarity_op
 
 
-def _norms(kernel: str, x: Tensor) -> Tensor:
-    return x.abs().sum(1) if kernel == "l1" else torch.linalg.vector_norm(x, dim=1)
-
-
 @torch.no_grad()
-def scale_of(graph, kernel: str, x_dst: Tensor, x_src: Tensor, backend: str) -> Tensor:
+def scale_of(graph, kernel: str, x_dst: Tensor, x_src: Tensor, backend: Optional[str] = None) -> Tensor:
     """The scale of checked features (``x_src is x_dst`` for a square graph), a 0-dim
     tensor in float32 (float64 for float64 input) on their device; 1 where no edge
     separates two different points (no edges, or all distances 0: every sigma gives the
-    same local structure then)."""
+    same local structure then). ``backend``: as requested by the caller (None: automatic)."""
     work = x_dst.dtype if x_dst.dtype in (torch.float32, torch.float64) else torch.float32
     one = torch.ones((), dtype=work, device=x_dst.device)
     if graph.num_edges == 0:
         return one
     square = x_src is x_dst
-    center = x_src.to(work).mean(0)
+    # one N x F temporary per side: centred, then divided by the bound in place
+    center = x_src.mean(0, dtype=work)
     xd = x_dst.to(work) - center
     xs = xd if square else x_src.to(work) - center
-    bound = _norms(kernel, xd).amax() + _norms(kernel, xs).amax()
+    order = 1 if kernel == "l1" else 2
+    radius = torch.linalg.vector_norm(xd, ord=order, dim=1).amax()
+    bound = 2 * radius if square else radius + torch.linalg.vector_norm(xs, ord=order, dim=1).amax()
     bound = torch.where(bound > 0, bound, one)
-    xd = xd / bound
-    xs = xd if square else xs / bound
-    s = edge_similarity_op(graph.rowptr, graph.col, xd, xs, None, None, None, kernel, 1.0, 2, 1.0, backend)
+    xd.div_(bound)
+    if not square:
+        xs.div_(bound)
+    name = resolve("edge_similarity", backend, x_dst.device, FUNCTIONS)
+    s = edge_similarity_op(graph.rowptr, graph.col, xd, xs, None, None, None, kernel, 1.0, 2, 1.0, name)
     mean = -torch.log(s).mean()
     scale = bound * (mean if kernel == "l1" else mean.sqrt())
     return torch.where(scale > 0, scale, one)
 
 
-def scaled(graph, kernel: str, x_dst: Tensor, x_src: Tensor, backend: str) -> Tuple[Tensor, Tensor]:
+def scaled(graph, kernel: str, x_dst: Tensor, x_src: Tensor,
+           backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """``(x_dst, x_src)`` divided by their scale (kept one tensor for a square graph), to
     run the kernel at sigma = 1; differentiable, the scale a constant."""
     scale = scale_of(graph, kernel, x_dst, x_src, backend)
@@ -94,5 +96,4 @@ def edge_scale(
         raise ValueError(f"edge_scale: kernel must be one of {AUTO_SIGMA_KERNELS}, got {kernel!r}")
     graph = as_graph(graph, x if isinstance(x, Tensor) else None)
     x_dst, x_src = split_pair("x", x, graph)
-    name = resolve("edge_similarity", backend, x_dst.device, FUNCTIONS)
-    return scale_of(graph, kernel, x_dst, x_src, name)
+    return scale_of(graph, kernel, x_dst, x_src, backend)

@@ -153,7 +153,7 @@ def edge_similarity(
     if is_auto(sigma):
         from .edge_scale import scaled  # it runs this module's op: imported on use, one way
 
-        x_dst, x_src = scaled(graph, kernel, x_dst, x_src, name)
+        x_dst, x_src = scaled(graph, kernel, x_dst, x_src, backend)
     rowptr_t, col_t, perm_t = graph.transpose() if needs_grad(x_dst, x_src) else (None,) * 3
     return edge_similarity_op(
         graph.rowptr, graph.col, x_dst, x_src, rowptr_t, col_t, perm_t, *params, name

@@ -275,8 +275,9 @@ def structure_kl(
     name = resolve("structure_kl", backend, s_dst.device, FUNCTIONS)
     check_cosine_range(kernel, name, s_dst, s_src, p_dst, p_src)
     if is_auto(sigma):
-        s_dst, s_src = scaled(graph, kernel, s_dst, s_src, name)
-        p_dst, p_src = scaled(graph, kernel, p_dst, p_src, name)
+        # the scale's pass is an edge_similarity one: that op's backend for the request
+        s_dst, s_src = scaled(graph, kernel, s_dst, s_src, backend)
+        p_dst, p_src = scaled(graph, kernel, p_dst, p_src, backend)
     grad = needs_grad(s_dst, s_src, p_dst, p_src)
     rowptr_t, col_t, perm_t = graph.transpose() if grad else (None,) * 3
     kl = structure_kl_op(
