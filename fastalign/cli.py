@@ -222,6 +222,8 @@ def cmd_train(args) -> int:
             f"backend={cfg.backend}, device={cfg.device}{where}, seeds={args.seeds}")
         t0 = time.time()
         result = run_experiment(cfg, data, list(args.seeds), log=say, world=world)
+        if world is not None:
+            world.dist.barrier()  # no rank closes its connections while another still uses them
     finally:
         if world is not None:
             import torch.distributed as dist

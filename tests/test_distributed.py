@@ -4,7 +4,7 @@ of fastalign layers trains under DistributedDataParallel as it trains in one pro
 
 import json
 import os
-import socket
+import tempfile
 
 import pytest
 import torch
@@ -20,23 +20,21 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 WORLD = 2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn(fn, *args):
-    port = free_port()
-    mp.spawn(_entry, args=(fn, port, args), nprocs=WORLD, join=True)
+    # Rendezvous through a file, not a TCP port: no port picked here can be taken by
+    # another process before the ranks bind it, and no rank hosts a store server that
+    # the other still talks to while it exits.
+    with tempfile.TemporaryDirectory() as tmp:
+        store = os.path.join(tmp, "store")
+        mp.spawn(_entry, args=(fn, store, args), nprocs=WORLD, join=True)
 
 
-def _entry(rank, fn, port, args):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _entry(rank, fn, store, args):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         fn(rank, *args)
+        dist.barrier()  # no rank tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
 
