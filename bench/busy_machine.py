@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """How much a second busy process slows fastalign's CPU kernels down.
 
-Each op's forward (and the spmm forward+backward) on a small graph (Cora-sized: 2,708
-nodes, 10,556 edges) and a large one (the 100k-node power-law graph), F = 64, float32,
-with torch's default thread count: the median call time alone, then beside one
-CPU-bound competitor process (a busy loop, bounded in time so that it cannot outlive
-the run), then alone again. The slowdown is the beside / alone ratio.
+Each op's forward (and the spmm forward+backward) on a tiny graph (a mini-batch: 256
+nodes, 768 edges), a small one (Cora-sized: 2,708 nodes, 10,556 edges) and a large one
+(the 100k-node power-law graph), F = 64, float32, with torch's default thread count:
+the median and the mean call time alone, then beside one CPU-bound competitor process
+(a busy loop, bounded in time so that it cannot outlive the run), then alone again. The
+slowdown is the beside / alone ratio of the medians; the mean shows the stalls a median
+hides (a call that waits a scheduler time slice for its second thread).
 
     python bench/busy_machine.py [--json out.json] [--budget 2.0]
 
@@ -33,8 +35,10 @@ def graphs():
     from fastalign.bench.graphs import power_law_edge_index
 
     gen = torch.Generator().manual_seed(0)
+    tiny = torch.randint(0, 256, (2, 768), generator=gen)
     small = torch.randint(0, 2708, (2, 10556), generator=gen)
-    return {"small (2,708 / 10,556)": (small, 2708),
+    return {"tiny (256 / 768)": (tiny, 256),
+            "small (2,708 / 10,556)": (small, 2708),
             "large (100,000 / 1,000,000)": (power_law_edge_index(100_000, 1_000_000, seed=0), 100_000)}
 
 
@@ -62,7 +66,8 @@ def ops(graph, n, width=64):
     return no_grad, with_grad
 
 
-def median_ms(fn, budget_s, no_grad):
+def call_ms(fn, budget_s, no_grad):
+    """(median, mean) ms per call over budget_s seconds of calls (at least 5)."""
     ctx = torch.no_grad() if no_grad else torch.enable_grad()
     with ctx:
         for _ in range(3):
@@ -72,11 +77,11 @@ def median_ms(fn, budget_s, no_grad):
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return statistics.median(times) * 1e3, statistics.fmean(times) * 1e3
 
 
 def measure(cases, budget_s):
-    return {name: median_ms(fn, budget_s, no_grad) for name, (fn, no_grad) in cases.items()}
+    return {name: call_ms(fn, budget_s, no_grad) for name, (fn, no_grad) in cases.items()}
 
 
 def main(argv=None):
@@ -108,17 +113,24 @@ def main(argv=None):
         competitor.wait()
     again = measure(cases, args.budget)
 
-    print(f"torch threads {torch.get_num_threads()}; median ms per call")
-    print(f"{'case':58s} {'alone':>9s} {'beside':>9s} {'again':>9s} {'slowdown':>9s}")
+    print(f"torch threads {torch.get_num_threads()}; ms per call, median (mean)")
+    print(f"{'case':50s} {'alone':>17s} {'beside':>17s} {'again':>17s} {'slowdown':>9s}")
     rows = []
     for name in cases:
-        base = min(alone[name], again[name])
-        rows.append({"case": name, "alone_ms": alone[name], "beside_ms": beside[name], "again_ms": again[name],
-                     "slowdown": beside[name] / base})
-        print(f"{name:58s} {alone[name]:9.3f} {beside[name]:9.3f} {again[name]:9.3f} {beside[name] / base:8.2f}x")
+        base = min(alone[name][0], again[name][0])
+        mean_base = min(alone[name][1], again[name][1])
+        rows.append({"case": name, "alone_ms": alone[name][0], "beside_ms": beside[name][0],
+                     "again_ms": again[name][0], "slowdown": beside[name][0] / base,
+                     "alone_mean_ms": alone[name][1], "beside_mean_ms": beside[name][1],
+                     "again_mean_ms": again[name][1], "mean_slowdown": beside[name][1] / mean_base})
+        cells = " ".join(f"{m:8.3f} ({a:6.3f})" for m, a in (alone[name], beside[name], again[name]))
+        print(f"{name:50s} {cells} {beside[name][0] / base:8.2f}x")
     if args.json:
+        from fastalign.bench.runner import git_commit
+
+        stamp = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit()}
         with open(args.json, "w") as f:
-            json.dump({"threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+            json.dump({**stamp, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
     return 0
 
 

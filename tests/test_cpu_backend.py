@@ -487,6 +487,33 @@ def test_deterministic_on_hub_heavy_graph():
         assert torch.equal(a, c)  # and on any number of threads
 
 
+def test_small_work_runs_on_the_calling_thread():
+    """A traversal opens a parallel region only when it has a grain of work (1,024 rows
+    plus edges) per thread: a tiny graph never waits for a second thread that a busy
+    machine has not scheduled. Above the grain the team grows to torch's thread count."""
+    from fastalign import _C
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert [_C.threads_for(w) for w in (0, 1, 1024, 1025, 2048, 10**6)] == [1, 1, 1, 2, 2, 2]
+        torch.set_num_threads(1)
+        assert _C.threads_for(10**6) == 1
+    finally:
+        torch.set_num_threads(threads)
+    # a tiny graph's results are the same bits on one thread or two (the same partition)
+    g = Graph.from_edge_index(random_edge_index(64, 64, 200, seed=3), num_nodes=64)
+    x, hp = features(g, 16, torch.float32, seed=4), features(g, 8, torch.float32, seed=5)
+    two = _run_all(g, x, hp)
+    try:
+        torch.set_num_threads(1)
+        one = _run_all(g, x, hp)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(two, one):
+        assert torch.equal(a, b)
+
+
 def test_automatic_choice_picks_cpu_for_cpu_tensors(monkeypatch):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     device = torch.device("cpu")

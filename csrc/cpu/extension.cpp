@@ -4,9 +4,12 @@
 #include <torch/extension.h>
 
 #include "cpu/registry.h"
+#include "cpu/segment.h"
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastalign C++/OpenMP CPU kernels";
   m.attr("FUNCTIONS") = fastalign::cpu::registered_functions();
   m.def("num_threads", []() { return at::get_num_threads(); });
+  // how many threads a traversal of `work` rows plus edges runs on (1: no parallel region)
+  m.def("threads_for", [](int64_t work) { return fastalign::cpu::threads_for(work); });
 }

@@ -167,7 +167,7 @@ void spmm_max_backward_kernel(const at::Tensor& col, const at::Tensor& weight, c
   // arg entries are edges (or -1: no edge), col entries rows of x: both checked as read
   std::atomic<bool> bad_arg{false}, bad_col{false};
   const IndexCheck edges{uint64_t(num_edges), &bad_arg}, cols{uint64_t(num_src), &bad_col};
-  parallel_range(blocks, 1, [&](int64_t b) {
+  parallel_range(blocks, 1, rows, [&](int64_t b) {  // a row's F features: one unit
     const int64_t f1 = std::min(F, (b + 1) * kBlock);
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t f = b * kBlock; f < f1; ++f) {

@@ -300,10 +300,12 @@ Embeddings<S> embeddings(const at::Tensor& s_dst, const at::Tensor& s_src, const
           s_dst.size(1), p_dst.size(1)};
 }
 
-// out[r] = scale[r] * in[r] for [rows, F] tensors (in and scale in T, out stored as S).
+// out[r] = scale[r] * in[r] for [rows, F] tensors (in and scale in T, out stored as S);
+// a row of F features is one unit of threads_for's work, like an edge.
 template <typename T, typename S>
 void scale_rows(const T* in, const T* scale, int64_t rows, int64_t F, S* out) {
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  const int threads = threads_for(rows);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const T g = scale[r];
 #pragma omp simd

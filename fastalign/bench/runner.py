@@ -63,7 +63,8 @@ def _check_fits(c: S.Contender, w: S.Workload, device: torch.device) -> None:
         raise S.Skip(f"needs ~{est / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free")
 
 
-def _git_commit() -> Optional[str]:
+def git_commit() -> Optional[str]:
+    """The checkout's short commit (+dirty when tracked files differ), or None outside git."""
     repo = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
@@ -204,7 +205,7 @@ def run_benchmarks(
     total = steps_per_graph * len(specs)
     meta = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "command": command or " ".join(["fastalign", "bench"] + sys.argv[1:]),
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
