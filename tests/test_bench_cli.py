@@ -251,3 +251,27 @@ def test_bench_layers_suite_runs_every_drop_in_layer(tmp_path):
         assert r["status"] == "ok", r
         if r["max_rel_err"] is not None:  # the same layer, parameters and inputs as PyG's
             assert r["max_rel_err"] < 1e-4, r
+
+
+def test_bench_cli_runs_several_suites_and_the_cpu_preset(tmp_path):
+    """``--suite`` takes a comma-separated list (each suite once, in order); the preset
+    script bench/bench_cpu.py is that command with its options overridable."""
+    import importlib.util
+    from pathlib import Path
+
+    json_path = tmp_path / "bench.json"
+    spec = importlib.util.spec_from_file_location(
+        "bench_cpu", Path(__file__).resolve().parents[1] / "bench" / "bench_cpu.py")
+    preset = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(preset)
+    assert "spmm,gcn,align" in preset.PRESET
+    argv = preset.PRESET + ["--sizes", "tiny", "--graphs", "powerlaw-tiny", "--suite", "spmm,align,spmm",
+                            "--no-compile", "--no-memory", "--budget", "0.02", "--threads", "1",
+                            "--mode", "fwd", "--quiet", "--json", str(json_path)]
+    assert main(argv) == 0
+    run = json.loads(json_path.read_text())
+    assert [s for s in dict.fromkeys(r["suite"] for r in run["results"])] == ["spmm", "align"]
+    assert {r["backend"] for r in run["results"] if r["kind"] == "fastalign"} == {"cpu"}
+    with pytest.raises(SystemExit):
+        main(["--suite", "spmm,nope"])
+

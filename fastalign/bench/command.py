@@ -1,6 +1,6 @@
 """``fastalign bench``: the command line of the benchmark harness.
 
-``fastalign bench --suite spmm|gcn|align|sage|graphconv|gin|layers|all --device cpu|cuda --sizes small|large
+``fastalign bench --suite spmm|gcn|align|sage|graphconv|gin|gat|layers|all[,...] --device cpu|cuda --sizes small|large
 [--json PATH] [--plot PATH]``: every available fastalign backend against the peers
 (torch.sparse.mm, PyG's GCNConv on edge_index eager and compiled and on adj_t, the
 PyG-style structure loss eager and compiled, PyG's SAGEConv, GraphConv and GINConv eager
@@ -30,8 +30,9 @@ DESCRIPTION = (
 
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--suite", default="all", choices=SUITE_CHOICES,
-                        help="which suite to run; layers: sage, graphconv and gin (default: all)")
+    parser.add_argument("--suite", default="all", type=_suite_list, metavar="{" + ",".join(SUITE_CHOICES) + "}",
+                        help="which suite(s) to run, comma-separated (e.g. spmm,gcn,align); "
+                             "layers: sage, graphconv, gin and gat (default: all)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="device to run on (default: cpu)")
     # "tiny" (one 400-node graph) exists for tests and smoke runs; not advertised.
@@ -89,6 +90,28 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     return _configure(parser)
 
 
+def _suite_list(value: str) -> str:
+    """``--suite``: one of SUITE_CHOICES or several, comma-separated."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in items if v not in SUITE_CHOICES]
+    if not items or unknown:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {value!r} (choose from {', '.join(SUITE_CHOICES)}, comma-separated)")
+    return ",".join(items)
+
+
+def _suites(value: str):
+    """The suites a ``--suite`` value names, in order, each once."""
+    from .suites import LAYER_SUITES, SUITES
+
+    out = []
+    for item in value.split(","):
+        for suite in {"all": SUITES, "layers": LAYER_SUITES}.get(item, (item,)):
+            if suite not in out:
+                out.append(suite)
+    return tuple(out)
+
+
 def _split(value: Optional[str]):
     if value is None:
         return None
@@ -118,9 +141,7 @@ def run_command(args: argparse.Namespace) -> int:
     # torch.sparse's beta / invariant-check notices would drown the progress lines
     warnings.filterwarnings("ignore", message=r".*[Ss]parse (CSR tensor support|invariant checks).*")
     warnings.filterwarnings("ignore", message=r".*Converting sparse tensor to CSR.*")
-    from .suites import LAYER_SUITES, SUITES
-
-    suites = {"all": SUITES, "layers": LAYER_SUITES}.get(args.suite, (args.suite,))
+    suites = _suites(args.suite)
     modes = ("fwd", "fwd+bwd") if args.mode == "both" else (args.mode,)
     timing = {"budget_s": args.budget} if args.budget is not None else None
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
