@@ -26,7 +26,7 @@ Sections run in priority order (F=64 on every graph first, then F=128/256) again
 deadline (--budget-s); whatever does not fit is recorded as skipped. Writes
 bench_gpu.json and bench_gpu.md under --out.
 
-    python bench/bench_gpu.py --out $OUT [--quick] [--budget-s 300]
+    python bench/bench_gpu.py --out gpu_check_out [--quick] [--budget-s 300]
     TRITON_INTERPRET=1 python bench/bench_gpu.py --smoke --out /tmp/b   # CPU dry run
 """
 

@@ -15,7 +15,7 @@
 #                                      # `fastalign bench --device cuda` sweep, then the
 #                                      # distillation epoch time
 #
-# Results land under $OUT (at most 8 files come back per call):
+# Results land in $OUT (default ./gpu_check_out), a few files per call:
 #   call 1: check.log (this script's log, the environment first), build.log, smoke.log,
 #           bench.log, bench_gpu.json, bench_gpu.md, tests.log;
 #   call 2: check.log, build.log (only if it had to build), fastalign_bench_cuda.txt /
