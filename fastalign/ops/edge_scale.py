@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ._common import AUTO_SIGMA_KERNELS, as_graph, resolve, split_pair
-from .edge_similarity import FUNCTIONS, edge_similarity_op
+from .edge_similarity import FUNCTIONS, edge_similarity_call
 
 
 @torch.no_grad()
@@ -60,7 +60,7 @@ def scale_of(graph, kernel: str, x_dst: Tensor, x_src: Tensor, backend: Optional
     if not square:
         xs.div_(bound)
     name = resolve("edge_similarity", backend, x_dst.device, FUNCTIONS)
-    s = edge_similarity_op(graph.rowptr, graph.col, xd, xs, None, None, None, kernel, 1.0, 2, 1.0, name)
+    s = edge_similarity_call(graph.rowptr, graph.col, xd, xs, None, None, None, kernel, 1.0, 2, 1.0, name)
     mean = -torch.log(s).mean()
     scale = bound * (mean if kernel == "l1" else mean.sqrt())
     return torch.where(scale > 0, scale, one)

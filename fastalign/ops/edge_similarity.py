@@ -19,13 +19,13 @@ import torch
 from torch import Tensor
 
 from .. import validation as V
+from ._eager import TwinOp
 from ._common import as_graph, check_cosine_range, impl, is_auto, kernel_params, resolve, split_pair
 
 FUNCTIONS = ("edge_similarity", "edge_similarity_backward")
 
 
-@torch.library.custom_op("fastalign::edge_similarity", mutates_args=())
-def edge_similarity_op(
+def _edge_similarity(
     rowptr: Tensor,
     col: Tensor,
     x_dst: Tensor,
@@ -43,6 +43,11 @@ def edge_similarity_op(
     V.check_rows("x_dst", x_dst, rowptr.numel() - 1, "graph (destinations)")
     _check_widths(x_dst, x_src)
     return impl(backend).edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef)
+
+
+edge_similarity_op = torch.library.custom_op(
+    "fastalign::edge_similarity", mutates_args=()
+)(_edge_similarity)
 
 
 def _check_widths(x_dst: Tensor, x_src: Tensor) -> None:
@@ -69,8 +74,7 @@ def _(rowptr, col, x_dst, x_src, rowptr_t, col_t, perm_t, kernel, sigma, degree,
     return x_dst.new_empty((col.shape[0],))
 
 
-@torch.library.custom_op("fastalign::edge_similarity_backward", mutates_args=())
-def edge_similarity_backward_op(
+def _edge_similarity_backward(
     rowptr: Tensor,
     col: Tensor,
     rowptr_t: Tensor,
@@ -94,6 +98,12 @@ def edge_similarity_backward_op(
     )
 
 
+edge_similarity_backward_op = torch.library.custom_op(
+    "fastalign::edge_similarity_backward", mutates_args=()
+)(_edge_similarity_backward)
+edge_similarity_backward_call = TwinOp(edge_similarity_backward_op, _edge_similarity_backward)
+
+
 @edge_similarity_backward_op.register_fake
 def _(rowptr, col, rowptr_t, col_t, perm_t, x_dst, x_src, grad_s, kernel, sigma, degree, coef, backend):
     return torch.empty_like(x_dst), torch.empty_like(x_src)
@@ -109,13 +119,13 @@ def _backward(ctx, grad_s):
     rowptr, col, rowptr_t, col_t, perm_t, x_dst, x_src = ctx.saved_tensors
     if rowptr_t is None:
         raise RuntimeError("edge_similarity backward needs the transpose; it was not passed")
-    grad_dst, grad_src = edge_similarity_backward_op(
+    grad_dst, grad_src = edge_similarity_backward_call(
         rowptr, col, rowptr_t, col_t, perm_t, x_dst, x_src, grad_s.contiguous(), *ctx.params
     )
     return (None, None, grad_dst, grad_src) + (None,) * 8
 
 
-edge_similarity_op.register_autograd(_backward, setup_context=_setup_context)
+edge_similarity_call = TwinOp(edge_similarity_op, _edge_similarity, _backward, _setup_context)
 
 
 def needs_grad(*tensors: Tensor) -> bool:
@@ -155,6 +165,6 @@ def edge_similarity(
 
         x_dst, x_src = scaled(graph, kernel, x_dst, x_src, backend)
     rowptr_t, col_t, perm_t = graph.transpose() if needs_grad(x_dst, x_src) else (None,) * 3
-    return edge_similarity_op(
+    return edge_similarity_call(
         graph.rowptr, graph.col, x_dst, x_src, rowptr_t, col_t, perm_t, *params, name
     )

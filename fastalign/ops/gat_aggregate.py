@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .. import validation as V
+from ._eager import TwinOp
 from ._common import acc_dtype, as_graph, check_features, impl, real_number, resolve, transpose_for
 
 SEED_LIMIT = 2**32
@@ -55,8 +56,7 @@ def _check_gat_inputs(x: Tensor, alpha_src: Tensor, alpha_dst: Optional[Tensor],
             raise ValueError(f"alpha_dst has {alpha_dst.size(1)} heads but x {x.size(1)}")
 
 
-@torch.library.custom_op("fastalign::gat_aggregate", mutates_args=())
-def gat_aggregate_op(
+def _gat_aggregate(
     rowptr: Tensor,
     col: Tensor,
     x: Tensor,
@@ -78,6 +78,11 @@ def gat_aggregate_op(
     )
 
 
+gat_aggregate_op = torch.library.custom_op(
+    "fastalign::gat_aggregate", mutates_args=()
+)(_gat_aggregate)
+
+
 @gat_aggregate_op.register_fake
 def _(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops,
       rowptr_t, col_t, perm_t, backend):
@@ -86,8 +91,7 @@ def _(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_s
     return out, x.new_empty((num_dst, x.shape[1]), dtype=acc_dtype(x.dtype))
 
 
-@torch.library.custom_op("fastalign::gat_aggregate_backward", mutates_args=())
-def gat_aggregate_backward_op(
+def _gat_aggregate_backward(
     rowptr: Tensor,
     col: Tensor,
     rowptr_t: Tensor,
@@ -125,6 +129,12 @@ def gat_aggregate_backward_op(
     )
 
 
+gat_aggregate_backward_op = torch.library.custom_op(
+    "fastalign::gat_aggregate_backward", mutates_args=()
+)(_gat_aggregate_backward)
+gat_aggregate_backward_call = TwinOp(gat_aggregate_backward_op, _gat_aggregate_backward)
+
+
 @gat_aggregate_backward_op.register_fake
 def _(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse, grad_out,
       negative_slope, dropout, seed, add_self_loops, backend):
@@ -146,7 +156,7 @@ def _backward(ctx, grad_out, _grad_lse):
     if rowptr_t is None or col_t is None or perm_t is None:
         raise RuntimeError("gat_aggregate backward needs the transpose (rowptr_t, col_t, perm_t); it was not passed")
     negative_slope, dropout, add_self_loops, backend = ctx.options
-    grad_x, grad_src, grad_dst = gat_aggregate_backward_op(
+    grad_x, grad_src, grad_dst = gat_aggregate_backward_call(
         rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse,
         grad_out.contiguous(), negative_slope, dropout, seed, add_self_loops, backend,
     )
@@ -159,7 +169,7 @@ def _backward(ctx, grad_out, _grad_lse):
     ) + (None,) * 8
 
 
-gat_aggregate_op.register_autograd(_backward, setup_context=_setup_context)
+gat_aggregate_call = TwinOp(gat_aggregate_op, _gat_aggregate, _backward, _setup_context)
 
 
 def check_dropout(dropout) -> float:
@@ -255,7 +265,7 @@ def gat_aggregate(
         t is not None and t.requires_grad for t in (x, alpha_src, alpha_dst)
     )
     rowptr_t, col_t, perm_t = transpose_for(graph, needs_t)
-    out, _ = gat_aggregate_op(
+    out, _ = gat_aggregate_call(
         graph.rowptr, graph.col, x, alpha_src, alpha_dst, negative_slope, dropout, seed,
         add_self_loops, rowptr_t, col_t, perm_t, name,
     )

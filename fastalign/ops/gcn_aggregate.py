@@ -29,12 +29,12 @@ from torch import Tensor
 
 from .. import validation as V
 from ..graph import Graph
+from ._eager import TwinOp
 from ._common import acc_dtype, as_graph, check_edge_values, check_features, impl, resolve
 from .spmm import spmm
 
 
-@torch.library.custom_op("fastalign::gcn_aggregate", mutates_args=())
-def gcn_aggregate_op(
+def _gcn_aggregate(
     rowptr: Tensor,
     col: Tensor,
     weight: Optional[Tensor],
@@ -55,6 +55,11 @@ def gcn_aggregate_op(
     return impl(backend).gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
 
 
+gcn_aggregate_op = torch.library.custom_op(
+    "fastalign::gcn_aggregate", mutates_args=()
+)(_gcn_aggregate)
+
+
 @gcn_aggregate_op.register_fake
 def _(rowptr, col, weight, dis, loop_weight, x, rowptr_t, col_t, weight_t, backend):
     return x.new_empty((rowptr.shape[0] - 1, x.shape[1]))
@@ -72,14 +77,14 @@ def _backward(ctx, grad_out):
     if ctx.needs_input_grad[5]:
         if rowptr_t is None:
             raise RuntimeError("gcn_aggregate backward needs the transpose; it was not passed")
-        grad_x = gcn_aggregate_op(
+        grad_x = gcn_aggregate_call(
             rowptr_t, col_t, weight_t, dis, loop_weight, grad_out.contiguous(),
             None, None, None, ctx.backend,
         )
     return None, None, None, None, None, grad_x, None, None, None, None
 
 
-gcn_aggregate_op.register_autograd(_backward, setup_context=_setup_context)
+gcn_aggregate_call = TwinOp(gcn_aggregate_op, _gcn_aggregate, _backward, _setup_context)
 
 
 def norm_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -180,7 +185,7 @@ def gcn_aggregate(
         weight = given.to(x.dtype)
         weight_t = weight[graph.transpose()[2]] if needs_grad else None
     rowptr_t, col_t = graph.transpose()[:2] if needs_grad else (None, None)
-    return gcn_aggregate_op(
+    return gcn_aggregate_call(
         graph.rowptr, graph.col, weight, dis, loop_weight, x, rowptr_t, col_t, weight_t, name
     )
 

@@ -16,15 +16,18 @@ import torch
 from torch import Tensor
 
 from .. import validation as V
+from ._eager import TwinOp
 from ._common import as_graph, check_edge_values, check_tau, impl, resolve
 from .edge_similarity import edge_similarity
 
 
-@torch.library.custom_op("fastalign::edge_softmax", mutates_args=())
-def edge_softmax_op(rowptr: Tensor, logits: Tensor, backend: str) -> Tensor:
+def _edge_softmax(rowptr: Tensor, logits: Tensor, backend: str) -> Tensor:
     V.check_length("logits", logits, logits.numel(), "edge")  # 1-D
     V.check_rowptr(rowptr, logits.numel())
     return impl(backend).edge_softmax(rowptr, logits)
+
+
+edge_softmax_op = torch.library.custom_op("fastalign::edge_softmax", mutates_args=())(_edge_softmax)
 
 
 @edge_softmax_op.register_fake
@@ -32,12 +35,17 @@ def _(rowptr, logits, backend):
     return torch.empty_like(logits)
 
 
-@torch.library.custom_op("fastalign::edge_softmax_backward", mutates_args=())
-def edge_softmax_backward_op(rowptr: Tensor, p: Tensor, grad_p: Tensor, backend: str) -> Tensor:
+def _edge_softmax_backward(rowptr: Tensor, p: Tensor, grad_p: Tensor, backend: str) -> Tensor:
     V.check_length("p", p, p.numel(), "edge")  # 1-D
     V.check_length("grad_p", grad_p, p.numel(), "edge")
     V.check_rowptr(rowptr, p.numel())
     return impl(backend).edge_softmax_backward(rowptr, p, grad_p)
+
+
+edge_softmax_backward_op = torch.library.custom_op(
+    "fastalign::edge_softmax_backward", mutates_args=()
+)(_edge_softmax_backward)
+edge_softmax_backward_call = TwinOp(edge_softmax_backward_op, _edge_softmax_backward)
 
 
 @edge_softmax_backward_op.register_fake
@@ -53,10 +61,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_p):
     rowptr, p = ctx.saved_tensors
-    return None, edge_softmax_backward_op(rowptr, p, grad_p.contiguous(), ctx.backend), None
+    return None, edge_softmax_backward_call(rowptr, p, grad_p.contiguous(), ctx.backend), None
 
 
-edge_softmax_op.register_autograd(_backward, setup_context=_setup_context)
+edge_softmax_call = TwinOp(edge_softmax_op, _edge_softmax, _backward, _setup_context)
 
 
 def edge_softmax(graph, logits: Tensor, backend: Optional[str] = None) -> Tensor:
@@ -64,7 +72,7 @@ def edge_softmax(graph, logits: Tensor, backend: Optional[str] = None) -> Tensor
     graph = as_graph(graph)
     logits = check_edge_values("logits", logits, graph)
     name = resolve("edge_softmax", backend, graph.device, ("edge_softmax", "edge_softmax_backward"))
-    return edge_softmax_op(graph.rowptr, logits, name)
+    return edge_softmax_call(graph.rowptr, logits, name)
 
 
 def local_structure(

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import validation as V
+from ._eager import TwinOp
 from ._common import (
     as_graph,
     check_edge_values,
@@ -38,8 +39,7 @@ from ._common import (
 REDUCTIONS = ("sum", "mean", "max")
 
 
-@torch.library.custom_op("fastalign::spmm", mutates_args=())
-def spmm_op(
+def _spmm(
     rowptr: Tensor,
     col: Tensor,
     weight: Optional[Tensor],
@@ -59,6 +59,9 @@ def spmm_op(
     return out, arg
 
 
+spmm_op = torch.library.custom_op("fastalign::spmm", mutates_args=())(_spmm)
+
+
 @spmm_op.register_fake
 def _(rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t, weight_t, backend):
     num_dst = rowptr.shape[0] - 1
@@ -67,8 +70,7 @@ def _(rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t, weight_t, backend
     return out, x.new_empty(arg_shape, dtype=torch.int64)
 
 
-@torch.library.custom_op("fastalign::spmm_max_backward", mutates_args=())
-def spmm_max_backward_op(
+def _spmm_max_backward(
     col: Tensor,
     rowptr_t: Tensor,
     col_t: Tensor,
@@ -98,17 +100,26 @@ def spmm_max_backward_op(
     )
 
 
+spmm_max_backward_op = torch.library.custom_op(
+    "fastalign::spmm_max_backward", mutates_args=()
+)(_spmm_max_backward)
+spmm_max_backward_call = TwinOp(spmm_max_backward_op, _spmm_max_backward)
+
+
 @spmm_max_backward_op.register_fake
 def _(col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_weight_grad, backend):
     grad_w = x.new_empty((col.shape[0],) if need_weight_grad else (0,))
     return torch.empty_like(x), grad_w
 
 
-@torch.library.custom_op("fastalign::sddmm", mutates_args=())
-def sddmm_op(rowptr: Tensor, col: Tensor, a: Tensor, b: Tensor, backend: str) -> Tensor:
+def _sddmm(rowptr: Tensor, col: Tensor, a: Tensor, b: Tensor, backend: str) -> Tensor:
     V.check_csr(rowptr, col, V.check_2d("b", b).size(0))
     V.check_rows("a", a, rowptr.numel() - 1, "graph (destinations)")
     return impl(backend).sddmm(rowptr, col, a, b)
+
+
+sddmm_op = torch.library.custom_op("fastalign::sddmm", mutates_args=())(_sddmm)
+sddmm_call = TwinOp(sddmm_op, _sddmm)
 
 
 @sddmm_op.register_fake
@@ -135,7 +146,7 @@ def _backward(ctx, grad_out, _grad_arg):
             raise RuntimeError(
                 "spmm max backward needs the transpose (rowptr_t, col_t, perm_t); it was not passed"
             )
-        grad_x, grad_w = spmm_max_backward_op(
+        grad_x, grad_w = spmm_max_backward_call(
             col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, need_w, ctx.backend
         )
         return (None, None, (grad_w if need_w else None), (grad_x if need_x else None)) + _NO_GRADS
@@ -145,15 +156,15 @@ def _backward(ctx, grad_out, _grad_arg):
     if need_x:
         if rowptr_t is None:
             raise RuntimeError("spmm backward needs the transpose; it was not passed")
-        grad_x, _ = spmm_op(
+        grad_x, _ = spmm_call(
             rowptr_t, col_t, weight_t, grad_out, "sum", None, None, None, None, ctx.backend
         )
     if need_w:
-        grad_w = sddmm_op(rowptr, col, grad_out, x, ctx.backend)
+        grad_w = sddmm_call(rowptr, col, grad_out, x, ctx.backend)
     return (None, None, grad_w, grad_x) + _NO_GRADS
 
 
-spmm_op.register_autograd(_backward, setup_context=_setup_context)
+spmm_call = TwinOp(spmm_op, _spmm, _backward, _setup_context)
 
 
 def spmm(
@@ -198,7 +209,7 @@ def spmm(
         weight_t = transposed_weight(graph, weight, perm_t)
     if reduce != "max":
         perm_t = None  # sum/mean need only the transposed rows (and weights)
-    out, _ = spmm_op(
+    out, _ = spmm_call(
         graph.rowptr, graph.col, weight, x, reduce, rowptr_t, col_t, perm_t, weight_t, name
     )
     return out

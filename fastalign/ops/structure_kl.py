@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .. import backends
 from .. import validation as V
+from ._eager import TwinOp
 from ._common import (acc_dtype, as_graph, check_cosine_range, check_tau, impl, is_auto, kernel_params, resolve,
                       split_pair)
 from .edge_scale import scaled
@@ -54,8 +55,7 @@ FAST_PATH = ("structure_kl_forward_with_grad_state", "structure_kl_student_backw
 REDUCTIONS = ("mean", "sum", "none")
 
 
-@torch.library.custom_op("fastalign::structure_kl", mutates_args=())
-def structure_kl_op(
+def _structure_kl(
     rowptr: Tensor,
     col: Tensor,
     s_dst: Tensor,
@@ -84,6 +84,9 @@ def structure_kl_op(
     return kl, lse_s, lse_p, s_dst.new_empty((0,)), s_dst.new_empty((0,))
 
 
+structure_kl_op = torch.library.custom_op("fastalign::structure_kl", mutates_args=())(_structure_kl)
+
+
 @structure_kl_op.register_fake
 def _(rowptr, col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
       kernel, sigma, degree, coef, tau, with_grad_state, backend):
@@ -96,8 +99,7 @@ def _(rowptr, col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
     return state + (s_dst.new_empty((0,)), s_dst.new_empty((0,)))
 
 
-@torch.library.custom_op("fastalign::structure_kl_backward", mutates_args=())
-def structure_kl_backward_op(
+def _structure_kl_backward(
     rowptr: Tensor,
     col: Tensor,
     rowptr_t: Tensor,
@@ -130,6 +132,12 @@ def structure_kl_backward_op(
     )
 
 
+structure_kl_backward_op = torch.library.custom_op(
+    "fastalign::structure_kl_backward", mutates_args=()
+)(_structure_kl_backward)
+structure_kl_backward_call = TwinOp(structure_kl_backward_op, _structure_kl_backward)
+
+
 @structure_kl_backward_op.register_fake
 def _(rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src, lse_s, lse_p, kl,
       grad_kl, kernel, sigma, degree, coef, tau, peer_grad, backend):
@@ -140,8 +148,7 @@ def _(rowptr, col, rowptr_t, col_t, perm_t, s_dst, s_src, p_dst, p_src, lse_s, l
     return (torch.empty_like(s_dst), torch.empty_like(s_src)) + peer
 
 
-@torch.library.custom_op("fastalign::structure_kl_student_backward", mutates_args=())
-def structure_kl_student_backward_op(
+def _structure_kl_student_backward(
     rowptr_t: Tensor,
     col_t: Tensor,
     perm_t: Tensor,
@@ -178,6 +185,12 @@ def structure_kl_student_backward_op(
     ))
 
 
+structure_kl_student_backward_op = torch.library.custom_op(
+    "fastalign::structure_kl_student_backward", mutates_args=()
+)(_structure_kl_student_backward)
+structure_kl_student_backward_call = TwinOp(structure_kl_student_backward_op, _structure_kl_student_backward)
+
+
 @structure_kl_student_backward_op.register_fake
 def _(rowptr_t, col_t, perm_t, s_dst, s_src, dst_grad, src_coef, grad_kl,
       kernel, sigma, degree, coef, tau, combined, backend):
@@ -207,7 +220,7 @@ def _backward(ctx, grad_kl, _grad_lse_s, _grad_lse_p, _grad_dst_grad, _grad_src_
     if ctx.with_grad_state:
         # One student tensor on both sides (a square graph): one gradient, their sum.
         combined = ctx.same_student
-        g_first, g_second = structure_kl_student_backward_op(
+        g_first, g_second = structure_kl_student_backward_call(
             *saved, grad_kl.contiguous(), *ctx.params, combined, ctx.backend
         )
         if combined:  # autograd adds the two slots' gradients into the one tensor
@@ -216,7 +229,7 @@ def _backward(ctx, grad_kl, _grad_lse_s, _grad_lse_p, _grad_dst_grad, _grad_src_
     if saved[2] is None:
         raise RuntimeError("structure_kl backward needs the transpose; it was not passed")
     peer_grad = ctx.needs_input_grad[4] or ctx.needs_input_grad[5]
-    g_s_dst, g_s_src, g_p_dst, g_p_src = structure_kl_backward_op(
+    g_s_dst, g_s_src, g_p_dst, g_p_src = structure_kl_backward_call(
         *saved, grad_kl.contiguous(), *ctx.params, peer_grad, ctx.backend
     )
     if not peer_grad:
@@ -224,7 +237,7 @@ def _backward(ctx, grad_kl, _grad_lse_s, _grad_lse_p, _grad_dst_grad, _grad_src_
     return (None, None, g_s_dst, g_s_src, g_p_dst, g_p_src) + (None,) * 10
 
 
-structure_kl_op.register_autograd(_backward, setup_context=_setup_context)
+structure_kl_call = TwinOp(structure_kl_op, _structure_kl, _backward, _setup_context)
 
 
 def _fast_path(name: str, dtype: torch.dtype, p_dst: Tensor, p_src: Tensor) -> bool:
@@ -280,7 +293,7 @@ def structure_kl(
         p_dst, p_src = scaled(graph, kernel, p_dst, p_src, backend)
     grad = needs_grad(s_dst, s_src, p_dst, p_src)
     rowptr_t, col_t, perm_t = graph.transpose() if grad else (None,) * 3
-    kl = structure_kl_op(
+    kl = structure_kl_call(
         graph.rowptr, graph.col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
         *params, tau, grad and _fast_path(name, s_dst.dtype, p_dst, p_src), name,
     )[0].to(s_dst.dtype)  # a backend may keep its state wider (structure_kl_state_dtype)
