@@ -551,6 +551,7 @@ def test_option_vocabulary_matches_the_ops():
     from fastalign.ops import _common
 
     assert options.KERNELS == _common.KERNELS
+    assert options.AUTO_SIGMA_KERNELS == _common.AUTO_SIGMA_KERNELS
     from fastalign import distill
 
     assert distill.MODELS == options.MODELS and distill.LossWeights is options.LossWeights

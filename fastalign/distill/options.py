@@ -17,6 +17,7 @@ FEATURE_PAIRS = ("all", "hidden")
 # the similarity kernels of fastalign's ops (fastalign.ops._common.KERNELS; a test keeps
 # the two equal)
 KERNELS = ("l1", "rbf", "linear", "poly", "cosine")
+AUTO_SIGMA_KERNELS = ("l1", "rbf")  # fastalign.ops._common.AUTO_SIGMA_KERNELS (kept equal by a test)
 
 
 @dataclass
@@ -40,9 +41,10 @@ class LossWeights:
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         if isinstance(self.sigma, str):
-            if self.sigma != "auto" or self.kernel not in ("l1", "rbf"):
-                raise ValueError(f"sigma must be a positive number, or 'auto' with the l1 or rbf "
-                                 f"kernel; got {self.sigma!r} with {self.kernel!r}")
+            if self.sigma != "auto" or self.kernel not in AUTO_SIGMA_KERNELS:
+                raise ValueError(f"sigma must be a positive number, or 'auto' with the "
+                                 f"{' or '.join(AUTO_SIGMA_KERNELS)} kernel; got {self.sigma!r} "
+                                 f"with {self.kernel!r}")
         elif self.sigma is not None and not (isinstance(self.sigma, (int, float))
                                              and not isinstance(self.sigma, bool) and self.sigma > 0):
             raise ValueError(f"sigma must be a positive number or 'auto', got {self.sigma!r}")
