@@ -38,7 +38,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -118,14 +117,6 @@ def power_law_on_device(n, e, seed, dev):
 
 def is_oom(exc):
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def git_commit():
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       cwd=os.path.dirname(os.path.abspath(__file__))).strip()
-    except Exception:
-        return None
 
 
 def with_env(fn, **env):
@@ -504,6 +495,8 @@ def main(argv=None):
     if dev.type == "cpu":
         dtypes = [torch.float32]  # bf16 arithmetic is wrong in the interpreter
     os.makedirs(args.out, exist_ok=True)
+
+    from fastalign.bench.runner import git_commit
 
     bench = Bench(args, dev)
     if args.smoke:

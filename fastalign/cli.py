@@ -223,7 +223,7 @@ def cmd_train(args) -> int:
         t0 = time.time()
         result = run_experiment(cfg, data, list(args.seeds), log=say, world=world)
         if world is not None:
-            world.dist.barrier()  # no rank closes its connections while another still uses them
+            world.dist.barrier(group=world.group)  # no rank closes its connections while another uses them
     finally:
         if world is not None:
             import torch.distributed as dist

@@ -92,7 +92,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 
 def _suite_list(value: str) -> str:
     """``--suite``: one of SUITE_CHOICES or several, comma-separated."""
-    items = [v.strip() for v in value.split(",") if v.strip()]
+    items = _split(value) or []
     unknown = [v for v in items if v not in SUITE_CHOICES]
     if not items or unknown:
         raise argparse.ArgumentTypeError(

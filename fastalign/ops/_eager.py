@@ -8,8 +8,8 @@ gcn_aggregate on a 64-node graph, 295 us forward+backward through the custom op,
 through an autograd.Function over the same kernel). On a small graph that is most of a
 GNN layer's time. The twin runs the same implementation, setup_context and backward
 functions, so both paths give the same bits; anything but a plain eager call on
-ordinary CPU/CUDA tensors (compiling, tracing, scripting, a functorch transform, a
-dispatch mode, a tensor subclass, meta tensors) goes through the custom op.
+ordinary CPU/CUDA tensors (compiling, tracing, a functorch transform, a dispatch
+mode, a tensor subclass, meta tensors) goes through the custom op.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 
 def plain_eager(args) -> bool:
     """Whether a call with these arguments may bypass the custom op."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     if torch._C._are_functorch_transforms_active() or _get_current_dispatch_mode() is not None:
         return False
@@ -64,7 +64,6 @@ class TwinOp:
         if not plain_eager(args):
             return self.custom(*args)
         if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
-            # an op without a formula goes through the custom op, which says so
-            return (self.function or self.custom).apply(*args) if self.function else self.custom(*args)
-        with torch.no_grad():
-            return self.impl(*args)
+            # an op without a formula goes through the custom op, which refuses the backward
+            return self.function.apply(*args) if self.function is not None else self.custom(*args)
+        return self.impl(*args)
