@@ -12,14 +12,15 @@
 #                                      #     arxiv-, reddit-, products-like, time and peak memory
 #                                      #  4. tests/test_triton_gpu.py, tests/test_cuda_backend.py
 #   bash bench/gpu_check.sh --harness  # call 2 (optional, same warm machine): the wider
-#                                      # `fastalign bench --device cuda` sweep, then the
-#                                      # distillation epoch time
+#                                      # `fastalign bench --device cuda` sweep, the
+#                                      # distillation epoch time, then K = 2 and 4 students'
+#                                      # epoch on one GPU (bench/distributed_epoch.py)
 #
 # Results land in $OUT (default ./gpu_check_out), a few files per call:
 #   call 1: check.log (this script's log, the environment first), build.log, smoke.log,
 #           bench.log, bench_gpu.json, bench_gpu.md, tests.log;
 #   call 2: check.log, build.log (only if it had to build), fastalign_bench_cuda.txt /
-#           .json / .png, distill_epoch_time.json.
+#           .json / .png, distill_epoch_time.json, students_one_gpu.jsonl.
 # Each call keeps its own deadline (GPU_CHECK_BUDGET_S: 540 s for call 1, under the
 # 10-minute command limit; 200 s for call 2). Call 1's budget: the build is capped at
 # BUILD_S (240 s, a retry without the CUDA extension 90 s more), the smoke check at
@@ -39,6 +40,7 @@ BUILD_S=${BUILD_S:-240}
 SMOKE_S=${SMOKE_S:-100}
 TESTS_S=${TESTS_S:-60}
 DISTILL_S=${DISTILL_S:-60}
+STUDENTS_S=${STUDENTS_S:-45}
 OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
@@ -89,7 +91,7 @@ main() {
       [ -d .data/$name/raw ] && GRAPHS=$GRAPHS,$(echo $name | tr A-Z a-z)
     done
     GRAPHS=$GRAPHS,products-like
-    HARD=$(( $(left) - DISTILL_S - 10 ))
+    HARD=$(( $(left) - DISTILL_S - STUDENTS_S - 10 ))
     MINUTES=$(awk "BEGIN { m = ($HARD - 40) / 60; print (m < 0.5 ? 0.5 : m) }")
     log "fastalign bench --device cuda ($GRAPHS; measurements start within ${MINUTES} min, hard stop ${HARD}s)"
     FASTALIGN_DATA=$PWD/.data timeout "$HARD" $PY -m fastalign.bench --suite all --device cuda --sizes large \
@@ -103,7 +105,7 @@ main() {
     # `mkdir -p .data && cp -r ../shared/datasets/Cora .data/`), else the synthetic CSBM.
     DATA=synthetic
     [ -d .data/Cora/raw ] && DATA=cora
-    LEFT=$(( $(left) - 5 ))
+    LEFT=$(( $(left) - STUDENTS_S - 5 ))
     if [ "$LEFT" -ge 20 ]; then
       log "distillation epoch time, $DATA, K=3 (budget ${LEFT}s)"
       echo "== experiments/distill/epoch_time.py" >>"$OUT/fastalign_bench_cuda.txt"
@@ -115,6 +117,20 @@ main() {
     else
       log "distillation epoch time skipped: ${LEFT}s left"
     fi
+    # K = 2 and 4 students in one process on one GPU (200k-node synthetic graph): the
+    # one-device figure beside the CPU's one- and two-process runs in docs/distillation.md
+    for K in 2 4; do
+      LEFT=$(( $(left) - 3 ))
+      if [ "$LEFT" -lt 10 ]; then
+        log "students on one GPU, K=$K: skipped (${LEFT}s left)"
+        continue
+      fi
+      log "students on one GPU, K=$K (at most ${LEFT}s)"
+      timeout "$LEFT" $PY bench/distributed_epoch.py --dataset synthetic --nodes 200000 --avg-degree 20 \
+        --students $K --epochs 5 --device cuda >>"$OUT/students_one_gpu.jsonl" 2>>"$OUT/fastalign_bench_cuda.txt"
+      echo "students K=$K exit code: $?" >>"$OUT/fastalign_bench_cuda.txt"
+    done
+    [ -f "$OUT/students_one_gpu.jsonl" ] && cat "$OUT/students_one_gpu.jsonl"
     log "done"
     return 0
   fi

@@ -30,6 +30,13 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _non_negative_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return v
+
+
 def _sigma(text: str):
     """A positive number, or "auto" (each layer's own mean edge distance)."""
     if text == "auto":
@@ -107,6 +114,12 @@ def add_train_parser(subparsers) -> None:
                    help="train on mini-batches: the subgraphs of a random partition of the nodes into "
                         "this many parts, drawn every epoch (PyG's RandomNodeLoader); the structure and "
                         "feature terms act on each part's subgraph; validation on the whole graph")
+    p.add_argument("--eval-chunk-rows", type=_non_negative_int, default=0,
+                   help="select models layer by layer over blocks of this many rows, for graphs whose "
+                        "whole-graph forward does not fit on the device (0: one forward)")
+    p.add_argument("--data-device", default=None, type=_device,
+                   help="keep the data set here (e.g. cpu with --device cuda) and move each training "
+                        "part and evaluation block to --device as it runs (default: --device)")
     p.add_argument("--nodes", type=_positive_int, default=None, help="synthetic: number of nodes (default 600)")
     p.add_argument("--avg-degree", type=float, default=None, help="synthetic: mean degree (default 8)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
@@ -141,7 +154,8 @@ def config_from_args(args):
                        residual_alpha=args.residual_alpha, weight_decay_scope=args.weight_decay_scope,
                        lr_schedule=args.lr_schedule, align_warmup=args.align_warmup,
                        hidden_weight_decay=args.hidden_weight_decay, patience=args.patience,
-                       num_parts=args.num_parts)
+                       num_parts=args.num_parts, eval_chunk_rows=args.eval_chunk_rows,
+                       data_device=args.data_device)
 
 
 def format_table(result: dict) -> str:

@@ -354,6 +354,38 @@ class Graph:
         out[self.perm] = edge_values
         return out
 
+    # ------------------------------------------------------------------ blocks
+    def row_block(self, start: int, stop: int) -> Tuple["Graph", Tensor]:
+        """Destination rows ``start .. stop-1`` with the sources they read, renumbered:
+        ``(block, sources)``, ``block`` a ``(stop - start) x len(sources)`` Graph whose
+        source ``k`` is node ``sources[k]`` of this graph (int64), edges and weights in
+        this graph's internal order. For a square graph the block's own rows come first
+        (``sources[:stop - start] == arange(start, stop)``), so a loop ``i -> i`` stays a
+        loop and ops that add self loops (``gat_aggregate``) see the right node.
+
+        This is what layer-wise inference runs on: one block and the rows of the
+        features it gathers fit on a device when the whole graph does not."""
+        start, stop = as_count("start", start), as_count("stop", stop)
+        if not start <= stop <= self.num_dst:
+            raise ValueError(f"rows {start}..{stop} are not a range of the graph's {self.num_dst} rows")
+        lo, hi = int(self.rowptr[start]), int(self.rowptr[stop])
+        col = self.col[lo:hi].long()
+        if self.is_square:
+            outside = col[(col < start) | (col >= stop)].unique()
+            own = torch.arange(start, stop, device=self.device)
+            sources = torch.cat([own, outside])
+            local = torch.where(
+                (col >= start) & (col < stop), col - start,
+                torch.searchsorted(outside, col) + (stop - start),
+            )
+        else:
+            sources = col.unique()
+            local = torch.searchsorted(sources, col)
+        rowptr = self.rowptr[start : stop + 1] - self.rowptr[start]
+        weight = self.edge_weight[lo:hi] if self.edge_weight is not None else None
+        block = Graph(rowptr, local.to(self.col.dtype).contiguous(), sources.numel(), weight, validate=False)
+        return block, sources
+
     # ------------------------------------------------------------------ misc
     def to(self, device=None, index_dtype: Optional[torch.dtype] = None) -> "Graph":
         """Move to a device and/or change the index dtype (int32 / int64).

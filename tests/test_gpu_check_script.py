@@ -42,6 +42,8 @@ elif args and args[0].endswith("bench_gpu.py"):
     touch(os.path.join(out, "bench_gpu.json")); touch(os.path.join(out, "bench_gpu.md"), "| table |\n")
 elif args and args[0].endswith("distill/epoch_time.py"):
     touch(after("--json"))
+elif args and args[0].endswith("bench/distributed_epoch.py"):
+    print('{{"students": ' + after("--students") + '}}')
 elif args and args[0].endswith("gpu_smoke.py"):
     print("  spmm sum fwd+bwd  triton  float32  PASS")
 elif args[:2] == ["-m", "pytest"]:
@@ -139,12 +141,18 @@ def test_harness_mode_runs_fastalign_bench(fake_env):
     env, calls, tmp = fake_env
     _, names = _run(env, tmp / "out2", "--harness")
     assert names == {"check.log", "fastalign_bench_cuda.txt", "fastalign_bench_cuda.json",
-                     "fastalign_bench_cuda.png", "distill_epoch_time.json"}  # no build.log: installed
+                     "fastalign_bench_cuda.png", "distill_epoch_time.json",
+                     "students_one_gpu.jsonl"}  # no build.log: installed
     made = [c for _, c in _calls(calls)]
     assert not any(c.startswith("-m pip") for c in made)
     bench = next(c for c in made if c.startswith("-m fastalign.bench"))
     distill = next(c for c in made if c.startswith("experiments/distill/epoch_time.py"))
     assert "--device cuda" in distill and made.index(distill) > made.index(bench)
+    students = [c for c in made if c.startswith("bench/distributed_epoch.py")]
+    assert [re.search(r"--students (\d+)", c).group(1) for c in students] == ["2", "4"]
+    assert all("--device cuda" in c and made.index(c) > made.index(distill) for c in students)
+    lines = (tmp / "out2" / "students_one_gpu.jsonl").read_text().splitlines()
+    assert lines == ['{"students": 2}', '{"students": 4}']
     assert "--device cuda" in bench and "--sizes large" in bench
     graphs = re.search(r"--graphs (\S+)", bench).group(1).split(",")
     assert graphs[:2] == ["arxiv-like", "reddit-like"] and graphs[-1] == "products-like"

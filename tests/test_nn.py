@@ -290,6 +290,24 @@ def test_gcnconv_cached_backward_twice():
     ours(x, ei, w).sum().backward()  # served from the cache, differentiable in x only
 
 
+
+def test_gcnconv_cache_follows_the_layer_to_another_device():
+    """A cached layer moved with module.to() moves its cached graph on the first call
+    there (the meta device stands in for a second device on a CPU-only machine), and the
+    copy keeps serving: the adjacency then passed is still ignored."""
+    ei = _edge_index(seed=16)
+    x = torch.randn(N, F_IN, dtype=torch.float64)
+    _, ours = _pair(cached=True)
+    ours(x, ei)
+    cached = ours._cached_graph
+    ours.to("meta")
+    out = ours(x.to("meta"), ei.to("meta"))
+    assert out.device.type == "meta" and out.shape == (N, F_OUT)
+    moved = ours._cached_graph
+    assert moved is not cached and moved.device.type == "meta" and moved.num_edges == cached.num_edges
+    ours(x.to("meta"), _edge_index(seed=17).to("meta"))
+    assert ours._cached_graph is moved
+
 def test_gcnconv_float32_matches_pyg():
     ei = _edge_index(seed=15)
     x = torch.randn(N, F_IN)

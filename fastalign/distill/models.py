@@ -223,3 +223,12 @@ class Student(nn.Module):
                     aux.append(self.aux[i](F.dropout(h, self.dropout, self.training)))
             hiddens.append(h)
         return StudentOutput(h, hiddens, aux)
+
+    def inference(self, graph: Graph, x, chunk_rows: int, device=None) -> Tensor:
+        """The eval-mode logits of every node, layer by layer over blocks of ``chunk_rows``
+        rows run on ``device`` (default: the parameters'), while ``graph``, ``x`` and each
+        layer's output stay where they are: for graphs whose whole-graph forward does not
+        fit on the device. See :func:`fastalign.distill.inference.layerwise_inference`."""
+        from .inference import layerwise_inference
+
+        return layerwise_inference(self, graph, x, chunk_rows, device)

@@ -67,6 +67,12 @@ class TrainConfig:
     # mini-batches of a transductive graph: the subgraphs of a random partition of the
     # nodes into this many parts, drawn every epoch (1: the whole graph)
     num_parts: int = 1
+    # model selection layer by layer over blocks of this many rows (Student.inference), for
+    # graphs whose whole-graph forward does not fit on the device (0: one forward)
+    eval_chunk_rows: int = 0
+    # where the data set lives (None: device); each training batch and evaluation block is
+    # moved to the device as it runs, so a graph bigger than the device trains in parts
+    data_device: Optional[str] = None
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -96,6 +102,9 @@ class TrainConfig:
             raise ValueError(f"hidden_weight_decay must be None or non-negative, got {self.hidden_weight_decay!r}")
         if not isinstance(self.patience, int) or self.patience < 0:
             raise ValueError(f"patience must be a non-negative int, got {self.patience!r}")
+        if isinstance(self.eval_chunk_rows, bool) or not isinstance(self.eval_chunk_rows, int) \
+                or self.eval_chunk_rows < 0:
+            raise ValueError(f"eval_chunk_rows must be a non-negative int, got {self.eval_chunk_rows!r}")
 
     @property
     def op_backend(self) -> Optional[str]:
@@ -121,12 +130,20 @@ def _probs(logits: Tensor, multilabel: bool) -> Tensor:
 
 
 @torch.no_grad()
-def predict(student: Student, eval_batches) -> Dict[str, Tensor]:
-    """Probabilities per split (``val``, ``test``), concatenated over batches, plus labels."""
+def predict(student: Student, eval_batches, chunk_rows: int = 0) -> Dict[str, Tensor]:
+    """Logits per split (``val``, ``test``), concatenated over batches, on the batches'
+    device. The student runs on its parameters' device: one forward per batch, or with
+    ``chunk_rows`` layer by layer over blocks of that many rows (:meth:`Student.inference`),
+    the batch staying where it is."""
     student.eval()
+    device = next(student.parameters()).device
     out: Dict[str, List[Tensor]] = {}
     for b in eval_batches:
-        logits = student(b.graph, b.edge_index, b.x_input).logits
+        if chunk_rows:
+            logits = student.inference(b.graph, b.x_input, chunk_rows, device)
+        else:
+            on = b if b.x.device == device else b.to(device)
+            logits = student(on.graph, on.edge_index, on.x_input).logits.to(b.x.device)
         for split, mask in b.masks.items():
             if split == "train":
                 continue
@@ -304,7 +321,8 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
             students[k].train()
         _sync(cfg.device)
         t0 = time.perf_counter()
-        parts = [train_step(cfg, b, students, adapters, opts, pairs, multilabel, align_scale, world=world, rng=rng)
+        parts = [train_step(cfg, _on(b, cfg.device), students, adapters, opts, pairs, multilabel, align_scale,
+                            world=world, rng=rng)
                  for b in batches]
         for sch in scheds:
             sch.step()
@@ -317,7 +335,7 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
             s_sum = s_last if s_sum is None else [a + b for a, b in zip(s_sum, s_last)]
         local_vals = {}
         for k in local:
-            logits = predict(students[k], eval_batches)
+            logits = predict(students[k], eval_batches, cfg.eval_chunk_rows)
             probs = {sp: _probs(v, multilabel) for sp, v in logits.items()}
             val = score(probs["val"], labels["val"], multilabel)
             if val > best[k]["val"]:
@@ -354,6 +372,11 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
             for i, (l, m) in enumerate(pairs)
         ] if s_last is not None else [],
     }
+
+
+def _on(batch, device):
+    """``batch`` on ``device`` (moved when the data set lives elsewhere: cfg.data_device)."""
+    return batch if batch.x.device == torch.device(device) else batch.to(device)
 
 
 def _sync(device) -> None:
@@ -402,7 +425,7 @@ def run_experiment(cfg: TrainConfig, data: NodeDataset, seeds: List[int],
     if not seeds:
         raise ValueError("seeds must not be empty")
     world = world or World(cfg.students)
-    data.to(cfg.device)
+    data.to(cfg.data_device or cfg.device)
     runs = []
     with _thread_count(cfg, data):
         for seed in seeds:

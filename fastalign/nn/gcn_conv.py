@@ -32,7 +32,8 @@ class GCNConv(DropInConv):
             in unit weights); on the torch.sparse and SparseTensor paths it always does.
         cached: cache the graph and its normalisation on the first call and reuse it for
             every later call, ignoring the adjacency then passed (transductive use only).
-            :meth:`reset_parameters` clears the cache.
+            The cache follows the layer to another device (it moves on the first call
+            there). :meth:`reset_parameters` clears the cache.
         add_self_loops: defaults to ``normalize``; ``True`` with ``normalize=False`` is
             an error (as in PyG).
         normalize: ``False`` aggregates the plain weighted sum ``sum_j w_ji x_j``.
@@ -199,6 +200,9 @@ class GCNConv(DropInConv):
 
         grad_w = False
         if self.normalize and self.cached and self._cached_graph is not None:
+            if self._cached_graph.device != x.device:
+                # the layer moved (module.to): the cache follows it, once
+                self._cached_graph = self._cached_graph.to(x.device)
             graph, weight = self._cached_graph, None  # weights folded into the cached graph
         else:
             graph, weight = self._prepare(x, edge_index, edge_weight)
