@@ -5,35 +5,21 @@ inference over row blocks (Student.inference), time and (on a GPU) peak device m
     python bench/layerwise_inference.py --device cuda --nodes 2449029 --avg-degree 50 --chunk-rows 200000
 
 With --device cuda the graph and features stay in host memory for the layer-wise run
-(each block moves to the GPU as it runs) and are moved whole for the one forward; the
-peak GPU memory of each is torch.cuda.max_memory_allocated. Prints one JSON line.
+(each block moves to the GPU as it runs) and are moved whole for the one forward. The
+extra memory of each call (device memory on a GPU, peak RSS on the CPU) and its median
+time come from fastalign.bench.timing. Prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
+from fastalign.bench.timing import peak_memory, time_call
 from fastalign.datasets import synthetic_csbm
 from fastalign.distill import Student
-
-
-def _timed(fn, device, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        t0 = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return out, min(times), peak
 
 
 def main() -> int:
@@ -62,17 +48,19 @@ def main() -> int:
     def layerwise():
         return student.inference(batch.graph, batch.x, args.chunk_rows, device).cpu()
 
-    want, t_whole, m_whole = _timed(whole, device, args.repeats)
-    got, t_layer, m_layer = _timed(layerwise, device, args.repeats)
+    want, got = whole(), layerwise()
+    t_whole = time_call(whole, device, warmup=1, min_reps=args.repeats, budget_s=0)
+    t_layer = time_call(layerwise, device, warmup=1, min_reps=args.repeats, budget_s=0)
+    m_whole, m_layer = peak_memory(whole, device), peak_memory(layerwise, device)
+    mib = (lambda b: None if b is None else round(b / 2**20))
     row = {
         "nodes": batch.num_nodes, "edges": batch.edge_index.size(1), "features": data.num_features,
         "model": args.model, "layers": args.layers, "hidden": args.hidden, "device": args.device,
-        "chunk_rows": args.chunk_rows, "whole_ms": round(t_whole * 1e3, 1),
-        "layerwise_ms": round(t_layer * 1e3, 1),
+        "chunk_rows": args.chunk_rows, "whole_ms": round(t_whole.median_s * 1e3, 1),
+        "layerwise_ms": round(t_layer.median_s * 1e3, 1),
+        "whole_peak_mib": mib(m_whole), "layerwise_peak_mib": mib(m_layer),
         "max_abs_diff": float((got - want).abs().max()) if got.numel() else 0.0,
     }
-    if m_whole is not None:
-        row.update(whole_peak_gpu_mib=round(m_whole / 2**20), layerwise_peak_gpu_mib=round(m_layer / 2**20))
     print(json.dumps(row))
     return 0
 

@@ -80,6 +80,8 @@ class GraphBatch:
         out.edge_index = self.edge_index.to(device)
         out.masks = {k: m.to(device) for k, m in self.masks.items()}
         out.graph = self.graph.to(device)
+        if "_x_input" in self.__dict__:  # the sparse input moves along instead of being rebuilt
+            out._x_input = self._x_input.to(device)
         return out
 
 

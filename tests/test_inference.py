@@ -150,3 +150,17 @@ def test_cli_eval_chunk_rows(tmp_path):
         main(["train", "--eval-chunk-rows", "-1"])
     with pytest.raises(SystemExit):
         main(["train", "--data-device", "tpu"])
+
+
+@pytest.mark.parametrize("model", ["gcn", "sage"])
+def test_inference_on_a_weighted_graph(model):
+    """The graph's own edge weights enter the blocks as they enter the whole forward
+    (GCN: the normalisation with weighted degrees; SAGE: the weighted mean)."""
+    torch.manual_seed(2)
+    g = _graph()
+    g = g.with_edge_weight(torch.rand(g.num_edges, dtype=torch.float64) + 0.5)
+    x = torch.randn(g.num_dst, 6, dtype=torch.float64)
+    s = Student(model, 6, 8, 3, num_layers=3, backend=BACKENDS[-1]).double().eval()
+    with torch.no_grad():
+        want = s(g, g.edge_index, x).logits
+    torch.testing.assert_close(s.inference(g, x, 9), want, rtol=1e-10, atol=1e-12)

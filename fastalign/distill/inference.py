@@ -37,11 +37,10 @@ def _dense_rows(x, start: int, stop: int, device) -> Tensor:
     """Rows ``start .. stop-1`` of the features as a dense tensor on ``device``."""
     if not isinstance(x, SparseFeatures):
         return x[start:stop].to(device)
-    block, feats = x.graph.row_block(start, stop)
-    lo, hi = int(x.graph.rowptr[start]), int(x.graph.rowptr[stop])
-    out = torch.zeros(stop - start, x.graph.num_src, dtype=x.values.dtype)
-    out[block.row, feats[block.col.long()]] = x.values[lo:hi].cpu()
-    return out.to(device)
+    block, feats = x.row_block(start, stop)
+    dense = torch.zeros(stop - start, x.graph.num_src, dtype=x.values.dtype, device=device)
+    dense[:, feats.to(device)] = block.to(device).to_dense()
+    return dense
 
 
 def _project_rows(x, start: int, stop: int, weight: Tensor, backend) -> Tensor:
@@ -49,27 +48,25 @@ def _project_rows(x, start: int, stop: int, weight: Tensor, backend) -> Tensor:
     device = weight.device
     if not isinstance(x, SparseFeatures):
         return x[start:stop].to(device) @ weight.t()
-    block, feats = x.graph.row_block(start, stop)
-    lo, hi = int(x.graph.rowptr[start]), int(x.graph.rowptr[stop])
-    return ops.spmm(block.to(device), weight.t()[feats.to(device)].contiguous(), "sum",
-                    edge_weight=x.values[lo:hi].to(device), backend=backend)
+    block, feats = x.row_block(start, stop)
+    return block.to(device).linear(weight[:, feats.to(device)], backend)
 
 
-def _gcn_weights(graph: Graph, dtype) -> tuple:
-    """PyG's GCN normalisation of the whole graph as per-edge weights (internal order;
-    stored self loops 0) and per-node loop weights, so that a block's rows aggregate
-    ``sum_e w_e x_src + loop_i x_i`` with the whole graph's degrees."""
-    dis, loop_weight = gcn_norm_state(graph, None, True, False, dtype)
+def _gcn_normalised(graph: Graph, dtype) -> tuple:
+    """The graph with PyG's GCN normalisation of the whole graph folded into its edge
+    weights (stored self loops 0), and the per-node loop weights: a block of its rows then
+    aggregates ``sum_e w_e x_src + loop_i x_i`` with the whole graph's degrees."""
+    own = graph.edge_weight
+    dis, loop_weight = gcn_norm_state(graph, own, True, False, dtype)
     row, col = graph.row, graph.col.long()
-    w = (dis[row] * dis[col]).masked_fill(row == col, 0)
-    return w.to(dtype), (dis * dis * loop_weight).to(dtype)
+    w = dis[row] * dis[col] * (own.to(dis.dtype) if own is not None else 1.0)
+    return graph.with_edge_weight(w.masked_fill(row == col, 0).to(dtype)), (dis * dis * loop_weight).to(dtype)
 
 
-def _norm_aggregate(graph, sources, edges, start, stop, feats, norm, device, backend):
-    """The GCN-normalised aggregation ``A_hat feats`` for the block's rows, on ``device``."""
-    w, loop = norm
-    agg = ops.spmm(graph.to(device), feats[sources].to(device), "sum",
-                   edge_weight=w[edges[0]:edges[1]].to(device), backend=backend)
+def _norm_aggregate(block, sources, start, stop, feats, loop, device, backend):
+    """The GCN-normalised aggregation ``A_hat feats`` for the block's rows, on ``device``
+    (the block carries the normalised edge weights)."""
+    agg = ops.spmm(block.to(device), feats[sources].to(device), "sum", backend=backend)
     return agg + loop[start:stop, None].to(device) * feats[start:stop].to(device)
 
 
@@ -94,11 +91,11 @@ def layerwise_inference(student: Student, graph: Graph, x, chunk_rows: int,
     dtype = first.dtype
     was_training = student.training
     student.eval()
-    blocks = []  # (Graph on home, sources), (edge range): built once, used by every layer
-    for start, stop in _chunks(n, chunk_rows):
-        block, sources = graph.row_block(start, stop)
-        blocks.append(((block, sources), (int(graph.rowptr[start]), int(graph.rowptr[stop]))))
-    norm = _gcn_weights(graph, dtype) if student.model == "gcn" else None
+    loop = None
+    if student.model == "gcn":
+        graph, loop = _gcn_normalised(graph, dtype)
+    # (block, sources) on home: cut once, used by every layer
+    blocks = [graph.row_block(start, stop) for start, stop in _chunks(n, chunk_rows)]
 
     h, h0 = x, None
     last = student.num_layers - 1
@@ -106,9 +103,9 @@ def layerwise_inference(student: Student, graph: Graph, x, chunk_rows: int,
         for i, layer in enumerate(student.layers):
             out = None
             tail_in = _node_pass(student, layer, i, h, n, chunk_rows, device, backend)
-            for ((block, sources), edges), (start, stop) in zip(blocks, _chunks(n, chunk_rows)):
-                y = _block_pass(student, layer, i, h, h0, tail_in, (block, sources), edges,
-                                start, stop, norm, device, backend)
+            for (block, sources), (start, stop) in zip(blocks, _chunks(n, chunk_rows)):
+                y = _block_pass(student, layer, i, h, h0, tail_in, block, sources, start, stop,
+                                loop, device, backend)
                 if i < last:
                     y = torch.relu(y)
                     if i > 0 and student.residual == "plain":
@@ -156,19 +153,18 @@ def _cat_home(parts, like) -> Tensor:
     return torch.cat([p.to(home) for p in parts]) if parts else torch.empty(0, device=home)
 
 
-def _block_pass(student, layer, i, h, h0, tail_in, block, edges, start, stop, norm, device, backend):
+def _block_pass(student, layer, i, h, h0, tail_in, block, sources, start, stop, loop, device, backend):
     """The layer's output for rows ``start .. stop-1`` on ``device``, before the tail."""
-    graph, sources = block
     if student.model == "gcn":
         if tail_in is None:  # GCNII: s = (1 - a) A_hat h + a h0, then (1 - b) s + b s W + bias
             a, beta = student.residual_alpha, math.log(GCNII_LAMBDA / i + 1.0)
-            agg = _norm_aggregate(graph, sources, edges, start, stop, h, norm, device, backend)
+            agg = _norm_aggregate(block, sources, start, stop, h, loop, device, backend)
             s = (1.0 - a) * agg + a * h0[start:stop].to(device)
             return (1.0 - beta) * s + beta * layer.lin(s) + layer.bias
         (proj,) = tail_in
-        return _norm_aggregate(graph, sources, edges, start, stop, proj, norm, device, backend) + layer.bias
+        return _norm_aggregate(block, sources, start, stop, proj, loop, device, backend) + layer.bias
     if student.model == "sage":
-        g = graph.to(device)
+        g = block.to(device)
         if tail_in is not None:
             left, right = tail_in
             agg = ops.spmm(g, left[sources].to(device), "mean", backend=backend)
@@ -177,7 +173,7 @@ def _block_pass(student, layer, i, h, h0, tail_in, block, edges, start, stop, no
         return layer.lin_l(agg) + layer.lin_r(h[start:stop].to(device))
     conv = layer.conv
     xs, a_src, a_dst, res = tail_in
-    out = ops.gat_aggregate(graph.to(device), xs[sources].to(device), a_src[sources].to(device),
+    out = ops.gat_aggregate(block.to(device), xs[sources].to(device), a_src[sources].to(device),
                             a_dst[start:stop].to(device), conv.negative_slope, 0.0, conv.add_self_loops,
                             backend=backend)
     out = out.reshape(-1, conv.heads * conv.out_channels) if conv.concat else out.mean(dim=1)

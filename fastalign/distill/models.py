@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,22 @@ class SparseFeatures:
         node, feat = x.nonzero(as_tuple=True)
         g = Graph.from_edge_index(torch.stack([feat, node]), num_nodes=(x.size(1), x.size(0)))
         return cls(g, x[node, feat][g.perm] if g.perm is not None else x[node, feat])
+
+    def row_block(self, start: int, stop: int) -> Tuple["SparseFeatures", Tensor]:
+        """Nodes ``start .. stop-1`` as SparseFeatures over the features they use, and the
+        ids of those features (see :meth:`Graph.row_block`)."""
+        block, feats = self.graph.row_block(start, stop)
+        lo, hi = int(self.graph.rowptr[start]), int(self.graph.rowptr[stop])
+        return SparseFeatures(block, self.values[lo:hi]), feats
+
+    def to(self, device) -> "SparseFeatures":
+        return SparseFeatures(self.graph.to(device), self.values.to(device))
+
+    def to_dense(self) -> Tensor:
+        """The ``[nodes, features]`` matrix."""
+        g = self.graph
+        out = torch.zeros(g.num_dst, g.num_src, device=g.device, dtype=self.values.dtype)
+        return out.index_put_((g.row, g.col.long()), self.values)
 
     def dropout(self, p: float, training: bool) -> "SparseFeatures":
         return SparseFeatures(self.graph, F.dropout(self.values, p, training))
@@ -197,9 +213,7 @@ class Student(nn.Module):
         hiddens, aux = [], []
         h = x
         if isinstance(h, SparseFeatures) and self.model == "gat":
-            h = torch.zeros(graph.num_dst, self.layers[0].conv.in_channels, device=graph.device,
-                            dtype=h.values.dtype).index_put_(
-                (h.graph.row, h.graph.col.long()), h.values)
+            h = h.to_dense()
         h0 = None
         for i, layer in enumerate(self.layers):
             inp = h

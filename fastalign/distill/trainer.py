@@ -321,7 +321,7 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
             students[k].train()
         _sync(cfg.device)
         t0 = time.perf_counter()
-        parts = [train_step(cfg, _on(b, cfg.device), students, adapters, opts, pairs, multilabel, align_scale,
+        parts = [train_step(cfg, _on(b, cfg), students, adapters, opts, pairs, multilabel, align_scale,
                             world=world, rng=rng)
                  for b in batches]
         for sch in scheds:
@@ -374,9 +374,11 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
     }
 
 
-def _on(batch, device):
-    """``batch`` on ``device`` (moved when the data set lives elsewhere: cfg.data_device)."""
-    return batch if batch.x.device == torch.device(device) else batch.to(device)
+def _on(batch, cfg: TrainConfig):
+    """``batch`` on the device, moved there when the data set lives elsewhere
+    (``cfg.data_device``); otherwise the batch itself, with its cached Graph and inputs."""
+    elsewhere = cfg.data_device is not None and cfg.data_device != cfg.device
+    return batch.to(cfg.device) if elsewhere else batch
 
 
 def _sync(device) -> None:
