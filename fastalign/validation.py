@@ -8,7 +8,8 @@ What is checked, before any kernel runs, at O(rows + edges) integer reads:
   ``[0, num_src)``;
 * a row pointer alone (``edge_softmax``): the same, against the per-edge values' length;
 * an edge permutation (``perm_t``): int64, one entry per edge, values in ``[0, E)``;
-* the max reduction's winners (``arg``): values in ``[-1, E)``.
+* the max reduction's winners (``arg``): int32 or int64, values in ``[-1, E)``, each an
+  edge of its own row.
 
 Results are cached per tensor and keyed on the tensors' version counters, so a graph is
 scanned once (a :class:`fastalign.Graph` registers the CSR it built as valid without a
@@ -190,12 +191,20 @@ def mark_perm_valid(perm: Tensor) -> None:
         _remember(perm, col_bound=perm.numel(), col_exact=False)
 
 
+def arg_dtype(num_edges: int) -> torch.dtype:
+    """The dtype the max reduction stores its winning edges in: int32 whenever every edge
+    position fits (half the bytes of the [num_dst, F] tensor the backward reads once per
+    edge and feature), int64 beyond 2**31 - 1 edges."""
+    return torch.int32 if num_edges <= 2**31 - 1 else torch.int64
+
+
 def check_arg(arg: Tensor, num_edges: int, shape, col_t: Tensor, perm_t: Tensor) -> None:
-    """The max reduction's winners: int64 of ``shape`` ``[num_dst, F]``, each -1 (an empty
-    row) or an edge of its own row. The row of internal edge ``perm_t[k]`` is ``col_t[k]``
-    (the transpose, already checked)."""
-    if not isinstance(arg, Tensor) or arg.dtype != torch.int64:
-        raise TypeError("arg must be an int64 tensor (the max reduction's winning edges)")
+    """The max reduction's winners: int32 or int64 (the forward writes ``arg_dtype``) of
+    ``shape`` ``[num_dst, F]``, each -1 (an empty row) or an edge of its own row. The row
+    of internal edge ``perm_t[k]`` is ``col_t[k]`` (the transpose, already checked)."""
+    if not isinstance(arg, Tensor) or arg.dtype not in INDEX_DTYPES:
+        got = arg.dtype if isinstance(arg, Tensor) else type(arg).__name__
+        raise TypeError(f"arg must be an int32 or int64 tensor (the max reduction's winning edges), got {got}")
     if list(arg.shape) != list(shape):
         raise ValueError(f"arg must have shape {list(shape)}, got {list(arg.shape)}")
     if arg.numel() == 0:
@@ -209,7 +218,7 @@ def check_arg(arg: Tensor, num_edges: int, shape, col_t: Tensor, perm_t: Tensor)
     row_of_edge = torch.empty(num_edges, dtype=torch.int64, device=arg.device)
     row_of_edge[perm_t] = col_t.long()
     rows = torch.arange(arg.size(0), device=arg.device).unsqueeze(1)
-    owned = (arg == -1) | (row_of_edge[arg.clamp(min=0)] == rows)
+    owned = (arg == -1) | (row_of_edge[arg.clamp(min=0).long()] == rows)
     if not bool(owned.all()):
         raise ValueError("arg names an edge of another row: each entry must be -1 or an edge of its own row")
     _remember(arg, arg_edges=num_edges)

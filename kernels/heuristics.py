@@ -74,6 +74,19 @@ def softmax_block(plan) -> Config:
     return Config(be, 1, 4 if be <= 256 else 8)
 
 
+ROWS_TILE = 256  # edge lanes of a packed softmax program: 2 per thread of 4 warps
+
+
+def softmax_rows(plan):
+    """(ROWS, ROW_E, num_warps) of the packed edge-softmax row kernel: ROW_E lanes per row
+    (the mean degree rounded up to a power of two, in [1, 1024]) and as many rows per
+    program as fill ROWS_TILE lanes, at most 64. A function of the degree statistics
+    alone, and a row's result depends only on ROW_E: the same bits in every process."""
+    row_e = int(min(max(triton.next_power_of_2(max(int(plan.avg_degree + 0.5), 1)), 1), 1024))
+    rows = int(min(max(ROWS_TILE // row_e, 1), 64))
+    return rows, row_e, 4 if rows * row_e <= ROWS_TILE else 8
+
+
 def _neighbours(cfg: Config) -> Sequence[Config]:
     out = [cfg]
     for be in (cfg.BLOCK_E // 2, cfg.BLOCK_E * 2):

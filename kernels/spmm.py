@@ -17,8 +17,8 @@ grad_out[i, f] (times w_e) where arg[i, f] == e, reading an output gradient only
 its edge won. Hub sources are split into segments combined in order, and the same pass
 writes each edge's weight gradient (every edge belongs to one transposed row), so the
 whole max backward is atomic-free and bitwise reproducible. Its cost over the sum
-backward: arg is read once per edge (E x F int64 through the transpose, the price of
-gathering instead of scattering).
+backward: arg is read once per edge (E x F through the transpose, the price of gathering
+instead of scattering), which is why arg is int32 whenever the edge count allows.
 """
 
 from __future__ import annotations
@@ -178,12 +178,14 @@ def aggregate(
     dis: Optional[torch.Tensor] = None,
     loop_weight: Optional[torch.Tensor] = None,
 ):
-    """(out [num_dst, F], arg [num_dst, F] int64 for max else empty)."""
+    """(out [num_dst, F], arg [num_dst, F] for max else empty int64). arg is int32 when
+    every edge position fits (fastalign.validation.arg_dtype's rule), else int64."""
     x = x.contiguous()
     code = REDUCE_CODES[reduce]
     num_dst, F = rowptr.numel() - 1, x.size(1)
     out = torch.empty((num_dst, F), dtype=x.dtype, device=x.device)
-    arg = torch.empty((num_dst, F) if code == 2 else (0,), dtype=torch.int64, device=x.device)
+    arg_dtype = torch.int32 if code == 2 and col.numel() <= 2**31 - 1 else torch.int64
+    arg = torch.empty((num_dst, F) if code == 2 else (0,), dtype=arg_dtype, device=x.device)
     if num_dst == 0 or F == 0:
         return out, arg
     gcn = dis is not None

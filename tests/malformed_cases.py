@@ -75,8 +75,9 @@ def corruptions(v):
         ("perm_t too short", "perm_t", v["perm_t"][:-1].clone()),
         ("arg=E", "arg", put(v["arg"], (0, 0), E)),
         ("arg=-2", "arg", put(v["arg"], (0, 0), -2)),
-        ("arg=2**40", "arg", put(v["arg"], (0, 0), 2**40)),
-        ("arg int32", "arg", v["arg"].int()),
+        ("arg=2**40", "arg", put(v["arg"].long(), (0, 0), 2**40)),
+        ("arg int16", "arg", v["arg"].short()),
+        ("arg float", "arg", v["arg"].double()),
         ("arg an edge of another row", "arg", put(v["arg"], (0, 0), int(rp[3]))),
     ]
     return out

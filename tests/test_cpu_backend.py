@@ -115,6 +115,28 @@ def test_spmm_forward(name, index_dtype, dtype, width, reduce, weighted):
 
 @graph_params
 @index_params
+def test_spmm_max_winners_are_int32_and_both_index_widths_are_read(name, index_dtype):
+    """The forward stores its winners as int32 (the graph has far fewer than 2**31 edges),
+    like the reference; the backward reads int32 and int64 winners alike."""
+    g = graph_of(name, index_dtype)
+    x = features(g, 5, torch.float64)
+    w = edge_weight(g, torch.float64)
+    _, arg = CPU.spmm_forward(g.rowptr, g.col, w, x, "max")
+    _, ref_arg = REF.spmm_forward(g.rowptr, g.col, w, x, "max")
+    assert arg.dtype == ref_arg.dtype == torch.int32
+    assert torch.equal(arg, ref_arg)
+    grad_out = features(g, 5, torch.float64, seed=3, side="dst")
+    t = g.transpose()
+    gx32, gw32 = CPU.spmm_max_backward(g.col, *t, w, x, arg, grad_out, True)
+    gx64, gw64 = CPU.spmm_max_backward(g.col, *t, w, x, arg.long(), grad_out, True)
+    ref_gx, ref_gw = REF.spmm_max_backward(g.col, *t, w, x, arg.long(), grad_out, True)
+    assert torch.equal(gx32, gx64) and torch.equal(gw32, gw64)
+    assert_close(gx32, ref_gx, torch.float64)
+    assert_close(gw32, ref_gw, torch.float64)
+
+
+@graph_params
+@index_params
 @dtype_params
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("weighted", (False, True))

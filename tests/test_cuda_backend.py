@@ -203,6 +203,23 @@ def test_spmm_max_backward(name, index_dtype, dtype, width, weighted):
     assert gw2.numel() == 0
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_spmm_max_winners_int32_and_int64(dtype):
+    """The forward writes int32 winners; the backward reads int32 (16-byte int4 loads)
+    and int64 winners to the same bits."""
+    g = graph_of("source_hub", torch.int64)
+    x = feats(g.num_src, 64, dtype)
+    w = edge_weight(g, dtype)
+    out, arg = CU.spmm_forward(g.rowptr, g.col, w, x, "max")
+    assert arg.dtype == torch.int32
+    assert torch.equal(arg, REF.spmm_forward(g.rowptr, g.col, w, x, "max")[1])
+    grad_out = feats(g.num_dst, 64, dtype, seed=1)
+    rowptr_t, col_t, perm_t = g.transpose()
+    a32 = CU.spmm_max_backward(g.col, rowptr_t, col_t, perm_t, w, x, arg, grad_out, True)
+    a64 = CU.spmm_max_backward(g.col, rowptr_t, col_t, perm_t, w, x, arg.long(), grad_out, True)
+    assert torch.equal(a32[0], a64[0]) and torch.equal(a32[1], a64[1])
+
+
 def test_spmm_max_backward_ties():
     """Integer-valued features: equal messages tie, and only the arg edge (the first
     maximal one) gets the gradient."""

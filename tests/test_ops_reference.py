@@ -86,6 +86,14 @@ def test_spmm_gradcheck(name, reduce):
     )
 
 
+def test_max_winners_are_int32_until_the_edge_count_needs_int64():
+    from fastalign.validation import arg_dtype
+
+    assert arg_dtype(0) == torch.int32
+    assert arg_dtype(2**31 - 1) == torch.int32  # positions 0 .. 2**31 - 2 and -1
+    assert arg_dtype(2**31) == torch.int64
+
+
 def test_spmm_max_ties_pick_first_edge():
     ei = torch.tensor([[0, 1], [2, 2]])
     g = Graph.from_edge_index(ei, num_nodes=3)

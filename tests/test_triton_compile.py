@@ -26,7 +26,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 # argument name -> type class
 IDX = {"rowptr", "col", "idx", "rowptr_t", "col_t"}
 I64 = {"perm", "seg_row", "seg_start", "seg_end", "seg_long", "long_rows", "long_seg_ptr",
-       "arg", "arg_out", "part_arg", "perm_t"}
+       "part_arg", "perm_t"}
 ACCP = {"part", "stats", "lse_s", "lse_p", "part_s", "part_p", "grad_w", "gsrc_s", "gsrc_p", "lse", "d_row",
         "params", "part_m", "part_acc", "part_src", "part_x"}
 INTS = {"num_rows", "split", "F", "FS", "FP", "num_edges", "num_loops", "seed", "threshold", "H", "C"}
@@ -34,13 +34,18 @@ FLOATS = {"sigma", "coef", "tau"}
 FEAT_T = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16", "fp64": "*fp64"}
 
 
-def signature(fn, feat: str, index: str):
+WINNERS = {"arg", "arg_out"}  # the max reduction's winning edges: int32 unless E >= 2**31
+
+
+def signature(fn, feat: str, index: str, winners: str = "i32"):
     acc = "*fp64" if feat == "fp64" else "*fp32"
     sig = {}
     for p in fn.params:
         n = p.name
         if p.is_constexpr:
             sig[n] = "constexpr"
+        elif n in WINNERS:
+            sig[n] = "*" + winners
         elif n in IDX:
             sig[n] = "*" + index
         elif n in I64:
@@ -81,9 +86,18 @@ def cases():
         for has_w, need_w in ((0, 0), (1, 0), (0, 1), (1, 1)) if full else ((1, 1),):
             out.append((spmm.max_backward_kernel, feat, index,
                         dict(HAS_W=has_w, NEED_W=need_w, BLOCK_E=32, BLOCK_F=64)))
+        if full:  # int64 winners (graphs of 2**31 edges or more)
+            ce = dict(REDUCE=2, HAS_W=1, GCN=0, HAS_LOOP=0, BLOCK_E=32, BLOCK_F=64, _winners="i64")
+            out.append((spmm.agg_kernel, feat, index, ce))
+            out.append((spmm.agg_combine_kernel, feat, index, dict(REDUCE=2, GCN=0, HAS_LOOP=0, BLOCK_F=64,
+                                                                    _winners="i64")))
+            out.append((spmm.max_backward_kernel, feat, index,
+                        dict(HAS_W=1, NEED_W=1, BLOCK_E=32, BLOCK_F=64, _winners="i64")))
         out.append((segments.combine_sum_kernel, feat, index, dict(BLOCK_F=128)))
         for mode in (0, 1) if full else (0,):
-            out.append((edge_softmax.softmax_rows_kernel, feat, index, dict(MODE=mode, BLOCK_E=128)))
+            for rows, row_e in ((4, 64), (64, 4), (1, 1024)) if full else ((4, 64),):
+                out.append((edge_softmax.softmax_rows_kernel, feat, index, dict(MODE=mode, ROWS=rows, ROW_E=row_e)))
+            out.append((edge_softmax.softmax_seg_stat_kernel, feat, index, dict(MODE=mode, BLOCK_E=128)))
             out.append((edge_softmax.softmax_combine_kernel, feat, index, dict(MODE=mode)))
             out.append((edge_softmax.softmax_seg_write_kernel, feat, index, dict(MODE=mode, BLOCK_E=128)))
         out.append((structure_kl.skl_combine_kernel, feat, index, {}))
@@ -141,9 +155,10 @@ def test_compiles_for_sm90(case):
     fn, feat, index, ce = case
     ce = dict(ce)
     warps = ce.pop("_num_warps", 4)
+    winners = ce.pop("_winners", "i32")
     if "ACC" in fn.arg_names:
         ce["ACC"] = acc_of(feat)
-    src = ASTSource(fn, signature(fn, feat, index), ce)
+    src = ASTSource(fn, signature(fn, feat, index, winners), ce)
     compiled = triton.compile(src, target=TARGET, options={"num_warps": warps})
     assert len(compiled.asm["cubin"]) > 0
 

@@ -254,6 +254,14 @@ def test_max_backward(dtype, index_dtype):
             (gx2, gw2), _ = _max_backward(g, x, weight, gout, False)
             rel_close(gx2, rx, dtype, f"max bwd x F={width} (no weight grad)")
             assert gw2.numel() == 0
+    # the forward's int32 winners and the same winners as int64: the same bits
+    x, gout = feats(g.num_src, 64, dtype, 9), feats(g.num_dst, 64, dtype, 10)
+    _, arg = TB.spmm_forward(g.rowptr, g.col, None, x, "max")
+    assert arg.dtype == torch.int32
+    rt, ct, pt = g.transpose()
+    a32 = TB.spmm_max_backward(g.col, rt, ct, pt, None, x, arg, gout, True)
+    a64 = TB.spmm_max_backward(g.col, rt, ct, pt, None, x, arg.long(), gout, True)
+    assert torch.equal(a32[0], a64[0]) and torch.equal(a32[1], a64[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -115,9 +115,10 @@ def test_spmm_max_nan_propagates(split):
     assert torch.equal(arg, r_arg)
 
 
-def _max_backward_case(g, x, w, grad, need_w):
+def _max_backward_case(g, x, w, grad, need_w, arg_dtype=torch.int32):
     rt, ct, pt = g.transpose()
     _, arg = ref.spmm_forward(g.rowptr, g.col, w, x, "max")
+    arg = arg.to(arg_dtype)
     out = tb.spmm_max_backward(g.col, rt, ct, pt, w, x, arg, grad, need_w)
     expect = ref.spmm_max_backward(g.col, rt, ct, pt, w, x, arg, grad, need_w)
     return out, expect
@@ -129,13 +130,24 @@ def _max_backward_case(g, x, w, grad, need_w):
 @pytest.mark.parametrize("need_w", [False, True])
 def test_spmm_max_backward(name, index_dtype, split, need_w):
     """Gathered over the transpose: hub sources (node 0 of "hub" sends to 5 nodes, and
-    split=4 cuts the transpose's long rows), duplicate edges, isolated nodes."""
+    split=4 cuts the transpose's long rows), duplicate edges, isolated nodes; winners
+    read as int32 (what the forward writes) and as int64."""
     g = graph(name, index_dtype)
     x = features(g, 6)
     grad = features(g, 6, seed=5, side="dst")
     with segments.force_split(split):
         for w in (None, torch.rand(g.num_edges, dtype=torch.float64)):
-            close(*_max_backward_case(g, x, w, grad, need_w))
+            for arg_dtype in (torch.int32, torch.int64):
+                close(*_max_backward_case(g, x, w, grad, need_w, arg_dtype))
+
+
+def test_spmm_max_winners_are_int32():
+    g = graph("hub")
+    x = features(g, 6)
+    with segments.force_split(4):
+        _, arg = tb.spmm_forward(g.rowptr, g.col, None, x, "max")
+    assert arg.dtype == torch.int32
+    assert torch.equal(arg, ref.spmm_forward(g.rowptr, g.col, None, x, "max")[1])
 
 
 def test_spmm_max_backward_ties():
@@ -270,6 +282,29 @@ def test_edge_softmax(name, split):
         close(p, ref.edge_softmax(g.rowptr, z))
         gp = torch.randn_like(p)
         close(tb.edge_softmax_backward(g.rowptr, p, gp), ref.edge_softmax_backward(g.rowptr, p, gp))
+
+
+def test_edge_softmax_packs_short_rows_without_changing_a_bit(monkeypatch):
+    """Several short rows per program (a power-law graph of 300 nodes: groups of rows of
+    mixed degree, isolated rows, rows past the group's end, a hub cut into segments):
+    equal to the reference, and bit for bit equal to one row per program."""
+    from fastalign.kernels import edge_softmax as ksoftmax, heuristics
+    from helpers import power_law_edge_index
+
+    g = fastalign.Graph.from_edge_index(power_law_edge_index(300, 1500, seed=4), num_nodes=300)
+    z = torch.randn(g.num_edges, dtype=torch.float32) * 3
+    gp = torch.randn_like(z)
+    rows, row_e, _ = heuristics.softmax_rows(segments.row_plan(g.rowptr))
+    assert rows > 1 and g.num_dst > 2 * rows  # several groups of several rows
+    with segments.force_split(32):
+        assert segments.row_plan(g.rowptr).num_long > 0
+        p = tb.edge_softmax(g.rowptr, z)
+        gz = tb.edge_softmax_backward(g.rowptr, p, gp)
+        close(p, ref.edge_softmax(g.rowptr, z), 1e-6)
+        close(gz, ref.edge_softmax_backward(g.rowptr, p, gp), 1e-6)
+        monkeypatch.setattr(ksoftmax, "softmax_rows", lambda plan: (1, row_e, 4))
+        assert torch.equal(tb.edge_softmax(g.rowptr, z), p)
+        assert torch.equal(tb.edge_softmax_backward(g.rowptr, p, gp), gz)
 
 
 # --------------------------------------------------------------------------- structure KL

@@ -58,7 +58,7 @@ struct MaxArg {
   int64_t arg;  // -1: no edge yet
 };
 
-template <typename scalar_t, typename index_t>
+template <typename scalar_t, typename index_t, typename arg_t>
 struct MaxFold {
   using acc = acc_t<scalar_t>;
   using elem_t = MaxArg<acc>;
@@ -66,7 +66,7 @@ struct MaxFold {
   const acc* weight;
   const scalar_t* x;
   scalar_t* out;
-  int64_t* arg;
+  arg_t* arg;  // int32 unless the graph has 2^31 edges or more
   int64_t size;
   IndexCheck cols;
 
@@ -99,12 +99,27 @@ struct MaxFold {
   void finish(int64_t r, const elem_t* s) const {
     for (int64_t f = 0; f < size; ++f) {
       out[r * size + f] = narrow<scalar_t>(s[f].arg >= 0 ? s[f].value : acc(0));
-      arg[r * size + f] = s[f].arg;
+      arg[r * size + f] = static_cast<arg_t>(s[f].arg);
     }
   }
 };
 
-template <typename scalar_t, typename index_t>
+// The max reduction's winners are stored as int32 whenever every edge position fits
+// (half the bytes the backward reads per edge and feature), else int64.
+static at::ScalarType arg_type(int64_t num_edges) {
+  return num_edges <= std::numeric_limits<int32_t>::max() ? at::kInt : at::kLong;
+}
+
+// Calls f with a value of arg's element type (int32_t or int64_t).
+template <typename F>
+void dispatch_arg(const at::Tensor& arg, F&& f) {
+  if (arg.scalar_type() == at::kInt)
+    f(int32_t{});
+  else
+    f(int64_t{});
+}
+
+template <typename scalar_t, typename index_t, typename arg_t>
 void spmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& weight,
                  const at::Tensor& x, const std::string& reduce, at::Tensor& out, at::Tensor& arg) {
   const index_t* rp = rowptr.data_ptr<index_t>();
@@ -113,9 +128,10 @@ void spmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tens
   std::atomic<bool> bad{false};
   const IndexCheck cols{uint64_t(x.size(0)), &bad};
   if (reduce == "max") {
-    MaxFold<scalar_t, index_t> op{col.data_ptr<index_t>(), ptr_or_null<acc_t<scalar_t>>(weight),
-                                  x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                                  arg.data_ptr<int64_t>(), x.size(1), cols};
+    MaxFold<scalar_t, index_t, arg_t> op{col.data_ptr<index_t>(),
+                                         ptr_or_null<acc_t<scalar_t>>(weight),
+                                         x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                         arg.data_ptr<arg_t>(), x.size(1), cols};
     segment_fold(rp, part, op);
   } else {
     SumFold<scalar_t, index_t> op{rp, col.data_ptr<index_t>(), ptr_or_null<acc_t<scalar_t>>(weight),
@@ -139,18 +155,22 @@ std::tuple<at::Tensor, at::Tensor> spmm_forward(const at::Tensor& rowptr, const 
   const at::Tensor w = optional_as(weight, at::toOpMathType(x.scalar_type()));
   const int64_t num_dst = rowptr.numel() - 1;
   at::Tensor out = at::empty({num_dst, x.size(1)}, x.options());
-  at::Tensor arg = reduce == "max" ? at::empty({num_dst, x.size(1)}, x.options().dtype(at::kLong))
-                                   : at::empty({0}, x.options().dtype(at::kLong));
+  at::Tensor arg = reduce == "max"
+                       ? at::empty({num_dst, x.size(1)}, x.options().dtype(arg_type(col.numel())))
+                       : at::empty({0}, x.options().dtype(at::kLong));
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
-  FASTALIGN_DISPATCH(x.scalar_type(), col.scalar_type(), "spmm_forward",
-                     [&] { spmm_kernel<scalar_t, index_t>(rp, cl, w, xc, reduce, out, arg); });
+  FASTALIGN_DISPATCH(x.scalar_type(), col.scalar_type(), "spmm_forward", [&] {
+    dispatch_arg(arg, [&](auto a) {
+      spmm_kernel<scalar_t, index_t, decltype(a)>(rp, cl, w, xc, reduce, out, arg);
+    });
+  });
   return {out, arg};
 }
 
 // grad_x: feature columns are split between threads (each output column has one
 // writer, rows visited in order: deterministic without atomics). grad_x and grad_w are
 // accumulated in acc (float for the half types) and cast by the caller.
-template <typename scalar_t, typename index_t>
+template <typename scalar_t, typename index_t, typename arg_t>
 void spmm_max_backward_kernel(const at::Tensor& col, const at::Tensor& weight, const at::Tensor& x,
                               const at::Tensor& arg, const at::Tensor& grad_out,
                               at::Tensor& grad_x, at::Tensor& grad_w) {
@@ -158,7 +178,7 @@ void spmm_max_backward_kernel(const at::Tensor& col, const at::Tensor& weight, c
   const index_t* cl = col.data_ptr<index_t>();
   const acc* w = ptr_or_null<acc>(weight);
   const scalar_t* xp = x.data_ptr<scalar_t>();
-  const int64_t* a = arg.data_ptr<int64_t>();
+  const arg_t* a = arg.data_ptr<arg_t>();
   const scalar_t* g = grad_out.data_ptr<scalar_t>();
   const int64_t rows = arg.size(0), F = arg.size(1), num_edges = col.numel(), num_src = x.size(0);
   acc* gx = grad_x.data_ptr<acc>();
@@ -197,7 +217,8 @@ std::tuple<at::Tensor, at::Tensor> spmm_max_backward(const at::Tensor& col,
   TORCH_CHECK_VALUE(x.dim() == 2 && arg.dim() == 2 && arg.sizes() == grad_out.sizes() &&
                         arg.size(1) == x.size(1),
                     "spmm_max_backward: shape mismatch");
-  TORCH_CHECK_TYPE(arg.scalar_type() == at::kLong, "spmm_max_backward: arg must be int64");
+  TORCH_CHECK_TYPE(arg.scalar_type() == at::kInt || arg.scalar_type() == at::kLong,
+                   "spmm_max_backward: arg must be int32 or int64");
   TORCH_CHECK_VALUE(col.dim() == 1, "spmm_max_backward: col must be 1-D");
   check_index_dtype(col, "col");
   if (weight.has_value() && weight->defined())
@@ -209,7 +230,9 @@ std::tuple<at::Tensor, at::Tensor> spmm_max_backward(const at::Tensor& col,
   at::Tensor grad_x = at::zeros(xc.sizes(), xc.options().dtype(acc));
   at::Tensor grad_w = need_weight_grad ? at::zeros({col.numel()}, x.options().dtype(acc)) : x.new_empty({0});
   FASTALIGN_DISPATCH(x.scalar_type(), col.scalar_type(), "spmm_max_backward", [&] {
-    spmm_max_backward_kernel<scalar_t, index_t>(cl, w, xc, ac, g, grad_x, grad_w);
+    dispatch_arg(ac, [&](auto a) {
+      spmm_max_backward_kernel<scalar_t, index_t, decltype(a)>(cl, w, xc, ac, g, grad_x, grad_w);
+    });
   });
   if (need_weight_grad)
     grad_w = grad_w.to(weight.has_value() && weight->defined() ? weight->scalar_type() : x.scalar_type());

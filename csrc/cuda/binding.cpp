@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -148,14 +149,18 @@ std::tuple<Tensor, Tensor> spmm_forward(const Tensor& rowptr, const Tensor& col,
   else TORCH_CHECK(false, "fastalign cuda: unknown reduce ", reduce);
   const int64_t F = x.size(1);
   Tensor out = at::empty({c.g.num_rows, F}, x.options());
-  Tensor arg = r == FA_MAX ? at::empty({c.g.num_rows, F}, x.options().dtype(at::kLong))
-                           : at::empty({0}, x.options().dtype(at::kLong));
+  // int32 winners whenever every edge position fits (the max backward reads them per
+  // edge and feature)
+  const bool arg32 = c.g.num_edges <= std::numeric_limits<int32_t>::max();
+  Tensor arg = r == FA_MAX
+                   ? at::empty({c.g.num_rows, F}, x.options().dtype(arg32 ? at::kInt : at::kLong))
+                   : at::empty({0}, x.options().dtype(at::kLong));
   const int64_t split = split_for(c.g.num_edges);
   const size_t bytes = fa_spmm_workspace_bytes(&c.g, F, r, split);
   Tensor ws = workspace(bytes, x);
   FA_CHECK_CUDA(fa_spmm_forward(&c.g, ptr_or_null(w), x.data_ptr(), F, value_type(x, "x"), r,
                                 nullptr, nullptr, out.data_ptr(),
-                                r == FA_MAX ? arg.data_ptr<int64_t>() : nullptr, split,
+                                r == FA_MAX ? arg.data_ptr() : nullptr, arg32 ? FA_I32 : FA_I64, split,
                                 ws.data_ptr(), bytes, stream()));
   return {out, arg};
 }
@@ -170,8 +175,9 @@ std::tuple<Tensor, Tensor> spmm_max_backward(const Tensor& col, const Tensor& ro
   Tensor grad_out = features(grad_out_in, x, "grad_out");
   check_cuda(col, x, "col");
   check_cuda(arg_in, x, "arg");
-  TORCH_CHECK(arg_in.scalar_type() == at::kLong && arg_in.sizes() == grad_out.sizes(),
-              "fastalign cuda: arg must be int64 shaped like grad_out");
+  TORCH_CHECK((arg_in.scalar_type() == at::kInt || arg_in.scalar_type() == at::kLong) &&
+                  arg_in.sizes() == grad_out.sizes(),
+              "fastalign cuda: arg must be int32 or int64 shaped like grad_out");
   TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && grad_out.size(1) == x.size(1),
               "fastalign cuda: grad_out must match x in dtype and width");
   TORCH_CHECK(col.scalar_type() == at::kInt || col.scalar_type() == at::kLong,
@@ -197,7 +203,9 @@ std::tuple<Tensor, Tensor> spmm_max_backward(const Tensor& col, const Tensor& ro
   const size_t bytes = fa_spmm_max_backward_workspace_bytes(&ct.g, F, split);
   Tensor ws = workspace(bytes, x);
   FA_CHECK_CUDA(fa_spmm_max_backward(&g, &ct.g, perm.data_ptr<int64_t>(), ptr_or_null(w),
-                                     x.data_ptr(), arg.data_ptr<int64_t>(), grad_out.data_ptr(),
+                                     x.data_ptr(), arg.data_ptr(),
+                                     arg.scalar_type() == at::kInt ? FA_I32 : FA_I64,
+                                     grad_out.data_ptr(),
                                      F, value_type(x, "x"), gx.data_ptr(),
                                      need_weight_grad ? gw.data_ptr<float>() : nullptr, split,
                                      ws.data_ptr(), bytes, stream()));
@@ -328,7 +336,7 @@ Tensor gcn_aggregate(const Tensor& rowptr, const Tensor& col, const OptTensor& w
   FA_CHECK_CUDA(fa_spmm_forward(&c.g, ptr_or_null(w), x.data_ptr(), F, value_type(x, "x"), FA_SUM,
                                 d.data_ptr<float>(),
                                 lw.has_value() ? lw->data_ptr<float>() : nullptr, out.data_ptr(),
-                                nullptr, split, ws.data_ptr(), bytes, stream()));
+                                nullptr, FA_I64, split, ws.data_ptr(), bytes, stream()));
   return out;
 }
 

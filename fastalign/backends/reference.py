@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from . import BACKEND_FUNCTIONS
+from ..validation import arg_dtype
 
 AVAILABLE = True
 FUNCTIONS = frozenset(BACKEND_FUNCTIONS)  # the reference implements every one
@@ -63,7 +64,8 @@ def spmm_forward(
 ) -> Tuple[Tensor, Tensor]:
     """out[i] = reduce_{e = (j -> i)} w_e x[j]; empty rows give 0.
 
-    For ``reduce="max"`` also returns ``arg [num_dst, F]`` (int64): the edge position that
+    For ``reduce="max"`` also returns ``arg [num_dst, F]`` (int32, or int64 past 2**31 - 1
+    edges: ``validation.arg_dtype``): the edge position that
     gave each maximum (the first one on ties), -1 for empty rows; otherwise an empty
     tensor. NaN propagates, as in ``torch.amax``: a NaN message makes the row's maximum
     NaN, and ``arg`` is the first NaN edge, whatever the edge order otherwise.
@@ -95,7 +97,7 @@ def spmm_forward(
     empty = arg == num_edges
     arg[empty] = -1
     out[empty] = 0
-    return out.to(x.dtype), arg
+    return out.to(x.dtype), arg.to(arg_dtype(num_edges))
 
 
 def spmm_max_backward(
@@ -123,7 +125,7 @@ def spmm_max_backward(
         grad_w = x.new_zeros(0) if need_weight_grad else x.new_empty(0)
         return torch.zeros_like(x), grad_w
     valid = arg >= 0
-    edge = arg.clamp(min=0)
+    edge = arg.clamp(min=0).long()
     src = col.long()[edge]
     g = torch.where(valid, grad_out.to(acc), torch.zeros((), dtype=acc, device=x.device))
     scale = weight.to(acc)[edge] if weight is not None else 1.0

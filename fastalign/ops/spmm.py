@@ -2,7 +2,8 @@
 
 Custom ops:
     fastalign::spmm                 forward; returns (out, arg) with arg the winning edge
-                                    per output element for "max" (empty otherwise)
+                                    per output element for "max" (empty otherwise), int32
+                                    unless the graph has 2**31 edges or more
     fastalign::spmm_max_backward    gradients of the max reduction
     fastalign::sddmm                per-edge a[i] . b[j], the edge-weight gradient
 Autograd: grad_x of sum/mean is spmm over the cached transpose (no atomics; the
@@ -67,7 +68,7 @@ def _(rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t, weight_t, backend
     num_dst = rowptr.shape[0] - 1
     out = x.new_empty((num_dst, x.shape[1]))
     arg_shape = (num_dst, x.shape[1]) if reduce == "max" else (0,)
-    return out, x.new_empty(arg_shape, dtype=torch.int64)
+    return out, x.new_empty(arg_shape, dtype=V.arg_dtype(col.shape[0]) if reduce == "max" else torch.int64)
 
 
 def _spmm_max_backward(

@@ -57,8 +57,9 @@ int64_t fa_default_split(int64_t num_edges);
 
 // ---------------------------------------------------------------------------- spmm
 // out[i] = reduce_{e=(j->i)} w_e x[j] (w_e = 1 without weight); empty rows give 0.
-// FA_MAX also writes arg [num_rows, F] (int64): the first edge reaching the maximum,
-// -1 for empty rows (pass arg = NULL otherwise).
+// FA_MAX also writes arg [num_rows, F] (arg_type: FA_I32 when every edge position fits,
+// else FA_I64): the first edge reaching the maximum, -1 for empty rows (pass arg = NULL
+// otherwise).
 // GCN mode (dis != NULL, float32 [num_rows]):
 //   out[i] = dis[i] * (sum_e w_e dis[j] x[j] + loop_w[i] dis[i] x[i]),
 // and with loop_w != NULL (float32 [num_rows]) self-loop edges (j == i) are skipped.
@@ -66,10 +67,12 @@ int64_t fa_default_split(int64_t num_edges);
 size_t fa_spmm_workspace_bytes(const fa_csr* g, int64_t F, fa_reduce reduce, int64_t split);
 cudaError_t fa_spmm_forward(const fa_csr* g, const void* weight, const void* x, int64_t F,
                             fa_dtype dtype, fa_reduce reduce, const float* dis,
-                            const float* loop_w, void* out, int64_t* arg, int64_t split,
-                            void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                            const float* loop_w, void* out, void* arg, fa_itype arg_type,
+                            int64_t split, void* workspace, size_t workspace_bytes,
+                            cudaStream_t stream);
 
-// Gradients of the max reduction, for arg [num_rows, F] from fa_spmm_forward.
+// Gradients of the max reduction, for arg [num_rows, F] (int32 or int64, arg_type) from
+// fa_spmm_forward.
 // grad_x (dtype, [num_src, F], fully written; may be NULL): gathered by source node over
 // the transpose gt (rowptr_t, col_t; perm_t [num_edges] int64 maps transposed edge k to
 // internal edge perm_t[k]): grad_x[j, f] = sum over j's transposed edges k (destination
@@ -81,8 +84,8 @@ cudaError_t fa_spmm_forward(const fa_csr* g, const void* weight, const void* x, 
 // The workspace (for grad_x) holds gt's schedule and partial slots.
 size_t fa_spmm_max_backward_workspace_bytes(const fa_csr* gt, int64_t F, int64_t split);
 cudaError_t fa_spmm_max_backward(const fa_csr* g, const fa_csr* gt, const int64_t* perm_t,
-                                 const void* weight, const void* x, const int64_t* arg,
-                                 const void* grad_out, int64_t F, fa_dtype dtype,
+                                 const void* weight, const void* x, const void* arg,
+                                 fa_itype arg_type, const void* grad_out, int64_t F, fa_dtype dtype,
                                  void* grad_x, float* grad_w_acc, int64_t split,
                                  void* workspace, size_t workspace_bytes, cudaStream_t stream);
 

@@ -29,12 +29,23 @@ struct SpmmArgs {
   const float* dis;    // GCN mode when non-null
   const float* loop_w; // GCN self-loop weights; skips self-loop edges when non-null
   T* out;              // [num_rows, F]
-  int64_t* arg;        // max only
+  void* arg;           // max only: int32 (arg32) or int64 [num_rows, F]
+  bool arg32;
   float* part;         // [max_slots, F]
   int64_t* part_arg;   // max only
   int64_t F;
   int mean;
 };
+
+// Stores the winning edge of one output element in arg's type (a uniform branch; each
+// element is written once).
+template <typename T, typename I>
+__device__ __forceinline__ void store_arg(const SpmmArgs<T, I>& a, int64_t i, int64_t e) {
+  if (a.arg32)
+    static_cast<int32_t*>(a.arg)[i] = static_cast<int32_t>(e);
+  else
+    static_cast<int64_t*>(a.arg)[i] = e;
+}
 
 // Final value of one output element of row r from its accumulated sum.
 template <typename T, typename I>
@@ -132,7 +143,7 @@ __global__ void __launch_bounds__(kBlock)
     for (int q = 0; q < V; ++q) {
       if (MAX) {
         o[q] = best[t][q] < 0 ? 0.f : acc[t][q];
-        a.arg[seg.row * a.F + c * V + q] = best[t][q];
+        store_arg(a, seg.row * a.F + c * V + q, best[t][q]);
       } else {
         o[q] = finish_sum(a, seg.row, c * V + q, deg, acc[t][q]);
       }
@@ -167,7 +178,7 @@ __global__ void __launch_bounds__(kBlock) spmm_combine_kernel(SpmmArgs<T, I> a, 
       }
       if (MAX) {
         a.out[r * a.F + f] = from_float<T>(acc);
-        a.arg[r * a.F + f] = best;
+        store_arg(a, r * a.F + f, best);
       } else {
         a.out[r * a.F + f] = from_float<T>(finish_sum(a, r, f, deg, acc));
       }
@@ -209,21 +220,38 @@ cudaError_t spmm_layout(const fa_csr* g, int64_t F, fa_reduce reduce, int64_t sp
 // vectors, grad_out only where the edge won (each output element is read once overall).
 // float32 accumulation in transposed-edge order; split rows go through the partial slots
 // and spmm_combine_kernel (segment order): deterministic, no atomics.
-template <typename T, typename I>
+template <typename T, typename I, typename A>
 struct MaxBackwardArgs {
   const I* rowptr;         // rowptr_t
   const I* col;            // col_t: the destination of each transposed edge
   const int64_t* perm;     // perm_t: the internal edge of each transposed edge
   const T* weight;         // internal order, may be null
-  const int64_t* arg;      // [num_dst, F]
+  const A* arg;            // [num_dst, F], int32 or int64
   const T* grad_out;       // [num_dst, F]
   T* grad_x;               // [num_src, F]
   float* part;             // [max_slots, F]
   int64_t F;
 };
 
-// V int64 args (16-byte loads when V is even: the row and vector offsets are then
-// multiples of 16 bytes for a 16-byte aligned base).
+// V args widened to int64, with 16-byte loads when V args fill whole 16-byte vectors
+// (the row and vector offsets are then multiples of 16 bytes for an aligned base).
+template <int V>
+__device__ __forceinline__ void load_args(const int32_t* __restrict__ p, int64_t (&out)[V]) {
+  if constexpr (V % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < V; q += 4) {
+      const int4 v = __ldg(reinterpret_cast<const int4*>(p + q));
+      out[q] = v.x;
+      out[q + 1] = v.y;
+      out[q + 2] = v.z;
+      out[q + 3] = v.w;
+    }
+  } else {
+#pragma unroll
+    for (int q = 0; q < V; ++q) out[q] = __ldg(p + q);
+  }
+}
+
 template <int V>
 __device__ __forceinline__ void load_args(const int64_t* __restrict__ p, int64_t (&out)[V]) {
   if constexpr (V % 2 == 0) {
@@ -239,9 +267,9 @@ __device__ __forceinline__ void load_args(const int64_t* __restrict__ p, int64_t
   }
 }
 
-template <typename T, typename I, int V, int L, int NT>
+template <typename T, typename I, typename A, int V, int L, int NT>
 __global__ void __launch_bounds__(kBlock)
-    spmm_max_backward_kernel(MaxBackwardArgs<T, I> a, Schedule s) {
+    spmm_max_backward_kernel(MaxBackwardArgs<T, I, A> a, Schedule s) {
   constexpr int TPB = kBlock / L;
   auto tile = cg::tiled_partition<L>(cg::this_thread_block());
   const Segment seg = find_segment<I, TPB>(s, a.rowptr, threadIdx.x / L);
@@ -271,7 +299,7 @@ __global__ void __launch_bounds__(kBlock)
       const int64_t ii = tile.shfl(i, m);
       const int64_t ee = tile.shfl(e, m);
       const float ww = tile.shfl(w, m);
-      const int64_t* ar = a.arg + ii * a.F;
+      const A* ar = a.arg + ii * a.F;
       const T* gr = a.grad_out + ii * a.F;
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
@@ -301,13 +329,13 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-template <typename T, typename I, int V>
-cudaError_t launch_max_backward(const MaxBackwardArgs<T, I>& a, const Schedule& s,
+template <typename T, typename I, typename A, int V>
+cudaError_t launch_max_backward(const MaxBackwardArgs<T, I, A>& a, const Schedule& s,
                                 const TileShape& shape, cudaStream_t stream) {
   return dispatch_shape(shape, [&](auto sh) -> cudaError_t {
     constexpr int L = decltype(sh)::lanes, NT = decltype(sh)::nt;
     dim3 grid(grid_for_segments(s, kBlock / L), shape.chunks);
-    spmm_max_backward_kernel<T, I, V, L, NT><<<grid, kBlock, 0, stream>>>(a, s);
+    spmm_max_backward_kernel<T, I, A, V, L, NT><<<grid, kBlock, 0, stream>>>(a, s);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     // The split rows' partial slots, summed in segment order (the sum forward's combine).
@@ -322,9 +350,9 @@ cudaError_t launch_max_backward(const MaxBackwardArgs<T, I>& a, const Schedule& 
 }
 
 // Weight gradient of max: one thread per destination row owns that row's edges.
-template <typename T, typename I>
+template <typename T, typename I, typename A>
 __global__ void spmm_max_weight_grad_kernel(const I* __restrict__ col, const T* __restrict__ x,
-                                            const int64_t* __restrict__ arg,
+                                            const A* __restrict__ arg,
                                             const T* __restrict__ grad_out, int64_t num_rows,
                                             int64_t F, float* __restrict__ grad_w) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -367,8 +395,9 @@ extern "C" size_t fa_spmm_workspace_bytes(const fa_csr* g, int64_t F, fa_reduce 
 extern "C" cudaError_t fa_spmm_forward(const fa_csr* g, const void* weight, const void* x,
                                        int64_t F, fa_dtype dtype, fa_reduce reduce,
                                        const float* dis, const float* loop_w, void* out,
-                                       int64_t* arg, int64_t split, void* workspace,
-                                       size_t workspace_bytes, cudaStream_t stream) {
+                                       void* arg, fa_itype arg_type, int64_t split,
+                                       void* workspace, size_t workspace_bytes,
+                                       cudaStream_t stream) {
   if (split <= 0) split = fa_default_split(g->num_edges);
   if (g->num_rows == 0 || F == 0) return cudaSuccess;
   if (reduce == FA_MAX && (arg == nullptr || dis != nullptr)) return cudaErrorInvalidValue;
@@ -390,6 +419,7 @@ extern "C" cudaError_t fa_spmm_forward(const fa_csr* g, const void* weight, cons
     a.loop_w = loop_w;
     a.out = static_cast<T*>(out);
     a.arg = arg;
+    a.arg32 = arg_type == FA_I32;
     a.F = F;
     a.mean = reduce == FA_MEAN;
     const int64_t widths[1] = {F};
@@ -420,7 +450,7 @@ extern "C" size_t fa_spmm_max_backward_workspace_bytes(const fa_csr* gt, int64_t
 
 extern "C" cudaError_t fa_spmm_max_backward(const fa_csr* g, const fa_csr* gt,
                                             const int64_t* perm_t, const void* weight,
-                                            const void* x, const int64_t* arg,
+                                            const void* x, const void* arg, fa_itype arg_type,
                                             const void* grad_out, int64_t F, fa_dtype dtype,
                                             void* grad_x, float* grad_w_acc, int64_t split,
                                             void* workspace, size_t workspace_bytes,
@@ -431,13 +461,15 @@ extern "C" cudaError_t fa_spmm_max_backward(const fa_csr* g, const fa_csr* gt,
   if (grad_x != nullptr && gt->num_rows > 0 &&
       workspace_bytes < fa_spmm_max_backward_workspace_bytes(gt, F, split))
     return cudaErrorInvalidValue;
-  return dispatch_types(dtype, g->itype, [&](auto tv, auto iv) -> cudaError_t {
+  auto run = [&](auto tv, auto iv, auto av) -> cudaError_t {
     using T = decltype(tv);
     using I = decltype(iv);
+    using A = decltype(av);
+    const A* args = static_cast<const A*>(arg);
     if (grad_x != nullptr && gt->num_rows > 0) {
       Carve c{static_cast<char*>(workspace)};
       Schedule s;
-      MaxBackwardArgs<T, I> a{};
+      MaxBackwardArgs<T, I, A> a{};
       int64_t* part_arg;
       cudaError_t err = spmm_layout<I>(gt, F, FA_SUM, split, c, s, &a.part, &part_arg, stream);
       if (err != cudaSuccess) return err;
@@ -445,7 +477,7 @@ extern "C" cudaError_t fa_spmm_max_backward(const fa_csr* g, const fa_csr* gt,
       a.col = static_cast<const I*>(gt->col);
       a.perm = perm_t;
       a.weight = static_cast<const T*>(weight);
-      a.arg = arg;
+      a.arg = args;
       a.grad_out = static_cast<const T*>(grad_out);
       a.grad_x = static_cast<T*>(grad_x);
       a.F = F;
@@ -454,17 +486,21 @@ extern "C" cudaError_t fa_spmm_max_backward(const fa_csr* g, const fa_csr* gt,
       const int vec = pick_vec(sizeof(T), widths, 1, ptrs, 3);
       const TileShape shape = pick_shape(F, vec);
       constexpr int V16 = vec16<T>();
-      err = vec == 1 ? launch_max_backward<T, I, 1>(a, s, shape, stream)
-                     : launch_max_backward<T, I, V16>(a, s, shape, stream);
+      err = vec == 1 ? launch_max_backward<T, I, A, 1>(a, s, shape, stream)
+                     : launch_max_backward<T, I, A, V16>(a, s, shape, stream);
       if (err != cudaSuccess) return err;
     }
     if (grad_w_acc != nullptr && g->num_rows > 0) {
       const auto* col = static_cast<const I*>(g->col);
-      spmm_max_weight_grad_kernel<T, I><<<ceil_div(g->num_rows, kBlock), kBlock, 0, stream>>>(
-          col, static_cast<const T*>(x), arg, static_cast<const T*>(grad_out), g->num_rows, F,
+      spmm_max_weight_grad_kernel<T, I, A><<<ceil_div(g->num_rows, kBlock), kBlock, 0, stream>>>(
+          col, static_cast<const T*>(x), args, static_cast<const T*>(grad_out), g->num_rows, F,
           grad_w_acc);
       return cudaGetLastError();
     }
     return cudaSuccess;
+  };
+  // int32 winners (any graph below 2^31 edges) halve the bytes read per edge and feature
+  return dispatch_types(dtype, g->itype, [&](auto tv, auto iv) -> cudaError_t {
+    return arg_type == FA_I32 ? run(tv, iv, int32_t{}) : run(tv, iv, int64_t{});
   });
 }
