@@ -333,6 +333,28 @@ def test_edge_softmax(name, index_dtype, dtype):
     assert_close(CU.edge_softmax_backward(g.rowptr, p, gp), REF.edge_softmax_backward(g.rowptr, p, gp))
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_edge_softmax_hub_rows(dtype):
+    """Rows of 1,024 edges (a warp's longest), 1,025 and 50,000 (a block's): against the
+    reference, and the same bits on a second run."""
+    hub = hub_graph(torch.int64)
+    n = hub.num_dst  # two new nodes n, n + 1 with exactly 1,024 and 1,025 in-edges
+    ei = torch.cat([hub.edge_index.cpu(),
+                    torch.stack([torch.arange(1024) % 500 + 10, torch.full((1024,), n)]),
+                    torch.stack([torch.arange(1025) % 500 + 10, torch.full((1025,), n + 1)])], 1)
+    g = Graph.from_edge_index(ei, num_nodes=n + 2).to(DEV)
+    deg = (g.rowptr[1:] - g.rowptr[:-1]).cpu()
+    assert int(deg[0]) >= 50_000 and int(deg[n]) == 1024 and int(deg[n + 1]) == 1025
+    z = feats(g.num_edges, 1, dtype, seed=6).flatten() * 3
+    gp = feats(g.num_edges, 1, dtype, seed=7).flatten()
+    p = CU.edge_softmax(g.rowptr, z)
+    assert_close(p, REF.edge_softmax(g.rowptr, z))
+    gz = CU.edge_softmax_backward(g.rowptr, p, gp)
+    assert_close(gz, REF.edge_softmax_backward(g.rowptr, p, gp))
+    assert torch.equal(CU.edge_softmax(g.rowptr, z), p)
+    assert torch.equal(CU.edge_softmax_backward(g.rowptr, p, gp), gz)
+
+
 # --------------------------------------------------------------------------- structure KL
 @graph_params
 @index_params

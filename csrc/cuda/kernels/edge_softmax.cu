@@ -1,6 +1,8 @@
-// Softmax of per-edge scalars over each CSR row, and its backward. One warp per row:
-// the data is E scalars (no feature dimension), so even a hub row of 50k edges is a
-// few microseconds for one warp; rows are read coalesced, reductions are fixed-order.
+// Softmax of per-edge scalars over each CSR row, and its backward. One warp per row of
+// at most kLongRow edges; a longer row (a hub: ~50k in-edges on Reddit-sized graphs,
+// 1,500 serial steps for one warp) is taken by a block of kLongBlock threads, so its
+// three passes run 32 times wider. Rows are read coalesced; every reduction has a fixed
+// order (lane, then warp), so results are bitwise reproducible.
 #include "common.cuh"
 
 using namespace fastalign::cuda;
@@ -19,6 +21,63 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+constexpr int64_t kLongRow = 1024;  // longest row a warp takes (32 steps per pass)
+constexpr int kLongBlock = 1024;    // threads on one long row
+
+// Fixed-order block reduction of one value per thread (MAX: max, else sum); every
+// thread gets the result. `scratch` holds kLongBlock / 32 floats.
+template <bool MAX>
+__device__ __forceinline__ float block_reduce(float v, float* scratch) {
+  v = MAX ? warp_max(v) : warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // scratch may still be read by the previous reduction
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < kLongBlock / 32 ? scratch[lane] : (MAX ? -INFINITY : 0.f);
+  return MAX ? warp_max(v) : warp_sum(v);
+}
+
+// The long rows among rows [blockIdx.x * kLongBlock, +kLongBlock): found by one degree
+// read per thread, then each taken by the whole block. BACKWARD: out = p * (g - sum p g)
+// with (a, b) = (p, g); else out = softmax(a). The list's order varies; each row's
+// result does not depend on it.
+template <typename T, typename I, bool BACKWARD>
+__global__ void __launch_bounds__(kLongBlock)
+    edge_softmax_long_rows_kernel(const I* __restrict__ rowptr, int64_t num_rows,
+                                  const T* __restrict__ a, const T* __restrict__ b,
+                                  T* __restrict__ out) {
+  __shared__ int64_t rows[kLongBlock];
+  __shared__ int count;
+  __shared__ float scratch[kLongBlock / 32];
+  if (threadIdx.x == 0) count = 0;
+  __syncthreads();
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kLongBlock + threadIdx.x;
+  if (r0 < num_rows && ld_index(rowptr + r0 + 1) - ld_index(rowptr + r0) > kLongRow)
+    rows[atomicAdd(&count, 1)] = r0;
+  __syncthreads();
+  for (int k = 0; k < count; ++k) {
+    const int64_t r = rows[k];
+    const int64_t lo = ld_index(rowptr + r), hi = ld_index(rowptr + r + 1);
+    if (BACKWARD) {
+      float dot = 0.f;
+      for (int64_t e = lo + threadIdx.x; e < hi; e += kLongBlock)
+        dot = fmaf(to_float(a[e]), to_float(b[e]), dot);
+      dot = block_reduce<false>(dot, scratch);
+      for (int64_t e = lo + threadIdx.x; e < hi; e += kLongBlock)
+        out[e] = from_float<T>(to_float(a[e]) * (to_float(b[e]) - dot));
+    } else {
+      float m = -INFINITY;
+      for (int64_t e = lo + threadIdx.x; e < hi; e += kLongBlock) m = fmaxf(m, to_float(a[e]));
+      m = block_reduce<true>(m, scratch);
+      float sum = 0.f;
+      for (int64_t e = lo + threadIdx.x; e < hi; e += kLongBlock) sum += expf(to_float(a[e]) - m);
+      const float inv = 1.f / block_reduce<false>(sum, scratch);
+      for (int64_t e = lo + threadIdx.x; e < hi; e += kLongBlock)
+        out[e] = from_float<T>(expf(to_float(a[e]) - m) * inv);
+    }
+  }
+}
+
 template <typename T, typename I>
 __global__ void __launch_bounds__(kBlock)
     edge_softmax_kernel(const I* __restrict__ rowptr, int64_t num_rows,
@@ -27,6 +86,7 @@ __global__ void __launch_bounds__(kBlock)
   if (r >= num_rows) return;  // whole warps leave together
   const int lane = threadIdx.x % 32;
   const int64_t b = ld_index(rowptr + r), e = ld_index(rowptr + r + 1);
+  if (e - b > kLongRow) return;  // edge_softmax_long_rows_kernel's
   float m = -INFINITY;
   for (int64_t k = b + lane; k < e; k += 32) m = fmaxf(m, to_float(z[k]));
   m = warp_max(m);
@@ -45,6 +105,7 @@ __global__ void __launch_bounds__(kBlock)
   if (r >= num_rows) return;
   const int lane = threadIdx.x % 32;
   const int64_t b = ld_index(rowptr + r), e = ld_index(rowptr + r + 1);
+  if (e - b > kLongRow) return;  // edge_softmax_long_rows_kernel's
   float dot = 0.f;
   for (int64_t k = b + lane; k < e; k += 32) dot = fmaf(to_float(p[k]), to_float(g[k]), dot);
   dot = warp_sum(dot);
@@ -53,6 +114,8 @@ __global__ void __launch_bounds__(kBlock)
 }
 
 unsigned warp_grid(int64_t rows) { return static_cast<unsigned>(ceil_div(rows * 32, kBlock)); }
+
+unsigned long_rows_grid(int64_t rows) { return static_cast<unsigned>(ceil_div(rows, kLongBlock)); }
 
 }  // namespace
 
@@ -64,6 +127,11 @@ extern "C" cudaError_t fa_edge_softmax(const fa_csr* g, const void* logits, fa_d
     using I = decltype(iv);
     edge_softmax_kernel<T, I><<<warp_grid(g->num_rows), kBlock, 0, stream>>>(
         static_cast<const I*>(g->rowptr), g->num_rows, static_cast<const T*>(logits),
+        static_cast<T*>(p));
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    edge_softmax_long_rows_kernel<T, I, false><<<long_rows_grid(g->num_rows), kLongBlock, 0, stream>>>(
+        static_cast<const I*>(g->rowptr), g->num_rows, static_cast<const T*>(logits), nullptr,
         static_cast<T*>(p));
     return cudaGetLastError();
   });
@@ -77,6 +145,11 @@ extern "C" cudaError_t fa_edge_softmax_backward(const fa_csr* g, const void* p,
     using T = decltype(tv);
     using I = decltype(iv);
     edge_softmax_backward_kernel<T, I><<<warp_grid(g->num_rows), kBlock, 0, stream>>>(
+        static_cast<const I*>(g->rowptr), g->num_rows, static_cast<const T*>(p),
+        static_cast<const T*>(grad_p), static_cast<T*>(grad_logits));
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    edge_softmax_long_rows_kernel<T, I, true><<<long_rows_grid(g->num_rows), kLongBlock, 0, stream>>>(
         static_cast<const I*>(g->rowptr), g->num_rows, static_cast<const T*>(p),
         static_cast<const T*>(grad_p), static_cast<T*>(grad_logits));
     return cudaGetLastError();
