@@ -2,14 +2,14 @@
 """GPU benchmark of the Triton backend against its peers, side by side in one process.
 
 Graphs: docs/design.md's power-law recipe (dst = perm[floor(u^1.6 N)], src uniform, self
-loops dropped, seeded), generated with torch on the device (same distribution as
-tests/graphs.power_law_edge_index; not the same random stream), int32 indices:
+loops dropped, seeded): fastalign.bench.graphs.power_law_edge_index, built on the CPU
+(the same graph on every machine) and moved to the device, int32 indices:
 arxiv-like (N=169,343, E=2,332,486), reddit-like (232,965 / 114,615,892), products-like
 (2,449,029 / 123,718,280).
 
-Measured (median of CUDA-event timings after a warm-up that also JIT-compiles and
-autotunes; peak memory as torch.cuda.max_memory_allocated above the level before the
-call):
+Measured with fastalign.bench.timing (median of CUDA-event timings after a warm-up that
+also JIT-compiles; peak memory as torch.cuda.max_memory_allocated above the level before
+the call):
   * device copy bandwidth (clone of a 4 GB buffer, bytes read + written);
   * spmm forward (sum): ours vs torch.sparse.mm on CSR (cuSPARSE) vs torch.compile of
     gather + index_add_ (and the "cuda" backend when fastalign._C_cuda is built);
@@ -44,6 +44,10 @@ import traceback
 
 import torch
 
+from fastalign.bench.graphs import power_law_edge_index
+from fastalign.bench.runner import is_oom
+from fastalign.bench.timing import peak_memory, time_call
+
 GRAPHS = {
     "arxiv": (169_343, 2_332_486),
     "reddit": (232_965, 114_615_892),
@@ -61,62 +65,17 @@ class Deadline:
 
 
 # --------------------------------------------------------------------------- helpers
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timeit(fn, dev, reps, max_s=3.0, warmup=2):
-    """Median milliseconds of ``fn`` after ``warmup`` calls (two: compiled peers compile
-    again on their second call, e.g. once PyG's GCNConv has filled its cache)."""
-    for _ in range(warmup):
-        fn()
-    sync(dev)
-    times = []
-    spent = 0.0
-    for _ in range(reps):
-        if dev.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            ms = s.elapsed_time(e)
-        else:
-            t = time.perf_counter()
-            fn()
-            ms = (time.perf_counter() - t) * 1e3
-        times.append(ms)
-        spent += ms / 1e3
-        if spent > max_s:
-            break
-    return statistics.median(times)
-
-
-def peak_bytes(fn, dev):
-    if dev.type != "cuda":
-        return None
-    sync(dev)
-    torch.cuda.reset_peak_memory_stats(dev)
-    base = torch.cuda.memory_allocated(dev)
-    fn()
-    sync(dev)
-    return torch.cuda.max_memory_allocated(dev) - base
+    """Median milliseconds of ``fn`` (CUDA events) after ``warmup`` calls (two: compiled
+    peers compile again on their second call, e.g. once PyG's GCNConv has filled its
+    cache), for at most ``reps`` calls or ``max_s`` seconds."""
+    t = time_call(fn, dev, warmup=warmup, min_reps=1, max_reps=reps, budget_s=max_s, cuda_events=True)
+    return t.median_s * 1e3
 
 
 def power_law_on_device(n, e, seed, dev):
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    perm = torch.randperm(n, generator=gen, device=dev)
-    u = torch.rand(e, generator=gen, device=dev, dtype=torch.float64)
-    dst = perm[(u.pow(1.6) * n).long().clamp(max=n - 1)]
-    del u
-    src = torch.randint(0, n, (e,), generator=gen, device=dev)
-    keep = src != dst
-    return torch.stack([src[keep], dst[keep]])
-
-
-def is_oom(exc):
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    """The benchmark power-law graph's edge_index (the CPU stream), built on ``dev``."""
+    return power_law_edge_index(n, e, seed=seed, device=dev)
 
 
 def with_env(fn, **env):
@@ -191,7 +150,7 @@ class Bench:
             ms = timeit(fn, self.dev, self.args.reps, max_s=min(3.0, max(self.deadline.left() / 4, 0.2)))
             rec["ms"] = ms
             if mem:
-                rec["peak_bytes"] = peak_bytes(fn, self.dev)
+                rec["peak_bytes"] = peak_memory(fn, self.dev)
             if model_bytes:
                 rec["model_bytes"] = model_bytes
                 rec["gbs"] = model_bytes / (ms * 1e-3) / 1e9

@@ -134,9 +134,9 @@ def main(argv=None):
         dtypes, chunk = [torch.float32, torch.bfloat16], CHUNK_EDGES
     print(f"gpu_smoke: backends {names}, device {dev}", flush=True)
     t0 = time.monotonic()
-    from bench_gpu import power_law_on_device
+    from fastalign.bench.graphs import power_law_edge_index
 
-    ei = power_law_on_device(args.nodes, args.edges, seed=0, dev=dev)
+    ei = power_law_edge_index(args.nodes, args.edges, seed=0, device=dev)  # the benchmark's graph
     g = Graph.from_edge_index(ei.to(torch.int32), num_nodes=args.nodes)
     del ei
     rt, ct, pt = g.transpose()

@@ -194,6 +194,14 @@ def test_power_law_generator_recipe():
         G.power_law_edge_index(0, 10)
 
 
+def test_power_law_generator_is_one_stream_on_every_device():
+    """Built on a device, the graph is the CPU's, edge for edge (the draws stay on the
+    CPU; tests/test_triton_gpu.py compares the values on CUDA)."""
+    ei = G.power_law_edge_index(500, 4_000, seed=2, device="cpu")
+    assert torch.equal(ei, G.power_law_edge_index(500, 4_000, seed=2))
+    assert torch.equal(ei, G.power_law_edge_index(500, 4_000, seed=2, device=torch.device("cpu")))
+
+
 def test_graph_specs():
     small = {s.name for s in G.graph_specs("small")}
     assert {"cora", "citeseer", "pubmed", "powerlaw-100k"} <= small
@@ -236,6 +244,16 @@ def test_timing_and_cpu_memory():
     assert 60 * mib < peak < 80 * mib
     small = peak_memory(lambda: torch.ones(1024), "cpu")
     assert small < 4 * mib
+
+
+def test_timing_budget_counts_the_measured_calls():
+    import time
+
+    t = time_call(lambda: time.sleep(0.01), "cpu", warmup=0, min_reps=1, max_reps=100, budget_s=0.05)
+    assert 1 < t.reps <= 5 and t.min_s >= 0.01  # each call >= 10 ms: the budget ends it by 5
+    # cuda_events times CUDA calls; on the CPU the call is timed on the wall clock
+    t = time_call(lambda: time.sleep(0.01), "cpu", warmup=0, min_reps=2, max_reps=2, cuda_events=True)
+    assert t.reps == 2 and t.min_s >= 0.01
 
 
 def test_bench_layers_suite_runs_every_drop_in_layer(tmp_path):

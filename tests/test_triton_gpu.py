@@ -110,6 +110,14 @@ def feats(n, width, dtype, seed):
 # GPU session); test_autotune covers it.
 
 
+def test_benchmark_graph_is_the_cpu_graph_on_the_device():
+    from fastalign.bench.graphs import power_law_edge_index
+
+    on_device = power_law_edge_index(3_000, 40_000, seed=5, device=DEV)
+    assert on_device.device.type == torch.device(DEV).type
+    assert torch.equal(on_device.cpu(), power_law_edge_index(3_000, 40_000, seed=5))
+
+
 @pytest.mark.parametrize("dtype,index_dtype", [
     (torch.float32, torch.int32), (torch.float32, torch.int64),
     (torch.bfloat16, torch.int32), (torch.float16, torch.int64),

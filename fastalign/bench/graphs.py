@@ -19,20 +19,28 @@ from torch import Tensor
 DATA_ENV = "FASTALIGN_DATA"
 
 
-def power_law_edge_index(num_nodes: int, num_edges: int, *, seed: int = 0, exponent: float = 1.6) -> Tensor:
+def power_law_edge_index(
+    num_nodes: int, num_edges: int, *, seed: int = 0, exponent: float = 1.6, device=None
+) -> Tensor:
     """The benchmark graphs of docs/design.md: ``dst = perm[floor(u^1.6 N)]`` with ``u`` uniform in
     [0, 1) and ``perm`` a random permutation of the nodes (heavy-tailed in-degree, hubs
     spread over the id range), ``src`` uniform in [0, N), self loops dropped (so slightly
     fewer than ``num_edges`` edges remain), seeded. Returns a ``[2, E]`` int64 edge_index
-    built on the CPU with a torch.Generator, so it is identical on every machine."""
+    on ``device`` (default CPU). The random draws and the float arithmetic always run on
+    the CPU with a torch.Generator, so the graph is identical on every machine and
+    device; with a device, the gathers, the self-loop mask and the stack run there (on
+    a products-sized graph they are most of the CPU time)."""
     if num_nodes <= 0 or num_edges < 0:
         raise ValueError(f"need num_nodes > 0 and num_edges >= 0, got {num_nodes}, {num_edges}")
+    device = torch.device("cpu" if device is None else device)
     gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(num_nodes, generator=gen)
+    perm = torch.randperm(num_nodes, generator=gen).to(device)
     u = torch.rand(num_edges, generator=gen, dtype=torch.float64)
-    dst = perm[(u.pow(exponent) * num_nodes).long().clamp(max=num_nodes - 1)]
+    pos = (u.pow(exponent) * num_nodes).long().clamp(max=num_nodes - 1)
     del u
-    src = torch.randint(0, num_nodes, (num_edges,), generator=gen)
+    dst = perm[pos.to(device)]
+    del pos
+    src = torch.randint(0, num_nodes, (num_edges,), generator=gen).to(device)
     keep = src != dst
     return torch.stack([src[keep], dst[keep]])
 

@@ -27,7 +27,8 @@ TIMING = {
 }
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory error (host or device)."""
     if isinstance(exc, MemoryError):
         return True
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
@@ -132,7 +133,7 @@ def _measure(c: S.Contender, w: S.Workload, mode: str, rec: dict, reference, cfg
     except S.Skip as exc:
         rec.update(status="skipped", reason=str(exc))
     except Exception as exc:  # noqa: BLE001 - record and go on
-        if _is_oom(exc):
+        if is_oom(exc):
             rec.update(status="oom", reason="out of memory")
         else:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -265,7 +266,7 @@ def run_benchmarks(
         try:
             graph = w.graph  # the CSR and its transpose, built once for every dtype
         except Exception as exc:  # noqa: BLE001
-            reason = "out of memory" if _is_oom(exc) else f"{type(exc).__name__}: {exc}"
+            reason = "out of memory" if is_oom(exc) else f"{type(exc).__name__}: {exc}"
             meta["skipped_graphs"].append({"graph": spec.name, "reason": f"graph build failed: {reason}"})
             step += steps_per_graph
             w.release()

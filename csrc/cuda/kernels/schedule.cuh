@@ -1,14 +1,17 @@
 // Row-segment schedule: load balance for hub rows without atomics on the outputs.
 //
 // Each CSR row is one segment, except rows longer than `split` edges ("split rows"),
-// which are cut into ceil(deg / split) segments of `split` edges plus one empty
-// placeholder segment. A tile of lanes processes one segment; a segment of a split row
-// writes its partial result to a float32 slot, and a combine kernel reduces the slots of
-// each split row in segment order (deterministic). The placeholder makes the slot index
-// a closed form: slot(row, k) = seg_ptr[row] - row + k never collides between rows.
+// which are cut into ceil(deg / split) pieces of `split` edges. A tile of lanes
+// processes one segment; a piece writes its partial result to a float32 slot, and a
+// combine kernel reduces the slots of each split row in piece order (deterministic).
+//
+// Layout: segment g < P (the number of pieces) is piece g, whose slot is g; segment
+// P + r is row r (nothing to do when r is split). Finding a tile's work is O(1): one
+// read of P and of the piece's row, or none beyond rowptr for a row; no search. Pieces
+// come first so that the hubs' work starts at the launch rather than in its tail.
 //
 // Bounds, with S = split and E edges: split rows have deg > S, so there are fewer than
-// E / S of them; they use sum ceil(deg / S) < 2E / S slots; and there are at most
+// E / S of them; they have sum ceil(deg / S) < 2E / S pieces; and there are at most
 // num_rows + 2E / S segments (the grid size, so nothing is read back to the host).
 #pragma once
 
@@ -36,7 +39,8 @@ struct Carve {
 };
 
 struct Schedule {
-  const int64_t* seg_ptr = nullptr;             // [num_rows + 1] first segment of each row
+  const int64_t* piece_ptr = nullptr;           // [num_rows + 1] first piece of each row
+  const int64_t* piece_row = nullptr;           // [max_slots] the row of each piece
   const int64_t* split_rows = nullptr;          // rows with deg > split (any order)
   const unsigned long long* num_split = nullptr;  // how many of them
   int64_t split = 0;
@@ -55,21 +59,40 @@ inline void schedule_bounds(int64_t num_rows, int64_t num_edges, int64_t split, 
 }
 
 template <typename I>
-__global__ void count_segments_kernel(const I* __restrict__ rowptr, int64_t num_rows,
-                                      int64_t split, int64_t* __restrict__ counts,
-                                      int64_t* __restrict__ split_rows,
-                                      unsigned long long* __restrict__ num_split) {
+__global__ void count_pieces_kernel(const I* __restrict__ rowptr, int64_t num_rows,
+                                    int64_t split, int64_t* __restrict__ counts,
+                                    int64_t* __restrict__ split_rows,
+                                    unsigned long long* __restrict__ num_split) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= num_rows) return;
   const int64_t deg = ld_index(rowptr + r + 1) - ld_index(rowptr + r);
-  int64_t n = 1;
+  int64_t n = 0;
   if (deg > split) {
-    n = (deg + split - 1) / split + 1;
+    n = (deg + split - 1) / split;
     // The list order is not deterministic, but each row is combined on its own, so
     // the results are.
     split_rows[atomicAdd(num_split, 1ull)] = r;
   }
   counts[r] = n;
+}
+
+// piece_row[piece_ptr[r] + k] = r for each piece k of each split row r.
+__global__ void fill_pieces_kernel(const int64_t* __restrict__ piece_ptr,
+                                   const int64_t* __restrict__ split_rows,
+                                   const unsigned long long* __restrict__ num_split,
+                                   int64_t* __restrict__ piece_row) {
+  const unsigned long long n = *num_split;
+  for (unsigned long long k = blockIdx.x; k < n; k += gridDim.x) {
+    const int64_t r = split_rows[k];
+    for (int64_t p = piece_ptr[r] + threadIdx.x; p < piece_ptr[r + 1]; p += blockDim.x)
+      piece_row[p] = r;
+  }
+}
+
+inline unsigned grid_for_split_rows(const Schedule& s) {
+  // The combine kernels stride over the split-row list; a bounded grid suffices.
+  const int64_t n = s.max_split_rows < 65535 ? s.max_split_rows : 65535;
+  return static_cast<unsigned>(n > 0 ? n : 1);
 }
 
 // Measures (ws == nullptr) or builds the schedule of g in the workspace carve `c`.
@@ -78,28 +101,34 @@ cudaError_t build_schedule(const fa_csr* g, int64_t split, Carve& c, Schedule& s
                            cudaStream_t stream) {
   schedule_bounds(g->num_rows, g->num_edges, split, s);
   const int64_t n = g->num_rows;
-  int64_t* seg_ptr = c.take<int64_t>(n + 1);
+  int64_t* piece_ptr = c.take<int64_t>(n + 1);
   int64_t* counts = c.take<int64_t>(n);
+  int64_t* piece_row = c.take<int64_t>(s.max_slots);
   int64_t* split_rows = c.take<int64_t>(s.max_split_rows);
   unsigned long long* num_split = c.take<unsigned long long>(1);
   size_t temp_bytes = 0;
-  cudaError_t err = cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, counts, seg_ptr + 1,
+  cudaError_t err = cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, counts, piece_ptr + 1,
                                                   n > 0 ? n : 1, stream);
   if (err != cudaSuccess) return err;
   void* temp = c.take<char>(static_cast<int64_t>(temp_bytes));
-  s.seg_ptr = seg_ptr;
+  s.piece_ptr = piece_ptr;
+  s.piece_row = piece_row;
   s.split_rows = split_rows;
   s.num_split = num_split;
   if (c.base == nullptr) return cudaSuccess;  // measuring only
-  if ((err = cudaMemsetAsync(seg_ptr, 0, sizeof(int64_t), stream)) != cudaSuccess) return err;
+  if ((err = cudaMemsetAsync(piece_ptr, 0, sizeof(int64_t), stream)) != cudaSuccess) return err;
   if ((err = cudaMemsetAsync(num_split, 0, sizeof(unsigned long long), stream)) != cudaSuccess)
     return err;
   if (n == 0) return cudaSuccess;
   const auto* rowptr = static_cast<const I*>(g->rowptr);
-  count_segments_kernel<I><<<ceil_div(n, kBlock), kBlock, 0, stream>>>(
+  count_pieces_kernel<I><<<ceil_div(n, kBlock), kBlock, 0, stream>>>(
       rowptr, n, split, counts, split_rows, num_split);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  return cub::DeviceScan::InclusiveSum(temp, temp_bytes, counts, seg_ptr + 1, n, stream);
+  err = cub::DeviceScan::InclusiveSum(temp, temp_bytes, counts, piece_ptr + 1, n, stream);
+  if (err != cudaSuccess) return err;
+  fill_pieces_kernel<<<grid_for_split_rows(s), kBlock, 0, stream>>>(piece_ptr, split_rows,
+                                                                     num_split, piece_row);
+  return cudaGetLastError();
 }
 
 // The segment a tile works on.
@@ -110,79 +139,46 @@ struct Segment {
   bool valid;
 };
 
-// Maps (block, tile) to its segment. Every thread of the block must call it (it holds
-// two barriers). Blocks cover TPB consecutive segments: one binary search per block
-// finds the first row, then each tile searches the block's <= TPB + 1 offsets in shared
-// memory (every row has at least one segment, so TPB segments span <= TPB rows).
+// Maps (block, tile) to its segment: segment g = blockIdx.x * TPB + tile_id (see the
+// layout above). No barriers: a thread may leave as soon as its segment is invalid.
 template <typename I, int TPB>
 __device__ __forceinline__ Segment find_segment(const Schedule& s, const I* __restrict__ rowptr,
                                                 int tile_id) {
-  __shared__ int64_t sp[TPB + 1];
-  __shared__ int64_t first_row;
-  const int64_t total = s.seg_ptr[s.num_rows];
-  const int64_t g0 = static_cast<int64_t>(blockIdx.x) * TPB;
-  if (threadIdx.x == 0) {
-    int64_t lo = 0, hi = s.num_rows;  // seg_ptr[lo] <= g0 < seg_ptr[hi]
-    if (g0 < total) {
-      while (hi - lo > 1) {
-        const int64_t mid = (lo + hi) / 2;
-        if (s.seg_ptr[mid] <= g0) lo = mid;
-        else hi = mid;
-      }
-    }
-    first_row = lo;
-  }
-  __syncthreads();
-  const int64_t r0 = first_row;
-  for (int t = threadIdx.x; t <= TPB; t += blockDim.x) {
-    const int64_t r = r0 + t < s.num_rows ? r0 + t : s.num_rows;
-    sp[t] = s.seg_ptr[r];
-  }
-  __syncthreads();
   Segment seg{0, 0, 0, -1, false};
-  const int64_t g = g0 + tile_id;
-  if (g >= total) return seg;
-  int lo = 0, hi = TPB;  // largest t with sp[t] <= g
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    if (sp[mid] <= g) lo = mid;
-    else hi = mid;
-  }
-  seg.row = r0 + lo;
-  const int64_t k = g - sp[lo];
-  const int64_t b = ld_index(rowptr + seg.row), e = ld_index(rowptr + seg.row + 1);
-  if (e - b <= s.split) {
+  const int64_t g = static_cast<int64_t>(blockIdx.x) * TPB + tile_id;
+  const int64_t pieces = s.piece_ptr[s.num_rows];
+  if (g < pieces) {
+    const int64_t r = s.piece_row[g];
+    const int64_t b = ld_index(rowptr + r) + (g - s.piece_ptr[r]) * s.split;
+    const int64_t e = ld_index(rowptr + r + 1);
+    seg.row = r;
     seg.begin = b;
-    seg.end = e;
+    seg.end = b + s.split < e ? b + s.split : e;
+    seg.slot = g;
     seg.valid = true;
     return seg;
   }
-  const int64_t nreal = (e - b + s.split - 1) / s.split;
-  if (k >= nreal) return seg;  // the placeholder segment
-  seg.begin = b + k * s.split;
-  seg.end = seg.begin + s.split < e ? seg.begin + s.split : e;
-  seg.slot = sp[lo] - seg.row + k;
+  const int64_t r = g - pieces;
+  if (r >= s.num_rows) return seg;
+  const int64_t b = ld_index(rowptr + r), e = ld_index(rowptr + r + 1);
+  if (e - b > s.split) return seg;  // its pieces do it
+  seg.row = r;
+  seg.begin = b;
+  seg.end = e;
   seg.valid = true;
   return seg;
 }
 
-// Slots of split row r: first slot and how many.
+// Slots of split row r: first slot and how many (its pieces, in edge order).
 template <typename I>
 __device__ __forceinline__ void split_slots(const Schedule& s, const I* __restrict__ rowptr,
                                             int64_t r, int64_t& first, int64_t& count) {
-  const int64_t deg = ld_index(rowptr + r + 1) - ld_index(rowptr + r);
-  first = s.seg_ptr[r] - r;
-  count = (deg + s.split - 1) / s.split;
+  first = s.piece_ptr[r];
+  count = s.piece_ptr[r + 1] - first;
 }
 
 inline unsigned grid_for_segments(const Schedule& s, int tiles_per_block) {
   return static_cast<unsigned>(ceil_div(s.max_segments, tiles_per_block));
-}
-
-inline unsigned grid_for_split_rows(const Schedule& s) {
-  // The combine kernels stride over the split-row list; a bounded grid suffices.
-  const int64_t n = s.max_split_rows < 65535 ? s.max_split_rows : 65535;
-  return static_cast<unsigned>(n > 0 ? n : 1);
 }
 
 }  // namespace
