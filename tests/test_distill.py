@@ -339,6 +339,59 @@ def test_mini_batches_of_random_node_parts(data):
         small(num_parts=0)
 
 
+def test_task_loss_is_the_mean_over_labelled_nodes_only():
+    """Equal to the loss over the selected rows (both kinds), no gradient into unlabelled
+    nodes, and their labels never read (out-of-range classes, NaN targets)."""
+    from fastalign.distill import task_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0], dtype=torch.bool)
+    y = torch.randint(0, 4, (8,), generator=gen)
+    y[~mask] = 99  # not a class: must not be read
+    loss = task_loss(logits, y, mask, False)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits[mask], y[mask]))
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert bool((grad[~mask] == 0).all()) and bool((grad[mask] != 0).any())
+    ym = torch.rand(8, 4, generator=gen, dtype=torch.float64).round()
+    ym[~mask] = float("nan")
+    loss = task_loss(logits, ym, mask, True)
+    torch.testing.assert_close(
+        loss, torch.nn.functional.binary_cross_entropy_with_logits(logits[mask], ym[mask]))
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert bool(torch.isfinite(grad).all()) and bool((grad[~mask] == 0).all())
+
+
+@pytest.mark.parametrize("kernel", ["l1", "rbf"])
+def test_auto_sigma_scales_each_layer_once_per_step(kernel, monkeypatch):
+    """sigma="auto" in the trainer's loss: the same bits as structure_kl(sigma="auto") on
+    every pair and peer, with one edge_scale per student layer and per peer layer used
+    (not one per pair and peer)."""
+    import fastalign.ops as fops
+    from fastalign import Graph
+    from fastalign.distill.losses import alignment_losses
+    from fastalign.distill.options import LossWeights
+    from helpers import random_edge_index
+
+    g = Graph.from_edge_index(random_edge_index(40, 40, 160, seed=2), num_nodes=40)
+    gen = torch.Generator().manual_seed(1)
+    hiddens = [torch.randn(40, 6, generator=gen, dtype=torch.float64, requires_grad=True) * (i + 1)
+               for i in range(3)]
+    peers = [[torch.randn(40, 6, generator=gen, dtype=torch.float64) * (3 - i) for i in range(3)]
+             for _ in range(2)]
+    pairs = [(0, 1), (1, 2), (2, 0)]
+    w = LossWeights(structure=1.0, feature=0.0, kernel=kernel, sigma="auto")
+    calls = []
+    real = fops.edge_scale
+    monkeypatch.setattr(fops, "edge_scale", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    s, _, by_pair = alignment_losses(g, hiddens, peers, pairs, None, w)
+    assert len(calls) == 3 + 2 * 3  # student layers 0..2, then each peer's layers 0..2
+    expect = torch.stack([fops.structure_kl(g, hiddens[l], p[m].detach(), kernel=kernel, sigma="auto")
+                          for p in peers for l, m in pairs])
+    assert torch.equal(s, expect.mean())
+    assert torch.equal(by_pair, expect.detach().view(2, 3).mean(0))
+
+
 def test_cli_synthetic_size_and_parts(tmp_path):
     from fastalign.cli import main
 

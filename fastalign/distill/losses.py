@@ -55,11 +55,21 @@ def hint_pairs(pairs: Sequence[Tuple[int, int]], num_layers: int, which: str) ->
 
 
 def task_loss(logits: Tensor, y: Tensor, mask: Tensor, multilabel: bool) -> Tensor:
-    if not bool(mask.any()):  # a mini-batch without labelled nodes: no task signal (not NaN)
-        return logits.sum() * 0.0
+    """Mean cross-entropy (multilabel: binary cross-entropy, averaged over the classes)
+    over the labelled nodes ``mask``; 0, with a gradient, when none is labelled.
+
+    The mask weights per-node losses instead of selecting rows: selecting by a boolean
+    mask (or testing ``mask.any()``) reads a count back to the host, a synchronisation
+    per step on a GPU. The labels of unlabelled nodes are never read (they may be
+    anything, NaN included)."""
     if multilabel:
-        return F.binary_cross_entropy_with_logits(logits[mask], y[mask])
-    return F.cross_entropy(logits[mask], y[mask])
+        target = torch.where(mask.unsqueeze(1), y.to(logits.dtype), torch.zeros((), dtype=logits.dtype,
+                                                                            device=logits.device))
+        per_node = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
+    else:
+        per_node = F.cross_entropy(logits, torch.where(mask, y, torch.zeros_like(y)), reduction="none")
+    labelled = mask.to(per_node.dtype)
+    return (per_node * labelled).sum() / labelled.sum().clamp(min=1.0)
 
 
 class FeatureAdapters(nn.Module):
@@ -101,13 +111,24 @@ def alignment_losses(
     if not peers or not pairs:
         return zero, zero, hiddens[0].new_zeros(0)
     s_terms, f_terms = [], []
+    # sigma="auto": every layer at its own scale, found once per layer and step (not once
+    # per pair and peer) and divided out here; structure_kl then runs at sigma 1, which
+    # is what it does itself with "auto"
+    auto = w.structure > 0 and w.sigma == "auto"
+    sigma = 1.0 if auto else w.sigma
+
+    def at_scale(x):
+        return x / ops.edge_scale(graph, x, w.kernel, backend=backend) if auto else x
+
+    student = {l: at_scale(hiddens[l]) for l in sorted({l for l, _ in pairs})} if w.structure > 0 else {}
     for peer in peers:
+        peer_scaled = {m: at_scale(peer[m].detach()) for m in sorted({m for _, m in pairs})} if w.structure > 0 else {}
         for l, m in pairs:
             target = peer[m].detach()
             if w.structure > 0:
                 s_terms.append(
-                    ops.structure_kl(graph, hiddens[l], target, kernel=w.kernel, tau=w.tau,
-                                     sigma=w.sigma, backend=backend)
+                    ops.structure_kl(graph, student[l], peer_scaled[m], kernel=w.kernel, tau=w.tau,
+                                     sigma=sigma, backend=backend)
                 )
             if w.feature > 0 and adapters is not None and adapters.covers(l, m):
                 f_terms.append(adapters(hiddens[l], target, l, m))
