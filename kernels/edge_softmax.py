@@ -28,6 +28,36 @@ BWD = tl.constexpr(1)
 
 
 @triton.jit
+def _stat_step(m, acc, a_ptr, b_ptr, eo, em, MODE: tl.constexpr, ACC: tl.constexpr):
+    """One step of a row statistic over the edges ``eo`` (any tile shape), per lane.
+    FWD: online (max, sum exp(z - max)) of the logits a; BWD: (-, sum a * b)."""
+    if MODE == 0:
+        z = tl.load(a_ptr + eo, mask=em, other=float("-inf")).to(ACC)
+        m_new = tl.maximum(m, z)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        acc = acc * tl.exp(m - m_safe) + tl.exp(z - m_safe)
+        m = m_new
+    else:
+        p = tl.load(a_ptr + eo, mask=em, other=0.0).to(ACC)
+        g = tl.load(b_ptr + eo, mask=em, other=0.0).to(ACC)
+        acc += p * g
+    return m, acc
+
+
+@triton.jit
+def _out_value(a_ptr, b_ptr, eo, em, mx_safe, tot, MODE: tl.constexpr, ACC: tl.constexpr):
+    """The outputs at ``eo`` from their row's statistic (broadcast to the tile)."""
+    if MODE == 0:
+        z = tl.load(a_ptr + eo, mask=em, other=0.0).to(ACC)
+        r = tl.exp(z - mx_safe) / tot
+    else:
+        p = tl.load(a_ptr + eo, mask=em, other=0.0).to(ACC)
+        g = tl.load(b_ptr + eo, mask=em, other=0.0).to(ACC)
+        r = p * (g - tot)
+    return r
+
+
+@triton.jit
 def _row_stat(a_ptr, b_ptr, start, end, MODE: tl.constexpr, ACC: tl.constexpr, BLOCK_E: tl.constexpr):
     """FWD: (max, sum exp(z - max)) of logits a[start:end] (max -inf when empty).
     BWD: (0, sum a * b) of p = a and g = b."""
@@ -35,17 +65,7 @@ def _row_stat(a_ptr, b_ptr, start, end, MODE: tl.constexpr, ACC: tl.constexpr, B
     acc = tl.zeros([BLOCK_E], dtype=ACC)
     for e0 in range(start, end, BLOCK_E):
         eo = e0 + tl.arange(0, BLOCK_E)
-        em = eo < end
-        if MODE == 0:
-            z = tl.load(a_ptr + eo, mask=em, other=float("-inf")).to(ACC)
-            m_new = tl.maximum(m, z)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            acc = acc * tl.exp(m - m_safe) + tl.exp(z - m_safe)
-            m = m_new
-        else:
-            p = tl.load(a_ptr + eo, mask=em, other=0.0).to(ACC)
-            g = tl.load(b_ptr + eo, mask=em, other=0.0).to(ACC)
-            acc += p * g
+        m, acc = _stat_step(m, acc, a_ptr, b_ptr, eo, eo < end, MODE, ACC)
     if MODE == 0:
         mx = tl.max(m, axis=0)
         mx_safe = tl.where(mx == float("-inf"), 0.0, mx)
@@ -62,13 +82,7 @@ def _write(a_ptr, b_ptr, out, start, end, mx, tot, MODE: tl.constexpr, ACC: tl.c
     for e0 in range(start, end, BLOCK_E):
         eo = e0 + tl.arange(0, BLOCK_E)
         em = eo < end
-        if MODE == 0:
-            z = tl.load(a_ptr + eo, mask=em, other=0.0).to(ACC)
-            r = tl.exp(z - mx_safe) / tot
-        else:
-            p = tl.load(a_ptr + eo, mask=em, other=0.0).to(ACC)
-            g = tl.load(b_ptr + eo, mask=em, other=0.0).to(ACC)
-            r = p * (g - tot)
+        r = _out_value(a_ptr, b_ptr, eo, em, mx_safe, tot, MODE, ACC)
         tl.store(out + eo, r.to(out.dtype.element_ty), mask=em)
 
 
@@ -91,36 +105,19 @@ def softmax_rows_kernel(
     acc = tl.zeros([ROWS, ROW_E], dtype=ACC)
     for k0 in range(0, n, ROW_E):
         eo = rs[:, None] + k0 + lane[None, :]
-        em = eo < re[:, None]
-        if MODE == 0:
-            z = tl.load(a_ptr + eo, mask=em, other=float("-inf")).to(ACC)
-            m_new = tl.maximum(m, z)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            acc = acc * tl.exp(m - m_safe) + tl.exp(z - m_safe)
-            m = m_new
-        else:
-            p = tl.load(a_ptr + eo, mask=em, other=0.0).to(ACC)
-            g = tl.load(b_ptr + eo, mask=em, other=0.0).to(ACC)
-            acc += p * g
+        m, acc = _stat_step(m, acc, a_ptr, b_ptr, eo, eo < re[:, None], MODE, ACC)
     if MODE == 0:
         mx = tl.max(m, axis=1)
         mx_safe = tl.where(mx == float("-inf"), 0.0, mx)
         tot = tl.sum(acc * tl.exp(m - mx_safe[:, None]), axis=1)
+        tot = tl.where(re > rs, tot, 1.0)  # empty rows write nothing: keep their lanes finite
     else:
         mx_safe = tl.zeros([ROWS], dtype=ACC)
         tot = tl.sum(acc, axis=1)
-    if MODE == 0:
-        tot = tl.where(re > rs, tot, 1.0)  # empty rows write nothing: keep their lanes finite
     for k0 in range(0, n, ROW_E):
         eo = rs[:, None] + k0 + lane[None, :]
         em = eo < re[:, None]
-        if MODE == 0:
-            z = tl.load(a_ptr + eo, mask=em, other=0.0).to(ACC)
-            r = tl.exp(z - mx_safe[:, None]) / tot[:, None]
-        else:
-            p = tl.load(a_ptr + eo, mask=em, other=0.0).to(ACC)
-            g = tl.load(b_ptr + eo, mask=em, other=0.0).to(ACC)
-            r = p * (g - tot[:, None])
+        r = _out_value(a_ptr, b_ptr, eo, em, mx_safe[:, None], tot[:, None], MODE, ACC)
         tl.store(out + eo, r.to(out.dtype.element_ty), mask=em)
 
 

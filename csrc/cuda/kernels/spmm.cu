@@ -235,31 +235,16 @@ struct MaxBackwardArgs {
 
 // V args widened to int64, with 16-byte loads when V args fill whole 16-byte vectors
 // (the row and vector offsets are then multiples of 16 bytes for an aligned base).
-template <int V>
-__device__ __forceinline__ void load_args(const int32_t* __restrict__ p, int64_t (&out)[V]) {
-  if constexpr (V % 4 == 0) {
+template <int V, typename A>
+__device__ __forceinline__ void load_args(const A* __restrict__ p, int64_t (&out)[V]) {
+  constexpr int kPer = 16 / static_cast<int>(sizeof(A));  // args per 16-byte load
+  if constexpr (V % kPer == 0) {
 #pragma unroll
-    for (int q = 0; q < V; q += 4) {
-      const int4 v = __ldg(reinterpret_cast<const int4*>(p + q));
-      out[q] = v.x;
-      out[q + 1] = v.y;
-      out[q + 2] = v.z;
-      out[q + 3] = v.w;
-    }
-  } else {
+    for (int q = 0; q < V; q += kPer) {
+      alignas(16) A buf[kPer];
+      *reinterpret_cast<int4*>(buf) = __ldg(reinterpret_cast<const int4*>(p + q));
 #pragma unroll
-    for (int q = 0; q < V; ++q) out[q] = __ldg(p + q);
-  }
-}
-
-template <int V>
-__device__ __forceinline__ void load_args(const int64_t* __restrict__ p, int64_t (&out)[V]) {
-  if constexpr (V % 2 == 0) {
-#pragma unroll
-    for (int q = 0; q < V; q += 2) {
-      const longlong2 v = __ldg(reinterpret_cast<const longlong2*>(p + q));
-      out[q] = v.x;
-      out[q + 1] = v.y;
+      for (int j = 0; j < kPer; ++j) out[q + j] = buf[j];
     }
   } else {
 #pragma unroll
