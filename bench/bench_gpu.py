@@ -2,8 +2,8 @@
 """GPU benchmark of the Triton backend against its peers, side by side in one process.
 
 Graphs: docs/design.md's power-law recipe (dst = perm[floor(u^1.6 N)], src uniform, self
-loops dropped, seeded): fastalign.bench.graphs.power_law_edge_index, built on the CPU
-(the same graph on every machine) and moved to the device, int32 indices:
+loops dropped, seeded): fastalign.bench.graphs.power_law_edge_index, drawn on the CPU
+(the same graph on every machine) and built on the device, int32 indices:
 arxiv-like (N=169,343, E=2,332,486), reddit-like (232,965 / 114,615,892), products-like
 (2,449,029 / 123,718,280).
 
@@ -71,11 +71,6 @@ def timeit(fn, dev, reps, max_s=3.0, warmup=2):
     cache), for at most ``reps`` calls or ``max_s`` seconds."""
     t = time_call(fn, dev, warmup=warmup, min_reps=1, max_reps=reps, budget_s=max_s, cuda_events=True)
     return t.median_s * 1e3
-
-
-def power_law_on_device(n, e, seed, dev):
-    """The benchmark power-law graph's edge_index (the CPU stream), built on ``dev``."""
-    return power_law_edge_index(n, e, seed=seed, device=dev)
 
 
 def with_env(fn, **env):
@@ -184,7 +179,7 @@ class Bench:
 
         dev, args = self.dev, self.args
         t0 = time.monotonic()
-        ei = power_law_on_device(n, e, seed=0, dev=dev)
+        ei = power_law_edge_index(n, e, seed=0, device=dev)
         g = Graph.from_edge_index(ei.to(torch.int32), num_nodes=n)
         g.transpose()
         E = g.num_edges

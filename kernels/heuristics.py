@@ -82,7 +82,7 @@ def softmax_rows(plan):
     (the mean degree rounded up to a power of two, in [1, 1024]) and as many rows per
     program as fill ROWS_TILE lanes, at most 64. A function of the degree statistics
     alone, and a row's result depends only on ROW_E: the same bits in every process."""
-    row_e = int(min(max(triton.next_power_of_2(max(int(plan.avg_degree + 0.5), 1)), 1), 1024))
+    row_e = int(min(triton.next_power_of_2(max(int(plan.avg_degree + 0.5), 1)), 1024))
     rows = int(min(max(ROWS_TILE // row_e, 1), 64))
     return rows, row_e, 4 if rows * row_e <= ROWS_TILE else 8
 

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastalign.validation import arg_dtype
+
 from .heuristics import acc_dtype, heuristic, launch, torch_acc
 from .launch import launcher
 from .segments import combine_sum, row_plan, vmask, work_item
@@ -178,14 +180,13 @@ def aggregate(
     dis: Optional[torch.Tensor] = None,
     loop_weight: Optional[torch.Tensor] = None,
 ):
-    """(out [num_dst, F], arg [num_dst, F] for max else empty int64). arg is int32 when
-    every edge position fits (fastalign.validation.arg_dtype's rule), else int64."""
+    """(out [num_dst, F], arg [num_dst, F] in ``arg_dtype(E)`` for max, else empty)."""
     x = x.contiguous()
     code = REDUCE_CODES[reduce]
     num_dst, F = rowptr.numel() - 1, x.size(1)
     out = torch.empty((num_dst, F), dtype=x.dtype, device=x.device)
-    arg_dtype = torch.int32 if code == 2 and col.numel() <= 2**31 - 1 else torch.int64
-    arg = torch.empty((num_dst, F) if code == 2 else (0,), dtype=arg_dtype, device=x.device)
+    arg = torch.empty((num_dst, F) if code == 2 else (0,),
+                      dtype=arg_dtype(col.numel()) if code == 2 else torch.int64, device=x.device)
     if num_dst == 0 or F == 0:
         return out, arg
     gcn = dis is not None

@@ -204,7 +204,7 @@ std::tuple<Tensor, Tensor> spmm_max_backward(const Tensor& col, const Tensor& ro
   Tensor ws = workspace(bytes, x);
   FA_CHECK_CUDA(fa_spmm_max_backward(&g, &ct.g, perm.data_ptr<int64_t>(), ptr_or_null(w),
                                      x.data_ptr(), arg.data_ptr(),
-                                     arg.scalar_type() == at::kInt ? FA_I32 : FA_I64,
+                                     index_type(arg, "arg"),
                                      grad_out.data_ptr(),
                                      F, value_type(x, "x"), gx.data_ptr(),
                                      need_weight_grad ? gw.data_ptr<float>() : nullptr, split,

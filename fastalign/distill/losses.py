@@ -111,27 +111,28 @@ def alignment_losses(
     if not peers or not pairs:
         return zero, zero, hiddens[0].new_zeros(0)
     s_terms, f_terms = [], []
-    # sigma="auto": every layer at its own scale, found once per layer and step (not once
-    # per pair and peer) and divided out here; structure_kl then runs at sigma 1, which
-    # is what it does itself with "auto"
+    # sigma="auto": each layer's scale is found once per step (not once per pair and
+    # peer) and divided out here; structure_kl then runs at sigma 1, as it does with "auto"
     auto = w.structure > 0 and w.sigma == "auto"
     sigma = 1.0 if auto else w.sigma
 
-    def at_scale(x):
-        return x / ops.edge_scale(graph, x, w.kernel, backend=backend) if auto else x
+    def for_structure(h: List[Tensor], used):
+        if not auto:
+            return h
+        return {i: h[i] / ops.edge_scale(graph, h[i], w.kernel, backend=backend) for i in sorted(used)}
 
-    student = {l: at_scale(hiddens[l]) for l in sorted({l for l, _ in pairs})} if w.structure > 0 else {}
+    student = for_structure(hiddens, {l for l, _ in pairs})
     for peer in peers:
-        peer_scaled = {m: at_scale(peer[m].detach()) for m in sorted({m for _, m in pairs})} if w.structure > 0 else {}
+        targets = [h.detach() for h in peer]
+        peer_side = for_structure(targets, {m for _, m in pairs})
         for l, m in pairs:
-            target = peer[m].detach()
             if w.structure > 0:
                 s_terms.append(
-                    ops.structure_kl(graph, student[l], peer_scaled[m], kernel=w.kernel, tau=w.tau,
+                    ops.structure_kl(graph, student[l], peer_side[m], kernel=w.kernel, tau=w.tau,
                                      sigma=sigma, backend=backend)
                 )
             if w.feature > 0 and adapters is not None and adapters.covers(l, m):
-                f_terms.append(adapters(hiddens[l], target, l, m))
+                f_terms.append(adapters(hiddens[l], targets[m], l, m))
     s = torch.stack(s_terms).mean() if s_terms else zero
     f = torch.stack(f_terms).mean() if f_terms else zero
     # s_terms is peer-major: one row of pairs per peer

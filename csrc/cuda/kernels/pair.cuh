@@ -186,7 +186,7 @@ __global__ void kl_forward_combine_kernel(PairArgs<T, I> a, Schedule s) {
        k < n; k += static_cast<unsigned long long>(gridDim.x) * blockDim.x) {
     const int64_t r = s.split_rows[k];
     int64_t first, count;
-    split_slots(s, a.rowptr, r, first, count);
+    split_slots(s, r, first, count);
     KLState st;
     for (int64_t m = 0; m < count; ++m) {  // segment order: deterministic
       const float* p = a.part + (first + m) * kKLState;
@@ -322,7 +322,7 @@ __global__ void __launch_bounds__(kBlock) pair_grad_combine_kernel(PairArgs<T, I
   for (unsigned long long k = blockIdx.x; k < n; k += gridDim.x) {
     const int64_t r = s.split_rows[k];
     int64_t first, count;
-    split_slots(s, a.rowptr, r, first, count);
+    split_slots(s, r, first, count);
     for (int64_t f = threadIdx.x; f < a.part_width; f += blockDim.x) {
       const int c = f < a.F[0] ? 0 : 1;
       if (a.grad[c] == nullptr) continue;

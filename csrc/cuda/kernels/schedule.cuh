@@ -170,9 +170,8 @@ __device__ __forceinline__ Segment find_segment(const Schedule& s, const I* __re
 }
 
 // Slots of split row r: first slot and how many (its pieces, in edge order).
-template <typename I>
-__device__ __forceinline__ void split_slots(const Schedule& s, const I* __restrict__ rowptr,
-                                            int64_t r, int64_t& first, int64_t& count) {
+__device__ __forceinline__ void split_slots(const Schedule& s, int64_t r, int64_t& first,
+                                            int64_t& count) {
   first = s.piece_ptr[r];
   count = s.piece_ptr[r + 1] - first;
 }

@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kBlock) spmm_combine_kernel(SpmmArgs<T, I> a, 
   for (unsigned long long k = blockIdx.x; k < n; k += gridDim.x) {
     const int64_t r = s.split_rows[k];
     int64_t first, count;
-    split_slots(s, a.rowptr, r, first, count);
+    split_slots(s, r, first, count);
     const int64_t deg = ld_index(a.rowptr + r + 1) - ld_index(a.rowptr + r);
     for (int64_t f = threadIdx.x; f < a.F; f += blockDim.x) {
       float acc = a.part[first * a.F + f];
