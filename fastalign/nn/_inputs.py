@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import validation
 from ..graph import Graph, as_count
-from ..ops import spmm
+from ..ops.spmm import spmm_propagation
 from ..ops._common import check_edge_values
 
 FLOWS = ("source_to_target", "target_to_source")
@@ -318,8 +318,10 @@ def aggregate(
     node_dim: int = -2,
     backend: Optional[str] = None,
 ) -> Tensor:
-    """``spmm`` along the node dimension of ``x`` (see :func:`over_nodes`)."""
-    return over_nodes(lambda t: spmm(graph, t, reduce, edge_weight=weight, backend=backend), x, node_dim)
+    """``spmm`` along the node dimension of ``x`` (see :func:`over_nodes`), prepared once."""
+    if x.layout != torch.strided:
+        x = x.to_dense()
+    return over_nodes(spmm_propagation(graph, x, reduce, weight, backend), x, node_dim)
 
 
 class DropInConv(torch.nn.Module):

@@ -9,7 +9,8 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from ..graph import Graph
-from ..ops import gcn_aggregate, spmm
+from ..ops.spmm import spmm_propagation
+from ..ops.gcn_aggregate import gcn_propagation, sparse_adjacency_weights
 from ._inputs import DropInConv, check_channels, node_count, over_nodes, prepare, sparse_kind
 
 
@@ -150,39 +151,6 @@ class GCNConv(DropInConv):
         if self._cached_kind == "sparse_tensor":
             self._cached_graph = None
 
-    # ------------------------------------------------------------------ graph preparation
-    def _prepare(self, x: Tensor, edge_index, edge_weight: Optional[Tensor]):
-        """(Graph, per-edge weights in internal order or None) with PyG's loop semantics
-        for the input kind folded into the weights."""
-        if isinstance(edge_index, Graph) and not edge_index.is_square:
-            raise ValueError(
-                f"the adjacency is {edge_index.num_dst} x {edge_index.num_src}: GCNConv needs "
-                "a square adjacency over the nodes of x"
-            )
-        prep = prepare("GCNConv", x, edge_index, edge_weight, flow=self.flow, node_dim=self.node_dim)
-        graph, weight, kind = prep.graph, prep.weight, prep.kind
-        if kind not in ("torch", "sparse_tensor") or not self.normalize:
-            return graph, weight
-        n = graph.num_dst
-        weight = weight.to(x.dtype) if weight is not None else torch.ones(
-            graph.num_edges, dtype=x.dtype, device=graph.device
-        )
-        if self.add_self_loops:
-            fill = 2.0 if self.improved else 1.0
-            row, col = graph.row, graph.col.long()
-            is_loop = row == col
-            if bool(is_loop.any()):
-                if kind == "torch":
-                    # add_self_loops on a torch.sparse adj_t coalesces: an existing
-                    # loop's value is summed with the fill value.
-                    total = torch.zeros(n, dtype=weight.dtype, device=weight.device)
-                    total = total.index_add(0, row[is_loop], weight[is_loop]) + fill
-                    weight = torch.where(is_loop, total[row], weight)
-                else:
-                    # torch_sparse.fill_diag replaces existing loops by the fill value.
-                    weight = weight.masked_fill(is_loop, fill)
-        return graph, weight
-
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, edge_index, edge_weight: Optional[Tensor] = None) -> Tensor:
         if isinstance(x, (tuple, list)):
@@ -192,45 +160,58 @@ class GCNConv(DropInConv):
             )
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        node_count("GCNConv", x, self.node_dim)
-        if x.size(-1) != self.in_channels:
-            raise ValueError(f"x has {x.size(-1)} features, expected in_channels={self.in_channels}")
         if x.layout != torch.strided and x.dim() != 2:
             raise ValueError(f"sparse features must be 2-D [num_nodes, in_channels], got {x.dim()}-D")
-
-        grad_w = False
-        if self.normalize and self.cached and self._cached_graph is not None:
-            if self._cached_graph.device != x.device:
-                # the layer moved (module.to): the cache follows it, once
-                self._cached_graph = self._cached_graph.to(x.device)
-            graph, weight = self._cached_graph, None  # weights folded into the cached graph
-        else:
-            graph, weight = self._prepare(x, edge_index, edge_weight)
-            grad_w = weight is not None and weight.requires_grad and torch.is_grad_enabled()
-            if self.normalize and (weight is not None or self.cached):
-                folded = graph.with_edge_weight(weight.detach()) if weight is not None else graph
-                if self.cached:
-                    self._cached_graph, self._cached_kind = folded, sparse_kind(edge_index)
-                if not grad_w:
-                    graph, weight = folded, None
+        graph, weight = self._graph(x, edge_index, edge_weight)
+        if x.size(-1) != self.in_channels:
+            raise ValueError(f"x has {x.size(-1)} features, expected in_channels={self.in_channels}")
 
         # sparse features: the product with W first (torch.sparse.mm), as PyG does
         lin_first = self.out_channels <= self.in_channels or x.layout != torch.strided
         h = self.lin(x) if lin_first else x
-        if self.normalize:
-            def propagate(t):
-                return gcn_aggregate(
-                    graph, t, add_self_loops=self.add_self_loops, improved=self.improved,
-                    edge_weight=weight if grad_w else None, backend=self.backend,
-                )
+        if h.layout != torch.strided:
+            h = h.to_dense()
+        if self.normalize:  # backend, normalisation state and transpose found once
+            propagate = gcn_propagation(
+                graph, h, self.add_self_loops, self.improved, weight, self.backend
+            )
         else:
-            def propagate(t):
-                return spmm(graph, t, "sum", edge_weight=weight, backend=self.backend)
+            propagate = spmm_propagation(graph, h, "sum", weight, self.backend)
         h = over_nodes(propagate, h, self.node_dim)
         out = h if lin_first else self.lin(h)
         if self.bias is not None:
             out = out + self.bias
         return out
+
+    def _graph(self, x: Tensor, edge_index, edge_weight: Optional[Tensor]):
+        """(Graph, edge weights to pass to the propagation or None): the cached graph, or
+        the inputs resolved once, with PyG's self-loop semantics for the input kind and
+        (when not differentiated) the weights folded into the graph."""
+        if self.normalize and self.cached and self._cached_graph is not None:
+            node_count("GCNConv", x, self.node_dim)
+            if self._cached_graph.device != x.device:
+                # the layer moved (module.to): the cache follows it, once
+                self._cached_graph = self._cached_graph.to(x.device)
+            return self._cached_graph, None  # weights folded into the cached graph
+        if isinstance(edge_index, Graph) and not edge_index.is_square:
+            raise ValueError(
+                f"the adjacency is {edge_index.num_dst} x {edge_index.num_src}: GCNConv needs "
+                "a square adjacency over the nodes of x"
+            )
+        prep = prepare("GCNConv", x, edge_index, edge_weight, flow=self.flow, node_dim=self.node_dim)
+        graph, weight = prep.graph, prep.weight
+        if self.normalize and prep.kind in ("torch", "sparse_tensor"):
+            weight = sparse_adjacency_weights(
+                graph, weight, prep.kind, self.add_self_loops, self.improved, x.dtype
+            )
+        grad_w = weight is not None and weight.requires_grad and torch.is_grad_enabled()
+        if self.normalize and (weight is not None or self.cached):
+            folded = graph.with_edge_weight(weight.detach()) if weight is not None else graph
+            if self.cached:
+                self._cached_graph, self._cached_kind = folded, sparse_kind(edge_index)
+            if not grad_w:
+                return folded, None
+        return graph, weight
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}"

@@ -7,14 +7,16 @@ public function; backends implement the numeric work (fastalign.backends).
 from .edge_scale import edge_scale
 from .edge_similarity import edge_similarity
 from .gat_aggregate import gat_aggregate
-from .gcn_aggregate import gcn_aggregate, gcn_norm_state
+from .gcn_aggregate import gcn_aggregate, gcn_norm_state, gcn_propagation
 from .local_structure import edge_softmax, local_structure
-from .spmm import spmm
+from .spmm import spmm, spmm_propagation
 from .structure_kl import structure_kl
 
 __all__ = [
     "spmm",
+    "spmm_propagation",
     "gcn_aggregate",
+    "gcn_propagation",
     "gat_aggregate",
     "gcn_norm_state",
     "edge_similarity",

@@ -29,21 +29,26 @@ def as_graph(graph, x: Optional[Tensor] = None) -> Graph:
     return Graph.coerce(graph, num_nodes=num_nodes)
 
 
-def check_features(name: str, x, num_rows: int, graph: Graph, side: str, dim: int = 2,
-                   layout: str = "[num_nodes, features]") -> Tensor:
-    """A ``dim``-D floating tensor with ``num_rows`` rows on the graph's device, contiguous."""
+def check_placement(name: str, x, graph: Graph) -> None:
+    """A floating tensor on the graph's device (any shape)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {x.dtype}")
+    if x.device != graph.device:
+        raise ValueError(f"{name} is on {x.device} but the graph is on {graph.device}")
+
+
+def check_features(name: str, x, num_rows: int, graph: Graph, side: str, dim: int = 2,
+                   layout: str = "[num_nodes, features]") -> Tensor:
+    """A ``dim``-D floating tensor with ``num_rows`` rows on the graph's device, contiguous."""
+    check_placement(name, x, graph)
     if x.dim() != dim:
         raise ValueError(f"{name} must be {dim}-D {layout}, got shape {list(x.shape)}")
     if x.size(0) != num_rows:
         raise ValueError(
             f"{name} has {x.size(0)} rows but the graph has {num_rows} {side} nodes"
         )
-    if x.device != graph.device:
-        raise ValueError(f"{name} is on {x.device} but the graph is on {graph.device}")
     return x.contiguous()
 
 

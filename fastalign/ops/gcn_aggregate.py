@@ -22,7 +22,7 @@ Custom op ``fastalign::gcn_aggregate``; its backward is the same op on the trans
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -30,8 +30,10 @@ from torch import Tensor
 from .. import validation as V
 from ..graph import Graph
 from ._eager import TwinOp
-from ._common import acc_dtype, as_graph, check_edge_values, check_features, impl, resolve
-from .spmm import spmm
+from ._common import (
+    acc_dtype, as_graph, check_edge_values, check_features, check_placement, impl, resolve,
+)
+from .spmm import spmm_call
 
 
 def _gcn_aggregate(
@@ -144,6 +146,84 @@ def _cached_state(graph: Graph, add_self_loops: bool, improved: bool, dtype, wit
     return dis, loop_weight, weight, weight_t
 
 
+def sparse_adjacency_weights(
+    graph: Graph, weight: Optional[Tensor], kind: str, add_self_loops: bool, improved: bool, dtype
+) -> Tensor:
+    """A sparse adjacency's values in ``dtype`` with the self loops PyG's ``gcn_norm``
+    gives that input kind folded in, for the edge_index semantics above to finish:
+    ``"torch"`` (torch.sparse ``adj_t``: ``add_self_loops`` coalesces, so an existing
+    loop's value is summed with the fill value) or ``"sparse_tensor"`` (torch_sparse's
+    ``fill_diag`` replaces existing loops by the fill value)."""
+    if kind not in ("torch", "sparse_tensor"):
+        raise ValueError(f"kind must be 'torch' or 'sparse_tensor', got {kind!r}")
+    weight = weight.to(dtype) if weight is not None else torch.ones(
+        graph.num_edges, dtype=dtype, device=graph.device
+    )
+    if not add_self_loops:
+        return weight
+    fill = 2.0 if improved else 1.0
+    row, col = graph.row, graph.col.long()
+    is_loop = row == col
+    if not bool(is_loop.any()):
+        return weight
+    if kind == "sparse_tensor":
+        return weight.masked_fill(is_loop, fill)
+    total = torch.zeros(graph.num_dst, dtype=weight.dtype, device=weight.device)
+    total = total.index_add(0, row[is_loop], weight[is_loop]) + fill
+    return torch.where(is_loop, total[row], weight)
+
+
+def _check_square(graph: Graph) -> None:
+    if not graph.is_square:
+        raise ValueError(
+            "gcn_aggregate needs a square graph (GCN normalisation uses one degree per node); "
+            f"got {graph.num_src} sources and {graph.num_dst} destinations"
+        )
+
+
+def gcn_propagation(
+    graph: Graph,
+    like: Tensor,
+    add_self_loops: bool = True,
+    improved: bool = False,
+    edge_weight: Optional[Tensor] = None,
+    backend: Optional[str] = None,
+) -> Callable[[Tensor], Tensor]:
+    """gcn_aggregate prepared once: ``fn(x)`` for features shaped, typed and placed like
+    ``like`` (its dtype, device and whether it needs a gradient; any width).
+
+    The backend, the normalisation state, the transpose and the transposed weights are
+    found here, once, so each call of ``fn`` is the custom op alone. This is the pass a
+    layer makes per forward (``fastalign.nn.GCNConv``); :func:`gcn_aggregate` is this
+    with the input checks. ``graph`` must be a square :class:`fastalign.Graph`.
+    """
+    _check_square(graph)
+    check_placement("x", like, graph)
+    given = check_edge_values("edge_weight", edge_weight, graph)  # its own precision
+    if given is not None and torch.is_grad_enabled() and given.requires_grad:
+        name = resolve("spmm", backend, like.device, ("spmm_forward", "sddmm"))
+        return _composed_propagation(graph, like.dtype, given, add_self_loops, improved, name)
+    name = resolve("gcn_aggregate", backend, like.device, ("gcn_aggregate",))
+    needs_grad = torch.is_grad_enabled() and like.requires_grad
+    if given is None:
+        dis, loop_weight, weight, weight_t = _cached_state(
+            graph, add_self_loops, improved, like.dtype, needs_grad
+        )
+    else:
+        dis, loop_weight = gcn_norm_state(graph, given, add_self_loops, improved, like.dtype)
+        weight = given.to(like.dtype)
+        weight_t = weight[graph.transpose()[2]] if needs_grad else None
+    rowptr_t, col_t = graph.transpose()[:2] if needs_grad else (None, None)
+    rowptr, col = graph.rowptr, graph.col
+
+    def propagate(x: Tensor) -> Tensor:
+        return gcn_aggregate_call(
+            rowptr, col, weight, dis, loop_weight, x.contiguous(), rowptr_t, col_t, weight_t, name
+        )
+
+    return propagate
+
+
 def gcn_aggregate(
     graph,
     x: Tensor,
@@ -164,41 +244,30 @@ def gcn_aggregate(
         backend: ``None``/``"auto"`` or a backend name.
     """
     graph = as_graph(graph, x)
-    if not graph.is_square:
-        raise ValueError(
-            "gcn_aggregate needs a square graph (GCN normalisation uses one degree per node); "
-            f"got {graph.num_src} sources and {graph.num_dst} destinations"
-        )
+    _check_square(graph)
     x = check_features("x", x, graph.num_src, graph, "")
-    name = resolve("gcn_aggregate", backend, x.device, ("gcn_aggregate",))
-    needs_grad = torch.is_grad_enabled() and x.requires_grad
-    own_weight = edge_weight is None
-    if own_weight:
-        dis, loop_weight, weight, weight_t = _cached_state(
-            graph, add_self_loops, improved, x.dtype, needs_grad
-        )
-    else:
-        given = check_edge_values("edge_weight", edge_weight, graph)  # its own precision
-        if torch.is_grad_enabled() and given.requires_grad:
-            return _gcn_aggregate_composed(graph, x, given, add_self_loops, improved, backend)
-        dis, loop_weight = gcn_norm_state(graph, given, add_self_loops, improved, x.dtype)
-        weight = given.to(x.dtype)
-        weight_t = weight[graph.transpose()[2]] if needs_grad else None
-    rowptr_t, col_t = graph.transpose()[:2] if needs_grad else (None, None)
-    return gcn_aggregate_call(
-        graph.rowptr, graph.col, weight, dis, loop_weight, x, rowptr_t, col_t, weight_t, name
-    )
+    return gcn_propagation(graph, x, add_self_loops, improved, edge_weight, backend)(x)
 
 
-def _gcn_aggregate_composed(graph, x, weight, add_self_loops, improved, backend):
-    """Differentiable in the edge weights: normalise per edge, then a weighted spmm."""
-    dis, loop_weight = gcn_norm_state(graph, weight, add_self_loops, improved, x.dtype)
+def _composed_propagation(graph, dtype, weight, add_self_loops, improved, name):
+    """Differentiable in the edge weights: the per-edge normalisation (built once, with
+    autograd) then a weighted spmm per call (its backward gives the weights' gradient)."""
+    dis, loop_weight = gcn_norm_state(graph, weight, add_self_loops, improved, dtype)
     row, col = graph.row, graph.col.long()
     w = weight
     if add_self_loops:
         w = w.masked_fill(row == col, 0)
-    norm = dis[row] * w.to(dis.dtype) * dis[col]
-    out = spmm(graph, x, "sum", edge_weight=norm.to(x.dtype), backend=backend)
-    if loop_weight is not None:
-        out = out + ((loop_weight * dis * dis).unsqueeze(1) * x).to(x.dtype)
-    return out
+    norm = (dis[row] * w.to(dis.dtype) * dis[col]).to(dtype)
+    loop_scale = (loop_weight * dis * dis).unsqueeze(1) if loop_weight is not None else None
+    rowptr_t, col_t, perm_t = graph.transpose()
+    norm_t = norm.detach()[perm_t]
+
+    def propagate(x: Tensor) -> Tensor:
+        out, _ = spmm_call(
+            graph.rowptr, graph.col, norm, x.contiguous(), "sum", rowptr_t, col_t, None, norm_t, name
+        )
+        if loop_scale is not None:
+            out = out + (loop_scale * x).to(x.dtype)
+        return out
+
+    return propagate

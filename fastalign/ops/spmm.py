@@ -20,17 +20,19 @@ GPU backends).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import validation as V
+from ..graph import Graph
 from ._eager import TwinOp
 from ._common import (
     as_graph,
     check_edge_values,
     check_features,
+    check_placement,
     impl,
     resolve,
     transpose_for,
@@ -168,6 +170,48 @@ def _backward(ctx, grad_out, _grad_arg):
 spmm_call = TwinOp(spmm_op, _spmm, _backward, _setup_context)
 
 
+def spmm_propagation(
+    graph: Graph,
+    like: Tensor,
+    reduce: str = "sum",
+    edge_weight: Optional[Tensor] = None,
+    backend: Optional[str] = None,
+) -> Callable[[Tensor], Tensor]:
+    """spmm prepared once: ``fn(x)`` for source features typed and placed like ``like``
+    (its dtype, device and whether it needs a gradient; any width). The backend, the
+    weights in the features' dtype and the transpose a backward needs are found here,
+    so each call of ``fn`` is the custom op alone (the drop-in convs' pass per forward).
+    """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    check_placement("x", like, graph)
+    weight = edge_weight if edge_weight is not None else graph.edge_weight
+    weight = check_edge_values("edge_weight", weight, graph, like.dtype)
+    functions = ("spmm_forward", "sddmm") + (("spmm_max_backward",) if reduce == "max" else ())
+    name = resolve("spmm", backend, like.device, functions)
+    grad_on = torch.is_grad_enabled()
+    if reduce == "max":  # the max backward walks the transpose for both gradients
+        w_grad = weight is not None and weight.requires_grad
+        needs_t = grad_on and (like.requires_grad or w_grad)
+    else:
+        needs_t = grad_on and like.requires_grad
+    rowptr_t, col_t, perm_t = transpose_for(graph, needs_t)
+    weight_t = None
+    if needs_t and weight is not None and reduce != "max":
+        weight_t = transposed_weight(graph, weight, perm_t)
+    if reduce != "max":
+        perm_t = None  # sum/mean need only the transposed rows (and weights)
+    rowptr, col = graph.rowptr, graph.col
+
+    def propagate(x: Tensor) -> Tensor:
+        out, _ = spmm_call(
+            rowptr, col, weight, x.contiguous(), reduce, rowptr_t, col_t, perm_t, weight_t, name
+        )
+        return out
+
+    return propagate
+
+
 def spmm(
     graph,
     x: Tensor,
@@ -194,23 +238,4 @@ def spmm(
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
     x = check_features("x", x, graph.num_src, graph, "source")
-    weight = edge_weight if edge_weight is not None else graph.edge_weight
-    weight = check_edge_values("edge_weight", weight, graph, x.dtype)
-    functions = ("spmm_forward", "sddmm") + (("spmm_max_backward",) if reduce == "max" else ())
-    name = resolve("spmm", backend, x.device, functions)
-    grad_on = torch.is_grad_enabled()
-    if reduce == "max":  # the max backward walks the transpose for both gradients
-        w_grad = weight is not None and weight.requires_grad
-        needs_t = grad_on and (x.requires_grad or w_grad)
-    else:
-        needs_t = grad_on and x.requires_grad
-    rowptr_t, col_t, perm_t = transpose_for(graph, needs_t)
-    weight_t = None
-    if needs_t and weight is not None and reduce != "max":
-        weight_t = transposed_weight(graph, weight, perm_t)
-    if reduce != "max":
-        perm_t = None  # sum/mean need only the transposed rows (and weights)
-    out, _ = spmm_call(
-        graph.rowptr, graph.col, weight, x, reduce, rowptr_t, col_t, perm_t, weight_t, name
-    )
-    return out
+    return spmm_propagation(graph, x, reduce, edge_weight, backend)(x)
