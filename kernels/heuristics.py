@@ -87,6 +87,36 @@ def softmax_rows(plan):
     return rows, row_e, 4 if rows * row_e <= ROWS_TILE else 8
 
 
+class RowsConfig(NamedTuple):
+    ROWS: int
+    ROW_E: int
+    BLOCK_F: int
+    num_warps: int
+
+
+def rows_packing(plan, width: int, dtype: torch.dtype, tile: int = TILE):
+    """The packed sum/mean aggregation's tile, or None for one row per program.
+
+    A row gets ROW_E edge lanes, the largest power of two not above the mean degree (a
+    typical row fills its lanes at least once), and a program takes as many rows as fill
+    the tile's edge lanes (``tile // BLOCK_F``, at least 16), at most 64; with room for
+    fewer than two rows (mean degree at or above the one-row kernel's edge block) the
+    one-row kernel runs. A function of the degree statistics, the width and the dtype
+    alone, and a row's result depends only on ROW_E and BLOCK_F: the same bits in every
+    process, whichever rows share its program. ``FASTALIGN_TRITON_PACK_ROWS=0`` turns
+    packing off (one row per program everywhere), to compare the two on a device."""
+    if os.environ.get("FASTALIGN_TRITON_PACK_ROWS", "1") == "0":
+        return None
+    bf = block_f(width, dtype)
+    lanes = max(tile // bf, 16)
+    mean = max(int(plan.avg_degree), 1)
+    row_e = 1 << (mean.bit_length() - 1)
+    rows = min(lanes // row_e, 64)
+    if rows < 2:
+        return None
+    return RowsConfig(rows, row_e, bf, 2 if rows * row_e * bf <= 1024 else 4)
+
+
 def _neighbours(cfg: Config) -> Sequence[Config]:
     out = [cfg]
     for be in (cfg.BLOCK_E // 2, cfg.BLOCK_E * 2):

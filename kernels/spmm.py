@@ -4,7 +4,12 @@ its backward pieces (sddmm, max backward) and the aggregation kernel GCN shares.
 Forward: one program per (row, feature block) gathers its neighbours' feature slices as a
 [BLOCK_E, BLOCK_F] tile per step and reduces it in registers (float32, or float64 for
 float64 inputs); long rows are cut into segments whose partials a second pass combines
-in order (see segments.py), so hubs are neither serialised nor summed with atomics. The
+in order (see segments.py), so hubs are neither serialised nor summed with atomics.
+Where the mean degree leaves room for several rows in a tile (sum and mean, GCN
+included; ``heuristics.rows_packing``), the short rows are packed instead: ROWS rows of
+ROW_E lanes as a [ROWS, ROW_E, BLOCK_F] tile per program (agg_rows_kernel), so a graph of
+mean degree ~14 runs a program per 8 rows, not one per row with most lanes masked; the
+segments of long rows still run through agg_kernel. The
 edge coefficient c_e is the edge weight, or for GCN w_e * dis[j] (self loops skipped
 when loop weights are given), with the per-row epilogue dis[i] * (acc + lw_i dis_i x_i):
 the normalisation is fused, no normalised edge weights are built.
@@ -31,7 +36,7 @@ import triton.language as tl
 
 from fastalign.validation import arg_dtype
 
-from .heuristics import acc_dtype, heuristic, launch, torch_acc
+from .heuristics import acc_dtype, heuristic, launch, rows_packing, torch_acc
 from .launch import launcher
 from .segments import combine_sum, row_plan, vmask, work_item
 
@@ -112,12 +117,13 @@ def _agg_epilogue(
 @triton.jit
 def agg_kernel(
     rowptr, col, weight, dis, loopw, x, out, arg_out, part, part_arg,
-    seg_row, seg_start, seg_end, num_rows, split, F,
+    seg_row, seg_start, seg_end, num_rows, split, F, first,
     REDUCE: tl.constexpr, HAS_W: tl.constexpr, GCN: tl.constexpr, HAS_LOOP: tl.constexpr,
     ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    """Unified row grid (rows, then segments of long rows) x feature blocks."""
-    pid = tl.program_id(0).to(tl.int64)
+    """Unified row grid (rows, then segments of long rows) x feature blocks, from
+    program ``first`` on (``num_rows`` when the packed kernel takes the rows)."""
+    pid = tl.program_id(0).to(tl.int64) + first
     fo = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     fm = fo < F
     row, start, end, is_row, is_seg, seg = work_item(
@@ -135,6 +141,57 @@ def agg_kernel(
     tl.store(out + row * F + fo, res.to(out.dtype.element_ty), mask=vmask(fm, is_row))
     if REDUCE == 2:
         tl.store(arg_out + row * F + fo, arg, mask=vmask(fm, is_row))
+
+
+@triton.jit
+def agg_rows_kernel(
+    rowptr, col, weight, dis, loopw, x, out, num_rows, split, F,
+    MEAN: tl.constexpr, HAS_W: tl.constexpr, GCN: tl.constexpr, HAS_LOOP: tl.constexpr,
+    ACC: tl.constexpr, ROWS: tl.constexpr, ROW_E: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    """Sum / mean (GCN included) of rows pid * ROWS .. + ROWS as a [ROWS, ROW_E, BLOCK_F]
+    tile: lane k of a row takes its edges k, k + ROW_E, ... and the lanes are summed per
+    row at the end. A long row is left to its segments (agg_kernel, then the combine)."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    fo = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    fm = fo < F
+    rm = rows < num_rows
+    rs = tl.load(rowptr + rows, mask=rm, other=0).to(tl.int64)
+    re = tl.load(rowptr + rows + 1, mask=rm, other=0).to(tl.int64)
+    short = rm & (re - rs <= split)
+    re = tl.where(short, re, rs)
+    n = tl.max(re - rs, axis=0)
+    lane = tl.arange(0, ROW_E)
+    acc3 = tl.zeros([ROWS, ROW_E, BLOCK_F], dtype=ACC)
+    for k0 in range(0, n, ROW_E):
+        eo = rs[:, None] + k0 + lane[None, :]
+        em = eo < re[:, None]
+        j = tl.load(col + eo, mask=em, other=0).to(tl.int64)
+        v = tl.load(
+            x + j[:, :, None] * F + fo[None, None, :],
+            mask=em[:, :, None] & fm[None, None, :], other=0.0,
+        ).to(ACC)
+        if GCN:
+            c = tl.load(dis + j, mask=em, other=0.0).to(ACC)
+            if HAS_W:
+                c = c * tl.load(weight + eo, mask=em, other=0.0).to(ACC)
+            if HAS_LOOP:  # the loop's weight is added per row below, not per edge
+                c = tl.where(j == rows[:, None], 0.0, c)
+            v = v * c[:, :, None]
+        elif HAS_W:
+            v = v * tl.load(weight + eo, mask=em, other=0.0).to(ACC)[:, :, None]
+        acc3 += v
+    acc = tl.sum(acc3, axis=1)
+    if MEAN:
+        acc = acc / tl.maximum(re - rs, 1).to(ACC)[:, None]
+    om = short[:, None] & fm[None, :]
+    if GCN:
+        di = tl.load(dis + rows, mask=rm, other=0.0).to(ACC)
+        if HAS_LOOP:
+            xi = tl.load(x + rows[:, None] * F + fo[None, :], mask=om, other=0.0).to(ACC)
+            acc = acc + (tl.load(loopw + rows, mask=rm, other=0.0).to(ACC) * di)[:, None] * xi
+        acc = acc * di[:, None]
+    tl.store(out + rows[:, None] * F + fo[None, :], acc.to(out.dtype.element_ty), mask=om)
 
 
 @triton.jit
@@ -202,13 +259,25 @@ def aggregate(
         REDUCE=code, HAS_W=weight is not None, GCN=gcn, HAS_LOOP=loop_weight is not None, ACC=acc
     )
 
+    packed = rows_packing(plan, F, x.dtype) if code != 2 else None
+
     def run(cfg):
-        grid = (plan.num_programs, triton.cdiv(F, cfg.BLOCK_F))
-        agg_kernel[grid](
-            rowptr, col, w, d, lw, x, out, arg_ptr, part, part_arg,
-            plan.seg_row, plan.seg_start, plan.seg_end, plan.num_rows, plan.split, F,
-            **flags, BLOCK_E=cfg.BLOCK_E, BLOCK_F=cfg.BLOCK_F, num_warps=cfg.num_warps,
-        )
+        first = 0
+        if packed is not None:  # short rows several per program; segments below
+            first = plan.num_rows
+            agg_rows_kernel[(triton.cdiv(plan.num_rows, packed.ROWS), triton.cdiv(F, packed.BLOCK_F))](
+                rowptr, col, w, d, lw, x, out, plan.num_rows, plan.split, F,
+                MEAN=code == 1, HAS_W=weight is not None, GCN=gcn, HAS_LOOP=loop_weight is not None,
+                ACC=acc, ROWS=packed.ROWS, ROW_E=packed.ROW_E, BLOCK_F=packed.BLOCK_F,
+                num_warps=packed.num_warps,
+            )
+        if plan.num_programs > first:
+            grid = (plan.num_programs - first, triton.cdiv(F, cfg.BLOCK_F))
+            agg_kernel[grid](
+                rowptr, col, w, d, lw, x, out, arg_ptr, part, part_arg,
+                plan.seg_row, plan.seg_start, plan.seg_end, plan.num_rows, plan.split, F, first,
+                **flags, BLOCK_E=cfg.BLOCK_E, BLOCK_F=cfg.BLOCK_F, num_warps=cfg.num_warps,
+            )
         if plan.num_long:
             agg_combine_kernel[(plan.num_long, triton.cdiv(F, cfg.BLOCK_F))](
                 plan.long_rows, plan.long_seg_ptr, rowptr, part, part_arg, d, lw, x, out,
@@ -216,7 +285,7 @@ def aggregate(
                 BLOCK_F=cfg.BLOCK_F,
             )
 
-    key = ("agg", code, weight is not None, gcn, F, x.dtype)
+    key = ("agg", code, weight is not None, gcn, F, x.dtype, packed)
     launch(plan, key, heuristic(plan, F, x.dtype), run, x.device)
     return out, arg
 

@@ -29,7 +29,7 @@ I64 = {"perm", "seg_row", "seg_start", "seg_end", "seg_long", "long_rows", "long
        "part_arg", "perm_t"}
 ACCP = {"part", "stats", "lse_s", "lse_p", "part_s", "part_p", "grad_w", "gsrc_s", "gsrc_p", "lse", "d_row",
         "params", "part_m", "part_acc", "part_src", "part_x"}
-INTS = {"num_rows", "split", "F", "FS", "FP", "num_edges", "num_loops", "seed", "threshold", "H", "C"}
+INTS = {"num_rows", "split", "first", "F", "FS", "FP", "num_edges", "num_loops", "seed", "threshold", "H", "C"}
 FLOATS = {"sigma", "coef", "tau"}
 FEAT_T = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16", "fp64": "*fp64"}
 
@@ -83,6 +83,10 @@ def cases():
             out.append((spmm.agg_kernel, feat, index, ce))
             ce = dict(REDUCE=reduce, GCN=gcn, HAS_LOOP=loop, BLOCK_F=64)
             out.append((spmm.agg_combine_kernel, feat, index, ce))
+        rows_cases = ((0, 1, 0, 0, 8, 8), (1, 0, 0, 0, 2, 32), (0, 1, 1, 1, 64, 1), (0, 0, 1, 0, 16, 4))
+        for mean, has_w, gcn, loop, rows, row_e in rows_cases if full else rows_cases[2:3]:
+            out.append((spmm.agg_rows_kernel, feat, index, dict(
+                MEAN=mean, HAS_W=has_w, GCN=gcn, HAS_LOOP=loop, ROWS=rows, ROW_E=row_e, BLOCK_F=64)))
         for has_w, need_w in ((0, 0), (1, 0), (0, 1), (1, 1)) if full else ((1, 1),):
             out.append((spmm.max_backward_kernel, feat, index,
                         dict(HAS_W=has_w, NEED_W=need_w, BLOCK_E=32, BLOCK_F=64)))

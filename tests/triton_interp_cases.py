@@ -227,6 +227,57 @@ def test_gcn_aggregate(name, split):
                       ref.gcn_aggregate(g.rowptr, g.col, weight, dis, lw, x))
 
 
+def test_aggregation_packs_short_rows(monkeypatch):
+    """Sum, mean and GCN aggregation several short rows per program (a power-law graph of
+    300 nodes: packs of rows of mixed degree, isolated rows, a last partial pack, hubs cut
+    into segments that the one-row kernel takes), two feature blocks: equal to the
+    reference, and bit for bit equal to one row per packed program."""
+    from fastalign.kernels import heuristics
+    from helpers import power_law_edge_index
+
+    g = fastalign.Graph.from_edge_index(power_law_edge_index(300, 1500, seed=5), num_nodes=300)
+    x = features(g, 130)
+    w = torch.rand(g.num_edges, dtype=torch.float64)
+    dis, lw = gcn_norm_state(g, w, True, False, torch.float64)
+    packed = heuristics.rows_packing(segments.row_plan(g.rowptr), 130, torch.float64)
+    assert packed is not None and packed.ROWS > 1 and g.num_dst % packed.ROWS
+    with segments.force_split(32):
+        assert segments.row_plan(g.rowptr).num_long > 0
+        outs = []
+        for reduce in ("sum", "mean"):
+            for weight in (None, w):
+                out = tb.spmm_forward(g.rowptr, g.col, weight, x, reduce)
+                close(out, ref.spmm_forward(g.rowptr, g.col, weight, x, reduce))
+                outs.append(out[0])
+        gcn = tb.gcn_aggregate(g.rowptr, g.col, w, dis, lw, x)
+        close(gcn, ref.gcn_aggregate(g.rowptr, g.col, w, dis, lw, x))
+        monkeypatch.setattr(kspmm, "rows_packing", lambda plan, width, dtype: packed._replace(ROWS=1))
+        again = [tb.spmm_forward(g.rowptr, g.col, weight, x, reduce)[0]
+                 for reduce in ("sum", "mean") for weight in (None, w)]
+        assert all(torch.equal(a, b) for a, b in zip(again, outs))
+        assert torch.equal(tb.gcn_aggregate(g.rowptr, g.col, w, dis, lw, x), gcn)
+
+
+def test_packing_rule(monkeypatch):
+    """Rows get the largest power of two of lanes not above the mean degree; a program
+    as many rows as fill the tile's edge lanes; none below two rows."""
+    from types import SimpleNamespace
+
+    from fastalign.kernels.heuristics import rows_packing
+
+    def plan(mean):
+        return SimpleNamespace(avg_degree=mean)
+
+    assert rows_packing(plan(13.8), 64, torch.float32)[:3] == (8, 8, 64)   # arxiv-like
+    assert rows_packing(plan(50.5), 64, torch.float32)[:3] == (2, 32, 64)  # products-like
+    assert rows_packing(plan(50.5), 16, torch.float32)[:3] == (8, 32, 16)
+    assert rows_packing(plan(492.0), 64, torch.float32) is None            # reddit-like
+    assert rows_packing(plan(70.0), 128, torch.float32) is None
+    assert rows_packing(plan(0.3), 64, torch.bfloat16)[:2] == (64, 1)
+    monkeypatch.setenv("FASTALIGN_TRITON_PACK_ROWS", "0")
+    assert rows_packing(plan(13.8), 64, torch.float32) is None
+
+
 # --------------------------------------------------------------------------- similarity
 @pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("name", ["square", "rectangular"])
