@@ -359,7 +359,11 @@ using namespace fastalign::cuda;
 
 extern "C" int64_t fa_default_split(int64_t num_edges) {
   // About 16k segments' worth of edges per split, within [256, 4096]: hubs spread over
-  // many warps, while ordinary rows (degree < 256) are never cut.
+  // many warps, while ordinary rows (degree < 256) are never cut. A piece stays within
+  // one tile's share of a launch at F = 64: an H200 holds ~17k float32 tiles of 16 lanes
+  // (132 SMs x 64 warps x 2), ~7k edges each on the large benchmark graphs, so the 4096
+  // cap that both reach is no tail (bfloat16's 8-lane tiles: ~3.5k). Narrower rows have
+  // smaller tiles and more of them; FASTALIGN_CUDA_SPLIT (binding.cpp) tunes it there.
   int64_t s = num_edges / 16384;
   return s < 256 ? 256 : (s > 4096 ? 4096 : s);
 }
