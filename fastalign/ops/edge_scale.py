@@ -24,6 +24,10 @@ scale. A differentiable scale would make the loss invariant to the embeddings' m
 and let the student change every distance at once through it; detached, it acts like a
 normalisation statistic (as batch norm's running statistics), and the backward needs no
 extra pass.
+
+Kernels: none of its own; the no-grad pass is ``fastalign::edge_similarity`` (CPU
+``csrc/cpu/edge_similarity.cpp``, Triton ``kernels/edge_similarity.py``, CUDA
+``csrc/cuda/kernels/edge_similarity.cu``).
 """
 
 from __future__ import annotations
