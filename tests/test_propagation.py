@@ -130,3 +130,20 @@ def test_a_conv_forward_is_one_prepared_pass(monkeypatch, conv, dims):
     assert resolve.calls == 1
     assert coerce.calls == (0 if getattr(layer, "cached", False) else 1)
     assert out.shape == ((2, n, 3) if dims == 3 else (n, 3))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_gcn_weight_gradient_without_a_feature_gradient(backend):
+    """Only the edge weights need a gradient: the transpose is not taken, and the weight
+    gradient is the one found beside a feature gradient."""
+    graph = _square(5)
+    x = torch.randn(graph.num_src, 4, dtype=torch.float64)
+    w = torch.rand(graph.num_edges, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(graph.num_dst, 4, dtype=torch.float64)
+    (gw_alone,) = torch.autograd.grad((fastalign.gcn_aggregate(graph, x, edge_weight=w, backend=backend) * g).sum(), w)
+    xg = x.clone().requires_grad_()
+    _, gw_both = torch.autograd.grad(
+        (fastalign.gcn_aggregate(graph, xg, edge_weight=w, backend=backend) * g).sum(), (xg, w))
+    torch.testing.assert_close(gw_alone, gw_both, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda u: fastalign.gcn_aggregate(graph, x, edge_weight=u, backend=backend), (w,))

@@ -341,11 +341,10 @@ Tensor gcn_aggregate(const Tensor& rowptr, const Tensor& col, const OptTensor& w
 }
 
 // ------------------------------------------------------------------------ structure KL
-std::tuple<Tensor, Tensor, Tensor> structure_kl_forward(
-    const Tensor& rowptr, const Tensor& col, const Tensor& s_dst_in, const Tensor& s_src_in,
-    const Tensor& p_dst_in, const Tensor& p_src_in, c10::string_view kernel, double sigma,
-    int64_t degree, double coef, double tau) {
-  const c10::cuda::CUDAGuard guard(s_dst_in.device());
+// Both students' destination and source embeddings: contiguous, one dtype, and each
+// student's two sides of one width.
+std::tuple<Tensor, Tensor, Tensor, Tensor> embeddings(const Tensor& s_dst_in, const Tensor& s_src_in,
+                                                      const Tensor& p_dst_in, const Tensor& p_src_in) {
   Tensor s_dst = features(s_dst_in, s_dst_in, "s_dst");
   Tensor s_src = features(s_src_in, s_dst, "s_src");
   Tensor p_dst = features(p_dst_in, s_dst, "p_dst");
@@ -354,6 +353,16 @@ std::tuple<Tensor, Tensor, Tensor> structure_kl_forward(
     TORCH_CHECK(t->scalar_type() == s_dst.scalar_type(), "fastalign cuda: embeddings must share a dtype");
   TORCH_CHECK(s_src.size(1) == s_dst.size(1) && p_src.size(1) == p_dst.size(1),
               "fastalign cuda: destination and source widths differ");
+  return {s_dst, s_src, p_dst, p_src};
+}
+
+std::tuple<Tensor, Tensor, Tensor> structure_kl_forward(
+    const Tensor& rowptr, const Tensor& col, const Tensor& s_dst_in, const Tensor& s_src_in,
+    const Tensor& p_dst_in, const Tensor& p_src_in, c10::string_view kernel, double sigma,
+    int64_t degree, double coef, double tau) {
+  const c10::cuda::CUDAGuard guard(s_dst_in.device());
+  Tensor s_dst, s_src, p_dst, p_src;
+  std::tie(s_dst, s_src, p_dst, p_src) = embeddings(s_dst_in, s_src_in, p_dst_in, p_src_in);
   Csr c = csr(rowptr, col, s_dst, "graph");
   check_rows(s_dst, c.g.num_rows, "s_dst", "graph (destinations)");
   check_rows(p_dst, c.g.num_rows, "p_dst", "graph (destinations)");
@@ -380,14 +389,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> structure_kl_backward(
     int64_t degree, double coef, double tau, bool peer_grad) {
   (void)perm_t;  // the structure KL has no per-edge inputs: the transpose rows suffice
   const c10::cuda::CUDAGuard guard(s_dst_in.device());
-  Tensor s_dst = features(s_dst_in, s_dst_in, "s_dst");
-  Tensor s_src = features(s_src_in, s_dst, "s_src");
-  Tensor p_dst = features(p_dst_in, s_dst, "p_dst");
-  Tensor p_src = features(p_src_in, s_dst, "p_src");
-  for (const Tensor* t : {&s_src, &p_dst, &p_src})
-    TORCH_CHECK(t->scalar_type() == s_dst.scalar_type(), "fastalign cuda: embeddings must share a dtype");
-  TORCH_CHECK(s_src.size(1) == s_dst.size(1) && p_src.size(1) == p_dst.size(1),
-              "fastalign cuda: destination and source widths differ");
+  Tensor s_dst, s_src, p_dst, p_src;
+  std::tie(s_dst, s_src, p_dst, p_src) = embeddings(s_dst_in, s_src_in, p_dst_in, p_src_in);
   Csr c = csr(rowptr, col, s_dst, "graph");
   Csr ct = csr(rowptr_t, col_t, s_dst, "transpose");
   TORCH_CHECK(c.g.itype == ct.g.itype, "fastalign cuda: graph and transpose index dtypes differ");

@@ -202,7 +202,7 @@ def gcn_propagation(
     given = check_edge_values("edge_weight", edge_weight, graph)  # its own precision
     if given is not None and torch.is_grad_enabled() and given.requires_grad:
         name = resolve("spmm", backend, like.device, ("spmm_forward", "sddmm"))
-        return _composed_propagation(graph, like.dtype, given, add_self_loops, improved, name)
+        return _composed_propagation(graph, like, given, add_self_loops, improved, name)
     name = resolve("gcn_aggregate", backend, like.device, ("gcn_aggregate",))
     needs_grad = torch.is_grad_enabled() and like.requires_grad
     if given is None:
@@ -249,9 +249,11 @@ def gcn_aggregate(
     return gcn_propagation(graph, x, add_self_loops, improved, edge_weight, backend)(x)
 
 
-def _composed_propagation(graph, dtype, weight, add_self_loops, improved, name):
+def _composed_propagation(graph, like, weight, add_self_loops, improved, name):
     """Differentiable in the edge weights: the per-edge normalisation (built once, with
-    autograd) then a weighted spmm per call (its backward gives the weights' gradient)."""
+    autograd) then a weighted spmm per call (its backward gives the weights' gradient;
+    the transpose is taken only when the features need a gradient too)."""
+    dtype = like.dtype
     dis, loop_weight = gcn_norm_state(graph, weight, add_self_loops, improved, dtype)
     row, col = graph.row, graph.col.long()
     w = weight
@@ -259,8 +261,10 @@ def _composed_propagation(graph, dtype, weight, add_self_loops, improved, name):
         w = w.masked_fill(row == col, 0)
     norm = (dis[row] * w.to(dis.dtype) * dis[col]).to(dtype)
     loop_scale = (loop_weight * dis * dis).unsqueeze(1) if loop_weight is not None else None
-    rowptr_t, col_t, perm_t = graph.transpose()
-    norm_t = norm.detach()[perm_t]
+    rowptr_t = col_t = norm_t = None
+    if like.requires_grad:  # grad mode is on: this path is only taken for a weight gradient
+        rowptr_t, col_t, perm_t = graph.transpose()
+        norm_t = norm.detach()[perm_t]
 
     def propagate(x: Tensor) -> Tensor:
         out, _ = spmm_call(
