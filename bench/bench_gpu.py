@@ -175,6 +175,8 @@ class Bench:
         import fastalign
         from fastalign import Graph, backends
         from fastalign.bench import peers as P
+        from fastalign.kernels.heuristics import rows_packing
+        from fastalign.kernels.segments import row_plan
         from fastalign.nn import GCNConv
 
         dev, args = self.dev, self.args
@@ -202,6 +204,12 @@ class Bench:
                 b = dict(base, op="spmm_fwd")
                 for be in ours:
                     self.measure(b, f"fastalign[{be}]", lambda be=be: fastalign.spmm(g, x, backend=be),
+                                 model_bytes=spmm_bytes)
+                if rows_packing(row_plan(g.rowptr), F, dtype) is not None:
+                    # the packed rows' own figure: the same op, one row per program
+                    self.measure(b, "fastalign[triton] one row per program",
+                                 with_env(lambda: fastalign.spmm(g, x, backend="triton"),
+                                          FASTALIGN_TRITON_PACK_ROWS="0"),
                                  model_bytes=spmm_bytes)
                 self.measure(b, "torch.sparse.mm (cuSPARSE)", lambda: torch.sparse.mm(csr, x))
                 if peers and (F == self.peer_width or args.full_peers):
@@ -297,8 +305,6 @@ class Bench:
                                  kl_run(lambda: closs(hs, hp, ei64, n, "l1", 1.0)), mem=True, need_s=60)
                 del x, xg, gout, hs, hp, csr
         # what the Triton backend chose for this graph: segment plan and tuned configs
-        from fastalign.kernels.segments import row_plan
-
         for side, rp in (("csr", g.rowptr), ("transpose", g.transpose()[0])):
             pl = row_plan(rp)
             self.plans.append(dict(
