@@ -47,6 +47,22 @@ REDUCE_CODES = {"sum": 0, "mean": 1, "max": 2}
 
 
 @triton.jit
+def _edge_coef(j, eo, em, row, weight, dis, HAS_W: tl.constexpr, GCN: tl.constexpr,
+               SKIP_LOOPS: tl.constexpr, ACC: tl.constexpr):
+    """c_e of the edges ``eo`` (sources ``j``, destination ``row``; any tile shape): the
+    weight, or for GCN w_e * dis[j], 0 on self loops when their weight is added per row."""
+    if GCN:
+        c = tl.load(dis + j, mask=em, other=0.0).to(ACC)
+        if HAS_W:
+            c = c * tl.load(weight + eo, mask=em, other=0.0).to(ACC)
+        if SKIP_LOOPS:
+            c = tl.where(j == row, 0.0, c)
+    else:
+        c = tl.load(weight + eo, mask=em, other=0.0).to(ACC)
+    return c
+
+
+@triton.jit
 def _agg_range(
     start, end, row, col, weight, dis, x, F, fo, fm,
     REDUCE: tl.constexpr, HAS_W: tl.constexpr, GCN: tl.constexpr, SKIP_LOOPS: tl.constexpr,
@@ -63,15 +79,8 @@ def _agg_range(
         v = tl.load(
             x + j[:, None] * F + fo[None, :], mask=em[:, None] & fm[None, :], other=0.0
         ).to(ACC)
-        if GCN:
-            c = tl.load(dis + j, mask=em, other=0.0).to(ACC)
-            if HAS_W:
-                c = c * tl.load(weight + eo, mask=em, other=0.0).to(ACC)
-            if SKIP_LOOPS:
-                c = tl.where(j == row, 0.0, c)
-            v = v * c[:, None]
-        elif HAS_W:
-            v = v * tl.load(weight + eo, mask=em, other=0.0).to(ACC)[:, None]
+        if GCN or HAS_W:
+            v = v * _edge_coef(j, eo, em, row, weight, dis, HAS_W, GCN, SKIP_LOOPS, ACC)[:, None]
         if REDUCE == 2:
             v = tl.where(em[:, None], v, float("-inf"))
             # NaN propagates (torch.amax): a block holding one has a NaN maximum, won by
@@ -146,7 +155,7 @@ def agg_kernel(
 @triton.jit
 def agg_rows_kernel(
     rowptr, col, weight, dis, loopw, x, out, num_rows, split, F,
-    MEAN: tl.constexpr, HAS_W: tl.constexpr, GCN: tl.constexpr, HAS_LOOP: tl.constexpr,
+    REDUCE: tl.constexpr, HAS_W: tl.constexpr, GCN: tl.constexpr, HAS_LOOP: tl.constexpr,
     ACC: tl.constexpr, ROWS: tl.constexpr, ROW_E: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
     """Sum / mean (GCN included) of rows pid * ROWS .. + ROWS as a [ROWS, ROW_E, BLOCK_F]
@@ -156,8 +165,9 @@ def agg_rows_kernel(
     fo = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     fm = fo < F
     rm = rows < num_rows
-    rs = tl.load(rowptr + rows, mask=rm, other=0).to(tl.int64)
-    re = tl.load(rowptr + rows + 1, mask=rm, other=0).to(tl.int64)
+    rows = tl.where(rm, rows, 0)  # rows past the end: an empty row 0, never stored
+    rs = tl.load(rowptr + rows).to(tl.int64)
+    re = tl.load(rowptr + rows + 1).to(tl.int64)
     short = rm & (re - rs <= split)
     re = tl.where(short, re, rs)
     n = tl.max(re - rs, axis=0)
@@ -171,27 +181,15 @@ def agg_rows_kernel(
             x + j[:, :, None] * F + fo[None, None, :],
             mask=em[:, :, None] & fm[None, None, :], other=0.0,
         ).to(ACC)
-        if GCN:
-            c = tl.load(dis + j, mask=em, other=0.0).to(ACC)
-            if HAS_W:
-                c = c * tl.load(weight + eo, mask=em, other=0.0).to(ACC)
-            if HAS_LOOP:  # the loop's weight is added per row below, not per edge
-                c = tl.where(j == rows[:, None], 0.0, c)
+        if GCN or HAS_W:
+            c = _edge_coef(j, eo, em, rows[:, None], weight, dis, HAS_W, GCN, HAS_LOOP, ACC)
             v = v * c[:, :, None]
-        elif HAS_W:
-            v = v * tl.load(weight + eo, mask=em, other=0.0).to(ACC)[:, :, None]
         acc3 += v
     acc = tl.sum(acc3, axis=1)
-    if MEAN:
-        acc = acc / tl.maximum(re - rs, 1).to(ACC)[:, None]
-    om = short[:, None] & fm[None, :]
-    if GCN:
-        di = tl.load(dis + rows, mask=rm, other=0.0).to(ACC)
-        if HAS_LOOP:
-            xi = tl.load(x + rows[:, None] * F + fo[None, :], mask=om, other=0.0).to(ACC)
-            acc = acc + (tl.load(loopw + rows, mask=rm, other=0.0).to(ACC) * di)[:, None] * xi
-        acc = acc * di[:, None]
-    tl.store(out + rows[:, None] * F + fo[None, :], acc.to(out.dtype.element_ty), mask=om)
+    res = _agg_epilogue(acc, acc, rows[:, None], (re - rs)[:, None], dis, loopw, x, F,
+                        fo[None, :], fm[None, :], REDUCE, GCN, HAS_LOOP, ACC)
+    tl.store(out + rows[:, None] * F + fo[None, :], res.to(out.dtype.element_ty),
+             mask=short[:, None] & fm[None, :])
 
 
 @triton.jit
@@ -266,10 +264,8 @@ def aggregate(
         if packed is not None:  # short rows several per program; segments below
             first = plan.num_rows
             agg_rows_kernel[(triton.cdiv(plan.num_rows, packed.ROWS), triton.cdiv(F, packed.BLOCK_F))](
-                rowptr, col, w, d, lw, x, out, plan.num_rows, plan.split, F,
-                MEAN=code == 1, HAS_W=weight is not None, GCN=gcn, HAS_LOOP=loop_weight is not None,
-                ACC=acc, ROWS=packed.ROWS, ROW_E=packed.ROW_E, BLOCK_F=packed.BLOCK_F,
-                num_warps=packed.num_warps,
+                rowptr, col, w, d, lw, x, out, plan.num_rows, plan.split, F, **flags,
+                ROWS=packed.ROWS, ROW_E=packed.ROW_E, BLOCK_F=packed.BLOCK_F, num_warps=packed.num_warps,
             )
         if plan.num_programs > first:
             grid = (plan.num_programs - first, triton.cdiv(F, cfg.BLOCK_F))

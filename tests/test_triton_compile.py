@@ -84,9 +84,9 @@ def cases():
             ce = dict(REDUCE=reduce, GCN=gcn, HAS_LOOP=loop, BLOCK_F=64)
             out.append((spmm.agg_combine_kernel, feat, index, ce))
         rows_cases = ((0, 1, 0, 0, 8, 8), (1, 0, 0, 0, 2, 32), (0, 1, 1, 1, 64, 1), (0, 0, 1, 0, 16, 4))
-        for mean, has_w, gcn, loop, rows, row_e in rows_cases if full else rows_cases[2:3]:
+        for reduce, has_w, gcn, loop, rows, row_e in rows_cases if full else rows_cases[2:3]:
             out.append((spmm.agg_rows_kernel, feat, index, dict(
-                MEAN=mean, HAS_W=has_w, GCN=gcn, HAS_LOOP=loop, ROWS=rows, ROW_E=row_e, BLOCK_F=64)))
+                REDUCE=reduce, HAS_W=has_w, GCN=gcn, HAS_LOOP=loop, ROWS=rows, ROW_E=row_e, BLOCK_F=64)))
         for has_w, need_w in ((0, 0), (1, 0), (0, 1), (1, 1)) if full else ((1, 1),):
             out.append((spmm.max_backward_kernel, feat, index,
                         dict(HAS_W=has_w, NEED_W=need_w, BLOCK_E=32, BLOCK_F=64)))
