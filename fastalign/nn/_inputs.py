@@ -295,10 +295,8 @@ def prepare(
 
 def over_nodes(fn, x: Tensor, node_dim: int = -2) -> Tensor:
     """``fn`` (a ``[N, C] -> [M, C]`` aggregation) applied along the node dimension of
-    ``x`` (``[..., N, ..., F]``): the other dimensions are folded into the columns, so a
-    batch of features over one graph is one kernel call."""
-    if x.layout != torch.strided:
-        x = x.to_dense()
+    dense ``x`` (``[..., N, ..., F]``): the other dimensions are folded into the columns,
+    so a batch of features over one graph is one kernel call."""
     if x.dim() == 1:
         return fn(x.unsqueeze(1)).squeeze(1)
     dim = node_dim % x.dim()

@@ -168,9 +168,7 @@ class GCNConv(DropInConv):
 
         # sparse features: the product with W first (torch.sparse.mm), as PyG does
         lin_first = self.out_channels <= self.in_channels or x.layout != torch.strided
-        h = self.lin(x) if lin_first else x
-        if h.layout != torch.strided:
-            h = h.to_dense()
+        h = self.lin(x) if lin_first else x  # dense: torch's linear of sparse x is dense
         if self.normalize:  # backend, normalisation state and transpose found once
             propagate = gcn_propagation(
                 graph, h, self.add_self_loops, self.improved, weight, self.backend

@@ -32,6 +32,7 @@ from ..graph import Graph
 from ._eager import TwinOp
 from ._common import (
     acc_dtype, as_graph, check_edge_values, check_features, check_placement, impl, resolve,
+    transposed_weight,
 )
 from .spmm import spmm_call
 
@@ -162,10 +163,8 @@ def sparse_adjacency_weights(
     if not add_self_loops:
         return weight
     fill = 2.0 if improved else 1.0
-    row, col = graph.row, graph.col.long()
-    is_loop = row == col
-    if not bool(is_loop.any()):
-        return weight
+    row = graph.row
+    is_loop = row == graph.col  # no test for "any loop": that is a host sync per call
     if kind == "sparse_tensor":
         return weight.masked_fill(is_loop, fill)
     total = torch.zeros(graph.num_dst, dtype=weight.dtype, device=weight.device)
@@ -212,7 +211,7 @@ def gcn_propagation(
     else:
         dis, loop_weight = gcn_norm_state(graph, given, add_self_loops, improved, like.dtype)
         weight = given.to(like.dtype)
-        weight_t = weight[graph.transpose()[2]] if needs_grad else None
+        weight_t = transposed_weight(graph, weight, graph.transpose()[2]) if needs_grad else None
     rowptr_t, col_t = graph.transpose()[:2] if needs_grad else (None, None)
     rowptr, col = graph.rowptr, graph.col
 
@@ -264,7 +263,7 @@ def _composed_propagation(graph, like, weight, add_self_loops, improved, name):
     rowptr_t = col_t = norm_t = None
     if like.requires_grad:  # grad mode is on: this path is only taken for a weight gradient
         rowptr_t, col_t, perm_t = graph.transpose()
-        norm_t = norm.detach()[perm_t]
+        norm_t = transposed_weight(graph, norm, perm_t)
 
     def propagate(x: Tensor) -> Tensor:
         out, _ = spmm_call(
