@@ -148,13 +148,39 @@ def _time(run: Callable[[Config], None], cfg: Config, reps: int = 3) -> float:
     return start.elapsed_time(stop) / reps
 
 
+class force_warps:
+    """Context manager: launch the kernels whose config key starts with one of ``kernels``
+    ("agg", "max_bwd", "edge_sim", "edge_sim_grad", "skl_fwd", "skl_grad") with
+    ``num_warps`` warps instead of the heuristic's, without caching the choice. The
+    heaviest kernels hold 200+ registers per thread at 4 warps, so their warp count is a
+    figure to measure per device (bench/bench_gpu.py times both), not a constant."""
+
+    def __init__(self, num_warps: int, kernels: Sequence[str]):
+        self.num_warps, self.kernels = int(num_warps), tuple(kernels)
+
+    def __enter__(self):
+        self.prev = dict(_FORCED_WARPS)
+        _FORCED_WARPS.update({k: self.num_warps for k in self.kernels})
+        return self
+
+    def __exit__(self, *exc):
+        _FORCED_WARPS.clear()
+        _FORCED_WARPS.update(self.prev)
+
+
+_FORCED_WARPS: dict = {}
+
+
 def choose(plan, key: tuple, base: Config, run: Callable[[Config], None], device) -> Config:
-    """The config for ``key`` on this plan: cached, else tuned (CUDA) or ``base``.
+    """The config for ``key`` on this plan: forced (``force_warps``), cached, else tuned
+    (CUDA) or ``base``.
 
     ``run(cfg)`` launches the op's kernels with ``cfg`` (and must be idempotent). When
     tuning happened, the outputs hold the result of the last timed launch, which is the
     caller's responsibility to redo with the chosen config (``launch`` does that).
     """
+    if key[0] in _FORCED_WARPS:
+        return base._replace(num_warps=_FORCED_WARPS[key[0]])
     cfg = plan.configs.get(key)
     if cfg is not None:
         return cfg

@@ -143,6 +143,15 @@ def cases():
         out.append((structure_kl.skl_grad_kernel, "bf16", "i64",
                     dict(KIND=0, DEGREE=2, TRANSPOSED=1, PEER=1, SRC_ATOMIC=0, BLOCK_E=be, BLOCK_FS=bf, BLOCK_FP=bf,
                          _num_warps=warps)))
+    # force_warps(8): the heaviest kernels at the benchmark's F = 64 tiles, as bench/bench_gpu.py times them
+    for feat in ("fp32", "bf16"):
+        out.append((spmm.agg_kernel, feat, "i32",
+                    dict(REDUCE=2, HAS_W=0, GCN=0, HAS_LOOP=0, BLOCK_E=64, BLOCK_F=64, _num_warps=8)))
+        out.append((structure_kl.skl_fwd_kernel, feat, "i32",
+                    dict(KIND=0, DEGREE=2, BLOCK_E=64, BLOCK_FS=64, BLOCK_FP=64, _num_warps=8)))
+        out.append((structure_kl.skl_grad_kernel, feat, "i32",
+                    dict(KIND=0, DEGREE=2, TRANSPOSED=1, PEER=0, SRC_ATOMIC=0, BLOCK_E=64, BLOCK_FS=64,
+                         BLOCK_FP=64, _num_warps=8)))
     return out
 
 
@@ -196,3 +205,22 @@ def test_every_public_launcher_runs_on_its_inputs_device():
     strided = torch.arange(20)[::2]
     probe(strided, strided, torch.zeros(4, 3).t())
     assert seen == [(True, True, True)]
+
+
+def test_forced_warps_are_used_and_never_cached():
+    """heuristics.force_warps: the kernels named get the warp count asked for, inside the
+    context only, and the choice is not kept in the graph's plan."""
+    import torch
+
+    from fastalign.kernels import heuristics as H
+
+    class Plan:
+        configs: dict = {}
+        num_edges = 10
+
+    plan, base = Plan(), H.Config(32, 64, 4)
+    with H.force_warps(8, ("skl_fwd",)):
+        assert H.choose(plan, ("skl_fwd", 0), base, lambda cfg: None, torch.device("cpu")).num_warps == 8
+        assert H.choose(plan, ("agg", 0), base, lambda cfg: None, torch.device("cpu")).num_warps == 4
+    assert ("skl_fwd", 0) not in plan.configs
+    assert H.choose(plan, ("skl_fwd", 0), base, lambda cfg: None, torch.device("cpu")).num_warps == 4

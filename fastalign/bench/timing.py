@@ -132,6 +132,29 @@ def time_call(
     return Timing(statistics.median(times), min(times), len(times))
 
 
+def time_back_to_back(fn: Callable[[], object], device, calls: int) -> float:
+    """Seconds per call of ``calls`` calls of ``fn()`` issued back to back, between one
+    pair of CUDA events on CUDA (one synchronisation at the end; elsewhere the wall time
+    of the loop). On a kernel of a fraction of a millisecond, a call timed on its own
+    carries the host's launch and validation cost; back to back, the host runs ahead and
+    the figure approaches the device time. Warm up first (``time_call`` does)."""
+    device = torch.device(device)
+    calls = max(int(calls), 1)
+    synchronize(device)
+    if device.type == "cuda":
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        stop.record()
+        stop.synchronize()
+        return start.elapsed_time(stop) / 1e3 / calls
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
+
+
 def peak_memory(fn: Callable[[], object], device) -> Optional[int]:
     """Extra bytes one call of ``fn()`` needs at its peak (see the module docstring);
     None where it cannot be measured."""
