@@ -284,6 +284,42 @@ def test_gat_aggregate(name, index_dtype, dtype, heads, channels, loops, dropout
         assert_close(got, expected)
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_gat_aggregate_hub_rows(dtype):
+    """Rows of 1,024 edges (one thread's longest), 1,025 and 50,000 (a block's), and a
+    source of out-degree 20,000 (a long row of the transpose, for the source gradients),
+    8 heads of 8 channels with self loops and dropout: against the reference, and the
+    same bits on a second run."""
+    hub = hub_graph(torch.int64)
+    n = hub.num_dst
+    ei = torch.cat([hub.edge_index.cpu(),
+                    torch.stack([torch.arange(1024) % 500 + 10, torch.full((1024,), n)]),
+                    torch.stack([torch.arange(1025) % 500 + 10, torch.full((1025,), n + 1)]),
+                    torch.stack([torch.full((20_000,), 7), torch.arange(20_000) % n])], 1)
+    g = Graph.from_edge_index(ei, num_nodes=n + 2).to(DEV)
+    deg = (g.rowptr[1:] - g.rowptr[:-1]).cpu()
+    assert int(deg[0]) >= 50_000 and int(deg[n]) == 1024 and int(deg[n + 1]) == 1025
+    heads, channels = 8, 8
+    x = feats(g.num_src, heads * channels, dtype, seed=2).view(-1, heads, channels)
+    a_s, a_d = feats(g.num_src, heads, dtype, seed=3), feats(g.num_dst, heads, dtype, seed=4)
+    args = (x, a_s, a_d, 0.2, 0.1, 777, True)
+    out, lse = CU.gat_aggregate_forward(g.rowptr, g.col, *args)
+    ref_out, ref_lse = REF.gat_aggregate_forward(g.rowptr, g.col, *args)
+    assert_close(out, ref_out)
+    assert_close(lse, ref_lse, torch.float32)
+    rowptr_t, col_t, perm_t = g.transpose()
+    assert int((rowptr_t[1:] - rowptr_t[:-1]).max()) >= 20_000
+    grad_out = feats(g.num_dst, heads * channels, dtype, seed=5).view(-1, heads, channels)
+    back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_lse, grad_out, 0.2, 0.1, 777, True)
+    grads = CU.gat_aggregate_backward(*back)
+    for got, expected in zip(grads, REF.gat_aggregate_backward(*back)):
+        assert_close(got, expected)
+    again_out, again_lse = CU.gat_aggregate_forward(g.rowptr, g.col, *args)
+    assert torch.equal(again_out, out) and torch.equal(again_lse, lse)
+    for got, again in zip(grads, CU.gat_aggregate_backward(*back)):
+        assert torch.equal(got, again)
+
+
 # --------------------------------------------------------------------------- similarity
 @graph_params
 @index_params

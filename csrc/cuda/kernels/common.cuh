@@ -86,6 +86,32 @@ __device__ __forceinline__ float tile_sum(const cg::thread_block_tile<L>& tile, 
   return v;
 }
 
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Fixed-order reduction over a block of THREADS threads (a multiple of 32) of one value
+// per thread (MAX: max, else sum): lanes, then warps. Every thread gets the result, and
+// every thread of the block must call it. `scratch` holds THREADS / 32 floats.
+template <int THREADS, bool MAX>
+__device__ __forceinline__ float block_reduce(float v, float* scratch) {
+  v = MAX ? warp_max(v) : warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // scratch may still be read by the previous reduction
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < THREADS / 32 ? scratch[lane] : (MAX ? -INFINITY : 0.f);
+  return MAX ? warp_max(v) : warp_sum(v);
+}
+
 // ------------------------------------------------------------------ tile configuration
 // A "tile" of L lanes owns one row segment; lane c handles the 16-byte vectors
 // c, c + L, ..., c + (NT-1) L of a chunk of L * NT vectors of the feature row (coarse

@@ -9,32 +9,12 @@ using namespace fastalign::cuda;
 
 namespace {
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 constexpr int64_t kLongRow = 1024;  // longest row a warp takes (32 steps per pass)
 constexpr int kLongBlock = 1024;    // threads on one long row
 
-// Fixed-order block reduction of one value per thread (MAX: max, else sum); every
-// thread gets the result. `scratch` holds kLongBlock / 32 floats.
 template <bool MAX>
-__device__ __forceinline__ float block_reduce(float v, float* scratch) {
-  v = MAX ? warp_max(v) : warp_sum(v);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();  // scratch may still be read by the previous reduction
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < kLongBlock / 32 ? scratch[lane] : (MAX ? -INFINITY : 0.f);
-  return MAX ? warp_max(v) : warp_sum(v);
+__device__ __forceinline__ float long_row_reduce(float v, float* scratch) {
+  return block_reduce<kLongBlock, MAX>(v, scratch);
 }
 
 // The long rows among rows [blockIdx.x * kLongBlock, +kLongBlock): found by one degree
@@ -62,16 +42,16 @@ __global__ void __launch_bounds__(kLongBlock)
       float dot = 0.f;
       for (int64_t e = lo + threadIdx.x; e < hi; e += kLongBlock)
         dot = fmaf(to_float(a[e]), to_float(b[e]), dot);
-      dot = block_reduce<false>(dot, scratch);
+      dot = long_row_reduce<false>(dot, scratch);
       for (int64_t e = lo + threadIdx.x; e < hi; e += kLongBlock)
         out[e] = from_float<T>(to_float(a[e]) * (to_float(b[e]) - dot));
     } else {
       float m = -INFINITY;
       for (int64_t e = lo + threadIdx.x; e < hi; e += kLongBlock) m = fmaxf(m, to_float(a[e]));
-      m = block_reduce<true>(m, scratch);
+      m = long_row_reduce<true>(m, scratch);
       float sum = 0.f;
       for (int64_t e = lo + threadIdx.x; e < hi; e += kLongBlock) sum += expf(to_float(a[e]) - m);
-      const float inv = 1.f / block_reduce<false>(sum, scratch);
+      const float inv = 1.f / long_row_reduce<false>(sum, scratch);
       for (int64_t e = lo + threadIdx.x; e < hi; e += kLongBlock)
         out[e] = from_float<T>(expf(to_float(a[e]) - m) * inv);
     }
