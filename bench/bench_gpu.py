@@ -423,7 +423,22 @@ def main(argv=None):
         w.peers(g, ei, n, E)
     else:
         w.ours(args.part, g, ei, n, E)
+    if args.part == "triton" and not args.warm and not args.dry_run and args.records:
+        plans(args.graph, g, args.records)
     return 0
+
+
+def plans(graph, g, records):
+    """What the Triton backend chose on this graph: the segment plan of the CSR and of its
+    transpose and the block configs of each op (kind "plan" records)."""
+    from fastalign.kernels.segments import row_plan
+
+    for side, rowptr in (("csr", g.rowptr), ("transpose", g.transpose()[0])):
+        pl = row_plan(rowptr)
+        R.append_record(records, dict(kind="plan", graph=graph, side=side, split=pl.split,
+                                      max_degree=pl.max_degree, avg_degree=pl.avg_degree, long_rows=pl.num_long,
+                                      segments=pl.num_segs,
+                                      configs={repr(k): list(v) for k, v in pl.configs.items()}))
 
 
 if __name__ == "__main__":

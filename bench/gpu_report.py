@@ -297,6 +297,13 @@ def summarise(records: List[dict], meta: dict) -> str:
     var = variants(bench)
     if var:
         out += ["", "## Triton variants", ""] + var
+    plans = [r for r in records if r.get("kind") == "plan"]
+    if plans:
+        out += ["", "## Triton segment plans (configs per op in bench_gpu.json)", "",
+                "| graph | side | split | max degree | mean degree | long rows | segments |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        out += [f"| {p['graph']} | {p['side']} | {p['split']} | {p['max_degree']} | {p['avg_degree']:.1f} | "
+                f"{p['long_rows']} | {p['segments']} |" for p in plans]
     out += ["", "## Smoke check (every op against cuSPARSE or the float64 reference)", ""] + smoke_table(smoke)
     return "\n".join(out) + "\n"
 
