@@ -34,7 +34,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OPT = os.environ.get("FASTALIGN_BUILD_OPT", "-O3")
 if OPT not in ("-O0", "-O1", "-O2", "-O3"):
     raise SystemExit(f"FASTALIGN_BUILD_OPT must be one of -O0 .. -O3, got {OPT!r}")
-CXX_FLAGS = [OPT, "-std=c++17", "-fopenmp", "-g0"]
+# No -std: torch's build helper picks the standard its headers need (C++20 in recent
+# releases, whose headers warn under C++17; torch 2.14's refuse it).
+CXX_FLAGS = [OPT, "-fopenmp", "-g0"]
 
 
 def want_cuda():
@@ -68,10 +70,10 @@ def extensions():
                 cuda_sources,
                 include_dirs=[os.path.join(HERE, "csrc")],
                 extra_compile_args={
-                    "cxx": ["-O3", "-std=c++17", "-g0"],
+                    "cxx": ["-O3", "-g0"],
                     # No --use_fast_math: the kernels are memory-bound, and exact
                     # expf/logf keep them within float32 tolerance of the reference.
-                    "nvcc": ["-O3", "-std=c++17", "-lineinfo"],
+                    "nvcc": ["-O3", "-lineinfo"],
                 },
             )
         )

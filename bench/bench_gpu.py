@@ -77,8 +77,8 @@ def load_graph(name, sizes, dev, cache_dir):
     path = os.path.join(cache_dir, f"{name}-{n}-{e}.pt") if cache_dir else None
     if path and os.path.exists(path):
         rowptr, col = torch.load(path)
-    else:
-        ei = power_law_edge_index(n, e, seed=0)
+    else:  # drawn on the CPU (one random stream everywhere), sorted into CSR on the device
+        ei = power_law_edge_index(n, e, seed=0, device=dev)
         g = Graph.from_edge_index(ei.to(torch.int32), num_nodes=n)
         rowptr, col = g.rowptr.cpu(), g.col.cpu()
         del ei, g
@@ -121,6 +121,7 @@ class Worker:
         ``check()`` -> relative error), or record why not. Never raises."""
         key = (op, dtype, impl)
         assert key in self.planned, f"row {key} is not in gpu_report.part_rows"
+        need_s *= self.faults.scale  # a rehearsal's caps are scaled
         rec = dict(base, F=R.WIDTH, dtype=dtype, op=op, impl=impl)
         if self.args.warm:  # compile and fill caches only
             try:

@@ -38,21 +38,51 @@ def sources(name):
 
 
 def map_kernels():
-    """fastalign.kernels -> kernels/ (setup.py's package_dir), unless importable already."""
+    """fastalign.kernels -> kernels/ (setup.py's package_dir), as a link in the tree
+    (git-ignored) unless one is there."""
     link = os.path.join(ROOT, "fastalign", "kernels")
-    if not os.path.exists(link):
+    if not os.path.lexists(link):
         os.symlink(os.path.join("..", "kernels"), link)
 
 
+def find_cuda_home():
+    """The CUDA toolkit's root for torch.utils.cpp_extension, which otherwise takes the
+    folder above ``which nvcc``: wrong where nvcc is a wrapper outside the toolkit (the
+    glue then misses cuda_runtime_api.h). Asks nvcc where its headers are and walks up
+    to the folder that holds bin/nvcc; None leaves torch's own guess."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return None
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    import re
+    import subprocess
+
+    probe = subprocess.run([nvcc, "--dryrun", "-c", "x.cu", "-o", "x.o"], capture_output=True, text=True)
+    found = re.search(r'INCLUDES="-I([^"]+?)"', probe.stdout + probe.stderr)
+    if not found:
+        return None
+    folder = os.path.abspath(found.group(1).strip())
+    while folder != os.path.dirname(folder):
+        if os.path.exists(os.path.join(folder, "bin", "nvcc")):
+            return folder
+        folder = os.path.dirname(folder)
+    return None
+
+
 def build(name, build_dir):
+    home = find_cuda_home()
+    if home:
+        os.environ["CUDA_HOME"] = home
+        print(f"gpu_build: CUDA_HOME={home} (from nvcc's include path)", flush=True)
     from torch.utils.cpp_extension import load
 
     os.makedirs(build_dir, exist_ok=True)
     t0 = time.monotonic()
-    common = ["-O3", "-std=c++17", "-g0"]
+    common = ["-O3", "-g0"]  # the C++ standard: torch's own choice, as in setup.py
     if name == "_C_cuda":
         mod = load(name, sources(name), extra_include_paths=[os.path.join(ROOT, "csrc")],
-                   extra_cflags=common, extra_cuda_cflags=["-O3", "-std=c++17", "-lineinfo"],
+                   extra_cflags=common, extra_cuda_cflags=["-O3", "-lineinfo"],
                    build_directory=build_dir, verbose=True, is_python_module=True)
     else:
         mod = load(name, sources(name), extra_include_paths=[os.path.join(ROOT, "csrc")],
@@ -92,10 +122,7 @@ def main(argv=None):
             return 1
         print(f"gpu_build: dry run, {len(sources('_C_cuda'))} CUDA sources found", flush=True)
         return 0
-    import importlib.util
-
-    if importlib.util.find_spec("fastalign.kernels") is None:
-        map_kernels()
+    map_kernels()
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     write_build_info(cuda=True)
     build("_C_cuda", os.path.join(args.build_dir, "cuda"))

@@ -98,6 +98,32 @@ class Check:
         self.py = args.python or sys.executable
         self.build_job: Optional[Job] = None
         self.build_ok: Optional[bool] = None
+        self.running: List[Job] = []
+        self.parallel, self.smoke_edges = 1, 20_000_000  # until the environment is read
+        # workers run in sessions of their own (so that a cap stops a whole process tree);
+        # if this process is stopped, it stops them first
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self.on_signal)
+
+    def on_signal(self, signum, frame):
+        for job in list(self.running):
+            self.stop(job, signal.SIGKILL)
+        self.log(f"stopped by {signal.Signals(signum).name}")
+        try:
+            self.write_report(final=True)
+        finally:
+            os._exit(128 + signum)
+
+    def stage(self, name, fn, *args):
+        """Run one stage; a fault in the check itself is logged and the next stage runs."""
+        try:
+            return fn(*args)
+        except Exception:
+            import traceback
+
+            self.log(f"{name}: the check itself failed here; going on with the next stage")
+            self.say(traceback.format_exc())
+            return None
 
     # ------------------------------------------------------------------ basics
     def now(self):
@@ -142,6 +168,7 @@ class Check:
                                     start_new_session=True)
         out.close()
         job.started = time.monotonic()
+        self.running.append(job)
 
     def stop(self, job: Job, sig=signal.SIGTERM):
         try:
@@ -160,6 +187,9 @@ class Check:
                 job.proc.wait()
         rc = job.proc.returncode
         job.ended = time.monotonic()
+        self.stop(job, signal.SIGKILL)  # what the worker left running (compile or test workers)
+        if job in self.running:
+            self.running.remove(job)
         secs = job.ended - job.started
         if timed_out:
             job.outcome = f"timed out (cap {cap:.0f} s)"
@@ -197,7 +227,10 @@ class Check:
         started in time is marked "not run (no time left)"."""
         end = time.monotonic() + stage_s
         queue, running = list(jobs), []
-        self.log(f"{name}: {len(jobs)} processes, {parallel} at a time, at most {stage_s:.0f} s")
+        if len(jobs) > 1:
+            self.log(f"{name}: {len(jobs)} processes, {parallel} at a time, at most {stage_s:.0f} s")
+        else:
+            self.log(f"{name}: at most {stage_s:.0f} s")
         while queue or running:
             while queue and len(running) < parallel:
                 job = queue[0]
@@ -265,7 +298,9 @@ class Check:
         cpus = os.cpu_count() or 2
         # parallel workers: each holds a graph and its inputs (<= ~8 GiB), and a core of
         # its own beside the build's compilers
-        self.parallel = max(1, min(8, cpus if self.args.dry_run else cpus // 2, int(free_gib // 8)))
+        self.parallel = max(1, min(8, cpus // 2, int(free_gib // 8)))
+        if self.args.dry_run:  # its workers mostly sleep (injected compile time)
+            self.parallel = 4
         self.smoke_edges = 40_000_000 if free_gib >= 60 else 20_000_000
         meta["parallel_workers"] = self.parallel
         meta["smoke_graph_edges"] = self.smoke_edges
@@ -276,8 +311,9 @@ class Check:
         if self.args.dry_run:
             cmd = [self.py, "bench/gpu_build.py", "--dry-run"]
         else:
-            if not os.path.exists(os.path.join(ROOT, "fastalign", "kernels")):
-                os.symlink(os.path.join("..", "kernels"), os.path.join(ROOT, "fastalign", "kernels"))
+            import gpu_build
+
+            gpu_build.map_kernels()  # the workers import the tree, before the build is in
             cmd = [self.py, "bench/gpu_build.py"]
         jobs = max(2, (os.cpu_count() or 2) - self.parallel)
         self.build_job = Job("build", cmd, "build.log",
@@ -288,6 +324,8 @@ class Check:
 
     def wait_build(self):
         job = self.build_job
+        if job is None:
+            return False
         if job.ended is not None:
             return self.build_ok
         wait = self.build_cap - (time.monotonic() - job.started)
@@ -315,7 +353,8 @@ class Check:
     def part_job(self, part, graph, cap):
         rows = [dict(kind="bench", graph=graph, F=R.WIDTH, dtype=dt, op=op, impl=impl)
                 for op, dt, impl in R.part_rows(part)]
-        notes = [f"--note=build_running={int(self.build_job.ended is None)}"]
+        building = self.build_job is not None and self.build_job.proc.poll() is None
+        notes = [f"--note=build_running={int(building)}"]  # the build's compilers share the CPU
         label = f"peers:{graph}" if part == "peers" else f"bench:{part}:{graph}"
         return Job(label, self.bench_cmd("--graph", graph, "--part", part, "--budget-s",
                                          str(max(1, int(cap - 10 * self.scale))), *notes),
@@ -324,11 +363,28 @@ class Check:
     def check(self):
         self.log(f"GPU check, budget {self.args.budget_s:.0f} s (stages: build | triton smoke + compile, "
                  "headline, cuda, peers, tests)")
-        self.environment()
-        self.start_build()
+        self.stage("environment", self.environment)
+        self.stage("build", self.start_build)
         self.write_report()
+        self.stage("triton smoke and compilation", self.warm)
+        self.write_report()
+        for i, g in enumerate(GRAPH_ORDER):  # the headline: Triton and cuSPARSE
+            rest = ["triton"] * (2 - i) + ["cuda-smoke", "peers", "tests", "report"]
+            self.stage(f"bench:triton:{g}", self.part, "triton", g, CAPS["triton"][g], rest)
+            self.write_report()
+        self.stage("cuda", self.cuda)
+        self.write_report()
+        for i, g in enumerate(GRAPH_ORDER):
+            self.stage(f"peers:{g}", self.part, "peers", g, CAPS["peers"][g], ["peers"] * (2 - i) + ["tests", "report"])
+            self.write_report()
+        self.stage("tests", self.tests)
+        self.write_report(final=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        return 0
 
-        # 3. Triton smoke + compilation ahead (graphs, peers), beside the build
+    def warm(self):
+        """The Triton smoke check, and the Triton kernels and the compiled peers compiled
+        ahead (Triton's and inductor's disk caches then serve the timed processes)."""
         warm = [Job(f"warm:{g}", self.bench_cmd("--graph", g, "--part", "triton", "--warm"), "bench.log", min_s=10)
                 for g in reversed(GRAPH_ORDER)]  # the largest graphs take longest to generate
         smoke = [self.smoke_job("triton", grp) for grp in ("kl", "gat", "spmm", "edge", "max")]
@@ -337,44 +393,29 @@ class Check:
         later = ["triton"] * 3 + ["cuda-smoke", "peers", "tests", "report"]
         self.run_pool(warm + smoke + peers, self.cap(CAPS["warm"], *later), self.parallel,
                       "triton smoke and compilation")
-        self.write_report()
 
-        # 4. the headline: Triton and cuSPARSE, one process per graph
-        for i, g in enumerate(GRAPH_ORDER):
-            rest = ["triton"] * (2 - i) + ["cuda-smoke", "peers", "tests", "report"]
-            cap = self.cap(CAPS["triton"][g], *rest)
-            self.run_one(self.part_job("triton", g, cap), cap)
-            self.write_report()
+    def part(self, part, graph, cap_s, later):
+        cap = self.cap(cap_s, *later)
+        self.run_one(self.part_job(part, graph, cap), cap)
 
-        # 5. the CUDA backend, once built
+    def cuda(self):
+        """The CUDA smoke check and the CUDA rows, once the build is in; else its rows say
+        why there are none."""
         if self.wait_build():
             jobs = [self.smoke_job("cuda", grp) for grp in ("kl", "gat", "spmm", "edge", "max")]
             self.run_pool(jobs, self.cap(CAPS["cuda-smoke"], "cuda", "peers", "tests", "report"), self.parallel,
                           "cuda smoke")
             for i, g in enumerate(GRAPH_ORDER):
-                cap = self.cap(CAPS["cuda"][g], *(["cuda"] * (2 - i)), "peers", "tests", "report")
-                self.run_one(self.part_job("cuda", g, cap), cap)
-        else:
-            why = "not built" if self.build_job.outcome != "ok" else self.build_job.outcome
-            self.mark([dict(kind="smoke", group=grp, check=c, backend="cuda", dtype=dt)
-                       for grp in R.SMOKE_GROUPS for c, _, dt in R.smoke_rows(grp, "cuda")
-                       if not (self.args.dry_run and dt != "float32")], f"not built ({self.build_job.outcome})")
-            for g in GRAPH_ORDER:
-                self.mark([dict(kind="bench", graph=g, F=R.WIDTH, dtype=dt, op=op, impl=impl)
-                           for op, dt, impl in R.part_rows("cuda")], f"{why} ({self.build_job.outcome})")
-        self.write_report()
-
-        # 6. the peers
-        for i, g in enumerate(GRAPH_ORDER):
-            cap = self.cap(CAPS["peers"][g], *(["peers"] * (2 - i)), "tests", "report")
-            self.run_one(self.part_job("peers", g, cap), cap)
-            self.write_report()
-
-        # 7. the GPU tests, CUDA first
-        self.tests()
-        self.write_report(final=True)
-        shutil.rmtree(self.scratch, ignore_errors=True)
-        return 0
+                self.stage(f"bench:cuda:{g}", self.part, "cuda", g, CAPS["cuda"][g],
+                           ["cuda"] * (2 - i) + ["peers", "tests", "report"])
+            return
+        why = f"not built ({self.build_job.outcome if self.build_job else 'no build started'})"
+        self.mark([dict(kind="smoke", group=grp, check=c, backend="cuda", dtype=dt)
+                   for grp in R.SMOKE_GROUPS for c, _, dt in R.smoke_rows(grp, "cuda")
+                   if not (self.args.dry_run and dt != "float32")], why)
+        for g in GRAPH_ORDER:
+            self.mark([dict(kind="bench", graph=g, F=R.WIDTH, dtype=dt, op=op, impl=impl)
+                       for op, dt, impl in R.part_rows("cuda")], why)
 
     def tests(self):
         xdist = self.meta.get("pytest-xdist") is not None

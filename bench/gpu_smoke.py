@@ -166,6 +166,15 @@ def main(argv=None):
           f"max out-degree {int((rt[1:] - rt[:-1]).max())} (built in {time.monotonic() - t0:.1f} s)",
           flush=True)
     smoke = Smoke(args.budget_s - (time.monotonic() - t0), names, dtypes, chunk, checks, args.group, args.records)
+    if not args.dry_run:  # a backend asked for that cannot run here: its rows say why
+        from fastalign import extensions
+
+        for b in wanted:
+            if b not in names:
+                why = extensions.why_unavailable(b) or "not available on this device"
+                for dtype in dtypes:
+                    for op in checks or [c for grp in R.SMOKE_GROUPS.values() for c in grp]:
+                        smoke.report(op, b, dtype, f"unavailable ({why})")
     gen = torch.Generator(device=dev).manual_seed(1)
 
     def rand(*shape, scale=1.0, uniform=False):

@@ -339,6 +339,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`fastalign info | head`): not an error of ours; point stdout
+        # at /dev/null so that the interpreter's final flush does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (ValueError, TypeError, FileNotFoundError, PermissionError, ImportError) as exc:
         # the subcommand's own usage line, not the top-level one
         getattr(args, "parser", parser).error(str(exc))

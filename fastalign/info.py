@@ -22,12 +22,15 @@ OPS = {
 }
 
 
-def _version(module: str) -> str:
+def _version(distribution: str) -> str:
+    """An installed distribution's version from its metadata: importing PyG or triton only
+    to print a version costs seconds."""
+    from importlib import metadata
+
     try:
-        mod = __import__(module)
-    except Exception as exc:  # noqa: BLE001 - any failure is "not importable" here
-        return f"not importable ({type(exc).__name__})"
-    return getattr(mod, "__version__", "unknown version")
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def collect() -> Dict:

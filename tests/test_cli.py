@@ -42,6 +42,31 @@ def test_info_says_what_is_installed_and_what_runs():
     assert facts["automatic_backend"]["cpu"]["structure_kl"] in ("cpu", "torch")
 
 
+def test_info_reads_versions_without_importing_pyg_or_triton():
+    code = ("import sys; from fastalign.info import collect; f = collect(); "
+            "print(f['torch_geometric'], f['triton'], 'torch_geometric' in sys.modules, 'triton' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    *versions, pyg_imported, triton_imported = proc.stdout.split()
+    assert pyg_imported == "False" and triton_imported == "False"
+    assert all(v[0].isdigit() or v == "not" for v in versions), versions
+
+
+def test_info_into_a_closed_pipe_is_not_an_error():
+    """`fastalign info | head -1`: the reader has gone before the output is written (here
+    always: the pipe's read end is closed first); no BrokenPipeError traceback, status 0."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fastalign.cli", "info"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("args, words", [
     (["train", "--device", "gpu"], "unknown device 'gpu'"),
     (["train", "--dataset", "cora", "--root", "/nonexistent/fastalign-data"], "does not exist"),

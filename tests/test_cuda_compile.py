@@ -54,7 +54,7 @@ def _kernel_command(source):
     """nvcc for one kernel file (the object goes to a fresh temporary folder)."""
     out = Path(tempfile.mkdtemp(prefix="fastalign-nvcc-")) / (source.stem + ".o")
     return [
-        _nvcc(), "-arch=sm_90", "-std=c++17", "-O3", "-c", str(source), "-o", str(out),
+        _nvcc(), "-arch=sm_90", "-std=c++20", "-O3", "-c", str(source), "-o", str(out),
         "-I", str(ROOT / "csrc"), "-Werror", "all-warnings", *TORCH_NVCC_FLAGS,
     ]
 
@@ -113,7 +113,7 @@ def _binding_setup():
         (tmp / generated).write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
     obj = tmp / "binding.o"
     cmd = [
-        gxx, "-std=c++17", "-c", "-O0", "-g0", "-fPIC", str(BINDING), "-o", str(obj),
+        gxx, "-std=c++20", "-c", "-O0", "-g0", "-fPIC", str(BINDING), "-o", str(obj),
         "-I", str(ROOT / "csrc"), "-I", str(tmp),
         *[arg for p in torch_includes for arg in ("-isystem", str(p))],
         "-isystem", sysconfig.get_paths()["include"], "-isystem", str(cuda_include),
