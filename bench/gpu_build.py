@@ -88,7 +88,11 @@ def build(name, build_dir):
         mod = load(name, sources(name), extra_include_paths=[os.path.join(ROOT, "csrc")],
                    extra_cflags=common + ["-fopenmp"], extra_ldflags=["-fopenmp"],
                    build_directory=build_dir, verbose=True, is_python_module=True)
-    shutil.copy2(mod.__file__, os.path.join(ROOT, "fastalign", f"{name}.so"))
+    # copied under another name, then renamed: a worker importing the package meanwhile
+    # finds the whole module or none
+    dest = os.path.join(ROOT, "fastalign", f"{name}.so")
+    shutil.copy2(mod.__file__, dest + ".tmp")
+    os.replace(dest + ".tmp", dest)
     print(f"gpu_build: {name} built in {time.monotonic() - t0:.0f} s", flush=True)
 
 
@@ -97,9 +101,11 @@ def write_build_info(cuda):
 
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "cuda_extension": cuda,
             "python": platform.python_version()}
-    with open(os.path.join(ROOT, "fastalign", "_build_info.py"), "w") as f:
+    path = os.path.join(ROOT, "fastalign", "_build_info.py")
+    with open(path + ".tmp", "w") as f:
         f.write('"""Written by bench/gpu_build.py: what the extensions were built against."""\n\n')
         f.write(f"BUILD = {info!r}\n")
+    os.replace(path + ".tmp", path)
 
 
 def main(argv=None):

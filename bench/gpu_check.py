@@ -64,8 +64,10 @@ CAPS = {
     "build": 240, "warm": 150, "triton": {"arxiv": 45, "reddit": 60, "products": 60},
     "cuda-smoke": 45, "cuda": {"arxiv": 30, "reddit": 40, "products": 40},
     "peers": {"arxiv": 100, "reddit": 60, "products": 60}, "tests": 120,
+    "h-bench": 120, "h-distill": 45, "h-students": 25,  # the harness (call 2)
 }
-LEAST = {"triton": 25, "cuda-smoke": 15, "cuda": 15, "peers": 20, "tests": 40, "report": 5}
+LEAST = {"triton": 25, "cuda-smoke": 15, "cuda": 15, "peers": 20, "tests": 40, "report": 5,
+         "h-bench": 40, "h-distill": 20, "h-students": 10}
 
 
 class Job:
@@ -322,14 +324,16 @@ class Check:
         self.build_cap = CAPS["build"] * self.scale
         self.log(f"build: started in the background (CUDA extension, {jobs} compile jobs, at most {self.build_cap:.0f} s)")
 
-    def wait_build(self):
+    def wait_build(self, *later):
+        """Wait for the build, within its cap and what the ``later`` stages must keep."""
         job = self.build_job
         if job is None:
             return False
         if job.ended is not None:
             return self.build_ok
+        later = later or ("cuda-smoke", "peers", "tests", "report")
         wait = self.build_cap - (time.monotonic() - job.started)
-        wait = min(wait, self.left() - sum(LEAST[k] for k in ("cuda-smoke", "peers", "tests", "report")) * self.scale)
+        wait = min(wait, self.left() - sum(LEAST[k] for k in later) * self.scale)
         try:
             job.proc.wait(timeout=max(wait, 0.01))
             self.finish(job)
@@ -432,39 +436,44 @@ class Check:
 
     def harness(self):
         """Call 2: the wider `fastalign bench --device cuda` sweep, the distillation epoch
-        time, and K = 2 and 4 students on one GPU; builds only if the install is gone."""
+        time, and K = 2 and 4 students on one GPU; builds first where the extension is gone
+        (a fresh machine). A dry run takes the CPU and the tiny graph."""
         self.log(f"GPU harness, budget {self.args.budget_s:.0f} s")
-        self.environment()
+        self.stage("environment", self.environment)
+        dev = "cpu" if self.args.dry_run else "cuda"
         probe = subprocess.run([self.py, "-c", "import fastalign._C_cuda"], cwd=ROOT, capture_output=True,
                                env=self.worker_env("probe"))
-        if probe.returncode != 0:
-            self.start_build()
-            self.wait_build()
-        out = self.out
-        graphs = "arxiv-like,reddit-like"
-        for name in ("Cora", "PubMed"):
-            if os.path.isdir(os.path.join(ROOT, ".data", name, "raw")):
-                graphs += "," + name.lower()
-        graphs += ",products-like"
-        cap = self.cap(self.args.budget_s - 110, "report") - 100 * self.scale
+        if self.args.dry_run or probe.returncode != 0:
+            self.stage("build", self.start_build)
+            self.wait_build("h-bench", "h-distill", "h-students", "h-students", "report")
+        out, data_root = self.out, os.path.join(ROOT, ".data")
+        if self.args.dry_run:
+            sizes, graphs = "tiny", "powerlaw-tiny"
+        else:
+            sizes, graphs = "large", "arxiv-like,reddit-like"
+            for name in ("Cora", "PubMed"):
+                if os.path.isdir(os.path.join(data_root, name, "raw")):
+                    graphs += "," + name.lower()
+            graphs += ",products-like"
+        cap = self.cap(CAPS["h-bench"], "h-distill", "h-students", "h-students", "report")
         self.run_one(Job("fastalign bench", [
-            self.py, "-m", "fastalign.bench", "--suite", "all", "--device", "cuda", "--sizes", "large",
-            "--graphs", graphs, "--compile-dynamic", "--max-minutes", f"{max(cap - 40, 30) / 60:.2f}",
+            self.py, "-m", "fastalign.bench", "--suite", "all", "--device", dev, "--sizes", sizes,
+            "--graphs", graphs, "--compile-dynamic", "--max-minutes", f"{max(cap - 30 * self.scale, 5) / 60:.2f}",
             "--json", os.path.join(out, "fastalign_bench_cuda.json"),
             "--plot", os.path.join(out, "fastalign_bench_cuda.png")], "fastalign_bench_cuda.txt",
-            env={"FASTALIGN_DATA": os.path.join(ROOT, ".data")}), cap)
-        data = "cora" if os.path.isdir(os.path.join(ROOT, ".data", "Cora", "raw")) else "synthetic"
+            env={"FASTALIGN_DATA": data_root}), cap)
+        data = "cora" if os.path.isdir(os.path.join(data_root, "Cora", "raw")) else "synthetic"
         self.run_one(Job("distill epoch time", [
-            self.py, "experiments/distill/epoch_time.py", "--dataset", data, "--root", ".data", "--students", "3",
-            "--hidden", "64", "--device", "cuda", "--backends", "auto", "torch", "--rounds", "3", "--epochs", "2",
+            self.py, "experiments/distill/epoch_time.py", "--dataset", data, "--root", data_root, "--students", "3",
+            "--hidden", "64", "--device", dev, "--backends", "auto", "torch", "--rounds", "3", "--epochs", "2",
             "--json", os.path.join(out, "distill_epoch_time.json")], "fastalign_bench_cuda.txt"),
-            self.cap(60, "report") - 45 * self.scale)
-        for k in (2, 4):
+            self.cap(CAPS["h-distill"], "h-students", "h-students", "report"))
+        nodes = "2000" if self.args.dry_run else "200000"
+        for i, k in enumerate((2, 4)):
             self.run_one(Job(f"students K={k}", [
-                self.py, "bench/distributed_epoch.py", "--dataset", "synthetic", "--nodes", "200000",
-                "--avg-degree", "20", "--students", str(k), "--epochs", "5", "--device", "cuda"],
-                "students_one_gpu.txt"),
-                self.cap(25, "report"))
+                self.py, "bench/distributed_epoch.py", "--dataset", "synthetic", "--nodes", nodes,
+                "--avg-degree", "20", "--students", str(k), "--epochs", "5", "--device", dev],
+                "students_one_gpu.txt"), self.cap(CAPS["h-students"], *(["h-students"] * (1 - i)), "report"))
         self.log("done")
         return 0
 

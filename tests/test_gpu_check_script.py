@@ -172,3 +172,24 @@ def test_backend_choice_and_variants_tables():
     assert table["skl_fwd_bwd"] == ["1", "2.00", "2.00 to 2.00", "triton"]
     variants = gpu_report.variants(records)
     assert "| reddit | float32 | skl_fwd_bwd | 8 warps | 0.50 |" in variants
+
+
+@pytest.mark.slow
+def test_harness_dry_run_runs_every_step_into_its_files(tmp_path):
+    """The optional second call (--harness), rehearsed on the CPU with the tiny graph:
+    the build (the extension is not there), the fastalign bench sweep, the distillation
+    epoch time and K = 2 and 4 students, each within its share of the budget."""
+    out = tmp_path / "out"
+    budget = 200 * 0.5
+    proc = subprocess.run([sys.executable, str(CHECK), "--harness", "--dry-run", "--time-scale", "0.5", "--out",
+                           str(out)], capture_output=True, text=True, timeout=budget + 120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    names = _files(out)
+    assert {"check.log", "build.log", "fastalign_bench_cuda.txt", "fastalign_bench_cuda.json",
+            "distill_epoch_time.json", "students_one_gpu.txt"} <= names, names
+    log = (out / "check.log").read_text()
+    for step in ("build: ok", "fastalign bench: ok", "distill epoch time: ok", "students K=2: ok",
+                 "students K=4: ok"):
+        assert step in log, log
+    students = (out / "students_one_gpu.txt").read_text()
+    assert students.count('"students"') >= 2, students[-2000:]
