@@ -27,6 +27,16 @@ PLANETOID = ("Cora", "CiteSeer", "PubMed")
 CHOICES = ("auto", "synthetic") + PLANETOID
 
 
+def dataset_name(text):
+    """--dataset's type: any spelling of a choice (cora, Cora, CORA) -> the choice."""
+    import argparse
+
+    for choice in CHOICES:
+        if text.lower() == choice.lower():
+            return choice
+    raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(CHOICES)}")
+
+
 def load(name="auto", root=None, device="cpu"):
     """(data, description). ``name``: a Planetoid data set (its raw files must be found:
     an error says where they were looked for otherwise), ``synthetic`` (a 4-class graph

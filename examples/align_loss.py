@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _data import CHOICES, load  # noqa: E402
+from _data import CHOICES, dataset_name, load  # noqa: E402
 
 from fastalign import Graph  # noqa: E402
 from fastalign.nn import FeatureAlignLoss, GCNConv, StructureAlignLoss  # noqa: E402
@@ -61,7 +61,7 @@ def accuracy(model, data, graph, mask):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=None)
-    parser.add_argument("--dataset", default="auto", choices=CHOICES,
+    parser.add_argument("--dataset", default="auto", type=dataset_name, choices=CHOICES,
                         help="a Planetoid data set, synthetic, or auto (Cora when found, else synthetic)")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--struct-weight", type=float, default=1.0)

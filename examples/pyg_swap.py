@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _data import CHOICES, load  # noqa: E402
+from _data import CHOICES, dataset_name, load  # noqa: E402
 
 import fastalign.nn  # noqa: E402
 
@@ -63,7 +63,7 @@ def train(model, data, epochs, seed):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=None, help="datasets folder (default: $FASTALIGN_DATA or ../shared/datasets)")
-    parser.add_argument("--dataset", default="auto", choices=CHOICES,
+    parser.add_argument("--dataset", default="auto", type=dataset_name, choices=CHOICES,
                         help="a Planetoid data set, synthetic, or auto (Cora when found, else synthetic)")
     parser.add_argument("--model", default="gcn", choices=("gcn", "sage", "gin", "gat"))
     parser.add_argument("--epochs", type=int, default=200)

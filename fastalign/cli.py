@@ -66,7 +66,7 @@ def add_train_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train Alignahead++ students",
                               usage="fastalign train [OPTIONS]   (fastalign train --help lists them)",
                               description="Train K GNN students with Alignahead++ online distillation.")
-    p.add_argument("--dataset", default="synthetic",
+    p.add_argument("--dataset", default="synthetic", type=str.lower,  # Cora or cora, as PyG spells it or not
                    choices=("synthetic", "cora", "citeseer", "pubmed", "ppi"))
     p.add_argument("--root", default=None, help="data root (default: $FASTALIGN_DATA or ~/.cache/fastalign/datasets)")
     p.add_argument("--model", default="gcn", choices=MODELS)

@@ -238,8 +238,11 @@ def synthetic_csbm(
             raise ValueError(f"{arg} must be a positive int, got {v!r}")
     if not 0.0 <= homophily <= 1.0:
         raise ValueError(f"homophily must be in [0, 1], got {homophily}")
-    if num_classes * train_per_class + num_val >= num_nodes:
-        raise ValueError("num_nodes too small for the requested train/val split")
+    need = num_classes * train_per_class + num_val
+    if need >= num_nodes:
+        raise ValueError(
+            f"num_nodes must be at least {need + 1} for this split ({num_classes} classes x {train_per_class} "
+            f"training nodes + {num_val} validation nodes + at least one test node), got {num_nodes}")
     g = torch.Generator().manual_seed(int(seed))
     y = torch.arange(num_nodes) % num_classes
     y = y[torch.randperm(num_nodes, generator=g)]

@@ -67,11 +67,23 @@ def load(name: str, *, warn: bool = True):
                     f"unavailable and the pure-PyTorch reference runs instead, several times slower; "
                     f"{_rebuild_hint()}", RuntimeWarning, stacklevel=3)
         return None
+    import torch
+
+    against = build_info().get("torch")
+    if against and against != torch.__version__:
+        # A compiled extension is tied to the torch it was built with (its C++ ABI): one
+        # built for another torch may import and then crash or compute garbage.
+        state["status"] = f"not loaded: built against torch {against}, this is torch {torch.__version__}"
+        if warn:
+            warnings.warn(
+                f"fastalign: {what} (fastalign.{name}) were built against torch {against}, but this is torch "
+                f"{torch.__version__}; they are not loaded, so the '{backend}' backend is unavailable and the "
+                f"pure-PyTorch reference runs instead, several times slower: {_rebuild_hint()}",
+                RuntimeWarning, stacklevel=3)
+        return None
     try:
         module = importlib.import_module(f"fastalign.{name}")
     except (ImportError, OSError) as exc:
-        import torch
-
         state["status"], state["error"] = "failed to load", f"{type(exc).__name__}: {exc}"
         info = build_info()
         against = info.get("torch")

@@ -395,6 +395,12 @@ class Graph:
         if index_dtype is not None and index_dtype == torch.int32:
             if self.num_edges >= 2**31 or max(self.num_src, self.num_dst) >= 2**31:
                 raise ValueError("graph too large for int32 indices")
+        if device is not None:
+            device = torch.device(device)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                why = ("this torch is a CPU build (torch.version.cuda is None): install a CUDA build of torch"
+                       if torch.version.cuda is None else "no CUDA device is visible to this process")
+                raise RuntimeError(f"Graph.to({str(device)!r}): {why}")
 
         def move(t):
             if not isinstance(t, Tensor):

@@ -135,6 +135,8 @@ def test_bench_cli_bad_arguments(capsys):
     assert main(["--sizes", "tiny", "--max-minutes", "0", "--quiet"]) == 2
     assert main(["--sizes", "tiny", "--dtype", "float8", "--quiet"]) == 2
     assert "unknown dtype 'float8'" in capsys.readouterr().err
+    assert main(["--sizes", "tiny", "--root", "/nonexistent/fastalign-data", "--quiet"]) == 2  # measured nothing, said 0
+    assert "--root /nonexistent/fastalign-data is not a folder" in capsys.readouterr().err
 
 
 def test_add_bench_parser_registers_subcommand():

@@ -70,6 +70,8 @@ def test_info_into_a_closed_pipe_is_not_an_error():
 @pytest.mark.parametrize("args, words", [
     (["train", "--device", "gpu"], "unknown device 'gpu'"),
     (["train", "--dataset", "cora", "--root", "/nonexistent/fastalign-data"], "does not exist"),
+    (["train", "--dataset", "Cora", "--root", "/nonexistent/fastalign-data"], "does not exist"),  # PyG's spelling
+    (["train", "--nodes", "5"], "num_nodes must be at least 181"),  # the minimum, not only "too small"
     (["train", "--dataset", "imagenet"], "invalid choice"),
 ])
 def test_mistakes_get_one_clear_line(args, words):
@@ -96,14 +98,40 @@ def test_a_failed_extension_load_is_reported_with_its_reason(monkeypatch):
             raise ImportError("undefined symbol: _ZN3c106detail14torchCheckFail")
         return real(name, *a, **k)
 
+    import torch
+
     monkeypatch.setattr(extensions, "_STATE", {})
     monkeypatch.setattr(extensions.importlib, "import_module", broken)
-    monkeypatch.setattr(extensions, "build_info", lambda: {"torch": "2.0.0"})
+    monkeypatch.setattr(extensions, "build_info", lambda: {"torch": torch.__version__})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert extensions.load("_C") is None
     (w,) = [w for w in caught if issubclass(w.category, RuntimeWarning)]
     text = str(w.message)
-    assert "failed to load" in text and "undefined symbol" in text and "built against torch 2.0.0" in text
+    assert "failed to load" in text and "undefined symbol" in text and "torch other than" in text
     assert "--no-build-isolation" in text
     assert "failed to load" in extensions.why_unavailable("cpu")
+
+
+def test_an_extension_built_for_another_torch_is_not_loaded(monkeypatch):
+    """Built against one torch, run under another (a wheel that pulled a newer torch):
+    refused before import, with one warning that names both versions, and the reference
+    runs instead; never imported into a process whose torch may not match its ABI."""
+    import importlib
+
+    imported = []
+    real = importlib.import_module
+    monkeypatch.setattr(extensions, "_STATE", {})
+    monkeypatch.setattr(extensions.importlib, "import_module",
+                        lambda name, *a, **k: imported.append(name) or real(name, *a, **k))
+    monkeypatch.setattr(extensions, "build_info", lambda: {"torch": "2.0.0+cpu"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert extensions.load("_C") is None
+        assert extensions.load("_C") is None  # once
+    (w,) = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    import torch
+
+    assert f"built against torch 2.0.0+cpu, but this is torch {torch.__version__}" in str(w.message)
+    assert "fastalign._C" not in imported
+    assert "built against torch 2.0.0+cpu" in extensions.why_unavailable("cpu")

@@ -45,6 +45,19 @@ def test_edge_index_matches_pyg(backend, options):
     assert_same_forward_backward(ours, theirs, lambda: (ours(xo, ei), [xo]), lambda: (theirs(xt, ei), [xt]))
 
 
+@pytest.mark.parametrize("heads,channels", [(1, 4), (2, 3), (8, 1)])
+def test_wide_inputs_match_pyg(heads, channels):
+    """Inputs wider than heads x channels (Cora: 1,433 features into 16), where the
+    attention terms come from the projection instead of a folded weight: outputs and
+    every gradient equal PyG's in float64."""
+    f_in = 40
+    ei = random_edge_index(N_SRC, N_SRC, E, seed=3)
+    x = torch.randn(N_SRC, f_in, dtype=DT, generator=_gen(3))
+    ours, theirs = twin(fnn.GATConv, pyg_nn.GATConv, f_in, channels, heads=heads)
+    xo, xt = leaf(x), leaf(x)
+    assert_same_forward_backward(ours, theirs, lambda: (ours(xo, ei), [xo]), lambda: (theirs(xt, ei), [xt]))
+
+
 @pytest.mark.parametrize("options", OPTIONS[::3], ids=ids(OPTIONS[::3]))
 def test_bipartite_matches_pyg(options):
     ei = random_edge_index(N_SRC, N_DST, E, seed=1)

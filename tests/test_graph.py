@@ -135,3 +135,15 @@ def test_from_csr_rejects_malformed(rowptr, col, match):
 def test_from_csr_rejects_mixed_index_dtypes():
     with pytest.raises(TypeError, match="share a dtype"):
         Graph.from_csr(torch.tensor([0, 1]), torch.tensor([0], dtype=torch.int32), num_src=1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where no CUDA device is visible")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda")])
+def test_to_cuda_without_cuda_says_why(device):
+    """A CPU build (or a machine without a visible GPU) gets one sentence naming the cause,
+    not torch's internal AssertionError from deep inside the copy."""
+    g = Graph.from_edge_index(random_edge_index(20, 20, 60, seed=0), num_nodes=20)
+    with pytest.raises(RuntimeError, match="CPU build|no CUDA device") as info:
+        g.to(device)
+    assert not isinstance(info.value, AssertionError)
+    assert g.to("cpu").num_edges == g.num_edges  # the CPU is always fine

@@ -61,3 +61,17 @@ def test_triton_launch_path_refuses_malformed_csr():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
     _assert_refused(_run("--backends", "triton", env=env))
+
+
+@pytest.mark.parametrize("op", ["gcn_aggregate", "local_structure"])
+def test_row_count_message_reads_plainly(op):
+    """The rows-mismatch sentence of the ops whose features have no named side."""
+    import torch
+
+    import fastalign
+
+    g = fastalign.Graph.from_edge_index(torch.tensor([[0, 1, 2], [1, 2, 3]]), num_nodes=100)
+    with pytest.raises(ValueError) as info:
+        getattr(fastalign, op)(g, torch.randn(7, 4))
+    msg = str(info.value)
+    assert "has 7 rows but the graph has 100 nodes" in msg and "  " not in msg, msg

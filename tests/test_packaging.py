@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import site
 import subprocess
 import sys
 import tarfile
@@ -67,13 +68,20 @@ def test_metadata_is_complete(sdist):
 
 @pytest.mark.skipif(os.environ.get("FASTALIGN_SKIP_SDIST_BUILD") == "1", reason="FASTALIGN_SKIP_SDIST_BUILD=1")
 def test_sdist_builds_and_installs_into_a_fresh_environment(sdist, tmp_path):
-    """A fresh venv that sees this machine's torch (--system-site-packages: the build
+    """A fresh venv that sees the torch of the environment running the tests (the build
     needs it, and pip must not fetch another), the package installed from the sdist
-    alone, imported from elsewhere: the compiled CPU kernels load."""
+    alone, imported from elsewhere: the compiled CPU kernels load. Whether the tests run
+    in the system Python, a venv or a conda environment."""
     env_dir = tmp_path / "venv"
-    # no pip of its own: the one seen through the system site (and its setuptools >= 77)
+    # no pip of its own: the one seen through this environment (and its setuptools >= 77)
     venv.create(env_dir, system_site_packages=True, with_pip=False)
     python = env_dir / "bin" / "python"
+    # system_site_packages shows the *base* interpreter's packages; where the tests run in a
+    # venv, torch lives in that venv instead. A .pth file puts this environment's
+    # site-packages on the new one's path, after its own (where the sdist installs).
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "_tests_environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     # unoptimised kernels: this checks that the sdist builds and loads, in a third of the time
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONNOUSERSITE="1", FASTALIGN_BUILD_OPT="-O0")
     env.pop("PYTHONPATH", None)

@@ -59,6 +59,19 @@ def test_convert_swaps_supported_layers_keeps_outputs_and_says_what_it_left():
     assert model.gcn.lin.weight.grad is not None and model.blocks[1].eps.grad is not None
 
 
+def test_convert_names_layers_it_has_no_drop_in_for():
+    """GATv2Conv (PyG's GAT(v2=True)) is left as PyG's, and the warning says so: before,
+    such a model came back unchanged without a word."""
+    model = pyg_nn.models.GAT(F_IN, 8, num_layers=2, out_channels=3, v2=True)
+    with pytest.warns(UserWarning, match=r"convs\.0 \(fastalign has no drop-in for GATv2Conv"):
+        fnn.convert(model)
+    assert [type(c) for c in model.convs] == [pyg_nn.GATv2Conv] * 2
+    assert [name for name, _ in model.fastalign_skipped] == ["convs.0", "convs.1"]
+    mixed = torch.nn.ModuleList([pyg_nn.GATConv(F_IN, 4), pyg_nn.GATv2Conv(F_IN, 4)])
+    fnn.convert(mixed, quiet=True)
+    assert type(mixed[0]) is fnn.GATConv and type(mixed[1]) is pyg_nn.GATv2Conv
+
+
 def test_convert_a_single_layer_and_quiet():
     conv = pyg_nn.GraphConv(F_IN, 3)
     ours = fnn.convert(conv)

@@ -126,6 +126,10 @@ def run_command(args: argparse.Namespace) -> int:
     from .runner import run_benchmarks
 
     if args.root is not None:
+        if not os.path.isdir(args.root):
+            print(f"fastalign bench: error: --root {args.root} is not a folder (it should hold Cora/, CiteSeer/, "
+                  "PubMed/ with their raw/ files)", file=sys.stderr)
+            return 2
         os.environ["FASTALIGN_DATA"] = str(args.root)
     import warnings
 

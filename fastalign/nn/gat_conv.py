@@ -195,12 +195,20 @@ class GATConv(DropInConv):
     def _heads(self, raw: Tensor, lin: torch.nn.Module, atts: Tuple[Tensor, ...], project: bool = True):
         """(lin(raw) as [N, H, C] (or None unless ``project``), the attention terms
         lin(raw) . a per head for each a of ``atts``, side by side: [N, H * len(atts)]).
-        The attention vectors are folded into the projection, ``raw (W_h^T a_h)``, an
-        [F, H] product: the same numbers as PyG's ``(x_h * a_h).sum(-1)`` without its
-        [N, H, C] product and its slow broadcast backward."""
+
+        Narrow inputs (F <= H C): the attention vectors are folded into the projection,
+        ``raw (W_h^T a_h)``, an [F, H] product, the same numbers as PyG's
+        ``(x_h * a_h).sum(-1)`` without its [N, H, C] product and broadcast backward.
+        Wide inputs (Cora's 1,433 features into 16): the fold would read ``raw`` [N, F]
+        twice more (its product and the weight's gradient), so the terms are taken from
+        the projection, a batched [N, C] x [C, 1] product per head."""
         H, C = self.heads, self.out_channels
         lazy = isinstance(lin.weight, torch.nn.parameter.UninitializedParameter)
         h = lin(raw).view(-1, H, C) if project or lazy else None  # a lazy lin materialises here
+        if h is not None and raw.size(-1) > H * C:
+            a = torch.stack([a.view(H, C) for a in atts], dim=-1)  # [H, C, len(atts)]
+            terms = torch.bmm(h.transpose(0, 1), a).permute(1, 2, 0)  # [N, len(atts), H]
+            return h, terms.reshape(h.size(0), H * len(atts))
         weight = lin.weight.view(H, C, -1)
         folded = torch.cat([torch.einsum("hcf,hc->fh", weight, a.view(H, C)) for a in atts], dim=1)
         return h, raw @ folded

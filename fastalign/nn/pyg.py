@@ -85,14 +85,17 @@ def _recognise_in_fx() -> None:
 def convert(model: torch.nn.Module, *, backend: Optional[str] = None, quiet: bool = False) -> torch.nn.Module:
     """Replace, in place, every PyG ``GCNConv``/``SAGEConv``/``GraphConv``/``GINConv``/``GATConv`` of
     ``model`` by fastalign's layer with the same options and parameters. Layers that
-    cannot be converted (another aggregation, a subclass, an uninitialised lazy layer)
-    stay as they are; a warning names each with the reason (``quiet=True``: no warning).
+    cannot be converted (another aggregation, a subclass, an uninitialised lazy layer,
+    a message-passing layer fastalign has no drop-in for, such as ``GATv2Conv``) stay as
+    they are; a warning names each with the reason (``quiet=True``: no warning).
     Returns ``model`` (a PyG conv passed itself is returned converted).
 
     The list of what was left is ``model.fastalign_skipped``: ``[(name, reason), ...]``.
     """
     pyg = _pyg_classes()
     _recognise_in_fx()
+    from torch_geometric.nn import MessagePassing
+
     by_class = {cls: DROP_INS[name] for name, cls in pyg.items()}
     skipped: List[Tuple[str, str]] = []
 
@@ -103,6 +106,10 @@ def convert(model: torch.nn.Module, *, backend: Optional[str] = None, quiet: boo
             if subclass is not None:
                 skipped.append((name or type(module).__name__,
                                 f"{type(module).__name__} subclasses PyG's {subclass.__name__}"))
+            elif isinstance(module, MessagePassing):  # GATv2Conv, GCN2Conv, a user's own layer...
+                skipped.append((name or type(module).__name__,
+                                f"fastalign has no drop-in for {type(module).__name__} (converted: "
+                                f"{', '.join(DROP_INS)})"))
             return module
         try:
             return ours.from_pyg(module, backend=backend)

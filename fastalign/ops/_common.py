@@ -46,9 +46,8 @@ def check_features(name: str, x, num_rows: int, graph: Graph, side: str, dim: in
     if x.dim() != dim:
         raise ValueError(f"{name} must be {dim}-D {layout}, got shape {list(x.shape)}")
     if x.size(0) != num_rows:
-        raise ValueError(
-            f"{name} has {x.size(0)} rows but the graph has {num_rows} {side} nodes"
-        )
+        nodes = f"{side} nodes" if side else "nodes"  # no double space for an unnamed side
+        raise ValueError(f"{name} has {x.size(0)} rows but the graph has {num_rows} {nodes}")
     return x.contiguous()
 
 
