@@ -39,7 +39,7 @@ def test_bench_cli_tiny_writes_json_and_png(tmp_path, capsys):
     assert meta["graphs"][0]["graph"] == "powerlaw-tiny"
     results = run["results"]
     suites = {r["suite"] for r in results}
-    assert suites == {"spmm", "gcn", "align", "sage", "graphconv", "gin", "gat"}
+    assert suites == {"spmm", "gcn", "align", "sage", "graphconv", "gin", "gat", "gat1"}
     assert {r["mode"] for r in results} == {"fwd", "fwd+bwd"}
     peers_run = {r["contender"] for r in results if r["kind"] == "peer" and r["status"] == "ok"}
     assert {"torch.sparse.mm (CSR)", "PyG GCNConv edge_index", "PyG GCNConv adj_t (torch.sparse)",
@@ -125,13 +125,42 @@ def test_graphs_run_in_the_order_named():
     assert [r["graph"] for r in run["results"]][0] == "pl-b"
 
 
+def test_real_widths_make_first_layers():
+    """--features real: each data set's own input width, layers mapping it to 16 (GAT 8 x 8
+    and 1 x 16), every contender on the same shapes; generated graphs keep 64."""
+    from fastalign.bench.runner import run_benchmarks
+
+    wide = G.GraphSpec("wide", 50, 300, "power-law", lambda: (G.power_law_edge_index(50, 300, seed=0), 50),
+                       width=120)
+    plain = G._power_law_spec("plain", 40, 200)
+    run = run_benchmarks(["gcn", "gin", "gat", "gat1"], "cpu", backends=["torch", "cpu"], compile_peers=False,
+                         features="real", modes=["fwd+bwd"], measure_memory=False,
+                         timing=dict(budget_s=0.0, warmup=0, min_reps=1), specs=[wide, plain])
+    widths = {(r["graph"], r["suite"]): r["features"] for r in run["results"]}
+    assert set(widths.values()) == {120, 64} and widths[("wide", "gat1")] == 120 and widths[("plain", "gcn")] == 64
+    for r in run["results"]:
+        assert r["status"] == "ok", r
+        assert r["max_rel_err"] is None or r["max_rel_err"] < 1e-4, r  # the same layer, every contender
+    from fastalign.bench import suites as S
+
+    w = S.Workload("wide", wide.load()[0], 50, torch.device("cpu"), features=120, out_features=16)
+    import fastalign.nn as fnn
+
+    assert S._layer("gat", "fastalign.nn", w).heads == 8 and S._layer("gat1", "fastalign.nn", w).heads == 1
+    assert isinstance(S._layer("gat1", "fastalign.nn", w), fnn.GATConv)
+    assert S._layer("gat", "fastalign.nn", w)(w.x, w.edge_index).shape == (50, 64)
+    assert S._layer("gin", "fastalign.nn", w)(w.x, w.edge_index).shape == (50, 16)
+
+
 def test_bench_cli_bad_arguments(capsys):
     assert main(["--sizes", "tiny", "--graphs", "nosuchgraph", "--quiet"]) == 2
     assert "unknown graph" in capsys.readouterr().err
     assert main(["--sizes", "tiny", "--backends", "nosuch", "--quiet"]) == 2
     with pytest.raises(SystemExit):
         main(["--suite", "nosuch"])
-    assert main(["--sizes", "tiny", "--features", "0", "--quiet"]) == 2
+    with pytest.raises(SystemExit):  # argparse: a positive width or 'real'
+        main(["--sizes", "tiny", "--features", "0", "--quiet"])
+    assert "expected a positive width or 'real', got '0'" in capsys.readouterr().err
     assert main(["--sizes", "tiny", "--max-minutes", "0", "--quiet"]) == 2
     assert main(["--sizes", "tiny", "--dtype", "float8", "--quiet"]) == 2
     assert "unknown dtype 'float8'" in capsys.readouterr().err
@@ -266,7 +295,7 @@ def test_bench_layers_suite_runs_every_drop_in_layer(tmp_path):
             "--json", str(json_path)]
     assert main(argv) == 0
     results = json.loads(json_path.read_text())["results"]
-    assert {r["suite"] for r in results} == {"sage", "graphconv", "gin", "gat"}
+    assert {r["suite"] for r in results} == {"sage", "graphconv", "gin", "gat", "gat1"}
     for r in results:
         assert r["status"] == "ok", r
         if r["max_rel_err"] is not None:  # the same layer, parameters and inputs as PyG's

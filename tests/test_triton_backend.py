@@ -28,6 +28,7 @@ pytest.importorskip("triton")
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@pytest.mark.slow  # about 4 minutes on two cores: `-m "not slow"` leaves it out
 @pytest.mark.skipif(INTERP, reason="this process is the interpreter run")
 def test_interpreter_suite():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")

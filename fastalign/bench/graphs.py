@@ -109,6 +109,7 @@ class GraphSpec:
     kind: str  # "planetoid" or "power-law"
     load: Callable[[], Tuple[Tensor, int]] = field(repr=False)
     note: str = ""
+    width: int = 0  # the data set's own feature width (0: none, a generated graph)
 
     def available(self) -> Tuple[bool, str]:
         if self.kind == "planetoid":
@@ -125,8 +126,12 @@ def _power_law_spec(name, n, e, note=""):
     return GraphSpec(name, n, e, "power-law", lambda: (power_law_edge_index(n, e, seed=0), n), note)
 
 
+PLANETOID_WIDTHS = {"cora": 1433, "citeseer": 3703, "pubmed": 500}
+
+
 def _planetoid_spec(name, n, e, root=None):
-    return GraphSpec(name, n, e, "planetoid", lambda: planetoid_edge_index(name, root))
+    return GraphSpec(name, n, e, "planetoid", lambda: planetoid_edge_index(name, root),
+                     width=PLANETOID_WIDTHS[name])
 
 
 def graph_specs(sizes: str = "small", root=None) -> List[GraphSpec]:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -19,6 +19,8 @@ from .graphs import GraphSpec, graph_specs
 from .timing import peak_memory, prepare_cpu_memory_measurement, time_call
 
 BENCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+REAL_HIDDEN = 16  # --features real: a first layer's output width (Kipf & Welling's hidden size)
 
 TIMING = {
     # warm-up calls, minimum / maximum timed calls, time budget per measurement (s)
@@ -153,7 +155,7 @@ def run_benchmarks(
     graphs: Optional[Sequence[str]] = None,
     backends: Optional[Sequence[str]] = None,
     compile_peers: bool = True,
-    features: int = 64,
+    features: Union[int, str] = 64,
     modes: Sequence[str] = S.MODES,
     timing: Optional[dict] = None,
     measure_memory: bool = True,
@@ -261,7 +263,8 @@ def run_benchmarks(
             meta["skipped_graphs"].append({"graph": spec.name, "reason": f"failed to load: {exc}"})
             step += steps_per_graph
             continue
-        w = S.Workload(spec.name, edge_index, num_nodes, device, features=features,
+        width, out = (spec.width or 64, REAL_HIDDEN) if features == "real" else (features, None)
+        w = S.Workload(spec.name, edge_index, num_nodes, device, features=width, out_features=out,
                        dtype=BENCH_DTYPES[dtypes[0]])
         try:
             graph = w.graph  # the CSR and its transpose, built once for every dtype
@@ -276,7 +279,7 @@ def run_benchmarks(
         for dtype_name in dtypes:
             if dtype_name != dtypes[0]:
                 w.release()  # the previous dtype's tensors go before this one's are made
-                w = S.Workload(spec.name, edge_index, num_nodes, device, features=features,
+                w = S.Workload(spec.name, edge_index, num_nodes, device, features=width, out_features=out,
                                dtype=BENCH_DTYPES[dtype_name], _cache={"graph": graph})
             for suite, contenders in plan.items():
                 for mode in modes:
@@ -285,7 +288,7 @@ def run_benchmarks(
                         step += 1
                         rec = {
                             "suite": suite, "graph": spec.name, "num_nodes": num_nodes,
-                            "num_edges": w.num_edges, "features": features, "dtype": dtype_name,
+                            "num_edges": w.num_edges, "features": width, "dtype": dtype_name,
                             "mode": mode, "contender": c.name, "kind": c.kind, "backend": c.backend,
                             "compiled": c.compiled, "status": "ok", "median_ms": None,
                             "min_ms": None, "reps": 0, "peak_mem_bytes": None,

@@ -41,7 +41,7 @@ from fastalign.graph import Graph
 
 from . import peers
 
-LAYER_SUITES = ("sage", "graphconv", "gin", "gat")
+LAYER_SUITES = ("sage", "graphconv", "gin", "gat", "gat1")
 SUITES = ("spmm", "gcn", "align") + LAYER_SUITES
 MODES = ("fwd", "fwd+bwd")
 
@@ -80,6 +80,9 @@ class Workload:
     num_nodes: int
     device: torch.device
     features: int = 64
+    # layers' output width; None: as wide as the input (square layers). Set for the data
+    # sets' real input widths (--features real), where a first layer maps F -> hidden.
+    out_features: Optional[int] = None
     dtype: torch.dtype = torch.float32
     seed: int = 0
     _cache: Dict[str, object] = field(default_factory=dict, repr=False)
@@ -129,6 +132,10 @@ class Workload:
     @property
     def grad_out(self) -> Tensor:
         return self.randn("grad_out", seed_offset=1)
+
+    def grad_out_of(self, width: int) -> Tensor:
+        """An output gradient ``width`` wide (a layer's output, when not square)."""
+        return self.grad_out if width == self.features else self.randn(f"grad_out{width}", width, seed_offset=1)
 
     @property
     def h_peer(self) -> Tensor:
@@ -232,7 +239,7 @@ def _gcn_weights(w: Workload):
         torch.manual_seed(w.seed)
         from fastalign.nn import GCNConv
 
-        conv = GCNConv(w.features, w.features)
+        conv = GCNConv(w.features, w.out_features or w.features)
         with torch.no_grad():
             conv.bias.normal_()
         return {k: v.detach().clone() for k, v in conv.state_dict().items()}
@@ -249,7 +256,9 @@ def _run_layer(conv, adj, w: Workload, mode: str):
             with torch.no_grad():
                 return conv(x, adj)
     else:
-        x, g = w.x_grad, w.grad_out
+        x = w.x_grad
+        with torch.no_grad():  # the output's width (a first layer maps F -> hidden)
+            g = w.grad_out_of(conv(w.x, adj).size(-1))
 
         def run():
             return torch.autograd.grad(conv(x, adj), [x] + params, g)
@@ -264,7 +273,7 @@ def _gcn_fastalign(backend):
             raise Skip(reason)
         from fastalign.nn import GCNConv
 
-        conv = GCNConv(w.features, w.features, cached=True, backend=backend).to(w.device, w.dtype)
+        conv = GCNConv(w.features, w.out_features or w.features, cached=True, backend=backend).to(w.device, w.dtype)
         conv.load_state_dict(_gcn_weights(w))
         return _run_layer(conv, w.graph, w, mode)
 
@@ -274,7 +283,7 @@ def _gcn_fastalign(backend):
 def _gcn_pyg(adj_kind: str, compile_: bool):
     def build(w: Workload, mode: str):
         _need_pyg()
-        conv = peers.pyg_gcn_conv(w.features, w.features).to(w.device, w.dtype)
+        conv = peers.pyg_gcn_conv(w.features, w.out_features or w.features).to(w.device, w.dtype)
         conv.load_state_dict(_gcn_weights(w))
         adj = w.edge_index if adj_kind == "edge_index" else w.adj_csr
         if compile_:
@@ -339,26 +348,33 @@ def _align_pyg(compile_: bool):
 
 
 # ---------------------------------------------------------------------- layers
-LAYER_CLASSES = {"sage": "SAGEConv", "graphconv": "GraphConv", "gin": "GINConv", "gat": "GATConv"}
-GAT_HEADS = 8
+LAYER_CLASSES = {"sage": "SAGEConv", "graphconv": "GraphConv", "gin": "GINConv", "gat": "GATConv",
+                 "gat1": "GATConv"}
+GAT_HEADS = {"gat": 8, "gat1": 1}
 # the backend functions a suite's fastalign layer needs
-LAYER_FUNCTIONS = {"gat": ("gat_aggregate_forward", "gat_aggregate_backward")}
+LAYER_FUNCTIONS = {g: ("gat_aggregate_forward", "gat_aggregate_backward") for g in GAT_HEADS}
 
 
-def _gin_mlp(width: int) -> torch.nn.Module:
+def _gin_mlp(width: int, out: Optional[int] = None) -> torch.nn.Module:
     # SiLU, not ReLU: a smooth MLP, so that the gradient check between contenders is not
     # thrown by a ReLU gate that float32 rounding puts on the other side of 0 (one such
     # pre-activation in 6.4M flips a row's gradient on the 100k-node graph)
-    return torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.SiLU(), torch.nn.Linear(width, width))
+    out = out or width
+    return torch.nn.Sequential(torch.nn.Linear(width, out), torch.nn.SiLU(), torch.nn.Linear(out, out))
 
 
-def _make_layer(module, suite: str, width: int, nn=None):
+def _make_layer(module, suite: str, width: int, out: Optional[int] = None, nn=None):
+    """The suite's layer from ``width`` features to ``out`` (None: ``width``). GAT: 8
+    heads of out / 8 channels ("gat"; out = 64 for a real-width first layer, 8 x 8 as in
+    PyG's Cora example) or one head of out channels ("gat1")."""
     cls = getattr(module, LAYER_CLASSES[suite])
     if suite == "gin":
         return cls(nn)
-    if suite == "gat":
-        return cls(width, width // GAT_HEADS, heads=GAT_HEADS)
-    return cls(width, width)
+    if suite in GAT_HEADS:
+        heads = GAT_HEADS[suite]
+        out = (64 if suite == "gat" else out) if out else width
+        return cls(width, out // heads, heads=heads)
+    return cls(width, out or width)
 
 
 def _layer_state(w: Workload, suite: str):
@@ -368,7 +384,7 @@ def _layer_state(w: Workload, suite: str):
         import fastalign.nn as fnn
 
         torch.manual_seed(w.seed)
-        layer = _make_layer(fnn, suite, w.features, _gin_mlp(w.features))
+        layer = _make_layer(fnn, suite, w.features, w.out_features, _gin_mlp(w.features, w.out_features))
         return {k: v.detach().clone() for k, v in layer.state_dict().items()}
 
     return w._get(f"{suite}_state", build)
@@ -378,7 +394,7 @@ def _layer(suite: str, module_name: str, w: Workload, backend=None):
     import importlib
 
     module = importlib.import_module(module_name)
-    layer = _make_layer(module, suite, w.features, _gin_mlp(w.features))
+    layer = _make_layer(module, suite, w.features, w.out_features, _gin_mlp(w.features, w.out_features))
     if backend is not None:
         layer.backend = backend
     layer = layer.to(w.device, w.dtype)
@@ -443,7 +459,7 @@ def contenders(suite: str, device, *, compile_peers: bool = True, backends=None)
         out.append(Contender(f"PyG {layer}", "peer", _layer_pyg(suite, False), estimate=lambda w: _bytes_ExF(w, 3)))
         if compile_peers:
             out.append(Contender(f"PyG {layer} compiled", "peer", _layer_pyg(suite, True), compiled=True,
-                                 estimate=lambda w: _bytes_ExF(w, 3 if suite == "gat" else 2)))
+                                 estimate=lambda w: _bytes_ExF(w, 3 if suite in GAT_HEADS else 2)))
     else:
         for b in names:
             out.append(Contender(f"fastalign structure_kl[{b}]", "fastalign", _align_fastalign(b), backend=b,
