@@ -32,7 +32,10 @@ from torch import Tensor
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 
-_LOCK = threading.Lock()
+# Reentrant: a weakref callback (forget_when_collected) runs inside whatever the thread
+# is doing when the garbage collector frees the tensor, which can be a section holding
+# this lock (any allocation in it may trigger a collection); a plain Lock deadlocks there.
+_LOCK = threading.RLock()
 # id(tensor) -> (weakref to it, its version when checked, facts); facts is a dict of what
 # was established (e.g. {"csr_edges": E, "col_bound": max + 1})
 _FACTS: dict = {}
@@ -41,7 +44,8 @@ _FACTS: dict = {}
 def forget_when_collected(table: dict, lock, key):
     """A weakref callback that drops ``table[key]`` (an entry whose first item is that
     weak reference) once its tensor is collected: the id-keyed caches hold no tensor
-    alive and never serve a later tensor that reuses the id."""
+    alive and never serve a later tensor that reuses the id. ``lock`` must be reentrant
+    (``threading.RLock``): the callback may run in a thread that already holds it."""
     def drop(ref):
         with lock:
             entry = table.get(key)

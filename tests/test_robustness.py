@@ -220,3 +220,44 @@ def test_cosine_on_float32_sums_refuses_entries_that_overflow():
     _common.check_cosine_range("cosine", "triton", x)  # ordinary entries pass
     _common.check_cosine_range("cosine", "triton", big.double())  # float64 sums: fine
     _common.check_cosine_range("l1", "triton", big)  # other kernels do not sum squares
+
+
+@pytest.mark.parametrize("cache", ["facts", "graphs"])
+def test_a_tensor_collected_while_its_cache_lock_is_held_does_not_deadlock(cache):
+    """The id-keyed caches (validated facts, the drop-ins' edge_index graphs) drop an entry
+    from a weakref callback when its tensor is collected. The collector can run inside a
+    section that holds the cache's lock (any allocation there may trigger it), in the same
+    thread: with a non-reentrant lock that thread waited on itself forever (seen as a hung
+    CI run in layer-wise inference). Reproduced here by collecting such a tensor, kept in
+    a reference cycle, while the lock is held."""
+    import gc
+    import threading
+
+    from fastalign import validation
+    from fastalign.nn import _inputs
+
+    def scenario():
+        t = torch.arange(5)
+        if cache == "facts":
+            validation._remember(t, csr_edges=5)
+            lock = validation._LOCK
+        else:
+            _inputs.graph_from_edge_index(t.view(1, 5).expand(2, 5), torch.zeros(2, 0, dtype=torch.long), 5, 5,
+                                          "source_to_target")
+            lock = _inputs._GRAPHS_LOCK
+        cycle = [t]
+        cycle.append(cycle)  # only the cyclic collector frees it
+        del t, cycle
+        gc.disable()
+        try:
+            with lock:
+                gc.collect()  # runs the weakref callback in this thread, lock held
+        finally:
+            gc.enable()
+        done.set()
+
+    done = threading.Event()
+    worker = threading.Thread(target=scenario, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert done.is_set(), "the cache's weakref callback waited on a lock its own thread held"

@@ -106,7 +106,7 @@ def check_channels(layer: str, name: str, value, lazy_ok: bool = False) -> None:
 # version counter, so an in-place edit of the edge_index builds a fresh Graph.
 _GRAPHS: "OrderedDict[int, tuple]" = OrderedDict()
 _GRAPHS_KEPT = 8
-_GRAPHS_LOCK = threading.Lock()
+_GRAPHS_LOCK = threading.RLock()  # reentrant: see validation.forget_when_collected
 
 
 def graph_from_edge_index(owner: Tensor, edge_index: Tensor, num_src: int, num_dst: int, flow: str) -> Graph:

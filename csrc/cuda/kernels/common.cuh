@@ -112,6 +112,22 @@ __device__ __forceinline__ float block_reduce(float v, float* scratch) {
   return MAX ? warp_max(v) : warp_sum(v);
 }
 
+// The rows among [blockIdx.x * THREADS, +THREADS) with more than `limit` edges (hubs),
+// found by one degree read per thread, into `rows` (THREADS entries of shared memory);
+// every thread of the block must call it, and gets their count. The list's order varies
+// from run to run; a kernel that takes each listed row with the whole block does not
+// depend on it.
+template <int THREADS, typename I>
+__device__ __forceinline__ int find_long_rows(const I* __restrict__ rowptr, int64_t num_rows, int64_t limit,
+                                              int64_t* rows, int* count) {
+  if (threadIdx.x == 0) *count = 0;
+  __syncthreads();
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * THREADS + threadIdx.x;
+  if (r < num_rows && ld_index(rowptr + r + 1) - ld_index(rowptr + r) > limit) rows[atomicAdd(count, 1)] = r;
+  __syncthreads();
+  return *count;
+}
+
 // ------------------------------------------------------------------ tile configuration
 // A "tile" of L lanes owns one row segment; lane c handles the 16-byte vectors
 // c, c + L, ..., c + (NT-1) L of a chunk of L * NT vectors of the feature row (coarse

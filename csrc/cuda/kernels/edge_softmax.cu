@@ -29,13 +29,8 @@ __global__ void __launch_bounds__(kLongBlock)
   __shared__ int64_t rows[kLongBlock];
   __shared__ int count;
   __shared__ float scratch[kLongBlock / 32];
-  if (threadIdx.x == 0) count = 0;
-  __syncthreads();
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kLongBlock + threadIdx.x;
-  if (r0 < num_rows && ld_index(rowptr + r0 + 1) - ld_index(rowptr + r0) > kLongRow)
-    rows[atomicAdd(&count, 1)] = r0;
-  __syncthreads();
-  for (int k = 0; k < count; ++k) {
+  const int found = find_long_rows<kLongBlock>(rowptr, num_rows, kLongRow, rows, &count);
+  for (int k = 0; k < found; ++k) {
     const int64_t r = rows[k];
     const int64_t lo = ld_index(rowptr + r), hi = ld_index(rowptr + r + 1);
     if (BACKWARD) {

@@ -215,21 +215,27 @@ __device__ __forceinline__ void short_rows(const I* __restrict__ rowptr, int64_t
   body(ThreadTeam{}, r, static_cast<int>(t % H));
 }
 
-// The long rows among rows [blockIdx.x * kLongBlock, +kLongBlock): found by one degree
-// read per thread, then each (row, head) taken by the whole block.
+// The long rows among rows [blockIdx.x * kLongBlock, +kLongBlock), each (row, head)
+// taken by the whole block.
 template <typename I, typename Body>
 __device__ __forceinline__ void long_rows(const I* __restrict__ rowptr, int64_t num_rows, int H, Body&& body) {
   __shared__ int64_t rows[kLongBlock];
   __shared__ int count;
   __shared__ float scratch[kLongBlock / 32];
-  if (threadIdx.x == 0) count = 0;
-  __syncthreads();
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kLongBlock + threadIdx.x;
-  if (r0 < num_rows && is_long(rowptr, r0)) rows[atomicAdd(&count, 1)] = r0;
-  __syncthreads();
+  const int found = find_long_rows<kLongBlock>(rowptr, num_rows, kLongRow, rows, &count);
   const BlockTeam team{scratch};
-  for (int k = 0; k < count; ++k)
+  for (int k = 0; k < found; ++k)
     for (int h = 0; h < H; ++h) body(team, rows[k], h);
+}
+
+// A kernel's rows: the short ones a thread per (row, head), or (LONG) the long ones a
+// block per (row, head).
+template <bool LONG, typename I, typename Body>
+__device__ __forceinline__ void team_rows(const I* __restrict__ rowptr, int64_t num_rows, int H, Body&& body) {
+  if (LONG)
+    long_rows(rowptr, num_rows, H, body);
+  else
+    short_rows(rowptr, num_rows, H, body);
 }
 
 template <typename T, typename I, bool LONG>
@@ -241,10 +247,7 @@ __global__ void __launch_bounds__(LONG ? kLongBlock : kBlock)
   auto body = [&](const auto& team, int64_t i, int h) {
     gat_forward_row<T, I>(team, rowptr, col, i, h, num_edges, num_loops, x, as, ad, H, C, att, out, lse);
   };
-  if (LONG)
-    long_rows(rowptr, num_rows, H, body);
-  else
-    short_rows(rowptr, num_rows, H, body);
+  team_rows<LONG>(rowptr, num_rows, H, body);
 }
 
 template <typename T, typename I, bool LONG>
@@ -257,10 +260,7 @@ __global__ void __launch_bounds__(LONG ? kLongBlock : kBlock)
     gat_dst_grad_row<T, I>(team, rowptr, col, i, h, num_edges, num_loops, x, as, ad, H, C, att, lse, d_row, g,
                            grad_dst);
   };
-  if (LONG)
-    long_rows(rowptr, num_rows, H, body);
-  else
-    short_rows(rowptr, num_rows, H, body);
+  team_rows<LONG>(rowptr, num_rows, H, body);
 }
 
 template <typename T, typename I, bool LONG>
@@ -274,10 +274,7 @@ __global__ void __launch_bounds__(LONG ? kLongBlock : kBlock)
     gat_src_grad_row<T, I>(team, rowptr_t, col_t, perm_t, j, h, num_edges, num_loops, x, as, ad, H, C, att, lse,
                            d_row, g, grad_x, grad_src);
   };
-  if (LONG)
-    long_rows(rowptr_t, num_src, H, body);
-  else
-    short_rows(rowptr_t, num_src, H, body);
+  team_rows<LONG>(rowptr_t, num_src, H, body);
 }
 
 unsigned thread_grid(int64_t threads) { return static_cast<unsigned>(ceil_div(threads, kBlock)); }
