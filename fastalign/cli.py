@@ -55,6 +55,14 @@ def _device(text: str) -> str:
     return text
 
 
+def _positive(text: str) -> float:
+    """A finite number above 0 (a learning rate, a mean degree, a temperature)."""
+    v = float(text)
+    if not v > 0 or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return v
+
+
 def _non_negative(text: str) -> float:
     v = float(text)
     if not v >= 0 or math.isinf(v):
@@ -78,7 +86,7 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--mode", default="alternating", choices=MODES)
     p.add_argument("--epochs", type=_positive_int, default=200)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=_positive, default=0.01)
     p.add_argument("--weight-decay", type=_non_negative, default=5e-4)
     p.add_argument("--dropout", type=_non_negative, default=0.5)
     p.add_argument("--structure-weight", type=_non_negative, default=LossWeights.structure)
@@ -91,7 +99,7 @@ def add_train_parser(subparsers) -> None:
                    help="l1 / rbf kernel scale, or auto: each student's layer at its own mean edge "
                         "distance, so that the structure term does not flatten to uniform where the "
                         "embeddings are small (default 100, the public Alignahead code's)")
-    p.add_argument("--tau", type=float, default=LossWeights.tau)
+    p.add_argument("--tau", type=_positive, default=LossWeights.tau)
     p.add_argument("--feature-pairs", default=LossWeights.feature_pairs, choices=FEATURE_PAIRS,
                    help="aligned pairs that get a feature hint: all, or hidden (none touching the logits)")
     p.add_argument("--align-warmup", type=int, default=0,
@@ -121,7 +129,7 @@ def add_train_parser(subparsers) -> None:
                    help="keep the data set here (e.g. cpu with --device cuda) and move each training "
                         "part and evaluation block to --device as it runs (default: --device)")
     p.add_argument("--nodes", type=_positive_int, default=None, help="synthetic: number of nodes (default 600)")
-    p.add_argument("--avg-degree", type=float, default=None, help="synthetic: mean degree (default 8)")
+    p.add_argument("--avg-degree", type=_positive, default=None, help="synthetic: mean degree (default 8)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--device", default="cpu", type=_device, help="cpu or cuda[:i]")
     p.add_argument("--download", action="store_true",
@@ -209,6 +217,14 @@ def cmd_train(args) -> int:
 
     from .datasets import load_dataset
     from .distill.trainer import run_experiment
+
+    repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"--seeds: {', '.join(map(str, repeated))} given more than once (each seed is one run)")
+    if args.json:
+        from .bench.report import check_output
+
+        check_output(args.json, "--json")
 
     if args.device.startswith("cuda"):
         import torch

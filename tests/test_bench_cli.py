@@ -166,6 +166,12 @@ def test_bench_cli_bad_arguments(capsys):
     assert "unknown dtype 'float8'" in capsys.readouterr().err
     assert main(["--sizes", "tiny", "--root", "/nonexistent/fastalign-data", "--quiet"]) == 2  # measured nothing, said 0
     assert "--root /nonexistent/fastalign-data is not a folder" in capsys.readouterr().err
+    # the output paths are checked before anything is measured
+    assert main(["--sizes", "tiny", "--json", ".", "--quiet"]) == 2
+    assert "--json . is a folder" in capsys.readouterr().err
+    assert main(["--sizes", "tiny", "--plot", "speedups", "--quiet"]) == 2  # no extension: nothing written
+    assert "--plot speedups: the file name must end in .png, .pdf, .svg" in capsys.readouterr().err
+    assert main(["--sizes", "tiny", "--plot", "speedups.bmp", "--quiet"]) == 2
 
 
 def test_add_bench_parser_registers_subcommand():

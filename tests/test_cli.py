@@ -72,6 +72,12 @@ def test_info_into_a_closed_pipe_is_not_an_error():
     (["train", "--dataset", "cora", "--root", "/nonexistent/fastalign-data"], "does not exist"),
     (["train", "--dataset", "Cora", "--root", "/nonexistent/fastalign-data"], "does not exist"),  # PyG's spelling
     (["train", "--nodes", "5"], "num_nodes must be at least 181"),  # the minimum, not only "too small"
+    (["train", "--lr", "inf"], "expected a positive finite number, got inf"),
+    (["train", "--avg-degree", "-3"], "expected a positive finite number, got -3"),
+    (["train", "--avg-degree", "nan"], "expected a positive finite number, got nan"),
+    (["train", "--avg-degree", "0"], "expected a positive finite number, got 0"),
+    (["train", "--seeds", "0", "1", "0"], "--seeds: 0 given more than once"),
+    (["train", "--json", "."], "--json . is a folder"),  # refused before training, not after
     (["train", "--dataset", "imagenet"], "invalid choice"),
 ])
 def test_mistakes_get_one_clear_line(args, words):

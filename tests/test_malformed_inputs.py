@@ -75,3 +75,14 @@ def test_row_count_message_reads_plainly(op):
         getattr(fastalign, op)(g, torch.randn(7, 4))
     msg = str(info.value)
     assert "has 7 rows but the graph has 100 nodes" in msg and "  " not in msg, msg
+
+
+def test_edge_softmax_without_logits_is_a_type_error():
+    """``edge_softmax(graph, None)`` raised an AttributeError from deep inside the op."""
+    import torch
+
+    import fastalign
+
+    g = fastalign.Graph.from_edge_index(torch.tensor([[0, 1], [1, 0]]), num_nodes=2)
+    with pytest.raises(TypeError, match="logits must be a floating tensor of one value per edge, got None"):
+        fastalign.edge_softmax(g, None)

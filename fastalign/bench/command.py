@@ -150,6 +150,14 @@ def run_command(args: argparse.Namespace) -> int:
         os.environ["FASTALIGN_DATA"] = str(args.root)
     import warnings
 
+    try:  # the output files first: a run never ends in a traceback over them
+        if args.json_path:
+            report.check_output(args.json_path, "--json")
+        if args.plot_path:
+            report.check_output(args.plot_path, "--plot", report.PLOT_SUFFIXES)
+    except ValueError as exc:
+        print(f"fastalign bench: error: {exc}", file=sys.stderr)
+        return 2
     if args.max_minutes is not None and args.max_minutes <= 0:
         print("fastalign bench: error: --max-minutes must be positive", file=sys.stderr)
         return 2

@@ -178,6 +178,28 @@ def render_markdown(run: dict) -> str:
     return "\n".join(lines)
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_output(path, flag: str, suffixes=None) -> None:
+    """ValueError unless ``path`` can be written as a file (with one of ``suffixes``):
+    checked before a run, so that a long run never ends in a traceback over its output."""
+    import tempfile
+
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path}: the file name must end in {', '.join(suffixes)}")
+    folder = p.absolute().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot write in {folder} ({exc.strerror or exc})") from exc
+
+
 def write_json(run: dict, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,8 @@ edge_softmax_call = TwinOp(edge_softmax_op, _edge_softmax, _backward, _setup_con
 def edge_softmax(graph, logits: Tensor, backend: Optional[str] = None) -> Tensor:
     """Softmax of per-edge ``logits`` ([E], internal order) over each node's in-edges."""
     graph = as_graph(graph)
+    if logits is None:  # optional for edge weights, not here
+        raise TypeError("edge_softmax: logits must be a floating tensor of one value per edge, got None")
     logits = check_edge_values("logits", logits, graph)
     name = resolve("edge_softmax", backend, graph.device, ("edge_softmax", "edge_softmax_backward"))
     return edge_softmax_call(graph.rowptr, logits, name)
