@@ -157,8 +157,7 @@ def bench_table(records: List[dict]) -> List[str]:
     lines = ["| graph | dtype | op | implementation | ms per call | ms back to back | peak MiB | "
              "vs peer (b2b) | GB/s (model) | of copy BW | rel err |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    peer_of = {"spmm_fwd": CUSPARSE, "spmm_fwd_bwd": SPARSE_MM, "gcn_fwd_bwd": "PyG GCNConv compiled",
-               "gat_fwd_bwd": "PyG GATConv compiled", "skl_fwd_bwd": "PyG-style loss compiled"}
+    peer_of = {op: peer for op, _, peer, *_ in GOALS}  # each op's goal peer
     for r in records:
         ratio = ""
         if r["impl"].startswith("fastalign") and r["op"] in peer_of:

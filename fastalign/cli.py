@@ -41,10 +41,10 @@ def _sigma(text: str):
     """A positive number, or "auto" (each layer's own mean edge distance)."""
     if text == "auto":
         return text
-    v = float(text)
-    if not v > 0 or math.isinf(v):
-        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text}")
-    return v
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text}") from None
 
 
 def _device(text: str) -> str:

@@ -85,16 +85,12 @@ def load(name: str, *, warn: bool = True):
         module = importlib.import_module(f"fastalign.{name}")
     except (ImportError, OSError) as exc:
         state["status"], state["error"] = "failed to load", f"{type(exc).__name__}: {exc}"
-        info = build_info()
-        against = info.get("torch")
-        cause = (f"it was built against torch {against}, this is torch {torch.__version__}"
-                 if against and against != torch.__version__ else
-                 "the usual cause is a torch other than the one it was built against")
-        if warn:
+        if warn:  # a known torch mismatch was refused above; an unrecorded one is the usual cause
             warnings.warn(
                 f"fastalign: {what} (fastalign.{name}) failed to load ({state['error']}); the '{backend}' "
                 f"backend is unavailable and the pure-PyTorch reference runs instead, several times slower. "
-                f"{cause[0].upper() + cause[1:]}: {_rebuild_hint()}", RuntimeWarning, stacklevel=3)
+                f"The usual cause is a torch other than the one it was built against: {_rebuild_hint()}",
+                RuntimeWarning, stacklevel=3)
         return None
     state["module"], state["status"] = module, "loaded"
     return module

@@ -133,6 +133,11 @@ class Workload:
     def grad_out(self) -> Tensor:
         return self.randn("grad_out", seed_offset=1)
 
+    @property
+    def out(self) -> int:
+        """A layer's output width: ``out_features``, else as wide as its input."""
+        return self.out_features or self.features
+
     def grad_out_of(self, width: int) -> Tensor:
         """An output gradient ``width`` wide (a layer's output, when not square)."""
         return self.grad_out if width == self.features else self.randn(f"grad_out{width}", width, seed_offset=1)
@@ -239,7 +244,7 @@ def _gcn_weights(w: Workload):
         torch.manual_seed(w.seed)
         from fastalign.nn import GCNConv
 
-        conv = GCNConv(w.features, w.out_features or w.features)
+        conv = GCNConv(w.features, w.out)
         with torch.no_grad():
             conv.bias.normal_()
         return {k: v.detach().clone() for k, v in conv.state_dict().items()}
@@ -247,7 +252,7 @@ def _gcn_weights(w: Workload):
     return w._get("gcn_state", build)
 
 
-def _run_layer(conv, adj, w: Workload, mode: str):
+def _run_layer(conv, adj, w: Workload, mode: str, out_width: int):
     params = [p for p in conv.parameters()]
     if mode == "fwd":
         x = w.x
@@ -256,9 +261,7 @@ def _run_layer(conv, adj, w: Workload, mode: str):
             with torch.no_grad():
                 return conv(x, adj)
     else:
-        x = w.x_grad
-        with torch.no_grad():  # the output's width (a first layer maps F -> hidden)
-            g = w.grad_out_of(conv(w.x, adj).size(-1))
+        x, g = w.x_grad, w.grad_out_of(out_width)
 
         def run():
             return torch.autograd.grad(conv(x, adj), [x] + params, g)
@@ -273,9 +276,9 @@ def _gcn_fastalign(backend):
             raise Skip(reason)
         from fastalign.nn import GCNConv
 
-        conv = GCNConv(w.features, w.out_features or w.features, cached=True, backend=backend).to(w.device, w.dtype)
+        conv = GCNConv(w.features, w.out, cached=True, backend=backend).to(w.device, w.dtype)
         conv.load_state_dict(_gcn_weights(w))
-        return _run_layer(conv, w.graph, w, mode)
+        return _run_layer(conv, w.graph, w, mode, w.out)
 
     return build
 
@@ -283,12 +286,12 @@ def _gcn_fastalign(backend):
 def _gcn_pyg(adj_kind: str, compile_: bool):
     def build(w: Workload, mode: str):
         _need_pyg()
-        conv = peers.pyg_gcn_conv(w.features, w.out_features or w.features).to(w.device, w.dtype)
+        conv = peers.pyg_gcn_conv(w.features, w.out).to(w.device, w.dtype)
         conv.load_state_dict(_gcn_weights(w))
         adj = w.edge_index if adj_kind == "edge_index" else w.adj_csr
         if compile_:
             conv = peers.compiled(conv)
-        return _run_layer(conv, adj, w, mode)
+        return _run_layer(conv, adj, w, mode, w.out)
 
     return build
 
@@ -355,26 +358,32 @@ GAT_HEADS = {"gat": 8, "gat1": 1}
 LAYER_FUNCTIONS = {g: ("gat_aggregate_forward", "gat_aggregate_backward") for g in GAT_HEADS}
 
 
-def _gin_mlp(width: int, out: Optional[int] = None) -> torch.nn.Module:
+def _gin_mlp(width: int, out: int) -> torch.nn.Module:
     # SiLU, not ReLU: a smooth MLP, so that the gradient check between contenders is not
     # thrown by a ReLU gate that float32 rounding puts on the other side of 0 (one such
     # pre-activation in 6.4M flips a row's gradient on the 100k-node graph)
-    out = out or width
     return torch.nn.Sequential(torch.nn.Linear(width, out), torch.nn.SiLU(), torch.nn.Linear(out, out))
 
 
-def _make_layer(module, suite: str, width: int, out: Optional[int] = None, nn=None):
-    """The suite's layer from ``width`` features to ``out`` (None: ``width``). GAT: 8
-    heads of out / 8 channels ("gat"; out = 64 for a real-width first layer, 8 x 8 as in
-    PyG's Cora example) or one head of out channels ("gat1")."""
+def _layer_out(suite: str, w: Workload) -> int:
+    """The width of a suite's layer output on ``w``: ``w.out``; GAT concatenates its heads
+    of ``out // heads`` channels, and a real-width first GAT layer is 8 x 8 as in PyG's
+    Cora example."""
+    if suite not in GAT_HEADS:
+        return w.out
+    out = 64 if suite == "gat" and w.out_features else w.out
+    return GAT_HEADS[suite] * (out // GAT_HEADS[suite])
+
+
+def _make_layer(module, suite: str, w: Workload):
+    """The suite's layer from ``w.features`` to ``_layer_out(suite, w)`` features."""
     cls = getattr(module, LAYER_CLASSES[suite])
+    out = _layer_out(suite, w)
     if suite == "gin":
-        return cls(nn)
+        return cls(_gin_mlp(w.features, out))
     if suite in GAT_HEADS:
-        heads = GAT_HEADS[suite]
-        out = (64 if suite == "gat" else out) if out else width
-        return cls(width, out // heads, heads=heads)
-    return cls(width, out or width)
+        return cls(w.features, out // GAT_HEADS[suite], heads=GAT_HEADS[suite])
+    return cls(w.features, out)
 
 
 def _layer_state(w: Workload, suite: str):
@@ -384,7 +393,7 @@ def _layer_state(w: Workload, suite: str):
         import fastalign.nn as fnn
 
         torch.manual_seed(w.seed)
-        layer = _make_layer(fnn, suite, w.features, w.out_features, _gin_mlp(w.features, w.out_features))
+        layer = _make_layer(fnn, suite, w)
         return {k: v.detach().clone() for k, v in layer.state_dict().items()}
 
     return w._get(f"{suite}_state", build)
@@ -394,7 +403,7 @@ def _layer(suite: str, module_name: str, w: Workload, backend=None):
     import importlib
 
     module = importlib.import_module(module_name)
-    layer = _make_layer(module, suite, w.features, w.out_features, _gin_mlp(w.features, w.out_features))
+    layer = _make_layer(module, suite, w)
     if backend is not None:
         layer.backend = backend
     layer = layer.to(w.device, w.dtype)
@@ -407,7 +416,7 @@ def _layer_fastalign(suite: str, backend: str):
         reason = backend_implements(backend, LAYER_FUNCTIONS.get(suite, ("spmm_forward",)))
         if reason:
             raise Skip(reason)
-        return _run_layer(_layer(suite, "fastalign.nn", w, backend), w.edge_index, w, mode)
+        return _run_layer(_layer(suite, "fastalign.nn", w, backend), w.edge_index, w, mode, _layer_out(suite, w))
 
     return build
 
@@ -418,7 +427,7 @@ def _layer_pyg(suite: str, compile_: bool):
         layer = _layer(suite, "torch_geometric.nn", w)
         if compile_:
             layer = peers.compiled(layer)
-        return _run_layer(layer, w.edge_index, w, mode)
+        return _run_layer(layer, w.edge_index, w, mode, _layer_out(suite, w))
 
     return build
 

@@ -112,6 +112,12 @@ __device__ __forceinline__ float block_reduce(float v, float* scratch) {
   return MAX ? warp_max(v) : warp_sum(v);
 }
 
+// Whether row r of a CSR has more than `limit` edges.
+template <typename I>
+__device__ __forceinline__ bool row_longer_than(const I* __restrict__ rowptr, int64_t r, int64_t limit) {
+  return ld_index(rowptr + r + 1) - ld_index(rowptr + r) > limit;
+}
+
 // The rows among [blockIdx.x * THREADS, +THREADS) with more than `limit` edges (hubs),
 // found by one degree read per thread, into `rows` (THREADS entries of shared memory);
 // every thread of the block must call it, and gets their count. The list's order varies
@@ -123,7 +129,7 @@ __device__ __forceinline__ int find_long_rows(const I* __restrict__ rowptr, int6
   if (threadIdx.x == 0) *count = 0;
   __syncthreads();
   const int64_t r = static_cast<int64_t>(blockIdx.x) * THREADS + threadIdx.x;
-  if (r < num_rows && ld_index(rowptr + r + 1) - ld_index(rowptr + r) > limit) rows[atomicAdd(count, 1)] = r;
+  if (r < num_rows && row_longer_than(rowptr, r, limit)) rows[atomicAdd(count, 1)] = r;
   __syncthreads();
   return *count;
 }

@@ -49,11 +49,6 @@ struct BlockTeam {
   __device__ float sum(float v) const { return block_reduce<kLongBlock, false>(v, scratch); }
 };
 
-template <typename I>
-__device__ __forceinline__ bool is_long(const I* __restrict__ rowptr, int64_t r) {
-  return ld_index(rowptr + r + 1) - ld_index(rowptr + r) > kLongRow;
-}
-
 // The team member's share of the attended edges of row r of a CSR, as (neighbour, edge
 // id): the stored ones (a stored self loop skipped when self loops are added), then the
 // added loop (the leader's).
@@ -211,7 +206,7 @@ __device__ __forceinline__ void short_rows(const I* __restrict__ rowptr, int64_t
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= num_rows * H) return;
   const int64_t r = t / H;
-  if (is_long(rowptr, r)) return;  // a block's, in long_rows
+  if (row_longer_than(rowptr, r, kLongRow)) return;  // a block's, in long_rows
   body(ThreadTeam{}, r, static_cast<int>(t % H));
 }
 
