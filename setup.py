@@ -3,7 +3,7 @@
 * ``fastalign._C``: the C++/OpenMP CPU kernels (csrc/cpu), always built.
 * ``fastalign._C_cuda``: the CUDA kernels (csrc/cuda), built only where torch has CUDA
   and a CUDA toolkit is found (set FASTALIGN_NO_CUDA=1 to skip it).
-* kernels/ (Triton) is installed as the pure-Python package ``fastalign.kernels``.
+* ``fastalign.kernels``: the Triton kernels, pure Python.
 * ``fastalign/_build_info.py`` records the torch (and CUDA) the extensions were built
   against, so that a load failure can say so (fastalign.extensions, ``fastalign info``).
 
@@ -14,9 +14,13 @@ torch must be importable by the build: build with ``pip install --no-build-isola
 import glob
 import os
 import platform
+import warnings
 
 from setuptools import find_packages, setup
 
+# torch warns at import when numpy is absent, as it is while pip builds fastalign before
+# installing its dependencies; the build does not use numpy.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 try:
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -95,8 +99,7 @@ def write_build_info():
 
 write_build_info()
 setup(
-    packages=find_packages(include=["fastalign", "fastalign.*"]) + ["fastalign.kernels"],
-    package_dir={"fastalign.kernels": "kernels"},
+    packages=find_packages(include=["fastalign", "fastalign.*"]),
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -6,11 +6,10 @@ index: ``pip install`` there can fail for reasons that are not ours (a setuptool
 than the one pyproject.toml's license fields need, pip looking for an index). This
 compiles the same sources with the same flags as setup.py through
 ``torch.utils.cpp_extension.load`` (ninja, ``MAX_JOBS`` parallel), then puts the module
-where ``import fastalign._C_cuda`` finds it, writes ``fastalign/_build_info.py`` and
-maps the Triton kernels (``kernels/``) into the package as setup.py does.
+where ``import fastalign._C_cuda`` finds it and writes ``fastalign/_build_info.py``.
 
     python bench/gpu_build.py [--cpu]      # --cpu: also the C++ CPU kernels (fastalign._C)
-    python bench/gpu_build.py --dry-run    # check the sources and the mapping, build nothing
+    python bench/gpu_build.py --dry-run    # check the sources, build nothing
 """
 
 from __future__ import annotations
@@ -35,14 +34,6 @@ def sources(name):
                 + sorted(glob.glob(os.path.join(ROOT, "csrc/cuda/*.cu")))
                 + sorted(glob.glob(os.path.join(ROOT, "csrc/cuda/*.cpp"))))
     return sorted(glob.glob(os.path.join(ROOT, "csrc/cpu/*.cpp")))
-
-
-def map_kernels():
-    """fastalign.kernels -> kernels/ (setup.py's package_dir), as a link in the tree
-    (git-ignored) unless one is there."""
-    link = os.path.join(ROOT, "fastalign", "kernels")
-    if not os.path.lexists(link):
-        os.symlink(os.path.join("..", "kernels"), link)
 
 
 def find_cuda_home():
@@ -128,7 +119,6 @@ def main(argv=None):
             return 1
         print(f"gpu_build: dry run, {len(sources('_C_cuda'))} CUDA sources found", flush=True)
         return 0
-    map_kernels()
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     write_build_info(cuda=True)
     build("_C_cuda", os.path.join(args.build_dir, "cuda"))

@@ -313,9 +313,6 @@ class Check:
         if self.args.dry_run:
             cmd = [self.py, "bench/gpu_build.py", "--dry-run"]
         else:
-            import gpu_build
-
-            gpu_build.map_kernels()  # the workers import the tree, before the build is in
             cmd = [self.py, "bench/gpu_build.py"]
         jobs = max(2, (os.cpu_count() or 2) - self.parallel)
         self.build_job = Job("build", cmd, "build.log",

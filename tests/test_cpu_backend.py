@@ -100,6 +100,26 @@ dtype_params = pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
 
 
 # --------------------------------------------------------------------------- kernels
+# float32 at the widths compiled in (csrc/cpu/common.h with_fixed_width: a whole row's
+# sum in registers), beside the run-time width of WIDTHS; hub rows still go through pieces.
+@square_graph_params
+@index_params
+@pytest.mark.parametrize("width", (32, 64))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_sum_folds_at_fixed_widths(name, index_dtype, width, weighted):
+    g = graph_of(name, index_dtype)
+    x = features(g, width, torch.float32)
+    w = edge_weight(g, torch.float32) if weighted else None
+    for reduce in ("sum", "mean"):
+        out, _ = CPU.spmm_forward(g.rowptr, g.col, w, x, reduce)
+        assert_close(out, truth(lambda *a: REF.spmm_forward(*a)[0], g.rowptr, g.col, w, x, reduce),
+                     torch.float32)
+    for loops in (True, False):
+        dis, loop_weight = gcn_norm_state(g, w, loops, False, torch.float32)
+        args = (g.rowptr, g.col, w, dis, loop_weight, x)
+        assert_close(CPU.gcn_aggregate(*args), truth(REF.gcn_aggregate, *args), torch.float32)
+
+
 @graph_params
 @index_params
 @dtype_params

@@ -338,6 +338,14 @@ def test_one_graph_per_edge_index_tensor_and_in_place_edits_are_seen():
         assert _inputs.prepare("T", x, ei_inf).graph is not _inputs.prepare("T", x, ei_inf).graph
 
 
+@pytest.mark.parametrize("name", ["GCNConv", "SAGEConv", "GraphConv", "GINConv", "GATConv"])
+def test_torchscript_is_refused_by_name(name):
+    conv = fnn.GINConv(torch.nn.Linear(4, 4)) if name == "GINConv" else getattr(fnn, name)(4, 4)
+    for model in (conv, torch.nn.Sequential(torch.nn.Identity(), conv)):  # also inside a model
+        with pytest.raises(NotImplementedError, match=f"{name} does not support TorchScript.*torch.compile"):
+            torch.jit.script(model)
+
+
 def test_message_hooks_are_refused_with_a_clear_error():
     conv = fnn.GraphConv(4, 4)
     with pytest.raises(NotImplementedError, match="no messages to hook"):

@@ -49,7 +49,7 @@ def test_sdist_holds_every_file_the_build_reads(sdist):
             found = here.exists() and here.relative_to(ROOT).as_posix() in members
             assert found or f"csrc/{inc}" in members, f"{rel} includes {inc}, missing from the sdist"
     for rel in ("LICENSE", "README.md", "setup.py", "pyproject.toml", "tests/helpers.py", "tests/conftest.py",
-                "examples/pyg_swap.py", "docs/architecture.md", "kernels/spmm.py"):
+                "examples/pyg_swap.py", "docs/architecture.md", "fastalign/kernels/spmm.py"):
         assert rel in members, f"{rel} is missing from the sdist"
     assert not any(m.endswith((".so", ".pyc")) or m.startswith("bench/results") for m in members)
     assert "fastalign/_build_info.py" not in members  # written by each build

@@ -182,6 +182,19 @@ inline void report_indices(const std::atomic<bool>& bad, const char* op, const c
 namespace fastalign {
 namespace cpu {
 
+// f(std::integral_constant<int, W>) for the W of Widths equal to `width` when the storage
+// type S is float (the feature loops then unroll and a row's sum stays in registers),
+// else f(std::integral_constant<int, 0>) (width read at run time). Only float gets the
+// fixed widths: each is a few more folds to compile, which would buy little for double
+// (accuracy, not speed) and the half types.
+template <typename S, int... Widths, typename F>
+void with_fixed_width(int64_t width, const F& f) {
+  if constexpr (std::is_same_v<S, float>) {
+    if (((width == Widths ? (f(std::integral_constant<int, Widths>{}), true) : false) || ...)) return;
+  }
+  f(std::integral_constant<int, 0>{});
+}
+
 // Gathers of x[col[e]] are random reads: prefetching the row a few edges ahead keeps
 // several cache misses in flight. The distance runs across row boundaries (a fold's
 // `prefetch_end`, the number of edges): most rows of a power-law graph are shorter

@@ -1,7 +1,9 @@
 // fastalign._C: the Python module that carries the CPU kernels. The kernels register
 // themselves as torch ops (namespace fastalign_cpu, CPU dispatch key) in their own
-// files; this module only makes the shared library importable and lists them.
-#include <torch/extension.h>
+// files; this module only makes the shared library importable and lists them (plain
+// pybind11: torch/extension.h would add the whole C++ frontend to the build).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "cpu/registry.h"
 #include "cpu/segment.h"

@@ -393,19 +393,6 @@ struct SrcGradFold {
   }
 };
 
-// f(std::integral_constant<int, kC>) with kC = C for the widths compiled in, else 0.
-template <typename F>
-void with_channels(int64_t C, const F& f) {
-  switch (C) {
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 8: f(std::integral_constant<int, 8>{}); break;
-    case 16: f(std::integral_constant<int, 16>{}); break;
-    case 32: f(std::integral_constant<int, 32>{}); break;
-    case 64: f(std::integral_constant<int, 64>{}); break;
-    default: f(std::integral_constant<int, 0>{});
-  }
-}
-
 void check_heads(const at::Tensor& x, const at::Tensor& alpha_src, const c10::optional<at::Tensor>& alpha_dst,
                  int64_t num_dst) {
   TORCH_CHECK_VALUE(x.dim() == 3, "x must be [num_src, H, C], got ", x.sizes());
@@ -444,7 +431,7 @@ std::tuple<at::Tensor, at::Tensor> gat_aggregate_forward(
     const index_t* rpp = rp.data_ptr<index_t>();
     check_rowptr(rpp, n, cl.numel(), "gat_aggregate");
     const auto attn = attention<T>(as, ad, xc, negative_slope, dropout, seed, add_self_loops, n, cl.numel());
-    with_channels(x.size(2), [&](auto channels) {
+    with_fixed_width<scalar_t, 4, 8, 16, 32, 64>(x.size(2), [&](auto channels) {
       ForwardFold<scalar_t, index_t, decltype(channels)::value> op{
           attn, cl.data_ptr<index_t>(), xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
           lse.data_ptr<T>(), x.size(1) * (x.size(2) + 5), IndexCheck{uint64_t(xc.size(0)), &bad},
@@ -494,7 +481,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward(
     T* dp = d_row.data_ptr<T>();
     const auto attn = attention<T>(as, ad, xc, negative_slope, dropout, seed, add_self_loops, n, E);
     const EdgeGrad<T> eg{&attn, lc.data_ptr<T>(), dp};
-    with_channels(C, [&](auto channels) {
+    with_fixed_width<scalar_t, 4, 8, 16, 32, 64>(C, [&](auto channels) {
       constexpr int kC = decltype(channels)::value;
       DstGradFold<scalar_t, index_t, kC> dst_op{&attn, lc.data_ptr<T>(), cl.data_ptr<index_t>(),
                                                 xc.data_ptr<scalar_t>(), gp, dp,

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <exception>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 namespace fastalign {
@@ -196,6 +197,12 @@ void parallel_range(int64_t n, int64_t grain, int64_t work, const Fn& fn) {
   errors.rethrow();
 }
 
+// Whether a fold has a whole-row path: Op::kWholeRows true, and op.row(row, e0, e1).
+template <typename Op, typename = void>
+struct has_whole_rows : std::false_type {};
+template <typename Op>
+struct has_whole_rows<Op, std::void_t<decltype(Op::kWholeRows)>> : std::bool_constant<Op::kWholeRows> {};
+
 // One work item of a fold: a block of whole rows (init, accumulate, finish each), or
 // one piece of a long row folded into its partial state. op.indices_ok(e0, e1) sees the
 // edges of each run of rows (see checked_runs) or piece first; a run that fails it is
@@ -212,9 +219,13 @@ FASTALIGN_MULTIVERSION void fold_item(const index_t* rowptr, const WorkItem& it,
   const auto check = [&](int64_t e0, int64_t e1) { return op.indices_ok(e0, e1); };
   checked_runs(rowptr, it.row_begin, it.row_end, check, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      op.init(state);
-      op.accumulate(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]), state);
-      op.finish(r, state);
+      if constexpr (has_whole_rows<Op>::value) {
+        op.row(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]));
+      } else {
+        op.init(state);
+        op.accumulate(r, int64_t(rowptr[r]), int64_t(rowptr[r + 1]), state);
+        op.finish(r, state);
+      }
     }
   });
 }
@@ -231,7 +242,9 @@ FASTALIGN_MULTIVERSION void merge_long_row(const Partition& p, int64_t k, const 
 // A fold over each row's edges into a state of `op.size` elements of Op::elem_t:
 //   op.init(state), op.accumulate(row, edge_begin, edge_end, state),
 //   op.merge(state, piece_state) (pieces in edge order), op.finish(row, state),
-//   op.indices_ok(edge_begin, edge_end) (the indices a work item reads are valid).
+//   op.indices_ok(edge_begin, edge_end) (the indices a work item reads are valid);
+// optionally, with Op::kWholeRows, op.row(row, edge_begin, edge_end): a whole row (init,
+// accumulate and finish in one, its state in registers), for every row not cut into pieces.
 template <typename index_t, typename Op>
 void segment_fold(const index_t* rowptr, const Partition& p, const Op& op) {
   using elem_t = typename Op::elem_t;

@@ -347,6 +347,16 @@ class DropInConv(torch.nn.Module):
             f"explain and message hooks need): use torch_geometric.nn.{type(self).__name__} there"
         )
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every module it is given (and on their
+        # submodules) before compiling: refuse here, by name, rather than deep in the
+        # compiler on a Graph or a custom op it cannot type.
+        raise NotImplementedError(
+            f"fastalign's {type(self).__name__} does not support TorchScript (torch.jit.script): "
+            "it calls custom ops through Python. Compile with torch.compile, or export the model "
+            f"with torch.export; for TorchScript use torch_geometric.nn.{type(self).__name__}"
+        )
+
     # PyG's MessagePassing hook API, refused clearly rather than by an AttributeError
     register_message_forward_pre_hook = _no_message_hooks
     register_message_forward_hook = _no_message_hooks

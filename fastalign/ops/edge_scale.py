@@ -26,7 +26,7 @@ normalisation statistic (as batch norm's running statistics), and the backward n
 extra pass.
 
 Kernels: none of its own; the no-grad pass is ``fastalign::edge_similarity`` (CPU
-``csrc/cpu/edge_similarity.cpp``, Triton ``kernels/edge_similarity.py``, CUDA
+``csrc/cpu/edge_similarity.cpp``, Triton ``fastalign/kernels/edge_similarity.py``, CUDA
 ``csrc/cuda/kernels/edge_similarity.cu``).
 """
 

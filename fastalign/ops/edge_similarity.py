@@ -6,8 +6,8 @@ Kernels (see fastalign.backends.reference for the exact formulas): "l1", "rbf", 
 gradients by the rows of the cached transpose: no atomics).
 
 Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/edge_similarity.cpp``
-(kernels in ``csrc/cpu/similarity.h``); Triton ``kernels/edge_similarity.py``
-(``kernels/similarity.py``); CUDA ``csrc/cuda/kernels/edge_similarity.cu`` and
+(kernels in ``csrc/cpu/similarity.h``); Triton ``fastalign/kernels/edge_similarity.py``
+(``fastalign/kernels/similarity.py``); CUDA ``csrc/cuda/kernels/edge_similarity.cu`` and
 ``edge_similarity_backward.cu`` (``similarity.cuh``).
 """
 

@@ -12,7 +12,7 @@ and applied inside the aggregation, so no normalised per-edge weights are built 
 the state is cached on the Graph for its own edge weights.
 
 Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/gcn_aggregate.cpp``;
-Triton ``kernels/gcn_aggregate.py`` (the aggregation kernel of ``kernels/spmm.py`` with
+Triton ``fastalign/kernels/gcn_aggregate.py`` (the aggregation kernel of ``fastalign/kernels/spmm.py`` with
 the normalisation fused); CUDA ``csrc/cuda/kernels/spmm.cu`` (``fa_spmm_forward`` with
 ``dis`` and the loop weights).
 

@@ -4,7 +4,7 @@
 ``p * (g - sum_row(p * g))``); ``local_structure`` composes it with edge_similarity.
 
 Kernels of edge_softmax: reference ``fastalign/backends/reference.py``; CPU
-``csrc/cpu/edge_softmax.cpp``; Triton ``kernels/edge_softmax.py``; CUDA
+``csrc/cpu/edge_softmax.cpp``; Triton ``fastalign/kernels/edge_softmax.py``; CUDA
 ``csrc/cuda/kernels/edge_softmax.cu``.
 """
 

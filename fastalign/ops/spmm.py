@@ -13,7 +13,7 @@ transpose (``perm_t`` maps each transposed edge to its internal edge): a source 
 gathers the output gradients its edges won, so no backend needs atomics for grad_x.
 
 Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/spmm.cpp``
-(traversal in ``csrc/cpu/segment.h``); Triton ``kernels/spmm.py``; CUDA
+(traversal in ``csrc/cpu/segment.h``); Triton ``fastalign/kernels/spmm.py``; CUDA
 ``csrc/cuda/kernels/spmm.cu`` (the sddmm runs as the ``linear`` edge similarity on the
 GPU backends).
 """

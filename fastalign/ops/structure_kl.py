@@ -11,7 +11,7 @@ students, the only state the backward keeps) and ``fastalign::structure_kl_backw
 the compiled backends must not build E x F ones.
 
 Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/structure_kl.cpp``;
-Triton ``kernels/structure_kl.py``; CUDA ``csrc/cuda/kernels/structure_kl.cu`` and
+Triton ``fastalign/kernels/structure_kl.py``; CUDA ``csrc/cuda/kernels/structure_kl.cu`` and
 ``structure_kl_backward.cu``.
 
 Fast path for a detached peer (Alignahead++ detaches it), where the backend has it
