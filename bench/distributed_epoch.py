@@ -31,7 +31,8 @@ def peak_rss_bytes() -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cora")
-    p.add_argument("--root", default=os.environ.get("FASTALIGN_DATA", "../shared/datasets"))
+    p.add_argument("--root", default=None,
+                   help="data root (default: $FASTALIGN_DATA, else ~/.cache/fastalign/datasets)")
     p.add_argument("--nodes", type=int, default=None, help="synthetic: number of nodes")
     p.add_argument("--avg-degree", type=float, default=None, help="synthetic: mean degree")
     p.add_argument("--students", type=int, default=2)

@@ -5,7 +5,6 @@ graph when asked for (or, with ``auto``, when no Cora is found, saying so)."""
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,12 +14,10 @@ import torch
 
 
 def data_root(root=None):
-    if root:
-        return Path(root)
-    if os.environ.get("FASTALIGN_DATA"):
-        return Path(os.environ["FASTALIGN_DATA"])
-    candidate = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-    return candidate if candidate.is_dir() else None
+    """--root, else $FASTALIGN_DATA, else ~/.cache/fastalign/datasets (fastalign's rule)."""
+    from fastalign.datasets import default_root
+
+    return Path(root or default_root())
 
 
 PLANETOID = ("Cora", "CiteSeer", "PubMed")

@@ -8,7 +8,7 @@ The model is PyG's own (``torch_geometric.nn.models.GCN``, ``GraphSAGE``, ``GIN`
 same options and parameters (so the converted model computes the same function), then
 both models train with the same seed and the script prints their accuracies and
 training-step times.
-The data set comes from $FASTALIGN_DATA or ../shared/datasets (copied to a temporary
+The data set comes from --root, $FASTALIGN_DATA or ~/.cache/fastalign/datasets (copied to a temporary
 folder, since PyG writes processed/ files); without it a synthetic graph is used.
 """
 
@@ -62,7 +62,7 @@ def train(model, data, epochs, seed):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=None, help="datasets folder (default: $FASTALIGN_DATA or ../shared/datasets)")
+    parser.add_argument("--root", default=None, help="datasets folder (default: $FASTALIGN_DATA, else ~/.cache/fastalign/datasets)")
     parser.add_argument("--dataset", default="auto", type=dataset_name, choices=CHOICES,
                         help="a Planetoid data set, synthetic, or auto (Cora when found, else synthetic)")
     parser.add_argument("--model", default="gcn", choices=("gcn", "sage", "gin", "gat"))

@@ -144,6 +144,9 @@ def add_train_parser(subparsers) -> None:
                         "rank k %% world size; gloo on the CPU, NCCL with --device cuda, each rank on "
                         "cuda:LOCAL_RANK); simultaneous mode only; rank 0 prints and writes --json")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="write each student's best-validation weights to DIR/seed<s>_student<k>.pt "
+                        "(for fastalign evaluate, predict and export)")
     p.set_defaults(func=cmd_train, parser=p)
 
 
@@ -186,6 +189,9 @@ def format_table(result: dict) -> str:
         lines.append("structure KL (unweighted), per aligned pair, mean over seeds: "
                      + ", ".join(f"{p['pair'][0]}->{p['pair'][1]} first epoch {p['first_epoch']:.2e} "
                                  f"last {p['last_epoch']:.2e}" for p in pairs))
+    if result.get("student_parameters"):
+        lines.append(f"each student: {result['student_parameters']:,} parameters "
+                     f"({result['student_bytes']:,} bytes, without its deep-supervision heads)")
     lines.append(f"epoch time {result['epoch_time_s'] * 1e3:.1f} ms "
                  f"({len(result['seeds'])} seed(s) x {len(result['per_student'])} student(s))")
     return "\n".join(lines)
@@ -225,6 +231,9 @@ def cmd_train(args) -> int:
         from .bench.report import check_output
 
         check_output(args.json, "--json")
+    from .distill.commands import check_save_dir
+
+    check_save_dir(args.save)
 
     if args.device.startswith("cuda"):
         import torch
@@ -251,7 +260,9 @@ def cmd_train(args) -> int:
             f"L={cfg.layers} H={cfg.hidden}, align={cfg.align}, mode={cfg.mode}, "
             f"backend={cfg.backend}, device={cfg.device}{where}, seeds={args.seeds}")
         t0 = time.time()
-        result = run_experiment(cfg, data, list(args.seeds), log=say, world=world)
+        data_info = {"name": args.dataset, "load": {"name": args.dataset, "seed": args.seeds[0], **sizes}}
+        result = run_experiment(cfg, data, list(args.seeds), log=say, world=world, save_dir=args.save,
+                                data_info=data_info)
         if world is not None:
             world.dist.barrier(group=world.group)  # no rank closes its connections while another uses them
     finally:
@@ -264,6 +275,9 @@ def cmd_train(args) -> int:
     result["wall_time_s"] = time.time() - t0
     result["command"] = "fastalign " + " ".join(sys.argv[1:]) if sys.argv else ""
     print(format_table(result))
+    if args.save:
+        print(f"saved {len(result['seeds']) * cfg.students} student checkpoint(s) in {args.save} "
+              "(fastalign evaluate | predict | export CHECKPOINT)")
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(folder, exist_ok=True)
@@ -341,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_demo_parser(sub)
     add_info_parser(sub)
+    from .distill.commands import add_parsers as add_student_parsers
+
+    add_student_parsers(sub)
     try:  # the bench subcommand lives with the benchmarks; absent module -> no subcommand
         from .bench.command import add_bench_parser
     except ImportError:

@@ -16,10 +16,8 @@ from fastalign.datasets import ENV_VAR, load_dataset, merge_graphs, synthetic_cs
 
 
 def _data_root():
-    for cand in (os.environ.get(ENV_VAR), "/work/shared/datasets"):
-        if cand and os.path.isdir(cand):
-            return cand
-    return None
+    root = os.environ.get(ENV_VAR)
+    return root if root and os.path.isdir(root) else None
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -58,7 +56,7 @@ def test_load_dataset_rejects_bad_names():
 def test_planetoid_real_files(name, nodes, edges, feats, classes):
     root = _data_root()
     if root is None or not os.path.isdir(os.path.join(root, {"cora": "Cora", "citeseer": "CiteSeer"}[name], "raw")):
-        pytest.skip(f"no {name} raw files under $FASTALIGN_DATA or /work/shared/datasets")
+        pytest.skip(f"no {name} raw files under $FASTALIGN_DATA (set it to the folder that holds {name}'s raw files)")
     pytest.importorskip("torch_geometric")
     d = load_dataset(name, root)
     t = d.transductive

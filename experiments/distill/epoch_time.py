@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -31,7 +30,8 @@ def _sync(device) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cora")
-    p.add_argument("--root", default=os.environ.get("FASTALIGN_DATA", "/work/shared/datasets"))
+    p.add_argument("--root", default=None,
+                   help="data root (default: $FASTALIGN_DATA, else ~/.cache/fastalign/datasets)")
     p.add_argument("--students", type=int, default=3)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=64)

@@ -17,7 +17,7 @@ validation epoch); the table gives each variant's mean, and its difference from
 with ``sigma100`` (the same recipe, only the kernel's scale differs). Each configuration is one JSON (the trainer's result)
 in ``--out``; existing files are skipped, so a sweep can be resumed.
 
-    python experiments/distill/paired.py --root /work/shared/datasets --layers 2 4 --ks 2 3
+    python experiments/distill/paired.py --root DATA --layers 2 4 --ks 2 3
     python experiments/distill/paired.py --summarize
 """
 
@@ -164,7 +164,8 @@ def summarize(folder: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default=os.environ.get("FASTALIGN_DATA", "../shared/datasets"))
+    p.add_argument("--root", default=None,
+                   help="data root (default: $FASTALIGN_DATA, else ~/.cache/fastalign/datasets)")
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
     p.add_argument("--layers", nargs="+", type=int, default=[2, 4, 8])

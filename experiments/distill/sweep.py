@@ -6,7 +6,7 @@ existing files are skipped, so the sweep can be resumed. Configurations run in p
 order (2-layer baseline vs Alignahead++ K=2 first, then deeper, then the ablations and
 larger K) and the sweep stops starting new ones after ``--deadline`` (UTC, HH:MM).
 
-    python experiments/distill/sweep.py --root /work/shared/datasets --out experiments/distill/results/rounds
+    python experiments/distill/sweep.py --root DATA --out experiments/distill/results/rounds
     python experiments/distill/sweep.py --summarize experiments/distill/results/rounds
 """
 
@@ -147,7 +147,8 @@ def summarize(folder: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default=os.environ.get("FASTALIGN_DATA", "/work/shared/datasets"))
+    p.add_argument("--root", default=None,
+                   help="data root (default: $FASTALIGN_DATA, else ~/.cache/fastalign/datasets)")
     p.add_argument("--out", default="experiments/distill/results/rounds")
     p.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
     p.add_argument("--layers", nargs="+", type=int, default=[2, 4, 8])

@@ -72,7 +72,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="torch.set_num_threads for the run (CPU; default: torch's choice)")
     parser.add_argument("--root", default=None,
                         help="dataset root holding Cora/, CiteSeer/, PubMed/ "
-                             "(default: $FASTALIGN_DATA, else ../shared/datasets)")
+                             "(default: $FASTALIGN_DATA, else ~/.cache/fastalign/datasets)")
     parser.add_argument("--json", dest="json_path", default=None, metavar="PATH",
                         help="write every measurement and the run's metadata as JSON")
     parser.add_argument("--plot", dest="plot_path", default=None, metavar="PATH",
@@ -147,7 +147,6 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"fastalign bench: error: --root {args.root} is not a folder (it should hold Cora/, CiteSeer/, "
                   "PubMed/ with their raw/ files)", file=sys.stderr)
             return 2
-        os.environ["FASTALIGN_DATA"] = str(args.root)
     import warnings
 
     try:  # the output files first: a run never ends in a traceback over them
@@ -193,6 +192,7 @@ def run_command(args: argparse.Namespace) -> int:
             measure_memory=not args.no_memory, progress=progress, command=command,
             max_seconds=args.max_minutes * 60 if args.max_minutes is not None else None,
             on_graph_done=(lambda partial: report.write_json(partial, args.json_path)) if args.json_path else None,
+            root=args.root,
         )
     except ValueError as exc:
         print(f"fastalign bench: error: {exc}", file=sys.stderr)

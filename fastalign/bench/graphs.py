@@ -46,15 +46,12 @@ def power_law_edge_index(
 
 
 # ---------------------------------------------------------------------- data root
-def default_data_root() -> Optional[Path]:
-    """``$FASTALIGN_DATA``, else ``../shared/datasets`` relative to the repository (when
-    it exists), else None."""
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    candidate = repo.parent / "shared" / "datasets"
-    return candidate if candidate.is_dir() else None
+def default_data_root() -> Path:
+    """The data sets' rule (:func:`fastalign.datasets.default_root`): ``$FASTALIGN_DATA``,
+    else ``~/.cache/fastalign/datasets``."""
+    from ..datasets import default_root
+
+    return Path(default_root())
 
 
 PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
@@ -73,13 +70,10 @@ def planetoid_edge_index(name: str, root=None) -> Tuple[Tensor, int]:
     ``<root>/<Name>/raw/ind.<name>.graph`` (read only: nothing is written next to it).
     Counts: Cora 2708 nodes / 10556 edges, CiteSeer 3327 / 9104, PubMed 19717 / 88648."""
     root = default_data_root() if root is None else Path(root)
-    if root is None:
-        raise FileNotFoundError(
-            f"no dataset root: set ${DATA_ENV} or pass root= (the folder holding Cora/, ...)"
-        )
     path = planetoid_graph_file(name, root)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
+        raise FileNotFoundError(f"{path} not found (pass root= or set ${DATA_ENV} to the folder holding "
+                                "Cora/, CiteSeer/, PubMed/)")
     with open(path, "rb") as f:
         adjacency = pickle.load(f, encoding="latin1")
     rows: List[int] = []
@@ -110,12 +104,13 @@ class GraphSpec:
     load: Callable[[], Tuple[Tensor, int]] = field(repr=False)
     note: str = ""
     width: int = 0  # the data set's own feature width (0: none, a generated graph)
+    root: Optional[Path] = None  # planetoid: the data root (None: default_data_root())
 
     def available(self) -> Tuple[bool, str]:
         if self.kind == "planetoid":
-            root = default_data_root()
-            if root is None:
-                return False, f"no dataset root (set ${DATA_ENV})"
+            root = self.root if self.root is not None else default_data_root()
+            if not root.is_dir():
+                return False, f"no data root {root} (pass --root or set ${DATA_ENV})"
             path = planetoid_graph_file(self.name, root)
             if not path.is_file():
                 return False, f"{path} not found"
@@ -131,7 +126,7 @@ PLANETOID_WIDTHS = {"cora": 1433, "citeseer": 3703, "pubmed": 500}
 
 def _planetoid_spec(name, n, e, root=None):
     return GraphSpec(name, n, e, "planetoid", lambda: planetoid_edge_index(name, root),
-                     width=PLANETOID_WIDTHS[name])
+                     width=PLANETOID_WIDTHS[name], root=Path(root) if root is not None else None)
 
 
 def graph_specs(sizes: str = "small", root=None) -> List[GraphSpec]:
@@ -161,7 +156,3 @@ def graph_specs(sizes: str = "small", root=None) -> List[GraphSpec]:
             _power_law_spec("products-like", 2_449_029, 123_718_280),
         ]
     raise ValueError(f"sizes must be 'small' or 'large', got {sizes!r}")
-
-
-def graph_spec_names(sizes: str) -> Dict[str, GraphSpec]:
-    return {s.name: s for s in graph_specs(sizes)}

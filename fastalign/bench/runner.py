@@ -165,6 +165,7 @@ def run_benchmarks(
     max_seconds: Optional[float] = None,
     on_graph_done: Optional[Callable[[dict], None]] = None,
     dtypes: Sequence[str] = ("float32",),
+    root=None,
 ) -> dict:
     """Run ``suites`` on the graphs of ``sizes`` (optionally only those named in
     ``graphs``, in that order); returns ``{"meta": ..., "results": [...]}`` (see :mod:`.report`).
@@ -173,7 +174,8 @@ def run_benchmarks(
     skipped, "time limit"), for machines lent by the minute. ``on_graph_done(run)`` is
     called with the partial run after each graph (to save it as it goes). ``dtypes``:
     the feature dtypes to run each graph in (one graph build shared by all), so a
-    bfloat16 run and its float32 counterpart are timed in one process."""
+    bfloat16 run and its float32 counterpart are timed in one process. ``root``: where
+    the Planetoid graphs are (default: ``$FASTALIGN_DATA``, else the user cache)."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was requested but CUDA is not available")
@@ -190,7 +192,7 @@ def run_benchmarks(
         if name not in BENCH_DTYPES:
             raise ValueError(f"unknown dtype {name!r}; choose from {sorted(BENCH_DTYPES)}")
     say = progress or (lambda msg: None)
-    specs = list(specs) if specs is not None else graph_specs(sizes)
+    specs = list(specs) if specs is not None else graph_specs(sizes, root)
     if graphs:
         names = {s.name for s in specs}
         unknown = [g for g in graphs if g not in names]

@@ -12,6 +12,7 @@ _EXPORTS = {
     "ALIGNS": "options", "layer_pairs": "pairing",
     "MODES": "options", "TrainConfig": "trainer", "run_experiment": "trainer", "score": "trainer",
     "train_run": "trainer", "World": "world", "DistributedWorld": "world",
+    "Alignahead": "alignahead", "graph_layer_names": "alignahead",
     "build_students": "trainer", "train_step": "trainer", "summarize_runs": "trainer", "RESIDUALS": "options",
 }
 

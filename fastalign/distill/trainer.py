@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..datasets import NodeDataset
+from . import checkpoint
 from .losses import FeatureAdapters, LossWeights, hint_pairs, student_loss
 from .models import MODELS, Student, check_residual
 from .options import BACKENDS, LR_SCHEDULES, MODES, WD_SCOPES  # noqa: F401  (torch-free)
@@ -286,11 +287,15 @@ ALTERNATING_DISTRIBUTED = (
 
 
 def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Callable[[str], None]] = None,
-              world: Optional[World] = None) -> dict:
+              world: Optional[World] = None, save_dir: Optional[str] = None,
+              data_info: Optional[dict] = None) -> dict:
     """Train ``cfg.students`` students from ``seed``; return per-student best-val scores,
     the ensemble's, and the mean training time per epoch. ``world``: where the students
     live (default: all in this process; a :class:`DistributedWorld` spreads them over
-    processes, every rank calling this with the same arguments)."""
+    processes, every rank calling this with the same arguments). ``save_dir``: each
+    (local) student's best-validation weights are written there
+    (:mod:`fastalign.distill.checkpoint`), with ``data_info`` (how the data set was
+    loaded) in the file."""
     world = world or World(cfg.students)
     if world.size > 1 and cfg.mode != "simultaneous":
         raise ValueError(ALTERNATING_DISTRIBUTED)
@@ -307,6 +312,7 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
     eval_batches = data.eval_batches(cfg.batch_size)
     labels = _labels(eval_batches)
     best = {k: {"val": -1.0, "test": float("nan"), "epoch": -1, "probs": None} for k in local}
+    kept = {}  # k -> the state_dicts of student k and its adapters at its best epoch (save_dir)
     exchanged = 0
     epoch_times = []
     # the unweighted structure KL of each aligned pair, averaged over the students and
@@ -341,6 +347,8 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
             if val > best[k]["val"]:
                 best[k] = {"val": val, "test": score(probs["test"], labels["test"], multilabel),
                            "epoch": epoch, "probs": probs}
+                if save_dir is not None:
+                    kept[k] = (checkpoint.copy_state(students[k]), checkpoint.copy_state(adapters[k]))
             local_vals[k] = (val, best[k]["epoch"])
         every = world.gather_scalars(local_vals)
         vals = [v for v, _ in every]
@@ -353,11 +361,26 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
                 f"feat {p['feature']:.4f}  val {' '.join(f'{v:.3f}' for v in vals)}")
         if stalled:
             break
+    if save_dir is not None:
+        info = data_info or {"name": data.name}
+        info = {**info, "num_features": data.num_features, "num_classes": data.num_classes,
+                "metric": data.metric}
+        for k in local:
+            metrics = {"val": best[k]["val"], "test": best[k]["test"], "best_epoch": best[k]["epoch"],
+                       "metric": data.metric}
+            state = kept.get(k) or (checkpoint.copy_state(students[k]), checkpoint.copy_state(adapters[k]))
+            record = checkpoint.student_record(students[k], *state, asdict(cfg), info, metrics, seed, k)
+            checkpoint.save(os.path.join(save_dir, checkpoint.checkpoint_name(seed, k)), record)
     everyone = world.gather_results(best)
     ens = {sp: torch.stack([b["probs"][sp] for b in everyone]).mean(0) for sp in ("val", "test")}
     timed = epoch_times[1:] if len(epoch_times) > 1 else epoch_times
+    # what is deployed: the student proper, without its deep-supervision heads
+    first = next(s for s in students if s is not None)
+    deployed = [p for name, p in first.named_parameters() if not name.startswith("aux.")]
     return {
         "seed": seed,
+        "student_parameters": sum(p.numel() for p in deployed),
+        "student_bytes": sum(p.numel() * p.element_size() for p in deployed),
         "students": [{"student": k, "val": b["val"], "test": b["test"], "best_epoch": b["epoch"]}
                      for k, b in enumerate(everyone)],
         "ensemble": {"val": score(ens["val"], labels["val"], multilabel),
@@ -418,12 +441,14 @@ def _thread_count(cfg: TrainConfig, data: NodeDataset):
 
 def run_experiment(cfg: TrainConfig, data: NodeDataset, seeds: List[int],
                    log: Optional[Callable[[str], None]] = None,
-                   stop: Optional[Callable[[], bool]] = None, world: Optional[World] = None) -> dict:
+                   stop: Optional[Callable[[], bool]] = None, world: Optional[World] = None,
+                   save_dir: Optional[str] = None, data_info: Optional[dict] = None) -> dict:
     """Runs every seed; the summary holds mean/std of the test score over all (seed,
     student) pairs, per-student and ensemble means, and the mean epoch time. ``stop``
     (checked before each seed after the first) ends the run early; ``seeds`` in the
     result lists the seeds that ran. ``world``: see :func:`train_run` (every rank gets
-    the whole result; only the main one logs)."""
+    the whole result; only the main one logs). ``save_dir``, ``data_info``: see
+    :func:`train_run` (one checkpoint per seed and student)."""
     if not seeds:
         raise ValueError("seeds must not be empty")
     world = world or World(cfg.students)
@@ -434,7 +459,7 @@ def run_experiment(cfg: TrainConfig, data: NodeDataset, seeds: List[int],
             # one decision for every rank (a rank that stopped alone would hang the others)
             if runs and stop is not None and world.max_float(float(bool(stop()))) > 0:
                 break
-            r = train_run(cfg, data, seed, log, world)
+            r = train_run(cfg, data, seed, log, world, save_dir=save_dir, data_info=data_info)
             runs.append(r)
             if log and world.is_main:
                 accs = " ".join(f"{s['test']:.4f}" for s in r["students"])
@@ -472,6 +497,9 @@ def summarize_runs(config: dict, dataset: str, metric: str, runs: List[dict]) ->
         "per_student": per_student,
         "ensemble": {"mean_test_acc": ens_m, "std_test_acc": ens_sd},
         "epoch_time_s": statistics.fmean(r["epoch_time_s"] for r in runs),
+        # one student as deployed (its graph layers, no deep-supervision heads)
+        "student_parameters": runs[0].get("student_parameters") if runs else None,
+        "student_bytes": runs[0].get("student_bytes") if runs else None,
         # the unweighted structure KL per aligned pair, mean over the seeds
         "structure_by_pair": by_pair,
         "runs": runs,

@@ -1,0 +1,266 @@
+"""``fastalign evaluate | predict | export``: what is done with a trained student's
+checkpoint (``fastalign train --save DIR`` writes one per seed and student).
+
+    fastalign evaluate DIR/seed0_student0.pt                 # scores on its data set's splits
+    fastalign evaluate CKPT --dataset citeseer --root DATA   # another graph of the same width
+    fastalign predict CKPT --out predictions.csv             # per-node class and probabilities
+    fastalign export CKPT --out student.pt2                  # runs without fastalign installed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+SPLITS = ("train", "val", "test")
+
+
+def _common(p) -> None:
+    from ..cli import _device
+    from .options import BACKENDS
+
+    p.add_argument("checkpoint", help="a file written by fastalign train --save")
+    p.add_argument("--dataset", default=None, type=str.lower,
+                   help="data set to run on (default: the one the student was trained on)")
+    p.add_argument("--root", default=None, help="data root (default: $FASTALIGN_DATA or ~/.cache/fastalign/datasets)")
+    p.add_argument("--device", default="cpu", type=_device, help="cpu or cuda[:i]")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="kernel backend")
+
+
+def add_parsers(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="scores of a trained student (a --save checkpoint)",
+                              description="Scores of a trained student on every split of its data set, "
+                                          "or of another data set with the same feature width.")
+    _common(p)
+    p.add_argument("--json", default=None, help="also write the scores to this JSON file")
+    p.set_defaults(func=cmd_evaluate, parser=p)
+
+    p = subparsers.add_parser("predict", help="per-node classes and probabilities of a trained student",
+                              description="Per-node predictions of a trained student: the class (or, for "
+                                          "multi-label data, the labels above 0.5) and the probabilities.")
+    _common(p)
+    p.add_argument("--split", default="all", choices=("all",) + SPLITS,
+                   help="which nodes (default: every node; inductive data sets: the split's graphs)")
+    p.add_argument("--out", required=True, help="output file: .csv (one row per node) or .pt (tensors)")
+    p.set_defaults(func=cmd_predict, parser=p)
+
+    p = subparsers.add_parser("export", help="a trained student as a program that runs without fastalign",
+                              description="Exports a trained student with torch.export, in plain PyTorch "
+                                          "operations (no fastalign kernels): load it with "
+                                          "torch.export.load(FILE).module() and call it with (x, edge_index).")
+    p.add_argument("checkpoint", help="a file written by fastalign train --save")
+    p.add_argument("--out", required=True, help="the exported program (.pt2)")
+    p.set_defaults(func=cmd_export, parser=p)
+
+
+# --------------------------------------------------------------------------- shared
+def _load(args):
+    """(record, student, data) for evaluate and predict."""
+    from ..datasets import load_dataset
+    from .checkpoint import build_student, check_data, load
+
+    record = load(args.checkpoint)
+    trained_on = record["data"].get("load") or {"name": record["data"].get("name", "synthetic")}
+    if args.dataset is None or args.dataset == trained_on["name"]:
+        how = dict(trained_on)
+    else:
+        how = {"name": args.dataset}
+    name = how.pop("name")
+    data = load_dataset(name, args.root, **how)
+    check_data(record, data.num_features, data.num_classes, name)
+    backend = None if args.backend == "auto" else args.backend
+    return record, build_student(record, backend, args.device), data
+
+
+def _batches(data, split: str) -> List[Tuple[object, object]]:
+    """(batch, node mask) pairs covering ``split`` ("all": every node)."""
+    from ..datasets import merge_graphs
+
+    if not data.inductive:
+        b = data.transductive
+        return [(b, None if split == "all" else b.masks[split])]
+    splits = SPLITS if split == "all" else (split,)
+    return [(merge_graphs([g], s), None) for s in splits for g in data.graphs.get(s, [])]
+
+
+def _logits(student, batch, device):
+    import torch
+
+    with torch.no_grad():
+        on = batch.to(device) if str(batch.x.device) != str(device) else batch
+        return student(on.graph, on.edge_index, on.x_input).logits.cpu()
+
+
+# --------------------------------------------------------------------------- commands
+def evaluate(record, student, data, device="cpu") -> Dict[str, float]:
+    """The student's score on each split of ``data`` (accuracy or micro-F1)."""
+    import torch
+
+    from .trainer import _probs, score
+
+    out = {}
+    for split in SPLITS:
+        logits, labels = [], []
+        for batch, mask in _batches(data, split):
+            z = _logits(student, batch, device)
+            m = mask.cpu() if mask is not None else torch.ones(z.size(0), dtype=torch.bool)
+            logits.append(z[m])
+            labels.append(batch.y.cpu()[m])
+        if logits:
+            out[split] = score(_probs(torch.cat(logits), data.multilabel), torch.cat(labels), data.multilabel)
+    return out
+
+
+def size_and_speed(student, data, device="cpu", reps: int = 10) -> dict:
+    """What a deployer weighs: the student's parameter count and bytes, and the median
+    time of one inference over the data set's first evaluation graph, on one thread and
+    on all of torch's threads (CPU)."""
+    import statistics
+    import time
+
+    import torch
+
+    params = list(student.parameters())
+    facts = {"parameters": sum(p.numel() for p in params),
+             "bytes": sum(p.numel() * p.element_size() for p in params)}
+    if str(device) != "cpu":
+        return facts
+    batch = _batches(data, "all")[0][0]
+    threads = torch.get_num_threads()
+    timings = {}
+    for count in sorted({1, threads}):
+        torch.set_num_threads(count)
+        try:
+            _logits(student, batch, device)  # warm-up
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                _logits(student, batch, device)
+                times.append(time.perf_counter() - t0)
+        finally:
+            torch.set_num_threads(threads)
+        timings[f"{count}_thread{'s' if count > 1 else ''}"] = statistics.median(times) * 1e3
+    facts["inference_ms"] = timings
+    facts["nodes"] = batch.num_nodes
+    return facts
+
+
+def cmd_evaluate(args) -> int:
+    if args.json:
+        from ..bench.report import check_output
+
+        check_output(args.json, "--json")
+    record, student, data = _load(args)
+    scores = evaluate(record, student, data, args.device)
+    facts = size_and_speed(student, data, args.device)
+    trained = record["metrics"]
+    print(f"fastalign evaluate: {args.checkpoint} ({record['architecture']['model']} student "
+          f"{record['student_index']}, seed {record['seed']}, best epoch {trained.get('best_epoch')}) "
+          f"on {data.name} ({data.metric})")
+    for split, value in scores.items():
+        print(f"  {split:<5} {value:.4f}")
+    line = f"  {facts['parameters']:,} parameters ({facts['bytes']:,} bytes)"
+    if "inference_ms" in facts:
+        line += f"; inference over {facts['nodes']:,} nodes: " + ", ".join(
+            f"{ms:.2f} ms on {name.replace('_', ' ')}" for name, ms in facts["inference_ms"].items())
+    print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"checkpoint": args.checkpoint, "dataset": data.name, "metric": data.metric,
+                       "scores": scores, "trained": trained, **facts}, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def predict(student, data, split: str = "all", device="cpu"):
+    """(predictions, probabilities) of the nodes of ``split``: the arg-max class per node,
+    or for multi-label data the 0/1 labels above 0.5."""
+    import torch
+
+    from .trainer import _probs
+
+    probs = []
+    for batch, mask in _batches(data, split):
+        p = _probs(_logits(student, batch, device), data.multilabel)
+        probs.append(p if mask is None else p[mask.cpu()])
+    probs = torch.cat(probs) if probs else torch.empty(0, data.num_classes)
+    pred = (probs > 0.5).long() if data.multilabel else probs.argmax(1)
+    return pred, probs
+
+
+def cmd_predict(args) -> int:
+    from ..bench.report import check_output
+
+    check_output(args.out, "--out", (".csv", ".pt"))
+    suffix = os.path.splitext(args.out)[1].lower()
+    record, student, data = _load(args)
+    pred, probs = predict(student, data, args.split, args.device)
+    if suffix == ".pt":
+        import torch
+
+        torch.save({"pred": pred, "probs": probs, "split": args.split, "dataset": data.name}, args.out)
+    else:
+        with open(args.out, "w") as f:
+            head = ([f"label_{c}" for c in range(probs.size(1))] if data.multilabel else ["class"])
+            f.write(",".join(["node"] + head + [f"p_{c}" for c in range(probs.size(1))]) + "\n")
+            for i in range(probs.size(0)):
+                labels = pred[i].tolist() if data.multilabel else [int(pred[i])]
+                f.write(",".join([str(i)] + [str(v) for v in labels] + [f"{v:.6g}" for v in probs[i].tolist()]) + "\n")
+    print(f"fastalign predict: {probs.size(0)} nodes of {data.name} ({args.split}) -> {args.out}")
+    return 0
+
+
+def export(record, path: str) -> float:
+    """Exports the checkpoint's student (plain PyTorch, dynamic node and edge counts) to
+    ``path``; returns the largest difference between the exported program and the
+    student on a random graph (a check that it computes the same)."""
+    import torch
+    from torch.export import Dim
+
+    from .checkpoint import build_student
+    from .portable import PortableStudent
+
+    student = build_student(record, backend="torch")
+    portable = PortableStudent.from_student(student)
+    gen = torch.Generator().manual_seed(0)
+    n, width = 64, record["architecture"]["in_dim"]
+    x = torch.randn(n, width, generator=gen)
+    edge_index = torch.randint(0, n, (2, 4 * n), generator=gen)
+    program = torch.export.export(portable, (x, edge_index),
+                                  dynamic_shapes=({0: Dim("nodes", min=2)}, {1: Dim("edges", min=1)}))
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    torch.export.save(program, path)
+    from ..graph import Graph
+
+    with torch.no_grad():
+        want = student(Graph.from_edge_index(edge_index, num_nodes=n), edge_index, x).logits
+        got = torch.export.load(path).module()(x, edge_index)
+    return float((want - got).abs().max())
+
+
+def cmd_export(args) -> int:
+    from ..bench.report import check_output
+    from .checkpoint import load
+
+    check_output(args.out, "--out", (".pt2",))
+    record = load(args.checkpoint)
+    diff = export(record, args.out)
+    a = record["architecture"]
+    print(f"fastalign export: {a['model']} student ({a['num_layers']} layers, {a['in_dim']} -> "
+          f"{a['num_classes']}) -> {args.out} (torch.export, plain PyTorch; matches the student "
+          f"within {diff:.1e})")
+    print(f"  load: torch.export.load({args.out!r}).module()(x, edge_index) -> logits")
+    return 0
+
+
+def check_save_dir(path: Optional[str]) -> None:
+    """``train --save DIR``: a folder that can be written, checked before the run."""
+    if path is None:
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--save {path}: exists and is not a folder")
+    os.makedirs(path, exist_ok=True)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"--save {path}: the folder cannot be written")
