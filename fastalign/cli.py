@@ -146,7 +146,11 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--save", default=None, metavar="DIR",
                    help="write each student's best-validation weights to DIR/seed<s>_student<k>.pt "
-                        "(for fastalign evaluate, predict and export)")
+                        "(for fastalign evaluate, predict and export), and the run's state after every "
+                        "epoch (one process)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run saved in DIR (--save DIR) from its last completed epoch, with "
+                        "the same options; finished seeds are not run again")
     p.set_defaults(func=cmd_train, parser=p)
 
 
@@ -233,6 +237,14 @@ def cmd_train(args) -> int:
         check_output(args.json, "--json")
     from .distill.commands import check_save_dir
 
+    if args.resume is not None:
+        if args.save is not None and os.path.abspath(args.save) != os.path.abspath(args.resume):
+            raise ValueError("--save and --resume name two folders: --resume DIR continues (and saves into) DIR")
+        if not os.path.isdir(args.resume):
+            raise ValueError(f"--resume {args.resume}: no such folder (it is the --save DIR of the run)")
+        if args.distributed:
+            raise ValueError("--resume: a run spread over processes cannot be resumed (it keeps no run state)")
+        args.save = args.resume
     check_save_dir(args.save)
 
     if args.device.startswith("cuda"):
@@ -261,8 +273,14 @@ def cmd_train(args) -> int:
             f"backend={cfg.backend}, device={cfg.device}{where}, seeds={args.seeds}")
         t0 = time.time()
         data_info = {"name": args.dataset, "load": {"name": args.dataset, "seed": args.seeds[0], **sizes}}
-        result = run_experiment(cfg, data, list(args.seeds), log=say, world=world, save_dir=args.save,
-                                data_info=data_info)
+        try:
+            result = run_experiment(cfg, data, list(args.seeds), log=say, world=world, save_dir=args.save,
+                                    data_info=data_info, resume=args.resume is not None)
+        except KeyboardInterrupt:
+            if not args.save or world is not None:
+                raise
+            say(f"fastalign train: interrupted; continue with the same command and --resume {args.save}")
+            return 130
         if world is not None:
             world.dist.barrier(group=world.group)  # no rank closes its connections while another uses them
     finally:
@@ -372,6 +390,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("fastalign: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # the reader went away (`fastalign info | head`): not an error of ours; point stdout
         # at /dev/null so that the interpreter's final flush does not raise again

@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import settings
 from .graph import Graph
 
-ENV_VAR = "FASTALIGN_DATA"
+ENV_VAR = settings.DATA
 PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
 DATASETS = ("synthetic",) + tuple(PLANETOID) + ("ppi",)
 SPLITS = ("train", "val", "test")
@@ -158,7 +159,7 @@ def merge_graphs(graphs: List[GraphBatch], split: str) -> GraphBatch:
 
 # --------------------------------------------------------------------------- public API
 def default_root() -> str:
-    return os.environ.get(ENV_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "fastalign", "datasets")
+    return settings.data_root() or os.path.join(os.path.expanduser("~"), ".cache", "fastalign", "datasets")
 
 
 def load_dataset(name: str, root: Optional[str] = None, seed: int = 0, download: bool = False,

@@ -12,6 +12,8 @@ import platform
 import sys
 from typing import Dict
 
+from . import settings
+
 # op -> the backend functions its automatic choice needs (as the ops ask for them)
 OPS = {
     "spmm": ("spmm_forward", "sddmm"),
@@ -55,7 +57,7 @@ def collect() -> Dict:
         "extensions": {f"fastalign.{n}": extensions.status(n) for n in extensions.EXTENSIONS},
         "automatic_backend": {},
     }
-    env = os.environ.get(backends.ENV_VAR)
+    env = settings.backend()
     if env:
         facts[backends.ENV_VAR] = env
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -90,11 +90,6 @@ def _remember(t: Tensor, **facts) -> None:
         _FACTS[key] = (ref, current, dict(facts))
 
 
-def clear_cache() -> None:
-    with _LOCK:
-        _FACTS.clear()
-
-
 # ----------------------------------------------------------------------------- types
 def check_index_tensor(name: str, t, *, dim: int = 1) -> Tensor:
     if not isinstance(t, Tensor):

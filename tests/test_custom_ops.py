@@ -147,17 +147,8 @@ def test_import_is_light():
     assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
 
 
-def test_the_reference_backend_module_and_its_deprecated_name():
-    import importlib
-    import sys
-    import warnings
-
+def test_the_reference_backend_module():
     from fastalign.backends import reference
 
-    assert backends._load("torch") is reference  # the backend string stays "torch"
-    sys.modules.pop("fastalign.backends.torch", None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        old = importlib.import_module("fastalign.backends.torch")
-    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
-    assert old.spmm_forward is reference.spmm_forward and old.FUNCTIONS == reference.FUNCTIONS
+    assert backends._load("torch") is reference  # the backend string is "torch"
+    assert set(reference.FUNCTIONS) == set(backends.BACKEND_FUNCTIONS)  # every function, no fast path

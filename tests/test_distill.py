@@ -621,7 +621,7 @@ def test_small_graphs_train_on_one_thread_unless_the_user_chose(data, monkeypatc
     class Done(Exception):
         pass
 
-    def fake_run(cfg, data, seed, log, world=None, save_dir=None, data_info=None):
+    def fake_run(cfg, data, seed, log, world=None, save_dir=None, data_info=None, resume=False):
         seen.append(torch.get_num_threads())
         raise Done  # the thread count is all this test needs
 

@@ -30,7 +30,8 @@ def saved(tmp_path_factory):
 def test_one_checkpoint_per_seed_and_student_readable_with_weights_only(saved):
     folder, result = saved
     names = sorted(p.name for p in folder.glob("*.pt"))
-    assert names == ["seed0_student0.pt", "seed0_student1.pt", "seed1_student0.pt", "seed1_student1.pt"]
+    assert names == ["run_seed0.pt", "run_seed1.pt",  # the runs' states, for --resume
+                     "seed0_student0.pt", "seed0_student1.pt", "seed1_student0.pt", "seed1_student1.pt"]
     assert not list(folder.glob(".tmp-*"))
     for run in result["runs"]:
         for s in run["students"]:
@@ -191,3 +192,59 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"format": "first"}
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+
+
+def _train_json(folder, extra, path):
+    return main(TRAIN + ["--seeds", "0", "1", "--epochs", "12", "--json", str(path)] + extra)
+
+
+def _runs(path):
+    runs = json.loads(path.read_text())["runs"]
+    keep = ("students", "ensemble", "epochs_run", "structure_by_pair")
+    return [{k: r[k] for k in keep} for r in runs]
+
+
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, lr_schedule, capsys):
+    from fastalign.distill import trainer
+
+    extra = ["--lr-schedule", lr_schedule, "--mode", "alternating"]
+    whole = tmp_path / "whole.json"
+    assert _train_json(tmp_path, extra + ["--save", str(tmp_path / "a")], whole) == 0
+    # the same run, interrupted in seed 1's 5th epoch (seed 0 done)
+    real, calls = trainer.train_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 12 + 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_step", interrupted)
+    folder = tmp_path / "b"
+    assert _train_json(tmp_path, extra + ["--save", str(folder)], tmp_path / "never.json") == 130
+    assert "--resume" in capsys.readouterr().out
+    state = torch.load(folder / checkpoint.run_state_name(1), weights_only=True)
+    assert state["epoch"] == 4 and not state["done"]
+    assert torch.load(folder / checkpoint.run_state_name(0), weights_only=True)["done"]
+    # resumed: seed 0 is not trained again, seed 1 runs its epochs 5..12
+    calls.clear()
+    resumed = tmp_path / "resumed.json"
+    assert _train_json(tmp_path, extra + ["--resume", str(folder)], resumed) == 0
+    assert len(calls) == 12 - 4
+    assert _runs(resumed) == _runs(whole)
+    for name in ("seed0_student0.pt", "seed1_student1.pt"):
+        a = torch.load(tmp_path / "a" / name, weights_only=True)["student"]
+        b = torch.load(folder / name, weights_only=True)["student"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_other_options(tmp_path, capsys):
+    folder = tmp_path / "run"
+    assert main(TRAIN + ["--epochs", "2", "--save", str(folder)]) == 0
+    with pytest.raises(SystemExit):
+        main(TRAIN + ["--epochs", "2", "--hidden", "32", "--resume", str(folder)])
+    assert "another configuration (hidden: 16 then, 32 now)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(TRAIN + ["--resume", str(tmp_path / "none")])
+    assert "no such folder" in capsys.readouterr().err

@@ -13,17 +13,16 @@ available and implements the op.
 from __future__ import annotations
 
 import importlib
-import os
 from functools import lru_cache
 from types import ModuleType
 from typing import Optional
 
-# Imported under another name: the deprecated alias module fastalign.backends.torch,
-# once loaded, becomes the package attribute `torch` and would shadow the library here.
-import torch as _torch
+import torch
+
+from .. import settings
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
-ENV_VAR = "FASTALIGN_BACKEND"
+ENV_VAR = settings.BACKEND
 
 # The functions a backend module may provide; the ``torch`` reference provides all.
 BACKEND_FUNCTIONS = (
@@ -52,13 +51,11 @@ OPTIONAL_FUNCTIONS = (
     "structure_kl_student_backward",
 )
 
-# Automatic choice per device type, best first. On CUDA, per-op measurement may
-# reorder this (see PREFERENCE_BY_OP); the reference is always the last resort.
+# Automatic choice per device type, best first; the reference is always the last resort.
 PREFERENCE = {
     "cpu": ("cpu", "torch"),
     "cuda": ("triton", "cuda", "torch"),
 }
-PREFERENCE_BY_OP: dict = {}
 
 _MODULES = {
     "torch": "fastalign.backends.reference",
@@ -94,11 +91,11 @@ def get(name: str) -> ModuleType:
     return module
 
 
-def is_available(name: str, device: Optional[_torch.device] = None) -> bool:
+def is_available(name: str, device: Optional[torch.device] = None) -> bool:
     module = _load(name) if name in BACKENDS else None
     if module is None:
         return False
-    return device is None or module.supports(_torch.device(device))
+    return device is None or module.supports(torch.device(device))
 
 
 def implements(name: str, function: str) -> bool:
@@ -116,7 +113,7 @@ def _constant_in_compiled_code(fn):
 
 
 @_constant_in_compiled_code
-def has_fast_path(name: str, functions: tuple, dtype: _torch.dtype) -> bool:
+def has_fast_path(name: str, functions: tuple, dtype: torch.dtype) -> bool:
     """Whether backend ``name`` has the optional ``functions`` for inputs of ``dtype``
     (listed in its ``FAST_PATH_DTYPES``). Decided at trace time under torch.compile."""
     module = _load(name)
@@ -127,14 +124,14 @@ def has_fast_path(name: str, functions: tuple, dtype: _torch.dtype) -> bool:
     )
 
 
-def structure_kl_state_dtype(name: str, dtype: _torch.dtype):
+def structure_kl_state_dtype(name: str, dtype: torch.dtype):
     """(kl dtype, log-sum-exp dtype) of backend ``name``'s structure-KL forward for
     features of ``dtype`` (the fake kernels must know them): the backend's
     ``STRUCTURE_KL_STATE_DTYPE`` entry, else kl in ``dtype`` and the log-sum-exps in
     float64 for float64, float32 otherwise. The public op returns kl in ``dtype``."""
     module = _load(name)
     table = getattr(module, "STRUCTURE_KL_STATE_DTYPE", {}) if module is not None else {}
-    return table.get(dtype, (dtype, _torch.float64 if dtype == _torch.float64 else _torch.float32))
+    return table.get(dtype, (dtype, torch.float64 if dtype == torch.float64 else torch.float32))
 
 
 def cosine_overflow_safe(name: str) -> bool:
@@ -150,13 +147,13 @@ def available_backends(device="cpu") -> list:
 
 
 @_constant_in_compiled_code
-def resolve(op: str, backend: Optional[str], device: _torch.device, functions=()) -> str:
+def resolve(op: str, backend: Optional[str], device: torch.device, functions=()) -> str:
     """The concrete backend name to run ``op`` (needing backend ``functions``) on ``device``.
 
     Under torch.compile the choice is made once, at trace time, and baked into the graph.
     """
     functions = functions or (op,)
-    requested = backend if backend not in (None, "auto") else os.environ.get(ENV_VAR) or None
+    requested = backend if backend not in (None, "auto") else settings.backend()
     if requested not in (None, "auto"):
         if requested not in BACKENDS:
             raise ValueError(f"unknown backend {requested!r}; choose one of {BACKENDS} or 'auto'")
@@ -167,7 +164,7 @@ def resolve(op: str, backend: Optional[str], device: _torch.device, functions=()
         if missing:
             raise ValueError(f"backend {requested!r} does not implement {op} ({', '.join(missing)})")
         return requested
-    order = PREFERENCE_BY_OP.get((device.type, op)) or PREFERENCE.get(device.type, ("torch",))
+    order = PREFERENCE.get(device.type, ("torch",))
     for name in order:
         module = _load(name)
         if module is not None and module.supports(device) and all(

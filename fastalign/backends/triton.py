@@ -12,9 +12,9 @@ cached transpose; ``spmm_max_backward`` gathers each source's won output gradien
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from .. import settings
 
 try:
     from .. import kernels as _kernels
@@ -46,4 +46,4 @@ COSINE_OVERFLOW_SAFE = False
 def supports(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cpu" and settings.triton_interpret()

@@ -16,7 +16,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-DATA_ENV = "FASTALIGN_DATA"
+from .. import settings
+
+DATA_ENV = settings.DATA
 
 
 def power_law_edge_index(

@@ -41,6 +41,53 @@ def checkpoint_name(seed: int, student: int) -> str:
     return f"seed{seed}_student{student}.pt"
 
 
+def run_state_name(seed: int) -> str:
+    return f"run_seed{seed}.pt"
+
+
+# what may differ between a run and its resumption (not part of the result)
+_RESUME_FREE = ("log_every",)
+
+
+def save_run_state(path: str, state: dict) -> None:
+    """The state of a run after an epoch (or its result, once done), replaced atomically
+    each time: a kill leaves the last completed epoch's. Not flushed to the disk: a
+    killed process loses nothing the rename has published."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT + ".run", "format_version": FORMAT_VERSION, **state}, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_run_state(path: str, config: dict, data: Optional[dict]) -> dict:
+    """A run's saved state, checked against the configuration and data set of the run
+    that resumes it (:class:`CheckpointError` when they differ)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable run state ({first[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT + ".run" \
+            or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not a run state of this fastalign version")
+    saved = {k: v for k, v in state["config"].items() if k not in _RESUME_FREE}
+    now = {k: v for k, v in config.items() if k not in _RESUME_FREE}
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        raise CheckpointError(f"{path}: the run being resumed had another configuration ("
+                              + ", ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in changed[:3])
+                              + "); resume with the same options")
+    if data is not None and state.get("data") is not None and state["data"] != data:
+        raise CheckpointError(f"{path}: the run being resumed trained on {state['data']}, not {data}")
+    return state
+
+
 def copy_state(module) -> dict:
     """A copy of ``module.state_dict()`` on the CPU (the kept epoch's weights)."""
     return _tensors(module.state_dict())

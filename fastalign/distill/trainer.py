@@ -288,14 +288,16 @@ ALTERNATING_DISTRIBUTED = (
 
 def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Callable[[str], None]] = None,
               world: Optional[World] = None, save_dir: Optional[str] = None,
-              data_info: Optional[dict] = None) -> dict:
+              data_info: Optional[dict] = None, resume: bool = False) -> dict:
     """Train ``cfg.students`` students from ``seed``; return per-student best-val scores,
     the ensemble's, and the mean training time per epoch. ``world``: where the students
     live (default: all in this process; a :class:`DistributedWorld` spreads them over
     processes, every rank calling this with the same arguments). ``save_dir``: each
     (local) student's best-validation weights are written there
     (:mod:`fastalign.distill.checkpoint`), with ``data_info`` (how the data set was
-    loaded) in the file."""
+    loaded) in the file; in one process, also the whole state of the run after every
+    epoch (``run_seed<s>.pt``), from which ``resume=True`` continues an interrupted run
+    with the same result as an uninterrupted one (a finished seed is not run again)."""
     world = world or World(cfg.students)
     if world.size > 1 and cfg.mode != "simultaneous":
         raise ValueError(ALTERNATING_DISTRIBUTED)
@@ -320,7 +322,31 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
     s_first = s_sum = s_last = None
     scheds = ([torch.optim.lr_scheduler.CosineAnnealingLR(opts[k], T_max=cfg.epochs) for k in local]
               if cfg.lr_schedule == "cosine" else [])
-    for epoch in range(1, cfg.epochs + 1):
+    run_file = (os.path.join(save_dir, checkpoint.run_state_name(seed))
+                if save_dir is not None and world.size == 1 else None)
+    first_epoch = 1
+    if resume and run_file is not None and os.path.exists(run_file):
+        state = checkpoint.load_run_state(run_file, asdict(cfg), data_info)
+        if state["done"]:
+            return state["result"]
+        for k in local:
+            students[k].load_state_dict(state["students"][k])
+            adapters[k].load_state_dict(state["adapters"][k])
+            opts[k].load_state_dict(state["optimizers"][k])
+        for sch, saved in zip(scheds, state["schedulers"]):
+            sch.load_state_dict(saved)
+        rng.cpu = list(state["rng_students"])
+        if rng.gpu is not None and state.get("rng_students_gpu") is not None:
+            rng.gpu = list(state["rng_students_gpu"])
+        gen.set_state(state["rng_batches"])
+        torch.set_rng_state(state["rng_torch"])
+        best = {k: dict(state["best"][k]) for k in local}
+        kept = {k: tuple(v) for k, v in state["kept"].items()}
+        epoch_times = list(state["epoch_times"])
+        s_first, s_sum, s_last = state["structure"]
+        exchanged = state["exchanged"]
+        first_epoch = state["epoch"] + 1
+    for epoch in range(first_epoch, cfg.epochs + 1):
         align_scale = min(1.0, epoch / cfg.align_warmup) if cfg.align_warmup else 1.0
         batches = data.train_batches(cfg.batch_size, gen, num_parts=cfg.num_parts)
         for k in local:
@@ -359,6 +385,18 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
             log(f"  seed {seed} epoch {epoch:4d}  task {p['task']:.4f}  ds {p['ds']:.4f}  "
                 f"struct {p['structure']:.2e}{f' [{by_pair.strip()}]' if by_pair else ''}  "
                 f"feat {p['feature']:.4f}  val {' '.join(f'{v:.3f}' for v in vals)}")
+        if run_file is not None:  # the run as of this epoch, to resume from
+            checkpoint.save_run_state(run_file, {
+                "done": False, "epoch": epoch, "config": asdict(cfg), "data": data_info,
+                "students": {k: students[k].state_dict() for k in local},
+                "adapters": {k: adapters[k].state_dict() for k in local},
+                "optimizers": {k: opts[k].state_dict() for k in local},
+                "schedulers": [sch.state_dict() for sch in scheds],
+                "rng_students": list(rng.cpu), "rng_students_gpu": list(rng.gpu) if rng.gpu else None,
+                "rng_batches": gen.get_state(), "rng_torch": torch.get_rng_state(),
+                "best": best, "kept": kept, "epoch_times": epoch_times,
+                "structure": [s_first, s_sum, s_last], "exchanged": exchanged,
+            })
         if stalled:
             break
     if save_dir is not None:
@@ -377,7 +415,7 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
     # what is deployed: the student proper, without its deep-supervision heads
     first = next(s for s in students if s is not None)
     deployed = [p for name, p in first.named_parameters() if not name.startswith("aux.")]
-    return {
+    result = {
         "seed": seed,
         "student_parameters": sum(p.numel() for p in deployed),
         "student_bytes": sum(p.numel() * p.element_size() for p in deployed),
@@ -395,6 +433,10 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
             for i, (l, m) in enumerate(pairs)
         ] if s_last is not None else [],
     }
+    if run_file is not None:  # the seed is done: a resume takes this result as it is
+        checkpoint.save_run_state(run_file, {"done": True, "config": asdict(cfg), "data": data_info,
+                                             "result": result})
+    return result
 
 
 def _on(batch, cfg: TrainConfig):
@@ -442,13 +484,14 @@ def _thread_count(cfg: TrainConfig, data: NodeDataset):
 def run_experiment(cfg: TrainConfig, data: NodeDataset, seeds: List[int],
                    log: Optional[Callable[[str], None]] = None,
                    stop: Optional[Callable[[], bool]] = None, world: Optional[World] = None,
-                   save_dir: Optional[str] = None, data_info: Optional[dict] = None) -> dict:
+                   save_dir: Optional[str] = None, data_info: Optional[dict] = None,
+                   resume: bool = False) -> dict:
     """Runs every seed; the summary holds mean/std of the test score over all (seed,
     student) pairs, per-student and ensemble means, and the mean epoch time. ``stop``
     (checked before each seed after the first) ends the run early; ``seeds`` in the
     result lists the seeds that ran. ``world``: see :func:`train_run` (every rank gets
-    the whole result; only the main one logs). ``save_dir``, ``data_info``: see
-    :func:`train_run` (one checkpoint per seed and student)."""
+    the whole result; only the main one logs). ``save_dir``, ``data_info``, ``resume``:
+    see :func:`train_run` (one checkpoint per seed and student)."""
     if not seeds:
         raise ValueError("seeds must not be empty")
     world = world or World(cfg.students)
@@ -459,7 +502,7 @@ def run_experiment(cfg: TrainConfig, data: NodeDataset, seeds: List[int],
             # one decision for every rank (a rank that stopped alone would hang the others)
             if runs and stop is not None and world.max_float(float(bool(stop()))) > 0:
                 break
-            r = train_run(cfg, data, seed, log, world, save_dir=save_dir, data_info=data_info)
+            r = train_run(cfg, data, seed, log, world, save_dir=save_dir, data_info=data_info, resume=resume)
             runs.append(r)
             if log and world.is_main:
                 accs = " ".join(f"{s['test']:.4f}" for s in r["students"])

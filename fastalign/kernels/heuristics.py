@@ -25,12 +25,13 @@ when tuning fails, the heuristic is used.
 
 from __future__ import annotations
 
-import os
 from typing import Callable, NamedTuple, Sequence
 
 import torch
 import triton
 import triton.language as tl
+
+from .. import settings
 
 TILE = 4096
 
@@ -105,7 +106,7 @@ def rows_packing(plan, width: int, dtype: torch.dtype, tile: int = TILE):
     alone, and a row's result depends only on ROW_E and BLOCK_F: the same bits in every
     process, whichever rows share its program. ``FASTALIGN_TRITON_PACK_ROWS=0`` turns
     packing off (one row per program everywhere), to compare the two on a device."""
-    if os.environ.get("FASTALIGN_TRITON_PACK_ROWS", "1") == "0":
+    if not settings.triton_pack_rows():
         return None
     bf = block_f(width, dtype)
     lanes = max(tile // bf, 16)
@@ -127,9 +128,7 @@ def _neighbours(cfg: Config) -> Sequence[Config]:
 
 
 def _autotune_enabled(device: torch.device) -> bool:
-    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
-        return False
-    if os.environ.get("FASTALIGN_TRITON_AUTOTUNE", "0") != "1":
+    if device.type != "cuda" or settings.triton_interpret() or not settings.triton_autotune():
         return False
     try:
         return not torch.cuda.is_current_stream_capturing()

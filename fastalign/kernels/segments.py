@@ -18,7 +18,6 @@ on the same plan, i.e. per graph (and per transpose, which has its own rowptr).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from typing import Optional
@@ -26,6 +25,8 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+
+from .. import settings
 
 MAX_PLANS = 64
 _PLANS: "OrderedDict[tuple, RowPlan]" = OrderedDict()
@@ -37,11 +38,11 @@ def split_length(avg_degree: float) -> int:
     """Longest row handled by one program: ~4x the mean degree, so that the longest
     program costs a few average ones, clamped to [256, 4096] edges (at least a few
     blocks of edges per segment; not so short that the combine pass dominates)."""
-    env = os.environ.get("FASTALIGN_TRITON_SPLIT")
     if _SPLIT_OVERRIDE is not None:
         return _SPLIT_OVERRIDE
-    if env:
-        return max(1, int(env))
+    forced = settings.triton_split()
+    if forced is not None:
+        return forced
     want = triton.next_power_of_2(max(1, int(4 * avg_degree)))
     return int(min(max(want, 256), 4096))
 
@@ -142,10 +143,6 @@ def row_plan(rowptr: torch.Tensor) -> RowPlan:
             _PLANS.popitem(last=False)
     return plan
 
-
-def clear_plans() -> None:
-    with _LOCK:
-        _PLANS.clear()
 
 
 # --------------------------------------------------------------------------- jit helpers

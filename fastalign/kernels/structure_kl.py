@@ -28,17 +28,15 @@ under torch.use_deterministic_algorithms).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from .. import settings
 from .heuristics import acc_dtype, block_f, heuristic, launch, torch_acc
 from .launch import launcher
 from .segments import combine_sum, row_plan, vmask, work_item
 from .similarity import KINDS, row_sims, sim_grad, sim_grad_other, sq_norm
-
 
 
 @triton.jit
@@ -318,7 +316,7 @@ def atomic_backward() -> bool:
     edges' features instead of three) but non-deterministic summation order; never used
     while torch.use_deterministic_algorithms(True) is on."""
     return (
-        os.environ.get("FASTALIGN_TRITON_SKL_BACKWARD", "recompute") == "atomic"
+        settings.triton_atomic_skl_backward()
         and not torch.are_deterministic_algorithms_enabled()
     )
 
