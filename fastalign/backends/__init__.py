@@ -134,6 +134,7 @@ def structure_kl_state_dtype(name: str, dtype: torch.dtype):
     return table.get(dtype, (dtype, torch.float64 if dtype == torch.float64 else torch.float32))
 
 
+@_constant_in_compiled_code
 def cosine_overflow_safe(name: str) -> bool:
     """Whether backend ``name`` computes the cosine kernel without overflow for any finite
     float32 input (its ``COSINE_OVERFLOW_SAFE``, True unless a backend says otherwise)."""

@@ -106,7 +106,9 @@ MAX_DEGREE = 2**31 - 1  # the kernels take the degree as a C int
 
 
 def real_number(name: str, value) -> float:
-    """A finite real number (int or float, not a bool, a string or a tensor of several)."""
+    """A finite real number (int or float, not a bool, a string or a tensor of several).
+    Finiteness is tested by comparisons, which ``torch.compile(dynamic=True)`` traces on
+    a symbolic float (``math.isfinite`` it cannot)."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
     if isinstance(value, Tensor):
@@ -114,7 +116,7 @@ def real_number(name: str, value) -> float:
             raise TypeError(f"{name} must be a real number, got a tensor of shape {list(value.shape)}")
         value = value.item()
     value = float(value)
-    if not math.isfinite(value):
+    if not (value == value and value - value == 0):  # NaN and +-inf fail these
         raise ValueError(f"{name} must be finite, got {value}")
     return value
 
