@@ -163,3 +163,74 @@ def test_to_hetero_with_bases_says_it_needs_message_hooks():
     metadata = (["paper", "author"], [("paper", "cites", "paper"), ("author", "writes", "paper")])
     with pytest.raises(NotImplementedError, match="no messages to hook"):
         to_hetero_with_bases(Net(), metadata, num_bases=2, in_channels={"x": 8})
+
+
+def test_convert_keeps_the_parameter_objects_ties_freezing_and_optimizers():
+    torch.manual_seed(0)
+    model = pyg_nn.models.GCN(F_IN, 16, 2, 4)
+    model.convs[1].bias.requires_grad_(False)  # frozen
+    model.convs[0].lin.weight = torch.nn.Parameter(model.convs[0].lin.weight.detach())
+    before = dict(model.named_parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # built before convert
+    x, ei = inputs()
+    out0 = model(x, ei).detach()
+    fnn.convert(model)
+    assert all(type(c).__module__.startswith("fastalign") for c in model.convs)
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert not model.convs[1].bias.requires_grad
+    torch.testing.assert_close(model(x, ei), out0)
+    model(x, ei).square().sum().backward()
+    opt.step()  # the optimizer's parameters are the model's: the converted model learns
+    assert not torch.allclose(model(x, ei), out0)
+    assert model.convs[1].bias.grad is None
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = pyg_nn.GCNConv(F_IN, F_IN), pyg_nn.GCNConv(F_IN, F_IN)
+            self.b.lin.weight = self.a.lin.weight  # one weight, two layers
+
+    tied = fnn.convert(Tied())
+    assert tied.a.lin.weight is tied.b.lin.weight
+    assert len(list(tied.parameters())) == 3  # the tied weight once, two biases
+
+
+def test_convert_keeps_module_hooks():
+    x, ei = inputs()
+    conv = pyg_nn.GCNConv(F_IN, 8)
+    seen = []
+    conv.register_forward_pre_hook(lambda m, args: seen.append(("pre", type(m).__module__)))
+    conv.register_forward_hook(lambda m, args, out: seen.append(("post", type(m).__module__)))
+    conv.register_full_backward_hook(lambda m, gin, gout: seen.append(("backward", type(m).__module__)))
+    ours = fnn.convert(conv)
+    x.requires_grad_(True)
+    ours(x, ei).sum().backward()
+    assert [kind for kind, _ in seen] == ["pre", "post", "backward"]
+    assert all(where.startswith("fastalign") for _, where in seen)
+
+
+def test_convert_leaves_what_it_cannot_carry_and_says_why():
+    from torch.nn.utils import parametrizations, weight_norm
+
+    class Three(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.normed = pyg_nn.GCNConv(F_IN, 8)
+            weight_norm(self.normed.lin, "weight")
+            self.spectral = pyg_nn.GCNConv(F_IN, 8)
+            parametrizations.spectral_norm(self.spectral.lin, "weight")
+            self.hooked = pyg_nn.GraphConv(F_IN, 8)
+            self.hooked.register_message_forward_hook(lambda m, inputs, out: out)
+            self.plain = pyg_nn.GCNConv(F_IN, 8)
+
+    with pytest.warns(UserWarning, match="left these layers"):
+        model = fnn.convert(Three())
+    reasons = dict(model.fastalign_skipped)
+    assert "WeightNorm" in reasons["normed"] and "parametrization" in reasons["spectral"]
+    assert "message-passing hooks" in reasons["hooked"]
+    assert type(model.plain).__module__.startswith("fastalign")
+    with torch.device("meta"):
+        meta = pyg_nn.GCNConv(F_IN, 8)
+    fnn.convert(meta, quiet=True)
+    assert "meta device" in dict(meta.fastalign_skipped)["GCNConv"]

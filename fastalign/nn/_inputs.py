@@ -370,16 +370,41 @@ class DropInConv(torch.nn.Module):
         """The constructor arguments that rebuild a PyG layer of this name."""
         raise NotImplementedError
 
+    # the module hooks a converted layer keeps (they see fastalign's layer as `module`)
+    _KEPT_HOOKS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                   "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+                   "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+                   "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+
     @classmethod
     def from_pyg(cls, conv, *, backend: Optional[str] = None):
-        """This layer with the options and parameters of a built PyG layer of the same
-        name (same device and dtype; a GINConv's ``nn`` is shared, not copied)."""
+        """This layer with the options of a built PyG layer of the same name and its very
+        Parameter and buffer objects (an optimizer built before, tied weights, frozen
+        parameters and ``named_parameters`` all carry over; a GINConv's ``nn`` is
+        shared), and its module hooks (forward, forward-pre, backward, state-dict).
+        Refused (``ValueError``, so that ``convert`` leaves the layer and says why): a lazy
+        layer, one with a parametrization (``weight_norm``, ``spectral_norm``), one on the
+        meta device, one with PyG message hooks."""
         name = cls.__name__
         if type(conv).__name__ != name or not isinstance(conv, torch.nn.Module):
             raise TypeError(f"expected a torch_geometric.nn.{name}, got {type(conv).__name__}")
         for p in conv.parameters():
             if isinstance(p, torch.nn.parameter.UninitializedParameter):
                 raise ValueError(f"the PyG {name} is lazy (in_channels=-1): run it once first")
+        from torch.nn.utils import parametrize
+
+        hooked = [type(h).__name__ for m in conv.modules() for h in m._forward_pre_hooks.values()
+                  if type(h).__name__ in ("WeightNorm", "SpectralNorm")]
+        if hooked or any(parametrize.is_parametrized(m) for m in conv.modules()):
+            raise ValueError(f"the PyG {name} has a parametrization ({', '.join(hooked) or 'torch.nn.utils.parametrize'}), "
+                             "which fastalign's layer would not apply")
+        if any(t.is_meta for t in list(conv.parameters()) + list(conv.buffers())):
+            raise ValueError(f"the PyG {name} is on the meta device: convert it once its weights exist")
+        message_hooks = [k for k, v in vars(conv).items()
+                         if k.endswith("_hooks") and k not in cls._KEPT_HOOKS and isinstance(v, dict) and v]
+        if message_hooks:
+            raise ValueError(f"the PyG {name} has message-passing hooks ({', '.join(sorted(message_hooks))}), "
+                             "which fastalign's fused kernels cannot call")
         # taken first: building a GINConv resets the nn it shares with the PyG layer
         state = {k: v.detach().clone() for k, v in conv.state_dict().items()}
         args, kwargs = cls._pyg_arguments(conv)
@@ -388,10 +413,19 @@ class DropInConv(torch.nn.Module):
             decomposed_layers=getattr(conv, "decomposed_layers", 1),
         )
         ours = cls(*args, backend=backend, **kwargs)
-        ours.load_state_dict(state)
+        ours.load_state_dict(state)  # checks that every name and shape agrees
         first = next(iter(conv.parameters()), None)
         if first is not None:
             ours = ours.to(device=first.device, dtype=first.dtype)
+        # then the PyG layer's own objects in place of the copies
+        for key, tensor in list(conv.named_parameters(remove_duplicate=False)) + list(conv.named_buffers()):
+            owner_name, _, leaf = key.rpartition(".")
+            owner = ours.get_submodule(owner_name) if owner_name else ours
+            slot = owner._parameters if leaf in owner._parameters else owner._buffers
+            slot[leaf] = tensor
+        for hooks in cls._KEPT_HOOKS:
+            getattr(ours, hooks).update(getattr(conv, hooks))
+        ours._is_full_backward_hook = conv._is_full_backward_hook
         ours.train(conv.training)
         return ours
 
