@@ -338,6 +338,23 @@ def test_one_graph_per_edge_index_tensor_and_in_place_edits_are_seen():
         assert _inputs.prepare("T", x, ei_inf).graph is not _inputs.prepare("T", x, ei_inf).graph
 
 
+def test_edits_the_version_counter_does_not_see_build_a_fresh_graph():
+    """.data, a NumPy view and a torch.from_numpy alias change the indices without a
+    version bump: the cached CSR must not be served for them (CPU)."""
+    x, ei = square_inputs(seed=4)
+    ours, theirs = build("GraphConv", F_IN, 3, {})
+    array = ei.numpy()  # shares the memory
+    alias = torch.from_numpy(array)  # another tensor over the same memory
+    for edit in (lambda: ei.data[0, :5].copy_(torch.arange(5)),
+                 lambda: array.__setitem__((1, slice(0, 7)), 3),
+                 lambda: alias[0, 10:20].fill_(N_SRC - 1)):
+        torch.testing.assert_close(ours(x, ei), theirs(x, ei))  # cached
+        version = ei._version
+        edit()
+        assert ei._version == version  # the counter did not see it
+        torch.testing.assert_close(ours(x, ei), theirs(x, ei))
+
+
 @pytest.mark.parametrize("name", ["GCNConv", "SAGEConv", "GraphConv", "GINConv", "GATConv"])
 def test_torchscript_is_refused_by_name(name):
     conv = fnn.GINConv(torch.nn.Linear(4, 4)) if name == "GINConv" else getattr(fnn, name)(4, 4)
