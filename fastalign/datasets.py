@@ -38,6 +38,11 @@ from . import settings
 from .graph import Graph
 
 ENV_VAR = settings.DATA
+
+
+class DatasetError(ValueError):
+    """A data set's files are there but cannot be used: truncated, garbled, or not
+    matching each other. The message names the file and the problem in one line."""
 PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
 DATASETS = ("synthetic",) + tuple(PLANETOID) + ("ppi",)
 SPLITS = ("train", "val", "test")
@@ -378,7 +383,39 @@ def _read_planetoid(Planetoid, where: str, folder: str, raw: str):
     try:
         return Planetoid(where, folder, split="public")[0]
     except Exception as exc:
-        raise RuntimeError(f"could not read {folder} from {raw}: {type(exc).__name__}: {exc}") from exc
+        _name_the_damaged_file(raw, folder.lower())
+        raise DatasetError(f"could not read {folder} from {raw}: {type(exc).__name__}: "
+                           f"{_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _name_the_damaged_file(raw: str, key: str) -> None:
+    """After PyG failed to read a Planetoid folder: read each raw file as PyG does and
+    raise a DatasetError naming the first that does not load."""
+    import pickle
+    import sys
+
+    for ext in ("x", "tx", "allx", "y", "ty", "ally", "graph"):
+        path = os.path.join(raw, f"ind.{key}.{ext}")
+        try:
+            with open(path, "rb") as f:
+                if sys.version_info > (3, 0):
+                    pickle.load(f, encoding="latin1")
+                else:  # pragma: no cover
+                    pickle.load(f)
+        except Exception as exc:
+            raise DatasetError(f"{path}: damaged or not a Planetoid file "
+                               f"({type(exc).__name__}: {_first_line(exc)})") from None
+    path = os.path.join(raw, f"ind.{key}.test.index")
+    try:
+        with open(path) as f:
+            [int(line) for line in f if line.strip()]
+    except Exception as exc:
+        raise DatasetError(f"{path}: damaged ({type(exc).__name__}: {_first_line(exc)})") from None
 
 
 def _from_pyg(data, key: str, normalize_features: bool) -> NodeDataset:
@@ -410,16 +447,39 @@ def read_ppi_split(raw_dir: str, split: str) -> List[GraphBatch]:
     node-link json's links in both directions (an undirected graph), relabelled per
     graph id, self loops removed, duplicates merged."""
     prefix = os.path.join(raw_dir, PPI_SPLITS[split])
-    with open(prefix + "_graph.json") as f:
-        graph = json.load(f)
-    x = torch.from_numpy(np.load(prefix + "_feats.npy")).float()
-    y = torch.from_numpy(np.load(prefix + "_labels.npy")).float()
-    graph_id = torch.from_numpy(np.load(prefix + "_graph_id.npy")).long()
+
+    def read(suffix, how):
+        try:
+            return how(prefix + suffix)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise DatasetError(f"{prefix}{suffix}: damaged ({type(exc).__name__}: {_first_line(exc)})") from None
+
+    def read_json(path):
+        with open(path) as f:
+            return json.load(f)
+
+    graph = read("_graph.json", read_json)
+    x = torch.from_numpy(read("_feats.npy", np.load)).float()
+    y = torch.from_numpy(read("_labels.npy", np.load)).float()
+    graph_id = torch.from_numpy(read("_graph_id.npy", np.load)).long()
+    for suffix, t in (("_labels.npy", y), ("_graph_id.npy", graph_id)):
+        if t.size(0) != x.size(0):
+            raise DatasetError(f"{prefix}{suffix} has {t.size(0)} rows but {prefix}_feats.npy has {x.size(0)} "
+                               "(files from different versions of PPI?)")
+    if x.dim() != 2 or y.dim() != 2 or graph_id.dim() != 1:
+        raise DatasetError(f"{prefix}_*.npy: expected 2-D features and labels and 1-D graph ids, got shapes "
+                           f"{list(x.shape)}, {list(y.shape)}, {list(graph_id.shape)}")
     # Node ids are the feature rows (PyG indexes x by the networkx node ids).
-    links = [(int(l["source"]), int(l["target"])) for l in graph["links"]]
+    try:
+        links = [(int(l["source"]), int(l["target"])) for l in graph["links"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DatasetError(f"{prefix}_graph.json: not a node-link graph ({type(exc).__name__}: "
+                           f"{_first_line(exc)})") from None
     ei = torch.tensor(links, dtype=torch.long).t().reshape(2, -1)
     if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= x.size(0)):
-        raise ValueError(f"{prefix}_graph.json links refer to nodes outside the {x.size(0)} feature rows")
+        raise DatasetError(f"{prefix}_graph.json links refer to nodes outside the {x.size(0)} feature rows")
     if not graph.get("directed", False):
         ei = torch.cat([ei, ei.flip(0)], 1)
     out = []
@@ -438,5 +498,8 @@ def read_ppi_split(raw_dir: str, split: str) -> List[GraphBatch]:
 def load_ppi(root: str) -> NodeDataset:
     raw = _ppi_raw_dir(root)
     graphs = {split: read_ppi_split(raw, split) for split in SPLITS}
+    widths = {split: (gs[0].x.size(1), gs[0].y.size(1)) for split, gs in graphs.items() if gs}
+    if len(set(widths.values())) > 1:
+        raise DatasetError(f"PPI under {raw}: the splits' feature and label widths differ {widths}")
     first = graphs["train"][0]
     return NodeDataset("ppi", first.x.size(1), first.y.size(1), True, graphs=graphs)

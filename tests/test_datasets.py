@@ -232,6 +232,49 @@ def test_ppi_missing_root_is_clear(tmp_path):
         load_dataset("ppi", str(tmp_path))
 
 
+@pytest.mark.parametrize("damage,message", [
+    (lambda raw: open(os.path.join(raw, "valid_graph.json"), "w").write('{"links": [{"sou'),
+     "valid_graph.json: damaged"),
+    (lambda raw: open(os.path.join(raw, "test_feats.npy"), "wb").write(b"garbage"), "test_feats.npy: damaged"),
+    (lambda raw: np.save(os.path.join(raw, "train_labels.npy"), np.zeros((3, 121))),
+     "train_labels.npy has 3 rows but .*train_feats.npy has 22"),
+    (lambda raw: np.save(os.path.join(raw, "test_feats.npy"), np.zeros((11, 7), np.float32)),
+     "widths differ"),
+    (lambda raw: open(os.path.join(raw, "train_graph.json"), "w").write('{"links": [{"a": 1}]}'),
+     "train_graph.json: not a node-link graph"),
+])
+def test_ppi_damaged_or_mismatched_files_are_named(tmp_path, damage, message, capsys):
+    from fastalign.cli import main
+    from fastalign.datasets import DatasetError
+
+    raw = str(tmp_path / "PPI" / "raw")
+    _write_ppi(raw, np.random.default_rng(0))
+    damage(raw)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset("ppi", str(tmp_path))
+    with pytest.raises(SystemExit) as stop:  # the command line: one line, exit status 2
+        main(["train", "--dataset", "ppi", "--root", str(tmp_path), "--epochs", "1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("fastalign train: error:")
+
+
+def test_planetoid_damaged_file_is_named(tmp_path, capsys):
+    import shutil
+
+    root = _data_root()
+    if root is None or not os.path.isdir(os.path.join(root, "Cora", "raw")):
+        pytest.skip("no Cora raw files under $FASTALIGN_DATA (set it to the folder that holds Cora/raw)")
+    pytest.importorskip("torch_geometric")
+    from fastalign.datasets import DatasetError
+
+    shutil.copytree(os.path.join(root, "Cora", "raw"), tmp_path / "Cora" / "raw", copy_function=shutil.copyfile)
+    path = tmp_path / "Cora" / "raw" / "ind.cora.tx"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DatasetError, match="ind.cora.tx: damaged or not a Planetoid file"):
+        load_dataset("cora", str(tmp_path))
+
+
 def test_merge_graphs_offsets():
     a = synthetic_csbm(num_nodes=200, seed=0).transductive
     b = synthetic_csbm(num_nodes=200, seed=1).transductive
