@@ -297,10 +297,9 @@ def cmd_train(args) -> int:
         print(f"saved {len(result['seeds']) * cfg.students} student checkpoint(s) in {args.save} "
               "(fastalign evaluate | predict | export CHECKPOINT)")
     if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(folder, exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        from .bench.report import write_json
+
+        write_json(result, args.json)
         print(f"wrote {args.json}")
     return 0
 

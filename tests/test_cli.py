@@ -141,3 +141,23 @@ def test_an_extension_built_for_another_torch_is_not_loaded(monkeypatch):
     assert f"built against torch 2.0.0+cpu, but this is torch {torch.__version__}" in str(w.message)
     assert "fastalign._C" not in imported
     assert "built against torch 2.0.0+cpu" in extensions.why_unavailable("cpu")
+
+
+def test_json_outputs_are_strict(tmp_path):
+    """NaN and infinities are written as null: RFC 8259 JSON that strict readers accept."""
+    import json
+
+    from fastalign.bench.report import write_json
+
+    def refuse(name):
+        raise ValueError(f"non-strict JSON constant {name}")
+
+    path = tmp_path / "a.json"
+    write_json({"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": (2, "x")}, path)
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"a": None, "b": [1.0, None, {"c": None}],
+                                                                    "d": [2, "x"]}
+    from fastalign.cli import main
+
+    out = tmp_path / "train.json"
+    assert main(["train", "--epochs", "1", "--nodes", "200", "--json", str(out), "--log-every", "0"]) == 0
+    json.loads(out.read_text(), parse_constant=refuse)

@@ -200,11 +200,24 @@ def check_output(path, flag: str, suffixes=None) -> None:
         raise ValueError(f"{flag} {path}: cannot write in {folder} ({exc.strerror or exc})") from exc
 
 
+def strict(value):
+    """``value`` with every NaN or infinite float as None: strict JSON (RFC 8259 has no
+    NaN), which every reader accepts (Python's json writes NaN unless told not to)."""
+    if isinstance(value, float):
+        return value if value == value and value - value == 0 else None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
 def write_json(run: dict, path) -> None:
+    """``run`` as strict JSON (NaN and infinities as null)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        json.dump(run, f, indent=1, default=str)
+        json.dump(strict(run), f, indent=1, default=str, allow_nan=False)
         f.write("\n")
 
 

@@ -9,7 +9,6 @@ checkpoint (``fastalign train --save DIR`` writes one per seed and student).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -166,9 +165,10 @@ def cmd_evaluate(args) -> int:
             f"{ms:.2f} ms on {name.replace('_', ' ')}" for name, ms in facts["inference_ms"].items())
     print(line)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"checkpoint": args.checkpoint, "dataset": data.name, "metric": data.metric,
-                       "scores": scores, "trained": trained, **facts}, f, indent=1)
+        from ..bench.report import write_json
+
+        write_json({"checkpoint": args.checkpoint, "dataset": data.name, "metric": data.metric,
+                    "scores": scores, "trained": trained, **facts}, args.json)
         print(f"wrote {args.json}")
     return 0
 
