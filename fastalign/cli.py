@@ -384,9 +384,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (a scheduler, `kill`) ends the command like Ctrl-C, through Python: open
+    files are closed and temporary folders (the copy of a read-only data set) removed,
+    which the default action (immediate death) would leave behind."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def stop(signum, frame):
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:  # run as the fastalign command, not called from Python
+        _exit_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

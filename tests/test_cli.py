@@ -161,3 +161,40 @@ def test_json_outputs_are_strict(tmp_path):
     out = tmp_path / "train.json"
     assert main(["train", "--epochs", "1", "--nodes", "200", "--json", str(out), "--log-every", "0"]) == 0
     json.loads(out.read_text(), parse_constant=refuse)
+
+
+def test_sigterm_while_loading_leaves_no_temporary_copy(tmp_path):
+    """A read-only data set is read through a temporary copy; SIGTERM during the load
+    must remove it (the command ends through Python, exit status 143)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.environ.get("FASTALIGN_DATA")
+    if not root or not os.path.isdir(os.path.join(root, "Cora", "raw")):
+        pytest.skip("no Cora raw files under $FASTALIGN_DATA")
+    pytest.importorskip("torch_geometric")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    script = (
+        "import time, fastalign.datasets as d, fastalign.cli as c\n"
+        "d._writable = lambda path: False  # as for a read-only data set\n"
+        "real = d._read_planetoid\n"
+        "def slow(*a):\n"
+        "    time.sleep(30)  # the signal arrives while the copy exists\n"
+        "    return real(*a)\n"
+        "d._read_planetoid = slow\n"
+        "c._exit_on_sigterm()\n"
+        f"c.main(['train', '--dataset', 'cora', '--root', {root!r}, '--epochs', '1'])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "TMPDIR": str(tmp)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not list(tmp.glob("fastalign-data-*")) and time.time() < deadline:
+        time.sleep(0.1)
+    assert list(tmp.glob("fastalign-data-*")), "the temporary copy never appeared"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert list(tmp.glob("fastalign-data-*")) == []
