@@ -194,8 +194,11 @@ def format_table(result: dict) -> str:
                      + ", ".join(f"{p['pair'][0]}->{p['pair'][1]} first epoch {p['first_epoch']:.2e} "
                                  f"last {p['last_epoch']:.2e}" for p in pairs))
     if result.get("student_parameters"):
+        timing = result.get("student_inference_ms") or {}
+        speed = ", ".join(f"{ms:.2f} ms on {name.replace('_', ' ')}" for name, ms in timing.items())
         lines.append(f"each student: {result['student_parameters']:,} parameters "
-                     f"({result['student_bytes']:,} bytes, without its deep-supervision heads)")
+                     f"({result['student_bytes']:,} bytes, without its deep-supervision heads)"
+                     + (f"; CPU inference over the graph {speed}" if speed else ""))
     lines.append(f"epoch time {result['epoch_time_s'] * 1e3:.1f} ms "
                  f"({len(result['seeds'])} seed(s) x {len(result['per_student'])} student(s))")
     return "\n".join(lines)

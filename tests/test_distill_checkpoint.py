@@ -248,3 +248,28 @@ def test_resume_refuses_other_options(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(TRAIN + ["--resume", str(tmp_path / "none")])
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_export_with_kernels_runs_where_fastalign_is_imported(saved, tmp_path):
+    folder, _ = saved
+    path = folder / "seed0_student1.pt"
+    program = tmp_path / "kernels.pt2"
+    assert main(["export", str(path), "--out", str(program), "--keep-kernels"]) == 0
+    record = checkpoint.load(str(path))
+    student = checkpoint.build_student(record)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(50, record["architecture"]["in_dim"], generator=gen)
+    edge_index = torch.randint(0, 50, (2, 200), generator=gen)
+    with torch.no_grad():
+        want = student(Graph.from_edge_index(edge_index, num_nodes=50), edge_index, x).logits
+    torch.save({"x": x, "edge_index": edge_index}, tmp_path / "inputs.pt")
+    script = (
+        "import torch, fastalign.ops  # registers the custom ops the program calls\n"
+        f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
+        f"program = torch.export.load({str(program)!r})\n"
+        "assert any('fastalign' in str(n.target) for n in program.graph.nodes)\n"
+        f"torch.save(program.module()(inputs['x'], inputs['edge_index']), {str(tmp_path / 'out.pt')!r})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), want)

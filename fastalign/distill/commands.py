@@ -50,6 +50,9 @@ def add_parsers(subparsers) -> None:
                                           "torch.export.load(FILE).module() and call it with (x, edge_index).")
     p.add_argument("checkpoint", help="a file written by fastalign train --save")
     p.add_argument("--out", required=True, help="the exported program (.pt2)")
+    p.add_argument("--keep-kernels", action="store_true",
+                   help="export the student with fastalign's kernels (custom ops): faster, but the "
+                        "program then loads only where fastalign is installed, after import fastalign.ops")
     p.set_defaults(func=cmd_export, parser=p)
 
 
@@ -112,37 +115,15 @@ def evaluate(record, student, data, device="cpu") -> Dict[str, float]:
 
 
 def size_and_speed(student, data, device="cpu", reps: int = 10) -> dict:
-    """What a deployer weighs: the student's parameter count and bytes, and the median
-    time of one inference over the data set's first evaluation graph, on one thread and
-    on all of torch's threads (CPU)."""
-    import statistics
-    import time
+    """The student's size, and on the CPU its inference time over the data set's first
+    evaluation graph (:func:`fastalign.distill.inference.inference_cost`)."""
+    from .inference import inference_cost
 
-    import torch
-
-    params = list(student.parameters())
-    facts = {"parameters": sum(p.numel() for p in params),
-             "bytes": sum(p.numel() * p.element_size() for p in params)}
+    params = [p for p in student.parameters()]
     if str(device) != "cpu":
-        return facts
-    batch = _batches(data, "all")[0][0]
-    threads = torch.get_num_threads()
-    timings = {}
-    for count in sorted({1, threads}):
-        torch.set_num_threads(count)
-        try:
-            _logits(student, batch, device)  # warm-up
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                _logits(student, batch, device)
-                times.append(time.perf_counter() - t0)
-        finally:
-            torch.set_num_threads(threads)
-        timings[f"{count}_thread{'s' if count > 1 else ''}"] = statistics.median(times) * 1e3
-    facts["inference_ms"] = timings
-    facts["nodes"] = batch.num_nodes
-    return facts
+        return {"parameters": sum(p.numel() for p in params),
+                "bytes": sum(p.numel() * p.element_size() for p in params)}
+    return inference_cost(student, _batches(data, "all")[0][0], reps)
 
 
 def cmd_evaluate(args) -> int:
@@ -211,18 +192,19 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def export(record, path: str) -> float:
-    """Exports the checkpoint's student (plain PyTorch, dynamic node and edge counts) to
-    ``path``; returns the largest difference between the exported program and the
-    student on a random graph (a check that it computes the same)."""
+def export(record, path: str, keep_kernels: bool = False) -> float:
+    """Exports the checkpoint's student (plain PyTorch, or with ``keep_kernels``
+    fastalign's custom ops; dynamic node and edge counts) to ``path``; returns the
+    largest difference between the exported program and the student on a random graph
+    (a check that it computes the same)."""
     import torch
     from torch.export import Dim
 
     from .checkpoint import build_student
-    from .portable import PortableStudent
+    from .portable import KernelStudent, PortableStudent
 
-    student = build_student(record, backend="torch")
-    portable = PortableStudent.from_student(student)
+    student = build_student(record, backend=None if keep_kernels else "torch")
+    portable = KernelStudent(student).eval() if keep_kernels else PortableStudent.from_student(student)
     gen = torch.Generator().manual_seed(0)
     n, width = 64, record["architecture"]["in_dim"]
     x = torch.randn(n, width, generator=gen)
@@ -234,8 +216,9 @@ def export(record, path: str) -> float:
     torch.export.save(program, path)
     from ..graph import Graph
 
+    x, edge_index = torch.randn(n + 29, width, generator=gen), torch.randint(0, n + 29, (2, 5 * n), generator=gen)
     with torch.no_grad():
-        want = student(Graph.from_edge_index(edge_index, num_nodes=n), edge_index, x).logits
+        want = student(Graph.from_edge_index(edge_index, num_nodes=n + 29), edge_index, x).logits
         got = torch.export.load(path).module()(x, edge_index)
     return float((want - got).abs().max())
 
@@ -246,12 +229,14 @@ def cmd_export(args) -> int:
 
     check_output(args.out, "--out", (".pt2",))
     record = load(args.checkpoint)
-    diff = export(record, args.out)
+    diff = export(record, args.out, args.keep_kernels)
     a = record["architecture"]
+    form = "fastalign's kernels" if args.keep_kernels else "plain PyTorch"
     print(f"fastalign export: {a['model']} student ({a['num_layers']} layers, {a['in_dim']} -> "
-          f"{a['num_classes']}) -> {args.out} (torch.export, plain PyTorch; matches the student "
+          f"{a['num_classes']}) -> {args.out} (torch.export, {form}; matches the student "
           f"within {diff:.1e})")
-    print(f"  load: torch.export.load({args.out!r}).module()(x, edge_index) -> logits")
+    first = "import fastalign.ops; " if args.keep_kernels else ""
+    print(f"  load: {first}torch.export.load({args.out!r}).module()(x, edge_index) -> logits")
     return 0
 
 

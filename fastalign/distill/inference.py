@@ -180,3 +180,36 @@ def _block_pass(student, layer, i, h, h0, tail_in, block, sources, start, stop, 
     if res is not None:
         out = out + res[start:stop].to(device)
     return out + conv.bias if conv.bias is not None else out
+
+
+def inference_cost(student: Student, batch, reps: int = 10) -> dict:
+    """What a deployer weighs, for one graph (a :class:`~fastalign.datasets.GraphBatch`
+    on the CPU): the student's parameters and bytes without its deep-supervision heads,
+    and the median time of an eval-mode forward on one thread and on all of torch's
+    threads, in milliseconds."""
+    import statistics
+    import time
+
+    deployed = [p for name, p in student.named_parameters() if not name.startswith("aux.")]
+    facts = {"parameters": sum(p.numel() for p in deployed),
+             "bytes": sum(p.numel() * p.element_size() for p in deployed), "nodes": batch.num_nodes}
+    threads = torch.get_num_threads()
+    was_training = student.training
+    student.eval()
+    timings = {}
+    try:
+        with torch.no_grad():
+            for count in sorted({1, threads}):
+                torch.set_num_threads(count)
+                student(batch.graph, batch.edge_index, batch.x_input)  # warm-up
+                times = []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    student(batch.graph, batch.edge_index, batch.x_input)
+                    times.append(time.perf_counter() - t0)
+                timings[f"{count}_thread{'s' if count > 1 else ''}"] = statistics.median(times) * 1e3
+    finally:
+        torch.set_num_threads(threads)
+        student.train(was_training)
+    facts["inference_ms"] = timings
+    return facts

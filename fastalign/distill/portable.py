@@ -83,6 +83,23 @@ class _PortableGAT(nn.Module):
         return out + self.bias if self.bias is not None else out
 
 
+class KernelStudent(nn.Module):
+    """The student itself behind the same ``forward(x, edge_index) -> logits``: exported,
+    it calls fastalign's custom ops (the CSR build and the fused kernels), so the program
+    loads where fastalign is installed, after ``import fastalign.ops`` (which registers
+    the ops)."""
+
+    def __init__(self, student: Student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        from ..graph import Graph
+
+        graph = Graph.from_edge_index(edge_index, num_nodes=x.size(0))
+        return self.student(graph, edge_index, x).logits
+
+
 class PortableStudent(nn.Module):
     """The eval-mode forward of a :class:`Student` in plain PyTorch: ``forward(x,
     edge_index) -> logits``. Built from a trained student with :meth:`from_student`; its

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..datasets import NodeDataset
 from . import checkpoint
+from .inference import inference_cost
 from .losses import FeatureAdapters, LossWeights, hint_pairs, student_loss
 from .models import MODELS, Student, check_residual
 from .options import BACKENDS, LR_SCHEDULES, MODES, WD_SCOPES  # noqa: F401  (torch-free)
@@ -412,13 +413,20 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
     everyone = world.gather_results(best)
     ens = {sp: torch.stack([b["probs"][sp] for b in everyone]).mean(0) for sp in ("val", "test")}
     timed = epoch_times[1:] if len(epoch_times) > 1 else epoch_times
-    # what is deployed: the student proper, without its deep-supervision heads
+    # what is deployed: the student proper, without its deep-supervision heads; its CPU
+    # inference time over the first evaluation graph (1 and all threads)
     first = next(s for s in students if s is not None)
-    deployed = [p for name, p in first.named_parameters() if not name.startswith("aux.")]
+    if str(cfg.device) == "cpu" and str(eval_batches[0].x.device) == "cpu":
+        cost = inference_cost(first, eval_batches[0], reps=5)
+    else:
+        deployed = [p for name, p in first.named_parameters() if not name.startswith("aux.")]
+        cost = {"parameters": sum(p.numel() for p in deployed),
+                "bytes": sum(p.numel() * p.element_size() for p in deployed)}
     result = {
         "seed": seed,
-        "student_parameters": sum(p.numel() for p in deployed),
-        "student_bytes": sum(p.numel() * p.element_size() for p in deployed),
+        "student_parameters": cost["parameters"],
+        "student_bytes": cost["bytes"],
+        "student_inference_ms": cost.get("inference_ms"),
         "students": [{"student": k, "val": b["val"], "test": b["test"], "best_epoch": b["epoch"]}
                      for k, b in enumerate(everyone)],
         "ensemble": {"val": score(ens["val"], labels["val"], multilabel),
@@ -511,6 +519,13 @@ def run_experiment(cfg: TrainConfig, data: NodeDataset, seeds: List[int],
     return summarize_runs(asdict(cfg), data.name, data.metric, runs)
 
 
+def _median_timings(per_run: List[Optional[dict]]) -> Optional[dict]:
+    timed = [t for t in per_run if t]
+    if not timed:
+        return None
+    return {k: statistics.median(t[k] for t in timed if k in t) for k in timed[0]}
+
+
 def summarize_runs(config: dict, dataset: str, metric: str, runs: List[dict]) -> dict:
     """The result of :func:`run_experiment` from its per-seed ``runs`` (also used to merge
     the runs of two invocations of one configuration on disjoint seeds)."""
@@ -543,6 +558,8 @@ def summarize_runs(config: dict, dataset: str, metric: str, runs: List[dict]) ->
         # one student as deployed (its graph layers, no deep-supervision heads)
         "student_parameters": runs[0].get("student_parameters") if runs else None,
         "student_bytes": runs[0].get("student_bytes") if runs else None,
+        # its CPU inference time (median over the seeds of each run's median), 1 and all threads
+        "student_inference_ms": _median_timings([r.get("student_inference_ms") for r in runs]),
         # the unweighted structure KL per aligned pair, mean over the seeds
         "structure_by_pair": by_pair,
         "runs": runs,
