@@ -273,3 +273,37 @@ def test_export_with_kernels_runs_where_fastalign_is_imported(saved, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), want)
+
+
+def test_onnx_export_runs_in_onnxruntime_without_fastalign(saved, tmp_path, capsys):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    folder, _ = saved
+    path = folder / "seed1_student1.pt"
+    model = tmp_path / "student.onnx"
+    assert main(["export", str(path), "--out", str(model)]) == 0
+    assert "ONNX; matches the student within" in capsys.readouterr().out
+    record = checkpoint.load(str(path))
+    student = checkpoint.build_student(record)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(41, record["architecture"]["in_dim"], generator=gen)
+    edge_index = torch.randint(0, 41, (2, 150), generator=gen)
+    with torch.no_grad():
+        want = student(Graph.from_edge_index(edge_index, num_nodes=41), edge_index, x).logits
+    torch.save({"x": x, "edge_index": edge_index}, tmp_path / "inputs.pt")
+    script = (
+        "import sys, torch, onnxruntime\n"
+        "sys.modules['fastalign'] = None  # importing fastalign fails here\n"
+        f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
+        f"session = onnxruntime.InferenceSession({str(model)!r})\n"
+        "names = [i.name for i in session.get_inputs()]\n"
+        "out = session.run(None, {names[0]: inputs['x'].numpy(), names[1]: inputs['edge_index'].numpy()})[0]\n"
+        f"torch.save(torch.from_numpy(out), {str(tmp_path / 'out.pt')!r})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(SystemExit):
+        main(["export", str(path), "--out", str(model), "--keep-kernels"])
+    assert "ONNX has no fastalign kernels" in capsys.readouterr().err

@@ -49,7 +49,9 @@ def add_parsers(subparsers) -> None:
                                           "operations (no fastalign kernels): load it with "
                                           "torch.export.load(FILE).module() and call it with (x, edge_index).")
     p.add_argument("checkpoint", help="a file written by fastalign train --save")
-    p.add_argument("--out", required=True, help="the exported program (.pt2)")
+    p.add_argument("--out", required=True,
+                   help="the exported program: .pt2 (torch.export) or .onnx (ONNX, plain PyTorch form only; "
+                        "needs the onnx and onnxscript packages, checked with onnxruntime where installed)")
     p.add_argument("--keep-kernels", action="store_true",
                    help="export the student with fastalign's kernels (custom ops): faster, but the "
                         "program then loads only where fastalign is installed, after import fastalign.ops")
@@ -209,13 +211,15 @@ def export(record, path: str, keep_kernels: bool = False) -> float:
     n, width = 64, record["architecture"]["in_dim"]
     x = torch.randn(n, width, generator=gen)
     edge_index = torch.randint(0, n, (2, 4 * n), generator=gen)
-    program = torch.export.export(portable, (x, edge_index),
-                                  dynamic_shapes=({0: Dim("nodes", min=2)}, {1: Dim("edges", min=1)}))
+    shapes = ({0: Dim("nodes", min=2)}, {1: Dim("edges", min=1)})
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    torch.export.save(program, path)
     from ..graph import Graph
 
+    if path.lower().endswith(".onnx"):
+        return _export_onnx(student, portable, x, edge_index, shapes, path, gen, n, width)
+    program = torch.export.export(portable, (x, edge_index), dynamic_shapes=shapes)
+    torch.export.save(program, path)
     x, edge_index = torch.randn(n + 29, width, generator=gen), torch.randint(0, n + 29, (2, 5 * n), generator=gen)
     with torch.no_grad():
         want = student(Graph.from_edge_index(edge_index, num_nodes=n + 29), edge_index, x).logits
@@ -223,20 +227,71 @@ def export(record, path: str, keep_kernels: bool = False) -> float:
     return float((want - got).abs().max())
 
 
+def _export_onnx(student, portable, x, edge_index, shapes, path, gen, n, width) -> Optional[float]:
+    """The plain-PyTorch student as ONNX (torch.onnx's exporter from torch.export); the
+    check runs it with onnxruntime where installed (None when not)."""
+    import contextlib
+    import io
+
+    import torch
+
+    from ..graph import Graph
+
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"ONNX export needs the onnx and onnxscript packages ({exc.name} is missing): "
+                          "pip install onnx onnxscript") from None
+    import logging
+    import warnings
+
+    # the exporters' notes (attribute types, torchvision's ops) are not the user's concern
+    quiet = [logging.getLogger(name) for name in ("onnx_ir", "torch.onnx")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # progress lines
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(portable, (x, edge_index), path, dynamo=True, dynamic_shapes=shapes)
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    x, edge_index = torch.randn(n + 29, width, generator=gen), torch.randint(0, n + 29, (2, 5 * n), generator=gen)
+    session = onnxruntime.InferenceSession(path)
+    names = [i.name for i in session.get_inputs()]
+    got = torch.from_numpy(session.run(None, {names[0]: x.numpy(), names[1]: edge_index.numpy()})[0])
+    with torch.no_grad():
+        want = student(Graph.from_edge_index(edge_index, num_nodes=n + 29), edge_index, x).logits
+    return float((want - got).abs().max())
+
+
 def cmd_export(args) -> int:
     from ..bench.report import check_output
     from .checkpoint import load
 
-    check_output(args.out, "--out", (".pt2",))
+    check_output(args.out, "--out", (".pt2", ".onnx"))
+    onnx = args.out.lower().endswith(".onnx")
+    if onnx and args.keep_kernels:
+        raise ValueError("--keep-kernels makes a torch.export program (.pt2): ONNX has no fastalign kernels")
     record = load(args.checkpoint)
     diff = export(record, args.out, args.keep_kernels)
     a = record["architecture"]
-    form = "fastalign's kernels" if args.keep_kernels else "plain PyTorch"
+    form = "ONNX" if onnx else "torch.export, " + ("fastalign's kernels" if args.keep_kernels else "plain PyTorch")
+    check = (f"matches the student within {diff:.1e}" if diff is not None
+             else "not run: onnxruntime is not installed")
     print(f"fastalign export: {a['model']} student ({a['num_layers']} layers, {a['in_dim']} -> "
-          f"{a['num_classes']}) -> {args.out} (torch.export, {form}; matches the student "
-          f"within {diff:.1e})")
-    first = "import fastalign.ops; " if args.keep_kernels else ""
-    print(f"  load: {first}torch.export.load({args.out!r}).module()(x, edge_index) -> logits")
+          f"{a['num_classes']}) -> {args.out} ({form}; {check})")
+    if onnx:
+        print(f"  load: onnxruntime.InferenceSession({args.out!r}).run(None, {{'x': x, 'edge_index': edge_index}})")
+    else:
+        first = "import fastalign.ops; " if args.keep_kernels else ""
+        print(f"  load: {first}torch.export.load({args.out!r}).module()(x, edge_index) -> logits")
     return 0
 
 
