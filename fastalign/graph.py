@@ -515,6 +515,9 @@ def _float_values(values: Optional[Tensor]) -> Optional[Tensor]:
     """Sparse values as edge weights; structural (bool/int all-ones) values are dropped."""
     if values is None or values.numel() == 0:
         return None
+    if values.is_complex():
+        raise TypeError(f"the sparse adjacency's values are complex ({values.dtype}): edge weights must be "
+                        "real (pass .real, or .abs(), as the weights mean)")
     if values.is_floating_point():
         return values.contiguous()
     if bool((values == 1).all()):

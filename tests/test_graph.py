@@ -147,3 +147,16 @@ def test_to_cuda_without_cuda_says_why(device):
         g.to(device)
     assert not isinstance(info.value, AssertionError)
     assert g.to("cpu").num_edges == g.num_edges  # the CPU is always fine
+
+
+def test_complex_sparse_adjacency_is_refused():
+    from fastalign.nn import GCNConv
+
+    idx = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    for values in (torch.tensor([1 + 2j, 3 + 0j, 1j]), torch.ones(3, dtype=torch.complex64)):
+        adj = torch.sparse_coo_tensor(idx, values, (3, 3))
+        for form in (adj, adj.to_sparse_csr()):
+            with pytest.raises(TypeError, match="values are complex .* edge weights must be real"):
+                Graph.from_torch_sparse(form)
+            with pytest.raises(TypeError, match="values are complex"):
+                GCNConv(4, 2)(torch.randn(3, 4), form)
