@@ -174,8 +174,8 @@ def test_save_folder_is_checked_before_training(tmp_path, capsys):
     err = capsys.readouterr()
     assert "is not a folder" in err.err and "epoch" not in err.out
     with pytest.raises(SystemExit):
-        main(["export", str(tmp_path / "x.pt"), "--out", str(tmp_path / "a.onnx")])
-    assert ".pt2" in capsys.readouterr().err
+        main(["export", str(tmp_path / "x.pt"), "--out", str(tmp_path / "a.txt")])
+    assert "must end in .pt2, .onnx" in capsys.readouterr().err
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):

@@ -435,3 +435,17 @@ def test_spmm_max_backward_on_graph_without_edges():
     assert torch.equal(out, torch.zeros_like(out))
     out.sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x)) and w.grad.shape == (0,)
+
+
+def test_a_stored_self_loop_with_an_inf_feature_is_skipped_not_zeroed():
+    """gcn_aggregate with self loops added skips the stored loop (its weight is in the
+    added one): an inf feature there gives inf, as in the C++ kernel and PyG, not NaN."""
+    from fastalign import backends
+
+    g = Graph.from_edge_index(torch.tensor([[0, 1, 1, 2], [1, 0, 1, 1]]), num_nodes=3)  # 1 -> 1 stored
+    x = torch.tensor([[1.0], [float("inf")], [2.0]])
+    outs = [fastalign.gcn_aggregate(g, x, backend=b) for b in backends.available_backends("cpu")]
+    for out in outs:
+        assert torch.isinf(out[1, 0]) and not torch.isnan(out).any(), out
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0])

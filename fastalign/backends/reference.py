@@ -169,9 +169,11 @@ def gcn_aggregate(
     coef = dis_a[row] * dis_a[colv]
     if weight is not None:
         coef = coef * weight.to(acc)
+    messages = x.index_select(0, colv).to(acc) * coef.unsqueeze(1)
     if loop_weight is not None:
-        coef = coef * (row != colv)
-    out = _segment_sum(x.index_select(0, colv).to(acc) * coef.unsqueeze(1), row, num_dst)
+        # skipped, not multiplied by 0: an inf feature on a stored loop would give NaN
+        messages = torch.where((row != colv).unsqueeze(1), messages, messages.new_zeros(()))
+    out = _segment_sum(messages, row, num_dst)
     if loop_weight is not None:
         out = out + (loop_weight.to(acc) * dis_a * dis_a).unsqueeze(1) * x.to(acc)
     return out.to(x.dtype)
