@@ -5,10 +5,15 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+import pytest
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection: only the jobs of tests that run
 def pytest_collection_modifyitems(session, config, items):
-    """Start the long background compiles the collected tests need (tests/background_jobs.py:
-    one at a time, on the second core), and run the tests that wait for them, and the
-    other long builds (a module's RUN_LAST), after everything else."""
+    """Start the long background jobs the collected tests need (tests/background_jobs.py:
+    one at a time, on the second core: the nvcc compiles, the Triton interpreter suite),
+    and run the tests that wait for them, and the other long builds (a module's
+    RUN_LAST), after everything else."""
     import background_jobs
 
     keys = []
@@ -18,7 +23,9 @@ def pytest_collection_modifyitems(session, config, items):
                 keys.append(key)
     if keys and not config.option.collectonly:
         background_jobs.start(keys)
-    items.sort(key=lambda item: bool(getattr(item.module, "RUN_LAST", False)))  # stable
+    # stable: RUN_LAST = True (1) modules after the rest, then RUN_LAST = 2 ones (after
+    # every background job has been waited for: wall-clock rehearsals on a quiet machine)
+    items.sort(key=lambda item: int(getattr(item.module, "RUN_LAST", 0)))
 
 
 def pytest_unconfigure(config):

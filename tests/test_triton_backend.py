@@ -19,7 +19,6 @@ so kernels and reference must agree to rounding.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import pytest
@@ -28,15 +27,31 @@ pytest.importorskip("triton")
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@pytest.mark.slow  # about 4 minutes on two cores: `-m "not slow"` leaves it out
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _interpreter_command():
+    # `env` runs the interpreter suite with TRITON_INTERPRET=1 in the background job's process
+    return ["env", "TRITON_INTERPRET=1", "PYTHONWARNINGS=ignore", sys.executable, "-m", "pytest", "-q", "-x",
+            "-p", "no:cacheprovider", "--rootdir", ROOT, os.path.abspath(__file__)]
+
+
+if not INTERP:
+    import background_jobs
+
+    # about 2 minutes: it runs on the second core from the start of the session
+    # (tests/background_jobs.py), and this module's one test waits for it at the end
+    background_jobs.register("triton-interpreter-suite", _interpreter_command)
+    BACKGROUND_JOBS = ("triton-interpreter-suite",)
+    RUN_LAST = True
+
+
+@pytest.mark.slow  # `-m "not slow"` leaves it out (and then the job never starts)
 @pytest.mark.skipif(INTERP, reason="this process is the interpreter run")
 def test_interpreter_suite():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__]
-    proc = subprocess.run(
-        cmd, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        capture_output=True, text=True, timeout=1800,
-    )
+    import background_jobs
+
+    proc = background_jobs.result("triton-interpreter-suite")
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
 
 
