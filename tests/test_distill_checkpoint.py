@@ -87,32 +87,45 @@ def test_predict_writes_every_node(saved, tmp_path, suffix):
     assert 0 < torch.load(test_only, weights_only=True)["pred"].numel() < 300
 
 
+def _student_and_graph(path, nodes, edges, seed):
+    """The checkpoint's student, a random graph of its input width, and its logits there."""
+    record = checkpoint.load(str(path))
+    student = checkpoint.build_student(record)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(nodes, record["architecture"]["in_dim"], generator=gen)
+    edge_index = torch.randint(0, nodes, (2, edges), generator=gen)
+    with torch.no_grad():
+        want = student(Graph.from_edge_index(edge_index, num_nodes=nodes), edge_index, x).logits
+    return x, edge_index, want
+
+
+def _run_elsewhere(tmp_path, x, edge_index, body, without_fastalign):
+    """``body`` in a fresh Python process, with ``x`` and ``edge_index`` loaded and
+    ``out`` to set; returns ``out``. ``without_fastalign``: importing fastalign fails there."""
+    torch.save({"x": x, "edge_index": edge_index}, tmp_path / "inputs.pt")
+    script = ("import sys, torch\n"
+              + ("sys.modules['fastalign'] = None  # importing fastalign fails here\n" if without_fastalign else "")
+              + f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
+              + "x, edge_index = inputs['x'], inputs['edge_index']\n"
+              + body
+              + f"torch.save(out, {str(tmp_path / 'out.pt')!r})\n")
+    env = {**os.environ, "PYTHONPATH": ""} if without_fastalign else None
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return torch.load(tmp_path / "out.pt")
+
+
 def test_export_runs_where_fastalign_cannot_be_imported(saved, tmp_path):
     folder, _ = saved
     path = folder / "seed1_student0.pt"
     program = tmp_path / "student.pt2"
     assert main(["export", str(path), "--out", str(program)]) == 0
     # the student's own logits on a graph of another size than the export's example
-    record = checkpoint.load(str(path))
-    student = checkpoint.build_student(record)
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(97, record["architecture"]["in_dim"], generator=gen)
-    edge_index = torch.randint(0, 97, (2, 500), generator=gen)
-    with torch.no_grad():
-        want = student(Graph.from_edge_index(edge_index, num_nodes=97), edge_index, x).logits
-    torch.save({"x": x, "edge_index": edge_index}, tmp_path / "inputs.pt")
-    script = (
-        "import sys, torch\n"
-        "sys.modules['fastalign'] = None  # importing fastalign fails here\n"
-        f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
-        f"model = torch.export.load({str(program)!r}).module()\n"
-        "out = model(inputs['x'], inputs['edge_index'])\n"
-        f"torch.save(out, {str(tmp_path / 'out.pt')!r})\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": ""})
-    assert done.returncode == 0, done.stderr[-2000:]
-    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), want, rtol=1e-5, atol=1e-5)
+    x, edge_index, want = _student_and_graph(path, 97, 500, seed=3)
+    out = _run_elsewhere(tmp_path, x, edge_index, f"out = torch.export.load({str(program)!r}).module()(x, edge_index)\n",
+                         without_fastalign=True)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
 
 
 @pytest.mark.parametrize("model,residual", [("gcn", "none"), ("gcn", "plain"), ("gcn", "initial"),
@@ -255,24 +268,12 @@ def test_export_with_kernels_runs_where_fastalign_is_imported(saved, tmp_path):
     path = folder / "seed0_student1.pt"
     program = tmp_path / "kernels.pt2"
     assert main(["export", str(path), "--out", str(program), "--keep-kernels"]) == 0
-    record = checkpoint.load(str(path))
-    student = checkpoint.build_student(record)
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(50, record["architecture"]["in_dim"], generator=gen)
-    edge_index = torch.randint(0, 50, (2, 200), generator=gen)
-    with torch.no_grad():
-        want = student(Graph.from_edge_index(edge_index, num_nodes=50), edge_index, x).logits
-    torch.save({"x": x, "edge_index": edge_index}, tmp_path / "inputs.pt")
-    script = (
-        "import torch, fastalign.ops  # registers the custom ops the program calls\n"
-        f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
-        f"program = torch.export.load({str(program)!r})\n"
-        "assert any('fastalign' in str(n.target) for n in program.graph.nodes)\n"
-        f"torch.save(program.module()(inputs['x'], inputs['edge_index']), {str(tmp_path / 'out.pt')!r})\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), want)
+    x, edge_index, want = _student_and_graph(path, 50, 200, seed=5)
+    body = ("import fastalign.ops  # registers the custom ops the program calls\n"
+            f"program = torch.export.load({str(program)!r})\n"
+            "assert any('fastalign' in str(n.target) for n in program.graph.nodes)\n"
+            "out = program.module()(x, edge_index)\n")
+    torch.testing.assert_close(_run_elsewhere(tmp_path, x, edge_index, body, without_fastalign=False), want)
 
 
 def test_onnx_export_runs_in_onnxruntime_without_fastalign(saved, tmp_path, capsys):
@@ -283,27 +284,13 @@ def test_onnx_export_runs_in_onnxruntime_without_fastalign(saved, tmp_path, caps
     model = tmp_path / "student.onnx"
     assert main(["export", str(path), "--out", str(model)]) == 0
     assert "ONNX; matches the student within" in capsys.readouterr().out
-    record = checkpoint.load(str(path))
-    student = checkpoint.build_student(record)
-    gen = torch.Generator().manual_seed(7)
-    x = torch.randn(41, record["architecture"]["in_dim"], generator=gen)
-    edge_index = torch.randint(0, 41, (2, 150), generator=gen)
-    with torch.no_grad():
-        want = student(Graph.from_edge_index(edge_index, num_nodes=41), edge_index, x).logits
-    torch.save({"x": x, "edge_index": edge_index}, tmp_path / "inputs.pt")
-    script = (
-        "import sys, torch, onnxruntime\n"
-        "sys.modules['fastalign'] = None  # importing fastalign fails here\n"
-        f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
-        f"session = onnxruntime.InferenceSession({str(model)!r})\n"
-        "names = [i.name for i in session.get_inputs()]\n"
-        "out = session.run(None, {names[0]: inputs['x'].numpy(), names[1]: inputs['edge_index'].numpy()})[0]\n"
-        f"torch.save(torch.from_numpy(out), {str(tmp_path / 'out.pt')!r})\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": ""})
-    assert done.returncode == 0, done.stderr[-2000:]
-    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), want, rtol=1e-5, atol=1e-5)
+    x, edge_index, want = _student_and_graph(path, 41, 150, seed=7)
+    body = ("import onnxruntime\n"
+            f"session = onnxruntime.InferenceSession({str(model)!r})\n"
+            "names = [i.name for i in session.get_inputs()]\n"
+            "out = torch.from_numpy(session.run(None, {names[0]: x.numpy(), names[1]: edge_index.numpy()})[0])\n")
+    out = _run_elsewhere(tmp_path, x, edge_index, body, without_fastalign=True)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(SystemExit):
         main(["export", str(path), "--out", str(model), "--keep-kernels"])
     assert "ONNX has no fastalign kernels" in capsys.readouterr().err

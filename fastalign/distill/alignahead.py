@@ -209,8 +209,9 @@ class Alignahead(nn.Module):
                     continue
                 for l, m in self.pairs[(k, j)]:
                     target = hs[j][m].detach()
-                    if w.structure > 0:
-                        s_terms.append(self._structure(g, hs[k][l], target))
+                    if w.structure > 0:  # structure_kl scales each side itself with sigma="auto"
+                        s_terms.append(ops.structure_kl(g, hs[k][l], target, kernel=w.kernel, tau=w.tau,
+                                                        sigma=w.sigma, backend=self.backend))
                     if w.feature > 0:
                         f_terms.append(self.adapters[f"{k}_{j}_{l}_{m}"](hs[k][l], target))
             s = torch.stack(s_terms).mean() if s_terms else total
@@ -234,13 +235,3 @@ class Alignahead(nn.Module):
 
         n = like.size(0)
         return graph_from_edge_index(graph, graph, n, n, "source_to_target")
-
-    def _structure(self, g: Graph, h: Tensor, target: Tensor) -> Tensor:
-        w = self.weights
-        if w.sigma == "auto":
-            h = h / ops.edge_scale(g, h, w.kernel, backend=self.backend)
-            target = target / ops.edge_scale(g, target, w.kernel, backend=self.backend)
-            sigma = 1.0
-        else:
-            sigma = w.sigma
-        return ops.structure_kl(g, h, target, kernel=w.kernel, tau=w.tau, sigma=sigma, backend=self.backend)

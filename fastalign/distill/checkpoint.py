@@ -53,26 +53,13 @@ def save_run_state(path: str, state: dict) -> None:
     """The state of a run after an epoch (or its result, once done), replaced atomically
     each time: a kill leaves the last completed epoch's. Not flushed to the disk: a
     killed process loses nothing the rename has published."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT + ".run", "format_version": FORMAT_VERSION, **state}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _write(path, {"format": FORMAT + ".run", "format_version": FORMAT_VERSION, **state}, durable=False)
 
 
 def load_run_state(path: str, config: dict, data: Optional[dict]) -> dict:
     """A run's saved state, checked against the configuration and data set of the run
     that resumes it (:class:`CheckpointError` when they differ)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable run state ({first[:200]})") from None
+    state = _read(path, "run state")
     if not isinstance(state, dict) or state.get("format") != FORMAT + ".run" \
             or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a run state of this fastalign version")
@@ -145,15 +132,22 @@ def _in_dim(layer, model: str) -> int:
 
 
 def save(path: str, record: dict) -> None:
-    """Writes ``record`` to ``path`` atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    """Writes ``record`` to ``path`` atomically (and flushed to the disk)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _write(path, record, durable=True)
+
+
+def _write(path: str, obj, durable: bool) -> None:
+    """``torch.save(obj)`` into a temporary file beside ``path``, renamed over it: a kill
+    leaves the previous file or none, never half a file (``durable``: fsync first, so
+    that a power loss does not either)."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=os.path.dirname(os.path.abspath(path)))
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(record, f)
-            f.flush()
-            os.fsync(f.fileno())
+            torch.save(obj, f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -161,16 +155,21 @@ def save(path: str, record: dict) -> None:
         raise
 
 
+def _read(path: str, what: str):
+    """``torch.load(path, weights_only=True)``, or one CheckpointError line saying why not."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: pickle, zip or torch errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable {what} ({first[:200]})") from None
+
+
 def load(path: str) -> dict:
     """Reads and checks a checkpoint; :class:`CheckpointError` (one line) when it is not
     one, is damaged or is of another format version."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: pickle, zip or torch errors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:200]})") from None
+    record = _read(path, "checkpoint")
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fastalign student checkpoint (written by `fastalign train --save`)")
     version = record.get("format_version")

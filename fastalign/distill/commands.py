@@ -119,12 +119,10 @@ def evaluate(record, student, data, device="cpu") -> Dict[str, float]:
 def size_and_speed(student, data, device="cpu", reps: int = 10) -> dict:
     """The student's size, and on the CPU its inference time over the data set's first
     evaluation graph (:func:`fastalign.distill.inference.inference_cost`)."""
-    from .inference import inference_cost
+    from .inference import inference_cost, student_size
 
-    params = [p for p in student.parameters()]
     if str(device) != "cpu":
-        return {"parameters": sum(p.numel() for p in params),
-                "bytes": sum(p.numel() * p.element_size() for p in params)}
+        return student_size(student)
     return inference_cost(student, _batches(data, "all")[0][0], reps)
 
 
@@ -194,48 +192,53 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def export(record, path: str, keep_kernels: bool = False) -> float:
+def export(record, path: str, keep_kernels: bool = False) -> Optional[float]:
     """Exports the checkpoint's student (plain PyTorch, or with ``keep_kernels``
-    fastalign's custom ops; dynamic node and edge counts) to ``path``; returns the
-    largest difference between the exported program and the student on a random graph
-    (a check that it computes the same)."""
+    fastalign's custom ops; dynamic node and edge counts) to ``path``: a torch.export
+    program, or ONNX when ``path`` ends in ``.onnx``. Returns the largest difference
+    between the written program and the student on another random graph (a check that
+    it computes the same; None for ONNX without onnxruntime to run it)."""
     import torch
     from torch.export import Dim
 
+    from ..graph import Graph
     from .checkpoint import build_student
     from .portable import KernelStudent, PortableStudent
 
     student = build_student(record, backend=None if keep_kernels else "torch")
     portable = KernelStudent(student).eval() if keep_kernels else PortableStudent.from_student(student)
     gen = torch.Generator().manual_seed(0)
-    n, width = 64, record["architecture"]["in_dim"]
-    x = torch.randn(n, width, generator=gen)
-    edge_index = torch.randint(0, n, (2, 4 * n), generator=gen)
-    shapes = ({0: Dim("nodes", min=2)}, {1: Dim("edges", min=1)})
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    from ..graph import Graph
+    width = record["architecture"]["in_dim"]
 
+    def random_graph(n):
+        return torch.randn(n, width, generator=gen), torch.randint(0, n, (2, 4 * n), generator=gen)
+
+    example = random_graph(64)
+    shapes = ({0: Dim("nodes", min=2)}, {1: Dim("edges", min=1)})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path.lower().endswith(".onnx"):
-        return _export_onnx(student, portable, x, edge_index, shapes, path, gen, n, width)
-    program = torch.export.export(portable, (x, edge_index), dynamic_shapes=shapes)
-    torch.export.save(program, path)
-    x, edge_index = torch.randn(n + 29, width, generator=gen), torch.randint(0, n + 29, (2, 5 * n), generator=gen)
+        run = _export_onnx(portable, example, shapes, path)
+    else:
+        torch.export.save(torch.export.export(portable, example, dynamic_shapes=shapes), path)
+        run = torch.export.load(path).module()
+    if run is None:
+        return None
+    x, edge_index = random_graph(93)  # another size than the example's
     with torch.no_grad():
-        want = student(Graph.from_edge_index(edge_index, num_nodes=n + 29), edge_index, x).logits
-        got = torch.export.load(path).module()(x, edge_index)
+        want = student(Graph.from_edge_index(edge_index, num_nodes=93), edge_index, x).logits
+        got = run(x, edge_index)
     return float((want - got).abs().max())
 
 
-def _export_onnx(student, portable, x, edge_index, shapes, path, gen, n, width) -> Optional[float]:
-    """The plain-PyTorch student as ONNX (torch.onnx's exporter from torch.export); the
-    check runs it with onnxruntime where installed (None when not)."""
+def _export_onnx(portable, example, shapes, path):
+    """The plain-PyTorch student as ONNX (torch.onnx's exporter from torch.export);
+    returns ``run(x, edge_index)`` through onnxruntime, or None where it is not installed."""
     import contextlib
     import io
+    import logging
+    import warnings
 
     import torch
-
-    from ..graph import Graph
 
     try:
         import onnx  # noqa: F401
@@ -243,9 +246,6 @@ def _export_onnx(student, portable, x, edge_index, shapes, path, gen, n, width) 
     except ImportError as exc:
         raise ImportError(f"ONNX export needs the onnx and onnxscript packages ({exc.name} is missing): "
                           "pip install onnx onnxscript") from None
-    import logging
-    import warnings
-
     # the exporters' notes (attribute types, torchvision's ops) are not the user's concern
     quiet = [logging.getLogger(name) for name in ("onnx_ir", "torch.onnx")]
     levels = [q.level for q in quiet]
@@ -254,7 +254,7 @@ def _export_onnx(student, portable, x, edge_index, shapes, path, gen, n, width) 
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # progress lines
             warnings.simplefilter("ignore", FutureWarning)
-            torch.onnx.export(portable, (x, edge_index), path, dynamo=True, dynamic_shapes=shapes)
+            torch.onnx.export(portable, example, path, dynamo=True, dynamic_shapes=shapes)
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
@@ -262,13 +262,13 @@ def _export_onnx(student, portable, x, edge_index, shapes, path, gen, n, width) 
         import onnxruntime
     except ImportError:
         return None
-    x, edge_index = torch.randn(n + 29, width, generator=gen), torch.randint(0, n + 29, (2, 5 * n), generator=gen)
     session = onnxruntime.InferenceSession(path)
     names = [i.name for i in session.get_inputs()]
-    got = torch.from_numpy(session.run(None, {names[0]: x.numpy(), names[1]: edge_index.numpy()})[0])
-    with torch.no_grad():
-        want = student(Graph.from_edge_index(edge_index, num_nodes=n + 29), edge_index, x).logits
-    return float((want - got).abs().max())
+
+    def run(x, edge_index):
+        return torch.from_numpy(session.run(None, {names[0]: x.numpy(), names[1]: edge_index.numpy()})[0])
+
+    return run
 
 
 def cmd_export(args) -> int:

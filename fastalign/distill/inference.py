@@ -182,6 +182,13 @@ def _block_pass(student, layer, i, h, h0, tail_in, block, sources, start, stop, 
     return out + conv.bias if conv.bias is not None else out
 
 
+def student_size(student: Student) -> dict:
+    """Parameters and bytes of the student as deployed (without deep-supervision heads)."""
+    deployed = [p for name, p in student.named_parameters() if not name.startswith("aux.")]
+    return {"parameters": sum(p.numel() for p in deployed),
+            "bytes": sum(p.numel() * p.element_size() for p in deployed)}
+
+
 def inference_cost(student: Student, batch, reps: int = 10) -> dict:
     """What a deployer weighs, for one graph (a :class:`~fastalign.datasets.GraphBatch`
     on the CPU): the student's parameters and bytes without its deep-supervision heads,
@@ -190,9 +197,7 @@ def inference_cost(student: Student, batch, reps: int = 10) -> dict:
     import statistics
     import time
 
-    deployed = [p for name, p in student.named_parameters() if not name.startswith("aux.")]
-    facts = {"parameters": sum(p.numel() for p in deployed),
-             "bytes": sum(p.numel() * p.element_size() for p in deployed), "nodes": batch.num_nodes}
+    facts = {**student_size(student), "nodes": batch.num_nodes}
     threads = torch.get_num_threads()
     was_training = student.training
     student.eval()

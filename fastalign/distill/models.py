@@ -39,6 +39,20 @@ def check_residual(residual: str, alpha: float) -> None:
         raise ValueError(f"residual_alpha must be in (0, 1], got {alpha}")
 
 
+def hidden_output(residual: str, alpha: float, i: int, h: Tensor, inp, h0):
+    """Hidden layer i's output from its convolution's ``h``: the ReLU, then the residual
+    (``plain``: + the layer's input; ``initial``: a share ``alpha`` of the first hidden
+    layer). Returns ``(h, h0)``, ``h0`` the first hidden layer's output once i = 0 ran."""
+    h = F.relu(h)
+    if i == 0:
+        return h, h
+    if residual == "plain":
+        h = h + inp
+    elif residual == "initial":
+        h = (1.0 - alpha) * h + alpha * h0
+    return h, h0
+
+
 class SparseFeatures:
     """A sparse node-feature matrix as a bipartite Graph (row = node, source = feature
     index, edge weight = value), so that input dropout touches only the non-zeros and the
@@ -226,13 +240,7 @@ class Student(nn.Module):
             else:
                 h = layer(graph, edge_index, h)
             if i < self.num_layers - 1:
-                h = F.relu(h)
-                if i == 0:
-                    h0 = h
-                elif self.residual == "plain":
-                    h = h + inp
-                elif self.residual == "initial":
-                    h = (1.0 - self.residual_alpha) * h + self.residual_alpha * h0
+                h, h0 = hidden_output(self.residual, self.residual_alpha, i, h, inp, h0)
                 if self.aux:
                     aux.append(self.aux[i](F.dropout(h, self.dropout, self.training)))
             hiddens.append(h)

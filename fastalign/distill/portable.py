@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models import GCNII_LAMBDA, Student
+from .models import GCNII_LAMBDA, Student, hidden_output
 
 
 def _loops_replaced(edge_index: Tensor, num_nodes: int):
@@ -151,11 +151,5 @@ class PortableStudent(nn.Module):
             else:
                 h = self._conv(i, h, edge_index)
             if i < self.num_layers - 1:
-                h = F.relu(h)
-                if i == 0:
-                    h0 = h
-                elif self.residual == "plain":
-                    h = h + inp
-                elif self.residual == "initial":
-                    h = (1.0 - self.residual_alpha) * h + self.residual_alpha * h0
+                h, h0 = hidden_output(self.residual, self.residual_alpha, i, h, inp, h0)
         return h

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..datasets import NodeDataset
 from . import checkpoint
-from .inference import inference_cost
+from .inference import inference_cost, student_size
 from .losses import FeatureAdapters, LossWeights, hint_pairs, student_loss
 from .models import MODELS, Student, check_residual
 from .options import BACKENDS, LR_SCHEDULES, MODES, WD_SCOPES  # noqa: F401  (torch-free)
@@ -416,12 +416,8 @@ def train_run(cfg: TrainConfig, data: NodeDataset, seed: int, log: Optional[Call
     # what is deployed: the student proper, without its deep-supervision heads; its CPU
     # inference time over the first evaluation graph (1 and all threads)
     first = next(s for s in students if s is not None)
-    if str(cfg.device) == "cpu" and str(eval_batches[0].x.device) == "cpu":
-        cost = inference_cost(first, eval_batches[0], reps=5)
-    else:
-        deployed = [p for name, p in first.named_parameters() if not name.startswith("aux.")]
-        cost = {"parameters": sum(p.numel() for p in deployed),
-                "bytes": sum(p.numel() * p.element_size() for p in deployed)}
+    on_cpu = str(cfg.device) == "cpu" and str(eval_batches[0].x.device) == "cpu"
+    cost = inference_cost(first, eval_batches[0], reps=5) if on_cpu else student_size(first)
     result = {
         "seed": seed,
         "student_parameters": cost["parameters"],
