@@ -20,6 +20,7 @@ import torch
 from fastalign.bench.timing import peak_memory, time_call
 from fastalign.datasets import synthetic_csbm
 from fastalign.distill import Student
+from fastalign.distill.inference import layerwise_inference
 
 
 def main() -> int:
@@ -46,7 +47,7 @@ def main() -> int:
             return student(on.graph, on.edge_index, on.x).logits.cpu()
 
     def layerwise():
-        return student.inference(batch.graph, batch.x, args.chunk_rows, device).cpu()
+        return layerwise_inference(student, batch.graph, batch.x, args.chunk_rows, device).cpu()
 
     want, got = whole(), layerwise()
     t_whole = time_call(whole, device, warmup=1, min_reps=args.repeats, budget_s=0)

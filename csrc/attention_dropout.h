@@ -1,6 +1,6 @@
 #pragma once
 // gat_aggregate's attention-dropout mask, shared by the CPU kernels, the CUDA kernels and
-// their glue (fastalign.backends.reference.attention_keep defines it): the entry (edge
+// their glue (fastalign/attention_dropout.py defines it): the entry (edge
 // id e, head h) is kept when the 24 high bits of
 //   fmix32(lo32(e H + h) ^ fmix32(hi32(e H + h) ^ seed))
 // reach threshold(p) = ceil(p 2^24), and a kept entry is scaled by 1 / (1 - p).

@@ -20,6 +20,7 @@ from typing import List, Optional
 # import what they run
 from .distill.options import (
     ALIGNS, BACKENDS, FEATURE_PAIRS, KERNELS, LR_SCHEDULES, MODELS, MODES, RESIDUALS, WD_SCOPES, LossWeights,
+    device_name,
 )
 
 
@@ -45,14 +46,6 @@ def _sigma(text: str):
         return _positive(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text}") from None
-
-
-def _device(text: str) -> str:
-    """cpu, cuda or cuda:<index>; anything else is refused here, before any data loads."""
-    kind, _, index = text.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use cpu, cuda or cuda:<index>")
-    return text
 
 
 def _positive(text: str) -> float:
@@ -125,13 +118,13 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--eval-chunk-rows", type=_non_negative_int, default=0,
                    help="select models layer by layer over blocks of this many rows, for graphs whose "
                         "whole-graph forward does not fit on the device (0: one forward)")
-    p.add_argument("--data-device", default=None, type=_device,
+    p.add_argument("--data-device", default=None, type=device_name,
                    help="keep the data set here (e.g. cpu with --device cuda) and move each training "
                         "part and evaluation block to --device as it runs (default: --device)")
     p.add_argument("--nodes", type=_positive_int, default=None, help="synthetic: number of nodes (default 600)")
     p.add_argument("--avg-degree", type=_positive, default=None, help="synthetic: mean degree (default 8)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--device", default="cpu", type=_device, help="cpu or cuda[:i]")
+    p.add_argument("--device", default="cpu", type=device_name, help="cpu or cuda[:i]")
     p.add_argument("--download", action="store_true",
                    help="let PyG download missing Planetoid files into --root (never done otherwise)")
     p.add_argument("--log-every", type=int, default=50,

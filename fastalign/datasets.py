@@ -36,6 +36,7 @@ from torch import Tensor
 
 from . import settings
 from .graph import Graph
+from .sparse_features import SparseFeatures
 
 ENV_VAR = settings.DATA
 
@@ -74,8 +75,6 @@ class GraphBatch:
         """The features as the students take them: :class:`SparseFeatures` when under 10%
         of the entries are non-zero (bag-of-words inputs), else the dense tensor."""
         if "_x_input" not in self.__dict__:
-            from .distill.models import SparseFeatures
-
             dense = self.x.numel() == 0 or (self.x != 0).float().mean().item() >= 0.1
             self._x_input = self.x if dense else SparseFeatures.from_dense(self.x)
         return self._x_input

@@ -15,6 +15,8 @@ variable                           values (default first)      effect
                                                                configurations at an op's first call
 ``FASTALIGN_TRITON_SPLIT``         unset, a positive int       Triton: the longest row one program takes
                                                                (default: from the mean degree)
+``FASTALIGN_CUDA_SPLIT``           unset, a positive int       CUDA kernels: the longest row piece one tile
+                                                               takes (default: from the edge count)
 ``TRITON_INTERPRET``               unset, 1                    Triton's own switch: kernels on CPU tensors
                                                                (the Triton backend then supports the CPU)
 =================================  ==========================  =============================================
@@ -58,13 +60,21 @@ def triton_autotune() -> bool:
 
 
 def triton_split() -> Optional[int]:
-    value = os.environ.get("FASTALIGN_TRITON_SPLIT")
+    return _positive_int("FASTALIGN_TRITON_SPLIT")
+
+
+def cuda_split() -> Optional[int]:
+    return _positive_int("FASTALIGN_CUDA_SPLIT")
+
+
+def _positive_int(name: str) -> Optional[int]:
+    value = os.environ.get(name)
     if not value:
         return None
     try:
         n = int(value)
     except ValueError:
-        raise ValueError(f"FASTALIGN_TRITON_SPLIT must be a positive int, got {value!r}") from None
+        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
     if n < 1:
-        raise ValueError(f"FASTALIGN_TRITON_SPLIT must be a positive int, got {value!r}")
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
     return n

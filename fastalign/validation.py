@@ -190,6 +190,12 @@ def mark_perm_valid(perm: Tensor) -> None:
         _remember(perm, col_bound=perm.numel(), col_exact=False)
 
 
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What every backend accumulates in, and keeps per-node state in, for features of
+    ``dtype``: float64 for float64, float32 for float32, float16 and bfloat16."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def arg_dtype(num_edges: int) -> torch.dtype:
     """The dtype the max reduction stores its winning edges in: int32 whenever every edge
     position fits (half the bytes of the [num_dst, F] tensor the backward reads once per

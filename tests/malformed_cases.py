@@ -131,8 +131,9 @@ def op_calls(ns, backend):
     return {
         "spmm_forward sum": (("rowptr", "col"), lambda v: ops.spmm_forward(v["rowptr"], v["col"], v["w"], v["x"], "sum")),
         "spmm_forward max": (("rowptr", "col"), lambda v: ops.spmm_forward(v["rowptr"], v["col"], v["w"], v["x"], "max")),
+        # the transpose is in the schema but this kernel does not read it
         "spmm_max_backward": (("col", "arg"), lambda v: ops.spmm_max_backward(
-            v["col"], v["w"], v["x"], v["arg"], v["x"], True)),
+            v["col"], v["rowptr_t"], v["col_t"], v["perm_t"], v["w"], v["x"], v["arg"], v["x"], True)),
         "sddmm": (("rowptr", "col"), lambda v: ops.sddmm(v["rowptr"], v["col"], v["x"], v["x"])),
         "gcn_aggregate": (("rowptr", "col"), lambda v: ops.gcn_aggregate(
             v["rowptr"], v["col"], v["w"], torch.ones(N, dtype=torch.float64), torch.ones(N, dtype=torch.float64), v["x"])),

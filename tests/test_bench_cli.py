@@ -330,3 +330,21 @@ def test_bench_cli_runs_several_suites_and_the_cpu_preset(tmp_path):
     with pytest.raises(SystemExit):
         main(["--suite", "spmm,nope"])
 
+
+
+def test_bench_appends_one_row_per_run_to_a_jsonl_file(tmp_path):
+    """A benchmark family's records file (.jsonl) gets the whole run as one line per call,
+    each with its date, commit and command; earlier lines stay as they were."""
+    path = tmp_path / "ops_cpu.jsonl"
+    argv = ["--suite", "spmm", "--device", "cpu", "--sizes", "tiny", "--graphs", "powerlaw-tiny", "--no-compile",
+            "--no-memory", "--mode", "fwd", "--budget", "0.02", "--threads", "1", "--backends", "cpu", "--quiet",
+            "--json", str(path)]
+    assert main(argv) == 0
+    first = path.read_text()
+    assert main(argv) == 0
+    text = path.read_text()
+    assert text.startswith(first) and text.count("\n") == 2
+    for line in text.splitlines():
+        run = json.loads(line)
+        assert {"date", "command"} <= set(run["meta"]) and run["results"]
+        assert all(r["suite"] == "spmm" for r in run["results"])

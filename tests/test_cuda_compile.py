@@ -178,39 +178,19 @@ def test_every_launcher_is_defined_once():
     assert not extra, f"defined but not declared in fastalign_cuda.h: {extra}"
 
 
-def test_binding_registers_exactly_its_functions():
+def test_binding_registers_every_backend_function_and_defines_no_schema():
+    """The glue registers a kernel for each backend function (their schemas are declared
+    once, in fastalign/backends/schemas.py) and declares none of its own."""
     from fastalign.backends import BACKEND_FUNCTIONS
 
     text = BINDING.read_text()
-    listed = re.search(r"kFunctions = \{(.*?)\};", text, re.S)
-    assert listed, "binding.cpp lists no kFunctions"
-    functions = set(re.findall(r'"(\w+)"', listed.group(1)))
-    defined = set(re.findall(r'm\.def\("(\w+)\(', text))
-    implemented = set(re.findall(r'm\.impl\("(\w+)"', text))
-    assert functions <= set(BACKEND_FUNCTIONS), functions - set(BACKEND_FUNCTIONS)
-    assert functions == defined == implemented, (functions, defined, implemented)
-
-
-def test_registered_schemas_match_the_reference_signatures():
-    """Each op's schema takes the reference function's arguments, in order."""
-    import importlib
-    import inspect
-
-    ref = importlib.import_module("fastalign.backends.reference")
-
-    text = re.sub(r'"\s*\n\s*"', "", BINDING.read_text())  # join adjacent literals
-    schemas = re.findall(r'm\.def\("(\w+)\((.*?)\)\s*->', text, re.S)
-    assert schemas
-    for name, args in schemas:
-        names = [a.split()[-1] for a in args.split(",") if a.strip()]
-        expected = list(inspect.signature(getattr(ref, name)).parameters)
-        assert names == expected, f"{name}: schema {names} vs reference {expected}"
+    implemented = re.findall(r'm\.impl\("(\w+)"', text)
+    assert sorted(implemented) == sorted(BACKEND_FUNCTIONS)
+    assert not re.search(r"m\.def\(\"\w+\(|TORCH_LIBRARY\(", text)
 
 
 def test_adapter_wraps_every_registered_function():
     from fastalign.backends import cuda as adapter
 
-    functions = set(re.findall(r'"(\w+)"', re.search(r"kFunctions = \{(.*?)\};",
-                                                     BINDING.read_text(), re.S).group(1)))
-    for name in functions:
+    for name in re.findall(r'm\.impl\("(\w+)"', BINDING.read_text()):
         assert callable(getattr(adapter, name, None)), f"fastalign.backends.cuda lacks {name}"

@@ -11,7 +11,7 @@ from fastalign.datasets import load_dataset, synthetic_csbm
 from fastalign.distill import (LossWeights, Student, TrainConfig, layer_pairs,
                                run_experiment, score, student_loss)
 from fastalign.distill.losses import FeatureAdapters, alignment_losses
-from fastalign.distill.models import SparseFeatures
+from fastalign.sparse_features import SparseFeatures
 from fastalign.distill.trainer import build_students, train_step
 
 BACKEND = "torch"  # the reference semantics; the compiled kernels are tested elsewhere

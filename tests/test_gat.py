@@ -6,7 +6,7 @@ import torch
 
 import fastalign
 from fastalign import Graph, backends
-from fastalign.backends import reference
+from fastalign import attention_dropout
 from helpers import LOW_PRECISION_TOL, case_graphs, loop_gat, random_edge_index, rel_err
 
 BACKENDS = [b for b in ("torch", "cpu") if backends.is_available(b)]
@@ -54,8 +54,8 @@ def test_dropout_matches_the_hash_mask_on_every_backend(backend):
     p, seed = 0.4, 1234
 
     def keep(edge_id):
-        k = reference.attention_keep(seed, torch.tensor([edge_id]), HEADS, p)[0]
-        return k.double() * reference.dropout_scale(p)
+        k = attention_dropout.attention_keep(seed, torch.tensor([edge_id]), HEADS, p)[0]
+        return k.double() * attention_dropout.dropout_scale(p)
 
     out = fastalign.gat_aggregate(g, x, a_s, a_d, dropout=p, seed=seed, backend=backend)
     torch.testing.assert_close(out, loop_gat(g, x, a_s, a_d, keep=keep), rtol=1e-10, atol=1e-12)
@@ -70,18 +70,18 @@ def test_dropout_matches_the_hash_mask_on_every_backend(backend):
 def test_dropout_mask_keeps_the_expected_fraction():
     ids = torch.arange(200_000)
     for p in (0.1, 0.5, 0.9):
-        kept = reference.attention_keep(7, ids, 2, p).double().mean().item()
+        kept = attention_dropout.attention_keep(7, ids, 2, p).double().mean().item()
         assert abs(kept - (1 - p)) < 5e-3, (p, kept)
     # the 64-bit index's high half matters: ids 2^32 apart draw different masks
-    far = reference.attention_keep(7, ids[:1000] + 2**32, 1, 0.5)
-    assert not torch.equal(far, reference.attention_keep(7, ids[:1000], 1, 0.5))
+    far = attention_dropout.attention_keep(7, ids[:1000] + 2**32, 1, 0.5)
+    assert not torch.equal(far, attention_dropout.attention_keep(7, ids[:1000], 1, 0.5))
 
 
 def test_mask_hash_is_murmur3_fmix32():
     # fmix32 of known inputs (MurmurHash3's finaliser), exact in the int64 emulation
     values = torch.tensor([0, 1, 0xDEADBEEF, 0xFFFFFFFF])
     expected = [0, 0x514E28B7, 0x0DE5C6A9, 0x81F16F39]
-    assert reference._fmix32(values).tolist() == expected
+    assert attention_dropout._fmix32(values).tolist() == expected
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

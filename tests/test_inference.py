@@ -7,7 +7,8 @@ import torch
 from fastalign import Graph, backends
 from fastalign.datasets import synthetic_csbm
 from fastalign.distill import Student, TrainConfig, run_experiment
-from fastalign.distill.models import SparseFeatures
+from fastalign.distill.inference import layerwise_inference
+from fastalign.sparse_features import SparseFeatures
 
 from helpers import random_edge_index
 
@@ -85,7 +86,7 @@ def test_inference_equals_the_whole_graph_forward(backend, model, residual, spar
         want = s(g, g.edge_index, inp).logits
     s.train()
     for chunk in (1, 7, 60, 1000):
-        got = s.inference(g, inp, chunk)
+        got = layerwise_inference(s, g, inp, chunk)
         assert got.shape == want.shape and got.dtype == torch.float64
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert s.training  # the mode is given back
@@ -99,9 +100,9 @@ def test_inference_float32_int32_and_an_empty_graph(model):
     s = Student(model, 10, 8, 4, num_layers=3, heads=2, backend=BACKENDS[-1]).eval()
     with torch.no_grad():
         want = s(g, g.edge_index, x).logits
-    torch.testing.assert_close(s.inference(g, x, 16), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layerwise_inference(s, g, x, 16), want, rtol=1e-5, atol=1e-5)
     empty = Graph.from_edge_index(torch.zeros(2, 0, dtype=torch.long), num_nodes=0)
-    out = s.inference(empty, torch.zeros(0, 10), 4)
+    out = layerwise_inference(s, empty, torch.zeros(0, 10), 4)
     assert out.shape == (0, 4)
 
 
@@ -110,12 +111,12 @@ def test_inference_bad_input():
     s = Student("gcn", 4, 8, 3, backend="torch")
     x = torch.randn(g.num_dst, 4)
     with pytest.raises(ValueError, match="chunk_rows"):
-        s.inference(g, x, 0)
+        layerwise_inference(s, g, x, 0)
     with pytest.raises(TypeError, match="chunk_rows"):
-        s.inference(g, x, 2.0)
+        layerwise_inference(s, g, x, 2.0)
     rect = Graph.from_edge_index(random_edge_index(5, 7, 10), num_nodes=(5, 7))
     with pytest.raises(ValueError, match="square"):
-        s.inference(rect, torch.randn(5, 4), 2)
+        layerwise_inference(s, rect, torch.randn(5, 4), 2)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -163,4 +164,4 @@ def test_inference_on_a_weighted_graph(model):
     s = Student(model, 6, 8, 3, num_layers=3, backend=BACKENDS[-1]).double().eval()
     with torch.no_grad():
         want = s(g, g.edge_index, x).logits
-    torch.testing.assert_close(s.inference(g, x, 9), want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layerwise_inference(s, g, x, 9), want, rtol=1e-10, atol=1e-12)

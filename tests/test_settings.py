@@ -31,6 +31,22 @@ def test_only_settings_reads_the_environment():
     assert readers == []
 
 
+def test_the_compiled_kernels_read_no_environment():
+    """C++ and CUDA get their switches from Python (e.g. FASTALIGN_CUDA_SPLIT through
+    fastalign.backends.cuda), so a value set in a running process counts."""
+    sources = [p for p in (ROOT / "csrc").rglob("*") if p.suffix in (".cpp", ".cu", ".h", ".cuh")]
+    assert sources
+    assert [str(p.relative_to(ROOT)) for p in sources if re.search(r"\bgetenv\b", p.read_text())] == []
+
+
+def test_values_are_read_when_used_for_the_cuda_split(monkeypatch):
+    monkeypatch.setenv("FASTALIGN_CUDA_SPLIT", "512")
+    assert settings.cuda_split() == 512
+    monkeypatch.setenv("FASTALIGN_CUDA_SPLIT", "-1")
+    with pytest.raises(ValueError, match="FASTALIGN_CUDA_SPLIT must be a positive int, got '-1'"):
+        settings.cuda_split()
+
+
 def test_the_library_never_writes_the_environment():
     writes = re.compile(r"os\.environ\[[^\]]+\]\s*=|os\.environ\.(setdefault|update|pop)|os\.putenv|del os\.environ")
     assert [str(p.relative_to(ROOT)) for p in _sources() if writes.search(p.read_text())] == []

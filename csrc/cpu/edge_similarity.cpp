@@ -146,11 +146,6 @@ std::tuple<at::Tensor, at::Tensor> edge_similarity_backward(
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fastalign_cpu, m) {
-  m.def("edge_similarity(Tensor rowptr, Tensor col, Tensor x_dst, Tensor x_src, str kernel, float sigma, int degree, float coef) -> Tensor");
-  m.def("edge_similarity_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor perm_t, Tensor x_dst, Tensor x_src, Tensor grad_s, str kernel, float sigma, int degree, float coef) -> (Tensor, Tensor)");
-}
-
 TORCH_LIBRARY_IMPL(fastalign_cpu, CPU, m) {
   m.impl("edge_similarity", &edge_similarity);
   m.impl("edge_similarity_backward", &edge_similarity_backward);

@@ -131,11 +131,6 @@ at::Tensor edge_softmax_backward(const at::Tensor& rowptr, const at::Tensor& p, 
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fastalign_cpu, m) {
-  m.def("edge_softmax(Tensor rowptr, Tensor logits) -> Tensor");
-  m.def("edge_softmax_backward(Tensor rowptr, Tensor p, Tensor grad_p) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(fastalign_cpu, CPU, m) {
   m.impl("edge_softmax", &edge_softmax);
   m.impl("edge_softmax_backward", &edge_softmax_backward);

@@ -502,16 +502,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward(
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fastalign_cpu, m) {
-  m.def(
-      "gat_aggregate_forward(Tensor rowptr, Tensor col, Tensor x, Tensor alpha_src, Tensor? alpha_dst, "
-      "float negative_slope, float dropout, int seed, bool add_self_loops) -> (Tensor, Tensor)");
-  m.def(
-      "gat_aggregate_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor perm_t, "
-      "Tensor x, Tensor alpha_src, Tensor? alpha_dst, Tensor lse, Tensor grad_out, "
-      "float negative_slope, float dropout, int seed, bool add_self_loops) -> (Tensor, Tensor, Tensor)");
-}
-
 TORCH_LIBRARY_IMPL(fastalign_cpu, CPU, m) {
   m.impl("gat_aggregate_forward", &gat_aggregate_forward);
   m.impl("gat_aggregate_backward", &gat_aggregate_backward);

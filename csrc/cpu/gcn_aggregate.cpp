@@ -114,10 +114,6 @@ at::Tensor gcn_aggregate(const at::Tensor& rowptr, const at::Tensor& col,
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fastalign_cpu, m) {
-  m.def("gcn_aggregate(Tensor rowptr, Tensor col, Tensor? weight, Tensor dis, Tensor? loop_weight, Tensor x) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(fastalign_cpu, CPU, m) { m.impl("gcn_aggregate", &gcn_aggregate); }
 
 }  // namespace cpu

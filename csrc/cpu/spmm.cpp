@@ -231,7 +231,10 @@ void spmm_max_backward_kernel(const at::Tensor& col, const at::Tensor& weight, c
     }
 }
 
-std::tuple<at::Tensor, at::Tensor> spmm_max_backward(const at::Tensor& col,
+// The transpose (rowptr_t, col_t, perm_t) is in the schema for kernels that gather by
+// source node; this one walks destination rows and does not read it.
+std::tuple<at::Tensor, at::Tensor> spmm_max_backward(const at::Tensor& col, const at::Tensor& /*rowptr_t*/,
+                                                     const at::Tensor& /*col_t*/, const at::Tensor& /*perm_t*/,
                                                      const c10::optional<at::Tensor>& weight,
                                                      const at::Tensor& x, const at::Tensor& arg,
                                                      const at::Tensor& grad_out, bool need_weight_grad) {
@@ -301,12 +304,6 @@ at::Tensor sddmm(const at::Tensor& rowptr, const at::Tensor& col, const at::Tens
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(fastalign_cpu, m) {
-  m.def("spmm_forward(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, str reduce) -> (Tensor, Tensor)");
-  m.def("spmm_max_backward(Tensor col, Tensor? weight, Tensor x, Tensor arg, Tensor grad_out, bool need_weight_grad) -> (Tensor, Tensor)");
-  m.def("sddmm(Tensor rowptr, Tensor col, Tensor a, Tensor b) -> Tensor");
-}
 
 TORCH_LIBRARY_IMPL(fastalign_cpu, CPU, m) {
   m.impl("spmm_forward", &spmm_forward);

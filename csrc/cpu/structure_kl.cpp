@@ -501,13 +501,6 @@ std::tuple<at::Tensor, at::Tensor> structure_kl_student_backward(
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fastalign_cpu, m) {
-  m.def("structure_kl_forward(Tensor rowptr, Tensor col, Tensor s_dst, Tensor s_src, Tensor p_dst, Tensor p_src, str kernel, float sigma, int degree, float coef, float tau) -> (Tensor, Tensor, Tensor)");
-  m.def("structure_kl_forward_with_grad_state(Tensor rowptr, Tensor col, Tensor s_dst, Tensor s_src, Tensor p_dst, Tensor p_src, str kernel, float sigma, int degree, float coef, float tau) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("structure_kl_student_backward(Tensor rowptr_t, Tensor col_t, Tensor perm_t, Tensor s_dst, Tensor s_src, Tensor dst_grad, Tensor src_coef, Tensor grad_kl, str kernel, float sigma, int degree, float coef, float tau, bool combined) -> (Tensor, Tensor)");
-  m.def("structure_kl_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor perm_t, Tensor s_dst, Tensor s_src, Tensor p_dst, Tensor p_src, Tensor lse_s, Tensor lse_p, Tensor kl, Tensor grad_kl, str kernel, float sigma, int degree, float coef, float tau, bool peer_grad) -> (Tensor, Tensor, Tensor, Tensor)");
-}
-
 TORCH_LIBRARY_IMPL(fastalign_cpu, CPU, m) {
   m.impl("structure_kl_forward", &structure_kl_forward);
   m.impl("structure_kl_backward", &structure_kl_backward);

@@ -1,22 +1,21 @@
 // fastalign._C_cuda: torch glue for the CUDA kernels of csrc/cuda/kernels.
 //
-// Registers the backend functions (fastalign/backends/torch.py signatures) as torch ops
-// in namespace fastalign_cuda for the CUDA dispatch key, and exposes FUNCTIONS. This
-// file only checks inputs, allocates outputs and workspaces on the caching allocator,
-// picks the current stream, and maps dtypes to the C launcher API; all numerics live in
-// the kernels. float64 inputs and rows too wide for the pair kernels are routed to the
+// Registers kernels for the backend functions (schemas: fastalign/backends/schemas.py,
+// declared by Python before this library loads) in namespace fastalign_cuda for the CUDA
+// dispatch key. This file only checks inputs, allocates outputs and workspaces on the
+// caching allocator, picks the current stream, and maps dtypes to the C launcher API; all
+// numerics live in the kernels. float64 inputs and rows too wide for the pair kernels are routed to the
 // reference by fastalign/backends/cuda.py before reaching here.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include <cstdlib>
+#include <atomic>
 #include <limits>
 #include <optional>
 #include <string>
 #include <tuple>
-#include <vector>
 
 #include "attention_dropout.h"
 #include "cuda/kernels/fastalign_cuda.h"
@@ -124,12 +123,12 @@ const void* ptr_or_null(const OptTensor& t) { return t.has_value() ? t->data_ptr
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
-// Hub-row split size: the kernels' default, or FASTALIGN_CUDA_SPLIT (> 0) for tuning.
+// Hub-row split size: the kernels' default, or a forced one (> 0) for tuning, set from
+// FASTALIGN_CUDA_SPLIT by fastalign/backends/cuda.py (fastalign.settings reads it).
+std::atomic<int64_t> forced_split{0};
+
 int64_t split_for(int64_t num_edges) {
-  static const int64_t forced = [] {
-    const char* v = std::getenv("FASTALIGN_CUDA_SPLIT");
-    return v != nullptr ? std::atoll(v) : 0;
-  }();
+  const int64_t forced = forced_split.load(std::memory_order_relaxed);
   return forced > 0 ? forced : fa_default_split(num_edges);
 }
 
@@ -510,44 +509,7 @@ std::tuple<Tensor, Tensor, Tensor> gat_aggregate_backward(
   return {grad_x, grad_src, grad_dst};
 }
 
-const std::vector<std::string> kFunctions = {
-    "spmm_forward",     "spmm_max_backward",        "sddmm",
-    "gcn_aggregate",    "edge_similarity",          "edge_similarity_backward",
-    "edge_softmax",     "edge_softmax_backward",    "structure_kl_forward",
-    "structure_kl_backward", "gat_aggregate_forward", "gat_aggregate_backward",
-};
-
 }  // namespace
-
-TORCH_LIBRARY(fastalign_cuda, m) {
-  m.def("spmm_forward(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, str reduce)"
-        " -> (Tensor, Tensor)");
-  m.def("spmm_max_backward(Tensor col, Tensor rowptr_t, Tensor col_t, Tensor perm_t,"
-        " Tensor? weight, Tensor x, Tensor arg, Tensor grad_out, bool need_weight_grad)"
-        " -> (Tensor, Tensor)");
-  m.def("sddmm(Tensor rowptr, Tensor col, Tensor a, Tensor b) -> Tensor");
-  m.def("gcn_aggregate(Tensor rowptr, Tensor col, Tensor? weight, Tensor dis,"
-        " Tensor? loop_weight, Tensor x) -> Tensor");
-  m.def("edge_similarity(Tensor rowptr, Tensor col, Tensor x_dst, Tensor x_src, str kernel,"
-        " float sigma, int degree, float coef) -> Tensor");
-  m.def("edge_similarity_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t,"
-        " Tensor perm_t, Tensor x_dst, Tensor x_src, Tensor grad_s, str kernel, float sigma,"
-        " int degree, float coef) -> (Tensor, Tensor)");
-  m.def("edge_softmax(Tensor rowptr, Tensor logits) -> Tensor");
-  m.def("edge_softmax_backward(Tensor rowptr, Tensor p, Tensor grad_p) -> Tensor");
-  m.def("structure_kl_forward(Tensor rowptr, Tensor col, Tensor s_dst, Tensor s_src,"
-        " Tensor p_dst, Tensor p_src, str kernel, float sigma, int degree, float coef,"
-        " float tau) -> (Tensor, Tensor, Tensor)");
-  m.def("structure_kl_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t,"
-        " Tensor perm_t, Tensor s_dst, Tensor s_src, Tensor p_dst, Tensor p_src, Tensor lse_s,"
-        " Tensor lse_p, Tensor kl, Tensor grad_kl, str kernel, float sigma, int degree,"
-        " float coef, float tau, bool peer_grad) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("gat_aggregate_forward(Tensor rowptr, Tensor col, Tensor x, Tensor alpha_src, Tensor? alpha_dst,"
-        " float negative_slope, float dropout, int seed, bool add_self_loops) -> (Tensor, Tensor)");
-  m.def("gat_aggregate_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor perm_t,"
-        " Tensor x, Tensor alpha_src, Tensor? alpha_dst, Tensor lse, Tensor grad_out,"
-        " float negative_slope, float dropout, int seed, bool add_self_loops) -> (Tensor, Tensor, Tensor)");
-}
 
 TORCH_LIBRARY_IMPL(fastalign_cuda, CUDA, m) {
   m.impl("spmm_forward", &spmm_forward);
@@ -566,5 +528,6 @@ TORCH_LIBRARY_IMPL(fastalign_cuda, CUDA, m) {
 
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "fastalign CUDA kernels (ops in torch.ops.fastalign_cuda)";
-  m.attr("FUNCTIONS") = kFunctions;
+  m.def("set_split", [](int64_t split) { forced_split.store(split, std::memory_order_relaxed); },
+        "force the hub-row split size (0: the kernels' default)");
 }

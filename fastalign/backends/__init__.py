@@ -2,8 +2,8 @@
 
 Every op has a pure-PyTorch reference (``torch``) that defines its semantics. Compiled
 backends (``cpu``: C++/OpenMP, ``triton`` and ``cuda``: GPU kernels) implement some or
-all of the backend functions listed in ``BACKEND_FUNCTIONS``; each backend module states
-which ones in ``FUNCTIONS`` and whether it can run on a device in ``supports(device)``.
+all of the backend functions of ``schemas.SCHEMAS``; each backend module states which ones
+in ``FUNCTIONS`` and whether it can run on a device in ``supports(device)``.
 
 Choice: an explicit ``backend=`` argument wins, then the ``FASTALIGN_BACKEND``
 environment variable, then the first backend in ``PREFERENCE[device type]`` that is
@@ -20,36 +20,10 @@ from typing import Optional
 import torch
 
 from .. import settings
+from .schemas import BACKEND_FUNCTIONS, OPTIONAL_FUNCTIONS
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 ENV_VAR = settings.BACKEND
-
-# The functions a backend module may provide; the ``torch`` reference provides all.
-BACKEND_FUNCTIONS = (
-    "spmm_forward",
-    "spmm_max_backward",
-    "sddmm",
-    "gcn_aggregate",
-    "edge_similarity",
-    "edge_similarity_backward",
-    "edge_softmax",
-    "edge_softmax_backward",
-    "structure_kl_forward",
-    "structure_kl_backward",
-    "gat_aggregate_forward",
-    "gat_aggregate_backward",
-)
-
-# Fast paths a backend may add; an op uses them only where the chosen backend has them.
-#   structure_kl_forward_with_grad_state  the forward plus the student's gradient state
-#       for a unit upstream gradient (for a detached peer): (kl, lse_student, lse_peer,
-#       dst_grad [num_dst, F_student], src_coef [num_edges, 2], backend-private)
-#   structure_kl_student_backward  the student's gradients from that state; with
-#       `combined` (s_dst and s_src one tensor) their sum in the first output
-OPTIONAL_FUNCTIONS = (
-    "structure_kl_forward_with_grad_state",
-    "structure_kl_student_backward",
-)
 
 # Automatic choice per device type, best first; the reference is always the last resort.
 PREFERENCE = {

@@ -16,14 +16,14 @@ j -> i with a = x_dst[i], b = x_src[j]:
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from . import BACKEND_FUNCTIONS
-from ..validation import arg_dtype
+from ..attention_dropout import attention_keep, dropout_scale
+from ..validation import acc_dtype, arg_dtype
 
 AVAILABLE = True
 FUNCTIONS = frozenset(BACKEND_FUNCTIONS)  # the reference implements every one
@@ -53,11 +53,6 @@ def _segment_max(values: Tensor, row: Tensor, num_rows: int) -> Tensor:
     return out.scatter_reduce_(0, index, values, "amax", include_self=True)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulate low-precision inputs in float32, as the kernels do."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 # --------------------------------------------------------------------------- spmm
 def spmm_forward(
     rowptr: Tensor, col: Tensor, weight: Optional[Tensor], x: Tensor, reduce: str
@@ -71,7 +66,7 @@ def spmm_forward(
     NaN, and ``arg`` is the first NaN edge, whatever the edge order otherwise.
     """
     num_dst, num_edges = rowptr.numel() - 1, col.numel()
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     row = csr_row(rowptr, num_edges)
     msg = x.index_select(0, col.long()).to(acc)
     if weight is not None:
@@ -120,7 +115,7 @@ def spmm_max_backward(
     e = perm_t[k]) of [arg[i, f] == e] * w_e * grad_out[i, f]. The reference scatters
     and ignores them.
     """
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     if col.numel() == 0:  # no edge won anything
         grad_w = x.new_zeros(0) if need_weight_grad else x.new_empty(0)
         return torch.zeros_like(x), grad_w
@@ -141,7 +136,7 @@ def spmm_max_backward(
 
 def sddmm(rowptr: Tensor, col: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Per edge e = (j -> i): a[i] . b[j] (the edge-weight gradient of spmm)."""
-    acc = _acc_dtype(a.dtype)
+    acc = acc_dtype(a.dtype)
     row = csr_row(rowptr, col.numel())
     out = (a.index_select(0, row).to(acc) * b.index_select(0, col.long()).to(acc)).sum(-1)
     return out.to(a.dtype)
@@ -161,7 +156,7 @@ def gcn_aggregate(
     ``dis`` is deg^-1/2 (0 for zero degree). With ``loop_weight`` (self loops added),
     existing self-loop edges are skipped: their weight is already in ``loop_weight``.
     """
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     num_dst = rowptr.numel() - 1
     row = csr_row(rowptr, col.numel())
     colv = col.long()
@@ -248,7 +243,7 @@ def pairwise_backward(
 
 def _endpoints(rowptr: Tensor, col: Tensor, x_dst: Tensor, x_src: Tensor):
     row = csr_row(rowptr, col.numel())
-    acc = _acc_dtype(x_dst.dtype)
+    acc = acc_dtype(x_dst.dtype)
     return row, x_dst.index_select(0, row).to(acc), x_src.index_select(0, col.long()).to(acc)
 
 
@@ -278,7 +273,7 @@ def edge_softmax(rowptr: Tensor, logits: Tensor) -> Tensor:
     """Softmax of per-edge logits over each destination's in-edges."""
     num_dst = rowptr.numel() - 1
     row = csr_row(rowptr, logits.numel())
-    acc = _acc_dtype(logits.dtype)
+    acc = acc_dtype(logits.dtype)
     z = logits.to(acc)
     m = _segment_max(z, row, num_dst)
     e = torch.exp(z - m[row])
@@ -289,7 +284,7 @@ def edge_softmax_backward(rowptr: Tensor, p: Tensor, grad_p: Tensor) -> Tensor:
     """grad logits = p * (grad_p - sum_row(p * grad_p))."""
     num_dst = rowptr.numel() - 1
     row = csr_row(rowptr, p.numel())
-    acc = _acc_dtype(p.dtype)
+    acc = acc_dtype(p.dtype)
     pa, ga = p.to(acc), grad_p.to(acc)
     dot = _segment_sum(pa * ga, row, num_dst)
     return (pa * (ga - dot[row])).to(p.dtype)
@@ -366,43 +361,7 @@ def structure_kl_backward(
 
 
 # --------------------------------------------------------------------------- attention
-# Attention dropout draws its mask from a counter-based hash of (seed, edge, head), so a
-# backward regenerates it instead of storing it and every backend draws the same mask.
-# Edge ids: a stored edge is its internal position e; the self loop added for node i is
-# num_edges + i. For idx = edge * heads + head (int64), with fmix32 MurmurHash3's 32-bit
-# finaliser: bits = fmix32(lo32(idx) ^ fmix32(hi32(idx) ^ seed)); the entry is kept when
-# bits >> 8 (24 uniform bits) >= ceil(dropout * 2^24), and kept entries are scaled by
-# 1 / (1 - dropout) (0 when dropout is 1: everything is dropped).
-_M32 = 0xFFFFFFFF
-
-
-def dropout_threshold(dropout: float) -> int:
-    """The 24-bit threshold below which an entry is dropped."""
-    return min(int(math.ceil(dropout * 16777216.0)), 16777216)
-
-
-def dropout_scale(dropout: float) -> float:
-    return 1.0 / (1.0 - dropout) if dropout < 1.0 else 0.0
-
-
-def _mul32(a: Tensor, c: int) -> Tensor:
-    """(a * c) mod 2^32 for int64 ``a`` in [0, 2^32), exact in int64 (16-bit halves of c)."""
-    return (a * (c & 0xFFFF) + (((a * (c >> 16)) & 0xFFFF) << 16)) & _M32
-
-
-def _fmix32(h: Tensor) -> Tensor:
-    h = h ^ (h >> 16)
-    h = _mul32(h, 0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = _mul32(h, 0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def attention_keep(seed: int, edge_ids: Tensor, heads: int, dropout: float) -> Tensor:
-    """The dropout mask [len(edge_ids), heads] (bool: kept) of attention entries."""
-    idx = edge_ids.long().unsqueeze(1) * heads + torch.arange(heads, device=edge_ids.device)
-    bits = _fmix32((idx & _M32) ^ _fmix32(((idx >> 32) ^ (seed & _M32)) & _M32))
-    return (bits >> 8) >= dropout_threshold(dropout)
+# Attention dropout: the mask is fastalign.attention_dropout.attention_keep.
 
 
 def attention_edges(rowptr: Tensor, col: Tensor, num_src: int, add_self_loops: bool):
@@ -426,7 +385,7 @@ def attention(rowptr, col, num_src, alpha_src, alpha_dst, negative_slope, dropou
     softmax a, dropout factor k), and the log-sum-exp per (row, head). Differentiable in
     the attention terms (fastalign.nn.GATConv returns a k when asked for the attention)."""
     num_dst, heads = rowptr.numel() - 1, alpha_src.size(1)
-    acc = _acc_dtype(alpha_src.dtype)
+    acc = acc_dtype(alpha_src.dtype)
     dst, src, eid = attention_edges(rowptr, col, num_src, add_self_loops)
     z = alpha_src.to(acc)[src]
     if alpha_dst is not None:
@@ -475,7 +434,7 @@ def gat_aggregate_backward(
     grad_x[j] = sum_i a_ij k_ij g_i, grad_alpha_src[j] = sum_i dz_ij,
     grad_alpha_dst[i] = sum_j dz_ij.
     """
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     dst, src, _, z, a, k, _ = attention(
         rowptr, col, x.size(0), alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops
     )

@@ -74,7 +74,8 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="dataset root holding Cora/, CiteSeer/, PubMed/ "
                              "(default: $FASTALIGN_DATA, else ~/.cache/fastalign/datasets)")
     parser.add_argument("--json", dest="json_path", default=None, metavar="PATH",
-                        help="write every measurement and the run's metadata as JSON")
+                        help="write every measurement and the run's metadata as JSON (a .jsonl file: "
+                             "append the run as one line)")
     parser.add_argument("--plot", dest="plot_path", default=None, metavar="PATH",
                         help="draw a PNG chart of the speed-ups over the fastest peer")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -191,7 +192,9 @@ def run_command(args: argparse.Namespace) -> int:
             features=args.features, modes=modes, dtypes=_split(args.dtype) or ["float32"], timing=timing,
             measure_memory=not args.no_memory, progress=progress, command=command,
             max_seconds=args.max_minutes * 60 if args.max_minutes is not None else None,
-            on_graph_done=(lambda partial: report.write_json(partial, args.json_path)) if args.json_path else None,
+            # a .jsonl file takes one row per run: only the finished report is appended
+            on_graph_done=(lambda partial: report.write_json(partial, args.json_path))
+            if args.json_path and not args.json_path.endswith(".jsonl") else None,
             root=args.root,
         )
     except ValueError as exc:

@@ -213,9 +213,14 @@ def strict(value):
 
 
 def write_json(run: dict, path) -> None:
-    """``run`` as strict JSON (NaN and infinities as null)."""
+    """``run`` as strict JSON (NaN and infinities as null); to a ``.jsonl`` file (a
+    benchmark family's records) it is appended as one line, so runs accumulate."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        with open(path, "a") as f:
+            f.write(json.dumps(strict(run), default=str, allow_nan=False, separators=(",", ":")) + "\n")
+        return
     with open(path, "w") as f:
         json.dump(strict(run), f, indent=1, default=str, allow_nan=False)
         f.write("\n")

@@ -16,14 +16,13 @@ SPLITS = ("train", "val", "test")
 
 
 def _common(p) -> None:
-    from ..cli import _device
-    from .options import BACKENDS
+    from .options import BACKENDS, device_name
 
     p.add_argument("checkpoint", help="a file written by fastalign train --save")
     p.add_argument("--dataset", default=None, type=str.lower,
                    help="data set to run on (default: the one the student was trained on)")
     p.add_argument("--root", default=None, help="data root (default: $FASTALIGN_DATA or ~/.cache/fastalign/datasets)")
-    p.add_argument("--device", default="cpu", type=_device, help="cpu or cuda[:i]")
+    p.add_argument("--device", default="cpu", type=device_name, help="cpu or cuda[:i]")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="kernel backend")
 
 

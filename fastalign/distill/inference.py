@@ -25,7 +25,8 @@ from torch import Tensor
 from .. import ops
 from ..graph import Graph, as_count
 from ..ops.gcn_aggregate import gcn_norm_state
-from .models import GCNII_LAMBDA, SparseFeatures, Student
+from ..sparse_features import SparseFeatures
+from .models import GCNII_LAMBDA, Student
 
 
 def _chunks(n: int, size: int):

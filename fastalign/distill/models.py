@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..graph import Graph
+from ..sparse_features import SparseFeatures
 from .options import MODELS, RESIDUALS  # noqa: F401  (defined torch-free)
 
 # GCNII's identity-mapping strength: layer l uses W_eff = (1 - b_l) I + b_l W with
@@ -51,45 +52,6 @@ def hidden_output(residual: str, alpha: float, i: int, h: Tensor, inp, h0):
     elif residual == "initial":
         h = (1.0 - alpha) * h + alpha * h0
     return h, h0
-
-
-class SparseFeatures:
-    """A sparse node-feature matrix as a bipartite Graph (row = node, source = feature
-    index, edge weight = value), so that input dropout touches only the non-zeros and the
-    first projection is an spmm. Bag-of-words inputs (Cora: 1.3% non-zero) make the dense
-    path spend most of an epoch drawing dropout masks for zeros."""
-
-    def __init__(self, graph: Graph, values: Tensor):
-        self.graph, self.values = graph, values
-
-    @classmethod
-    def from_dense(cls, x: Tensor) -> "SparseFeatures":
-        node, feat = x.nonzero(as_tuple=True)
-        g = Graph.from_edge_index(torch.stack([feat, node]), num_nodes=(x.size(1), x.size(0)))
-        return cls(g, x[node, feat][g.perm] if g.perm is not None else x[node, feat])
-
-    def row_block(self, start: int, stop: int) -> Tuple["SparseFeatures", Tensor]:
-        """Nodes ``start .. stop-1`` as SparseFeatures over the features they use, and the
-        ids of those features (see :meth:`Graph.row_block`)."""
-        block, feats = self.graph.row_block(start, stop)
-        lo, hi = int(self.graph.rowptr[start]), int(self.graph.rowptr[stop])
-        return SparseFeatures(block, self.values[lo:hi]), feats
-
-    def to(self, device) -> "SparseFeatures":
-        return SparseFeatures(self.graph.to(device), self.values.to(device))
-
-    def to_dense(self) -> Tensor:
-        """The ``[nodes, features]`` matrix."""
-        g = self.graph
-        out = torch.zeros(g.num_dst, g.num_src, device=g.device, dtype=self.values.dtype)
-        return out.index_put_((g.row, g.col.long()), self.values)
-
-    def dropout(self, p: float, training: bool) -> "SparseFeatures":
-        return SparseFeatures(self.graph, F.dropout(self.values, p, training))
-
-    def linear(self, weight: Tensor, backend: Optional[str]) -> Tensor:
-        """``x @ weight.t()``."""
-        return ops.spmm(self.graph, weight.t().contiguous(), "sum", edge_weight=self.values, backend=backend)
 
 
 def _linear(x, lin: nn.Linear, backend: Optional[str]) -> Tensor:
@@ -245,12 +207,3 @@ class Student(nn.Module):
                     aux.append(self.aux[i](F.dropout(h, self.dropout, self.training)))
             hiddens.append(h)
         return StudentOutput(h, hiddens, aux)
-
-    def inference(self, graph: Graph, x, chunk_rows: int, device=None) -> Tensor:
-        """The eval-mode logits of every node, layer by layer over blocks of ``chunk_rows``
-        rows run on ``device`` (default: the parameters'), while ``graph``, ``x`` and each
-        layer's output stay where they are: for graphs whose whole-graph forward does not
-        fit on the device. See :func:`fastalign.distill.inference.layerwise_inference`."""
-        from .inference import layerwise_inference
-
-        return layerwise_inference(self, graph, x, chunk_rows, device)

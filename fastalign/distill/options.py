@@ -3,8 +3,9 @@ command line builds its parser from these, so ``fastalign --help`` stays fast)."
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Union
 
 MODELS = ("gcn", "sage", "gat")
 RESIDUALS = ("none", "plain", "initial", "gcnii")
@@ -18,6 +19,14 @@ FEATURE_PAIRS = ("all", "hidden")
 # the two equal)
 KERNELS = ("l1", "rbf", "linear", "poly", "cosine")
 AUTO_SIGMA_KERNELS = ("l1", "rbf")  # fastalign.ops._common.AUTO_SIGMA_KERNELS (kept equal by a test)
+
+
+def device_name(text: str) -> str:
+    """cpu, cuda or cuda:<index>; anything else is refused here, before any data loads."""
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use cpu, cuda or cuda:<index>")
+    return text
 
 
 @dataclass

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..datasets import NodeDataset
 from . import checkpoint
-from .inference import inference_cost, student_size
+from .inference import inference_cost, layerwise_inference, student_size
 from .losses import FeatureAdapters, LossWeights, hint_pairs, student_loss
 from .models import MODELS, Student, check_residual
 from .options import BACKENDS, LR_SCHEDULES, MODES, WD_SCOPES  # noqa: F401  (torch-free)
@@ -69,7 +69,7 @@ class TrainConfig:
     # mini-batches of a transductive graph: the subgraphs of a random partition of the
     # nodes into this many parts, drawn every epoch (1: the whole graph)
     num_parts: int = 1
-    # model selection layer by layer over blocks of this many rows (Student.inference), for
+    # model selection layer by layer over blocks of this many rows (distill.inference.layerwise_inference), for
     # graphs whose whole-graph forward does not fit on the device (0: one forward)
     eval_chunk_rows: int = 0
     # where the data set lives (None: device); each training batch and evaluation block is
@@ -135,14 +135,14 @@ def _probs(logits: Tensor, multilabel: bool) -> Tensor:
 def predict(student: Student, eval_batches, chunk_rows: int = 0) -> Dict[str, Tensor]:
     """Logits per split (``val``, ``test``), concatenated over batches, on the batches'
     device. The student runs on its parameters' device: one forward per batch, or with
-    ``chunk_rows`` layer by layer over blocks of that many rows (:meth:`Student.inference`),
+    ``chunk_rows`` layer by layer over blocks of that many rows (:func:`fastalign.distill.inference.layerwise_inference`),
     the batch staying where it is."""
     student.eval()
     device = next(student.parameters()).device
     out: Dict[str, List[Tensor]] = {}
     for b in eval_batches:
         if chunk_rows:
-            logits = student.inference(b.graph, b.x_input, chunk_rows, device)
+            logits = layerwise_inference(student, b.graph, b.x_input, chunk_rows, device)
         else:
             on = b if b.x.device == device else b.to(device)
             logits = student(on.graph, on.edge_index, on.x_input).logits.to(b.x.device)

@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .heuristics import acc_dtype, heuristic, launch, torch_acc
+from ..validation import acc_dtype
+from .heuristics import heuristic, launch, tl_acc
 from .launch import launcher
 from .segments import combine_sum, row_plan, vmask, work_item
 from .similarity import KINDS, row_sims, sim_grad, sq_norm
@@ -102,7 +103,7 @@ def edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef):
         edge_sim_kernel[(plan.num_programs,)](
             rowptr, col, x_dst, x_src, out, plan.seg_row, plan.seg_start, plan.seg_end,
             plan.num_rows, plan.split, F, float(sigma), float(coef),
-            KIND=kind, DEGREE=int(degree), ACC=acc_dtype(x_dst.dtype),
+            KIND=kind, DEGREE=int(degree), ACC=tl_acc(x_dst.dtype),
             BLOCK_E=cfg.BLOCK_E, BLOCK_F=cfg.BLOCK_F, num_warps=cfg.num_warps,
         )
 
@@ -118,7 +119,7 @@ def side_grad(rowptr, idx, perm, fixed, gath, grad_s, kind, sigma, degree, coef)
     if idx.numel() == 0 or F == 0 or fixed.size(0) == 0:
         return out.zero_()
     plan = row_plan(rowptr)
-    part = torch.empty((max(plan.num_segs, 1), F), dtype=torch_acc(fixed.dtype), device=fixed.device)
+    part = torch.empty((max(plan.num_segs, 1), F), dtype=acc_dtype(fixed.dtype), device=fixed.device)
 
     def run(cfg):
         grid = (plan.num_programs, triton.cdiv(F, cfg.BLOCK_F))
@@ -126,10 +127,10 @@ def side_grad(rowptr, idx, perm, fixed, gath, grad_s, kind, sigma, degree, coef)
             rowptr, idx, perm if perm is not None else idx, fixed, gath, grad_s, out, part,
             plan.seg_row, plan.seg_start, plan.seg_end, plan.num_rows, plan.split, F,
             float(sigma), float(coef), HAS_PERM=perm is not None, KIND=kind,
-            DEGREE=int(degree), ACC=acc_dtype(fixed.dtype),
+            DEGREE=int(degree), ACC=tl_acc(fixed.dtype),
             BLOCK_E=cfg.BLOCK_E, BLOCK_F=cfg.BLOCK_F, num_warps=cfg.num_warps,
         )
-        combine_sum(plan, part, out, cfg.BLOCK_F, acc_dtype(fixed.dtype))
+        combine_sum(plan, part, out, cfg.BLOCK_F, tl_acc(fixed.dtype))
 
     key = ("edge_sim_grad", kind, int(degree), F, fixed.dtype, perm is not None)
     # up to 256 features per block: each extra block recomputes the similarities

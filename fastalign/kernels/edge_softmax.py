@@ -19,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .heuristics import acc_dtype, softmax_block, softmax_rows, torch_acc
+from ..validation import acc_dtype
+from .heuristics import softmax_block, softmax_rows, tl_acc
 from .launch import launcher
 from .segments import row_plan
 
@@ -174,7 +175,7 @@ def _run(rowptr, a, b, mode):
     if a.numel() == 0:
         return out
     plan = row_plan(rowptr)
-    acc, tacc = acc_dtype(a.dtype), torch_acc(a.dtype)
+    acc, tacc = tl_acc(a.dtype), acc_dtype(a.dtype)
     rows, row_e, warps = softmax_rows(plan)
     softmax_rows_kernel[(triton.cdiv(plan.num_rows, rows),)](
         rowptr, a, b, out, plan.num_rows, plan.split,

@@ -10,7 +10,7 @@ Tiles are [edges, heads, channels] (heads and channels padded to powers of two).
   and grad_alpha_dst; one program per source row walks the transpose for grad_x and
   grad_alpha_src (no atomics).
 
-The dropout mask is the counter hash of ``fastalign.backends.reference.attention_keep``
+The dropout mask is the counter hash of ``fastalign.attention_dropout.attention_keep``
 in uint64-held 32-bit arithmetic, regenerated wherever an edge is visited. Hub rows are
 cut into segments (``segments.row_plan``), each its own program writing a partial
 state; a combine kernel per long row merges them in segment order (no atomics), the row's
@@ -25,7 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .heuristics import acc_dtype, torch_acc
+from ..attention_dropout import dropout_scale, dropout_threshold
+from ..validation import acc_dtype
+from .heuristics import tl_acc
 from .launch import launcher
 from .segments import row_plan, vmask, work_item
 
@@ -46,7 +48,7 @@ def _fmix32(h):
 @triton.jit
 def _dropout_factor(edge, hh, H, seed, threshold, scale, DROPOUT: tl.constexpr, ACC: tl.constexpr):
     """[E, HP] factors of edge ids ``edge`` [E] and heads ``hh`` [HP]: 1 without dropout,
-    else 0 or ``scale`` (the hash of reference.attention_keep)."""
+    else 0 or ``scale`` (the hash of fastalign.attention_dropout)."""
     if DROPOUT:
         idx = edge.to(tl.uint64)[:, None] * H + hh.to(tl.uint64)[None, :]
         lo = idx & 0xFFFFFFFF
@@ -360,14 +362,12 @@ def _params(negative_slope: float, scale: float, dtype: torch.dtype, device: tor
 
 
 def _options(x, negative_slope, dropout, seed, add_self_loops, num_dst):
-    from fastalign.backends.reference import dropout_scale, dropout_threshold
-
     heads, channels = x.size(1), x.size(2)
     return dict(
-        params=_params(float(negative_slope), dropout_scale(dropout), torch_acc(x.dtype), x.device),
+        params=_params(float(negative_slope), dropout_scale(dropout), acc_dtype(x.dtype), x.device),
         num_loops=min(x.size(0), num_dst) if add_self_loops else 0,
         seed=int(seed) & 0xFFFFFFFF, threshold=dropout_threshold(dropout),
-        H=heads, C=channels, LOOPS=bool(add_self_loops), DROPOUT=dropout > 0, ACC=acc_dtype(x.dtype),
+        H=heads, C=channels, LOOPS=bool(add_self_loops), DROPOUT=dropout > 0, ACC=tl_acc(x.dtype),
         BLOCK_E=BLOCK_EDGES, HP=triton.next_power_of_2(max(heads, 1)), CP=triton.next_power_of_2(max(channels, 1)),
     )
 
@@ -385,7 +385,7 @@ def _partial(plan, width, dtype, device):
 def gat_aggregate_forward(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_self_loops):
     num_dst = rowptr.numel() - 1
     out = x.new_empty((num_dst, x.size(1), x.size(2)))
-    acc = torch_acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     lse = torch.empty((num_dst, x.size(1)), dtype=acc, device=x.device)
     if num_dst == 0 or x.size(1) == 0:
         return out.zero_(), lse.fill_(float("-inf"))
@@ -413,7 +413,7 @@ def gat_aggregate_backward(
     negative_slope, dropout, seed, add_self_loops,
 ):
     num_dst, num_src = rowptr.numel() - 1, x.size(0)
-    acc = torch_acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     # every row of these is written (by its program, or a long row's by the combine)
     d_row = torch.empty((num_dst, x.size(1)), dtype=acc, device=x.device)  # g_i . out_i, from the first pass
     lse = lse.to(acc).contiguous()

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from .. import settings
+from ..validation import acc_dtype
 
 TILE = 4096
 
@@ -42,13 +43,9 @@ class Config(NamedTuple):
     num_warps: int
 
 
-def acc_dtype(dtype: torch.dtype):
-    """Triton accumulation dtype: float64 for float64 inputs, else float32."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def torch_acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def tl_acc(dtype: torch.dtype):
+    """The Triton type of ``fastalign.validation.acc_dtype(dtype)``."""
+    return tl.float64 if acc_dtype(dtype) == torch.float64 else tl.float32
 
 
 def block_f(width: int, dtype: torch.dtype, cap: int = 0) -> int:

@@ -36,7 +36,8 @@ import triton.language as tl
 
 from fastalign.validation import arg_dtype
 
-from .heuristics import acc_dtype, heuristic, launch, rows_packing, torch_acc
+from ..validation import acc_dtype
+from .heuristics import heuristic, launch, rows_packing, tl_acc
 from .launch import launcher
 from .segments import combine_sum, row_plan, vmask, work_item
 
@@ -246,7 +247,7 @@ def aggregate(
         return out, arg
     gcn = dis is not None
     plan = row_plan(rowptr)
-    acc, tacc = acc_dtype(x.dtype), torch_acc(x.dtype)
+    acc, tacc = tl_acc(x.dtype), acc_dtype(x.dtype)
     part = torch.empty((max(plan.num_segs, 1), F), dtype=tacc, device=x.device)
     part_arg = torch.empty((max(plan.num_segs, 1), F) if code == 2 else (1,), dtype=torch.int64, device=x.device)
     arg_ptr = arg if code == 2 else part_arg
@@ -357,7 +358,7 @@ def spmm_max_backward(col, rowptr_t, col_t, perm_t, weight, x, arg, grad_out, ne
     x = x.contiguous()
     num_src, F = x.shape
     num_edges = col.numel()
-    acc, tacc = acc_dtype(x.dtype), torch_acc(x.dtype)
+    acc, tacc = tl_acc(x.dtype), acc_dtype(x.dtype)
     grad_x = torch.empty((num_src, F), dtype=x.dtype, device=x.device)
     if num_src == 0 or F == 0:
         grad_x.zero_()

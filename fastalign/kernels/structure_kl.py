@@ -33,7 +33,8 @@ import triton
 import triton.language as tl
 
 from .. import settings
-from .heuristics import acc_dtype, block_f, heuristic, launch, torch_acc
+from ..validation import acc_dtype
+from .heuristics import block_f, heuristic, launch, tl_acc
 from .launch import launcher
 from .segments import combine_sum, row_plan, vmask, work_item
 from .similarity import KINDS, row_sims, sim_grad, sim_grad_other, sq_norm
@@ -240,7 +241,7 @@ def structure_kl_forward(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma,
     kind = _kind(kernel)
     s_dst, s_src, p_dst, p_src = (t.contiguous() for t in (s_dst, s_src, p_dst, p_src))
     num_dst = rowptr.numel() - 1
-    dev, tacc = s_dst.device, torch_acc(s_dst.dtype)
+    dev, tacc = s_dst.device, acc_dtype(s_dst.dtype)
     kl = torch.empty(num_dst, dtype=s_dst.dtype, device=dev)
     lse_s = torch.empty(num_dst, dtype=tacc, device=dev)
     lse_p = torch.empty(num_dst, dtype=tacc, device=dev)
@@ -250,7 +251,7 @@ def structure_kl_forward(rowptr, col, s_dst, s_src, p_dst, p_src, kernel, sigma,
     FS, FP = s_dst.size(1), p_dst.size(1)
     part = torch.empty(5 * max(plan.num_segs, 1), dtype=tacc, device=dev)
     base, bfs, bfp = _config(plan, FS, FP, s_dst.dtype)
-    acc = acc_dtype(s_dst.dtype)
+    acc = tl_acc(s_dst.dtype)
 
     def run(cfg):
         skl_fwd_kernel[(plan.num_programs,)](
@@ -272,7 +273,7 @@ def _side(rowptr, idx, s_fix, s_gath, p_fix, p_gath, lse_s, lse_p, kl, gkl,
     """One side of the backward (see skl_grad_kernel); ``src_acc``: the opt-in atomic
     mode's float32 (grad s_src, grad p_src) accumulators, destination side only."""
     FS, FP = s_fix.size(1), p_fix.size(1)
-    dev, tacc, acc = s_fix.device, torch_acc(s_fix.dtype), acc_dtype(s_fix.dtype)
+    dev, tacc, acc = s_fix.device, acc_dtype(s_fix.dtype), tl_acc(s_fix.dtype)
     g_s = torch.empty_like(s_fix)
     g_p = torch.empty_like(p_fix) if peer else s_fix.new_empty(0)
     if idx.numel() == 0 or s_fix.size(0) == 0:
@@ -333,7 +334,7 @@ def structure_kl_backward(
     args = (lse_s, lse_p, kl, grad_kl)
     params = (kind, sigma, degree, coef, tau)
     if atomic_backward():
-        tacc = torch_acc(s_src.dtype)
+        tacc = acc_dtype(s_src.dtype)
         acc_s = torch.zeros(s_src.shape, dtype=tacc, device=s_src.device)
         acc_p = torch.zeros(p_src.shape, dtype=tacc, device=p_src.device) if peer else acc_s
         g_s_dst, g_p_dst = _side(rowptr, col, s_dst, s_src, p_dst, p_src, *args, False, peer, *params,

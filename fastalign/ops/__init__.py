@@ -4,11 +4,10 @@ Each op module holds the custom op(s), their fake kernels, the autograd formula 
 public function; backends implement the numeric work (fastalign.backends).
 """
 
-from .edge_scale import edge_scale
-from .edge_similarity import edge_similarity
+from .edge_similarity import edge_scale, edge_similarity
 from .gat_aggregate import gat_aggregate
 from .gcn_aggregate import gcn_aggregate, gcn_norm_state, gcn_propagation
-from .local_structure import edge_softmax, local_structure
+from .edge_softmax import edge_softmax, local_structure
 from .spmm import spmm, spmm_propagation
 from .structure_kl import structure_kl
 

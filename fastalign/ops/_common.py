@@ -15,7 +15,7 @@ from ..graph import Graph
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 KERNELS = ("l1", "rbf", "linear", "poly", "cosine")
 DEFAULT_SIGMA = {"l1": 100.0, "rbf": 1.0}
-# distance kernels: sigma="auto" takes their scale from the embeddings (ops/edge_scale.py)
+# distance kernels: sigma="auto" takes their scale from the embeddings (ops/edge_similarity.py)
 AUTO_SIGMA_KERNELS = ("l1", "rbf")
 AUTO = "auto"
 
@@ -93,12 +93,6 @@ def split_pair(
     return x, x
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """What the kernels accumulate and keep per-node state in for features of ``dtype``:
-    float64 for float64, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 # The smallest normal float32: a scale below it (or a denominator built from it, such as
 # rbf's 2 sigma^2) is 0 or denormal in the kernels' float32 arithmetic, and 0 / 0 is NaN.
 MIN_SCALE = float(torch.finfo(torch.float32).tiny)
@@ -127,7 +121,7 @@ def is_auto(sigma) -> bool:
 
 def kernel_params(kernel: str, sigma, degree, coef) -> Tuple[str, float, int, float]:
     """The custom ops' kernel arguments; ``sigma="auto"`` gives sigma 1 (the caller
-    divides the features by their scale, ops/edge_scale.py)."""
+    divides the features by their scale, ops/edge_similarity.py)."""
     if not isinstance(kernel, str) or kernel not in KERNELS:
         raise ValueError(f"unknown similarity kernel {kernel!r}; choose one of {KERNELS}")
     if isinstance(sigma, str):

@@ -19,7 +19,7 @@ grad_alpha_src and grad_x = sum_i a_ij k_ij g_i. No E x H x C tensor
 and no E x H tensor is built on the kernel backends (the reference builds both).
 
 Attention dropout draws its mask from a counter-based hash of (seed, edge, head)
-(``fastalign.backends.reference.attention_keep``), so the backward regenerates it
+(``fastalign.attention_dropout``), so the backward regenerates it
 instead of storing it and every backend draws the same mask for the same seed.
 
 Custom ops: ``fastalign::gat_aggregate`` (out, lse) and ``fastalign::gat_aggregate_backward``.
@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .. import validation as V
 from ._eager import TwinOp
-from ._common import acc_dtype, as_graph, check_features, impl, real_number, resolve, transpose_for
+from ._common import as_graph, check_features, impl, real_number, resolve, transpose_for
 
 SEED_LIMIT = 2**32
 _NO_SEED = torch.zeros(1, dtype=torch.int64)  # the seed passed without dropout (never read)
@@ -88,7 +88,7 @@ def _(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, seed, add_s
       rowptr_t, col_t, perm_t, backend):
     num_dst = rowptr.shape[0] - 1
     out = x.new_empty((num_dst, x.shape[1], x.shape[2]))
-    return out, x.new_empty((num_dst, x.shape[1]), dtype=acc_dtype(x.dtype))
+    return out, x.new_empty((num_dst, x.shape[1]), dtype=V.acc_dtype(x.dtype))
 
 
 def _gat_aggregate_backward(

@@ -31,7 +31,7 @@ from .. import validation as V
 from ..graph import Graph
 from ._eager import TwinOp
 from ._common import (
-    acc_dtype, as_graph, check_edge_values, check_features, check_placement, impl, resolve,
+    as_graph, check_edge_values, check_features, check_placement, impl, resolve,
     transposed_weight,
 )
 from .spmm import spmm_call
@@ -94,7 +94,7 @@ def norm_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the normalisation is computed in: float64 for float64 features, else
     float32. A degree summed in bfloat16 stops growing at 256 (each +1 rounds away), in
     float16 at 2048, so low-precision layers never normalise in their own dtype."""
-    return acc_dtype(dtype)
+    return V.acc_dtype(dtype)
 
 
 def gcn_norm_state(

@@ -15,7 +15,7 @@ Triton ``fastalign/kernels/structure_kl.py``; CUDA ``csrc/cuda/kernels/structure
 ``structure_kl_backward.cu``.
 
 Fast path for a detached peer (Alignahead++ detaches it), where the backend has it
-(``fastalign.backends.OPTIONAL_FUNCTIONS``): the forward also returns the student's
+(``fastalign.backends.schemas.OPTIONAL_SCHEMAS``): the forward also returns the student's
 gradient state for a unit upstream gradient (one F-row per destination node and two
 scalars per edge, computed while each row's neighbours are in cache), and
 ``fastalign::structure_kl_student_backward`` scales it and makes one pass over the
@@ -32,9 +32,9 @@ from torch import Tensor
 from .. import backends
 from .. import validation as V
 from ._eager import TwinOp
-from ._common import (acc_dtype, as_graph, check_cosine_range, check_tau, impl, is_auto, kernel_params, resolve,
+from ._common import (as_graph, check_cosine_range, check_tau, impl, is_auto, kernel_params, resolve,
                       split_pair)
-from .edge_scale import scaled
+from .edge_similarity import scaled
 from .edge_similarity import check_both_sides, needs_grad
 
 
@@ -93,8 +93,8 @@ def _(rowptr, col, s_dst, s_src, p_dst, p_src, rowptr_t, col_t, perm_t,
     n = rowptr.shape[0] - 1
     kl, lse = backends.structure_kl_state_dtype(backend, s_dst.dtype)
     state = (s_dst.new_empty((n,), dtype=kl), s_dst.new_empty((n,), dtype=lse), s_dst.new_empty((n,), dtype=lse))
-    if with_grad_state:  # only backends with the fast path: gradient state in acc_dtype(s_dst.dtype)
-        acc = acc_dtype(s_dst.dtype)
+    if with_grad_state:  # only backends with the fast path: gradient state in V.acc_dtype(s_dst.dtype)
+        acc = V.acc_dtype(s_dst.dtype)
         return state + (s_dst.new_empty((n, s_dst.shape[1]), dtype=acc), s_dst.new_empty((col.shape[0], 2), dtype=acc))
     return state + (s_dst.new_empty((0,)), s_dst.new_empty((0,)))
 

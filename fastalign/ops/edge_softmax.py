@@ -1,11 +1,11 @@
-"""local_structure: p_e = softmax over each destination's in-edges of s_e / tau.
+"""edge_softmax: p_e = exp(z_e) / sum_{e' in in-edges(i)} exp(z_e') per destination i,
+and local_structure, its composition with edge_similarity: p_e = softmax(s_e / tau).
 
 ``edge_softmax`` is its own custom op (``fastalign::edge_softmax``, backward
-``p * (g - sum_row(p * g))``); ``local_structure`` composes it with edge_similarity.
+``p * (g - sum_row(p * g))``).
 
-Kernels of edge_softmax: reference ``fastalign/backends/reference.py``; CPU
-``csrc/cpu/edge_softmax.cpp``; Triton ``fastalign/kernels/edge_softmax.py``; CUDA
-``csrc/cuda/kernels/edge_softmax.cu``.
+Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/edge_softmax.cpp``;
+Triton ``fastalign/kernels/edge_softmax.py``; CUDA ``csrc/cuda/kernels/edge_softmax.cu``.
 """
 
 from __future__ import annotations
