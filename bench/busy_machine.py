@@ -9,7 +9,10 @@ the median and the mean call time alone, then beside one CPU-bound competitor pr
 slowdown is the beside / alone ratio of the medians; the mean shows the stalls a median
 hides (a call that waits a scheduler time slice for its second thread).
 
-    python bench/busy_machine.py [--json out.json] [--budget 2.0]
+    python bench/busy_machine.py [--budget 2.0] [--records FILE.jsonl]
+
+The run is appended as one row to bench/results/busy_machine_cpu.jsonl (``--records``;
+``--records ''`` for none).
 
 Run it on an otherwise quiet machine: the point is one competitor, not an unknown load.
 """
@@ -17,7 +20,6 @@ Run it on an otherwise quiet machine: the point is one competitor, not an unknow
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -25,6 +27,8 @@ import sys
 import time
 
 import torch
+
+import records
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -87,7 +91,7 @@ def measure(cases, budget_s):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of timed calls per op and phase")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--records", default=records.path("busy_machine_cpu"), help="the JSON Lines file the row goes to")
     args = ap.parse_args(argv)
 
     import fastalign
@@ -125,12 +129,8 @@ def main(argv=None):
                      "again_mean_ms": again[name][1], "mean_slowdown": beside[name][1] / mean_base})
         cells = " ".join(f"{m:8.3f} ({a:6.3f})" for m, a in (alone[name], beside[name], again[name]))
         print(f"{name:50s} {cells} {beside[name][0] / base:8.2f}x")
-    if args.json:
-        from fastalign.bench.runner import git_commit
-
-        stamp = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit()}
-        with open(args.json, "w") as f:
-            json.dump({**stamp, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+    if args.records:
+        records.append(args.records, {"threads": torch.get_num_threads(), "rows": rows})
     return 0
 
 

@@ -461,9 +461,9 @@ class Check:
             env={"FASTALIGN_DATA": data_root}), cap)
         data = "cora" if os.path.isdir(os.path.join(data_root, "Cora", "raw")) else "synthetic"
         self.run_one(Job("distill epoch time", [
-            self.py, "experiments/distill/epoch_time.py", "--dataset", data, "--root", data_root, "--students", "3",
+            self.py, "bench/distill_epoch_time.py", "--dataset", data, "--root", data_root, "--students", "3",
             "--hidden", "64", "--device", dev, "--backends", "auto", "torch", "--rounds", "3", "--epochs", "2",
-            "--json", os.path.join(out, "distill_epoch_time.json")], "fastalign_bench_cuda.txt"),
+            "--json", os.path.join(out, "distill_epoch_time.json"), "--records", ""], "fastalign_bench_cuda.txt"),
             self.cap(CAPS["h-distill"], "h-students", "h-students", "report"))
         nodes = "2000" if self.args.dry_run else "200000"
         for i, k in enumerate((2, 4)):

@@ -29,7 +29,7 @@ def register(key: str, make_command: Callable[[], Sequence[str]]) -> None:
 
 def _run(key: str) -> subprocess.CompletedProcess:
     if _STOPPED.is_set():
-        raise RuntimeError("the session ended before this job ran")
+        raise RuntimeError("the test run ended before this job ran")
     cmd = list(_MAKERS[key]())
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _RUNNING[key] = proc
@@ -61,7 +61,7 @@ def result(key: str) -> subprocess.CompletedProcess:
 
 
 def shutdown() -> None:
-    """Cancel what has not started and stop what runs (the session is over)."""
+    """Cancel what has not started and stop what runs (the test run is over)."""
     _STOPPED.set()
     if _POOL is not None:
         _POOL.shutdown(wait=False, cancel_futures=True)

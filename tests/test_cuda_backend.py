@@ -8,7 +8,7 @@ in float32), so the tolerance is about one unit in the last place of the output 
 Dry run (not in CI): FASTALIGN_CUDA_TESTS_ON_CPU=1 runs these tests on CPU tensors with
 the C++ CPU backend standing in for the CUDA one (float16 / bfloat16 go to the reference
 there), skipping the few CUDA-specific ones. It checks the tests themselves (arguments,
-shapes, tolerances against a second implementation) before a GPU session.
+shapes, tolerances against a second implementation) before any GPU run.
 """
 
 import importlib

@@ -4,7 +4,7 @@
 and the Python adapter agree with each other.
 
 Each compile takes a minute or two on a small machine (the glue's, with g++, about 40 s):
-they run in the background from the start of the session, on the second core
+they run in the background from the start of the test run, on the second core
 (tests/background_jobs.py, started by conftest.py); set FASTALIGN_SKIP_NVCC=1 to skip
 them locally (the static checks still run).
 """
@@ -66,7 +66,7 @@ def _skip_without_nvcc():
         pytest.skip("FASTALIGN_SKIP_NVCC=1")
 
 
-# The compiles run in the background from the start of the session (tests/background_jobs.py):
+# The compiles run in the background from the start of the test run (tests/background_jobs.py):
 # the longest first.
 for _source in sorted(KERNELS, key=lambda p: -p.stat().st_size):
     background_jobs.register(f"nvcc:{_source.name}", lambda s=_source: _kernel_command(s))
@@ -139,7 +139,7 @@ background_jobs.register("g++:binding", _binding_command)
 
 
 def test_binding_compiles_against_torch_headers():
-    """The glue is otherwise compiled only where torch has CUDA (the first GPU session):
+    """The glue is otherwise compiled only where torch has CUDA (a GPU machine):
     compile it here with g++ against the CPU torch's headers, which include c10/cuda
     and ATen's CUDA headers but not the one header CMake generates for a CUDA build.
     It then needs no more than the launchers of fastalign_cuda.h to link."""

@@ -1,46 +1,50 @@
-"""experiments/distill/sweep.py: one JSON per configuration, resumable, and --extend
-merging new seeds into an existing configuration's JSON."""
+"""bench/distill_sweep.py: one records row per configuration, resumable, and --extend
+appending the configuration merged with its new seeds."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-RUNNER = os.path.join(os.path.dirname(__file__), "..", "experiments", "distill", "sweep.py")
+from bench_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def runner():
-    spec = importlib.util.spec_from_file_location("sweep", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("distill_sweep")
 
 
-def sweep(runner, monkeypatch, out, *extra):
-    argv = ["sweep.py", "--datasets", "synthetic", "--layers", "2", "--ks", "1",
-            "--variants", "independent", "--epochs", "2", "--backend", "torch", "--out", str(out), *extra]
+def rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def sweep(runner, monkeypatch, out, *extra, series="rounds"):
+    """Run the sweep into the records file ``out`` (a folder: its rounds.jsonl) and return
+    the configuration's latest row."""
+    path = out / "rounds.jsonl" if out.suffix != ".jsonl" else out
+    argv = ["distill_sweep.py", "--datasets", "synthetic", "--layers", "2", "--ks", "1", "--variants", "independent",
+            "--epochs", "2", "--backend", "torch", "--records", str(path), "--series", series, *extra]
     monkeypatch.setattr("sys.argv", argv)
     assert runner.main() == 0
-    with open(out / "synthetic_L2_K1_independent.json") as f:
-        return json.load(f)
+    return rows(path)[-1]
 
 
 def test_extend_merges_new_seeds(runner, monkeypatch, tmp_path):
     first = sweep(runner, monkeypatch, tmp_path, "--seeds", "1")
-    assert first["seeds"] == [0] and "extended_by" not in first
-    # without --extend an existing configuration is skipped
+    assert first["seeds"] == [0] and "extends" not in first
+    assert {"date", "commit", "machine", "command"} <= set(first) and "distill_sweep.py" in first["command"]
+    # without --extend an existing configuration is skipped: no row is added
     assert sweep(runner, monkeypatch, tmp_path, "--seeds", "3") == first
+    assert len(rows(tmp_path / "rounds.jsonl")) == 1
     merged = sweep(runner, monkeypatch, tmp_path, "--seeds", "3", "--extend")
-    assert merged["seeds"] == [0, 1, 2]
+    assert merged["seeds"] == [0, 1, 2] and len(rows(tmp_path / "rounds.jsonl")) == 2
     assert merged["runs"][0] == first["runs"][0]
-    assert [e["seeds"] for e in merged["extended_by"]] == [[1, 2]]
-    assert merged["command"] == first["command"] and merged["variant"] == "independent"
+    assert [e["seeds"] for e in merged["extends"]] == [[0]]
+    assert merged["extends"][0]["command"] == first["command"] and merged["variant"] == "independent"
     tests = [r["students"][0]["test"] for r in merged["runs"]]
     assert merged["mean_test_acc"] == pytest.approx(sum(tests) / 3)
     # the seeds it already has are not run again
     assert sweep(runner, monkeypatch, tmp_path, "--seed-list", "1", "2", "--extend") == merged
+    assert len(rows(tmp_path / "rounds.jsonl")) == 2
 
 
 def test_extend_refuses_another_configuration(runner, monkeypatch, tmp_path):
@@ -51,14 +55,14 @@ def test_extend_refuses_another_configuration(runner, monkeypatch, tmp_path):
 
 def test_extend_takes_options_added_later_at_their_defaults(runner, monkeypatch, tmp_path):
     first = sweep(runner, monkeypatch, tmp_path, "--seeds", "1")
-    path = tmp_path / "synthetic_L2_K1_independent.json"
-    # a JSON written before --residual and --feature-pairs existed
+    path = tmp_path / "rounds.jsonl"
+    # a row written before --residual and --feature-pairs existed
     del first["config"]["residual"], first["config"]["weights"]["feature_pairs"]
-    path.write_text(json.dumps(first))
+    path.write_text(json.dumps(first) + "\n")
     merged = sweep(runner, monkeypatch, tmp_path, "--seeds", "2", "--extend")
     assert merged["seeds"] == [0, 1]
-    # an option the old JSON lacks, now set away from its default, is a difference
-    path.write_text(json.dumps(first))
+    # an option the old row lacks, now set away from its default, is a difference
+    path.write_text(json.dumps(first) + "\n")
     with pytest.raises(SystemExit, match=r"weights\.feature_pairs"):
         sweep(runner, monkeypatch, tmp_path, "--seeds", "2", "--extend", "--feature-pairs", "hidden")
 
@@ -79,9 +83,10 @@ def test_deadline_is_the_next_such_time(runner):
 
 
 def test_summary_names_the_options_away_from_their_defaults(runner, monkeypatch, tmp_path):
-    sweep(runner, monkeypatch, tmp_path / "runs", "--seeds", "1")
-    sweep(runner, monkeypatch, tmp_path / "runs_wd", "--seeds", "1", "--dropout", "0.3", "--patience", "5")
-    rows = [line for line in runner.summarize(str(tmp_path / "runs")).splitlines() if "synthetic" in line]
-    assert len(rows) == 2
-    assert sorted(row.split("|")[3].strip() for row in rows) == [
+    path = tmp_path / "rounds.jsonl"
+    sweep(runner, monkeypatch, path, "--seeds", "1")
+    sweep(runner, monkeypatch, path, "--seeds", "1", "--dropout", "0.3", "--patience", "5", series="rounds_wd")
+    table = [line for line in runner.summarize(rows(path)).splitlines() if "synthetic" in line]
+    assert len(table) == 2
+    assert sorted(row.split("|")[3].strip() for row in table) == [
         "independent (dropout=0.3, epochs=2, patience=5)", "independent (epochs=2)"]  # the sweep trains 2 epochs

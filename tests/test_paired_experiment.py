@@ -1,16 +1,12 @@
-"""experiments/distill/paired.py: the per-seed pairing, the sign test and the summary."""
+"""bench/distill_paired.py: the per-seed pairing, the sign test and the summary."""
 
-import importlib.util
-import json
 import math
-import os
 
 import pytest
 
-PATH = os.path.join(os.path.dirname(__file__), "..", "experiments", "distill", "paired.py")
-spec = importlib.util.spec_from_file_location("paired", PATH)
-paired = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(paired)
+from bench_scripts import load_script
+
+paired = load_script("distill_paired")
 
 
 def result(variant, tests, vals, layers=2, students=2, kl=None):
@@ -41,16 +37,15 @@ def test_compare_pairs_by_seed():
     assert c["se"] == pytest.approx(sd / math.sqrt(3))
 
 
-def test_summary_chooses_the_auto_weight_on_validation(tmp_path):
-    files = {
+def test_summary_chooses_the_auto_weight_on_validation():
+    rows = {
         "independent": result("independent", [0.80] * 4, [0.70] * 4),
         "sigma100": result("sigma100", [0.80] * 4, [0.70] * 4, kl=5e-5),
         "auto-w1": result("auto-w1", [0.90] * 4, [0.71] * 4, kl=5e-3),  # best test, not best val
         "auto-w10": result("auto-w10", [0.82] * 4, [0.75] * 4, kl=4e-3),
     }
-    for name, r in files.items():
-        (tmp_path / paired.file_name("cora", 2, 2, name)).write_text(json.dumps(r))
-    table = paired.summarize(str(tmp_path))
+    stale = result("auto-w10", [0.10] * 4, [0.10] * 4)  # measured again below: the later row counts
+    table = paired.summarize([stale] + list(rows.values()))
     rows = table.splitlines()
     chosen = [r for r in rows if "chosen on val" in r]
     assert len(chosen) == 1 and "auto-w10" in chosen[0] and "+2.00" in chosen[0]

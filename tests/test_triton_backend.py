@@ -39,7 +39,7 @@ def _interpreter_command():
 if not INTERP:
     import background_jobs
 
-    # about 2 minutes: it runs on the second core from the start of the session
+    # about 2 minutes: it runs on the second core from the start of the test run
     # (tests/background_jobs.py), and this module's one test waits for it at the end
     background_jobs.register("triton-interpreter-suite", _interpreter_command)
     BACKGROUND_JOBS = ("triton-interpreter-suite",)

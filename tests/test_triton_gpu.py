@@ -7,7 +7,7 @@ public ops end to end (gradients).
 Skipped without CUDA (and under TRITON_INTERPRET, where kernels are interpreted), except
 as a dry run: FASTALIGN_GPU_TESTS_ON_CPU=1 with TRITON_INTERPRET=1 runs the float32
 cases on CPU tensors through the interpreter, on graphs a tenth the size (about 20
-minutes). It checks the tests themselves before a GPU session, which is short
+minutes). It checks the tests themselves before a GPU run, which is short
 and rare; CI does not run it.
 Low-precision inputs are compared with the reference run on the same inputs (both
 accumulate in float32) by the relative error of the whole output,
@@ -107,7 +107,7 @@ def feats(n, width, dtype, seed):
 
 
 # Tuning is opt-in (off by default; each tuned op compiles several configs: minutes of a
-# GPU session); test_autotune covers it.
+# GPU run); test_autotune covers it.
 
 
 def test_benchmark_graph_is_the_cpu_graph_on_the_device():

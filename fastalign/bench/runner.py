@@ -171,7 +171,7 @@ def run_benchmarks(
     ``graphs``, in that order); returns ``{"meta": ..., "results": [...]}`` (see :mod:`.report`).
 
     ``max_seconds``: start no measurement after that long (the rest is recorded as
-    skipped, "time limit"), for machines lent by the minute. ``on_graph_done(run)`` is
+    skipped, "time limit"), for machines hired by the minute. ``on_graph_done(run)`` is
     called with the partial run after each graph (to save it as it goes). ``dtypes``:
     the feature dtypes to run each graph in (one graph build shared by all), so a
     bfloat16 run and its float32 counterpart are timed in one process. ``root``: where
