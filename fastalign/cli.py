@@ -203,7 +203,7 @@ def _start_distributed(args, cfg):
     import torch.distributed as dist
 
     from .distill.trainer import ALTERNATING_DISTRIBUTED
-    from .distill.world import DistributedWorld
+    from .distill.exchange import DistributedWorld
 
     if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         raise ValueError("--distributed: launch with torchrun, e.g. torchrun --nproc-per-node 2 "

@@ -322,20 +322,20 @@ def test_compiles_from_edge_index_without_graph_breaks(name):
 
 
 def test_one_graph_per_edge_index_tensor_and_in_place_edits_are_seen():
-    from fastalign.nn import _inputs
+    from fastalign.nn import drop_in
 
     x, ei = square_inputs(seed=10)
-    first = _inputs.prepare("T", x, ei).graph
-    assert _inputs.prepare("T", x, ei).graph is first  # the next layer / epoch reuses it
-    assert _inputs.prepare("T", x, ei.clone()).graph is not first
+    first = drop_in.prepare("T", x, ei).graph
+    assert drop_in.prepare("T", x, ei).graph is first  # the next layer / epoch reuses it
+    assert drop_in.prepare("T", x, ei.clone()).graph is not first
     ours, theirs = build("GraphConv", F_IN, 3, {})
     torch.testing.assert_close(ours(x, ei), theirs(x, ei))
     ei[0, :5] = torch.arange(5)  # an in-place edit: a fresh CSR
-    assert _inputs.prepare("T", x, ei).graph is not first
+    assert drop_in.prepare("T", x, ei).graph is not first
     torch.testing.assert_close(ours(x, ei), theirs(x, ei))
     with torch.inference_mode():  # inference tensors have no version counter: not cached
         ei_inf = ei.clone()
-        assert _inputs.prepare("T", x, ei_inf).graph is not _inputs.prepare("T", x, ei_inf).graph
+        assert drop_in.prepare("T", x, ei_inf).graph is not drop_in.prepare("T", x, ei_inf).graph
 
 
 def test_edits_the_version_counter_does_not_see_build_a_fresh_graph():

@@ -1,4 +1,4 @@
-"""Plain eager calls take each op's autograd.Function twin (fastalign/ops/_eager.py);
+"""Plain eager calls take each op's autograd.Function twin (fastalign/ops/twin_op.py);
 everything else takes the torch custom op. Both run the same functions: the same bits
 forward and backward, on every op, and the custom op wherever torch needs it."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fastalign
-from fastalign.ops import _eager
+from fastalign.ops import twin_op
 
 from helpers import random_edge_index
 
@@ -41,7 +41,7 @@ CASES = {
 
 def _run(case, backend, custom_op: bool, monkeypatch):
     if custom_op:
-        monkeypatch.setattr(_eager, "plain_eager", lambda args: False)
+        monkeypatch.setattr(twin_op, "plain_eager", lambda args: False)
     tensors = {k: v.clone().requires_grad_() for k, v in _inputs().items()}
     out = CASES[case](_graph(), tensors, backend)
     grads = torch.autograd.grad(out.square().sum(), [t for t in tensors.values()], allow_unused=True)
@@ -77,16 +77,16 @@ def test_twin_and_custom_op_give_the_same_bits(case, backend, monkeypatch):
 
 def test_only_plain_eager_calls_bypass_the_custom_op():
     x = torch.randn(3, 2)
-    assert _eager.plain_eager((x, torch.nn.Parameter(x), None, "sum", 1.0))
-    assert not _eager.plain_eager((x.to("meta"),))
+    assert twin_op.plain_eager((x, torch.nn.Parameter(x), None, "sum", 1.0))
+    assert not twin_op.plain_eager((x.to("meta"),))
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode() as mode:
         fake = mode.from_tensor(x)
-        assert not _eager.plain_eager((fake,))
+        assert not twin_op.plain_eager((fake,))
 
     seen = []
-    torch.func.vmap(lambda row: seen.append(_eager.plain_eager((row,))) or row)(x)
+    torch.func.vmap(lambda row: seen.append(twin_op.plain_eager((row,))) or row)(x)
     assert seen == [False]  # a functorch transform is active
 
 

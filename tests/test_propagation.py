@@ -122,9 +122,9 @@ def test_a_conv_forward_is_one_prepared_pass(monkeypatch, conv, dims):
     coerce = _Counter(Graph.from_edge_index)
     monkeypatch.setattr(backends, "resolve", resolve)
     monkeypatch.setattr(Graph, "from_edge_index", coerce)
-    from fastalign.nn import _inputs
+    from fastalign.nn import drop_in
 
-    _inputs.clear_graph_cache()
+    drop_in.clear_graph_cache()
     out = layer(x, edge_index)
     out.sum().backward()
     assert resolve.calls == 1

@@ -234,7 +234,7 @@ def test_a_tensor_collected_while_its_cache_lock_is_held_does_not_deadlock(cache
     import threading
 
     from fastalign import validation
-    from fastalign.nn import _inputs
+    from fastalign.nn import drop_in
 
     def scenario():
         t = torch.arange(5)
@@ -242,9 +242,9 @@ def test_a_tensor_collected_while_its_cache_lock_is_held_does_not_deadlock(cache
             validation._remember(t, csr_edges=5)
             lock = validation._LOCK
         else:
-            _inputs.graph_from_edge_index(t.view(1, 5).expand(2, 5), torch.zeros(2, 0, dtype=torch.long), 5, 5,
+            drop_in.graph_from_edge_index(t.view(1, 5).expand(2, 5), torch.zeros(2, 0, dtype=torch.long), 5, 5,
                                           "source_to_target")
-            lock = _inputs._GRAPHS_LOCK
+            lock = drop_in._GRAPHS_LOCK
         cycle = [t]
         cycle.append(cycle)  # only the cyclic collector frees it
         del t, cycle

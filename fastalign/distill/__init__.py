@@ -11,7 +11,7 @@ _EXPORTS = {
     "MODELS": "options", "Student": "models", "StudentOutput": "models",
     "ALIGNS": "options", "layer_pairs": "pairing",
     "MODES": "options", "TrainConfig": "trainer", "run_experiment": "trainer", "score": "trainer",
-    "train_run": "trainer", "World": "world", "DistributedWorld": "world",
+    "train_run": "trainer", "World": "exchange", "DistributedWorld": "exchange",
     "Alignahead": "alignahead", "graph_layer_names": "alignahead",
     "build_students": "trainer", "train_step": "trainer", "summarize_runs": "trainer", "RESIDUALS": "options",
 }

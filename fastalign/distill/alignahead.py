@@ -46,7 +46,7 @@ def graph_layer_names(model: nn.Module) -> List[str]:
     """The names of a model's message-passing layers (PyG's ``MessagePassing`` or
     fastalign's drop-ins), in registration order; layers nested in another such layer
     are not counted."""
-    from ..nn._inputs import DropInConv
+    from ..nn.drop_in import DropInConv
 
     kinds: Tuple[type, ...] = (DropInConv,)
     try:
@@ -231,7 +231,7 @@ class Alignahead(nn.Module):
             return graph
         if not isinstance(graph, Tensor) or graph.dim() != 2 or graph.size(0) != 2:
             raise TypeError("graph must be the models' edge_index ([2, E] tensor) or a fastalign.Graph")
-        from ..nn._inputs import graph_from_edge_index
+        from ..nn.drop_in import graph_from_edge_index
 
         n = like.size(0)
         return graph_from_edge_index(graph, graph, n, n, "source_to_target")

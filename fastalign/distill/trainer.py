@@ -34,7 +34,7 @@ from .losses import FeatureAdapters, LossWeights, hint_pairs, student_loss
 from .models import MODELS, Student, check_residual
 from .options import BACKENDS, LR_SCHEDULES, MODES, WD_SCOPES  # noqa: F401  (torch-free)
 from .pairing import ALIGNS, layer_pairs
-from .world import DistributedWorld, World  # noqa: F401  (DistributedWorld: re-exported)
+from .exchange import DistributedWorld, World  # noqa: F401  (DistributedWorld: re-exported)
 
 
 @dataclass

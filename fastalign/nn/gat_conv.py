@@ -14,7 +14,7 @@ from ..backends import reference
 from ..ops import gat_aggregate
 from ..ops.gat_aggregate import check_dropout, draw_seed, seed_value
 from ..ops._common import real_number
-from ._inputs import DropInConv, Prepared, channel_pair, linear
+from .drop_in import DropInConv, Prepared, channel_pair, linear
 
 
 def _glorot(t: Tensor) -> None:

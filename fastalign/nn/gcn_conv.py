@@ -11,7 +11,7 @@ from torch.nn import Parameter
 from ..graph import Graph
 from ..ops.spmm import spmm_propagation
 from ..ops.gcn_aggregate import gcn_propagation, sparse_adjacency_weights
-from ._inputs import DropInConv, check_channels, node_count, over_nodes, prepare, sparse_kind
+from .drop_in import DropInConv, check_channels, node_count, over_nodes, prepare, sparse_kind
 
 
 class GCNConv(DropInConv):

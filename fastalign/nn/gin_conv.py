@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ._inputs import DropInConv
+from .drop_in import DropInConv
 
 
 def _reset(module) -> None:

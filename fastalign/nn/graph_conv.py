@@ -7,7 +7,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._inputs import DropInConv, channel_pair
+from .drop_in import DropInConv, channel_pair
 
 
 class GraphConv(DropInConv):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._inputs import DropInConv, channel_pair, linear
+from .drop_in import DropInConv, channel_pair, linear
 
 
 class SAGEConv(DropInConv):

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .. import validation as V
-from ._eager import TwinOp
+from .twin_op import TwinOp
 from ._common import (AUTO_SIGMA_KERNELS, as_graph, check_cosine_range, impl, is_auto, kernel_params, resolve,
                       split_pair)
 

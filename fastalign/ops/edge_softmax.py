@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import validation as V
-from ._eager import TwinOp
+from .twin_op import TwinOp
 from ._common import as_graph, check_edge_values, check_tau, impl, resolve
 from .edge_similarity import edge_similarity
 

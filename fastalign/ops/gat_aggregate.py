@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .. import validation as V
-from ._eager import TwinOp
+from .twin_op import TwinOp
 from ._common import as_graph, check_features, impl, real_number, resolve, transpose_for
 
 SEED_LIMIT = 2**32

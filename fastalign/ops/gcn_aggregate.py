@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .. import validation as V
 from ..graph import Graph
-from ._eager import TwinOp
+from .twin_op import TwinOp
 from ._common import (
     as_graph, check_edge_values, check_features, check_placement, impl, resolve,
     transposed_weight,

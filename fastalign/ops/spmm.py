@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .. import validation as V
 from ..graph import Graph
-from ._eager import TwinOp
+from .twin_op import TwinOp
 from ._common import (
     as_graph,
     check_edge_values,

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .. import backends
 from .. import validation as V
-from ._eager import TwinOp
+from .twin_op import TwinOp
 from ._common import (as_graph, check_cosine_range, check_tau, impl, is_auto, kernel_params, resolve,
                       split_pair)
 from .edge_similarity import scaled

@@ -2,11 +2,9 @@
 ``autograd.Function`` twin that plain eager calls take.
 
 ``torch.library.custom_op`` is what torch.compile, torch.export, FakeTensor and the
-functorch transforms need, but its Python dispatch and autograd cost about 40 us per
-call and 200 us per forward+backward in eager mode (measured on the 2-core VM:
-gcn_aggregate on a 64-node graph, 295 us forward+backward through the custom op, 79 us
-through an autograd.Function over the same kernel). On a small graph that is most of a
-GNN layer's time. The twin runs the same implementation, setup_context and backward
+functorch transforms need, but its Python dispatch and autograd cost several times an
+``autograd.Function``'s per eager call (docs/architecture.md gives the figures): on a
+small graph that is most of a GNN layer's time. The twin runs the same implementation, setup_context and backward
 functions, so both paths give the same bits; anything but a plain eager call on
 ordinary CPU/CUDA tensors (compiling, tracing, a functorch transform, a dispatch
 mode, a tensor subclass, meta tensors) goes through the custom op.
