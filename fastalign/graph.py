@@ -25,13 +25,6 @@ _INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1
 
 
-def _check_index_tensor(name: str, t: Tensor) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _INDEX_DTYPES:
-        raise TypeError(f"{name} must be an int32 or int64 tensor, got {t.dtype}")
-
-
 def as_count(name: str, value) -> int:
     """A node count (or similar): an int (not a bool, float or string), 0 <= value < 2**63.
     A symbolic size (torch.compile with dynamic shapes) passes through unchanged."""
@@ -158,7 +151,7 @@ class Graph:
         ``num_nodes`` is an int (square graph) or ``(num_src, num_dst)``; by default
         ``max index + 1``. Indices keep their dtype (int32 or int64).
         """
-        _check_index_tensor("edge_index", edge_index)
+        validation.check_index_tensor("edge_index", edge_index, dim=None)
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
         src, dst = edge_index[0], edge_index[1]
@@ -176,7 +169,7 @@ class Graph:
             raise ValueError(
                 f"{src.numel()} edges do not fit int32 row offsets: pass an int64 edge_index"
             )
-        edge_weight = _check_edge_weight(edge_weight, src.numel(), edge_index.device)
+        edge_weight = validation.check_edge_values("edge_weight", edge_weight, src.numel(), edge_index.device)
         rowptr, col, perm = csr_from_edges(dst, src, num_dst, num_src, True)
         rowptr = rowptr.to(edge_index.dtype)
         weight = edge_weight[perm] if edge_weight is not None else None
@@ -191,8 +184,8 @@ class Graph:
         edge_weight: Optional[Tensor] = None,
     ) -> "Graph":
         """From a CSR by destination (validated: monotone offsets, indices in range)."""
-        _check_index_tensor("rowptr", rowptr)
-        _check_index_tensor("col", col)
+        validation.check_index_tensor("rowptr", rowptr, dim=None)
+        validation.check_index_tensor("col", col, dim=None)
         if num_src is None:
             num_src = max(rowptr.numel() - 1, int(col.max()) + 1 if col.numel() else 0)
         num_src = as_count("num_src", num_src)
@@ -429,7 +422,7 @@ class Graph:
     def with_edge_weight(self, edge_weight: Optional[Tensor]) -> "Graph":
         """The same structure (and structural caches) with other edge values, given in
         internal order."""
-        edge_weight = _check_edge_weight(edge_weight, self.num_edges, self.device)
+        edge_weight = validation.check_edge_values("edge_weight", edge_weight, self.num_edges, self.device)
         g = Graph(self.rowptr, self.col, self.num_src, edge_weight, self.perm, validate=False)
         for key, value, uses_weight in self._fresh_entries():
             if not uses_weight:
@@ -525,26 +518,10 @@ def _float_values(values: Optional[Tensor]) -> Optional[Tensor]:
     return values.to(torch.get_default_dtype())
 
 
-def _check_edge_weight(edge_weight: Optional[Tensor], num_edges: int, device) -> Optional[Tensor]:
-    if edge_weight is None:
-        return None
-    if not isinstance(edge_weight, Tensor):
-        raise TypeError(f"edge_weight must be a tensor, got {type(edge_weight).__name__}")
-    if not edge_weight.is_floating_point():
-        raise TypeError(f"edge_weight must be a floating tensor, got {edge_weight.dtype}")
-    if edge_weight.dim() != 1 or edge_weight.numel() != num_edges:
-        raise ValueError(
-            f"edge_weight must have shape [{num_edges}], got {list(edge_weight.shape)}"
-        )
-    if edge_weight.device != torch.device(device):
-        raise ValueError(f"edge_weight is on {edge_weight.device}, the graph on {device}")
-    return edge_weight
-
-
 def _validate_csr(rowptr: Tensor, col: Tensor, num_src: int, edge_weight) -> None:
     """A CSR given by the caller: checked once (fastalign.validation caches the result on
     the tensors' version counters, so the ops do not scan it again)."""
     validation.check_index_tensor("rowptr", rowptr)
     validation.check_index_tensor("col", col)
     validation.check_csr(rowptr, col, num_src, what="Graph")
-    _check_edge_weight(edge_weight, col.numel(), rowptr.device)
+    validation.check_edge_values("edge_weight", edge_weight, col.numel(), rowptr.device)

@@ -91,14 +91,31 @@ def _remember(t: Tensor, **facts) -> None:
 
 
 # ----------------------------------------------------------------------------- types
-def check_index_tensor(name: str, t, *, dim: int = 1) -> Tensor:
+def check_index_tensor(name: str, t, *, dim: Optional[int] = 1) -> Tensor:
+    """An int32 or int64 tensor (of ``dim`` dimensions unless None)."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in INDEX_DTYPES:
         raise TypeError(f"{name} must be an int32 or int64 tensor, got {t.dtype}")
-    if t.dim() != dim:
+    if dim is not None and t.dim() != dim:
         raise ValueError(f"{name} must be {dim}-D, got shape {list(t.shape)}")
     return t
+
+
+def check_edge_values(name: str, values, num_edges: int, device, dtype=None) -> Optional[Tensor]:
+    """Optional per-edge values (one floating value per edge, on the graph's device),
+    contiguous and cast to ``dtype`` when given."""
+    if values is None:
+        return None
+    if not isinstance(values, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(values).__name__}")
+    if not values.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {values.dtype}")
+    if values.dim() != 1 or values.numel() != num_edges:
+        raise ValueError(f"{name} must have shape [{num_edges}] (one per edge), got {list(values.shape)}")
+    if values.device != torch.device(device):
+        raise ValueError(f"{name} is on {values.device} but the graph is on {device}")
+    return (values if dtype is None else values.to(dtype)).contiguous()
 
 
 def _min_max(t: Tensor):

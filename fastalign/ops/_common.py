@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from .. import validation as V
 from ..graph import Graph
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -52,20 +53,8 @@ def check_features(name: str, x, num_rows: int, graph: Graph, side: str, dim: in
 
 
 def check_edge_values(name: str, values, graph: Graph, dtype=None) -> Optional[Tensor]:
-    """Optional per-edge values in internal order, cast to ``dtype`` when given."""
-    if values is None:
-        return None
-    if not isinstance(values, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(values).__name__}")
-    if not values.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {values.dtype}")
-    if values.dim() != 1 or values.numel() != graph.num_edges:
-        raise ValueError(
-            f"{name} must have shape [{graph.num_edges}] (one per edge), got {list(values.shape)}"
-        )
-    if values.device != graph.device:
-        raise ValueError(f"{name} is on {values.device} but the graph is on {graph.device}")
-    return (values if dtype is None else values.to(dtype)).contiguous()
+    """Optional per-edge values in the graph's internal order, cast to ``dtype`` when given."""
+    return V.check_edge_values(name, values, graph.num_edges, graph.device, dtype)
 
 
 def split_pair(
