@@ -169,7 +169,7 @@ class Graph:
             raise ValueError(
                 f"{src.numel()} edges do not fit int32 row offsets: pass an int64 edge_index"
             )
-        edge_weight = validation.check_edge_values("edge_weight", edge_weight, src.numel(), edge_index.device)
+        edge_weight = validation.check_edge_tensor("edge_weight", edge_weight, src.numel(), edge_index.device)
         rowptr, col, perm = csr_from_edges(dst, src, num_dst, num_src, True)
         rowptr = rowptr.to(edge_index.dtype)
         weight = edge_weight[perm] if edge_weight is not None else None
@@ -422,7 +422,7 @@ class Graph:
     def with_edge_weight(self, edge_weight: Optional[Tensor]) -> "Graph":
         """The same structure (and structural caches) with other edge values, given in
         internal order."""
-        edge_weight = validation.check_edge_values("edge_weight", edge_weight, self.num_edges, self.device)
+        edge_weight = validation.check_edge_tensor("edge_weight", edge_weight, self.num_edges, self.device)
         g = Graph(self.rowptr, self.col, self.num_src, edge_weight, self.perm, validate=False)
         for key, value, uses_weight in self._fresh_entries():
             if not uses_weight:
@@ -524,4 +524,4 @@ def _validate_csr(rowptr: Tensor, col: Tensor, num_src: int, edge_weight) -> Non
     validation.check_index_tensor("rowptr", rowptr)
     validation.check_index_tensor("col", col)
     validation.check_csr(rowptr, col, num_src, what="Graph")
-    validation.check_edge_values("edge_weight", edge_weight, col.numel(), rowptr.device)
+    validation.check_edge_tensor("edge_weight", edge_weight, col.numel(), rowptr.device)

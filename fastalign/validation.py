@@ -1,7 +1,12 @@
-"""Checks of the index tensors every op reads through: nothing a caller passes may make
-a kernel read out of bounds, loop for ever or crash the process.
+"""Every input check of fastalign's ops, layers and Graph: nothing a caller passes may
+make a kernel read out of bounds, loop for ever, crash the process or return a silent
+wrong answer; each refusal is a ``TypeError`` or ``ValueError`` naming the argument.
 
-What is checked, before any kernel runs, at O(rows + edges) integer reads:
+The op arguments (bottom of this module): features (floating, on the graph's device, one
+row per node), per-edge values, similarity kernels and their parameters (sigma, degree,
+coef), temperatures, dtype rules (``acc_dtype``, ``arg_dtype``).
+
+The index tensors, what is checked, before any kernel runs, at O(rows + edges) integer reads:
 
 * a CSR (``rowptr``, ``col``): 1-D int32/int64 tensors of one dtype on one device,
   ``rowptr[0] == 0``, non-decreasing, ``rowptr[-1] == col.numel()``, every column in
@@ -23,9 +28,11 @@ break under ``torch.compile``.
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import weakref
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -102,7 +109,7 @@ def check_index_tensor(name: str, t, *, dim: Optional[int] = 1) -> Tensor:
     return t
 
 
-def check_edge_values(name: str, values, num_edges: int, device, dtype=None) -> Optional[Tensor]:
+def check_edge_tensor(name: str, values, num_edges: int, device, dtype=None) -> Optional[Tensor]:
     """Optional per-edge values (one floating value per edge, on the graph's device),
     contiguous and cast to ``dtype`` when given."""
     if values is None:
@@ -271,3 +278,135 @@ def check_length(name: str, t: Optional[Tensor], n: int, what: str) -> None:
         return
     if t.dim() != 1 or t.numel() != n:
         raise ValueError(f"{name} must have shape [{n}] (one per {what}), got {list(t.shape)}")
+
+
+# ----------------------------------------------------------------------------- op arguments
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+KERNELS = ("l1", "rbf", "linear", "poly", "cosine")
+DEFAULT_SIGMA = {"l1": 100.0, "rbf": 1.0}
+# distance kernels: sigma="auto" takes their scale from the embeddings (ops/edge_similarity.py)
+AUTO_SIGMA_KERNELS = ("l1", "rbf")
+AUTO = "auto"
+
+
+def check_placement(name: str, x, graph) -> None:
+    """A floating tensor on the graph's device (any shape)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {x.dtype}")
+    if x.device != graph.device:
+        raise ValueError(f"{name} is on {x.device} but the graph is on {graph.device}")
+
+
+def check_features(name: str, x, num_rows: int, graph, side: str, dim: int = 2,
+                   layout: str = "[num_nodes, features]") -> Tensor:
+    """A ``dim``-D floating tensor with ``num_rows`` rows on the graph's device, contiguous."""
+    check_placement(name, x, graph)
+    if x.dim() != dim:
+        raise ValueError(f"{name} must be {dim}-D {layout}, got shape {list(x.shape)}")
+    if x.size(0) != num_rows:
+        nodes = f"{side} nodes" if side else "nodes"  # no double space for an unnamed side
+        raise ValueError(f"{name} has {x.size(0)} rows but the graph has {num_rows} {nodes}")
+    return x.contiguous()
+
+
+def check_edge_values(name: str, values, graph, dtype=None) -> Optional[Tensor]:
+    """Optional per-edge values in the graph's internal order, cast to ``dtype`` when given."""
+    return check_edge_tensor(name, values, graph.num_edges, graph.device, dtype)
+
+
+def split_pair(
+    name: str, x: Union[Tensor, Tuple[Tensor, Tensor]], graph
+) -> Tuple[Tensor, Tensor]:
+    """Features of (destination, source) nodes: a single tensor for a square graph or a
+    pair ``(x_dst, x_src)`` for any graph, PyG-style."""
+    if isinstance(x, (tuple, list)):
+        if len(x) != 2:
+            raise ValueError(f"{name} must be a tensor or a (x_dst, x_src) pair")
+        x_dst = check_features(f"{name}[0] (destination)", x[0], graph.num_dst, graph, "destination")
+        x_src = check_features(f"{name}[1] (source)", x[1], graph.num_src, graph, "source")
+        if x_dst.dtype != x_src.dtype or x_dst.size(1) != x_src.size(1):
+            raise ValueError(
+                f"{name}: destination and source features differ in dtype or width "
+                f"({x_dst.dtype} x {x_dst.size(1)} vs {x_src.dtype} x {x_src.size(1)})"
+            )
+        return x_dst, x_src
+    if not graph.is_square:
+        raise ValueError(
+            f"the graph is rectangular ({graph.num_src} sources, {graph.num_dst} destinations): "
+            f"pass {name} as a (x_dst, x_src) pair"
+        )
+    x = check_features(name, x, graph.num_dst, graph, "")
+    return x, x
+
+
+# The smallest normal float32: a scale below it (or a denominator built from it, such as
+# rbf's 2 sigma^2) is 0 or denormal in the kernels' float32 arithmetic, and 0 / 0 is NaN.
+MIN_SCALE = float(torch.finfo(torch.float32).tiny)
+MAX_DEGREE = 2**31 - 1  # the kernels take the degree as a C int
+
+
+def real_number(name: str, value) -> float:
+    """A finite real number (int or float, not a bool, a string or a tensor of several).
+    Finiteness is tested by comparisons, which ``torch.compile(dynamic=True)`` traces on
+    a symbolic float (``math.isfinite`` it cannot)."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must be a real number, got a tensor of shape {list(value.shape)}")
+        value = value.item()
+    value = float(value)
+    if not (value == value and value - value == 0):  # NaN and +-inf fail these
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def is_auto(sigma) -> bool:
+    return isinstance(sigma, str) and sigma == AUTO
+
+
+def kernel_params(kernel: str, sigma, degree, coef) -> Tuple[str, float, int, float]:
+    """The custom ops' kernel arguments; ``sigma="auto"`` gives sigma 1 (the caller
+    divides the features by their scale, ops/edge_similarity.py)."""
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        raise ValueError(f"unknown similarity kernel {kernel!r}; choose one of {KERNELS}")
+    if isinstance(sigma, str):
+        if sigma != AUTO:
+            raise TypeError(f"sigma must be a positive real number or {AUTO!r}, got str ({sigma!r})")
+        if kernel not in AUTO_SIGMA_KERNELS:
+            raise ValueError(
+                f"sigma={AUTO!r} is a distance scale, for the {' and '.join(AUTO_SIGMA_KERNELS)} "
+                f"kernels; the {kernel} kernel has no sigma"
+            )
+        sigma = 1.0
+    if sigma is None:
+        sigma = DEFAULT_SIGMA.get(kernel, 1.0)
+    sigma = real_number("sigma", sigma)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    low = {"l1": MIN_SCALE, "rbf": math.sqrt(MIN_SCALE / 2)}.get(kernel)
+    if low is not None and sigma < low:
+        raise ValueError(
+            f"sigma = {sigma:g} is too small for the {kernel} kernel: its denominator "
+            f"({'sigma' if kernel == 'l1' else '2 sigma^2'}) underflows float32 below sigma = {low:.3g} "
+            "(every similarity would be 0 or NaN)"
+        )
+    if isinstance(degree, bool) or not isinstance(degree, numbers.Integral):
+        raise TypeError(f"degree must be an int, got {type(degree).__name__} ({degree!r})")
+    if not 0 <= degree <= MAX_DEGREE:
+        raise ValueError(f"degree must be an integer in [0, 2**31 - 1], got {degree}")
+    return kernel, sigma, int(degree), real_number("coef", coef)
+
+
+def check_tau(tau) -> float:
+    tau = real_number("tau", tau)
+    if not tau > 0:
+        raise ValueError(f"tau must be positive, got {tau}")
+    if tau < MIN_SCALE:
+        raise ValueError(
+            f"tau = {tau:g} is too small: logits / tau overflow float32 below {MIN_SCALE:.3g} "
+            "(the softmax would be NaN)"
+        )
+    return tau

@@ -10,7 +10,7 @@ import torch
 
 from fastalign import Graph
 from fastalign.bench.graphs import power_law_edge_index  # noqa: F401  (canonical generator)
-from fastalign.ops._common import KERNELS  # noqa: F401  (the similarity kernels, in one order)
+from fastalign.validation import KERNELS  # noqa: F401  (the similarity kernels, in one order)
 
 
 # The relative error (rel_err) a whole float16/bfloat16 output may have against the

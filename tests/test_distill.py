@@ -601,10 +601,10 @@ def test_option_vocabulary_matches_the_ops():
     """The torch-free option lists the command line is built from agree with the code
     that uses them."""
     from fastalign.distill import options
-    from fastalign.ops import _common
+    from fastalign import validation
 
-    assert options.KERNELS == _common.KERNELS
-    assert options.AUTO_SIGMA_KERNELS == _common.AUTO_SIGMA_KERNELS
+    assert options.KERNELS == validation.KERNELS
+    assert options.AUTO_SIGMA_KERNELS == validation.AUTO_SIGMA_KERNELS
     from fastalign import distill
 
     assert distill.MODELS == options.MODELS and distill.LossWeights is options.LossWeights

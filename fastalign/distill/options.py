@@ -15,10 +15,10 @@ BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
 WD_SCOPES = ("all", "first")
 LR_SCHEDULES = ("constant", "cosine")
 FEATURE_PAIRS = ("all", "hidden")
-# the similarity kernels of fastalign's ops (fastalign.ops._common.KERNELS; a test keeps
+# the similarity kernels of fastalign's ops (fastalign.validation.KERNELS; a test keeps
 # the two equal)
 KERNELS = ("l1", "rbf", "linear", "poly", "cosine")
-AUTO_SIGMA_KERNELS = ("l1", "rbf")  # fastalign.ops._common.AUTO_SIGMA_KERNELS (kept equal by a test)
+AUTO_SIGMA_KERNELS = ("l1", "rbf")  # fastalign.validation.AUTO_SIGMA_KERNELS (kept equal by a test)
 
 
 def device_name(text: str) -> str:

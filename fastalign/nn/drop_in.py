@@ -23,7 +23,7 @@ from torch import Tensor
 from .. import validation
 from ..graph import Graph, as_count
 from ..ops.spmm import spmm_propagation
-from ..ops._common import check_edge_values
+from ..validation import check_edge_values
 
 FLOWS = ("source_to_target", "target_to_source")
 

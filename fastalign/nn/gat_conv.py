@@ -13,7 +13,7 @@ from torch.nn import Parameter
 from ..backends import reference
 from ..ops import gat_aggregate
 from ..ops.gat_aggregate import check_dropout, draw_seed, seed_value
-from ..ops._common import real_number
+from ..validation import real_number
 from .drop_in import DropInConv, Prepared, channel_pair, linear
 
 

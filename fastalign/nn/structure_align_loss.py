@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..graph import Graph
 from ..ops import structure_kl
-from ..ops._common import KERNELS, check_tau, kernel_params
+from ..validation import check_tau, kernel_params, KERNELS
 
 FeaturesOrPair = Union[Tensor, Tuple[Tensor, Tensor]]
 

@@ -46,9 +46,9 @@ import torch
 from torch import Tensor
 
 from .. import validation as V
+from ..validation import AUTO_SIGMA_KERNELS, is_auto, kernel_params, split_pair
 from .twin_op import TwinOp
-from ._common import (AUTO_SIGMA_KERNELS, as_graph, check_cosine_range, impl, is_auto, kernel_params, resolve,
-                      split_pair)
+from ._common import as_graph, check_cosine_range, impl, resolve
 
 FUNCTIONS = ("edge_similarity", "edge_similarity_backward")
 

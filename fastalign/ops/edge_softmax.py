@@ -16,8 +16,9 @@ import torch
 from torch import Tensor
 
 from .. import validation as V
+from ..validation import check_edge_values, check_tau
 from .twin_op import TwinOp
-from ._common import as_graph, check_edge_values, check_tau, impl, resolve
+from ._common import as_graph, impl, resolve
 from .edge_similarity import edge_similarity
 
 

@@ -37,8 +37,9 @@ import torch
 from torch import Tensor
 
 from .. import validation as V
+from ..validation import check_features, real_number
 from .twin_op import TwinOp
-from ._common import as_graph, check_features, impl, real_number, resolve, transpose_for
+from ._common import as_graph, impl, resolve, transpose_for
 
 SEED_LIMIT = 2**32
 _NO_SEED = torch.zeros(1, dtype=torch.int64)  # the seed passed without dropout (never read)

@@ -27,17 +27,9 @@ from torch import Tensor
 
 from .. import validation as V
 from ..graph import Graph
+from ..validation import check_edge_values, check_features, check_placement
 from .twin_op import TwinOp
-from ._common import (
-    as_graph,
-    check_edge_values,
-    check_features,
-    check_placement,
-    impl,
-    resolve,
-    transpose_for,
-    transposed_weight,
-)
+from ._common import as_graph, impl, resolve, transpose_for, transposed_weight
 
 REDUCTIONS = ("sum", "mean", "max")
 

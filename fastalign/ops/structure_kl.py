@@ -31,9 +31,9 @@ from torch import Tensor
 
 from .. import backends
 from .. import validation as V
+from ..validation import check_tau, is_auto, kernel_params, split_pair
 from .twin_op import TwinOp
-from ._common import (as_graph, check_cosine_range, check_tau, impl, is_auto, kernel_params, resolve,
-                      split_pair)
+from ._common import as_graph, check_cosine_range, impl, resolve
 from .edge_similarity import scaled
 from .edge_similarity import check_both_sides, needs_grad
 
