@@ -198,6 +198,6 @@ def test_example_trains_two_pyg_gats(tmp_path, capsys):
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     for mode in ("simultaneous", "alternating"):
-        assert example.main(["--root", str(tmp_path), "--epochs", "3", "--mode", mode]) == 0
+        assert example.main(["--root", str(tmp_path), "--dataset", "synthetic", "--epochs", "3", "--mode", mode]) == 0
         out = capsys.readouterr().out
         assert "distilled" in out and "trained alone" in out

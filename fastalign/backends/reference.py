@@ -27,6 +27,11 @@ from ..validation import acc_dtype, arg_dtype
 
 AVAILABLE = True
 FUNCTIONS = frozenset(BACKEND_FUNCTIONS)  # the reference implements every one
+# The structure KL's per-node state (kl and the log-sum-exps) is double whatever the
+# features' dtype, as in the C++ kernels: at logits of ~1e7 float32 log-probabilities
+# are off by ~1.
+STRUCTURE_KL_STATE_DTYPE = {d: (torch.float64, torch.float64)
+                            for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 COSINE_EPS = 1e-8
 
 
@@ -307,19 +312,21 @@ def structure_kl_forward(
     """Per destination i: KL(q_i || p_i) = sum_{e in i} q_e (log q_e - log p_e), with
     p = softmax(k(student)/tau) and q = softmax(k(peer)/tau) over i's in-edges.
 
-    Returns (kl [num_dst], lse_student [num_dst], lse_peer [num_dst]), the log-sum-exps of
-    the scaled logits (the per-node state the backward recomputes from; -inf where a node
-    has no in-edge, and kl 0 there).
+    Returns (kl [num_dst], lse_student [num_dst], lse_peer [num_dst]) in float64, the
+    log-sum-exps of the scaled logits (the per-node state the backward recomputes from;
+    -inf where a node has no in-edge, and kl 0 there).
     """
     num_dst = rowptr.numel() - 1
     row, a_s, b_s = _endpoints(rowptr, col, s_dst, s_src)
     _, a_p, b_p = _endpoints(rowptr, col, p_dst, p_src)
-    z_s = pairwise(kernel, a_s, b_s, sigma, degree, coef) / tau
-    z_p = pairwise(kernel, a_p, b_p, sigma, degree, coef) / tau
+    # similarities in the features' accumulation dtype, the softmax state in double
+    # (STRUCTURE_KL_STATE_DTYPE)
+    z_s = pairwise(kernel, a_s, b_s, sigma, degree, coef).double() / tau
+    z_p = pairwise(kernel, a_p, b_p, sigma, degree, coef).double() / tau
     logp, lse_s = _log_softmax_rows(z_s, row, num_dst)
     logq, lse_p = _log_softmax_rows(z_p, row, num_dst)
     kl = _segment_sum(torch.exp(logq) * (logq - logp), row, num_dst)
-    return kl.to(s_dst.dtype), lse_s, lse_p
+    return kl, lse_s, lse_p
 
 
 def structure_kl_backward(
@@ -336,20 +343,22 @@ def structure_kl_backward(
     row, a_s, b_s = _endpoints(rowptr, col, s_dst, s_src)
     acc = a_s.dtype
     sim_s = pairwise(kernel, a_s, b_s, sigma, degree, coef)
-    g = grad_kl.to(acc)[row]
-    logp = sim_s / tau - lse_s.to(acc)[row]
+    # the log-probabilities from the double state: at logits of ~1e7 a float32
+    # difference of logit and log-sum-exp is off by ~1
+    g = grad_kl.double()[row]
+    logp = sim_s.double() / tau - lse_s.double()[row]
     _, a_p, b_p = _endpoints(rowptr, col, p_dst, p_src)
     sim_p = pairwise(kernel, a_p, b_p, sigma, degree, coef)
-    logq = sim_p / tau - lse_p.to(acc)[row]
+    logq = sim_p.double() / tau - lse_p.double()[row]
     q = torch.exp(logq)
-    d_sim_s = g * (torch.exp(logp) - q) / tau
+    d_sim_s = (g * (torch.exp(logp) - q) / tau).to(acc)
     ga, gb = pairwise_backward(kernel, a_s, b_s, sim_s, d_sim_s, sigma, degree, coef)
     grads = [
         _segment_sum(ga, row, s_dst.size(0)).to(s_dst.dtype),
         _segment_sum(gb, col.long(), s_src.size(0)).to(s_src.dtype),
     ]
     if peer_grad:
-        d_sim_p = g * q * (logq - logp - kl.to(acc)[row]) / tau
+        d_sim_p = (g * q * (logq - logp - kl.double()[row]) / tau).to(acc)
         ga, gb = pairwise_backward(kernel, a_p, b_p, sim_p, d_sim_p, sigma, degree, coef)
         grads += [
             _segment_sum(ga, row, p_dst.size(0)).to(p_dst.dtype),
