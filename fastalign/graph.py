@@ -170,10 +170,14 @@ class Graph:
                 f"{src.numel()} edges do not fit int32 row offsets: pass an int64 edge_index"
             )
         edge_weight = validation.check_edge_tensor("edge_weight", edge_weight, src.numel(), edge_index.device)
-        rowptr, col, perm = csr_from_edges(dst, src, num_dst, num_src, True)
-        rowptr = rowptr.to(edge_index.dtype)
+
+        def structure():
+            rowptr, col, perm = csr_from_edges(dst, src, num_dst, num_src, True)
+            return rowptr.to(edge_index.dtype), col.contiguous(), perm
+
+        rowptr, col, perm = outside_transforms(structure, edge_index)
         weight = edge_weight[perm] if edge_weight is not None else None
-        return cls(rowptr, col.contiguous(), num_src, weight, perm, validate=False)
+        return cls(rowptr, col, num_src, weight, perm, validate=False)
 
     @classmethod
     def from_csr(
@@ -457,7 +461,7 @@ class Graph:
         hit = self._cache.get(key)
         if hit is not None and hit[0] == stamp:
             return hit[2]
-        value = fn()
+        value = outside_transforms(fn)
         self._cache[key] = (stamp, uses_weight, value)
         return value
 
@@ -502,6 +506,20 @@ class Graph:
             f"Graph({shape}, num_edges={self.num_edges}{w}, "
             f"index_dtype={self.index_dtype}, device={self.device})"
         )
+
+
+def outside_transforms(fn, *inputs: Tensor):
+    """``fn()`` run outside any torch.func transform (unless one of ``inputs`` belongs to
+    it): a graph's structure describes the graph alone, and a tensor made inside a
+    transform is tied to that transform's level (torch.func.grad wraps a custom op's
+    outputs), unusable once the transform has returned."""
+    if not torch._C._are_functorch_transforms_active() or any(
+            torch._C._functorch.is_functorch_wrapped_tensor(t) for t in inputs):
+        return fn()
+    from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
+
+    with temporarily_clear_interpreter_stack():
+        return fn()
 
 
 def _float_values(values: Optional[Tensor]) -> Optional[Tensor]:

@@ -74,3 +74,22 @@ def test_second_derivatives_are_refused_by_name(name):
     torch.testing.assert_close(gx.detach(), xr.grad)
     with pytest.raises(RuntimeError, match="fastalign's .* has no second derivative"):
         gx.square().sum().backward()
+
+
+def test_nested_func_grad_is_refused_by_name_and_leaves_the_graph_usable():
+    """torch.func.grad of torch.func.grad (and jacrev of grad) differentiates a fused
+    backward: refused with the op's name, as create_graph is. One graph and one
+    edge_index serve every case in turn, so nothing a transform made may stay cached on
+    them: the structure the Graph and the drop-ins' edge_index cache keep is built outside
+    the transforms, and each later call works."""
+    shared = cases()
+    x = x64()
+    for name, f in shared.items():
+        loss = lambda x: f(x).square().sum()  # noqa: E731
+        with pytest.raises(RuntimeError, match="fastalign's .* has no second derivative"):
+            torch.func.grad(lambda x: torch.func.grad(loss)(x).square().sum())(x)
+        with pytest.raises(RuntimeError, match="fastalign's .* has no second derivative"):
+            torch.func.jacrev(torch.func.grad(loss))(x)
+        xr = x.clone().requires_grad_()
+        loss(xr).backward()
+        torch.testing.assert_close(torch.func.grad(loss)(x), xr.grad)

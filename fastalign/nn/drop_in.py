@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import validation
-from ..graph import Graph, as_count
+from ..graph import Graph, as_count, outside_transforms
 from ..ops.spmm import spmm_propagation
 from ..validation import check_edge_values
 
@@ -131,7 +131,9 @@ def graph_from_edge_index(owner: Tensor, edge_index: Tensor, num_src: int, num_d
             _GRAPHS.move_to_end(key)
             return hit[3]
     graph = Graph.from_edge_index(edge_index, num_nodes=(num_src, num_dst))
-    copy = owner.detach().clone() if owner.device.type == "cpu" else None
+    # the content check's copy: made outside any torch.func transform, as the graph's
+    # structure is, so that the cache outlives the transform
+    copy = outside_transforms(lambda: owner.detach().clone(), owner) if owner.device.type == "cpu" else None
     with _GRAPHS_LOCK:
         ref = weakref.ref(owner, validation.forget_when_collected(_GRAPHS, _GRAPHS_LOCK, key))
         _GRAPHS[key] = (ref, version, shape, graph, copy)

@@ -41,6 +41,14 @@ def _forward_ad_in_use(args) -> bool:
     return any(isinstance(a, Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args)
 
 
+def _tracked_by_an_outer_grad(t) -> bool:
+    """Whether ``t``, a gradient seen by a backward under torch.func, is also tracked by an
+    enclosing grad transform (torch.func.grad of torch.func.grad, jacrev of grad)."""
+    functorch = torch._C._functorch
+    return (isinstance(t, Tensor) and functorch.is_gradtrackingtensor(t)
+            and functorch.is_gradtrackingtensor(functorch.get_unwrapped(t)))
+
+
 def _first_order(name: str, backward: Callable) -> Callable:
     """``backward`` whose gradients, under ``create_graph=True``, refuse to be
     differentiated again with a message naming the op (as @once_differentiable does,
@@ -52,7 +60,11 @@ def _first_order(name: str, backward: Callable) -> Callable:
 
     def wrapped(ctx, *grads):
         if torch._C._are_functorch_transforms_active():
-            return backward(ctx, *grads)  # torch.func.grad runs backwards under its own rules
+            # torch.func.grad runs backwards under its own rules; a gradient that an outer
+            # grad level still tracks means this backward is being differentiated
+            if any(_tracked_by_an_outer_grad(g) for g in grads):
+                raise RuntimeError(message.decode())
+            return backward(ctx, *grads)
         with torch.no_grad():
             out = backward(ctx, *grads)
         if not torch.is_grad_enabled():
