@@ -13,9 +13,20 @@ from fastalign.bench.graphs import power_law_edge_index  # noqa: F401  (canonica
 from fastalign.validation import KERNELS  # noqa: F401  (the similarity kernels, in one order)
 
 
-# The relative error (rel_err) a whole float16/bfloat16 output may have against the
-# float64 reference: a few units in the last place of the output dtype.
-LOW_PRECISION_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
+# The one grid every backend's tests run over (with case_graphs and long_row_graph below).
+INDEX_DTYPES = (torch.int32, torch.int64)
+GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the GPU kernels take
+# Element-wise (rtol, atol) against the reference, atol relative to the output's scale:
+# float64 the same maths in another order; otherwise a few ulps of the output dtype.
+TOL = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (4e-3, 2e-3),
+    torch.bfloat16: (3e-2, 1.6e-2),
+}
+# The relative error (rel_err) a whole output may have against the float64 reference.
+REL_TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+LOW_PRECISION_TOL = {d: REL_TOL[d] for d in (torch.bfloat16, torch.float16)}
 
 
 def rel_err(out, ref) -> float:
@@ -164,3 +175,17 @@ def loop_gat(graph: Graph, x, alpha_src, alpha_dst=None, negative_slope=0.2, add
             factor = keep(e) if keep is not None else 1.0
             out[i] += (a_j * factor).unsqueeze(-1) * x[j]
     return out
+
+
+def long_row_graph(index_dtype, piece: int, hub_degree: int = 9000):
+    """Rows longer than a kernel's piece size (``piece`` edges), so that they are split
+    and merged: a hub of ``hub_degree`` in-edges and one of ``piece + 1``; plus ordinary
+    rows and isolated nodes."""
+    gen = torch.Generator().manual_seed(7)
+    n = 300
+    hub_src = torch.randint(0, n, (hub_degree,), generator=gen)
+    hub = torch.stack([hub_src, torch.zeros_like(hub_src)])
+    hub2 = torch.stack([torch.arange(piece + 1) % 250, torch.full((piece + 1,), 5)])
+    rest = random_edge_index(250, 250, 600, seed=3)
+    ei = torch.cat([hub, hub2, rest], 1).to(index_dtype)
+    return Graph.from_edge_index(ei, num_nodes=n)

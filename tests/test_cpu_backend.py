@@ -9,8 +9,8 @@ import torch
 import fastalign
 from fastalign import Graph, backends
 from fastalign.ops.gcn_aggregate import gcn_norm_state
-from helpers import (KERNELS, LOW_PRECISION_TOL, case_graphs, features, power_law_edge_index, random_edge_index,
-                     rel_err)
+from helpers import (INDEX_DTYPES, KERNELS, LOW_PRECISION_TOL, TOL, case_graphs, features, long_row_graph,
+                     power_law_edge_index, random_edge_index, rel_err)
 
 # the module, not the function fastalign.ops re-exports under the same name
 structure_kl_module = importlib.import_module("fastalign.ops.structure_kl")
@@ -22,29 +22,13 @@ pytestmark = pytest.mark.skipif(
 if backends.is_available("cpu"):
     CPU = backends.get("cpu")
 
-# float64: the same maths in another order; float32: the kernels accumulate in float32
-# like the reference, so differences are a few ulps of the output's scale.
-TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}
-INDEX_DTYPES = (torch.int32, torch.int64)
 WIDTHS = (1, 3, 16, 67)
 SIGMA = {"l1": 2.0, "rbf": 1.5, "linear": 1.0, "poly": 1.0, "cosine": 1.0}
-
-
-def long_row_graph(index_dtype):
-    """Hub rows longer than the kernels' piece size (4096 edges), so that they are split
-    and merged; plus ordinary rows and isolated nodes."""
-    gen = torch.Generator().manual_seed(7)
-    n = 300
-    hub_src = torch.randint(0, n, (9000,), generator=gen)
-    hub = torch.stack([hub_src, torch.zeros_like(hub_src)])
-    hub2 = torch.stack([torch.arange(4097) % 250, torch.full((4097,), 5)])
-    rest = random_edge_index(250, 250, 600, seed=3)
-    ei = torch.cat([hub, hub2, rest], 1).to(index_dtype)
-    return Graph.from_edge_index(ei, num_nodes=n)
+PIECE = 4096  # the C++ traversal's hub-row piece (csrc/cpu/segment.h)
 
 
 def all_graphs(index_dtype):
-    return case_graphs(index_dtype) + [("long_rows", long_row_graph(index_dtype))]
+    return case_graphs(index_dtype) + [("long_rows", long_row_graph(index_dtype, PIECE))]
 
 
 GRAPH_NAMES = [name for name, _ in all_graphs(torch.int64)]

@@ -20,7 +20,8 @@ import torch
 import fastalign
 from fastalign import Graph, backends
 from fastalign.ops.gcn_aggregate import gcn_norm_state
-from helpers import KERNELS, case_graphs, power_law_edge_index, random_edge_index, well_scaled
+from helpers import (GPU_DTYPES, INDEX_DTYPES, KERNELS, TOL, case_graphs, long_row_graph, power_law_edge_index,
+                     random_edge_index, well_scaled)
 
 REF = importlib.import_module("fastalign.backends.reference")
 HAS_CUDA = torch.cuda.is_available() and backends.is_available("cuda")
@@ -33,14 +34,8 @@ if HAS_CUDA or DRY_RUN:
 cuda_only = pytest.mark.skipif(DRY_RUN, reason="dry run: checks the CUDA extension itself")
 
 DEV = "cpu" if DRY_RUN else "cuda"
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-INDEX_DTYPES = (torch.int32, torch.int64)
-# (rtol, atol relative to the output's scale): a few ulps of the output dtype.
-TOL = {
-    torch.float32: (1e-4, 1e-5),
-    torch.float16: (4e-3, 2e-3),
-    torch.bfloat16: (3e-2, 1.6e-2),
-}
+DTYPES = GPU_DTYPES
+PIECE = 1024  # rows longer than this, and than the split size, are cut into pieces
 WIDTHS = (1, 3, 16, 64, 67, 256)
 
 
@@ -68,19 +63,6 @@ def as_state_of(ref, got):
     return tuple(r.to(g.dtype) for r, g in zip(ref, got))
 
 
-def long_row_graph(index_dtype, hub_degree=9000):
-    """Rows longer than the kernels' split size (256 edges at this size): split and
-    combined; plus ordinary rows and isolated nodes."""
-    gen = torch.Generator().manual_seed(7)
-    n = 300
-    hub_src = torch.randint(0, n, (hub_degree,), generator=gen)
-    hub = torch.stack([hub_src, torch.zeros_like(hub_src)])
-    hub2 = torch.stack([torch.arange(1025) % 250, torch.full((1025,), 5)])
-    rest = random_edge_index(250, 250, 600, seed=3)
-    ei = torch.cat([hub, hub2, rest], 1).to(index_dtype)
-    return Graph.from_edge_index(ei, num_nodes=n)
-
-
 def hub_graph(index_dtype, degree=50_000, n=60_000):
     """A hub of in-degree 50,000 (Reddit-like) on top of a power-law graph."""
     gen = torch.Generator().manual_seed(11)
@@ -101,7 +83,7 @@ def source_hub_graph(index_dtype, degree=20_000, n=5000):
 
 
 def all_graphs(index_dtype):
-    return case_graphs(index_dtype) + [("long_rows", long_row_graph(index_dtype))]
+    return case_graphs(index_dtype) + [("long_rows", long_row_graph(index_dtype, PIECE))]
 
 
 GRAPH_NAMES = [name for name, _ in all_graphs(torch.int64)]

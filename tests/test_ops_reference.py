@@ -7,6 +7,7 @@ import torch
 import fastalign
 from fastalign import Graph
 from helpers import (
+    INDEX_DTYPES,
     KERNELS,
     case_graphs,
     dense_adjacency,
@@ -17,7 +18,6 @@ from helpers import (
 )
 
 REF = "torch"
-INDEX_DTYPES = [torch.int32, torch.int64]
 CASES = [(name, dt) for dt in INDEX_DTYPES for name, _ in case_graphs()]
 
 

@@ -34,15 +34,15 @@ import fastalign  # noqa: E402
 from fastalign import Graph  # noqa: E402
 from fastalign.ops.gcn_aggregate import gcn_norm_state  # noqa: E402
 
-from helpers import case_graphs, power_law_edge_index, well_scaled  # noqa: E402
+from helpers import GPU_DTYPES, REL_TOL, case_graphs, power_law_edge_index, well_scaled  # noqa: E402
 
 REF = importlib.import_module("fastalign.backends.reference")
 TB = importlib.import_module("fastalign.backends.triton")
 DEV = "cpu" if DRY_RUN else "cuda"
 SCALE = 10 if DRY_RUN else 1  # graph sizes divided by this
 HUB = 60_000 // SCALE
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float64: 1e-12}
+DTYPES = GPU_DTYPES
+TOL = REL_TOL  # relative error of a whole output against the reference
 KERNELS = {"l1": (None, 2, 1.0), "rbf": (None, 2, 1.0), "linear": (1.0, 2, 1.0),
            "poly": (1.0, 3, 1.0), "cosine": (1.0, 2, 1.0)}
 
