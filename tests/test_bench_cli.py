@@ -348,3 +348,22 @@ def test_bench_appends_one_row_per_run_to_a_jsonl_file(tmp_path):
         run = json.loads(line)
         assert {"date", "command"} <= set(run["meta"]) and run["results"]
         assert all(r["suite"] == "spmm" for r in run["results"])
+
+
+def test_compile_dynamic_compiles_the_peers_with_dynamic_shapes(tmp_path):
+    """``--compile-dynamic`` (the GPU check's sweep) compiles the peers once with dynamic
+    shapes and says so in the run's metadata."""
+    pytest.importorskip("torch_geometric")
+    path = tmp_path / "run.json"
+    argv = ["--suite", "gcn", "--device", "cpu", "--sizes", "tiny", "--graphs", "powerlaw-tiny", "--compile-dynamic",
+            "--no-memory", "--mode", "fwd", "--budget", "0.02", "--threads", "1", "--backends", "cpu", "--quiet",
+            "--json", str(path)]
+    try:
+        assert main(argv) == 0
+    finally:
+        from fastalign.bench import peers
+        peers.COMPILE_OPTIONS.clear()
+    run = json.loads(path.read_text())
+    assert run["meta"]["compile_options"] == {"dynamic": True}
+    compiled = [r for r in run["results"] if r.get("compiled")]
+    assert compiled and all(r["status"] == "ok" for r in compiled), compiled
