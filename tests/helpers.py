@@ -1,14 +1,19 @@
-"""The test suite's shared helpers (as torch_scatter's testing.py): small graphs with the
-edge cases every backend must handle, feature makers, the similarity kernels, relative
-errors, and dense float64 computations of each op (an independent definition, not the
-reference backend). The PyG-comparison helpers of the drop-in layers are in
+"""The test suite's one fixtures module (as torch_scatter's testing.py): the grid every
+op's tests run over (tests/ops/test_<op>.py: the backends here, small graphs with the edge
+cases every backend must handle and rows longer than a kernel's piece, index and feature
+dtypes, widths, similarity parameters, tolerances), feature makers, relative errors, and
+dense float64 computations of each op (an independent definition, not the reference
+backend). The PyG-comparison helpers of the drop-in layers are in
 pyg_twins.py (they need torch_geometric)."""
 
 from __future__ import annotations
 
+import importlib
+
+import pytest
 import torch
 
-from fastalign import Graph
+from fastalign import Graph, backends
 from fastalign.bench.graphs import power_law_edge_index  # noqa: F401  (canonical generator)
 from fastalign.validation import KERNELS  # noqa: F401  (the similarity kernels, in one order)
 
@@ -189,3 +194,170 @@ def long_row_graph(index_dtype, piece: int, hub_degree: int = 9000):
     rest = random_edge_index(250, 250, 600, seed=3)
     ei = torch.cat([hub, hub2, rest], 1).to(index_dtype)
     return Graph.from_edge_index(ei, num_nodes=n)
+
+
+# ----------------------------------------------------------------------------- the op grid
+# The backends the public-op tests run on here: the reference and every compiled one that
+# takes CPU tensors; the kernel tests hold each compiled one against the reference.
+OP_BACKENDS = tuple(backends.available_backends("cpu"))
+KERNEL_BACKENDS = tuple(b for b in OP_BACKENDS if b != "torch")
+
+
+REF = "torch"  # the reference backend
+REFERENCE = importlib.import_module("fastalign.backends.reference")  # its functions
+
+
+CASES = [(name, dt) for dt in INDEX_DTYPES for name, _ in case_graphs()]
+
+
+def get_case(name, index_dtype):
+    return dict(case_graphs(index_dtype))[name]
+
+
+def feats(n, f=5, seed=0, requires_grad=False, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, f, generator=gen, dtype=torch.float64) * scale)
+    return x.requires_grad_(requires_grad)
+
+
+def pair(graph, f=5, seed=0, requires_grad=False, scale=1.0):
+    """Features for edge_similarity-like ops: a tensor (square) or a (dst, src) pair."""
+    if graph.is_square:
+        return feats(graph.num_src, f, seed, requires_grad, scale)
+    return (
+        feats(graph.num_dst, f, seed, requires_grad, scale),
+        feats(graph.num_src, f, seed + 1, requires_grad, scale),
+    )
+
+
+def as_pair(x):
+    return x if isinstance(x, tuple) else (x, x)
+
+
+def dense_spmm(graph, x, reduce, weight=None):
+    if reduce in ("sum", "mean"):
+        out = dense_adjacency(graph, weight) @ x
+        if reduce == "mean":
+            out = out / graph.in_degree.clamp(min=1).unsqueeze(1).double()
+        return out
+    w = weight if weight is not None else graph.edge_weight
+    out = torch.zeros(graph.num_dst, x.size(1), dtype=torch.float64)
+    for i in range(graph.num_dst):
+        lo, hi = int(graph.rowptr[i]), int(graph.rowptr[i + 1])
+        if hi > lo:
+            msgs = x[graph.col[lo:hi].long()]
+            if w is not None:
+                msgs = msgs * w[lo:hi].unsqueeze(1)
+            out[i] = msgs.max(0).values
+    return out
+
+
+def dense_gcn(g, x, add_self_loops=True, improved=False, weight=None):
+    """Straight from PyG's gcn_norm definition, on a dense matrix."""
+    a = dense_adjacency(g, weight)
+    if add_self_loops:
+        diag = torch.ones(g.num_dst, dtype=torch.float64)
+        if weight is not None:
+            diag = diag * (2.0 if improved else 1.0)
+            loops = (g.row == g.col.long()).nonzero().flatten().tolist()
+            for e in loops:  # the last existing loop weight wins
+                diag[g.row[e]] = weight[e]
+        a = a - torch.diag(torch.diag(a)) + torch.diag(diag)
+    deg = a.sum(1)
+    dis = deg.pow(-0.5)
+    dis[torch.isinf(dis)] = 0
+    return dis.unsqueeze(1) * a * dis.unsqueeze(0) @ x
+
+
+WIDTHS = (1, 3, 16, 67)
+
+
+SIGMA = {"l1": 2.0, "rbf": 1.5, "linear": 1.0, "poly": 1.0, "cosine": 1.0}
+
+
+PIECE = 4096  # the C++ traversal's hub-row piece (csrc/cpu/segment.h)
+
+
+def all_graphs(index_dtype):
+    return case_graphs(index_dtype) + [("long_rows", long_row_graph(index_dtype, PIECE))]
+
+
+GRAPH_NAMES = [name for name, _ in all_graphs(torch.int64)]
+
+
+_GRAPHS = {(n, d): g for d in INDEX_DTYPES for n, g in all_graphs(d)}
+
+
+def graph_of(name, index_dtype):
+    return _GRAPHS[(name, index_dtype)]
+
+
+def assert_close(actual, expected, dtype):
+    """Close within the dtype's tolerance, relative to the output's scale."""
+    rtol, atol = TOL[dtype]
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale)
+
+
+def truth(fn, *args):
+    """The reference in float64 on the same inputs, cast back to the input dtype: what
+    float32 results are compared with where sums cancel (kl, gradients over hub rows)."""
+    dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+    up = [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    out = fn(*up)
+    cast = lambda t: t.to(dtype) if t.is_floating_point() else t  # noqa: E731
+    return cast(out) if isinstance(out, torch.Tensor) else tuple(cast(t) for t in out)
+
+
+def degenerate(kernel, width):
+    """cosine in one dimension is +-1: its exact gradient is 0 and every backend returns
+    rounding noise, which is checked against a bound instead of compared."""
+    return kernel == "cosine" and width == 1
+
+
+def assert_noise(t, dtype):
+    # float32 noise scales with the terms (cosine's grow as 1 / norm) summed over 9,000-edge
+    # hub rows, so only float64's is bounded here.
+    if dtype == torch.float64:
+        assert t.numel() == 0 or float(t.abs().max()) < 1e-9
+
+
+def edge_weight(graph, dtype, seed=5):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(graph.num_edges, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
+
+
+graph_params = pytest.mark.parametrize("name", GRAPH_NAMES)
+
+
+# the GCN normalisation is defined on square graphs: the rectangular cases are not collected
+square_graph_params = pytest.mark.parametrize(
+    "name", [n for n in GRAPH_NAMES if _GRAPHS[(n, torch.int64)].is_square])
+
+
+index_params = pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+
+
+dtype_params = pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+
+
+def tight_gradcheck(fn, *inputs):
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+SMALL = ("square", "hub", "rectangular")
+
+
+def gradcheck_inputs(g, width, seed, side="src"):
+    return features(g, width, torch.float64, seed=seed, side=side).requires_grad_()
+
+
+def grad_pair(g, width, seed):
+    if g.is_square:
+        return (gradcheck_inputs(g, width, seed),)
+    return (gradcheck_inputs(g, width, seed, "dst"), gradcheck_inputs(g, width, seed + 1))
+
+
+def join_pair(g, xs):
+    return xs[0] if g.is_square else (xs[0], xs[1])

@@ -1,0 +1,134 @@
+"""gcn_aggregate (PyG's GCN normalisation fused into the aggregation): each backend here
+against a dense float64 gcn_norm and PyG, by gradcheck, and each compiled backend's kernel
+against the reference over the shared grid."""
+
+import pytest
+import torch
+
+import fastalign
+from fastalign import Graph
+from helpers import (
+    assert_close, dense_gcn, dtype_params, edge_weight, feats, features, get_case, gradcheck_inputs, graph_of,
+    INDEX_DTYPES, index_params, random_edge_index, REF, REFERENCE, square_graph_params, tight_gradcheck,
+    WIDTHS,
+)
+from fastalign.ops.gcn_aggregate import gcn_norm_state
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("name", ["square", "no_edges", "hub"])
+@pytest.mark.parametrize("add_self_loops", [True, False])
+@pytest.mark.parametrize("improved", [True, False])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_gcn_aggregate_matches_dense(backend, name, index_dtype, add_self_loops, improved, weighted):
+    g = get_case(name, index_dtype)
+    x = feats(g.num_src, 4)
+    w = torch.rand(g.num_edges, dtype=torch.float64) + 0.5 if weighted else None
+    out = fastalign.gcn_aggregate(g, x, add_self_loops, improved, edge_weight=w, backend=backend)
+    torch.testing.assert_close(out, dense_gcn(g, x, add_self_loops, improved, w))
+
+
+@pytest.mark.parametrize("add_self_loops", [True, False])
+def test_gcn_aggregate_gradcheck(backend, add_self_loops):
+    g = get_case("square", torch.int64)
+    x = feats(g.num_src, 3, requires_grad=True)
+    torch.autograd.gradcheck(
+        lambda x: fastalign.gcn_aggregate(g, x, add_self_loops, backend=backend), (x,)
+    )
+    w = (torch.rand(g.num_edges, dtype=torch.float64) + 0.5).requires_grad_()
+    torch.autograd.gradcheck(
+        lambda x, w: fastalign.gcn_aggregate(g, x, add_self_loops, True, edge_weight=w, backend=backend),
+        (x, w),
+    )
+
+
+@pytest.mark.parametrize("name", ("square", "hub"))
+@pytest.mark.parametrize("loops", (True, False))
+def test_gradcheck_gcn_aggregate(kernel_backend, name, loops):
+    g = graph_of(name, torch.int64)
+    x = gradcheck_inputs(g, 3, 0)
+    tight_gradcheck(lambda x: fastalign.gcn_aggregate(g, x, add_self_loops=loops, backend=kernel_backend), x)
+    out = fastalign.gcn_aggregate(g, x, add_self_loops=loops, backend=kernel_backend)
+    ref = fastalign.gcn_aggregate(g, x, add_self_loops=loops, backend="torch")
+    assert_close(out, ref, torch.float64)
+
+
+@square_graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("loops", (True, False))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_gcn_aggregate(kernels, name, index_dtype, dtype, width, loops, weighted):
+    g = graph_of(name, index_dtype)
+    assert g.is_square
+    x = features(g, width, dtype)
+    w = edge_weight(g, dtype) if weighted else None
+    dis, loop_weight = gcn_norm_state(g, w, loops, False, dtype)
+    args = (g.rowptr, g.col, w, dis, loop_weight, x)
+    assert_close(kernels.gcn_aggregate(*args), REFERENCE.gcn_aggregate(*args), dtype)
+
+
+def test_gcn_aggregate_caches_normalisation_on_graph():
+    g = get_case("square", torch.int64)
+    x = feats(g.num_src, 4)
+    a = fastalign.gcn_aggregate(g, x, backend=REF)
+    keys = [k for k in g._cache if isinstance(k, tuple) and k[0] == "gcn_norm"]
+    assert len(keys) == 1
+    torch.testing.assert_close(fastalign.gcn_aggregate(g, x, backend=REF), a)
+
+
+@pytest.mark.parametrize("improved", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("add_self_loops", [True, False])
+def test_gcn_aggregate_matches_pyg(backend, improved, weighted, add_self_loops):
+    pyg = pytest.importorskip("torch_geometric", reason="torch_geometric is not installed")
+    from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+    ei = random_edge_index(40, 40, 200, seed=11)  # self loops and duplicates included
+    n = 45
+    w = torch.rand(ei.size(1), dtype=torch.float64) + 0.1 if weighted else None
+    x = feats(n, 6, requires_grad=True)
+    ei_n, w_n = gcn_norm(ei, w, n, improved, add_self_loops, dtype=torch.float64)
+    expected = torch.zeros(n, 6, dtype=torch.float64).index_add(0, ei_n[1], x[ei_n[0]] * w_n.unsqueeze(1))
+    g = Graph.from_edge_index(ei, w, num_nodes=n)
+    x2 = x.detach().clone().requires_grad_()
+    out = fastalign.gcn_aggregate(g, x2, add_self_loops, improved, backend=backend)
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    out.backward(grad)
+    torch.testing.assert_close(x2.grad, x.grad)
+    assert pyg is not None
+
+
+def test_gcn_conv_layer_matches_pyg_gcnconv():
+    pytest.importorskip("torch_geometric", reason="torch_geometric is not installed")
+    from torch_geometric.nn import GCNConv
+
+    torch.manual_seed(0)
+    ei = random_edge_index(30, 30, 120, seed=12)
+    x = torch.randn(30, 8, requires_grad=True)
+    conv = GCNConv(8, 5)
+    expected = conv(x, ei)
+    g = Graph.from_edge_index(ei, num_nodes=30)
+    x2 = x.detach().clone().requires_grad_()
+    out = fastalign.gcn_aggregate(g, conv.lin(x2), backend=REF) + conv.bias
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    expected.sum().backward()
+    out.sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_stored_self_loop_with_an_inf_feature_is_skipped_not_zeroed():
+    """gcn_aggregate with self loops added skips the stored loop (its weight is in the
+    added one): an inf feature there gives inf, as in the C++ kernel and PyG, not NaN."""
+    from fastalign import backends
+
+    g = Graph.from_edge_index(torch.tensor([[0, 1, 1, 2], [1, 0, 1, 1]]), num_nodes=3)  # 1 -> 1 stored
+    x = torch.tensor([[1.0], [float("inf")], [2.0]])
+    outs = [fastalign.gcn_aggregate(g, x, backend=b) for b in backends.available_backends("cpu")]
+    for out in outs:
+        assert torch.isinf(out[1, 0]) and not torch.isnan(out).any(), out
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0])

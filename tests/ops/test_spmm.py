@@ -1,0 +1,213 @@
+"""spmm (sum / mean / max, edge weights) and sddmm, its weight gradient: each backend
+here against dense float64 definitions and by gradcheck, each compiled backend's kernels
+against the reference over the shared grid, and spmm's own behaviours."""
+
+import pytest
+import torch
+
+import fastalign
+from fastalign import Graph
+from fastalign.ops.gcn_aggregate import gcn_norm_state
+from helpers import (
+    assert_close, CASES, dense_spmm, dtype_params, edge_weight, feats, features, get_case, gradcheck_inputs,
+    graph_of, graph_params, index_params, random_edge_index, REF, REFERENCE, SMALL, square_graph_params,
+    tight_gradcheck, truth, WIDTHS,
+)
+
+
+@pytest.mark.parametrize("name,index_dtype", CASES)
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_spmm_matches_dense(backend, name, index_dtype, reduce, weighted):
+    g = get_case(name, index_dtype)
+    x = feats(g.num_src, 4)
+    w = torch.rand(g.num_edges, dtype=torch.float64) + 0.5 if weighted else None
+    out = fastalign.spmm(g, x, reduce, edge_weight=w, backend=backend)
+    torch.testing.assert_close(out, dense_spmm(g, x, reduce, w))
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+@pytest.mark.parametrize("name", ["square", "rectangular", "hub"])
+def test_spmm_gradcheck(backend, name, reduce):
+    g = get_case(name, torch.int64)
+    x = feats(g.num_src, 3, requires_grad=True)
+    w = (torch.rand(g.num_edges, dtype=torch.float64) + 0.5).requires_grad_()
+    torch.autograd.gradcheck(
+        lambda x, w: fastalign.spmm(g, x, reduce, edge_weight=w, backend=backend), (x, w)
+    )
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("reduce", ("sum", "mean", "max"))
+def test_gradcheck_spmm(kernel_backend, name, reduce):
+    g = graph_of(name, torch.int32)
+    x = gradcheck_inputs(g, 3, 0)
+    w = edge_weight(g, torch.float64).requires_grad_()
+    tight_gradcheck(lambda x, w: fastalign.spmm(g, x, reduce, edge_weight=w, backend=kernel_backend), x, w)
+
+
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("reduce", ("sum", "mean", "max"))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_spmm_forward(kernels, name, index_dtype, dtype, width, reduce, weighted):
+    g = graph_of(name, index_dtype)
+    x = features(g, width, dtype)
+    w = edge_weight(g, dtype) if weighted else None
+    out, arg = kernels.spmm_forward(g.rowptr, g.col, w, x, reduce)
+    ref_out, ref_arg = REFERENCE.spmm_forward(g.rowptr, g.col, w, x, reduce)
+    assert_close(out, ref_out, dtype)
+    assert torch.equal(arg, ref_arg)
+
+
+# float32 at the widths compiled in (csrc/cpu/common.h with_fixed_width: a whole row's
+# sum in registers), beside the run-time width of WIDTHS; hub rows still go through pieces.
+@square_graph_params
+@index_params
+@pytest.mark.parametrize("width", (32, 64))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_sum_folds_at_fixed_widths(kernels, name, index_dtype, width, weighted):
+    g = graph_of(name, index_dtype)
+    x = features(g, width, torch.float32)
+    w = edge_weight(g, torch.float32) if weighted else None
+    for reduce in ("sum", "mean"):
+        out, _ = kernels.spmm_forward(g.rowptr, g.col, w, x, reduce)
+        assert_close(out, truth(lambda *a: REFERENCE.spmm_forward(*a)[0], g.rowptr, g.col, w, x, reduce),
+                     torch.float32)
+    for loops in (True, False):
+        dis, loop_weight = gcn_norm_state(g, w, loops, False, torch.float32)
+        args = (g.rowptr, g.col, w, dis, loop_weight, x)
+        assert_close(kernels.gcn_aggregate(*args), truth(REFERENCE.gcn_aggregate, *args), torch.float32)
+
+
+@graph_params
+@index_params
+def test_spmm_max_winners_are_int32_and_both_index_widths_are_read(kernels, name, index_dtype):
+    """The forward stores its winners as int32 (the graph has far fewer than 2**31 edges),
+    like the reference; the backward reads int32 and int64 winners alike."""
+    g = graph_of(name, index_dtype)
+    x = features(g, 5, torch.float64)
+    w = edge_weight(g, torch.float64)
+    _, arg = kernels.spmm_forward(g.rowptr, g.col, w, x, "max")
+    _, ref_arg = REFERENCE.spmm_forward(g.rowptr, g.col, w, x, "max")
+    assert arg.dtype == ref_arg.dtype == torch.int32
+    assert torch.equal(arg, ref_arg)
+    grad_out = features(g, 5, torch.float64, seed=3, side="dst")
+    t = g.transpose()
+    gx32, gw32 = kernels.spmm_max_backward(g.col, *t, w, x, arg, grad_out, True)
+    gx64, gw64 = kernels.spmm_max_backward(g.col, *t, w, x, arg.long(), grad_out, True)
+    ref_gx, ref_gw = REFERENCE.spmm_max_backward(g.col, *t, w, x, arg.long(), grad_out, True)
+    assert torch.equal(gx32, gx64) and torch.equal(gw32, gw64)
+    assert_close(gx32, ref_gx, torch.float64)
+    assert_close(gw32, ref_gw, torch.float64)
+
+
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("weighted", (False, True))
+def test_spmm_max_backward(kernels, name, index_dtype, dtype, width, weighted):
+    g = graph_of(name, index_dtype)
+    x = features(g, width, dtype)
+    w = edge_weight(g, dtype) if weighted else None
+    _, arg = REFERENCE.spmm_forward(g.rowptr, g.col, w, x, "max")
+    grad_out = features(g, width, dtype, seed=3, side="dst")
+    t = g.transpose()  # accepted (the C++ kernel does not need it)
+    gx, gw = kernels.spmm_max_backward(g.col, *t, w, x, arg, grad_out, True)
+    ref_gx, ref_gw = REFERENCE.spmm_max_backward(g.col, *t, w, x, arg, grad_out, True)
+    assert_close(gx, ref_gx, dtype)
+    assert_close(gw, ref_gw, dtype)
+    gx, gw = kernels.spmm_max_backward(g.col, *t, w, x, arg, grad_out, False)
+    assert_close(gx, ref_gx, dtype)
+    assert gw.numel() == 0
+
+
+@graph_params
+@index_params
+@dtype_params
+@pytest.mark.parametrize("width", WIDTHS)
+def test_sddmm(kernels, name, index_dtype, dtype, width):
+    g = graph_of(name, index_dtype)
+    a = features(g, width, dtype, seed=1, side="dst")
+    b = features(g, width, dtype, seed=2)
+    assert_close(kernels.sddmm(g.rowptr, g.col, a, b), REFERENCE.sddmm(g.rowptr, g.col, a, b), dtype)
+
+
+def test_max_winners_are_int32_until_the_edge_count_needs_int64():
+    from fastalign.validation import arg_dtype
+
+    assert arg_dtype(0) == torch.int32
+    assert arg_dtype(2**31 - 1) == torch.int32  # positions 0 .. 2**31 - 2 and -1
+    assert arg_dtype(2**31) == torch.int64
+
+
+def test_spmm_max_ties_pick_first_edge(backend):
+    ei = torch.tensor([[0, 1], [2, 2]])
+    g = Graph.from_edge_index(ei, num_nodes=3)
+    x = torch.ones(3, 2, dtype=torch.float64, requires_grad=True)
+    fastalign.spmm(g, x, "max", backend=backend).sum().backward()
+    assert x.grad[:, 0].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_spmm_max_passes_the_transpose_to_its_backward(monkeypatch):
+    """The max backward gets the graph's cached transpose (rowptr_t, col_t, perm_t), also
+    when only the edge weights need a gradient; forward-only calls never build it."""
+    from fastalign.backends import get
+
+    g = get_case("hub", torch.int64)
+    seen = []
+    ref = get(REF)
+    original = ref.spmm_max_backward
+
+    def spy(col, rowptr_t, col_t, perm_t, *rest):
+        seen.append((rowptr_t, col_t, perm_t))
+        return original(col, rowptr_t, col_t, perm_t, *rest)
+
+    monkeypatch.setattr(ref, "spmm_max_backward", spy)
+    w = (torch.rand(g.num_edges, dtype=torch.float64) + 0.5).requires_grad_()
+    fastalign.spmm(g, feats(g.num_src, 3), "max", edge_weight=w, backend=REF).sum().backward()
+    assert len(seen) == 1 and all(a is b for a, b in zip(seen[0], g.transpose()))
+    assert w.grad is not None
+    g2 = get_case("square", torch.int64)
+    with torch.no_grad():
+        fastalign.spmm(g2, feats(g2.num_src, 3), "max", backend=REF)
+    assert "transpose" not in g2._cache
+
+
+def test_spmm_uses_graph_weights_and_noncontiguous_input(backend):
+    ei = random_edge_index(10, 10, 30, seed=7)
+    w = torch.rand(ei.size(1), dtype=torch.float64)
+    g = Graph.from_edge_index(ei, w, num_nodes=10)
+    x = feats(10, 8)[:, ::2]
+    assert not x.is_contiguous()
+    torch.testing.assert_close(fastalign.spmm(g, x, backend=backend), dense_spmm(g, x.contiguous(), "sum"))
+
+
+@pytest.mark.parametrize("adj_kind", ["edge_index", "torch_sparse", "scipy"])
+def test_ops_accept_other_adjacency_inputs(backend, adj_kind):
+    import scipy.sparse as sp
+
+    ei = random_edge_index(8, 8, 20, seed=8, duplicates=False)
+    x = feats(8, 3)
+    g = Graph.from_edge_index(ei, num_nodes=8)
+    expected = dense_spmm(g, x, "sum")
+    if adj_kind == "edge_index":
+        adj = ei
+    elif adj_kind == "torch_sparse":
+        adj = torch.sparse_coo_tensor(ei.flip(0), torch.ones(ei.size(1)), (8, 8))
+    else:
+        adj = sp.coo_matrix((torch.ones(ei.size(1)).numpy(), (ei[1].numpy(), ei[0].numpy())), shape=(8, 8))
+    torch.testing.assert_close(fastalign.spmm(adj, x, backend=backend), expected)
+
+
+def test_spmm_max_backward_on_graph_without_edges(backend):
+    g = get_case("no_edges", torch.int64)
+    x = feats(g.num_src, 3, requires_grad=True)
+    w = torch.ones(0, dtype=torch.float64, requires_grad=True)
+    out = fastalign.spmm(g, x, "max", edge_weight=w, backend=backend)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x)) and w.grad.shape == (0,)
