@@ -90,8 +90,8 @@ def measure(cases, budget_s):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    records.add_options(ap, "busy_machine_cpu", data=False)
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of timed calls per op and phase")
-    ap.add_argument("--records", default=records.path("busy_machine_cpu"), help="the JSON Lines file the row goes to")
     args = ap.parse_args(argv)
 
     import fastalign

@@ -47,15 +47,12 @@ def variants(hidden: int, wide):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", default=None,
-                   help="data root (default: $FASTALIGN_DATA, else ~/.cache/fastalign/datasets)")
+    records.add_options(p, "distill_cost")
     p.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--wide", type=int, nargs="+", default=[64, 256])
     p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--records", default=records.path("distill_cost"), help="the JSON Lines file the row goes to "
-                   "('' for none)")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []

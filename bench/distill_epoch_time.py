@@ -31,9 +31,8 @@ def _sync(device) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    records.add_options(p, "distill_cost")
     p.add_argument("--dataset", default="cora")
-    p.add_argument("--root", default=None,
-                   help="data root (default: $FASTALIGN_DATA, else ~/.cache/fastalign/datasets)")
     p.add_argument("--students", type=int, default=3)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=64)
@@ -43,7 +42,6 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=5, help="timed epochs per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    p.add_argument("--records", default=records.path("distill_cost"), help="the JSON Lines file the row goes to")
     args = p.parse_args()
     data = load_dataset(args.dataset, args.root).to(args.device)
     setups = {}

@@ -141,9 +141,7 @@ def summarize(rows: list) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default=None,
-                   help="data root (default: $FASTALIGN_DATA, else ~/.cache/fastalign/datasets)")
-    p.add_argument("--records", default=records.path("distill_rounds"), help="the JSON Lines file rows go to")
+    records.add_options(p, "distill_rounds")
     p.add_argument("--series", default="rounds", help="a name for the series of runs this sweep belongs to")
     p.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
     p.add_argument("--layers", nargs="+", type=int, default=[2, 4, 8])

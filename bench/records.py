@@ -30,6 +30,16 @@ def path(family: str) -> str:
     return os.path.join(RESULTS, f"{family}.jsonl")
 
 
+def add_options(parser, family: str, data: bool = True) -> None:
+    """A script's ``--records`` (the family's file; ``''`` for none) and, for scripts
+    that read data sets, ``--root``."""
+    if data:
+        parser.add_argument("--root", default=None,
+                            help="data root (default: $FASTALIGN_DATA, else ~/.cache/fastalign/datasets)")
+    parser.add_argument("--records", default=path(family),
+                        help=f"the JSON Lines file rows go to (default bench/results/{family}.jsonl; '' for none)")
+
+
 def commit() -> Optional[str]:
     """The checkout's commit (with ``+dirty`` when it has uncommitted changes), or None
     outside a git checkout."""
@@ -100,8 +110,11 @@ def _strict(value):
 
 
 def append(file: str, row: dict) -> dict:
-    """Stamp ``row`` and add it as one line to ``file``; returns the stamped row."""
+    """Stamp ``row`` and add it as one line to ``file`` (none when ``file`` is empty);
+    returns the stamped row."""
     row = _strict(stamp(row))
+    if not file:
+        return row
     os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
     with open(file, "a") as f:
         f.write(json.dumps(row, allow_nan=False, separators=(",", ":")) + "\n")
@@ -109,8 +122,8 @@ def append(file: str, row: dict) -> dict:
 
 
 def read(file: str) -> List[dict]:
-    """Every row of ``file``, oldest first (none when it does not exist)."""
-    if not os.path.exists(file):
+    """Every row of ``file``, oldest first (none when it is empty or does not exist)."""
+    if not file or not os.path.exists(file):
         return []
     with open(file) as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -27,6 +27,7 @@ def test_append_stamps_each_row_and_keeps_earlier_rows(tmp_path, monkeypatch):
     assert first["nan"] is None and "CPUs" in first["machine"] and "load" in first["machine"]
     assert records.read(str(path))[1]["date"] == "given"  # a row's own value wins
     assert records.read(str(tmp_path / "none.jsonl")) == []
+    assert records.append("", {"x": 3})["x"] == 3 and records.read("") == []  # --records '': no file
 
 
 def test_latest_keeps_the_last_row_of_each_configuration():
