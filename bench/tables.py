@@ -54,6 +54,60 @@ def _deploy_size() -> str:
     return deploy_size.table(rows[-1]["rows"])
 
 
+def _low_precision() -> str:
+    """The latest run of each suite in low precision (spmm, gcn, align), one table."""
+    runs = {}
+    for r in records.read(records.path("low_precision_cpu")):
+        command = r.get("command") or ""
+        for suite in ("spmm", "gcn", "align"):
+            if f"--suite {suite} " in command:
+                runs[suite] = r
+    parts = [_with_source(run := {"meta": runs[s]["meta"], "results": runs[s]["results"]},
+                          report.render_markdown(run)) for s in ("spmm", "gcn", "align") if s in runs]
+    if not parts:
+        raise LookupError("no low-precision suite run in bench/results/low_precision_cpu.jsonl")
+    return "\n\n".join(parts)
+
+
+def _error_vs_float64() -> str:
+    rows = [r for r in records.read(records.path("low_precision_cpu")) if r.get("kind") == "error_vs_float64"]
+    if not rows:
+        raise LookupError("no error_vs_float64 row in bench/results/low_precision_cpu.jsonl")
+    lines = ["| contender | dtype | loss rel. error | gradient rel. error |", "|---|---|---:|---:|"]
+    lines += [f"| {e['contender']} | {e['dtype']} | {e['loss_rel_error']:.1e} | {e['grad_rel_error']:.1e} |"
+              for e in rows[-1]["rows"]]
+    return "\n".join(lines)
+
+
+def _busy_machine() -> str:
+    """The latest run on the small and large graphs: median ms alone (the better of the
+    two runs alone) and beside one busy process."""
+    rows = [r for r in records.read(records.path("busy_machine_cpu"))
+            if any(c["case"].startswith("large") for c in r["rows"])]
+    if not rows:
+        raise LookupError("no busy-machine run on the large graph in bench/results/busy_machine_cpu.jsonl")
+    lines = ["| graph | op | alone ms | beside ms | slowdown |", "|---|---|---:|---:|---:|"]
+    last = None
+    for c in rows[-1]["rows"]:
+        graph, op = (part.strip() for part in c["case"].split("|", 1))
+        alone = min(c["alone_ms"], c["again_ms"])
+        lines.append(f"| {graph if graph != last else ''} | {op} | {alone:.3g} | {c['beside_ms']:.3g} | "
+                     f"{c['beside_ms'] / alone:.2f}x |")
+        last = graph
+    return "\n".join(lines)
+
+
+def _epoch_time() -> str:
+    rows = [r for r in records.read(records.path("distill_cost")) if r.get("kind") == "epoch_time"]
+    lines = ["| K students, data set | layers, hidden, mode | auto | torch (reference) | speed-up |",
+             "|---|---|---:|---:|---:|"]
+    for r in rows:
+        t = r["epoch_time_s"]
+        lines.append(f"| K = {r['students']}, {r['dataset']} | {r['layers']}, {r['hidden']}, {r['mode']} | "
+                     f"{1e3 * t['auto']:.1f} ms | {1e3 * t['torch']:.1f} ms | {t['torch'] / t['auto']:.1f}x |")
+    return "\n".join(lines)
+
+
 TABLES: Dict[str, Callable[[], str]] = {
     "distill-paired": lambda: distill_paired.summarize(records.read(records.path("distill_paired"))),
     "distill-rounds": lambda: distill_sweep.summarize(records.read(records.path("distill_rounds"))),
@@ -65,6 +119,12 @@ TABLES: Dict[str, Callable[[], str]] = {
     "layers-cpu": lambda: _with_source(run := _bench_run("layers_cpu", "--suite layers"),
                                        report.render_markdown(run)),
     "gat-cpu": lambda: _with_source(run := _bench_run("layers_cpu", "--suite gat"), report.render_markdown(run)),
+    "first-layer-cpu": lambda: _with_source(run := _bench_run("layers_cpu", "--features real"),
+                                            report.render_markdown(run)),
+    "low-precision-cpu": _low_precision,
+    "error-vs-float64": _error_vs_float64,
+    "busy-machine-cpu": _busy_machine,
+    "epoch-time": _epoch_time,
 }
 
 
