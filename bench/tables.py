@@ -28,7 +28,8 @@ import records  # noqa: E402
 from fastalign.bench import report  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = [os.path.join(ROOT, "docs", name) for name in ("benchmarks.md", "distillation.md")]
+DOCS = [os.path.join(ROOT, "README.md")] + [os.path.join(ROOT, "docs", name)
+                                             for name in ("benchmarks.md", "distillation.md")]
 MARKED = re.compile(r"(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
 
 
@@ -108,7 +109,41 @@ def _epoch_time() -> str:
     return "\n".join(lines)
 
 
+# The README's headline: (label, suite, mode, our contender, peer contender, what is compared)
+HEADLINE = (
+    ("spmm forward vs torch.sparse.mm (MKL)", "spmm", "fwd", "fastalign[cpu]", "torch.sparse.mm (CSR)", "time"),
+    ("spmm forward+backward vs torch.sparse.mm", "spmm", "fwd+bwd", "fastalign[cpu]", "torch.sparse.mm (CSR)",
+     "time"),
+    ("GCN layer fwd+bwd vs PyG GCNConv(cached) on a torch.sparse adj_t", "gcn", "fwd+bwd", "fastalign GCNConv[cpu]",
+     "PyG GCNConv adj_t (torch.sparse)", "time"),
+    ("GCN layer fwd+bwd vs PyG GCNConv(cached) on edge_index, compiled", "gcn", "fwd+bwd", "fastalign GCNConv[cpu]",
+     "PyG GCNConv edge_index compiled", "time"),
+    ("structure loss fwd+bwd vs PyG-style loss, compiled", "align", "fwd+bwd", "fastalign structure_kl[cpu]",
+     "PyG-style loss compiled", "time"),
+    ("structure loss peak memory vs PyG-style loss, eager", "align", "fwd+bwd", "fastalign structure_kl[cpu]",
+     "PyG-style loss", "memory"),
+)
+
+
+def _headline() -> str:
+    run = _bench_run("ops_cpu", "--graphs powerlaw-100k")
+    found = {(r["suite"], r["mode"], r["contender"]): r for r in run["results"]}
+    meta = run["meta"]
+    lines = [f"| measured {meta['date']}, commit {(meta.get('commit') or '')[:7]} | fastalign | peer | "
+             "speed-up |", "|---|---:|---:|---:|"]
+    for label, suite, mode, ours, peer, what in HEADLINE:
+        a, b = found[(suite, mode, ours)], found[(suite, mode, peer)]
+        if what == "time":
+            x, y = a["median_ms"], b["median_ms"]
+            lines.append(f"| {label} | {report._fmt_ms(x)} ms | {report._fmt_ms(y)} ms | {y / x:.3g}x |")
+        else:
+            x, y = a["peak_mem_bytes"] / 2**20, b["peak_mem_bytes"] / 2**20
+            lines.append(f"| {label} | {x:.0f} MiB | {y:.0f} MiB | {y / x:.3g}x less |")
+    return "\n".join(lines)
+
+
 TABLES: Dict[str, Callable[[], str]] = {
+    "headline": _headline,
     "distill-paired": lambda: distill_paired.summarize(records.read(records.path("distill_paired"))),
     "distill-rounds": lambda: distill_sweep.summarize(records.read(records.path("distill_rounds"))),
     "deploy-size": _deploy_size,
