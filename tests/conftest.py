@@ -23,6 +23,12 @@ def pytest_collection_modifyitems(session, config, items):
                 keys.append(key)
     if keys and not config.option.collectonly:
         background_jobs.start(keys)
+        # the jobs hold one core: the tests here leave it to them (an OpenMP region that
+        # waits for a core a compiler holds stalls, as docs/benchmarks.md's busy-machine
+        # figures show); a test that needs a thread count sets it
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     # stable: RUN_LAST = True (1) modules after the rest, then RUN_LAST = 2 ones (after
     # every background job has been waited for: wall-clock rehearsals on a quiet machine)
     items.sort(key=lambda item: int(getattr(item.module, "RUN_LAST", 0)))
