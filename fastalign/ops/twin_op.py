@@ -4,8 +4,8 @@
 ``torch.library.custom_op`` is what torch.compile, torch.export, FakeTensor and the
 functorch transforms need, but its Python dispatch and autograd cost several times an
 ``autograd.Function``'s per eager call (docs/architecture.md gives the figures): on a
-small graph that is most of a GNN layer's time. The twin runs the same implementation, setup_context and backward
-functions, so both paths give the same bits; anything but a plain eager call on
+small graph that is most of a GNN layer's time. The twin runs the same implementation,
+setup_context and backward functions, so both paths give the same bits; anything but a plain eager call on
 ordinary CPU/CUDA tensors (compiling, tracing, a functorch transform, a dispatch
 mode, a tensor subclass, meta tensors) goes through the custom op.
 """

@@ -10,7 +10,7 @@ from fastalign import Graph
 from helpers import (
     as_pair, assert_close, assert_noise, CASES, degenerate, dense_edge_values, dense_kernel, dtype_params,
     feats, features, get_case, graph_of, graph_params, index_params, KERNELS, pair, REFERENCE, SIGMA, truth,
-    WIDTHS,
+    WIDTHS, grad_pair, join_pair, SMALL, tight_gradcheck,
 )
 
 
@@ -34,17 +34,13 @@ def test_edge_similarity_parameters(backend, kernel, sigma, degree, coef):
     torch.testing.assert_close(s, dense_edge_values(g, dense_kernel(kernel, x, x, **kw)))
 
 
-@pytest.mark.parametrize("name", ["square", "rectangular", "hub"])
+@pytest.mark.parametrize("name", SMALL)
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_edge_similarity_gradcheck(backend, name, kernel):
-    g = get_case(name, torch.int64)
-    x = pair(g, 3, requires_grad=True)
-    xs = x if isinstance(x, tuple) else (x,)
-    if g.is_square:
-        fn = lambda a: fastalign.edge_similarity(g, a, kernel, sigma=2.0, backend=backend)  # noqa: E731
-    else:
-        fn = lambda a, b: fastalign.edge_similarity(g, (a, b), kernel, sigma=2.0, backend=backend)  # noqa: E731
-    torch.autograd.gradcheck(fn, xs)
+    g = graph_of(name, torch.int64)
+    xs = grad_pair(g, 3, 0)
+    tight_gradcheck(
+        lambda *x: fastalign.edge_similarity(g, join_pair(g, x), kernel, SIGMA[kernel], backend=backend), *xs)
 
 
 @graph_params

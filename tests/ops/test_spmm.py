@@ -26,24 +26,14 @@ def test_spmm_matches_dense(backend, name, index_dtype, reduce, weighted):
     torch.testing.assert_close(out, dense_spmm(g, x, reduce, w))
 
 
-@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
-@pytest.mark.parametrize("name", ["square", "rectangular", "hub"])
-def test_spmm_gradcheck(backend, name, reduce):
-    g = get_case(name, torch.int64)
-    x = feats(g.num_src, 3, requires_grad=True)
-    w = (torch.rand(g.num_edges, dtype=torch.float64) + 0.5).requires_grad_()
-    torch.autograd.gradcheck(
-        lambda x, w: fastalign.spmm(g, x, reduce, edge_weight=w, backend=backend), (x, w)
-    )
-
-
 @pytest.mark.parametrize("name", SMALL)
+@index_params
 @pytest.mark.parametrize("reduce", ("sum", "mean", "max"))
-def test_gradcheck_spmm(kernel_backend, name, reduce):
-    g = graph_of(name, torch.int32)
+def test_spmm_gradcheck(backend, name, index_dtype, reduce):
+    g = graph_of(name, index_dtype)
     x = gradcheck_inputs(g, 3, 0)
     w = edge_weight(g, torch.float64).requires_grad_()
-    tight_gradcheck(lambda x, w: fastalign.spmm(g, x, reduce, edge_weight=w, backend=kernel_backend), x, w)
+    tight_gradcheck(lambda x, w: fastalign.spmm(g, x, reduce, edge_weight=w, backend=backend), x, w)
 
 
 @graph_params
