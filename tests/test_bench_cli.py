@@ -13,7 +13,7 @@ import fastalign
 from fastalign.bench import graphs as G
 from fastalign.bench import peers
 from fastalign.bench.command import add_bench_parser, main
-from fastalign.bench.timing import peak_memory, prepare_cpu_memory_measurement, time_call
+from fastalign.bench.timing import peak_memory, prepare_cpu_memory_measurement, time_call, time_interleaved
 
 pytest.importorskip("torch_geometric", reason="the bench peers need torch_geometric")
 
@@ -291,6 +291,32 @@ def test_timing_budget_counts_the_measured_calls():
     # cuda_events times CUDA calls; on the CPU the call is timed on the wall clock
     t = time_call(lambda: time.sleep(0.01), "cpu", warmup=0, min_reps=2, max_reps=2, cuda_events=True)
     assert t.reps == 2 and t.min_s >= 0.01
+
+
+def test_contenders_are_timed_in_turns():
+    calls = []
+    fns = [lambda: calls.append("a"), lambda: calls.append("b")]
+    a, b = time_interleaved(fns, "cpu", rounds=3, warmup=2, min_reps=6, max_reps=6, budget_s=0.0)
+    assert a.reps == b.reps == 6  # 2 timed calls per turn
+    # turn 1: 2 warm-ups + 2 timed each; later turns: 1 warm-up + 2 timed each
+    assert "".join(calls) == "aaaabbbb" + "aaabbb" * 2
+
+
+def test_a_contender_failing_in_a_later_turn_leaves_the_others_timed():
+    from fastalign.bench.runner import _measure_group
+
+    state = {"calls": 0}
+
+    def flaky():
+        state["calls"] += 1
+        if state["calls"] > 4:  # fine for its first turn, then fails
+            raise RuntimeError("device lost")
+
+    recs = [{"status": "ok"}, {"status": "ok"}]
+    cfg = dict(warmup=1, min_reps=6, max_reps=6, budget_s=0.0, rounds=3)
+    _measure_group([(recs[0], lambda: None), (recs[1], flaky)], torch.device("cpu"), cfg, False)
+    assert recs[0]["status"] == "ok" and recs[0]["reps"] == 6
+    assert recs[1]["status"] == "error" and "device lost" in recs[1]["reason"]
 
 
 def test_bench_layers_suite_runs_every_drop_in_layer(tmp_path):

@@ -112,7 +112,7 @@ class _Counter:
 def test_a_conv_forward_is_one_prepared_pass(monkeypatch, conv, dims):
     """One backend resolution and one graph per forward, whatever the batch dimensions
     of the features (they fold into the columns of one kernel call), forward and
-    backward."""
+    backward; none at all for a cached GCN layer, which keeps its prepared pass."""
     layer = conv()
     n = 10
     edge_index = random_edge_index(n, n, 30, seed=4)
@@ -127,8 +127,9 @@ def test_a_conv_forward_is_one_prepared_pass(monkeypatch, conv, dims):
     drop_in.clear_graph_cache()
     out = layer(x, edge_index)
     out.sum().backward()
-    assert resolve.calls == 1
-    assert coerce.calls == (0 if getattr(layer, "cached", False) else 1)
+    cached = getattr(layer, "cached", False)
+    assert resolve.calls == (0 if cached else 1)
+    assert coerce.calls == (0 if cached else 1)
     assert out.shape == ((2, n, 3) if dims == 3 else (n, 3))
 
 
@@ -147,3 +148,44 @@ def test_gcn_weight_gradient_without_a_feature_gradient(backend):
     torch.testing.assert_close(gw_alone, gw_both, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(
         lambda u: fastalign.gcn_aggregate(graph, x, edge_weight=u, backend=backend), (w,))
+
+
+def test_a_cached_gcn_layer_keeps_its_pass_per_dtype_gradient_and_backend(monkeypatch):
+    """The pass a cached GCNConv keeps is rebuilt when the features' dtype, the need of a
+    gradient or the backend choice changes, and never pickled; the outputs stay those of
+    an uncached layer."""
+    import copy
+    import io
+
+    n = 12
+    edge_index = random_edge_index(n, n, 40, seed=5)
+    cached, plain = GCNConv(4, 3, cached=True), GCNConv(4, 3)
+    plain.load_state_dict(cached.state_dict())
+    resolve = _Counter(backends.resolve)
+    monkeypatch.setattr(backends, "resolve", resolve)
+    x = torch.randn(n, 4)
+    with torch.no_grad():
+        for step in range(2):  # built on the first call, kept on the second
+            torch.testing.assert_close(cached(x, edge_index), plain(x, edge_index))
+        assert resolve.calls == 1 + 2  # the cached layer once, the plain one per call
+        resolve.calls = 0
+        cached.double(), plain.double()
+        torch.testing.assert_close(cached(x.double(), edge_index), plain(x.double(), edge_index))
+    xg = x.double().requires_grad_()
+    cached(xg, edge_index).sum().backward()
+    assert resolve.calls == 1 + 1 + 1  # float64: a new pass (and the plain layer's); with a gradient: another
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    assert cached.lin.weight.grad is not None
+    resolve.calls = 0
+    monkeypatch.setenv("FASTALIGN_BACKEND", "torch")
+    cached(x.double(), edge_index)
+    assert resolve.calls == 1 and cached._cached_propagation[1][-1] == "torch"
+    buffer = io.BytesIO()
+    torch.save(cached, buffer)  # the kept closure is left out of the pickle
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded._cached_propagation is None
+    torch.testing.assert_close(loaded(x.double(), edge_index), cached(x.double(), edge_index))
+    assert copy.deepcopy(cached)(x.double(), edge_index).shape == (n, 3)
+    cached.reset_parameters()
+    assert cached._cached_propagation is None and cached._cached_graph is None

@@ -48,6 +48,10 @@ struct GcnFold {
   // A whole row, its sum in registers (called only when the width is fixed).
   static constexpr bool kWholeRows = kF > 0;
   void row(int64_t r, int64_t e0, int64_t e1) const {
+    if constexpr (kF <= kTwoSumsUpTo) {
+      row_two_sums(r, e0, e1);
+      return;
+    }
     acc sum[kF] = {};
     const acc di = dis[r];
     // no software prefetch: a kF-wide row is a line or a few, and the loads of a row's
@@ -62,6 +66,38 @@ struct GcnFold {
       for (int f = 0; f < kF; ++f) sum[f] += widen(xj[f]) * c;
     }
     finish(r, sum);
+  }
+  // A narrow row (see kTwoSumsUpTo) in two sums over alternate edges. With implicit
+  // loops, a stored self loop (its weight is already in loop_weight) reads a row of
+  // zeros: a select, not a branch.
+  void row_two_sums(int64_t r, int64_t e0, int64_t e1) const {
+    alignas(64) static const scalar_t zeros[kF] = {};
+    acc even[kF] = {}, odd[kF] = {};
+    const acc di = dis[r];
+    const index_t* __restrict__ c = col;
+    const acc* __restrict__ d = dis;
+    const acc* __restrict__ w = weight;
+    const scalar_t* __restrict__ xs = x;
+    const int64_t skip = loop_weight ? r : -1;
+    auto scale = [&](int64_t e, int64_t j) { return w ? di * d[j] * w[e] : di * d[j]; };
+    auto source = [&](int64_t j) { return j == skip ? zeros : xs + j * kF; };
+    int64_t e = e0;
+    for (; e + 1 < e1; e += 2) {
+      const int64_t j0 = c[e], j1 = c[e + 1];
+      const acc s0 = scale(e, j0), s1 = scale(e + 1, j1);
+      const scalar_t* __restrict__ x0 = source(j0);
+      const scalar_t* __restrict__ x1 = source(j1);
+      for (int f = 0; f < kF; ++f) even[f] += widen(x0[f]) * s0;
+      for (int f = 0; f < kF; ++f) odd[f] += widen(x1[f]) * s1;
+    }
+    if (e < e1) {
+      const int64_t j = c[e];
+      const acc s = scale(e, j);
+      const scalar_t* __restrict__ xj = source(j);
+      for (int f = 0; f < kF; ++f) even[f] += widen(xj[f]) * s;
+    }
+    for (int f = 0; f < kF; ++f) even[f] += odd[f];
+    finish(r, even);
   }
   void merge(acc* s, const acc* piece) const { add_into(s, piece, size); }
   void finish(int64_t r, const acc* __restrict__ s) const {
@@ -105,7 +141,7 @@ at::Tensor gcn_aggregate(const at::Tensor& rowptr, const at::Tensor& col,
           cl.data_ptr<index_t>(), ptr_or_null<acc_s>(w), d.data_ptr<acc_s>(), ptr_or_null<acc_s>(lw),
           xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), xc.size(1), IndexCheck{uint64_t(n), &bad},
           cl.numel()};
-      segment_fold(rpp, partition_rows(rpp, n), op);
+      segment_fold(rpp, partition_rows(rpp, n, xc.size(1)), op);
     });
   });
   report_indices(bad, "gcn_aggregate", "col", n);

@@ -30,6 +30,14 @@ constexpr int64_t kPieceEdges = 4096;
 // pay from about a thousand edges (structure_kl at 1,024 edges: 234 -> 187 us).
 constexpr int64_t kGrainWork = 1024;
 
+// A gather-sum (spmm, gcn_aggregate) does little per edge at a narrow width, so its
+// work is counted per column: rows plus edges, times the width, over this. At 16
+// columns a graph of Cora's size (13k rows plus edges) then stays on one thread, where
+// a second one cost more than it gained inside a layer (measured after a linear:
+// 35 us on one thread, 43 on two); PubMed's graph (108k) at 16 columns and Cora's at 64
+// take two.
+constexpr int64_t kColumnsPerWork = 256;
+
 inline int threads_for(int64_t work) {
   const int64_t max_threads = std::max(1, at::get_num_threads());
   return int(std::min(max_threads, std::max<int64_t>(1, (work + kGrainWork - 1) / kGrainWork)));
@@ -49,11 +57,14 @@ struct Partition {
   int threads = 1;  // for the traversals over it (threads_for the rows plus edges)
 };
 
+// `columns`: the width of a gather-sum's rows (see kColumnsPerWork); 0 for any other
+// traversal, whose work is its rows plus edges.
 template <typename index_t>
-Partition partition_rows(const index_t* rowptr, int64_t num_rows) {
+Partition partition_rows(const index_t* rowptr, int64_t num_rows, int64_t columns = 0) {
   Partition p;
   const int64_t num_edges = num_rows > 0 ? int64_t(rowptr[num_rows]) - int64_t(rowptr[0]) : 0;
-  const int64_t threads = p.threads = threads_for(num_rows + num_edges);
+  const int64_t work = columns > 0 ? (num_rows + num_edges) * columns / kColumnsPerWork : num_rows + num_edges;
+  const int64_t threads = p.threads = threads_for(work);
   // ~16 blocks per thread for dynamic balancing; at least a few hundred edges each.
   const int64_t block_edges = std::max<int64_t>(512, num_edges / (16 * threads));
   const int64_t block_rows = std::max<int64_t>(64, num_rows / (16 * threads));

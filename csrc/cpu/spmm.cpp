@@ -42,6 +42,10 @@ struct SumFold {
   // A whole row, its sum in registers (called only when the width is fixed).
   static constexpr bool kWholeRows = kF > 0;
   void row(int64_t r, int64_t e0, int64_t e1) const {
+    if constexpr (kF <= kTwoSumsUpTo) {
+      row_two_sums(r, e0, e1);
+      return;
+    }
     acc sum[kF] = {};
     // no software prefetch: a kF-wide row is a line or a few, and the loads of a row's
     // edges are independent, so the core keeps them in flight itself (measured: the
@@ -56,6 +60,28 @@ struct SumFold {
       }
     }
     finish(r, sum);
+  }
+  // A narrow row (see kTwoSumsUpTo) in two sums over alternate edges.
+  void row_two_sums(int64_t r, int64_t e0, int64_t e1) const {
+    acc even[kF] = {}, odd[kF] = {};
+    const index_t* __restrict__ c = col;
+    const acc* __restrict__ w = weight;
+    const scalar_t* __restrict__ xs = x;
+    int64_t e = e0;
+    for (; e + 1 < e1; e += 2) {
+      const scalar_t* __restrict__ x0 = xs + int64_t(c[e]) * kF;
+      const scalar_t* __restrict__ x1 = xs + int64_t(c[e + 1]) * kF;
+      const acc w0 = w ? w[e] : acc(1), w1 = w ? w[e + 1] : acc(1);
+      for (int f = 0; f < kF; ++f) even[f] += widen(x0[f]) * w0;
+      for (int f = 0; f < kF; ++f) odd[f] += widen(x1[f]) * w1;
+    }
+    if (e < e1) {
+      const scalar_t* __restrict__ xj = xs + int64_t(c[e]) * kF;
+      const acc wj = w ? w[e] : acc(1);
+      for (int f = 0; f < kF; ++f) even[f] += widen(xj[f]) * wj;
+    }
+    for (int f = 0; f < kF; ++f) even[f] += odd[f];
+    finish(r, even);
   }
   void merge(acc* s, const acc* piece) const { add_into(s, piece, size); }
   void finish(int64_t r, const acc* __restrict__ s) const {
@@ -143,7 +169,7 @@ void spmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tens
                  const at::Tensor& x, const std::string& reduce, at::Tensor& out, at::Tensor& arg) {
   const index_t* rp = rowptr.data_ptr<index_t>();
   check_rowptr(rp, rowptr.numel() - 1, col.numel(), "spmm_forward");
-  const Partition part = partition_rows(rp, rowptr.numel() - 1);
+  const Partition part = partition_rows(rp, rowptr.numel() - 1, x.size(1));
   std::atomic<bool> bad{false};
   const IndexCheck cols{uint64_t(x.size(0)), &bad};
   if (reduce == "max") {

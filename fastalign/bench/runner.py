@@ -16,16 +16,17 @@ import torch
 from . import peers
 from . import suites as S
 from .graphs import GraphSpec, graph_specs
-from .timing import peak_memory, prepare_cpu_memory_measurement, time_call
+from .timing import peak_memory, prepare_cpu_memory_measurement, time_interleaved
 
 BENCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 REAL_HIDDEN = 16  # --features real: a first layer's output width (Kipf & Welling's hidden size)
 
 TIMING = {
-    # warm-up calls, minimum / maximum timed calls, time budget per measurement (s)
-    "cpu": dict(warmup=2, min_reps=3, max_reps=30, budget_s=1.0),
-    "cuda": dict(warmup=5, min_reps=10, max_reps=200, budget_s=0.5),
+    # warm-up calls, minimum / maximum timed calls, time budget per measurement (s), and
+    # the turns the contenders of one comparison take (see timing.time_interleaved)
+    "cpu": dict(warmup=2, min_reps=3, max_reps=30, budget_s=1.0, rounds=3),
+    "cuda": dict(warmup=5, min_reps=10, max_reps=200, budget_s=0.5, rounds=3),
 }
 
 
@@ -112,39 +113,54 @@ def _first_tensor(result):
     return None
 
 
-def _measure(c: S.Contender, w: S.Workload, mode: str, rec: dict, reference, cfg: dict,
-             measure_memory: bool):
-    """Time contender ``c`` into ``rec`` (status, times, memory, error against the
-    group's first output); returns the group's reference output."""
-    device = w.device
-    fn = out = None
+def _record_failure(rec: dict, exc: BaseException) -> None:
+    if isinstance(exc, S.Skip):
+        rec.update(status="skipped", reason=str(exc))
+    elif is_oom(exc):
+        rec.update(status="oom", reason="out of memory")
+    else:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        rec.update(status="error", reason=f"{type(exc).__name__}: {first}"[:300])
+
+
+def _prepare(c: S.Contender, w: S.Workload, mode: str, rec: dict, reference):
+    """Build contender ``c`` and make its first call (it compiles, fills caches, and its
+    output is checked against the group's first): ``(fn or None, reference)``."""
     try:
-        _check_fits(c, w, device)
+        _check_fits(c, w, w.device)
         fn = c.build(w, mode)
-        out = _first_tensor(fn())  # first call: compiles, fills caches, checks
+        out = _first_tensor(fn())
         if reference is None:
             reference = out
             rec["reference"] = True
         else:
             rec["max_rel_err"] = _rel_err(out, reference)
-        out = None
-        t = time_call(fn, device, **cfg)
+        return fn, reference
+    except Exception as exc:  # noqa: BLE001 - record and go on
+        _record_failure(rec, exc)
+        return None, reference
+
+
+def _measure_group(prepared: List[tuple], device: torch.device, cfg: dict, measure_memory: bool) -> None:
+    """Time the prepared ``(rec, fn)`` pairs in turns, then each one's peak memory."""
+    cfg = dict(cfg)
+    rounds = cfg.pop("rounds", 1)
+    try:
+        timings = time_interleaved([fn for _, fn in prepared], device, rounds=rounds, **cfg)
+    except Exception as exc:  # noqa: BLE001 - one failure fails the turns: time each alone
+        if len(prepared) == 1:
+            _record_failure(prepared[0][0], exc)
+            return
+        for pair in prepared:
+            _measure_group([pair], device, dict(cfg, rounds=1), measure_memory)
+        return
+    for (rec, fn), t in zip(prepared, timings):
         rec.update(median_ms=t.median_s * 1e3, min_ms=t.min_s * 1e3, reps=t.reps)
         if measure_memory:
-            rec["peak_mem_bytes"] = peak_memory(fn, device)
-    except S.Skip as exc:
-        rec.update(status="skipped", reason=str(exc))
-    except Exception as exc:  # noqa: BLE001 - record and go on
-        if is_oom(exc):
-            rec.update(status="oom", reason="out of memory")
-        else:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            rec.update(status="error", reason=f"{type(exc).__name__}: {first}"[:300])
-    finally:
-        fn = out = None
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return reference
+            try:
+                rec["peak_mem_bytes"] = peak_memory(fn, device)
+            except Exception as exc:  # noqa: BLE001
+                _record_failure(rec, exc)
 
 
 def run_benchmarks(
@@ -225,7 +241,8 @@ def run_benchmarks(
         "dtypes": dtypes,
         "timing": cfg,
         "compile_options": dict(peers.COMPILE_OPTIONS) if compile_peers else None,
-        "timing_method": "median wall time per call after warm-up (CUDA: synchronised)",
+        "timing_method": "median wall time per call after warm-up (CUDA: synchronised); "
+                         "the contenders of each comparison timed in turns",
         "memory_method": (
             "torch.cuda.max_memory_allocated delta over one call" if device.type == "cuda"
             else ("peak RSS delta over one call (malloc_trim, /proc/self/clear_refs, VmHWM)"
@@ -286,6 +303,7 @@ def run_benchmarks(
             for suite, contenders in plan.items():
                 for mode in modes:
                     reference = None
+                    prepared = []  # (rec, fn) of the contenders that built and ran
                     for c in contenders:
                         step += 1
                         rec = {
@@ -296,20 +314,32 @@ def run_benchmarks(
                             "min_ms": None, "reps": 0, "peak_mem_bytes": None,
                             "max_rel_err": None, "reason": None,
                         }
+                        results.append(rec)
                         label = f"{suite} | {spec.name} | {dtype_name} | {mode} | {c.name}"
                         if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
                             rec.update(status="skipped", reason=f"time limit ({max_seconds:.0f} s) reached")
-                            results.append(rec)
                             continue
-                        note(f"{label} ...")
-                        reference = _measure(c, w, mode, rec, reference, cfg, measure_memory)
-                        results.append(rec)
+                        note(f"{label}: first call ...")
+                        fn, reference = _prepare(c, w, mode, rec, reference)
+                        if fn is not None:
+                            prepared.append((rec, fn))
+                        else:
+                            note(f"{label}: {rec['status']} ({rec['reason']})")
+                    if prepared:
+                        note(f"{suite} | {spec.name} | {dtype_name} | {mode}: timing "
+                             f"{len(prepared)} contenders in turns ...")
+                        _measure_group(prepared, device, cfg, measure_memory)
+                    for rec, _ in prepared:
+                        label = f"{suite} | {spec.name} | {dtype_name} | {mode} | {rec['contender']}"
                         if rec["status"] == "ok":
                             mem = rec["peak_mem_bytes"]
                             mem_s = f", peak {mem / 2**20:.1f} MiB" if mem is not None else ""
                             note(f"{label}: {rec['median_ms']:.3f} ms{mem_s}")
                         else:
                             note(f"{label}: {rec['status']} ({rec['reason']})")
+                    prepared = reference = None
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
         w.release()
         if compile_peers:
             try:

@@ -4,7 +4,9 @@ Timing: a few warm-up calls (the first one also compiles, fills caches, builds
 transposes), then repeated calls until ``min_reps`` calls and ``budget_s`` seconds have
 passed (at most ``max_reps``); each call is timed on its own with ``time.perf_counter``
 and, on CUDA, a ``torch.cuda.synchronize()`` before and after, so that the time is the
-wall time a user waits for the result. We report the median (and the minimum). With
+wall time a user waits for the result. We report the median (and the minimum). The
+contenders of one comparison take turns (``time_interleaved``: A B C, A B C, ...), so a
+drift of the machine between them moves all their times, not their ratios. With
 ``cuda_events=True`` a CUDA call is timed by a pair of CUDA events around it instead
 (the device time of the call's kernels, without the host's synchronisation latency:
 the figure for kernels of a fraction of a millisecond, where a ~10 us sync would bias
@@ -38,7 +40,7 @@ import gc
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -109,6 +111,23 @@ def time_call(
 ) -> Timing:
     """Median time of ``fn()`` in seconds (see the module docstring); ``budget_s``
     counts the measured calls' time."""
+    times = sample_calls(fn, device, warmup=warmup, min_reps=min_reps, max_reps=max_reps,
+                         budget_s=budget_s, cuda_events=cuda_events)
+    return Timing(statistics.median(times), min(times), len(times))
+
+
+def sample_calls(
+    fn: Callable[[], object],
+    device,
+    *,
+    warmup: int = 2,
+    min_reps: int = 5,
+    max_reps: int = 100,
+    budget_s: float = 1.0,
+    cuda_events: bool = False,
+) -> List[float]:
+    """The seconds of each timed call of ``fn()`` (after ``warmup`` untimed ones), until
+    ``min_reps`` calls and ``budget_s`` seconds of them, at most ``max_reps``."""
     device = torch.device(device)
     events = cuda_events and device.type == "cuda"
     for _ in range(max(warmup, 0)):
@@ -129,7 +148,34 @@ def time_call(
         fn()
         synchronize(device)
         times.append(time.perf_counter() - t0)
-    return Timing(statistics.median(times), min(times), len(times))
+    return times
+
+
+def time_interleaved(
+    fns: Sequence[Callable[[], object]],
+    device,
+    *,
+    rounds: int = 3,
+    warmup: int = 2,
+    min_reps: int = 5,
+    max_reps: int = 100,
+    budget_s: float = 1.0,
+    cuda_events: bool = False,
+) -> List[Timing]:
+    """Each of ``fns`` timed in ``rounds`` turns (A B C, A B C, ...), each turn a
+    ``1/rounds`` share of the reps and budget after one warm-up call (``warmup`` in the
+    first turn). Contenders measured one after another each see a different stretch of
+    the machine's state (its clock, a neighbour's load, the page cache); taking turns
+    spreads that over all of them, so their ratios stay put where the absolute times
+    drift."""
+    rounds = max(int(rounds), 1)
+    share = dict(min_reps=max(-(-min_reps // rounds), 1), max_reps=max(-(-max_reps // rounds), 1),
+                 budget_s=budget_s / rounds, cuda_events=cuda_events)
+    times: List[List[float]] = [[] for _ in fns]
+    for turn in range(rounds):
+        for k, fn in enumerate(fns):
+            times[k] += sample_calls(fn, device, warmup=warmup if turn == 0 else 1, **share)
+    return [Timing(statistics.median(t), min(t), len(t)) for t in times]
 
 
 def time_back_to_back(fn: Callable[[], object], device, calls: int) -> float:

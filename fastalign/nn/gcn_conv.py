@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import Parameter
 
+from .. import settings
 from ..graph import Graph
 from ..ops.spmm import spmm_propagation
 from ..ops.gcn_aggregate import gcn_propagation, sparse_adjacency_weights
@@ -105,6 +106,7 @@ class GCNConv(DropInConv):
         self.normalize = bool(normalize)
         self._cached_graph: Optional[Graph] = None
         self._cached_kind: Optional[str] = None
+        self._cached_propagation = None  # (graph, key, propagate): see _propagation
         self.lin = torch.nn.Linear(in_channels, out_channels, bias=False)
         if bias:
             self.bias = Parameter(torch.empty(out_channels))
@@ -126,7 +128,7 @@ class GCNConv(DropInConv):
         torch.nn.init.xavier_uniform_(self.lin.weight)  # == torch_geometric.nn.inits.glorot
         if self.bias is not None:
             torch.nn.init.zeros_(self.bias)
-        self._cached_graph = None
+        self._cached_graph = self._cached_propagation = None
 
     # PyG's cache attributes (code that resets the cache sets them to None)
     @property
@@ -138,7 +140,7 @@ class GCNConv(DropInConv):
         if value is not None:
             raise ValueError("the cache can only be cleared (set to None)")
         if self._cached_kind != "sparse_tensor":
-            self._cached_graph = None
+            self._cached_graph = self._cached_propagation = None
 
     @property
     def _cached_adj_t(self) -> Optional[Graph]:
@@ -149,7 +151,7 @@ class GCNConv(DropInConv):
         if value is not None:
             raise ValueError("the cache can only be cleared (set to None)")
         if self._cached_kind == "sparse_tensor":
-            self._cached_graph = None
+            self._cached_graph = self._cached_propagation = None
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, edge_index, edge_weight: Optional[Tensor] = None) -> Tensor:
@@ -170,9 +172,7 @@ class GCNConv(DropInConv):
         lin_first = self.out_channels <= self.in_channels or x.layout != torch.strided
         h = self.lin(x) if lin_first else x  # dense: torch's linear of sparse x is dense
         if self.normalize:  # backend, normalisation state and transpose found once
-            propagate = gcn_propagation(
-                graph, h, self.add_self_loops, self.improved, weight, self.backend
-            )
+            propagate = self._propagation(graph, h, weight)
         else:
             propagate = spmm_propagation(graph, h, "sum", weight, self.backend)
         h = over_nodes(propagate, h, self.node_dim)
@@ -180,6 +180,27 @@ class GCNConv(DropInConv):
         if self.bias is not None:
             out = out + self.bias
         return out
+
+    def _propagation(self, graph: Graph, h: Tensor, weight: Optional[Tensor]):
+        """gcn_propagation of ``graph`` for features like ``h``. For the cached graph it is
+        kept from the last call with the same dtype, device, need of a gradient and
+        backend choice: a cached layer's forward then finds its normalisation state,
+        transpose and backend without a lookup."""
+        if (weight is not None or graph is not self._cached_graph or torch.compiler.is_compiling()
+                or torch._C._are_functorch_transforms_active()):
+            return gcn_propagation(graph, h, self.add_self_loops, self.improved, weight, self.backend)
+        key = (h.dtype, h.device, torch.is_grad_enabled() and h.requires_grad, self.backend,
+               settings.backend())
+        kept = self.__dict__.get("_cached_propagation")  # absent in a layer pickled before it existed
+        if kept is None or kept[0] is not graph or kept[1] != key:
+            propagate = gcn_propagation(graph, h, self.add_self_loops, self.improved, None, self.backend)
+            kept = self._cached_propagation = (graph, key, propagate)
+        return kept[2]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cached_propagation"] = None  # a closure: rebuilt on the first call
+        return state
 
     def _graph(self, x: Tensor, edge_index, edge_weight: Optional[Tensor]):
         """(Graph, edge weights to pass to the propagation or None): the cached graph, or
