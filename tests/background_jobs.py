@@ -1,7 +1,8 @@
 """Long, self-contained commands of the test suite (the nvcc compile of each CUDA kernel
-file, the g++ compile of the CUDA glue) started in the background as soon as the tests
-are collected, one at a time, so that they run on the machine's second core while the
-rest of the suite runs on the first; the tests that own them wait for their result.
+file, the g++ compile of the CUDA glue, the install of the sdist into a fresh
+environment) started in the background as soon as the tests are collected, one at a
+time, so that they run on the machine's second core while the rest of the suite runs on
+the first; the tests that own them wait for their result.
 
 conftest.py starts the jobs the collected tests need; a test calls ``result(key)``.
 A job that was not started (its test runs alone, say) runs when first asked for.
@@ -23,15 +24,17 @@ _STOPPED = threading.Event()
 
 
 def register(key: str, make_command: Callable[[], Sequence[str]]) -> None:
-    """Declare job ``key``; ``make_command()`` returns its argv (it may prepare files)."""
+    """Declare job ``key``; ``make_command()`` returns its argv, or ``(argv, env)`` for an
+    environment of its own (it may prepare files: it runs on the job's worker)."""
     _MAKERS[key] = make_command
 
 
 def _run(key: str) -> subprocess.CompletedProcess:
     if _STOPPED.is_set():
         raise RuntimeError("the test run ended before this job ran")
-    cmd = list(_MAKERS[key]())
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    made = _MAKERS[key]()
+    cmd, env = (list(made[0]), made[1]) if isinstance(made, tuple) else (list(made), None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     _RUNNING[key] = proc
     try:
         out, err = proc.communicate()

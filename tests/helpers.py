@@ -9,6 +9,7 @@ pyg_twins.py (they need torch_geometric)."""
 from __future__ import annotations
 
 import importlib
+import os
 
 import pytest
 import torch
@@ -200,6 +201,8 @@ def long_row_graph(index_dtype, piece: int, hub_degree: int = 9000):
 # The backends the public-op tests run on here: the reference and every compiled one that
 # takes CPU tensors; the kernel tests hold each compiled one against the reference.
 OP_BACKENDS = tuple(backends.available_backends("cpu"))
+# the Triton interpreter's run of the op files (their Triton sections; tests/test_triton_backend.py)
+TRITON_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 KERNEL_BACKENDS = tuple(b for b in OP_BACKENDS if b != "torch")
 
 

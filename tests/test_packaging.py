@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import site
 import subprocess
 import sys
 import tarfile
+import tempfile
 import venv
 from pathlib import Path
 
 import pytest
 
+import background_jobs
+
 ROOT = Path(__file__).resolve().parents[1]
-RUN_LAST = True  # the fresh-environment build is the suite's longest step
+RUN_LAST = True  # it waits for its background job
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +70,21 @@ def test_metadata_is_complete(sdist):
     assert "MIT License" in (ROOT / "LICENSE").read_text()
 
 
-@pytest.mark.skipif(os.environ.get("FASTALIGN_SKIP_SDIST_BUILD") == "1", reason="FASTALIGN_SKIP_SDIST_BUILD=1")
-def test_sdist_builds_and_installs_into_a_fresh_environment(sdist, tmp_path):
-    """A fresh venv that sees the torch of the environment running the tests (the build
-    needs it, and pip must not fetch another), the package installed from the sdist
-    alone, imported from elsewhere: the compiled CPU kernels load. Whether the tests run
-    in the system Python, a venv or a conda environment."""
-    env_dir = tmp_path / "venv"
+SKIP_SDIST_BUILD = os.environ.get("FASTALIGN_SKIP_SDIST_BUILD") == "1"
+_INSTALL = {}  # what the install job prepared: the fresh environment's python and env
+
+
+def _sdist_install_command():
+    """The sdist, and a fresh venv that sees the torch of the environment running the
+    tests (the build needs it, and pip must not fetch another): then pip installing the
+    sdist alone there, the background job's command (tests/background_jobs.py)."""
+    work = Path(tempfile.mkdtemp(prefix="fastalign-sdist-"))
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(work)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError("the sdist did not build:\n" + proc.stdout[-2000:] + proc.stderr[-4000:])
+    (sdist,) = work.glob("fastalign-*.tar.gz")
+    env_dir = work / "venv"
     # no pip of its own: the one seen through this environment (and its setuptools >= 77)
     venv.create(env_dir, system_site_packages=True, with_pip=False)
     python = env_dir / "bin" / "python"
@@ -85,9 +97,24 @@ def test_sdist_builds_and_installs_into_a_fresh_environment(sdist, tmp_path):
     # unoptimised kernels: this checks that the sdist builds and loads, in a third of the time
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONNOUSERSITE="1", FASTALIGN_BUILD_OPT="-O0")
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", str(sdist)],
-                          capture_output=True, text=True, timeout=1800, env=env, cwd=tmp_path)
+    _INSTALL.update(python=python, env_dir=env_dir, env=env, work=work)
+    cmd = [str(python), "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", str(sdist)]
+    return cmd, env
+
+
+# the install (40 s) runs on the second core beside the suite (tests/background_jobs.py)
+background_jobs.register("sdist-install", _sdist_install_command)
+BACKGROUND_JOBS = () if SKIP_SDIST_BUILD else ("sdist-install",)
+
+
+@pytest.mark.skipif(SKIP_SDIST_BUILD, reason="FASTALIGN_SKIP_SDIST_BUILD=1")
+def test_sdist_builds_and_installs_into_a_fresh_environment():
+    """The package installed from the sdist alone into a fresh venv, imported from
+    elsewhere: the compiled CPU kernels load. Whether the tests run in the system Python,
+    a venv or a conda environment."""
+    proc = background_jobs.result("sdist-install")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    python, env_dir, env, tmp_path = (_INSTALL[k] for k in ("python", "env_dir", "env", "work"))
     code = ("import fastalign, fastalign._C, fastalign.kernels; from fastalign.backends import cpu, available_backends; "
             "print(fastalign.__file__); print(len(cpu.FUNCTIONS)); print(available_backends('cpu'))")
     proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
@@ -95,3 +122,4 @@ def test_sdist_builds_and_installs_into_a_fresh_environment(sdist, tmp_path):
     where, count, available = proc.stdout.strip().splitlines()
     assert where.startswith(str(env_dir)), f"imported {where}, not the installed sdist"
     assert int(count) == 14 and "'cpu'" in available
+    shutil.rmtree(tmp_path, ignore_errors=True)

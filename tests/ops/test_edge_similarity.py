@@ -1,6 +1,6 @@
 """edge_similarity (the five kernels): each backend here against dense float64 kernels and
 by gradcheck, and each compiled backend's forward and backward against the reference over
-the shared grid."""
+the shared grid; the Triton kernels under the interpreter (last section)."""
 
 import pytest
 import torch
@@ -9,8 +9,8 @@ import fastalign
 from fastalign import Graph
 from helpers import (
     as_pair, assert_close, assert_noise, CASES, degenerate, dense_edge_values, dense_kernel, dtype_params,
-    feats, features, get_case, graph_of, graph_params, index_params, KERNELS, pair, REFERENCE, SIGMA, truth,
-    WIDTHS, grad_pair, join_pair, SMALL, tight_gradcheck,
+    feats, features, get_case, grad_pair, graph_of, graph_params, index_params, join_pair, KERNELS, pair,
+    REFERENCE, SIGMA, SMALL, tight_gradcheck, TRITON_INTERPRETER, truth, WIDTHS,
 )
 
 
@@ -70,3 +70,56 @@ def test_cosine_gradient_at_zero_vector_is_finite(backend):
     x = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
     fastalign.edge_similarity(g, x, "cosine", backend=backend).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+# ------------------------------------------------------------------ Triton, interpreted
+# The Triton kernels against the reference on CPU tensors under the Triton interpreter:
+# tests/test_triton_backend.py runs these in a process of its own with TRITON_INTERPRET=1
+# (`TRITON_INTERPRET=1 pytest -m triton_interpreter tests/ops`); other runs do not collect them.
+if TRITON_INTERPRETER:
+    from triton_interpreter import close, graph, interpreted, KERNELS, ref, segments, tb
+
+    @interpreted
+    @pytest.mark.parametrize("kernel", list(KERNELS))
+    @pytest.mark.parametrize("name", ["square", "rectangular"])
+    def test_triton_edge_similarity(kernel, name):
+        g = graph(name)
+        xd, xs = features(g, 5, side="dst", seed=1), features(g, 5)
+        sigma, degree, coef = KERNELS[kernel]
+        rt, ct, pt = g.transpose()
+        gs = torch.randn(g.num_edges, dtype=torch.float64)
+        close(tb.edge_similarity(g.rowptr, g.col, xd, xs, kernel, sigma, degree, coef),
+              ref.edge_similarity(g.rowptr, g.col, xd, xs, kernel, sigma, degree, coef))
+        close(tb.edge_similarity_backward(g.rowptr, g.col, rt, ct, pt, xd, xs, gs, kernel, sigma, degree, coef),
+              ref.edge_similarity_backward(g.rowptr, g.col, rt, ct, pt, xd, xs, gs, kernel, sigma, degree, coef))
+
+
+    @interpreted
+    @pytest.mark.parametrize("kernel", ["l1", "rbf"])
+    @pytest.mark.parametrize("name", ["square", "rectangular", "hub"])
+    def test_triton_auto_sigma(kernel, name):
+        """sigma="auto" through the public ops: the scale and the loss as the reference's."""
+        g = graph(name)
+        hs = (features(g, 5, side="dst", seed=1), features(g, 5, seed=2)) if not g.is_square else features(g, 5)
+        hp = (features(g, 3, side="dst", seed=3), features(g, 3, seed=4)) if not g.is_square else 3 * features(g, 3, seed=3)
+        close(fastalign.edge_scale(g, hs, kernel, backend="triton"), fastalign.edge_scale(g, hs, kernel, backend="torch"))
+        kw = dict(kernel=kernel, sigma="auto", reduction="none")
+        close(fastalign.structure_kl(g, hs, hp, backend="triton", **kw), fastalign.structure_kl(g, hs, hp, backend="torch", **kw))
+
+
+    @interpreted
+    @pytest.mark.parametrize("kernel", ["l1", "cosine", "poly"])
+    def test_triton_edge_similarity_hub_split_and_wide(kernel):
+        g = graph("hub")
+        width = 300 if kernel == "cosine" else 3  # 300 > BLOCK_F: several feature blocks
+        x = features(g, width)
+        x[3] = 0.0  # a zero row: the cosine eps clamp
+        sigma, degree, coef = KERNELS[kernel]
+        degree = 0 if kernel == "poly" else degree
+        rt, ct, pt = g.transpose()
+        gs = torch.randn(g.num_edges, dtype=torch.float64)
+        with segments.force_split(4):
+            close(tb.edge_similarity(g.rowptr, g.col, x, x, kernel, sigma, degree, coef),
+                  ref.edge_similarity(g.rowptr, g.col, x, x, kernel, sigma, degree, coef))
+            close(tb.edge_similarity_backward(g.rowptr, g.col, rt, ct, pt, x, x, gs, kernel, sigma, degree, coef),
+                  ref.edge_similarity_backward(g.rowptr, g.col, rt, ct, pt, x, x, gs, kernel, sigma, degree, coef))

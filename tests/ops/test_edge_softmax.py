@@ -1,15 +1,16 @@
 """edge_softmax and local_structure (softmax of the similarity over each node's in-edges):
 each backend here against a dense float64 softmax and by gradcheck, and each compiled
-backend's kernels against the reference over the shared grid."""
+backend's kernels against the reference over the shared grid; the Triton kernels under
+the interpreter (last section)."""
 
 import pytest
 import torch
 
 import fastalign
 from helpers import (
-    as_pair, assert_close, CASES, dense_adjacency, dense_edge_values, dense_kernel, dtype_params,
-    get_case, grad_pair, graph_of, graph_params, index_params, join_pair, KERNELS, pair, REFERENCE, SIGMA,
-    SMALL, tight_gradcheck,
+    as_pair, assert_close, CASES, dense_adjacency, dense_edge_values, dense_kernel, dtype_params, get_case,
+    grad_pair, graph_of, graph_params, index_params, join_pair, KERNELS, pair, REFERENCE, SIGMA, SMALL,
+    tight_gradcheck, TRITON_INTERPRETER,
 )
 
 
@@ -56,3 +57,47 @@ def test_edge_softmax_and_backward(kernels, name, index_dtype, dtype):
         REFERENCE.edge_softmax_backward(g.rowptr, p, grad_p),
         dtype,
     )
+
+
+# ------------------------------------------------------------------ Triton, interpreted
+# The Triton kernels against the reference on CPU tensors under the Triton interpreter:
+# tests/test_triton_backend.py runs these in a process of its own with TRITON_INTERPRET=1
+# (`TRITON_INTERPRET=1 pytest -m triton_interpreter tests/ops`); other runs do not collect them.
+if TRITON_INTERPRETER:
+    from triton_interpreter import close, graph, interpreted, ref, segments, SPLITS, tb
+
+    @interpreted
+    @pytest.mark.parametrize("name", ["square", "rectangular", "no_edges", "hub"])
+    @pytest.mark.parametrize("split", SPLITS)
+    def test_triton_edge_softmax(name, split):
+        g = graph(name)
+        z = torch.randn(g.num_edges, dtype=torch.float64) * 3
+        with segments.force_split(split):
+            p = tb.edge_softmax(g.rowptr, z)
+            close(p, ref.edge_softmax(g.rowptr, z))
+            gp = torch.randn_like(p)
+            close(tb.edge_softmax_backward(g.rowptr, p, gp), ref.edge_softmax_backward(g.rowptr, p, gp))
+
+
+    @interpreted
+    def test_triton_edge_softmax_packs_short_rows_without_changing_a_bit(monkeypatch):
+        """Several short rows per program (a power-law graph of 300 nodes: groups of rows of
+        mixed degree, isolated rows, rows past the group's end, a hub cut into segments):
+        equal to the reference, and bit for bit equal to one row per program."""
+        from fastalign.kernels import edge_softmax as ksoftmax, heuristics
+        from helpers import power_law_edge_index
+
+        g = fastalign.Graph.from_edge_index(power_law_edge_index(300, 1500, seed=4), num_nodes=300)
+        z = torch.randn(g.num_edges, dtype=torch.float32) * 3
+        gp = torch.randn_like(z)
+        rows, row_e, _ = heuristics.softmax_rows(segments.row_plan(g.rowptr))
+        assert rows > 1 and g.num_dst > 2 * rows  # several groups of several rows
+        with segments.force_split(32):
+            assert segments.row_plan(g.rowptr).num_long > 0
+            p = tb.edge_softmax(g.rowptr, z)
+            gz = tb.edge_softmax_backward(g.rowptr, p, gp)
+            close(p, ref.edge_softmax(g.rowptr, z), 1e-6)
+            close(gz, ref.edge_softmax_backward(g.rowptr, p, gp), 1e-6)
+            monkeypatch.setattr(ksoftmax, "softmax_rows", lambda plan: (1, row_e, 4))
+            assert torch.equal(tb.edge_softmax(g.rowptr, z), p)
+            assert torch.equal(tb.edge_softmax_backward(g.rowptr, p, gp), gz)

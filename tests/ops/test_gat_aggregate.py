@@ -1,5 +1,6 @@
 """gat_aggregate (fused graph attention) on every CPU backend against an independent loop
-definition, its gradients, dropout mask and bad input; fastalign.nn.GATConv against PyG."""
+definition, its gradients, dropout mask and bad input; fastalign.nn.GATConv against PyG;
+the Triton kernels under the interpreter (last section)."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch
 import fastalign
 from fastalign import Graph, backends
 from fastalign import attention_dropout
-from helpers import LOW_PRECISION_TOL, case_graphs, loop_gat, random_edge_index, rel_err
+from helpers import case_graphs, loop_gat, LOW_PRECISION_TOL, random_edge_index, rel_err, TRITON_INTERPRETER
 
 BACKENDS = [b for b in ("torch", "cpu") if backends.is_available(b)]
 HEADS, CHANNELS = 3, 4
@@ -218,3 +219,41 @@ def test_no_grad_needs_no_transpose_and_empty_graph_works():
         zero = Graph.from_edge_index(torch.empty(2, 0, dtype=torch.long), num_nodes=(0, 0))
         x0, s0, d0 = inputs(zero)
         assert fastalign.gat_aggregate(zero, x0, s0, d0, backend=backend).shape == (0, HEADS, CHANNELS)
+
+
+# ------------------------------------------------------------------ Triton, interpreted
+# The Triton kernels against the reference on CPU tensors under the Triton interpreter:
+# tests/test_triton_backend.py runs these in a process of its own with TRITON_INTERPRET=1
+# (`TRITON_INTERPRET=1 pytest -m triton_interpreter tests/ops`); other runs do not collect them.
+if TRITON_INTERPRETER:
+    from triton_interpreter import close, graph, interpreted, ref, segments, SPLITS, tb
+
+    @interpreted
+    @pytest.mark.parametrize("name", ["square", "rectangular", "no_edges", "hub"])
+    @pytest.mark.parametrize("loops,dropout,with_dst", [(True, 0.0, True), (False, 0.4, True), (True, 0.5, False)])
+    @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+    @pytest.mark.parametrize("split", SPLITS)
+    def test_triton_gat_aggregate(name, loops, dropout, with_dst, index_dtype, split):
+        g = graph(name, index_dtype)
+        gen = torch.Generator().manual_seed(3)
+        heads, channels = 3, 5  # neither a power of two: the padded tiles' masks
+        x = torch.randn(g.num_src, heads, channels, generator=gen, dtype=torch.float64)
+        a_s = torch.randn(g.num_src, heads, generator=gen, dtype=torch.float64)
+        a_d = torch.randn(g.num_dst, heads, generator=gen, dtype=torch.float64) if with_dst else None
+        args = (x, a_s, a_d, 0.15, dropout, 2**31 + 17, loops)
+        with segments.force_split(split):  # 4: hub rows and rows of more than 4 edges in segments
+            _check_gat(g, args, gen)
+
+
+    def _check_gat(g, args, gen):
+        x, a_s, a_d, _, dropout, _, loops = args
+        out, lse = tb.gat_aggregate_forward(g.rowptr, g.col, *args)
+        ref_out, ref_lse = ref.gat_aggregate_forward(g.rowptr, g.col, *args)
+        close(out, ref_out)
+        assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+        close(torch.nan_to_num(lse, neginf=0.0), torch.nan_to_num(ref_lse, neginf=0.0))
+        rowptr_t, col_t, perm_t = g.transpose()
+        grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+        back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_lse, grad_out, 0.15, dropout,
+                2**31 + 17, loops)
+        close(tb.gat_aggregate_backward(*back), ref.gat_aggregate_backward(*back))

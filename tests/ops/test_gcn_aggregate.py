@@ -1,6 +1,7 @@
 """gcn_aggregate (PyG's GCN normalisation fused into the aggregation): each backend here
 against a dense float64 gcn_norm and PyG, by gradcheck, and each compiled backend's kernel
-against the reference over the shared grid."""
+against the reference over the shared grid; the Triton kernel under the interpreter (last
+section)."""
 
 import pytest
 import torch
@@ -8,9 +9,9 @@ import torch
 import fastalign
 from fastalign import Graph
 from helpers import (
-    assert_close, dense_gcn, dtype_params, edge_weight, feats, features, get_case, gradcheck_inputs, graph_of,
-    INDEX_DTYPES, index_params, random_edge_index, REF, REFERENCE, square_graph_params, tight_gradcheck,
-    WIDTHS,
+    assert_close, dense_gcn, dtype_params, edge_weight, feats, features, get_case, gradcheck_inputs,
+    graph_of, INDEX_DTYPES, index_params, random_edge_index, REF, REFERENCE, square_graph_params,
+    tight_gradcheck, TRITON_INTERPRETER, WIDTHS,
 )
 from fastalign.ops.gcn_aggregate import gcn_norm_state
 
@@ -121,3 +122,25 @@ def test_a_stored_self_loop_with_an_inf_feature_is_skipped_not_zeroed():
         assert torch.isinf(out[1, 0]) and not torch.isnan(out).any(), out
     for out in outs[1:]:
         torch.testing.assert_close(out, outs[0])
+
+
+# ------------------------------------------------------------------ Triton, interpreted
+# The Triton kernels against the reference on CPU tensors under the Triton interpreter:
+# tests/test_triton_backend.py runs these in a process of its own with TRITON_INTERPRET=1
+# (`TRITON_INTERPRET=1 pytest -m triton_interpreter tests/ops`); other runs do not collect them.
+if TRITON_INTERPRETER:
+    from triton_interpreter import close, graph, interpreted, ref, segments, SPLITS, tb
+
+    @interpreted
+    @pytest.mark.parametrize("name", ["square", "hub"])
+    @pytest.mark.parametrize("split", SPLITS)
+    def test_triton_gcn_aggregate(name, split):
+        g = graph(name)
+        x = features(g, 9)
+        w = torch.rand(g.num_edges, dtype=torch.float64)
+        with segments.force_split(split):
+            for weight in (None, w):
+                for loops in (True, False):
+                    dis, lw = gcn_norm_state(g, weight, loops, False, torch.float64)
+                    close(tb.gcn_aggregate(g.rowptr, g.col, weight, dis, lw, x),
+                          ref.gcn_aggregate(g.rowptr, g.col, weight, dis, lw, x))

@@ -1,6 +1,7 @@
 """spmm (sum / mean / max, edge weights) and sddmm, its weight gradient: each backend
 here against dense float64 definitions and by gradcheck, each compiled backend's kernels
-against the reference over the shared grid, and spmm's own behaviours."""
+against the reference over the shared grid, spmm's own behaviours; the Triton kernels
+under the interpreter (last section)."""
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from fastalign.ops.gcn_aggregate import gcn_norm_state
 from helpers import (
     assert_close, CASES, dense_spmm, dtype_params, edge_weight, feats, features, get_case, gradcheck_inputs,
     graph_of, graph_params, index_params, random_edge_index, REF, REFERENCE, SMALL, square_graph_params,
-    tight_gradcheck, truth, WIDTHS,
+    tight_gradcheck, TRITON_INTERPRETER, truth, WIDTHS,
 )
 
 
@@ -201,3 +202,234 @@ def test_spmm_max_backward_on_graph_without_edges(backend):
     assert torch.equal(out, torch.zeros_like(out))
     out.sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x)) and w.grad.shape == (0,)
+
+
+# ------------------------------------------------------------------ Triton, interpreted
+# The Triton kernels against the reference on CPU tensors under the Triton interpreter:
+# tests/test_triton_backend.py runs these in a process of its own with TRITON_INTERPRET=1
+# (`TRITON_INTERPRET=1 pytest -m triton_interpreter tests/ops`); other runs do not collect them.
+if TRITON_INTERPRETER:
+    from fastalign.kernels import spmm as kspmm
+    from triton_interpreter import close, graph, interpreted, ref, segments, SPLITS, tb
+
+    @interpreted
+    @pytest.mark.parametrize("name", ["square", "rectangular", "no_edges", "hub"])
+    @pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+    @pytest.mark.parametrize("split", SPLITS)
+    def test_triton_spmm_forward(name, reduce, split):
+        g = graph(name)
+        x = features(g, 5)
+        w = torch.rand(g.num_edges, dtype=torch.float64)
+        with segments.force_split(split):
+            for weight in (None, w):
+                close(tb.spmm_forward(g.rowptr, g.col, weight, x, reduce),
+                      ref.spmm_forward(g.rowptr, g.col, weight, x, reduce))
+
+
+    @interpreted
+    @pytest.mark.parametrize("width", [1, 37, 300])
+    def test_triton_spmm_widths_int32(width):
+        g = graph("hub", torch.int32)
+        x = features(g, width)
+        for reduce in ("sum", "max"):
+            close(tb.spmm_forward(g.rowptr, g.col, None, x, reduce),
+                  ref.spmm_forward(g.rowptr, g.col, None, x, reduce))
+
+
+    @interpreted
+    def test_triton_spmm_float32():
+        g = graph("square")
+        x = features(g, 19, dtype=torch.float32)
+        w = torch.rand(g.num_edges)
+        for reduce in ("sum", "mean", "max"):
+            out, arg = tb.spmm_forward(g.rowptr, g.col, w, x, reduce)
+            r_out, r_arg = ref.spmm_forward(g.rowptr, g.col, w, x, reduce)
+            close(out, r_out, 1e-5)
+            assert torch.equal(arg, r_arg)
+
+
+    @interpreted
+    def test_triton_spmm_max_ties_first_edge():
+        # duplicate edges give equal messages: the first edge must win
+        g = graph("square")
+        x = features(g, 4).round()
+        with segments.force_split(2):
+            out, arg = tb.spmm_forward(g.rowptr, g.col, None, x, "max")
+        r_out, r_arg = ref.spmm_forward(g.rowptr, g.col, None, x, "max")
+        close(out, r_out)
+        assert torch.equal(arg, r_arg)
+
+
+    @interpreted
+    @pytest.mark.parametrize("split", SPLITS)
+    def test_triton_spmm_max_nan_propagates(split):
+        """torch.amax semantics: a NaN message makes the row's maximum NaN and its first NaN
+        edge the winner, in a block, across blocks and across the segments of a hub row."""
+        g = graph("hub")
+        x = features(g, 5)
+        x[3, 0] = x[7, 0] = x[20, 2] = float("nan")
+        x[0, 4] = float("nan")  # node 0 sends to nodes 1..5
+        with segments.force_split(split):
+            out, arg = tb.spmm_forward(g.rowptr, g.col, None, x, "max")
+        r_out, r_arg = ref.spmm_forward(g.rowptr, g.col, None, x, "max")
+        torch.testing.assert_close(out, r_out, equal_nan=True)
+        assert torch.equal(arg, r_arg)
+
+
+    def _max_backward_case(g, x, w, grad, need_w, arg_dtype=torch.int32):
+        rt, ct, pt = g.transpose()
+        _, arg = ref.spmm_forward(g.rowptr, g.col, w, x, "max")
+        arg = arg.to(arg_dtype)
+        out = tb.spmm_max_backward(g.col, rt, ct, pt, w, x, arg, grad, need_w)
+        expect = ref.spmm_max_backward(g.col, rt, ct, pt, w, x, arg, grad, need_w)
+        return out, expect
+
+
+    @interpreted
+    @pytest.mark.parametrize("name", ["square", "rectangular", "no_edges", "hub"])
+    @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+    @pytest.mark.parametrize("split", SPLITS)
+    @pytest.mark.parametrize("need_w", [False, True])
+    def test_triton_spmm_max_backward(name, index_dtype, split, need_w):
+        """Gathered over the transpose: hub sources (node 0 of "hub" sends to 5 nodes, and
+        split=4 cuts the transpose's long rows), duplicate edges, isolated nodes; winners
+        read as int32 (what the forward writes) and as int64."""
+        g = graph(name, index_dtype)
+        x = features(g, 6)
+        grad = features(g, 6, seed=5, side="dst")
+        with segments.force_split(split):
+            for w in (None, torch.rand(g.num_edges, dtype=torch.float64)):
+                for arg_dtype in (torch.int32, torch.int64):
+                    close(*_max_backward_case(g, x, w, grad, need_w, arg_dtype))
+
+
+    @interpreted
+    def test_triton_spmm_max_winners_are_int32():
+        g = graph("hub")
+        x = features(g, 6)
+        with segments.force_split(4):
+            _, arg = tb.spmm_forward(g.rowptr, g.col, None, x, "max")
+        assert arg.dtype == torch.int32
+        assert torch.equal(arg, ref.spmm_forward(g.rowptr, g.col, None, x, "max")[1])
+
+
+    @interpreted
+    def test_triton_spmm_max_backward_ties():
+        """Rounded features: duplicate edges and equal neighbours tie, and only the first
+        edge reaching the maximum (arg) gets the gradient."""
+        g = graph("square")
+        x = features(g, 5).round()
+        grad = features(g, 5, seed=6, side="dst")
+        _, arg = ref.spmm_forward(g.rowptr, g.col, None, x, "max")
+        ties = 0
+        row = g.row
+        for i in range(g.num_dst):  # the case has ties (else the test proves nothing)
+            msgs = x[g.col[row == i].long()]
+            ties += int(((msgs == msgs.max(0).values).sum(0) > 1).sum()) if msgs.numel() else 0
+        assert ties > 0
+        with segments.force_split(2):
+            close(*_max_backward_case(g, x, None, grad, True))
+
+
+    @interpreted
+    @pytest.mark.parametrize("width", [1, 37, 300])
+    def test_triton_spmm_max_backward_widths(width):
+        """Odd widths, and 300 > BLOCK_F: the weight gradient is summed over feature blocks."""
+        g = graph("hub", torch.int32)
+        x = features(g, width)
+        w = torch.rand(g.num_edges, dtype=torch.float64)
+        grad = features(g, width, seed=7, side="dst")
+        with segments.force_split(4):
+            close(*_max_backward_case(g, x, w, grad, True))
+
+
+    @interpreted
+    def test_triton_spmm_max_backward_float32_bitwise_repeatable():
+        g = graph("hub")
+        x = features(g, 19, dtype=torch.float32)
+        w = torch.rand(g.num_edges)
+        grad = features(g, 19, dtype=torch.float32, seed=8, side="dst")
+        with segments.force_split(4):
+            (gx, gw), (rx, rw) = _max_backward_case(g, x, w, grad, True)
+            (gx2, gw2), _ = _max_backward_case(g, x, w, grad, True)
+        close((gx, gw), (rx, rw), 1e-5)
+        assert torch.equal(gx, gx2) and torch.equal(gw, gw2)
+
+
+    @interpreted
+    def test_triton_spmm_max_through_the_op():
+        """fastalign.spmm(reduce="max") passes the transpose to the backward."""
+        g = graph("hub")
+        x = features(g, 4).requires_grad_()
+        w = torch.rand(g.num_edges, dtype=torch.float64, requires_grad=True)
+        grads = {}
+        for backend in ("torch", "triton"):
+            x.grad = w.grad = None
+            with segments.force_split(4):
+                fastalign.spmm(g, x, "max", edge_weight=w, backend=backend).square().sum().backward()
+            grads[backend] = (x.grad.clone(), w.grad.clone())
+        close(grads["triton"], grads["torch"])
+
+
+    @interpreted
+    @pytest.mark.parametrize("name", ["square", "rectangular", "hub"])
+    def test_triton_sddmm(name):
+        g = graph(name)
+        a, b = features(g, 7, side="dst", seed=1), features(g, 7)
+        with segments.force_split(4):
+            close(tb.sddmm(g.rowptr, g.col, a, b), ref.sddmm(g.rowptr, g.col, a, b))
+
+
+
+
+    @interpreted
+    def test_triton_aggregation_packs_short_rows(monkeypatch):
+        """Sum, mean and GCN aggregation several short rows per program (a power-law graph of
+        300 nodes: packs of rows of mixed degree, isolated rows, a last partial pack, hubs cut
+        into segments that the one-row kernel takes), two feature blocks: equal to the
+        reference, and bit for bit equal to one row per packed program."""
+        from fastalign.kernels import heuristics
+        from helpers import power_law_edge_index
+
+        g = fastalign.Graph.from_edge_index(power_law_edge_index(300, 1500, seed=5), num_nodes=300)
+        x = features(g, 130)
+        w = torch.rand(g.num_edges, dtype=torch.float64)
+        dis, lw = gcn_norm_state(g, w, True, False, torch.float64)
+        packed = heuristics.rows_packing(segments.row_plan(g.rowptr), 130, torch.float64)
+        assert packed is not None and packed.ROWS > 1 and g.num_dst % packed.ROWS
+        with segments.force_split(32):
+            assert segments.row_plan(g.rowptr).num_long > 0
+            outs = []
+            for reduce in ("sum", "mean"):
+                for weight in (None, w):
+                    out = tb.spmm_forward(g.rowptr, g.col, weight, x, reduce)
+                    close(out, ref.spmm_forward(g.rowptr, g.col, weight, x, reduce))
+                    outs.append(out[0])
+            gcn = tb.gcn_aggregate(g.rowptr, g.col, w, dis, lw, x)
+            close(gcn, ref.gcn_aggregate(g.rowptr, g.col, w, dis, lw, x))
+            monkeypatch.setattr(kspmm, "rows_packing", lambda plan, width, dtype: packed._replace(ROWS=1))
+            again = [tb.spmm_forward(g.rowptr, g.col, weight, x, reduce)[0]
+                     for reduce in ("sum", "mean") for weight in (None, w)]
+            assert all(torch.equal(a, b) for a, b in zip(again, outs))
+            assert torch.equal(tb.gcn_aggregate(g.rowptr, g.col, w, dis, lw, x), gcn)
+
+
+    @interpreted
+    def test_triton_packing_rule(monkeypatch):
+        """Rows get the largest power of two of lanes not above the mean degree; a program
+        as many rows as fill the tile's edge lanes; none below two rows."""
+        from types import SimpleNamespace
+
+        from fastalign.kernels.heuristics import rows_packing
+
+        def plan(mean):
+            return SimpleNamespace(avg_degree=mean)
+
+        assert rows_packing(plan(13.8), 64, torch.float32)[:3] == (8, 8, 64)   # arxiv-like
+        assert rows_packing(plan(50.5), 64, torch.float32)[:3] == (2, 32, 64)  # products-like
+        assert rows_packing(plan(50.5), 16, torch.float32)[:3] == (8, 32, 16)
+        assert rows_packing(plan(492.0), 64, torch.float32) is None            # reddit-like
+        assert rows_packing(plan(70.0), 128, torch.float32) is None
+        assert rows_packing(plan(0.3), 64, torch.bfloat16)[:2] == (64, 1)
+        monkeypatch.setenv("FASTALIGN_TRITON_PACK_ROWS", "0")
+        assert rows_packing(plan(13.8), 64, torch.float32) is None

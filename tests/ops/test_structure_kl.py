@@ -1,6 +1,7 @@
 """structure_kl (the Alignahead++ structure term): each backend here against a dense
 float64 KL and by gradcheck (student and peer), and each compiled backend's fused
-forward and backward against the reference over the shared grid."""
+forward and backward against the reference over the shared grid; the Triton kernels under
+the interpreter (last section)."""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import fastalign
 from helpers import (
     assert_close, assert_noise, CASES, degenerate, dense_structure_kl, dtype_params, feats, features,
     get_case, grad_pair, graph_of, graph_params, index_params, join_pair, KERNELS, pair, REFERENCE, SIGMA,
-    SMALL, tight_gradcheck, truth, WIDTHS,
+    SMALL, tight_gradcheck, TRITON_INTERPRETER, truth, WIDTHS,
 )
 import importlib
 
@@ -134,3 +135,68 @@ def test_structure_kl_forward_backward(kernels, name, index_dtype, dtype, width,
         )
         assert empty.numel() == 0
         assert_close(total, split[0] + split[1], dtype)
+
+
+# ------------------------------------------------------------------ Triton, interpreted
+# The Triton kernels against the reference on CPU tensors under the Triton interpreter:
+# tests/test_triton_backend.py runs these in a process of its own with TRITON_INTERPRET=1
+# (`TRITON_INTERPRET=1 pytest -m triton_interpreter tests/ops`); other runs do not collect them.
+if TRITON_INTERPRETER:
+    from triton_interpreter import close, graph, interpreted, KERNELS, ref, segments, tb
+
+    def _kl_case(g, ws=5, wp=3):
+        return (features(g, ws, side="dst", seed=1), features(g, ws, seed=2),
+                features(g, wp, side="dst", seed=3), features(g, wp, seed=4))
+
+
+    def _check_kl(g, feats, kernel, tau, peers=(False, True)):
+        sigma, degree, coef = KERNELS[kernel]
+        rt, ct, pt = g.transpose()
+        out = tb.structure_kl_forward(g.rowptr, g.col, *feats, kernel, sigma, degree, coef, tau)
+        expect = ref.structure_kl_forward(g.rowptr, g.col, *feats, kernel, sigma, degree, coef, tau)
+        close(out, expect)
+        gk = torch.randn(g.num_dst, dtype=torch.float64)
+        state = (expect[1], expect[2], expect[0])  # the backward takes (lse_s, lse_p, kl)
+        for peer in peers:
+            close(
+                tb.structure_kl_backward(g.rowptr, g.col, rt, ct, pt, *feats, *state, gk,
+                                         kernel, sigma, degree, coef, tau, peer),
+                ref.structure_kl_backward(g.rowptr, g.col, rt, ct, pt, *feats, *state, gk,
+                                          kernel, sigma, degree, coef, tau, peer),
+            )
+
+
+    @interpreted
+    @pytest.mark.parametrize("kernel", list(KERNELS))
+    def test_triton_structure_kl(kernel):
+        g = graph("square")
+        _check_kl(g, _kl_case(g), kernel, 0.7)
+
+
+    @interpreted
+    @pytest.mark.parametrize("name", ["rectangular", "no_edges", "hub"])
+    def test_triton_structure_kl_graphs_split(name):
+        g = graph(name, torch.int32)
+        with segments.force_split(4):
+            _check_kl(g, _kl_case(g), "l1", 0.5, peers=(True,))
+
+
+    @interpreted
+    def test_triton_structure_kl_wide_cosine():
+        g = graph("hub")
+        feats = _kl_case(g, 300, 1)  # 300: several feature blocks; 1: a width-1 peer
+        with segments.force_split(8):
+            _check_kl(g, feats, "cosine", 0.3, peers=(True,))
+
+
+    @interpreted
+    @pytest.mark.parametrize("kernel", ["l1", "rbf", "linear", "poly", "cosine"])
+    def test_triton_structure_kl_atomic_backward(kernel, monkeypatch):
+        """The opt-in single-pass backward (source gradients by atomics)."""
+        monkeypatch.setenv("FASTALIGN_TRITON_SKL_BACKWARD", "atomic")
+        g = graph("hub" if kernel in ("l1", "cosine") else "square")
+        feats = _kl_case(g, 5 if kernel != "cosine" else 300, 3)
+        if kernel == "cosine":
+            feats[1][2] = 0.0  # a zero source row: the eps clamp on the gathered side
+        with segments.force_split(4):
+            _check_kl(g, feats, kernel, 0.6)
