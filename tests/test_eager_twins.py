@@ -107,3 +107,31 @@ def test_the_twin_passes_gradcheck():
     fn = lambda t: fastalign.spmm(g, t, "mean", backend=BACKENDS[-1])  # noqa: E731
     assert type(fn(x).grad_fn).__name__ == "spmm_functionBackward"
     assert torch.autograd.gradcheck(fn, (x,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_custom_op_checks_what_the_prepared_pass_checked_once(backend):
+    """gcn_aggregate's twin runs the kernel without the input checks (its callers are the
+    prepared passes, which checked the graph once and check each call's features); the
+    custom op, which anyone can call, still refuses bad input by name."""
+    g = _graph()
+    dis = torch.ones(30, dtype=torch.float64)
+    x = torch.randn(30, 4, dtype=torch.float64)
+    op = torch.ops.fastalign.gcn_aggregate
+    good = op(g.rowptr, g.col, None, dis, None, x, None, None, None, backend)
+    # dis = 1 and no implicit loops: the plain sum over in-edges
+    torch.testing.assert_close(good, fastalign.spmm(g, x, "sum", backend=backend))
+    with pytest.raises(ValueError, match="rows"):
+        op(g.rowptr, g.col, None, dis, None, x[:29], None, None, None, backend)
+    with pytest.raises(ValueError, match="dis"):
+        op(g.rowptr, g.col, None, dis[:29], None, x, None, None, None, backend)
+    bad_col = g.col.clone()
+    bad_col[3] = 30
+    with pytest.raises(ValueError):
+        op(g.rowptr, bad_col, None, dis, None, x, None, None, None, backend)
+    # the prepared pass: the graph checked when prepared, the features at each call
+    propagate = fastalign.ops.gcn_propagation(g, x, backend=backend)
+    with pytest.raises(ValueError, match="rows"):
+        propagate(x[:29])
+    with pytest.raises(ValueError):
+        propagate(x[:, 0])

@@ -35,6 +35,25 @@ from ._common import as_graph, impl, resolve, transposed_weight
 from .spmm import spmm_call
 
 
+def _gcn_aggregate_unchecked(
+    rowptr: Tensor,
+    col: Tensor,
+    weight: Optional[Tensor],
+    dis: Tensor,
+    loop_weight: Optional[Tensor],
+    x: Tensor,
+    rowptr_t: Optional[Tensor],
+    col_t: Optional[Tensor],
+    weight_t: Optional[Tensor],
+    backend: str,
+) -> Tensor:
+    return impl(backend).gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
+
+
+def _check_features(x: Tensor, n: int) -> None:
+    V.check_rows("x", x, n, "graph (a square one: rows = nodes)")
+
+
 def _gcn_aggregate(
     rowptr: Tensor,
     col: Tensor,
@@ -48,12 +67,12 @@ def _gcn_aggregate(
     backend: str,
 ) -> Tensor:
     n = rowptr.numel() - 1
-    V.check_rows("x", x, n, "graph (a square one: rows = nodes)")
+    _check_features(x, n)
     V.check_csr(rowptr, col, n)
     V.check_length("weight", weight, col.numel(), "edge")
     V.check_length("dis", dis, n, "node")
     V.check_length("loop_weight", loop_weight, n, "node")
-    return impl(backend).gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
+    return _gcn_aggregate_unchecked(rowptr, col, weight, dis, loop_weight, x, rowptr_t, col_t, weight_t, backend)
 
 
 gcn_aggregate_op = torch.library.custom_op(
@@ -85,7 +104,8 @@ def _backward(ctx, grad_out):
     return None, None, None, None, None, grad_x, None, None, None, None
 
 
-gcn_aggregate_call = TwinOp(gcn_aggregate_op, _gcn_aggregate, _backward, _setup_context)
+gcn_aggregate_call = TwinOp(gcn_aggregate_op, _gcn_aggregate, _backward, _setup_context,
+                            unchecked=_gcn_aggregate_unchecked)
 
 
 def norm_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -211,9 +231,11 @@ def gcn_propagation(
         weight = given.to(like.dtype)
         weight_t = transposed_weight(graph, weight, graph.transpose()[2]) if needs_grad else None
     rowptr_t, col_t = graph.transpose()[:2] if needs_grad else (None, None)
-    rowptr, col = graph.rowptr, graph.col
+    rowptr, col, n = graph.rowptr, graph.col, graph.num_dst
 
     def propagate(x: Tensor) -> Tensor:
+        if x.dim() != 2 or x.size(0) != n:
+            _check_features(x, n)  # the graph was checked when prepared; the features, per call
         return gcn_aggregate_call(
             rowptr, col, weight, dis, loop_weight, x.contiguous(), rowptr_t, col_t, weight_t, name
         )
