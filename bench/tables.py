@@ -25,7 +25,7 @@ import deploy_size  # noqa: E402
 import distill_paired  # noqa: E402
 import distill_sweep  # noqa: E402
 import records  # noqa: E402
-from fastalign.bench import report  # noqa: E402
+from fastalign.bench import report, scaling  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [os.path.join(ROOT, "README.md")] + [os.path.join(ROOT, "docs", name)
@@ -142,6 +142,22 @@ def _headline() -> str:
     return "\n".join(lines)
 
 
+def _scaling() -> str:
+    """Every run of the scaling sweep, merged (a graph measured again counts once, the
+    later run), with each run's date, commit, command and notes."""
+    runs = [r for r in records.read(records.path("scaling_cpu")) if "--sizes scaling" in (r.get("command") or "")]
+    if not runs:
+        raise LookupError("no run of bench/results/scaling_cpu.jsonl has '--sizes scaling' in its command")
+    key = lambda r: (r["suite"], r["graph"], r["mode"], r["contender"], r.get("dtype"), r.get("features"))
+    merged = records.latest((res for run in runs for res in run["results"]), key)
+    machine = next((run["meta"]["machine"] for run in reversed(runs) if run["meta"].get("machine")), None)
+    run = {"meta": {"machine": machine, "skipped_graphs": []}, "results": list(merged.values())}
+    sources = "\n".join(f"- {r['meta']['date']}, commit `{r['meta'].get('commit') or 'unrecorded'}`, "
+                         f"`{r['meta']['command']}`" + (f": {r['note']}" if r.get("note") else "")
+                         for r in runs)
+    return scaling.render_markdown(run) + "\n\nRuns:\n\n" + sources
+
+
 TABLES: Dict[str, Callable[[], str]] = {
     "headline": _headline,
     "distill-paired": lambda: distill_paired.summarize(records.read(records.path("distill_paired"))),
@@ -160,6 +176,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "error-vs-float64": _error_vs_float64,
     "busy-machine-cpu": _busy_machine,
     "epoch-time": _epoch_time,
+    "scaling-cpu": lambda: _scaling(),
 }
 
 

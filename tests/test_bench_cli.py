@@ -373,6 +373,9 @@ def test_bench_appends_one_row_per_run_to_a_jsonl_file(tmp_path):
     for line in text.splitlines():
         run = json.loads(line)
         assert {"date", "command"} <= set(run["meta"]) and run["results"]
+        # a records row (bench/records.py): when, where and how, first
+        assert list(run)[:4] == ["date", "commit", "machine", "command"]
+        assert run["command"] == run["meta"]["command"] and "CPUs" in run["machine"]
         assert all(r["suite"] == "spmm" for r in run["results"])
 
 

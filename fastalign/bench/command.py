@@ -36,11 +36,14 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="device to run on (default: cpu)")
     # "tiny" (one 400-node graph) exists for tests and smoke runs; not advertised.
-    parser.add_argument("--sizes", default="small", choices=("small", "large", "tiny"),
-                        metavar="{small,large}",
+    parser.add_argument("--sizes", default="small", choices=("small", "large", "scaling", "tiny"),
+                        metavar="{small,large,scaling}",
                         help="small: Cora, CiteSeer, PubMed's graph, power-law 10k and 100k "
                              "nodes; large: also the arxiv-, reddit- and products-like "
-                             "power-law graphs (GPU sizes; run where memory allows)")
+                             "power-law graphs (GPU sizes; run where memory allows); scaling: "
+                             "power-law graphs of 10^4 to 10^8 edges at mean degree 10 and 50, "
+                             "reported as time and memory per edge, bandwidth and slopes "
+                             "(each contender until it runs out of memory or --max-minutes)")
     parser.add_argument("--graphs", default=None,
                         help="comma-separated subset of the graphs of --sizes, run in that order "
                              "(e.g. reddit-like,cora)")
@@ -203,11 +206,21 @@ def run_command(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads_before)
     print(report.render_markdown(run) if args.markdown else report.render_text(run))
+    if args.sizes == "scaling":
+        from . import scaling
+
+        print()
+        print(scaling.render(run))
     if args.json_path:
         report.write_json(run, args.json_path)
         print(f"wrote {args.json_path}", file=sys.stderr)
     if args.plot_path:
-        report.plot(run, args.plot_path)
+        if args.sizes == "scaling":
+            from . import scaling
+
+            scaling.plot(run, args.plot_path)  # time per edge against E, log-log
+        else:
+            report.plot(run, args.plot_path)
         print(f"wrote {args.plot_path}", file=sys.stderr)
     return 0
 

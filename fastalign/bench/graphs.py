@@ -7,10 +7,11 @@ This module holds the canonical generator; ``tests/graphs.py`` imports it from h
 
 from __future__ import annotations
 
+import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -138,9 +139,13 @@ def graph_specs(sizes: str = "small", root=None) -> List[GraphSpec]:
       the CPU size of docs/design.md, 100k nodes / 1M edges.
     * ``large``: ``small`` plus the arxiv-, reddit- and products-like power-law graphs of
       docs/design.md (GPU sizes; each contender runs where memory allows).
+    * ``scaling``: power-law graphs of 10^4 to 10^8 edges at mean degree 10 and 50
+      (:mod:`fastalign.bench.scaling`), smallest first.
     """
     if sizes == "tiny":
         return [_power_law_spec("powerlaw-tiny", 400, 3_000)]
+    if sizes == "scaling":
+        return scaling_specs()
     specs = [
         _planetoid_spec("cora", 2_708, 10_556, root),
         _planetoid_spec("citeseer", 3_327, 9_104, root),
@@ -156,4 +161,53 @@ def graph_specs(sizes: str = "small", root=None) -> List[GraphSpec]:
             _power_law_spec("reddit-like", 232_965, 114_615_892, "hubs of degree ~50k"),
             _power_law_spec("products-like", 2_449_029, 123_718_280),
         ]
-    raise ValueError(f"sizes must be 'small' or 'large', got {sizes!r}")
+    raise ValueError(f"sizes must be 'tiny', 'small', 'large' or 'scaling', got {sizes!r}")
+
+
+# ---------------------------------------------------------------------- the scaling sweep
+# mean degrees and edge counts of the sweep
+DEGREES = (10, 50)
+EDGE_COUNTS = (10**4, 10**5, 10**6, 10**7, 10**8)
+CHUNK_EDGES = 1 << 22  # edges generated per chunk (the largest temporaries: 64 MiB of floats)
+
+
+def chunked_power_law_edge_index(num_nodes: int, num_edges: int, *, seed: int = 0,
+                                 exponent: float = 1.6) -> Tensor:
+    """A power-law ``[2, E']`` int64 edge_index (the destination law of
+    :func:`fastalign.bench.graphs.power_law_edge_index`: ``dst = perm[floor(u^exponent N)]``,
+    ``src`` uniform, self loops dropped), drawn in chunks of :data:`CHUNK_EDGES` edges
+    straight into the output: its peak is the edge list plus one chunk's temporaries.
+    Seeded and the same on every machine (not the same draws as the one-shot generator)."""
+    if num_nodes <= 1 or num_edges < 0:
+        raise ValueError(f"need num_nodes > 1 and num_edges >= 0, got {num_nodes}, {num_edges}")
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(num_nodes, generator=gen)
+    out = torch.empty(2, num_edges, dtype=torch.int64)
+    kept = 0
+    for start in range(0, num_edges, CHUNK_EDGES):
+        m = min(CHUNK_EDGES, num_edges - start)
+        u = torch.rand(m, generator=gen, dtype=torch.float64)
+        dst = perm[(u.pow_(exponent).mul_(num_nodes)).long().clamp_(max=num_nodes - 1)]
+        del u
+        src = torch.randint(0, num_nodes, (m,), generator=gen)
+        keep = src != dst
+        k = int(keep.sum())
+        out[0, kept:kept + k] = src[keep]
+        out[1, kept:kept + k] = dst[keep]
+        kept += k
+    return out[:, :kept]
+
+
+def scaling_specs(degrees: Sequence[int] = DEGREES, edge_counts: Sequence[int] = EDGE_COUNTS) -> List["GraphSpec"]:
+    """The graphs of ``--sizes scaling`` (:mod:`fastalign.bench.scaling`), smallest first
+    within each mean degree: ``scale-d{degree}-e{log10 E}``."""
+    specs = []
+    for degree in degrees:
+        for e in edge_counts:
+            n = max(e // degree, 2)
+            exp = int(round(math.log10(e)))
+            name = f"scale-d{degree}-e{exp}" if 10**exp == e else f"scale-d{degree}-{e}"
+            specs.append(GraphSpec(name, n, e, "power-law",
+                                   lambda n=n, e=e: (chunked_power_law_edge_index(n, e, seed=0), n),
+                                   f"power law, mean degree {degree}"))
+    return specs

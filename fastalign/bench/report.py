@@ -218,8 +218,15 @@ def write_json(run: dict, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":
+        meta = run.get("meta", {})
+        load = meta.get("load_average")
+        where = f"{meta.get('device_name')}, {meta.get('cpu_count')} CPUs" + (
+            f", load average {load:.2f} at the start" if load is not None else "")
+        # a records row: when, where and how first (bench/records.py)
+        row = {"date": meta.get("date"), "commit": meta.get("commit"), "machine": where,
+               "command": meta.get("command"), **run}
         with open(path, "a") as f:
-            f.write(json.dumps(strict(run), default=str, allow_nan=False, separators=(",", ":")) + "\n")
+            f.write(json.dumps(strict(row), default=str, allow_nan=False, separators=(",", ":")) + "\n")
         return
     with open(path, "w") as f:
         json.dump(strict(run), f, indent=1, default=str, allow_nan=False)

@@ -231,6 +231,7 @@ def run_benchmarks(
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch_threads": torch.get_num_threads(),
         "versions": _versions(),
         "backends": S.available_backends(device),
@@ -251,6 +252,11 @@ def run_benchmarks(
         "skipped_graphs": [],
         "graphs": [],
     }
+    if sizes == "scaling" and device.type == "cpu":
+        from .scaling import machine
+
+        say("measuring the memory bandwidth (STREAM copy and triad) ...")
+        meta["machine"] = machine()
     results: List[dict] = []
     step = 0
     t_start = time.perf_counter()

@@ -1,0 +1,280 @@
+"""How cost grows with the graph, and how far each op is from the machine's limit.
+
+``fastalign bench --sizes scaling`` runs the chosen suites on power-law graphs of 10^4 to
+10^8 edges at a fixed mean degree (10 and 50; the block model is not in this sweep yet),
+each contender until it runs out of memory or of the time limit (a peer that cannot run
+a size is a result: its row says ``oom`` or ``skipped``). This module holds what turns
+those rows into the answers:
+
+* the graphs (:func:`fastalign.bench.graphs.scaling_specs`), generated in chunks into
+  one preallocated ``[2, E]`` tensor, so the largest need no E-sized temporaries beyond
+  the edge list itself;
+* the machine's memory bandwidth, measured in the same process (a STREAM-style copy and
+  triad over arrays far larger than the last-level cache, at 1 thread and at torch's
+  thread count) and its cache sizes (from sysfs);
+* the bytes an aggregation must move: *compulsory* (the CSR, each input row read once,
+  each output row written once) and *no reuse* (every edge gathers its source row from
+  memory), and from them the achieved bandwidth and its fraction of the measured peak;
+* the slope of time and of peak memory against the number of edges (log-log), per
+  contender: 1.0 is linear.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+# ---------------------------------------------------------------------- the machine
+def stream_bandwidth(threads: Optional[int] = None, mib: int = 512, repeats: int = 5) -> Dict[str, float]:
+    """Memory bandwidth in GB/s (10^9 bytes per second), best of ``repeats``: ``copy``
+    (``b = a``: 2 arrays' bytes) and ``triad`` (``a = b + s c``: 3 arrays' bytes), float32
+    arrays of ``mib`` MiB each, far above any last-level cache; on ``threads`` threads
+    (default: torch's current count), restored afterwards."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        n = mib * 2**20 // 4
+        a = torch.ones(n)
+        b = torch.ones(n)
+        c = torch.ones(n)
+
+        def best(fn, arrays):
+            fn()  # first touch
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return arrays * n * 4 / min(times) / 1e9
+
+        copy = best(lambda: b.copy_(a), 2)
+        triad = best(lambda: torch.add(b, c, alpha=3.0, out=a), 3)
+        return {"threads": torch.get_num_threads(), "copy_GBps": round(copy, 2), "triad_GBps": round(triad, 2)}
+    finally:
+        torch.set_num_threads(before)
+
+
+def cache_sizes() -> Dict[str, int]:
+    """The CPU's data and unified cache sizes in bytes by level (``L1d``, ``L2``, ``L3``),
+    from sysfs (empty where it is not readable)."""
+    out: Dict[str, int] = {}
+    root = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(root.glob("index*")) if root.is_dir() else []:
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if kind == "Instruction":
+            continue
+        mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1], 1)
+        value = int(size[:-1] if size[-1] in "KMG" else size) * mult
+        out[f"L{level}{'d' if kind == 'Data' else ''}"] = value
+    return out
+
+
+def machine(threads: Sequence[int] = (1,)) -> dict:
+    """The measured bandwidth (at each of ``threads`` and at torch's count) and the caches."""
+    counts = list(dict.fromkeys(list(threads) + [torch.get_num_threads()]))
+    return {"stream": [stream_bandwidth(t) for t in counts], "caches": cache_sizes(),
+            "cpu_count": os.cpu_count()}
+
+
+# ---------------------------------------------------------------------- the bytes
+# The suites whose rows are one aggregation (a gather of source rows over the CSR), for
+# which the bytes moved are modelled; the others (layers with a dense product, the
+# structure loss) get time and memory per edge only.
+GATHER_SUITES = ("spmm",)
+
+
+def aggregation_bytes(num_dst: int, num_src: int, num_edges: int, width: int, *, value_bytes: int = 4,
+                      index_bytes: int = 8, weighted: bool = False, per_node: int = 0) -> Dict[str, int]:
+    """Bytes of one forward aggregation ``out[i] = sum_j w_ij x[j]`` over a CSR:
+
+    * ``compulsory``: the row pointers and column indices (and weights) once, each source
+      row once, each output row written once, ``per_node`` extra values per node (GCN's
+      normalisation): what any order of the work must move;
+    * ``no_reuse``: the same with one source row gathered per edge (no cache hit): what
+      a random order of a graph far larger than the cache moves.
+    """
+    csr = (num_dst + 1) * index_bytes + num_edges * index_bytes + (num_edges * value_bytes if weighted else 0)
+    out = num_dst * width * value_bytes
+    nodes = per_node * num_dst * 4
+    return {"compulsory": csr + num_src * width * value_bytes + out + nodes,
+            "no_reuse": csr + num_edges * width * value_bytes + out + nodes}
+
+
+def summarize(run: dict) -> List[dict]:
+    """One row per timed measurement of the sweep: time per edge (ns), peak memory per
+    edge (bytes), and for the gather suites' forward rows the bytes moved, the achieved
+    bandwidth (compulsory bytes / time) and the time over the no-reuse bound at the
+    measured triad bandwidth."""
+    stream = (run.get("meta", {}).get("machine") or {}).get("stream") or []
+    peak = max((s["triad_GBps"] for s in stream), default=None)
+    rows = []
+    for r in run.get("results", []):
+        if r.get("status") != "ok" or not r.get("median_ms") or not r.get("num_edges"):
+            continue
+        e = r["num_edges"]
+        row = {k: r[k] for k in ("suite", "graph", "mode", "contender", "num_nodes", "features")}
+        row.update(num_edges=e, ns_per_edge=r["median_ms"] * 1e6 / e,
+                   bytes_per_edge=(r["peak_mem_bytes"] / e) if r.get("peak_mem_bytes") is not None else None)
+        if r["suite"] in GATHER_SUITES and r["mode"] == "fwd":
+            moved = aggregation_bytes(r["num_nodes"], r["num_nodes"], e, r["features"])
+            seconds = r["median_ms"] / 1e3
+            row.update(compulsory_bytes=moved["compulsory"], no_reuse_bytes=moved["no_reuse"],
+                       achieved_GBps=moved["compulsory"] / seconds / 1e9)
+            if peak:
+                row.update(fraction_of_triad=row["achieved_GBps"] / peak,
+                           over_no_reuse_bound=seconds / (moved["no_reuse"] / (peak * 1e9)))
+        rows.append(row)
+    return rows
+
+
+def slopes(rows: List[dict], key: str = "ns_per_edge") -> Dict[tuple, dict]:
+    """Per (suite, mode, contender, mean degree): the growth of ``key`` from the smallest
+    to the largest graph it ran on (``ratio``) and the log-log slope of the total
+    (``key`` times E) against E: 1.0 is linear."""
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        if r.get(key) is None:
+            continue
+        degree = round(r["num_edges"] / max(r["num_nodes"], 1))
+        groups.setdefault((r["suite"], r["mode"], r["contender"], degree), []).append(r)
+    out = {}
+    for k, g in groups.items():
+        g = sorted(g, key=lambda r: r["num_edges"])
+        if len(g) < 2:
+            continue
+        xs = [math.log(r["num_edges"]) for r in g]
+        ys = [math.log(r[key] * r["num_edges"]) for r in g]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else float("nan")
+        out[k] = {"slope": slope, "ratio": g[-1][key] / g[0][key], "from_edges": g[0]["num_edges"],
+                  "to_edges": g[-1]["num_edges"]}
+    return out
+
+
+def render(run: dict) -> str:
+    """The sweep as text: the machine, then per suite and mode each contender's ns per
+    edge and bytes per edge at every size, the bandwidth figures of the gather suites,
+    and the slopes; and what stopped each contender."""
+    meta = run.get("meta", {})
+    rows = summarize(run)
+    lines = []
+    mach = meta.get("machine") or {}
+    for s in mach.get("stream", []):
+        lines.append(f"memory bandwidth, {s['threads']} thread(s): copy {s['copy_GBps']:.1f} GB/s, "
+                     f"triad {s['triad_GBps']:.1f} GB/s")
+    if mach.get("caches"):
+        lines.append("caches: " + ", ".join(f"{k} {v / 2**20:.2f} MiB" if v >= 2**20 else f"{k} {v // 2**10} KiB"
+                                           for k, v in mach["caches"].items()))
+    lines.append("")
+    lines.append(f"{'suite':<6} {'mode':<8} {'contender':<34} {'graph':<16} {'E':>11} {'ns/edge':>8} "
+                 f"{'B/edge':>7} {'GB/s':>6} {'%triad':>6} {'x no-reuse':>10}")
+    for r in sorted(rows, key=lambda r: (r["suite"], r["mode"], r["contender"], r["num_nodes"] and
+                                         r["num_edges"] / r["num_nodes"], r["num_edges"])):
+        bpe = f"{r['bytes_per_edge']:.1f}" if r.get("bytes_per_edge") is not None else "-"
+        gbs = f"{r['achieved_GBps']:.1f}" if "achieved_GBps" in r else "-"
+        frac = f"{100 * r['fraction_of_triad']:.0f}" if "fraction_of_triad" in r else "-"
+        over = f"{r['over_no_reuse_bound']:.2f}" if "over_no_reuse_bound" in r else "-"
+        lines.append(f"{r['suite']:<6} {r['mode']:<8} {r['contender'][:34]:<34} {r['graph'][:16]:<16} "
+                     f"{r['num_edges']:>11,} {r['ns_per_edge']:>8.2f} {bpe:>7} {gbs:>6} {frac:>6} {over:>10}")
+    lines.append("")
+    lines.append("growth from the smallest to the largest graph run (time per edge; slope of the "
+                 "total time against E, log-log, 1.0 = linear):")
+    for (suite, mode, contender, degree), s in sorted(slopes(rows).items()):
+        lines.append(f"  {suite} {mode} {contender} (mean degree {degree}): x{s['ratio']:.2f} per edge "
+                     f"from {s['from_edges']:,} to {s['to_edges']:,} edges, slope {s['slope']:.2f}")
+    mem = slopes(rows, "bytes_per_edge")
+    if mem:
+        lines.append("peak memory (bytes per edge; slope of the total against E):")
+        for (suite, mode, contender, degree), s in sorted(mem.items()):
+            lines.append(f"  {suite} {mode} {contender} (mean degree {degree}): x{s['ratio']:.2f} per edge, "
+                         f"slope {s['slope']:.2f}")
+    stopped = [r for r in run.get("results", []) if r.get("status") not in ("ok", None)]
+    if stopped:
+        lines.append("where contenders stopped:")
+        for r in stopped:
+            lines.append(f"  {r['suite']} {r['mode']} {r['contender']} on {r['graph']} "
+                         f"({r.get('num_edges') or '?'} edges): {r['status']} ({r.get('reason')})")
+    for g in meta.get("skipped_graphs", []):
+        lines.append(f"  graph {g['graph']}: not run ({g['reason']})")
+    return "\n".join(lines)
+
+
+def render_markdown(run: dict) -> str:
+    """The sweep as markdown (docs/benchmarks.md): the machine, one row per measurement,
+    the slopes, and where each contender stopped."""
+    meta = run.get("meta", {})
+    mach = meta.get("machine") or {}
+    out = []
+    for s in mach.get("stream", []):
+        out.append(f"- Memory bandwidth, {s['threads']} thread(s): copy {s['copy_GBps']:.1f} GB/s, "
+                   f"triad {s['triad_GBps']:.1f} GB/s.")
+    if mach.get("caches"):
+        out.append("- Caches: " + ", ".join(f"{k} {v / 2**20:g} MiB" if v >= 2**20 else f"{k} {v // 2**10} KiB"
+                                            for k, v in mach["caches"].items()) + ".")
+    out += ["", "| suite | contender | graph | edges | ns / edge | peak bytes / edge | GB/s | % of triad "
+            "| time / no-reuse bound |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = summarize(run)
+    for r in sorted(rows, key=lambda r: (r["suite"], r["mode"], r["contender"],
+                                         round(r["num_edges"] / max(r["num_nodes"], 1)), r["num_edges"])):
+        bpe = f"{r['bytes_per_edge']:.0f}" if r.get("bytes_per_edge") is not None else "-"
+        gbs = f"{r['achieved_GBps']:.1f}" if "achieved_GBps" in r else "-"
+        frac = f"{100 * r['fraction_of_triad']:.0f}%" if "fraction_of_triad" in r else "-"
+        over = f"{r['over_no_reuse_bound']:.2f}" if "over_no_reuse_bound" in r else "-"
+        out.append(f"| {r['suite']} {r['mode']} | {r['contender']} | {r['graph']} | {r['num_edges']:,} | "
+                   f"{r['ns_per_edge']:.2f} | {bpe} | {gbs} | {frac} | {over} |")
+    out += ["", "Growth of the time per edge from the smallest to the largest graph each contender ran "
+            "(slope of the total time against the edges, log-log; 1.00 is linear):", ""]
+    for (suite, mode, contender, degree), s in sorted(slopes(rows).items()):
+        out.append(f"- {suite} {mode}, {contender}, mean degree {degree}: x{s['ratio']:.2f} from "
+                   f"{s['from_edges']:,} to {s['to_edges']:,} edges (slope {s['slope']:.2f})")
+    stopped = [r for r in run.get("results", []) if r.get("status") not in ("ok", None)]
+    if stopped or meta.get("skipped_graphs"):
+        out += ["", "Where contenders stopped:", ""]
+        for r in stopped:
+            out.append(f"- {r['suite']} {r['mode']}, {r['contender']}, {r['graph']}: {r['status']} ({r.get('reason')})")
+        for g in meta.get("skipped_graphs", []):
+            out.append(f"- graph {g['graph']}: not run ({g['reason']})")
+    return "\n".join(out)
+
+
+def plot(run: dict, path: str) -> None:
+    """Time per edge against E, log-log, one line per (suite, mode, contender, degree)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summarize(run)
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        degree = round(r["num_edges"] / max(r["num_nodes"], 1))
+        groups.setdefault((r["suite"], r["mode"], r["contender"], degree), []).append(r)
+    suites = sorted({k[0] for k in groups})
+    fig, axes = plt.subplots(1, max(len(suites), 1), figsize=(6.5 * max(len(suites), 1), 4.8), squeeze=False)
+    for ax, suite in zip(axes[0], suites):
+        for (s, mode, contender, degree), g in sorted(groups.items()):
+            if s != suite:
+                continue
+            g = sorted(g, key=lambda r: r["num_edges"])
+            ax.loglog([r["num_edges"] for r in g], [r["ns_per_edge"] for r in g], marker="o",
+                      linestyle="-" if mode == "fwd" else "--", label=f"{contender} {mode} d={degree}")
+        ax.set_title(suite)
+        ax.set_xlabel("edges")
+        ax.set_ylabel("ns per edge")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
