@@ -27,6 +27,7 @@ struct GcnFold {
   int64_t size;
   IndexCheck cols;           // col against the nodes (rows of x and dis)
   int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
+  bool far = false;          // x far larger than the caches (see kFarPrefetchBytes)
 
   bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
   void init(acc* s) const { fill(s, acc(0), size); }
@@ -54,10 +55,11 @@ struct GcnFold {
     }
     acc sum[kF] = {};
     const acc di = dis[r];
-    // no software prefetch: a kF-wide row is a line or a few, and the loads of a row's
-    // edges are independent, so the core keeps them in flight itself (measured: the
-    // prefetch cost 10% on PubMed's graph and gained nothing on a 1M-node one)
+    // no prefetch below kFarPrefetchBytes of features: a kF-wide row is a line or a few,
+    // and the loads of a row's edges are independent, so the core keeps them in flight
+    const int64_t end = std::max(e1, prefetch_end);
     for (int64_t e = e0; e < e1; ++e) {
+      if (far && e + kFarPrefetchDistance < end) prefetch_row_l2(x + int64_t(col[e + kFarPrefetchDistance]) * kF, kF);
       const int64_t j = col[e];
       if (loop_weight && j == r) continue;
       acc c = di * dis[j];
@@ -141,6 +143,7 @@ at::Tensor gcn_aggregate(const at::Tensor& rowptr, const at::Tensor& col,
           cl.data_ptr<index_t>(), ptr_or_null<acc_s>(w), d.data_ptr<acc_s>(), ptr_or_null<acc_s>(lw),
           xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), xc.size(1), IndexCheck{uint64_t(n), &bad},
           cl.numel()};
+      op.far = xc.numel() * int64_t(sizeof(scalar_t)) > kFarPrefetchBytes;
       segment_fold(rpp, partition_rows(rpp, n, xc.size(1)), op);
     });
   });

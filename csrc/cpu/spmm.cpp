@@ -26,6 +26,7 @@ struct SumFold {
   bool mean;
   IndexCheck cols;           // col against the rows of x
   int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
+  bool far = false;          // x far larger than the caches (see kFarPrefetchBytes)
 
   bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
   void init(acc* s) const { fill(s, acc(0), size); }
@@ -47,10 +48,11 @@ struct SumFold {
       return;
     }
     acc sum[kF] = {};
-    // no software prefetch: a kF-wide row is a line or a few, and the loads of a row's
-    // edges are independent, so the core keeps them in flight itself (measured: the
-    // prefetch cost 10% on PubMed's graph and gained nothing on a 1M-node one)
+    // no prefetch below kFarPrefetchBytes of features: a kF-wide row is a line or a few,
+    // and the loads of a row's edges are independent, so the core keeps them in flight
+    const int64_t end = std::max(e1, prefetch_end);
     for (int64_t e = e0; e < e1; ++e) {
+      if (far && e + kFarPrefetchDistance < end) prefetch_row_l2(x + int64_t(col[e + kFarPrefetchDistance]) * kF, kF);
       const scalar_t* __restrict__ xj = x + int64_t(col[e]) * kF;
       if (weight) {
         const acc w = weight[e];
@@ -183,6 +185,7 @@ void spmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tens
       SumFold<scalar_t, index_t, decltype(width)::value> op{
           rp, col.data_ptr<index_t>(), ptr_or_null<acc_t<scalar_t>>(weight), x.data_ptr<scalar_t>(),
           out.data_ptr<scalar_t>(), x.size(1), reduce == "mean", cols, col.numel()};
+      op.far = x.numel() * int64_t(sizeof(scalar_t)) > kFarPrefetchBytes;
       segment_fold(rp, part, op);
     });
   }

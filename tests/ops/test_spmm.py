@@ -73,6 +73,27 @@ def test_sum_folds_at_fixed_widths(kernels, name, index_dtype, width, weighted):
         assert_close(kernels.gcn_aggregate(*args), truth(REFERENCE.gcn_aggregate, *args), torch.float32)
 
 
+# Features far larger than the caches (over 64 MiB: csrc/cpu/common.h kFarPrefetchBytes)
+# take the whole-row path that prefetches the rows of the edges ahead; a hub row and the
+# last rows' prefetches (past the last edge) included.
+@pytest.mark.parametrize("weighted", (False, True))
+def test_sum_folds_over_features_larger_than_the_caches(kernels, weighted):
+    n, width = 270_000, 64  # 69 MB of float32 features
+    gen = torch.Generator().manual_seed(7)
+    ei = torch.cat([torch.randint(0, n, (2, 40_000), generator=gen),
+                    torch.stack([torch.randint(0, n, (5_000,), generator=gen), torch.full((5_000,), 3)])], 1)
+    g = Graph.from_edge_index(ei, num_nodes=n)
+    x = torch.randn(n, width, generator=gen)
+    w = torch.rand(g.num_edges, generator=gen) if weighted else None
+    for reduce in ("sum", "mean"):
+        out, _ = kernels.spmm_forward(g.rowptr, g.col, w, x, reduce)
+        assert_close(out, truth(lambda *a: REFERENCE.spmm_forward(*a)[0], g.rowptr, g.col, w, x, reduce),
+                     torch.float32)
+    dis, loop_weight = gcn_norm_state(g, w, True, False, torch.float32)
+    args = (g.rowptr, g.col, w, dis, loop_weight, x)
+    assert_close(kernels.gcn_aggregate(*args), truth(REFERENCE.gcn_aggregate, *args), torch.float32)
+
+
 @graph_params
 @index_params
 def test_spmm_max_winners_are_int32_and_both_index_widths_are_read(kernels, name, index_dtype):
