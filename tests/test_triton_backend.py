@@ -8,9 +8,9 @@ starts their run. TRITON_INTERPRET must be set before fastalign.kernels is impor
 must not leak into other test modules (the GPU tests need compiled kernels). So:
 
 * ``pytest tests/`` (no TRITON_INTERPRET): this module runs one test,
-  ``test_interpreter_suite``, which runs the marked cases in a fresh Python process with
-  TRITON_INTERPRET=1 and fails with its output if any case fails; the marked cases are
-  not collected in this process;
+  ``test_interpreter_suite``, which runs the marked cases in fresh Python processes with
+  TRITON_INTERPRET=1 (two parts, one on each core) and fails with their output if any
+  case fails; the marked cases are not collected in this process;
 * ``TRITON_INTERPRET=1 pytest -m triton_interpreter tests/ops tests/test_triton_backend.py``:
   the cases themselves, in this process: what the job runs; use it to see individual cases.
 
@@ -32,21 +32,26 @@ INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _interpreter_command():
-    # `env` runs the interpreter suite with TRITON_INTERPRET=1 in the background job's process
-    # one thread: the other core compiles the CUDA kernels meanwhile (tests/background_jobs.py)
+GAT_CASES = os.path.join(ROOT, "tests", "ops", "test_gat_aggregate.py")
+
+
+def _interpreter_command(*where):
+    # `env` runs the interpreter suite with TRITON_INTERPRET=1 in the job's process; one
+    # thread: the other core compiles the CUDA kernels meanwhile (tests/background_jobs.py)
     return ["env", "TRITON_INTERPRET=1", "OMP_NUM_THREADS=1", "PYTHONWARNINGS=ignore", sys.executable, "-m",
-            "pytest", "-q", "-x",
-            "-p", "no:cacheprovider", "-m", "triton_interpreter", "--rootdir", ROOT,
-            os.path.join(ROOT, "tests", "ops"), os.path.abspath(__file__)]
+            "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "triton_interpreter", "--rootdir", ROOT, *where]
 
 
 if not INTERP:
     import background_jobs
 
-    # about 100 s, on this core in its turn while the second core compiles the CUDA kernels
-    # and builds the sdist (the background jobs): that balances the two cores' work
-    background_jobs.register("triton-interpreter-suite", _interpreter_command)
+    # About 160 s in all, in two parts that balance the two cores: the GAT cases queued on
+    # the second core after the nvcc compiles and the sdist install (the background jobs),
+    # the rest on this core in its turn.
+    background_jobs.register("triton-interpreter-gat", lambda: _interpreter_command(GAT_CASES))
+    background_jobs.register("triton-interpreter-suite", lambda: _interpreter_command(
+        os.path.join(ROOT, "tests", "ops"), f"--ignore={GAT_CASES}", os.path.abspath(__file__)))
+    BACKGROUND_JOBS = ("triton-interpreter-gat",)
 
 
 @pytest.mark.slow  # `-m "not slow"` leaves it out (and then the job never starts)
@@ -54,10 +59,11 @@ if not INTERP:
 def test_interpreter_suite():
     import background_jobs
 
-    proc = background_jobs.result("triton-interpreter-suite")
-    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
-    # the run found the cases (a selection that matches nothing exits 5, but say so)
-    assert " passed" in proc.stdout, proc.stdout[-2000:]
+    for part in ("triton-interpreter-suite", "triton-interpreter-gat"):
+        proc = background_jobs.result(part)
+        assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
+        # the run found its cases (a selection that matches nothing exits 5, but say so)
+        assert " passed" in proc.stdout, proc.stdout[-2000:]
 
 
 if INTERP:  # the backend as a whole
