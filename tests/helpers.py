@@ -345,6 +345,12 @@ index_params = pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
 dtype_params = pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
 
 
+def kernel_grid(test):
+    """The shared grid of the kernel tests: every edge-case graph, both index types,
+    float64 and float32, every width of WIDTHS."""
+    return graph_params(index_params(dtype_params(pytest.mark.parametrize("width", WIDTHS)(test))))
+
+
 def tight_gradcheck(fn, *inputs):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
 

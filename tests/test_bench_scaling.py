@@ -38,8 +38,8 @@ def test_bytes_of_an_aggregation():
     csr = 4 * 8 + 5 * 8
     assert moved["compulsory"] == csr + 4 * 2 * 4 + 3 * 2 * 4
     assert moved["no_reuse"] == csr + 5 * 2 * 4 + 3 * 2 * 4
-    weighted = scaling.aggregation_bytes(3, 4, 5, 2, weighted=True, per_node=1)
-    assert weighted["compulsory"] - moved["compulsory"] == 5 * 4 + 3 * 4
+    weighted = scaling.aggregation_bytes(3, 4, 5, 2, weighted=True)
+    assert weighted["compulsory"] - moved["compulsory"] == 5 * 4  # a value per edge
 
 
 def _run(times, exponent=1.0):

@@ -95,20 +95,18 @@ GATHER_SUITES = ("spmm",)
 
 
 def aggregation_bytes(num_dst: int, num_src: int, num_edges: int, width: int, *, value_bytes: int = 4,
-                      index_bytes: int = 8, weighted: bool = False, per_node: int = 0) -> Dict[str, int]:
+                      index_bytes: int = 8, weighted: bool = False) -> Dict[str, int]:
     """Bytes of one forward aggregation ``out[i] = sum_j w_ij x[j]`` over a CSR:
 
     * ``compulsory``: the row pointers and column indices (and weights) once, each source
-      row once, each output row written once, ``per_node`` extra values per node (GCN's
-      normalisation): what any order of the work must move;
+      row once, each output row written once: what any order of the work must move;
     * ``no_reuse``: the same with one source row gathered per edge (no cache hit): what
       a random order of a graph far larger than the cache moves.
     """
     csr = (num_dst + 1) * index_bytes + num_edges * index_bytes + (num_edges * value_bytes if weighted else 0)
     out = num_dst * width * value_bytes
-    nodes = per_node * num_dst * 4
-    return {"compulsory": csr + num_src * width * value_bytes + out + nodes,
-            "no_reuse": csr + num_edges * width * value_bytes + out + nodes}
+    return {"compulsory": csr + num_src * width * value_bytes + out,
+            "no_reuse": csr + num_edges * width * value_bytes + out}
 
 
 def summarize(run: dict) -> List[dict]:
@@ -163,29 +161,42 @@ def slopes(rows: List[dict], key: str = "ns_per_edge") -> Dict[tuple, dict]:
     return out
 
 
+def _machine_lines(meta: dict) -> List[str]:
+    mach = meta.get("machine") or {}
+    lines = [f"memory bandwidth, {s['threads']} thread(s): copy {s['copy_GBps']:.1f} GB/s, "
+             f"triad {s['triad_GBps']:.1f} GB/s" for s in mach.get("stream", [])]
+    if mach.get("caches"):
+        lines.append("caches: " + ", ".join(f"{k} {v / 2**20:g} MiB" if v >= 2**20 else f"{k} {v // 2**10} KiB"
+                                           for k, v in mach["caches"].items()))
+    return lines
+
+
+def _by_curve(rows: List[dict]) -> List[dict]:
+    """Rows in the order of the curves: suite, mode, contender, mean degree, size."""
+    return sorted(rows, key=lambda r: (r["suite"], r["mode"], r["contender"],
+                                       round(r["num_edges"] / max(r["num_nodes"], 1)), r["num_edges"]))
+
+
+def _figures(r: dict) -> tuple:
+    """(peak bytes per edge, GB/s, % of triad, time over the no-reuse bound) as text, "-"
+    where the row has none."""
+    return (f"{r['bytes_per_edge']:.1f}" if r.get("bytes_per_edge") is not None else "-",
+            f"{r['achieved_GBps']:.1f}" if "achieved_GBps" in r else "-",
+            f"{100 * r['fraction_of_triad']:.0f}" if "fraction_of_triad" in r else "-",
+            f"{r['over_no_reuse_bound']:.2f}" if "over_no_reuse_bound" in r else "-")
+
+
 def render(run: dict) -> str:
     """The sweep as text: the machine, then per suite and mode each contender's ns per
     edge and bytes per edge at every size, the bandwidth figures of the gather suites,
     and the slopes; and what stopped each contender."""
     meta = run.get("meta", {})
     rows = summarize(run)
-    lines = []
-    mach = meta.get("machine") or {}
-    for s in mach.get("stream", []):
-        lines.append(f"memory bandwidth, {s['threads']} thread(s): copy {s['copy_GBps']:.1f} GB/s, "
-                     f"triad {s['triad_GBps']:.1f} GB/s")
-    if mach.get("caches"):
-        lines.append("caches: " + ", ".join(f"{k} {v / 2**20:.2f} MiB" if v >= 2**20 else f"{k} {v // 2**10} KiB"
-                                           for k, v in mach["caches"].items()))
-    lines.append("")
+    lines = _machine_lines(meta) + [""]
     lines.append(f"{'suite':<6} {'mode':<8} {'contender':<34} {'graph':<16} {'E':>11} {'ns/edge':>8} "
                  f"{'B/edge':>7} {'GB/s':>6} {'%triad':>6} {'x no-reuse':>10}")
-    for r in sorted(rows, key=lambda r: (r["suite"], r["mode"], r["contender"], r["num_nodes"] and
-                                         r["num_edges"] / r["num_nodes"], r["num_edges"])):
-        bpe = f"{r['bytes_per_edge']:.1f}" if r.get("bytes_per_edge") is not None else "-"
-        gbs = f"{r['achieved_GBps']:.1f}" if "achieved_GBps" in r else "-"
-        frac = f"{100 * r['fraction_of_triad']:.0f}" if "fraction_of_triad" in r else "-"
-        over = f"{r['over_no_reuse_bound']:.2f}" if "over_no_reuse_bound" in r else "-"
+    for r in _by_curve(rows):
+        bpe, gbs, frac, over = _figures(r)
         lines.append(f"{r['suite']:<6} {r['mode']:<8} {r['contender'][:34]:<34} {r['graph'][:16]:<16} "
                      f"{r['num_edges']:>11,} {r['ns_per_edge']:>8.2f} {bpe:>7} {gbs:>6} {frac:>6} {over:>10}")
     lines.append("")
@@ -215,25 +226,14 @@ def render_markdown(run: dict) -> str:
     """The sweep as markdown (docs/benchmarks.md): the machine, one row per measurement,
     the slopes, and where each contender stopped."""
     meta = run.get("meta", {})
-    mach = meta.get("machine") or {}
-    out = []
-    for s in mach.get("stream", []):
-        out.append(f"- Memory bandwidth, {s['threads']} thread(s): copy {s['copy_GBps']:.1f} GB/s, "
-                   f"triad {s['triad_GBps']:.1f} GB/s.")
-    if mach.get("caches"):
-        out.append("- Caches: " + ", ".join(f"{k} {v / 2**20:g} MiB" if v >= 2**20 else f"{k} {v // 2**10} KiB"
-                                            for k, v in mach["caches"].items()) + ".")
+    out = [f"- {line[0].upper()}{line[1:]}." for line in _machine_lines(meta)]
     out += ["", "| suite | contender | graph | edges | ns / edge | peak bytes / edge | GB/s | % of triad "
             "| time / no-reuse bound |", "|---|---|---|---|---|---|---|---|---|"]
     rows = summarize(run)
-    for r in sorted(rows, key=lambda r: (r["suite"], r["mode"], r["contender"],
-                                         round(r["num_edges"] / max(r["num_nodes"], 1)), r["num_edges"])):
-        bpe = f"{r['bytes_per_edge']:.0f}" if r.get("bytes_per_edge") is not None else "-"
-        gbs = f"{r['achieved_GBps']:.1f}" if "achieved_GBps" in r else "-"
-        frac = f"{100 * r['fraction_of_triad']:.0f}%" if "fraction_of_triad" in r else "-"
-        over = f"{r['over_no_reuse_bound']:.2f}" if "over_no_reuse_bound" in r else "-"
+    for r in _by_curve(rows):
+        bpe, gbs, frac, over = _figures(r)
         out.append(f"| {r['suite']} {r['mode']} | {r['contender']} | {r['graph']} | {r['num_edges']:,} | "
-                   f"{r['ns_per_edge']:.2f} | {bpe} | {gbs} | {frac} | {over} |")
+                   f"{r['ns_per_edge']:.2f} | {bpe} | {gbs} | {frac + '%' if frac != '-' else frac} | {over} |")
     out += ["", "Growth of the time per edge from the smallest to the largest graph each contender ran "
             "(slope of the total time against the edges, log-log; 1.00 is linear):", ""]
     for (suite, mode, contender, degree), s in sorted(slopes(rows).items()):

@@ -99,21 +99,14 @@ class Timing:
     reps: int
 
 
-def time_call(
-    fn: Callable[[], object],
-    device,
-    *,
-    warmup: int = 2,
-    min_reps: int = 5,
-    max_reps: int = 100,
-    budget_s: float = 1.0,
-    cuda_events: bool = False,
-) -> Timing:
-    """Median time of ``fn()`` in seconds (see the module docstring); ``budget_s``
-    counts the measured calls' time."""
-    times = sample_calls(fn, device, warmup=warmup, min_reps=min_reps, max_reps=max_reps,
-                         budget_s=budget_s, cuda_events=cuda_events)
+def _timing(times: List[float]) -> Timing:
     return Timing(statistics.median(times), min(times), len(times))
+
+
+def time_call(fn: Callable[[], object], device, **options) -> Timing:
+    """Median (and minimum) time of ``fn()`` in seconds; ``options`` are
+    :func:`sample_calls`' (``budget_s`` counts the measured calls' time)."""
+    return _timing(sample_calls(fn, device, **options))
 
 
 def sample_calls(
@@ -175,7 +168,7 @@ def time_interleaved(
     for turn in range(rounds):
         for k, fn in enumerate(fns):
             times[k] += sample_calls(fn, device, warmup=warmup if turn == 0 else 1, **share)
-    return [Timing(statistics.median(t), min(t), len(t)) for t in times]
+    return [_timing(t) for t in times]
 
 
 def time_back_to_back(fn: Callable[[], object], device, calls: int) -> float:

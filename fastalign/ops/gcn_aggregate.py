@@ -35,19 +35,10 @@ from ._common import as_graph, impl, resolve, transposed_weight
 from .spmm import spmm_call
 
 
-def _gcn_aggregate_unchecked(
-    rowptr: Tensor,
-    col: Tensor,
-    weight: Optional[Tensor],
-    dis: Tensor,
-    loop_weight: Optional[Tensor],
-    x: Tensor,
-    rowptr_t: Optional[Tensor],
-    col_t: Optional[Tensor],
-    weight_t: Optional[Tensor],
-    backend: str,
-) -> Tensor:
-    return impl(backend).gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
+def _gcn_aggregate_unchecked(*args) -> Tensor:
+    """What the eager twin runs: ``_gcn_aggregate``'s kernel call without its checks
+    (the arguments are the custom op's; the last is the backend)."""
+    return impl(args[-1]).gcn_aggregate(*args[:6])
 
 
 def _check_features(x: Tensor, n: int) -> None:
@@ -72,7 +63,7 @@ def _gcn_aggregate(
     V.check_length("weight", weight, col.numel(), "edge")
     V.check_length("dis", dis, n, "node")
     V.check_length("loop_weight", loop_weight, n, "node")
-    return _gcn_aggregate_unchecked(rowptr, col, weight, dis, loop_weight, x, rowptr_t, col_t, weight_t, backend)
+    return impl(backend).gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
 
 
 gcn_aggregate_op = torch.library.custom_op(

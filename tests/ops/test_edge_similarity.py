@@ -8,9 +8,9 @@ import torch
 import fastalign
 from fastalign import Graph
 from helpers import (
-    as_pair, assert_close, assert_noise, CASES, degenerate, dense_edge_values, dense_kernel, dtype_params,
-    feats, features, get_case, grad_pair, graph_of, graph_params, index_params, join_pair, KERNELS, pair,
-    REFERENCE, SIGMA, SMALL, tight_gradcheck, TRITON_INTERPRETER, truth, WIDTHS,
+    as_pair, assert_close, assert_noise, CASES, degenerate, dense_edge_values, dense_kernel, feats, features,
+    get_case, grad_pair, graph_of, join_pair, kernel_grid, KERNELS, pair, REFERENCE, SIGMA, SMALL,
+    tight_gradcheck, TRITON_INTERPRETER, truth,
 )
 
 
@@ -43,10 +43,7 @@ def test_edge_similarity_gradcheck(backend, name, kernel):
         lambda *x: fastalign.edge_similarity(g, join_pair(g, x), kernel, SIGMA[kernel], backend=backend), *xs)
 
 
-@graph_params
-@index_params
-@dtype_params
-@pytest.mark.parametrize("width", WIDTHS)
+@kernel_grid
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_edge_similarity_and_backward(kernels, name, index_dtype, dtype, width, kernel):
     g = graph_of(name, index_dtype)

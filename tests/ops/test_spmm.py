@@ -10,9 +10,9 @@ import fastalign
 from fastalign import Graph
 from fastalign.ops.gcn_aggregate import gcn_norm_state
 from helpers import (
-    assert_close, CASES, dense_spmm, dtype_params, edge_weight, feats, features, get_case, gradcheck_inputs,
-    graph_of, graph_params, index_params, random_edge_index, REF, REFERENCE, SMALL, square_graph_params,
-    tight_gradcheck, TRITON_INTERPRETER, truth, WIDTHS,
+    assert_close, CASES, dense_spmm, edge_weight, feats, features, get_case, gradcheck_inputs, graph_of,
+    graph_params, index_params, kernel_grid, random_edge_index, REF, REFERENCE, SMALL, square_graph_params,
+    tight_gradcheck, TRITON_INTERPRETER, truth,
 )
 
 
@@ -37,10 +37,7 @@ def test_spmm_gradcheck(backend, name, index_dtype, reduce):
     tight_gradcheck(lambda x, w: fastalign.spmm(g, x, reduce, edge_weight=w, backend=backend), x, w)
 
 
-@graph_params
-@index_params
-@dtype_params
-@pytest.mark.parametrize("width", WIDTHS)
+@kernel_grid
 @pytest.mark.parametrize("reduce", ("sum", "mean", "max"))
 @pytest.mark.parametrize("weighted", (False, True))
 def test_spmm_forward(kernels, name, index_dtype, dtype, width, reduce, weighted):
@@ -116,10 +113,7 @@ def test_spmm_max_winners_are_int32_and_both_index_widths_are_read(kernels, name
     assert_close(gw32, ref_gw, torch.float64)
 
 
-@graph_params
-@index_params
-@dtype_params
-@pytest.mark.parametrize("width", WIDTHS)
+@kernel_grid
 @pytest.mark.parametrize("weighted", (False, True))
 def test_spmm_max_backward(kernels, name, index_dtype, dtype, width, weighted):
     g = graph_of(name, index_dtype)
@@ -137,10 +131,7 @@ def test_spmm_max_backward(kernels, name, index_dtype, dtype, width, weighted):
     assert gw.numel() == 0
 
 
-@graph_params
-@index_params
-@dtype_params
-@pytest.mark.parametrize("width", WIDTHS)
+@kernel_grid
 def test_sddmm(kernels, name, index_dtype, dtype, width):
     g = graph_of(name, index_dtype)
     a = features(g, width, dtype, seed=1, side="dst")

@@ -8,9 +8,9 @@ import torch
 
 import fastalign
 from helpers import (
-    assert_close, assert_noise, CASES, degenerate, dense_structure_kl, dtype_params, feats, features,
-    get_case, grad_pair, graph_of, graph_params, index_params, join_pair, KERNELS, pair, REFERENCE, SIGMA,
-    SMALL, tight_gradcheck, TRITON_INTERPRETER, truth, WIDTHS,
+    assert_close, assert_noise, CASES, degenerate, dense_structure_kl, feats, features, get_case, grad_pair,
+    graph_of, index_params, join_pair, kernel_grid, KERNELS, pair, REFERENCE, SIGMA, SMALL, tight_gradcheck,
+    TRITON_INTERPRETER, truth,
 )
 import importlib
 
@@ -74,10 +74,7 @@ def test_structure_kl_detached_peer_gets_no_grad_and_same_student_grad(backend):
     torch.testing.assert_close(hs.grad, grad_with_peer)
 
 
-@graph_params
-@index_params
-@dtype_params
-@pytest.mark.parametrize("width", WIDTHS)
+@kernel_grid
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_structure_kl_forward_backward(kernels, name, index_dtype, dtype, width, kernel):
     g = graph_of(name, index_dtype)
