@@ -100,7 +100,7 @@ def op_calls(ns, backend):
             "sddmm": (("rowptr", "col"), lambda v: ops.sddmm(v["rowptr"], v["col"], v["x"], v["x"], *b)),
             "gcn_aggregate": (("rowptr", "col"), lambda v: ops.gcn_aggregate(
                 v["rowptr"], v["col"], v["w"], torch.ones(N, dtype=torch.float64), torch.ones(N, dtype=torch.float64),
-                v["x"], None, None, None, *b)),
+                v["x"], None, None, None, None, *b)),
             "edge_similarity": (("rowptr", "col"), lambda v: ops.edge_similarity(
                 v["rowptr"], v["col"], v["x"], v["x"], None, None, None, *kern, *b)),
             "edge_similarity_backward": (("rowptr", "col", "rowptr_t", "col_t", "perm_t"),

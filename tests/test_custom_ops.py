@@ -31,6 +31,7 @@ def samples():
     x2 = torch.randn(14, 3, dtype=torch.float64, requires_grad=True)
     dis = torch.rand(14, dtype=torch.float64)
     loop = torch.rand(14, dtype=torch.float64)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
     ops = torch.ops.fastalign
     yield "spmm_sum", ops.spmm.default, (
         g.rowptr, g.col, wg, xg, "sum", rowptr_t, col_t, None, w[perm_t], BACKEND)
@@ -48,7 +49,7 @@ def samples():
                 ei[1], ei[0], 9, 12, check)
     yield "sddmm", ops.sddmm.default, (g.rowptr, g.col, x, x, BACKEND)
     yield "gcn_aggregate", ops.gcn_aggregate.default, (
-        g.rowptr, g.col, w, dis, loop, xg, rowptr_t, col_t, w[perm_t], BACKEND)
+        g.rowptr, g.col, w, dis, loop, xg, bias, rowptr_t, col_t, w[perm_t], BACKEND)
     for kernel in ("l1", "rbf", "linear", "poly", "cosine"):
         yield f"edge_similarity_{kernel}", ops.edge_similarity.default, (
             g.rowptr, g.col, xg, xg.detach().clone().requires_grad_(), rowptr_t, col_t, perm_t,

@@ -118,17 +118,17 @@ def test_the_custom_op_checks_what_the_prepared_pass_checked_once(backend):
     dis = torch.ones(30, dtype=torch.float64)
     x = torch.randn(30, 4, dtype=torch.float64)
     op = torch.ops.fastalign.gcn_aggregate
-    good = op(g.rowptr, g.col, None, dis, None, x, None, None, None, backend)
+    good = op(g.rowptr, g.col, None, dis, None, x, None, None, None, None, backend)
     # dis = 1 and no implicit loops: the plain sum over in-edges
     torch.testing.assert_close(good, fastalign.spmm(g, x, "sum", backend=backend))
     with pytest.raises(ValueError, match="rows"):
-        op(g.rowptr, g.col, None, dis, None, x[:29], None, None, None, backend)
+        op(g.rowptr, g.col, None, dis, None, x[:29], None, None, None, None, backend)
     with pytest.raises(ValueError, match="dis"):
-        op(g.rowptr, g.col, None, dis[:29], None, x, None, None, None, backend)
+        op(g.rowptr, g.col, None, dis[:29], None, x, None, None, None, None, backend)
     bad_col = g.col.clone()
     bad_col[3] = 30
     with pytest.raises(ValueError):
-        op(g.rowptr, bad_col, None, dis, None, x, None, None, None, backend)
+        op(g.rowptr, bad_col, None, dis, None, x, None, None, None, None, backend)
     # the prepared pass: the graph checked when prepared, the features at each call
     propagate = fastalign.ops.gcn_propagation(g, x, backend=backend)
     with pytest.raises(ValueError, match="rows"):

@@ -1,5 +1,6 @@
-// gcn_aggregate: out[i] = sum_{j->i} dis[i] w dis[j] x[j] + loop_weight[i] dis[i]^2 x[i],
-// the GCN normalisation fused into the aggregation (no normalised edge weights built).
+// gcn_aggregate: out[i] = sum_{j->i} dis[i] w dis[j] x[j] + loop_weight[i] dis[i]^2 x[i]
+// + bias, the GCN normalisation fused into the aggregation (no normalised edge weights
+// built) and the layer's bias into its row writes (no second pass over the output).
 #include <torch/library.h>
 
 #include <atomic>
@@ -22,6 +23,7 @@ struct GcnFold {
   const acc* weight;       // may be null
   const acc* dis;
   const acc* loop_weight;  // null: no implicit self loops
+  const acc* bias;         // [size] or null
   const scalar_t* x;
   scalar_t* out;
   int64_t size;
@@ -104,11 +106,20 @@ struct GcnFold {
   void merge(acc* s, const acc* piece) const { add_into(s, piece, size); }
   void finish(int64_t r, const acc* __restrict__ s) const {
     scalar_t* __restrict__ o = out + r * size;
+    const acc* __restrict__ b = bias;
     if (loop_weight) {
       const acc c = loop_weight[r] * dis[r] * dis[r];
       const scalar_t* __restrict__ xr = x + r * size;
+      if (b) {
 #pragma omp simd
-      for (int64_t f = 0; f < size; ++f) o[f] = narrow<scalar_t>(s[f] + c * widen(xr[f]));
+        for (int64_t f = 0; f < size; ++f) o[f] = narrow<scalar_t>(s[f] + c * widen(xr[f]) + b[f]);
+      } else {
+#pragma omp simd
+        for (int64_t f = 0; f < size; ++f) o[f] = narrow<scalar_t>(s[f] + c * widen(xr[f]));
+      }
+    } else if (b) {
+#pragma omp simd
+      for (int64_t f = 0; f < size; ++f) o[f] = narrow<scalar_t>(s[f] + b[f]);
     } else {
 #pragma omp simd
       for (int64_t f = 0; f < size; ++f) o[f] = narrow<scalar_t>(s[f]);
@@ -118,7 +129,8 @@ struct GcnFold {
 
 at::Tensor gcn_aggregate(const at::Tensor& rowptr, const at::Tensor& col,
                          const c10::optional<at::Tensor>& weight, const at::Tensor& dis,
-                         const c10::optional<at::Tensor>& loop_weight, const at::Tensor& x) {
+                         const c10::optional<at::Tensor>& loop_weight, const at::Tensor& x,
+                         const c10::optional<at::Tensor>& bias) {
   check_csr(rowptr, col);
   const int64_t n = rowptr.numel() - 1;
   check_rows(x, n, "x");
@@ -127,10 +139,13 @@ at::Tensor gcn_aggregate(const at::Tensor& rowptr, const at::Tensor& col,
     TORCH_CHECK_VALUE(loop_weight->dim() == 1 && loop_weight->numel() == n, "loop_weight must be [", n, "]");
   if (weight.has_value() && weight->defined())
     check_edge_values(*weight, col.numel(), "weight");
+  if (bias.has_value() && bias->defined())
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->numel() == x.size(1), "bias must be [", x.size(1), "]");
   const auto dtype = x.scalar_type();
   const auto acc = at::toOpMathType(dtype);
   const at::Tensor xc = x.contiguous(), d = contiguous_as(dis, acc);
   const at::Tensor w = optional_as(weight, acc), lw = optional_as(loop_weight, acc);
+  const at::Tensor b = optional_as(bias, acc);
   const at::Tensor rp = rowptr.contiguous(), cl = col.contiguous();
   at::Tensor out = at::empty_like(xc);
   std::atomic<bool> bad{false};
@@ -141,6 +156,7 @@ at::Tensor gcn_aggregate(const at::Tensor& rowptr, const at::Tensor& col,
     with_fixed_width<scalar_t, 16, 32, 64>(xc.size(1), [&](auto width) {
       GcnFold<scalar_t, index_t, decltype(width)::value> op{
           cl.data_ptr<index_t>(), ptr_or_null<acc_s>(w), d.data_ptr<acc_s>(), ptr_or_null<acc_s>(lw),
+          ptr_or_null<acc_s>(b),
           xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), xc.size(1), IndexCheck{uint64_t(n), &bad},
           cl.numel()};
       op.far = xc.numel() * int64_t(sizeof(scalar_t)) > kFarPrefetchBytes;

@@ -54,8 +54,8 @@ def sddmm(rowptr, col, a, b):
     return _ops().sddmm(rowptr, col, a, b)
 
 
-def gcn_aggregate(rowptr, col, weight, dis, loop_weight, x):
-    return _ops().gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
+def gcn_aggregate(rowptr, col, weight, dis, loop_weight, x, bias=None):
+    return _ops().gcn_aggregate(rowptr, col, weight, dis, loop_weight, x, bias)
 
 
 def edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef):
@@ -113,3 +113,9 @@ def gat_aggregate_backward(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, a
                            negative_slope, dropout, seed, add_self_loops):
     return _ops().gat_aggregate_backward(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, lse,
                                          grad_out, negative_slope, dropout, seed, add_self_loops)
+
+
+def linear(x, weight, bias):
+    """``x w^T + bias``: the AVX-512 kernel for float32 and 16, 32, 48 or 64 outputs,
+    torch's product (``at::linear``) for everything else."""
+    return _ops().linear(x, weight, bias)

@@ -83,10 +83,10 @@ def sddmm(rowptr, col, a, b):
     return _ops().sddmm(rowptr, col, a, b)
 
 
-def gcn_aggregate(rowptr, col, weight, dis, loop_weight, x):
+def gcn_aggregate(rowptr, col, weight, dis, loop_weight, x, bias=None):
     if not _kernel_dtype(x):
-        return _ref.gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
-    return _ops().gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
+        return _ref.gcn_aggregate(rowptr, col, weight, dis, loop_weight, x, bias)
+    return _ops().gcn_aggregate(rowptr, col, weight, dis, loop_weight, x, bias)
 
 
 def edge_similarity(rowptr, col, x_dst, x_src, kernel, sigma, degree, coef):

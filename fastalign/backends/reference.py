@@ -155,11 +155,14 @@ def gcn_aggregate(
     dis: Tensor,
     loop_weight: Optional[Tensor],
     x: Tensor,
+    bias: Optional[Tensor] = None,
 ) -> Tensor:
-    """out[i] = dis[i] * (sum_{e=(j->i)} w_e dis[j] x[j] + loop_weight[i] dis[i] x[i]).
+    """out[i] = dis[i] * (sum_{e=(j->i)} w_e dis[j] x[j] + loop_weight[i] dis[i] x[i]) + bias.
 
     ``dis`` is deg^-1/2 (0 for zero degree). With ``loop_weight`` (self loops added),
     existing self-loop edges are skipped: their weight is already in ``loop_weight``.
+    ``bias`` ([F], a GCN layer's) is added in the accumulation type, before the one
+    rounding to ``x``'s dtype.
     """
     acc = acc_dtype(x.dtype)
     num_dst = rowptr.numel() - 1
@@ -176,6 +179,8 @@ def gcn_aggregate(
     out = _segment_sum(messages, row, num_dst)
     if loop_weight is not None:
         out = out + (loop_weight.to(acc) * dis_a * dis_a).unsqueeze(1) * x.to(acc)
+    if bias is not None:
+        out = out + bias.to(acc)
     return out.to(x.dtype)
 
 

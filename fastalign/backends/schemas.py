@@ -11,13 +11,16 @@ dispatch key: that set is the backend's ``FUNCTIONS``. No list is kept by hand a
 else.
 
 ``OPTIONAL_SCHEMAS`` are fast paths a backend may add (the structure KL's student-only
-backward, for a detached peer); an op uses them only where the chosen backend has them:
+backward, for a detached peer; a dense product for narrow outputs); an op uses them only
+where the chosen backend has them:
 
     structure_kl_forward_with_grad_state  the forward plus the student's gradient state
         for a unit upstream gradient: (kl, lse_student, lse_peer, dst_grad
         [num_dst, F_student], src_coef [num_edges, 2])
     structure_kl_student_backward  the student's gradients from that state; with
         ``combined`` (s_dst and s_src one tensor) their sum in the first output
+    linear  ``x w^T + bias`` (torch's ``F.linear``), the feature transform of the layers
+        (``fastalign.ops.linear``)
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ SCHEMAS = {
                          "Tensor x, Tensor arg, Tensor grad_out, bool need_weight_grad) -> (Tensor, Tensor)",
     "sddmm": "(Tensor rowptr, Tensor col, Tensor a, Tensor b) -> Tensor",
     "gcn_aggregate": "(Tensor rowptr, Tensor col, Tensor? weight, Tensor dis, Tensor? loop_weight, "
-                     "Tensor x) -> Tensor",
+                     "Tensor x, Tensor? bias=None) -> Tensor",
     "edge_similarity": f"(Tensor rowptr, Tensor col, Tensor x_dst, Tensor x_src, {_SIMILARITY}) -> Tensor",
     "edge_similarity_backward": "(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor perm_t, "
                                 f"Tensor x_dst, Tensor x_src, Tensor grad_s, {_SIMILARITY}) -> (Tensor, Tensor)",
@@ -63,6 +66,7 @@ OPTIONAL_SCHEMAS = {
     "structure_kl_student_backward": "(Tensor rowptr_t, Tensor col_t, Tensor perm_t, Tensor s_dst, "
                                      "Tensor s_src, Tensor dst_grad, Tensor src_coef, Tensor grad_kl, "
                                      f"{_SIMILARITY}, float tau, bool combined) -> (Tensor, Tensor)",
+    "linear": "(Tensor x, Tensor weight, Tensor? bias) -> Tensor",
 }
 
 BACKEND_FUNCTIONS = tuple(SCHEMAS)
@@ -73,7 +77,7 @@ def parameters(name: str) -> list:
     """The parameter names of backend function ``name``, in order, from its schema."""
     schema = {**SCHEMAS, **OPTIONAL_SCHEMAS}[name]
     args = schema[1:schema.index(")")]
-    return [a.split()[-1] for a in args.split(",")]
+    return [a.split()[-1].split("=")[0] for a in args.split(",")]
 
 
 @lru_cache(maxsize=None)

@@ -58,7 +58,7 @@ def _linear(x, lin: nn.Linear, backend: Optional[str]) -> Tensor:
     if isinstance(x, SparseFeatures):
         out = x.linear(lin.weight, backend)
         return out + lin.bias if lin.bias is not None else out
-    return lin(x)
+    return ops.linear(x, lin.weight, lin.bias, backend)
 
 
 @dataclass
@@ -79,7 +79,10 @@ class _GCNLayer(nn.Module):
         nn.init.xavier_uniform_(self.lin.weight)
 
     def forward(self, graph: Graph, edge_index: Tensor, x: Tensor) -> Tensor:
-        return ops.gcn_aggregate(graph, _linear(x, self.lin, self.backend), backend=self.backend) + self.bias
+        h = _linear(x, self.lin, self.backend)
+        if h.dtype == self.bias.dtype:  # the bias added in the aggregation's row writes
+            return ops.gcn_aggregate(graph, h, backend=self.backend, bias=self.bias)
+        return ops.gcn_aggregate(graph, h, backend=self.backend) + self.bias
 
     def forward_gcnii(self, graph: Graph, x: Tensor, h0: Tensor, alpha: float, beta: float) -> Tensor:
         """GCNII layer: ``s = (1 - alpha) A_hat x + alpha h0``, then ``(1 - beta) s + beta s W + b``

@@ -5,6 +5,8 @@ deg^-1/2 and the self-loop weights) and applied inside the aggregation: the kern
 spmm's row kernel with the GCN edge coefficient w_e * dis[j] (existing self-loop edges
 skipped when loop weights are given, their weight being in ``loop_weight``) and the
 per-row epilogue; see spmm.py. Its backward is this op on the transpose (same state).
+A layer's ``bias`` is added after the kernel, in a second pass: the epilogue does not
+take one yet.
 """
 
 from __future__ import annotations
@@ -14,6 +16,6 @@ from .launch import launcher
 
 
 @launcher
-def gcn_aggregate(rowptr, col, weight, dis, loop_weight, x):
+def gcn_aggregate(rowptr, col, weight, dis, loop_weight, x, bias=None):
     out, _ = aggregate(rowptr, col, weight, x, "sum", dis=dis, loop_weight=loop_weight)
-    return out
+    return out if bias is None else out.add_(bias)

@@ -1,6 +1,8 @@
 """Modules: PyG-compatible convolutions (GCNConv, SAGEConv, GraphConv, GINConv, GATConv) on
-fastalign's kernels, and the alignment losses, for anyone's training loop."""
+fastalign's kernels, their projection (Linear), and the alignment losses, for anyone's
+training loop."""
 
+from .drop_in import Linear
 from .feature_align_loss import FeatureAlignLoss
 from .gat_conv import GATConv
 from .gcn_conv import GCNConv
@@ -12,5 +14,5 @@ from .structure_align_loss import StructureAlignLoss
 
 __all__ = [
     "GCNConv", "SAGEConv", "GraphConv", "GINConv", "GATConv", "convert", "patch_pyg", "unpatch_pyg",
-    "StructureAlignLoss", "FeatureAlignLoss",
+    "StructureAlignLoss", "FeatureAlignLoss", "Linear",
 ]

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .. import validation
 from ..graph import Graph, as_count, outside_transforms
+from ..ops.linear import linear as linear_op
 from ..ops.spmm import spmm_propagation
 from ..validation import check_edge_values
 
@@ -160,12 +161,26 @@ def channel_pair(layer: str, in_channels, out_channels, lazy_ok: bool = False) -
     return pair
 
 
-def linear(in_features: int, out_features: int, bias: bool) -> torch.nn.Module:
-    """``torch.nn.Linear``, or ``LazyLinear`` for ``in_features=-1`` (PyG's lazy
+class Linear(torch.nn.Linear):
+    """``torch.nn.Linear`` (the same parameters, state dict and hooks) computed by
+    :func:`fastalign.ops.linear`: fastalign's CPU kernel for float32 features and 16 to
+    64 outputs, ``F.linear`` for everything else. ``backend`` is the owning layer's."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 backend: Optional[str] = None, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.backend = backend
+
+    def forward(self, input: Tensor) -> Tensor:
+        return linear_op(input, self.weight, self.bias, self.backend)
+
+
+def linear(in_features: int, out_features: int, bias: bool, backend: Optional[str] = None) -> torch.nn.Module:
+    """:class:`Linear`, or ``torch.nn.LazyLinear`` for ``in_features=-1`` (PyG's lazy
     initialisation: the width is read off the first input)."""
     if in_features == -1:
         return torch.nn.LazyLinear(out_features, bias=bias)
-    return torch.nn.Linear(in_features, out_features, bias=bias)
+    return Linear(in_features, out_features, bias=bias, backend=backend)
 
 
 class Prepared(NamedTuple):
@@ -461,5 +476,5 @@ class DropInConv(torch.nn.Module):
         )
         if not narrows:
             return lin(self._aggregate(prep, x))
-        out = self._aggregate(prep, torch.nn.functional.linear(x, lin.weight))
+        out = self._aggregate(prep, linear_op(x, lin.weight, None, self.backend))
         return out + lin.bias if lin.bias is not None else out

@@ -130,17 +130,17 @@ class GATConv(DropInConv):
 
         self.lin = self.lin_src = self.lin_dst = None
         if isinstance(in_channels, int):
-            self.lin = linear(in_channels, heads * out_channels, bias=False)
+            self.lin = linear(in_channels, heads * out_channels, False, backend)
         else:
-            self.lin_src = linear(pair[0], heads * out_channels, bias=False)
-            self.lin_dst = linear(pair[1], heads * out_channels, bias=False)
+            self.lin_src = linear(pair[0], heads * out_channels, False, backend)
+            self.lin_dst = linear(pair[1], heads * out_channels, False, backend)
         self.att_src = Parameter(torch.empty(1, heads, out_channels))
         self.att_dst = Parameter(torch.empty(1, heads, out_channels))
         self.lin_edge = None
         self.register_parameter("att_edge", None)
         total = out_channels * (heads if self.concat else 1)
         if self.residual:
-            self.res = linear(pair[1], total, bias=False)
+            self.res = linear(pair[1], total, False, backend)
         else:
             self.register_parameter("res", None)
         if bias:

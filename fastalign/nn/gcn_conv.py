@@ -12,7 +12,7 @@ from .. import settings
 from ..graph import Graph
 from ..ops.spmm import spmm_propagation
 from ..ops.gcn_aggregate import gcn_propagation, sparse_adjacency_weights
-from .drop_in import DropInConv, check_channels, node_count, over_nodes, prepare, sparse_kind
+from .drop_in import DropInConv, Linear, check_channels, node_count, over_nodes, prepare, sparse_kind
 
 
 class GCNConv(DropInConv):
@@ -107,7 +107,7 @@ class GCNConv(DropInConv):
         self._cached_graph: Optional[Graph] = None
         self._cached_kind: Optional[str] = None
         self._cached_propagation = None  # (graph, key, propagate): see _propagation
-        self.lin = torch.nn.Linear(in_channels, out_channels, bias=False)
+        self.lin = Linear(in_channels, out_channels, bias=False, backend=backend)
         if bias:
             self.bias = Parameter(torch.empty(out_channels))
         else:
@@ -173,6 +173,10 @@ class GCNConv(DropInConv):
         h = self.lin(x) if lin_first else x  # dense: torch's linear of sparse x is dense
         if self.normalize:  # backend, normalisation state and transpose found once
             propagate = self._propagation(graph, h, weight)
+            bias = self.bias
+            if (lin_first and bias is not None and h.dim() == 2 and self.node_dim in (0, -2)
+                    and bias.dtype == h.dtype and bias.device == h.device):
+                return propagate(h, bias)  # the bias added in the kernel's row writes
         else:
             propagate = spmm_propagation(graph, h, "sum", weight, self.backend)
         h = over_nodes(propagate, h, self.node_dim)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Optional, Tuple, Union
 
-import torch
 from torch import Tensor
 
-from .drop_in import DropInConv, channel_pair
+from .drop_in import DropInConv, Linear, channel_pair
 
 
 class GraphConv(DropInConv):
@@ -50,8 +49,8 @@ class GraphConv(DropInConv):
         pair = channel_pair("GraphConv", in_channels, out_channels)
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.lin_rel = torch.nn.Linear(pair[0], out_channels, bias=bias)
-        self.lin_root = torch.nn.Linear(pair[1], out_channels, bias=False)
+        self.lin_rel = Linear(pair[0], out_channels, bias=bias, backend=backend)
+        self.lin_root = Linear(pair[1], out_channels, bias=False, backend=backend)
         self.reset_parameters()
 
     @classmethod

@@ -79,9 +79,9 @@ class SAGEConv(DropInConv):
             if pair[0] <= 0:
                 raise ValueError("'SAGEConv' does not support lazy initialization with `project=True`")
             self.lin = torch.nn.Linear(pair[0], pair[0], bias=True)
-        self.lin_l = linear(pair[0], out_channels, bias)
+        self.lin_l = linear(pair[0], out_channels, bias, backend)
         if self.root_weight:
-            self.lin_r = linear(pair[1], out_channels, False)
+            self.lin_r = linear(pair[1], out_channels, False, backend)
         self.reset_parameters()
 
     @classmethod

@@ -7,6 +7,7 @@ public function; backends implement the numeric work (fastalign.backends).
 from .edge_similarity import edge_scale, edge_similarity
 from .gat_aggregate import gat_aggregate
 from .gcn_aggregate import gcn_aggregate, gcn_norm_state, gcn_propagation
+from .linear import linear
 from .edge_softmax import edge_softmax, local_structure
 from .spmm import spmm, spmm_propagation
 from .structure_kl import structure_kl
@@ -18,6 +19,7 @@ __all__ = [
     "gcn_propagation",
     "gat_aggregate",
     "gcn_norm_state",
+    "linear",
     "edge_similarity",
     "edge_scale",
     "edge_softmax",

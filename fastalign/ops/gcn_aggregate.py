@@ -1,4 +1,4 @@
-"""gcn_aggregate: D^-1/2 (A + I) D^-1/2 x, exactly as PyG's gcn_norm + propagate.
+"""gcn_aggregate: D^-1/2 (A + I) D^-1/2 x + b, exactly as PyG's GCNConv after its linear.
 
 PyG semantics reproduced (edge_index path of ``gcn_norm``):
   * with ``add_self_loops``, existing self loops are removed and one loop per node is
@@ -38,11 +38,21 @@ from .spmm import spmm_call
 def _gcn_aggregate_unchecked(*args) -> Tensor:
     """What the eager twin runs: ``_gcn_aggregate``'s kernel call without its checks
     (the arguments are the custom op's; the last is the backend)."""
-    return impl(args[-1]).gcn_aggregate(*args[:6])
+    return impl(args[-1]).gcn_aggregate(*args[:7])
 
 
 def _check_features(x: Tensor, n: int) -> None:
     V.check_rows("x", x, n, "graph (a square one: rows = nodes)")
+
+
+def _check_bias(bias: Optional[Tensor], x: Tensor) -> None:
+    if bias is None:
+        return
+    if not isinstance(bias, Tensor):
+        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    V.check_length("bias", bias, x.size(1), "feature column")
+    if bias.dtype != x.dtype or bias.device != x.device:
+        raise TypeError(f"bias must be {x.dtype} on {x.device} like x, got {bias.dtype} on {bias.device}")
 
 
 def _gcn_aggregate(
@@ -52,6 +62,7 @@ def _gcn_aggregate(
     dis: Tensor,
     loop_weight: Optional[Tensor],
     x: Tensor,
+    bias: Optional[Tensor],
     rowptr_t: Optional[Tensor],
     col_t: Optional[Tensor],
     weight_t: Optional[Tensor],
@@ -59,11 +70,12 @@ def _gcn_aggregate(
 ) -> Tensor:
     n = rowptr.numel() - 1
     _check_features(x, n)
+    _check_bias(bias, x)
     V.check_csr(rowptr, col, n)
     V.check_length("weight", weight, col.numel(), "edge")
     V.check_length("dis", dis, n, "node")
     V.check_length("loop_weight", loop_weight, n, "node")
-    return impl(backend).gcn_aggregate(rowptr, col, weight, dis, loop_weight, x)
+    return impl(backend).gcn_aggregate(rowptr, col, weight, dis, loop_weight, x, bias)
 
 
 gcn_aggregate_op = torch.library.custom_op(
@@ -72,13 +84,14 @@ gcn_aggregate_op = torch.library.custom_op(
 
 
 @gcn_aggregate_op.register_fake
-def _(rowptr, col, weight, dis, loop_weight, x, rowptr_t, col_t, weight_t, backend):
+def _(rowptr, col, weight, dis, loop_weight, x, bias, rowptr_t, col_t, weight_t, backend):
     return x.new_empty((rowptr.shape[0] - 1, x.shape[1]))
 
 
 def _setup_context(ctx, inputs, output):
-    (rowptr, col, weight, dis, loop_weight, x, rowptr_t, col_t, weight_t, backend) = inputs
+    (rowptr, col, weight, dis, loop_weight, x, bias, rowptr_t, col_t, weight_t, backend) = inputs
     ctx.backend = backend
+    ctx.bias_dtype = bias.dtype if bias is not None else None
     ctx.save_for_backward(dis, loop_weight, rowptr_t, col_t, weight_t)
 
 
@@ -90,9 +103,12 @@ def _backward(ctx, grad_out):
             raise RuntimeError("gcn_aggregate backward needs the transpose; it was not passed")
         grad_x = gcn_aggregate_call(
             rowptr_t, col_t, weight_t, dis, loop_weight, grad_out.contiguous(),
-            None, None, None, ctx.backend,
+            None, None, None, None, ctx.backend,
         )
-    return None, None, None, None, None, grad_x, None, None, None, None
+    grad_bias = None
+    if ctx.needs_input_grad[6]:
+        grad_bias = grad_out.sum(0, dtype=V.acc_dtype(grad_out.dtype)).to(ctx.bias_dtype)
+    return None, None, None, None, None, grad_x, grad_bias, None, None, None, None
 
 
 gcn_aggregate_call = TwinOp(gcn_aggregate_op, _gcn_aggregate, _backward, _setup_context,
@@ -196,9 +212,10 @@ def gcn_propagation(
     improved: bool = False,
     edge_weight: Optional[Tensor] = None,
     backend: Optional[str] = None,
-) -> Callable[[Tensor], Tensor]:
-    """gcn_aggregate prepared once: ``fn(x)`` for features shaped, typed and placed like
-    ``like`` (its dtype, device and whether it needs a gradient; any width).
+) -> Callable[..., Tensor]:
+    """gcn_aggregate prepared once: ``fn(x, bias=None)`` for features shaped, typed and
+    placed like ``like`` (its dtype, device and whether it needs a gradient; any width),
+    ``bias`` (``[F]``, x's dtype and device) added to every row in the kernel.
 
     The backend, the normalisation state, the transpose and the transposed weights are
     found here, once, so each call of ``fn`` is the custom op alone. This is the pass a
@@ -224,11 +241,13 @@ def gcn_propagation(
     rowptr_t, col_t = graph.transpose()[:2] if needs_grad else (None, None)
     rowptr, col, n = graph.rowptr, graph.col, graph.num_dst
 
-    def propagate(x: Tensor) -> Tensor:
+    def propagate(x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         if x.dim() != 2 or x.size(0) != n:
             _check_features(x, n)  # the graph was checked when prepared; the features, per call
+        if bias is not None:
+            _check_bias(bias, x)
         return gcn_aggregate_call(
-            rowptr, col, weight, dis, loop_weight, x.contiguous(), rowptr_t, col_t, weight_t, name
+            rowptr, col, weight, dis, loop_weight, x.contiguous(), bias, rowptr_t, col_t, weight_t, name
         )
 
     return propagate
@@ -241,8 +260,9 @@ def gcn_aggregate(
     improved: bool = False,
     edge_weight: Optional[Tensor] = None,
     backend: Optional[str] = None,
+    bias: Optional[Tensor] = None,
 ) -> Tensor:
-    """GCN propagation ``D^-1/2 (A + I) D^-1/2 x`` with PyG's exact normalisation.
+    """GCN propagation ``D^-1/2 (A + I) D^-1/2 x + bias`` with PyG's exact normalisation.
 
     Args:
         graph: a square :class:`fastalign.Graph` (or anything ``Graph.coerce`` accepts).
@@ -252,11 +272,13 @@ def gcn_aggregate(
             weight that requires grad is differentiated through a composed
             (normalise, then spmm) path.
         backend: ``None``/``"auto"`` or a backend name.
+        bias: ``[F]`` (x's dtype and device), added to every row in the kernel's writes:
+            a GCN layer's bias with no second pass over the output.
     """
     graph = as_graph(graph, x)
     _check_square(graph)
     x = check_features("x", x, graph.num_src, graph, "")
-    return gcn_propagation(graph, x, add_self_loops, improved, edge_weight, backend)(x)
+    return gcn_propagation(graph, x, add_self_loops, improved, edge_weight, backend)(x, bias)
 
 
 def _composed_propagation(graph, like, weight, add_self_loops, improved, name):
@@ -276,12 +298,15 @@ def _composed_propagation(graph, like, weight, add_self_loops, improved, name):
         rowptr_t, col_t, perm_t = graph.transpose()
         norm_t = transposed_weight(graph, norm, perm_t)
 
-    def propagate(x: Tensor) -> Tensor:
+    def propagate(x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         out, _ = spmm_call(
             graph.rowptr, graph.col, norm, x.contiguous(), "sum", rowptr_t, col_t, None, norm_t, name
         )
         if loop_scale is not None:
             out = out + (loop_scale * x).to(x.dtype)
+        if bias is not None:
+            _check_bias(bias, x)
+            out = out + bias
         return out
 
     return propagate

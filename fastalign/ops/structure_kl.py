@@ -51,7 +51,7 @@ def _check_embeddings(rowptr, s_dst, s_src, p_dst, p_src) -> None:
         raise TypeError("student and peer embeddings must share a dtype")
 
 FUNCTIONS = ("structure_kl_forward", "structure_kl_backward")
-FAST_PATH = backends.OPTIONAL_FUNCTIONS  # the optional functions are this op's fast path
+FAST_PATH = ("structure_kl_forward_with_grad_state", "structure_kl_student_backward")
 REDUCTIONS = ("mean", "sum", "none")
 
 

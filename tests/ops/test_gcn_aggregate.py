@@ -26,7 +26,11 @@ def test_gcn_aggregate_matches_dense(backend, name, index_dtype, add_self_loops,
     x = feats(g.num_src, 4)
     w = torch.rand(g.num_edges, dtype=torch.float64) + 0.5 if weighted else None
     out = fastalign.gcn_aggregate(g, x, add_self_loops, improved, edge_weight=w, backend=backend)
-    torch.testing.assert_close(out, dense_gcn(g, x, add_self_loops, improved, w))
+    expected = dense_gcn(g, x, add_self_loops, improved, w)
+    torch.testing.assert_close(out, expected)
+    bias = torch.randn(4, dtype=torch.float64)
+    out = fastalign.gcn_aggregate(g, x, add_self_loops, improved, edge_weight=w, backend=backend, bias=bias)
+    torch.testing.assert_close(out, expected + bias)
 
 
 @pytest.mark.parametrize("name", ("square", "hub"))
@@ -41,6 +45,12 @@ def test_gcn_aggregate_gradcheck(backend, name, loops):
     w = edge_weight(g, torch.float64).requires_grad_()
     tight_gradcheck(
         lambda x, w: fastalign.gcn_aggregate(g, x, loops, True, edge_weight=w, backend=backend), x, w)
+    # a layer's bias, added in the kernel, on both paths (the second with edge weights)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    tight_gradcheck(lambda x, b: fastalign.gcn_aggregate(g, x, loops, backend=backend, bias=b), x, bias)
+    tight_gradcheck(
+        lambda x, w, b: fastalign.gcn_aggregate(g, x, loops, True, edge_weight=w, backend=backend, bias=b),
+        x, w, bias)
 
 
 @square_graph_params
@@ -57,6 +67,21 @@ def test_gcn_aggregate(kernels, name, index_dtype, dtype, width, loops, weighted
     dis, loop_weight = gcn_norm_state(g, w, loops, False, dtype)
     args = (g.rowptr, g.col, w, dis, loop_weight, x)
     assert_close(kernels.gcn_aggregate(*args), REFERENCE.gcn_aggregate(*args), dtype)
+    bias = torch.randn(width, dtype=torch.float64).to(dtype)
+    assert_close(kernels.gcn_aggregate(*args, bias), REFERENCE.gcn_aggregate(*args, bias), dtype)
+
+
+def test_gcn_aggregate_refuses_a_bias_that_is_not_one_per_column(backend):
+    g = get_case("square", torch.int64)
+    x = feats(g.num_src, 4)
+    with pytest.raises(ValueError, match=r"bias must have shape \[4\]"):
+        fastalign.gcn_aggregate(g, x, backend=backend, bias=torch.zeros(3, dtype=x.dtype))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        fastalign.gcn_aggregate(g, x, backend=backend, bias=torch.zeros(1, 4, dtype=x.dtype))
+    with pytest.raises(TypeError, match="bias must be torch.float64"):
+        fastalign.gcn_aggregate(g, x, backend=backend, bias=torch.zeros(4))
+    with pytest.raises(TypeError, match="bias must be a torch.Tensor"):
+        fastalign.gcn_aggregate(g, x, backend=backend, bias=[0.0] * 4)
 
 
 def test_gcn_aggregate_caches_normalisation_on_graph():
@@ -108,6 +133,14 @@ def test_gcn_conv_layer_matches_pyg_gcnconv():
     expected.sum().backward()
     out.sum().backward()
     torch.testing.assert_close(x2.grad, x.grad, rtol=1e-5, atol=1e-6)
+    # the bias in the op: the same output and the same gradients (of a sum over 30 rows)
+    conv.zero_grad()
+    x3 = x.detach().clone().requires_grad_()
+    fused = fastalign.gcn_aggregate(g, conv.lin(x3), backend=REF, bias=conv.bias)
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-6)
+    fused.sum().backward()
+    torch.testing.assert_close(x3.grad, x.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(conv.bias.grad, torch.full((5,), 30.0))
 
 
 def test_a_stored_self_loop_with_an_inf_feature_is_skipped_not_zeroed():
@@ -144,3 +177,6 @@ if TRITON_INTERPRETER:
                     dis, lw = gcn_norm_state(g, weight, loops, False, torch.float64)
                     close(tb.gcn_aggregate(g.rowptr, g.col, weight, dis, lw, x),
                           ref.gcn_aggregate(g.rowptr, g.col, weight, dis, lw, x))
+            bias = torch.randn(9, dtype=x.dtype)
+            close(tb.gcn_aggregate(g.rowptr, g.col, w, dis, lw, x, bias),
+                  ref.gcn_aggregate(g.rowptr, g.col, w, dis, lw, x, bias))
