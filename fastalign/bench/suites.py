@@ -18,6 +18,10 @@ Suites:
   peer detached). fastalign ``structure_kl`` per backend, against the PyG-style loss
   eager and under torch.compile.
 
+* ``linear``: a layer's projection ``x W^T + b`` into the layer width (16 with
+  ``--features real``). ``fastalign.ops.linear`` (the CPU kernel) against torch's
+  ``F.linear``, eager and under torch.compile.
+
 * ``sage``, ``graphconv``, ``gin``, ``gat`` (together: ``layers``): one drop-in layer
   64 -> 64 (SAGEConv mean, GraphConv add, GINConv with a two-layer SiLU MLP, GATConv with
   8 heads of 8 channels) fed the edge_index as PyG code feeds it, against the same PyG
@@ -42,7 +46,7 @@ from fastalign.graph import Graph
 from . import peers
 
 LAYER_SUITES = ("sage", "graphconv", "gin", "gat", "gat1")
-SUITES = ("spmm", "gcn", "align") + LAYER_SUITES
+SUITES = ("spmm", "gcn", "align", "linear") + LAYER_SUITES
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -305,6 +309,55 @@ def _gcn_pyg(adj_kind: str, compile_: bool):
     return build
 
 
+# ---------------------------------------------------------------------- linear
+def _linear_state(w: Workload):
+    """One projection's weight and bias (seeded), shared by every linear contender."""
+
+    def build():
+        gen = torch.Generator().manual_seed(w.seed)
+        weight = torch.randn(w.out, w.features, generator=gen) / w.features ** 0.5
+        bias = torch.randn(w.out, generator=gen)
+        return weight.to(w.device, w.dtype), bias.to(w.device, w.dtype)
+
+    return w._get("linear_state", build)
+
+
+def _run_linear(fn, w: Workload, mode: str):
+    weight, bias = _linear_state(w)
+    if mode == "fwd":
+        x = w.x
+
+        def run():
+            with torch.no_grad():
+                return fn(x, weight, bias)
+    else:
+        x, g = w.x_grad, w.grad_out_of(w.out)
+        params = (weight.detach().requires_grad_(), bias.detach().requires_grad_())
+
+        def run():
+            return torch.autograd.grad(fn(x, *params), (x, *params), g)
+
+    return run
+
+
+def _linear_fastalign(backend):
+    def build(w: Workload, mode: str):
+        reason = backend_implements(backend, ("linear",))
+        if reason:
+            raise Skip(reason)
+        return _run_linear(lambda x, weight, bias: fastalign.ops.linear(x, weight, bias, backend), w, mode)
+
+    return build
+
+
+def _linear_torch(compile_: bool):
+    def build(w: Workload, mode: str):
+        fn = peers.compiled(torch.nn.functional.linear) if compile_ else torch.nn.functional.linear
+        return _run_linear(fn, w, mode)
+
+    return build
+
+
 # ---------------------------------------------------------------------- align
 ALIGN_PARAMS = dict(kernel="l1", tau=1.0, sigma=100.0)
 
@@ -471,6 +524,14 @@ def contenders(suite: str, device, *, compile_peers: bool = True, backends=None)
         if compile_peers:
             out.append(Contender("PyG GCNConv edge_index compiled", "peer", _gcn_pyg("edge_index", True),
                                  compiled=True, estimate=lambda w: _bytes_ExF(w, 2)))
+    elif suite == "linear":
+        for b in (b for b in names if backend_implements(b, ("linear",)) is None):  # the others are F.linear
+            out.append(Contender(f"fastalign linear[{b}]", "fastalign", _linear_fastalign(b), backend=b,
+                                 estimate=lambda w: _bytes_NxF(w, 2)))
+        out.append(Contender("torch F.linear", "peer", _linear_torch(False), estimate=lambda w: _bytes_NxF(w, 2)))
+        if compile_peers:
+            out.append(Contender("torch F.linear compiled", "peer", _linear_torch(True), compiled=True,
+                                 estimate=lambda w: _bytes_NxF(w, 2)))
     elif suite in LAYER_SUITES:
         layer = LAYER_CLASSES[suite]
         for b in names:
