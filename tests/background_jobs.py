@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import subprocess
 import threading
+import time
 from typing import Callable, Dict, Optional, Sequence
 
 _POOL: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -21,6 +22,7 @@ _MAKERS: Dict[str, Callable[[], Sequence[str]]] = {}
 _LOCK = threading.Lock()
 _RUNNING: Dict[str, subprocess.Popen] = {}
 _STOPPED = threading.Event()
+_TIMES: Dict[str, tuple] = {}  # key -> (start, end) on time.monotonic(), for the run's summary
 
 
 def register(key: str, make_command: Callable[[], Sequence[str]]) -> None:
@@ -32,6 +34,7 @@ def register(key: str, make_command: Callable[[], Sequence[str]]) -> None:
 def _run(key: str) -> subprocess.CompletedProcess:
     if _STOPPED.is_set():
         raise RuntimeError("the test run ended before this job ran")
+    start = time.monotonic()
     made = _MAKERS[key]()
     cmd, env = (list(made[0]), made[1]) if isinstance(made, tuple) else (list(made), None)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -40,7 +43,13 @@ def _run(key: str) -> subprocess.CompletedProcess:
         out, err = proc.communicate()
     finally:
         _RUNNING.pop(key, None)
+        _TIMES[key] = (start, time.monotonic())
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def timeline(since: float):
+    """(key, start, end) of the jobs that ran, in seconds after ``since`` (monotonic)."""
+    return sorted((key, a - since, b - since) for key, (a, b) in _TIMES.items())
 
 
 def start(keys) -> None:

@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 
 # Tests import their helpers as `helpers` (tests/helpers.py).
 sys.path.insert(0, os.path.dirname(__file__))
@@ -32,6 +33,20 @@ def pytest_collection_modifyitems(session, config, items):
     # stable: RUN_LAST = True (1) modules after the rest, then RUN_LAST = 2 ones (after
     # every background job has been waited for: wall-clock rehearsals on a quiet machine)
     items.sort(key=lambda item: int(getattr(item.module, "RUN_LAST", 0)))
+
+
+_SESSION_START = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """When each background job ran (the second core's share of the run's time)."""
+    import background_jobs
+
+    jobs = background_jobs.timeline(_SESSION_START)
+    if jobs:
+        terminalreporter.write_sep("-", "background jobs (seconds after the start)")
+        for key, start, end in jobs:
+            terminalreporter.write_line(f"{key}: {start:.0f} -> {end:.0f} ({end - start:.0f} s)")
 
 
 def pytest_unconfigure(config):

@@ -397,13 +397,13 @@ if TRITON_INTERPRETER:
     @interpreted
     def test_triton_aggregation_packs_short_rows(monkeypatch):
         """Sum, mean and GCN aggregation several short rows per program (a power-law graph of
-        300 nodes: packs of rows of mixed degree, isolated rows, a last partial pack, hubs cut
+        150 nodes: packs of rows of mixed degree, isolated rows, a last partial pack, hubs cut
         into segments that the one-row kernel takes), two feature blocks: equal to the
         reference, and bit for bit equal to one row per packed program."""
         from fastalign.kernels import heuristics
         from helpers import power_law_edge_index
 
-        g = fastalign.Graph.from_edge_index(power_law_edge_index(300, 1500, seed=5), num_nodes=300)
+        g = fastalign.Graph.from_edge_index(power_law_edge_index(150, 750, seed=5), num_nodes=150)
         x = features(g, 130)
         w = torch.rand(g.num_edges, dtype=torch.float64)
         dis, lw = gcn_norm_state(g, w, True, False, torch.float64)
