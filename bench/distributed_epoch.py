@@ -8,7 +8,9 @@ launch (gloo on the CPU), simultaneous mode.
 
 Prints one JSON line (from rank 0): the mean training time per epoch (the slowest
 process's, first epoch excluded), each process's peak RSS (with --device cuda also its
-peak GPU memory), and the bytes one process sends per step.
+peak GPU memory), and the bytes one process sends per step; rank 0 appends it to
+bench/results/distill_cost.jsonl (``--records``; ``--records ''`` for none), from which
+docs/distillation.md's table is made (``python bench/tables.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import resource
 
 import torch
 
+import records
 from fastalign.datasets import load_dataset
 from fastalign.distill import DistributedWorld, TrainConfig, run_experiment
 
@@ -30,9 +33,8 @@ def peak_rss_bytes() -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    records.add_options(p, "distill_cost")
     p.add_argument("--dataset", default="cora")
-    p.add_argument("--root", default=None,
-                   help="data root (default: $FASTALIGN_DATA, else ~/.cache/fastalign/datasets)")
     p.add_argument("--nodes", type=int, default=None, help="synthetic: number of nodes")
     p.add_argument("--avg-degree", type=float, default=None, help="synthetic: mean degree")
     p.add_argument("--students", type=int, default=2)
@@ -71,7 +73,7 @@ def main() -> int:
         dist.destroy_process_group()
     if world is None or world.is_main:
         run = result["runs"][0]
-        print(json.dumps({
+        row = {
             "dataset": args.dataset, "num_nodes": data.transductive.num_nodes,
             "num_edges": data.transductive.edge_index.size(1), "students": args.students,
             "processes": run["processes"], "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset (the trainer's rule: 1 below 50k edges)"),
@@ -80,7 +82,10 @@ def main() -> int:
             **({"peak_gpu_mib": [round(g / 2**20) for g in gpus]} if device.startswith("cuda") else {}),
             "exchanged_bytes_per_step": run["exchanged_bytes_per_step"],
             "test_acc": round(result["mean_test_acc"], 4),
-        }))
+        }
+        print(json.dumps(row))
+        if args.records:
+            records.append(args.records, {"kind": "distributed_epoch", **row})
     return 0
 
 

@@ -109,6 +109,64 @@ def _epoch_time() -> str:
     return "\n".join(lines)
 
 
+GRAPH_NAMES = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed", "synthetic": "synthetic block model"}
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
+
+
+def _distributed_epoch() -> str:
+    """K students in one process (2 threads) against two processes (gloo, 1 thread
+    each), per graph and K: the latest row of each configuration."""
+    rows = [r for r in records.read(records.path("distill_cost")) if r.get("kind") == "distributed_epoch"
+            and r.get("device", "cpu") == "cpu"]
+    found = records.latest(rows, lambda r: (r["dataset"], r["num_nodes"], r["students"], r["processes"]))
+    pairs = [(key[:3], found[key[:3] + (1,)], r) for key, r in found.items()
+             if key[3] == 2 and key[:3] + (1,) in found]
+    if not pairs:
+        raise LookupError("no pair of 1- and 2-process distributed_epoch rows in bench/results/distill_cost.jsonl")
+    lines = ["| graph | K | 1 process, 2 threads | 2 processes (gloo) | speed-up | peak RSS per process: "
+             "1 / 2 processes | sent per process and step |", "|---|---|---:|---:|---:|---|---:|"]
+    shown = set()
+    for (dataset, nodes, k), one, two in sorted(pairs, key=lambda p: (p[0][1], p[0][2])):
+        name = GRAPH_NAMES.get(dataset, dataset)
+        if (dataset, nodes) not in shown:
+            edges = two["num_edges"]
+            name += f" ({nodes:,} / {edges / 1e6:.1f}M)" if edges >= 1e6 else f" ({nodes:,} / {edges:,})"
+            shown.add((dataset, nodes))
+        lines.append(f"| {name} | {k} | {one['epoch_ms']:.1f} ms | {two['epoch_ms']:.1f} ms | "
+                     f"{one['epoch_ms'] / two['epoch_ms']:.2f}x | {max(one['peak_rss_mib'])} / "
+                     f"{max(two['peak_rss_mib'])} MiB | {_bytes(two['exchanged_bytes_per_step'])} |")
+    used = [r for _, *both in pairs for r in both]
+    dates = sorted(r["date"] for r in used)
+    commits = sorted({(r.get("commit") or "unrecorded")[:7] for r in used})
+    lines += ["", f"Measured {dates[0]} to {dates[-1]}, commit {', '.join(f'`{c}`' for c in commits)}; "
+                  f"machine {used[0]['machine'].split(', load')[0]}."]
+    return "\n".join(lines)
+
+
+def _reorder() -> str:
+    """The latest run of each graph: spmm forward on each node order, the reordering's cost."""
+    found = records.latest(records.read(records.path("reorder_cpu")), lambda r: (r["graph"], r["width"]))
+    if not found:
+        raise LookupError("no row in bench/results/reorder_cpu.jsonl")
+    lines = ["| graph (nodes / edges) | order | spmm forward | speed-up | reordering | pays back after |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in sorted(found.values(), key=lambda r: r["num_edges"]):
+        label = f"{r['graph']} ({r['num_nodes']:,} / {r['num_edges']:,})"
+        for i, o in enumerate(r["rows"]):
+            back = o["pays_back_after_calls"]
+            lines.append(f"| {label if i == 0 else ''} | {o['order']} | {o['spmm_ms']:.3g} ms | {o['speedup']:.2f}x | "
+                         f"{o['reorder_s']:.3g} s | {'-' if back is None else f'{back:,.0f} calls'} |")
+    used = list(found.values())
+    dates = sorted(r["date"] for r in used)
+    commits = sorted({(r.get("commit") or "unrecorded")[:7] for r in used})
+    lines += ["", f"Measured {dates[0]} to {dates[-1]}, commit {', '.join(f'`{c}`' for c in commits)}, "
+                  f"F = {used[0]['width']}, {used[0]['threads']} threads, command `{used[-1]['command']}`."]
+    return "\n".join(lines)
+
+
 # The README's headline: (label, suite, mode, our contender, peer contender, what is compared)
 HEADLINE = (
     ("spmm forward vs torch.sparse.mm (MKL)", "spmm", "fwd", "fastalign[cpu]", "torch.sparse.mm (CSR)", "time"),
@@ -177,6 +235,8 @@ TABLES: Dict[str, Callable[[], str]] = {
     "busy-machine-cpu": _busy_machine,
     "epoch-time": _epoch_time,
     "scaling-cpu": lambda: _scaling(),
+    "distributed-epoch": _distributed_epoch,
+    "reorder-cpu": _reorder,
 }
 
 

@@ -160,3 +160,69 @@ def test_complex_sparse_adjacency_is_refused():
                 Graph.from_torch_sparse(form)
             with pytest.raises(TypeError, match="values are complex"):
                 GCNConv(4, 2)(torch.randn(3, 4), form)
+
+
+# ---------------------------------------------------------------------- node order
+def _bandwidth(g: Graph) -> int:
+    """The largest |target - source| over the edges: small when neighbours are numbered close."""
+    return int((g.row.long() - g.col.long()).abs().max())
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("method", Graph.REORDERINGS)
+def test_a_reordered_graph_aggregates_the_same_numbers(method, index_dtype):
+    """Renumbered nodes and features (x[order]) give the same aggregation, mapped back
+    by the inverse order; edge weights follow their edges; isolated nodes, self loops and
+    duplicates included."""
+    import fastalign
+
+    ei = torch.cat([random_edge_index(40, 40, 200, seed=3), torch.tensor([[5, 5, 7], [5, 5, 8]])], 1)
+    w = torch.rand(ei.size(1), dtype=torch.float64)
+    g = Graph.from_edge_index(ei.to(index_dtype), w, num_nodes=45)  # 40..44 isolated
+    x = torch.randn(45, 6, dtype=torch.float64)
+    new, order = g.reordered(method)
+    assert new.index_dtype == index_dtype and new.num_edges == g.num_edges and new.num_dst == 45
+    assert torch.equal(torch.sort(order).values, torch.arange(45))
+    inverse = torch.argsort(order)
+    for backend in fastalign.backends.available_backends("cpu"):
+        torch.testing.assert_close(fastalign.spmm(new, x[order], "sum", backend=backend)[inverse],
+                                   fastalign.spmm(g, x, "sum", backend=backend))
+        torch.testing.assert_close(fastalign.gcn_aggregate(new, x[order], backend=backend)[inverse],
+                                   fastalign.gcn_aggregate(g, x, backend=backend))
+    # a given order is used as is
+    again, same = g.reordered(order)
+    assert torch.equal(same, order)
+    assert torch.equal(again.rowptr, new.rowptr) and torch.equal(again.col, new.col)
+
+
+def test_rcm_numbers_neighbours_close_and_degree_puts_hubs_first():
+    n = 300
+    shuffle = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    path = torch.stack([torch.arange(n - 1), torch.arange(1, n)])
+    ei = shuffle[torch.cat([path, path.flip(0)], 1)]  # a path, its nodes numbered at random
+    g = Graph.from_edge_index(ei, num_nodes=n)
+    new, _ = g.reordered("rcm")
+    assert _bandwidth(g) > 100 and _bandwidth(new) == 1
+    star = torch.stack([torch.arange(1, 30), torch.zeros(29, dtype=torch.long)])
+    g = Graph.from_edge_index(torch.cat([star, torch.tensor([[3, 4], [7, 7]])], 1), num_nodes=30)
+    order = g.node_order("degree")
+    assert order[:2].tolist() == [0, 7]
+
+
+def test_reordering_refuses_what_it_cannot_do():
+    g = Graph.from_edge_index(random_edge_index(10, 10, 30, seed=1), num_nodes=10)
+    with pytest.raises(ValueError, match="method must be one of"):
+        g.node_order("metis")
+    with pytest.raises(ValueError, match="permutation of the graph's 10 nodes"):
+        g.reordered(torch.arange(9))
+    with pytest.raises(ValueError, match="permutation"):
+        g.reordered(torch.tensor([0, 0, 1, 2, 3, 4, 5, 6, 7, 8]))
+    with pytest.raises(ValueError, match="permutation"):
+        g.reordered(torch.arange(10) + 1)
+    with pytest.raises(TypeError):
+        g.reordered(torch.arange(10.0))
+    rect = Graph.from_edge_index(random_edge_index(10, 6, 20, seed=2), num_nodes=(10, 6))
+    with pytest.raises(ValueError, match="square graph"):
+        rect.node_order("degree")
+    with pytest.raises(ValueError, match="square graph"):
+        rect.reordered(torch.arange(6))
