@@ -116,6 +116,10 @@ def _bytes(n: float) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
 
 
+def _ms(ms: float) -> str:
+    return f"{ms:.0f} ms" if ms >= 100 else f"{ms:.1f} ms"
+
+
 def _distributed_epoch() -> str:
     """K students in one process (2 threads) against two processes (gloo, 1 thread
     each), per graph and K: the latest row of each configuration."""
@@ -135,7 +139,7 @@ def _distributed_epoch() -> str:
             edges = two["num_edges"]
             name += f" ({nodes:,} / {edges / 1e6:.1f}M)" if edges >= 1e6 else f" ({nodes:,} / {edges:,})"
             shown.add((dataset, nodes))
-        lines.append(f"| {name} | {k} | {one['epoch_ms']:.1f} ms | {two['epoch_ms']:.1f} ms | "
+        lines.append(f"| {name} | {k} | {_ms(one['epoch_ms'])} | {_ms(two['epoch_ms'])} | "
                      f"{one['epoch_ms'] / two['epoch_ms']:.2f}x | {max(one['peak_rss_mib'])} / "
                      f"{max(two['peak_rss_mib'])} MiB | {_bytes(two['exchanged_bytes_per_step'])} |")
     used = [r for _, *both in pairs for r in both]
@@ -157,8 +161,10 @@ def _reorder() -> str:
         label = f"{r['graph']} ({r['num_nodes']:,} / {r['num_edges']:,})"
         for i, o in enumerate(r["rows"]):
             back = o["pays_back_after_calls"]
+            cost = "-" if o["order"] == "given" else f"{o['reorder_s']:.3g} s"
+            paid = "-" if back is None else f"{back:,.0f} calls"
             lines.append(f"| {label if i == 0 else ''} | {o['order']} | {o['spmm_ms']:.3g} ms | {o['speedup']:.2f}x | "
-                         f"{o['reorder_s']:.3g} s | {'-' if back is None else f'{back:,.0f} calls'} |")
+                         f"{cost} | {paid} |")
     used = list(found.values())
     dates = sorted(r["date"] for r in used)
     commits = sorted({(r.get("commit") or "unrecorded")[:7] for r in used})
