@@ -1,8 +1,13 @@
 #pragma once
 // Input preparation and dtype dispatch shared by the CPU kernels.
-#include <ATen/ATen.h>
+// The tensor type and the few operators the kernels call (per-operator headers:
+// ATen/ATen.h declares every operator, most of each file's compile time).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <atomic>

@@ -8,10 +8,14 @@
 // floats, in zmm registers while it streams its R rows of x once: each step k
 // broadcasts x[i, k] into a fused multiply-add with row k of w^T (one to four zmm
 // loads shared by the R rows). docs/benchmarks.md has the figures against torch's.
+// Per-operator ATen headers, not ATen/ATen.h: this file needs three ops, and the whole
+// operator set is most of a translation unit's compile time.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
-#include "cpu/common.h"
 #include "cpu/segment.h"
 
 namespace fastalign {
@@ -101,7 +105,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const c10::opti
   auto sizes = x.sizes().vec();
   sizes.back() = N;
   at::Tensor out = at::empty({M, N}, x.options());
-  const float *xp = x2.data_ptr<float>(), *wp = wt.data_ptr<float>(), *bp = ptr_or_null<float>(b);
+  const float *xp = x2.data_ptr<float>(), *wp = wt.data_ptr<float>(), *bp = has_bias ? b.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   switch (N / kLanes) {
     case 1: product<1>(xp, M, K, wp, bp, op); break;
