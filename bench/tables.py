@@ -116,6 +116,13 @@ def _bytes(n: float) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
 
 
+def _measured(rows) -> str:
+    """When and at which commits ``rows`` were measured: the line under a records table."""
+    dates = sorted(r["date"] for r in rows)
+    commits = sorted({(r.get("commit") or "unrecorded")[:7] for r in rows})
+    return f"Measured {dates[0]} to {dates[-1]}, commit {', '.join(f'`{c}`' for c in commits)}"
+
+
 def _ms(ms: float) -> str:
     return f"{ms:.0f} ms" if ms >= 100 else f"{ms:.1f} ms"
 
@@ -143,10 +150,7 @@ def _distributed_epoch() -> str:
                      f"{one['epoch_ms'] / two['epoch_ms']:.2f}x | {max(one['peak_rss_mib'])} / "
                      f"{max(two['peak_rss_mib'])} MiB | {_bytes(two['exchanged_bytes_per_step'])} |")
     used = [r for _, *both in pairs for r in both]
-    dates = sorted(r["date"] for r in used)
-    commits = sorted({(r.get("commit") or "unrecorded")[:7] for r in used})
-    lines += ["", f"Measured {dates[0]} to {dates[-1]}, commit {', '.join(f'`{c}`' for c in commits)}; "
-                  f"machine {used[0]['machine'].split(', load')[0]}."]
+    lines += ["", f"{_measured(used)}; machine {used[0]['machine'].split(', load')[0]}."]
     return "\n".join(lines)
 
 
@@ -166,10 +170,8 @@ def _reorder() -> str:
             lines.append(f"| {label if i == 0 else ''} | {o['order']} | {o['spmm_ms']:.3g} ms | {o['speedup']:.2f}x | "
                          f"{cost} | {paid} |")
     used = list(found.values())
-    dates = sorted(r["date"] for r in used)
-    commits = sorted({(r.get("commit") or "unrecorded")[:7] for r in used})
-    lines += ["", f"Measured {dates[0]} to {dates[-1]}, commit {', '.join(f'`{c}`' for c in commits)}, "
-                  f"F = {used[0]['width']}, {used[0]['threads']} threads, command `{used[-1]['command']}`."]
+    lines += ["", f"{_measured(used)}, F = {used[0]['width']}, {used[0]['threads']} threads, "
+                  f"command `{used[-1]['command']}`."]
     return "\n".join(lines)
 
 

@@ -425,17 +425,18 @@ class Graph:
         torch.argsort(order)``. The new graph's caller edge order is this graph's
         internal order (its edge weights follow). Opt-in: renumbering costs a sort of
         the edges, paid back over many aggregations of one graph (docs/benchmarks.md)."""
-        order = self.node_order(method_or_order) if isinstance(method_or_order, str) else method_or_order
-        n = self.num_dst
         if not self.is_square:
             raise ValueError(f"reordered needs a square graph, got {self.num_src} x {self.num_dst}")
+        order = self.node_order(method_or_order) if isinstance(method_or_order, str) else method_or_order
+        n = self.num_dst
         validation.check_index_tensor("order", order)
         order = order.to(self.device, torch.int64)
-        inverse = torch.full((n,), -1, dtype=torch.int64, device=self.device)
-        if order.numel() == n and (n == 0 or (int(order.min()) >= 0 and int(order.max()) < n)):
-            inverse[order] = torch.arange(n, device=self.device)
-        if order.numel() != n or bool((inverse < 0).any()):
+        arange = torch.arange(n, device=self.device)
+        # a permutation sorts to 0..n-1 (one sort, one read of the host)
+        if order.numel() != n or not torch.equal(torch.sort(order).values, arange):
             raise ValueError(f"order must be a permutation of the graph's {n} nodes")
+        inverse = torch.empty_like(order)
+        inverse[order] = arange
         edge_index = torch.stack([inverse[self.col.long()], inverse[self.row.long()]]).to(self.col.dtype)
         return Graph.from_edge_index(edge_index, self.edge_weight, num_nodes=n), order
 
