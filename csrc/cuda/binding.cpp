@@ -6,9 +6,15 @@
 // caching allocator, picks the current stream, and maps dtypes to the C launcher API; all
 // numerics live in the kernels. float64 inputs and rows too wide for the pair kernels are routed to the
 // reference by fastalign/backends/cuda.py before reaching here.
-#include <c10/cuda/CUDAStream.h>
+// The tensor type and the operators it calls, not torch/extension.h (the whole C++
+// frontend: most of this file's compile time).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <torch/extension.h>
+#include <c10/cuda/CUDAStream.h>
+#include <pybind11/pybind11.h>
 #include <torch/library.h>
 
 #include <atomic>

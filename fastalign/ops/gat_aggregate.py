@@ -24,8 +24,9 @@ instead of storing it and every backend draws the same mask for the same seed.
 
 Custom ops: ``fastalign::gat_aggregate`` (out, lse) and ``fastalign::gat_aggregate_backward``.
 
-Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/gat_aggregate.cpp``;
-Triton ``fastalign/kernels/gat_aggregate.py``; CUDA ``csrc/cuda/kernels/gat_aggregate.cu``.
+Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/gat_aggregate.cpp`` and
+``gat_aggregate_backward.cpp``; Triton ``fastalign/kernels/gat_aggregate.py``; CUDA
+``csrc/cuda/kernels/gat_aggregate.cu``.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ students, the only state the backward keeps) and ``fastalign::structure_kl_backw
 (recomputes the per-edge terms from that state). The reference builds per-edge tensors;
 the compiled backends must not build E x F ones.
 
-Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/structure_kl.cpp``;
-Triton ``fastalign/kernels/structure_kl.py``; CUDA ``csrc/cuda/kernels/structure_kl.cu`` and
-``structure_kl_backward.cu``.
+Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/structure_kl.cpp`` and
+``structure_kl_backward.cpp``; Triton ``fastalign/kernels/structure_kl.py``; CUDA
+``csrc/cuda/kernels/structure_kl.cu`` and ``structure_kl_backward.cu``.
 
 Fast path for a detached peer (Alignahead++ detaches it), where the backend has it
 (``fastalign.backends.schemas.OPTIONAL_SCHEMAS``): the forward also returns the student's
