@@ -214,9 +214,12 @@ def _scaling() -> str:
     runs = [r for r in records.read(records.path("scaling_cpu")) if "--sizes scaling" in (r.get("command") or "")]
     if not runs:
         raise LookupError("no run of bench/results/scaling_cpu.jsonl has '--sizes scaling' in its command")
-    key = lambda r: (r["suite"], r["graph"], r["mode"], r["contender"], r.get("dtype"), r.get("features"))
+    key = lambda r: (r["suite"], r["graph"], r["mode"], r["contender"], r.get("dtype"), r.get("features"),
+                     bool(r.get("huge_pages")))
     merged = records.latest((res for run in runs for res in run["results"]), key)
     machine = next((run["meta"]["machine"] for run in reversed(runs) if run["meta"].get("machine")), None)
+    if machine:  # runs differ in it: the rows run on huge pages say so in their label
+        machine = {k: v for k, v in machine.items() if k != "huge_pages"}
     run = {"meta": {"machine": machine, "skipped_graphs": []}, "results": list(merged.values())}
     sources = "\n".join(f"- {r['meta']['date']}, commit `{r['meta'].get('commit') or 'unrecorded'}`, "
                          f"`{r['meta']['command']}`" + (f": {r['note']}" if r.get("note") else "")

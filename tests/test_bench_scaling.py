@@ -69,6 +69,30 @@ def test_per_edge_figures_and_slopes():
     assert "triad 20.0 GB/s" in text and "slope 1.00" in text
 
 
+def test_rows_on_huge_pages_are_their_own_curve():
+    run = _run([(10**4, 1.0), (10**5, 10.0)])
+    faster = _run([(10**4, 1.0), (10**5, 5.0)])["results"]
+    for r in faster:
+        r["huge_pages"] = True
+    run["results"] += faster
+    curves = scaling.slopes(scaling.summarize(run))
+    assert {k[2]: v["ratio"] for k, v in curves.items()} == pytest.approx(
+        {"c": 1.0, "c" + scaling.HUGE_PAGES_LABEL: 0.5})
+
+
+def test_huge_pages_follow_the_kernel_mode_and_torchs_switch(monkeypatch):
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    on = scaling.huge_pages()
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    off = scaling.huge_pages()
+    assert on["torch_allocator"] and not off["torch_allocator"]
+    assert on["mode"] == off["mode"] and on["mode"] in ("always", "madvise", "never", None)
+    assert on["in_use"] == (on["mode"] in ("always", "madvise"))
+    assert off["in_use"] == (off["mode"] == "always")
+    machine = {"stream": [], "huge_pages": on}
+    assert "torch's THP_MEM_ALLOC_ENABLE on" in "\n".join(scaling._machine_lines({"machine": machine}))
+
+
 def test_stream_bandwidth_is_measured_and_threads_restored():
     before = torch.get_num_threads()
     bw = scaling.stream_bandwidth(threads=1, mib=8, repeats=2)

@@ -178,6 +178,11 @@ def run_command(args: argparse.Namespace) -> int:
         print("note: --sizes large is meant for GPUs; on CPU the big graphs run only where "
               "memory allows and take long", file=sys.stderr)
     command = " ".join(["fastalign", "bench"] + _argv_for_record(args))
+    if args.sizes == "scaling":
+        from .scaling import huge_pages
+
+        if huge_pages()["torch_allocator"]:  # torch's switch: part of what to run again
+            command = "THP_MEM_ALLOC_ENABLE=1 " + command
     from . import peers
 
     peers.COMPILE_OPTIONS.clear()

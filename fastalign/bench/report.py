@@ -119,8 +119,8 @@ def render_text(run: dict) -> str:
     meta = run["meta"]
     lines.append(f"fastalign bench: device {meta['device']} ({meta.get('device_name')}), "
                  f"{meta['date']}, commit {meta.get('commit')}")
-    lines.append(f"times: median ms per call; MiB: peak extra memory of one call; speed-up: "
-                 f"fastest peer's time / this time")
+    lines.append("times: median ms per call; MiB: peak extra memory of one call; speed-up: "
+                 "fastest peer's time / this time")
     for header, body in rows(run):
         table = [COLUMNS] + [(name,) + f + b for name, f, b in body]
         widths = [max(len(str(row[i])) for row in table) for i in range(len(COLUMNS))]

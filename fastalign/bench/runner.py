@@ -320,6 +320,8 @@ def run_benchmarks(
                             "min_ms": None, "reps": 0, "peak_mem_bytes": None,
                             "max_rel_err": None, "reason": None,
                         }
+                        if (meta.get("machine") or {}).get("huge_pages", {}).get("in_use"):
+                            rec["huge_pages"] = True  # its own curve in the scaling tables
                         results.append(rec)
                         label = f"{suite} | {spec.name} | {dtype_name} | {mode} | {c.name}"
                         if max_seconds is not None and time.perf_counter() - t_start > max_seconds:

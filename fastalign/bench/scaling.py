@@ -81,10 +81,28 @@ def cache_sizes() -> Dict[str, int]:
 
 
 def machine(threads: Sequence[int] = (1,)) -> dict:
-    """The measured bandwidth (at each of ``threads`` and at torch's count) and the caches."""
+    """The measured bandwidth (at each of ``threads`` and at torch's count), the caches and
+    whether large tensors sit on huge pages."""
     counts = list(dict.fromkeys(list(threads) + [torch.get_num_threads()]))
     return {"stream": [stream_bandwidth(t) for t in counts], "caches": cache_sizes(),
-            "cpu_count": os.cpu_count()}
+            "cpu_count": os.cpu_count(), "huge_pages": huge_pages()}
+
+
+def huge_pages() -> Dict[str, object]:
+    """Whether torch's large CPU tensors are backed by 2 MiB pages: the kernel's
+    transparent huge page ``mode`` (``always``, ``madvise`` or ``never``, from sysfs; None
+    where unreadable), torch's own switch ``THP_MEM_ALLOC_ENABLE=1`` (``torch_allocator``:
+    its CPU allocator then asks for huge pages for large tensors, which ``madvise`` mode
+    needs), and the outcome, ``in_use``. A gather from a feature matrix far beyond the
+    TLB's reach misses the TLB on nearly every row on 4 KiB pages."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+        mode = text[text.index("[") + 1:text.index("]")]
+    except (OSError, ValueError):
+        mode = None
+    switch = os.environ.get("THP_MEM_ALLOC_ENABLE", "").strip().lower() in ("1", "true", "on", "yes")
+    return {"mode": mode, "torch_allocator": switch,
+            "in_use": mode == "always" or (mode == "madvise" and switch)}
 
 
 # ---------------------------------------------------------------------- the bytes
@@ -109,6 +127,9 @@ def aggregation_bytes(num_dst: int, num_src: int, num_edges: int, width: int, *,
             "no_reuse": csr + num_edges * width * value_bytes + out}
 
 
+HUGE_PAGES_LABEL = " (2 MiB pages)"  # after the contender's name, for rows run on huge pages
+
+
 def summarize(run: dict) -> List[dict]:
     """One row per timed measurement of the sweep: time per edge (ns), peak memory per
     edge (bytes), and for the gather suites' forward rows the bytes moved, the achieved
@@ -122,6 +143,8 @@ def summarize(run: dict) -> List[dict]:
             continue
         e = r["num_edges"]
         row = {k: r[k] for k in ("suite", "graph", "mode", "contender", "num_nodes", "features")}
+        if r.get("huge_pages"):
+            row["contender"] += HUGE_PAGES_LABEL
         row.update(num_edges=e, ns_per_edge=r["median_ms"] * 1e6 / e,
                    bytes_per_edge=(r["peak_mem_bytes"] / e) if r.get("peak_mem_bytes") is not None else None)
         if r["suite"] in GATHER_SUITES and r["mode"] == "fwd":
@@ -165,6 +188,11 @@ def _machine_lines(meta: dict) -> List[str]:
     mach = meta.get("machine") or {}
     lines = [f"memory bandwidth, {s['threads']} thread(s): copy {s['copy_GBps']:.1f} GB/s, "
              f"triad {s['triad_GBps']:.1f} GB/s" for s in mach.get("stream", [])]
+    pages = mach.get("huge_pages")
+    if pages:
+        state = ("large tensors on 2 MiB pages" if pages["in_use"] else "large tensors on 4 KiB pages")
+        lines.append(f"huge pages: {state} (kernel mode {pages['mode']}, torch's THP_MEM_ALLOC_ENABLE "
+                     f"{'on' if pages['torch_allocator'] else 'off'})")
     if mach.get("caches"):
         lines.append("caches: " + ", ".join(f"{k} {v / 2**20:g} MiB" if v >= 2**20 else f"{k} {v // 2**10} KiB"
                                            for k, v in mach["caches"].items()))
