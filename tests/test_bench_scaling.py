@@ -25,9 +25,28 @@ def test_chunked_generator_is_seeded_loop_free_and_streams(monkeypatch):
         graphs.chunked_power_law_edge_index(1, 10)
 
 
+def test_chunked_block_model_keeps_its_edges_in_communities(monkeypatch):
+    monkeypatch.setattr(graphs, "CHUNK_EDGES", 1000)  # several chunks
+    n, e = 1_050, 10_500  # the last community has 50 nodes
+    a = graphs.chunked_block_edge_index(n, e, seed=3)
+    assert torch.equal(a, graphs.chunked_block_edge_index(n, e, seed=3)) and a.dtype == torch.int64
+    assert (a[0] != a[1]).all() and a.min() >= 0 and a.max() < n and 10_000 < a.size(1) <= e
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(3))  # the order by community
+    community = torch.empty(n, dtype=torch.long)
+    community[perm] = torch.arange(n) // graphs.COMMUNITY
+    inside = (community[a[0]] == community[a[1]]).double().mean()
+    assert 0.88 < inside < 0.93  # 90% drawn inside, plus the 1% of the rest that land there
+    assert (torch.bincount(community, minlength=11)[:11] == torch.tensor([100] * 10 + [50])).all()
+    # numbered at random: consecutive ids share a community by chance (1 in 11), not 99 in 100
+    assert (community[1:] == community[:-1]).double().mean() < 0.2
+    with pytest.raises(ValueError):
+        graphs.chunked_block_edge_index(10, 10, homophily=1.5)
+
+
 def test_sweep_graphs_span_four_decades_at_two_degrees():
     specs = graphs.graph_specs("scaling")
     assert [s.name for s in specs[:5]] == [f"scale-d10-e{k}" for k in range(4, 9)]
+    assert [s.name for s in specs if s.kind == "block-model"][:5] == [f"blocks-d10-e{k}" for k in range(4, 9)]
     assert {s.num_nodes * 50 for s in specs if "-d50-" in s.name} == set(graphs.EDGE_COUNTS)
     ei, n = specs[0].load()
     assert n == 1_000 and ei.size(1) > 9_000
@@ -45,7 +64,7 @@ def test_bytes_of_an_aggregation():
 def _run(times, exponent=1.0):
     results = []
     for e, ms in times:
-        results.append(dict(suite="spmm", graph=f"g{e}", mode="fwd", contender="c", num_nodes=e // 10,
+        results.append(dict(suite="spmm", graph=f"scale-d10-{e}", mode="fwd", contender="c", num_nodes=e // 10,
                             num_edges=e, features=64, status="ok", median_ms=ms, peak_mem_bytes=100 * e))
     return {"meta": {"machine": {"stream": [{"threads": 1, "copy_GBps": 10.0, "triad_GBps": 20.0}]}},
             "results": results}
@@ -76,6 +95,7 @@ def test_rows_on_huge_pages_are_their_own_curve():
         r["huge_pages"] = True
     run["results"] += faster
     curves = scaling.slopes(scaling.summarize(run))
+    assert {k[3:] for k in curves} == {("power law", 10)}
     assert {k[2]: v["ratio"] for k, v in curves.items()} == pytest.approx(
         {"c": 1.0, "c" + scaling.HUGE_PAGES_LABEL: 0.5})
 

@@ -41,7 +41,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="small: Cora, CiteSeer, PubMed's graph, power-law 10k and 100k "
                              "nodes; large: also the arxiv-, reddit- and products-like "
                              "power-law graphs (GPU sizes; run where memory allows); scaling: "
-                             "power-law graphs of 10^4 to 10^8 edges at mean degree 10 and 50, "
+                             "power-law graphs and block models of 10^4 to 10^8 edges at mean degree 10 and 50, "
                              "reported as time and memory per edge, bandwidth and slopes "
                              "(each contender until it runs out of memory or --max-minutes)")
     parser.add_argument("--graphs", default=None,

@@ -102,7 +102,7 @@ class GraphSpec:
     name: str
     num_nodes: int
     num_edges: int  # before self-loop removal for generated graphs
-    kind: str  # "planetoid" or "power-law"
+    kind: str  # "planetoid", "power-law" or "block-model"
     load: Callable[[], Tuple[Tensor, int]] = field(repr=False)
     note: str = ""
     width: int = 0  # the data set's own feature width (0: none, a generated graph)
@@ -198,16 +198,59 @@ def chunked_power_law_edge_index(num_nodes: int, num_edges: int, *, seed: int = 
     return out[:, :kept]
 
 
+COMMUNITY = 100  # nodes per community of the sweep's block model
+HOMOPHILY = 0.9  # the share of each node's edges inside its community
+
+
+def chunked_block_edge_index(num_nodes: int, num_edges: int, *, community: int = COMMUNITY,
+                             homophily: float = HOMOPHILY, seed: int = 0) -> Tensor:
+    """A block-model ``[2, E']`` int64 edge_index numbered at random, as data sets often
+    are: communities of ``community`` nodes (the nodes ``perm[c * community:(c + 1) *
+    community]``), each edge from a uniform source to a uniform member of the source's
+    community with probability ``homophily``, else to a uniform node; self loops dropped.
+    Drawn in chunks of :data:`CHUNK_EDGES` edges straight into the output, like
+    :func:`chunked_power_law_edge_index`. The order by community (the best a reordering
+    could find) is ``torch.randperm(num_nodes)`` under a generator seeded with ``seed``."""
+    if num_nodes <= 1 or num_edges < 0 or community < 1 or not 0 <= homophily <= 1:
+        raise ValueError(f"need num_nodes > 1, num_edges >= 0, community >= 1 and 0 <= homophily <= 1, "
+                         f"got {num_nodes}, {num_edges}, {community}, {homophily}")
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(num_nodes, generator=gen)
+    position = torch.empty_like(perm)
+    position[perm] = torch.arange(num_nodes)
+    out = torch.empty(2, num_edges, dtype=torch.int64)
+    kept = 0
+    for start in range(0, num_edges, CHUNK_EDGES):
+        m = min(CHUNK_EDGES, num_edges - start)
+        src = torch.randint(0, num_nodes, (m,), generator=gen)
+        first = position[src].div_(community, rounding_mode="floor").mul_(community)  # the community's start
+        size = (num_nodes - first).clamp_(max=community)  # the last community may be smaller
+        inside = perm[first.add_((torch.rand(m, generator=gen, dtype=torch.float64) * size).long())]
+        anywhere = torch.randint(0, num_nodes, (m,), generator=gen)
+        dst = torch.where(torch.rand(m, generator=gen) < homophily, inside, anywhere)
+        del first, size, inside, anywhere
+        keep = src != dst
+        k = int(keep.sum())
+        out[0, kept:kept + k] = src[keep]
+        out[1, kept:kept + k] = dst[keep]
+        kept += k
+    return out[:, :kept]
+
+
 def scaling_specs(degrees: Sequence[int] = DEGREES, edge_counts: Sequence[int] = EDGE_COUNTS) -> List["GraphSpec"]:
     """The graphs of ``--sizes scaling`` (:mod:`fastalign.bench.scaling`), smallest first
-    within each mean degree: ``scale-d{degree}-e{log10 E}``."""
+    within each mean degree: power-law graphs ``scale-d{degree}-e{log10 E}``, then block
+    models ``blocks-d{degree}-e{log10 E}`` (:func:`chunked_block_edge_index`)."""
     specs = []
-    for degree in degrees:
-        for e in edge_counts:
-            n = max(e // degree, 2)
-            exp = int(round(math.log10(e)))
-            name = f"scale-d{degree}-e{exp}" if 10**exp == e else f"scale-d{degree}-{e}"
-            specs.append(GraphSpec(name, n, e, "power-law",
-                                   lambda n=n, e=e: (chunked_power_law_edge_index(n, e, seed=0), n),
-                                   f"power law, mean degree {degree}"))
+    for kind, prefix, make, note in (
+            ("power-law", "scale", chunked_power_law_edge_index, "power law"),
+            ("block-model", "blocks", chunked_block_edge_index,
+             f"block model, communities of {COMMUNITY}, {HOMOPHILY:.0%} of edges inside, numbered at random")):
+        for degree in degrees:
+            for e in edge_counts:
+                n = max(e // degree, 2)
+                exp = int(round(math.log10(e)))
+                name = f"{prefix}-d{degree}-e{exp}" if 10**exp == e else f"{prefix}-d{degree}-{e}"
+                specs.append(GraphSpec(name, n, e, kind, lambda n=n, e=e, make=make: (make(n, e, seed=0), n),
+                                       f"{note}, mean degree {degree}"))
     return specs

@@ -1,7 +1,7 @@
 """How cost grows with the graph, and how far each op is from the machine's limit.
 
 ``fastalign bench --sizes scaling`` runs the chosen suites on power-law graphs of 10^4 to
-10^8 edges at a fixed mean degree (10 and 50; the block model is not in this sweep yet),
+10^8 edges and on block models numbered at random, at a fixed mean degree (10 and 50),
 each contender until it runs out of memory or of the time limit (a peer that cannot run
 a size is a result: its row says ``oom`` or ``skipped``). This module holds what turns
 those rows into the answers:
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -159,16 +160,26 @@ def summarize(run: dict) -> List[dict]:
     return rows
 
 
+FAMILIES = {"scale": "power law", "blocks": "block model"}  # the sweep's graph name prefixes
+
+
+def curve_of(r: dict) -> tuple:
+    """(graph family, mean degree) of a row: the sweep's curves are one per family and
+    degree (``scale-d10-e7``: power law, 10)."""
+    found = re.match(r"(.+?)-d\d+-", r["graph"])
+    family = FAMILIES.get(found.group(1), found.group(1)) if found else "other graphs"
+    return family, round(r["num_edges"] / max(r["num_nodes"], 1))
+
+
 def slopes(rows: List[dict], key: str = "ns_per_edge") -> Dict[tuple, dict]:
-    """Per (suite, mode, contender, mean degree): the growth of ``key`` from the smallest
+    """Per (suite, mode, contender, graph family, mean degree): the growth of ``key`` from the smallest
     to the largest graph it ran on (``ratio``) and the log-log slope of the total
     (``key`` times E) against E: 1.0 is linear."""
     groups: Dict[tuple, List[dict]] = {}
     for r in rows:
         if r.get(key) is None:
             continue
-        degree = round(r["num_edges"] / max(r["num_nodes"], 1))
-        groups.setdefault((r["suite"], r["mode"], r["contender"], degree), []).append(r)
+        groups.setdefault((r["suite"], r["mode"], r["contender"], *curve_of(r)), []).append(r)
     out = {}
     for k, g in groups.items():
         g = sorted(g, key=lambda r: r["num_edges"])
@@ -200,9 +211,8 @@ def _machine_lines(meta: dict) -> List[str]:
 
 
 def _by_curve(rows: List[dict]) -> List[dict]:
-    """Rows in the order of the curves: suite, mode, contender, mean degree, size."""
-    return sorted(rows, key=lambda r: (r["suite"], r["mode"], r["contender"],
-                                       round(r["num_edges"] / max(r["num_nodes"], 1)), r["num_edges"]))
+    """Rows in the order of the curves: suite, mode, contender, graph family, mean degree, size."""
+    return sorted(rows, key=lambda r: (r["suite"], r["mode"], r["contender"], *curve_of(r), r["num_edges"]))
 
 
 def _figures(r: dict) -> tuple:
@@ -230,14 +240,14 @@ def render(run: dict) -> str:
     lines.append("")
     lines.append("growth from the smallest to the largest graph run (time per edge; slope of the "
                  "total time against E, log-log, 1.0 = linear):")
-    for (suite, mode, contender, degree), s in sorted(slopes(rows).items()):
-        lines.append(f"  {suite} {mode} {contender} (mean degree {degree}): x{s['ratio']:.2f} per edge "
+    for (suite, mode, contender, family, degree), s in sorted(slopes(rows).items()):
+        lines.append(f"  {suite} {mode} {contender} ({family}, mean degree {degree}): x{s['ratio']:.2f} per edge "
                      f"from {s['from_edges']:,} to {s['to_edges']:,} edges, slope {s['slope']:.2f}")
     mem = slopes(rows, "bytes_per_edge")
     if mem:
         lines.append("peak memory (bytes per edge; slope of the total against E):")
-        for (suite, mode, contender, degree), s in sorted(mem.items()):
-            lines.append(f"  {suite} {mode} {contender} (mean degree {degree}): x{s['ratio']:.2f} per edge, "
+        for (suite, mode, contender, family, degree), s in sorted(mem.items()):
+            lines.append(f"  {suite} {mode} {contender} ({family}, mean degree {degree}): x{s['ratio']:.2f} per edge, "
                          f"slope {s['slope']:.2f}")
     stopped = [r for r in run.get("results", []) if r.get("status") not in ("ok", None)]
     if stopped:
@@ -264,8 +274,8 @@ def render_markdown(run: dict) -> str:
                    f"{r['ns_per_edge']:.2f} | {bpe} | {gbs} | {frac + '%' if frac != '-' else frac} | {over} |")
     out += ["", "Growth of the time per edge from the smallest to the largest graph each contender ran "
             "(slope of the total time against the edges, log-log; 1.00 is linear):", ""]
-    for (suite, mode, contender, degree), s in sorted(slopes(rows).items()):
-        out.append(f"- {suite} {mode}, {contender}, mean degree {degree}: x{s['ratio']:.2f} from "
+    for (suite, mode, contender, family, degree), s in sorted(slopes(rows).items()):
+        out.append(f"- {suite} {mode}, {contender}, {family}, mean degree {degree}: x{s['ratio']:.2f} from "
                    f"{s['from_edges']:,} to {s['to_edges']:,} edges (slope {s['slope']:.2f})")
     stopped = [r for r in run.get("results", []) if r.get("status") not in ("ok", None)]
     if stopped or meta.get("skipped_graphs"):
@@ -278,7 +288,8 @@ def render_markdown(run: dict) -> str:
 
 
 def plot(run: dict, path: str) -> None:
-    """Time per edge against E, log-log, one line per (suite, mode, contender, degree)."""
+    """Time per edge against E, log-log, one line per (suite, mode, contender, graph
+    family, degree)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -287,17 +298,16 @@ def plot(run: dict, path: str) -> None:
     rows = summarize(run)
     groups: Dict[tuple, List[dict]] = {}
     for r in rows:
-        degree = round(r["num_edges"] / max(r["num_nodes"], 1))
-        groups.setdefault((r["suite"], r["mode"], r["contender"], degree), []).append(r)
+        groups.setdefault((r["suite"], r["mode"], r["contender"], *curve_of(r)), []).append(r)
     suites = sorted({k[0] for k in groups})
     fig, axes = plt.subplots(1, max(len(suites), 1), figsize=(6.5 * max(len(suites), 1), 4.8), squeeze=False)
     for ax, suite in zip(axes[0], suites):
-        for (s, mode, contender, degree), g in sorted(groups.items()):
+        for (s, mode, contender, family, degree), g in sorted(groups.items()):
             if s != suite:
                 continue
             g = sorted(g, key=lambda r: r["num_edges"])
             ax.loglog([r["num_edges"] for r in g], [r["ns_per_edge"] for r in g], marker="o",
-                      linestyle="-" if mode == "fwd" else "--", label=f"{contender} {mode} d={degree}")
+                      linestyle="-" if mode == "fwd" else "--", label=f"{contender} {mode} {family} d={degree}")
         ax.set_title(suite)
         ax.set_xlabel("edges")
         ax.set_ylabel("ns per edge")
