@@ -95,7 +95,7 @@ def test_rows_on_huge_pages_are_their_own_curve():
         r["huge_pages"] = True
     run["results"] += faster
     curves = scaling.slopes(scaling.summarize(run))
-    assert {k[3:] for k in curves} == {("power law", 10)}
+    assert {k[3:] for k in curves} == {("power law", 10, 64)}
     assert {k[2]: v["ratio"] for k, v in curves.items()} == pytest.approx(
         {"c": 1.0, "c" + scaling.HUGE_PAGES_LABEL: 0.5})
 

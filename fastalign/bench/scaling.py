@@ -164,15 +164,15 @@ FAMILIES = {"scale": "power law", "blocks": "block model"}  # the sweep's graph 
 
 
 def curve_of(r: dict) -> tuple:
-    """(graph family, mean degree) of a row: the sweep's curves are one per family and
-    degree (``scale-d10-e7``: power law, 10)."""
+    """(graph family, mean degree, feature width) of a row: the sweep's curves are one per
+    family, degree and width (``scale-d10-e7`` at F = 64: power law, 10, 64)."""
     found = re.match(r"(.+?)-d\d+-", r["graph"])
     family = FAMILIES.get(found.group(1), found.group(1)) if found else "other graphs"
-    return family, round(r["num_edges"] / max(r["num_nodes"], 1))
+    return family, round(r["num_edges"] / max(r["num_nodes"], 1)), r.get("features")
 
 
 def slopes(rows: List[dict], key: str = "ns_per_edge") -> Dict[tuple, dict]:
-    """Per (suite, mode, contender, graph family, mean degree): the growth of ``key`` from the smallest
+    """Per (suite, mode, contender, graph family, mean degree, width): the growth of ``key`` from the smallest
     to the largest graph it ran on (``ratio``) and the log-log slope of the total
     (``key`` times E) against E: 1.0 is linear."""
     groups: Dict[tuple, List[dict]] = {}
@@ -231,23 +231,26 @@ def render(run: dict) -> str:
     meta = run.get("meta", {})
     rows = summarize(run)
     lines = _machine_lines(meta) + [""]
-    lines.append(f"{'suite':<6} {'mode':<8} {'contender':<34} {'graph':<16} {'E':>11} {'ns/edge':>8} "
+    lines.append(f"{'suite':<6} {'mode':<8} {'contender':<34} {'graph':<16} {'F':>4} {'E':>11} {'ns/edge':>8} "
                  f"{'B/edge':>7} {'GB/s':>6} {'%triad':>6} {'x no-reuse':>10}")
     for r in _by_curve(rows):
         bpe, gbs, frac, over = _figures(r)
         lines.append(f"{r['suite']:<6} {r['mode']:<8} {r['contender'][:34]:<34} {r['graph'][:16]:<16} "
-                     f"{r['num_edges']:>11,} {r['ns_per_edge']:>8.2f} {bpe:>7} {gbs:>6} {frac:>6} {over:>10}")
+                     f"{r['features']:>4} {r['num_edges']:>11,} {r['ns_per_edge']:>8.2f} {bpe:>7} {gbs:>6} "
+                     f"{frac:>6} {over:>10}")
     lines.append("")
     lines.append("growth from the smallest to the largest graph run (time per edge; slope of the "
                  "total time against E, log-log, 1.0 = linear):")
-    for (suite, mode, contender, family, degree), s in sorted(slopes(rows).items()):
-        lines.append(f"  {suite} {mode} {contender} ({family}, mean degree {degree}): x{s['ratio']:.2f} per edge "
+    for (suite, mode, contender, family, degree, width), s in sorted(slopes(rows).items()):
+        lines.append(f"  {suite} {mode} {contender} ({family}, mean degree {degree}, F = {width}): "
+                     f"x{s['ratio']:.2f} per edge "
                      f"from {s['from_edges']:,} to {s['to_edges']:,} edges, slope {s['slope']:.2f}")
     mem = slopes(rows, "bytes_per_edge")
     if mem:
         lines.append("peak memory (bytes per edge; slope of the total against E):")
-        for (suite, mode, contender, family, degree), s in sorted(mem.items()):
-            lines.append(f"  {suite} {mode} {contender} ({family}, mean degree {degree}): x{s['ratio']:.2f} per edge, "
+        for (suite, mode, contender, family, degree, width), s in sorted(mem.items()):
+            lines.append(f"  {suite} {mode} {contender} ({family}, mean degree {degree}, F = {width}): "
+                         f"x{s['ratio']:.2f} per edge, "
                          f"slope {s['slope']:.2f}")
     stopped = [r for r in run.get("results", []) if r.get("status") not in ("ok", None)]
     if stopped:
@@ -265,17 +268,19 @@ def render_markdown(run: dict) -> str:
     the slopes, and where each contender stopped."""
     meta = run.get("meta", {})
     out = [f"- {line[0].upper()}{line[1:]}." for line in _machine_lines(meta)]
-    out += ["", "| suite | contender | graph | edges | ns / edge | peak bytes / edge | GB/s | % of triad "
-            "| time / no-reuse bound |", "|---|---|---|---|---|---|---|---|---|"]
+    out += ["", "| suite | contender | graph | F | edges | ns / edge | peak bytes / edge | GB/s | % of triad "
+            "| time / no-reuse bound |", "|---|---|---|---|---|---|---|---|---|---|"]
     rows = summarize(run)
     for r in _by_curve(rows):
         bpe, gbs, frac, over = _figures(r)
-        out.append(f"| {r['suite']} {r['mode']} | {r['contender']} | {r['graph']} | {r['num_edges']:,} | "
+        out.append(f"| {r['suite']} {r['mode']} | {r['contender']} | {r['graph']} | {r['features']} | "
+                   f"{r['num_edges']:,} | "
                    f"{r['ns_per_edge']:.2f} | {bpe} | {gbs} | {frac + '%' if frac != '-' else frac} | {over} |")
     out += ["", "Growth of the time per edge from the smallest to the largest graph each contender ran "
             "(slope of the total time against the edges, log-log; 1.00 is linear):", ""]
-    for (suite, mode, contender, family, degree), s in sorted(slopes(rows).items()):
-        out.append(f"- {suite} {mode}, {contender}, {family}, mean degree {degree}: x{s['ratio']:.2f} from "
+    for (suite, mode, contender, family, degree, width), s in sorted(slopes(rows).items()):
+        out.append(f"- {suite} {mode}, {contender}, {family}, mean degree {degree}, F = {width}: "
+                   f"x{s['ratio']:.2f} from "
                    f"{s['from_edges']:,} to {s['to_edges']:,} edges (slope {s['slope']:.2f})")
     stopped = [r for r in run.get("results", []) if r.get("status") not in ("ok", None)]
     if stopped or meta.get("skipped_graphs"):
@@ -289,7 +294,7 @@ def render_markdown(run: dict) -> str:
 
 def plot(run: dict, path: str) -> None:
     """Time per edge against E, log-log, one line per (suite, mode, contender, graph
-    family, degree)."""
+    family, degree, width)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -302,12 +307,12 @@ def plot(run: dict, path: str) -> None:
     suites = sorted({k[0] for k in groups})
     fig, axes = plt.subplots(1, max(len(suites), 1), figsize=(6.5 * max(len(suites), 1), 4.8), squeeze=False)
     for ax, suite in zip(axes[0], suites):
-        for (s, mode, contender, family, degree), g in sorted(groups.items()):
+        for (s, mode, contender, family, degree, width), g in sorted(groups.items()):
             if s != suite:
                 continue
             g = sorted(g, key=lambda r: r["num_edges"])
             ax.loglog([r["num_edges"] for r in g], [r["ns_per_edge"] for r in g], marker="o",
-                      linestyle="-" if mode == "fwd" else "--", label=f"{contender} {mode} {family} d={degree}")
+                      linestyle="-" if mode == "fwd" else "--", label=f"{contender} {mode} {family} d={degree} F={width}")
         ax.set_title(suite)
         ax.set_xlabel("edges")
         ax.set_ylabel("ns per edge")
