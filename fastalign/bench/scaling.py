@@ -312,7 +312,8 @@ def plot(run: dict, path: str) -> None:
                 continue
             g = sorted(g, key=lambda r: r["num_edges"])
             ax.loglog([r["num_edges"] for r in g], [r["ns_per_edge"] for r in g], marker="o",
-                      linestyle="-" if mode == "fwd" else "--", label=f"{contender} {mode} {family} d={degree} F={width}")
+                      linestyle="-" if mode == "fwd" else "--",
+                      label=f"{contender} {mode} {family} d={degree} F={width}")
         ax.set_title(suite)
         ax.set_xlabel("edges")
         ax.set_ylabel("ns per edge")
