@@ -9,6 +9,7 @@ they run in the background from the start of the test run, on the second core
 them locally (the static checks still run).
 """
 
+import atexit
 import os
 import re
 import shutil
@@ -50,11 +51,19 @@ def test_kernel_files_exist():
     assert HEADER.exists()
 
 
+def _scratch(prefix):
+    """A fresh temporary folder, removed when the test process exits (the compiles may
+    run even where their tests are deselected)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 def _kernel_command(source):
     """nvcc for one kernel file (the object goes to a fresh temporary folder). Its -O is
     the host compiler's: the launchers are built unoptimised (half the host compile), the
     device code as the build makes it."""
-    out = Path(tempfile.mkdtemp(prefix="fastalign-nvcc-")) / (source.stem + ".o")
+    out = _scratch("fastalign-nvcc-") / (source.stem + ".o")
     return [
         _nvcc(), "-arch=sm_90", "-std=c++20", "-O0", "-c", str(source), "-o", str(out),
         "-I", str(ROOT / "csrc"), "-Werror", "all-warnings", *TORCH_NVCC_FLAGS,
@@ -105,7 +114,7 @@ def _binding_setup():
     cuda_include = _cuda_include_dir(nvcc)
     if cuda_include is None or not (cuda_include / "cuda_runtime_api.h").exists():
         return None, f"CUDA runtime headers not found (nvcc reported {cuda_include})"
-    tmp = Path(tempfile.mkdtemp(prefix="fastalign-glue-"))
+    tmp = _scratch("fastalign-glue-")
     torch_includes = [Path(p) for p in cpp_extension.include_paths()]
     generated = Path("c10/cuda/impl/cuda_cmake_macros.h")
     if not any((p / generated).exists() for p in torch_includes):

@@ -5,6 +5,7 @@ what a release must (an SPDX license with its file, classifiers, authors)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import venv
 from pathlib import Path
 
@@ -25,14 +27,29 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_LAST = True  # it waits for its background job
 
 
+_SDIST_LOCK = threading.Lock()
+_SDIST = {}
+
+
+def _built_sdist() -> Path:
+    """The sdist of this tree, built once for the tests below and the install job: `setup.py
+    sdist` stages the files in the tree's root, so two builds at once (the job runs on a
+    worker thread) would delete each other's. Its folder goes when the test process exits."""
+    with _SDIST_LOCK:
+        if "path" not in _SDIST:
+            work = Path(tempfile.mkdtemp(prefix="fastalign-sdist-"))
+            atexit.register(shutil.rmtree, work, True)
+            proc = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(work)], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=300)
+            if proc.returncode != 0:
+                raise RuntimeError("the sdist did not build:\n" + proc.stdout[-2000:] + proc.stderr[-4000:])
+            (_SDIST["path"],) = work.glob("fastalign-*.tar.gz")
+        return _SDIST["path"]
+
+
 @pytest.fixture(scope="module")
-def sdist(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sdist")
-    proc = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    (path,) = out.glob("fastalign-*.tar.gz")
-    return path
+def sdist():
+    return _built_sdist()
 
 
 def _members(path):
@@ -79,12 +96,8 @@ def _sdist_install_command():
     """The sdist, and a fresh venv that sees the torch of the environment running the
     tests (the build needs it, and pip must not fetch another): then pip installing the
     sdist alone there, the background job's command (tests/background_jobs.py)."""
-    work = Path(tempfile.mkdtemp(prefix="fastalign-sdist-"))
-    proc = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(work)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        raise RuntimeError("the sdist did not build:\n" + proc.stdout[-2000:] + proc.stderr[-4000:])
-    (sdist,) = work.glob("fastalign-*.tar.gz")
+    sdist = _built_sdist()
+    work = sdist.parent
     env_dir = work / "venv"
     # no pip of its own: the one seen through this environment (and its setuptools >= 77)
     venv.create(env_dir, system_site_packages=True, with_pip=False)
@@ -124,4 +137,3 @@ def test_sdist_builds_and_installs_into_a_fresh_environment():
     assert where.startswith(str(env_dir)), f"imported {where}, not the installed sdist"
     # every backend function and fast path the schema table lists has its C++ kernel
     assert int(count) == len({**schemas.SCHEMAS, **schemas.OPTIONAL_SCHEMAS}) and "'cpu'" in available
-    shutil.rmtree(tmp_path, ignore_errors=True)
