@@ -19,6 +19,8 @@ variable                           values (default first)      effect
                                                                takes (default: from the edge count)
 ``TRITON_INTERPRET``               unset, 1                    Triton's own switch: kernels on CPU tensors
                                                                (the Triton backend then supports the CPU)
+``THP_MEM_ALLOC_ENABLE``           unset, 1                    torch's own switch (large CPU tensors on 2 MiB
+                                                               pages); ``fastalign bench`` only records it
 =================================  ==========================  =============================================
 
 Read when used (not at import), so a value set in a running process takes effect at
@@ -45,6 +47,12 @@ def backend() -> Optional[str]:
 
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def torch_huge_pages() -> bool:
+    """Whether torch's CPU allocator puts large tensors on huge pages (its own switch,
+    read here only for the benchmarks' records)."""
+    return os.environ.get("THP_MEM_ALLOC_ENABLE", "").strip().lower() in ("1", "true", "on", "yes")
 
 
 def triton_atomic_skl_backward() -> bool:

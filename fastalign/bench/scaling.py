@@ -30,6 +30,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .. import settings
+
 # ---------------------------------------------------------------------- the machine
 def stream_bandwidth(threads: Optional[int] = None, mib: int = 512, repeats: int = 5) -> Dict[str, float]:
     """Memory bandwidth in GB/s (10^9 bytes per second), best of ``repeats``: ``copy``
@@ -101,7 +103,7 @@ def huge_pages() -> Dict[str, object]:
         mode = text[text.index("[") + 1:text.index("]")]
     except (OSError, ValueError):
         mode = None
-    switch = os.environ.get("THP_MEM_ALLOC_ENABLE", "").strip().lower() in ("1", "true", "on", "yes")
+    switch = settings.torch_huge_pages()
     return {"mode": mode, "torch_allocator": switch,
             "in_use": mode == "always" or (mode == "madvise" and switch)}
 
