@@ -182,14 +182,24 @@ def chunked_power_law_edge_index(num_nodes: int, num_edges: int, *, seed: int = 
         raise ValueError(f"need num_nodes > 1 and num_edges >= 0, got {num_nodes}, {num_edges}")
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(num_nodes, generator=gen)
-    out = torch.empty(2, num_edges, dtype=torch.int64)
-    kept = 0
-    for start in range(0, num_edges, CHUNK_EDGES):
-        m = min(CHUNK_EDGES, num_edges - start)
+
+    def draw(m):
         u = torch.rand(m, generator=gen, dtype=torch.float64)
         dst = perm[(u.pow_(exponent).mul_(num_nodes)).long().clamp_(max=num_nodes - 1)]
         del u
-        src = torch.randint(0, num_nodes, (m,), generator=gen)
+        return torch.randint(0, num_nodes, (m,), generator=gen), dst
+
+    return _chunked_edges(num_edges, draw)
+
+
+def _chunked_edges(num_edges: int, draw) -> Tensor:
+    """``[2, E']``: ``draw(m)`` gives ``(src, dst)`` for each chunk of up to
+    :data:`CHUNK_EDGES` edges, written straight into one preallocated edge list, self loops
+    dropped; the peak is the edge list plus one chunk's temporaries."""
+    out = torch.empty(2, num_edges, dtype=torch.int64)
+    kept = 0
+    for start in range(0, num_edges, CHUNK_EDGES):
+        src, dst = draw(min(CHUNK_EDGES, num_edges - start))
         keep = src != dst
         k = int(keep.sum())
         out[0, kept:kept + k] = src[keep]
@@ -218,23 +228,16 @@ def chunked_block_edge_index(num_nodes: int, num_edges: int, *, community: int =
     perm = torch.randperm(num_nodes, generator=gen)
     position = torch.empty_like(perm)
     position[perm] = torch.arange(num_nodes)
-    out = torch.empty(2, num_edges, dtype=torch.int64)
-    kept = 0
-    for start in range(0, num_edges, CHUNK_EDGES):
-        m = min(CHUNK_EDGES, num_edges - start)
+
+    def draw(m):
         src = torch.randint(0, num_nodes, (m,), generator=gen)
         first = position[src].div_(community, rounding_mode="floor").mul_(community)  # the community's start
         size = (num_nodes - first).clamp_(max=community)  # the last community may be smaller
         inside = perm[first.add_((torch.rand(m, generator=gen, dtype=torch.float64) * size).long())]
         anywhere = torch.randint(0, num_nodes, (m,), generator=gen)
-        dst = torch.where(torch.rand(m, generator=gen) < homophily, inside, anywhere)
-        del first, size, inside, anywhere
-        keep = src != dst
-        k = int(keep.sum())
-        out[0, kept:kept + k] = src[keep]
-        out[1, kept:kept + k] = dst[keep]
-        kept += k
-    return out[:, :kept]
+        return src, torch.where(torch.rand(m, generator=gen) < homophily, inside, anywhere)
+
+    return _chunked_edges(num_edges, draw)
 
 
 def scaling_specs(degrees: Sequence[int] = DEGREES, edge_counts: Sequence[int] = EDGE_COUNTS) -> List["GraphSpec"]:
