@@ -36,6 +36,7 @@ struct SimGradFold {
   int64_t size;
   IndexCheck others;  // other_index against the other side's rows
   IndexCheck edges;   // edge_id against the edges
+  int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
 
   bool indices_ok(int64_t e0, int64_t e1) const {
     return others.all_ok(other_index + e0, e1 - e0) && (!edge_id || edges.all_ok(edge_id + e0, e1 - e0));
@@ -43,8 +44,9 @@ struct SimGradFold {
   void init(acc* s) const { fill(s, acc(0), size); }
   void accumulate(int64_t r, int64_t e0, int64_t e1, acc* s) const {
     const scalar_t* self = self_x + r * size;
+    const int64_t end = std::max(e1, prefetch_end);
     for (int64_t k = e0; k < e1; ++k) {
-      if (k + kPrefetchDistance < e1) prefetch_row(other_x + int64_t(other_index[k + kPrefetchDistance]) * size, size);
+      if (k + kPrefetchDistance < end) prefetch_row(other_x + int64_t(other_index[k + kPrefetchDistance]) * size, size);
       const scalar_t* other = other_x + int64_t(other_index[k]) * size;
       const acc g = widen(grad[edge_id ? edge_id[k] : k]);
       // k(a, b) with a the destination row, as in the forward.
@@ -80,10 +82,14 @@ at::Tensor edge_similarity(const at::Tensor& rowptr, const at::Tensor& col, cons
     const int64_t F = a.size(1);
     check_rowptr(rpp, rowptr.numel() - 1, col.numel(), "edge_similarity");
     const IndexCheck cols{uint64_t(b.size(0)), &bad};
+    const int64_t num_edges = col.numel();
+    const bool far = b.numel() * int64_t(sizeof(scalar_t)) > kFarPrefetchBytes;
     for_each_edge_range(rpp, partition_rows(rpp, rowptr.numel() - 1),
                         [&](int64_t r, int64_t e0, int64_t e1) {
                           for (int64_t e = e0; e < e1; ++e) {
-                            if (e + kPrefetchDistance < e1)
+                            if (far && e + kFarPrefetchDistance < num_edges)
+                              prefetch_row_l2(bp + int64_t(clp[e + kFarPrefetchDistance]) * F, F);
+                            if (e + kPrefetchDistance < num_edges)
                               prefetch_row(bp + int64_t(clp[e + kPrefetchDistance]) * F, F);
                             o[e] = narrow<scalar_t>(similarity(p, ap + r * F, bp + int64_t(clp[e]) * F, F).s);
                           }
@@ -130,12 +136,12 @@ std::tuple<at::Tensor, at::Tensor> edge_similarity_backward(
     check_rowptr(rptp, rowptr_t.numel() - 1, num_edges, "edge_similarity_backward (transpose)");
     SimGradFold<scalar_t, index_t> dst{p, cl.data_ptr<index_t>(), nullptr, ap, bp, gp, true,
                                        grad_dst.data_ptr<scalar_t>(), F,
-                                       IndexCheck{uint64_t(b.size(0)), &bad_col}, IndexCheck{}};
+                                       IndexCheck{uint64_t(b.size(0)), &bad_col}, IndexCheck{}, num_edges};
     segment_fold(rpp, partition_rows(rpp, rowptr.numel() - 1), dst);
     SimGradFold<scalar_t, index_t> src{p, clt.data_ptr<index_t>(), perm.data_ptr<int64_t>(), bp, ap,
                                        gp, false, grad_src.data_ptr<scalar_t>(), F,
                                        IndexCheck{uint64_t(a.size(0)), &bad_col_t},
-                                       IndexCheck{uint64_t(num_edges), &bad_perm}};
+                                       IndexCheck{uint64_t(num_edges), &bad_perm}, num_edges};
     segment_fold(rptp, partition_rows(rptp, rowptr_t.numel() - 1), src);
   });
   report_indices(bad_col, "edge_similarity_backward", "col", b.size(0));

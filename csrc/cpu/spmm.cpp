@@ -305,10 +305,11 @@ void sddmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Ten
   const Partition part = partition_rows(rp, rowptr.numel() - 1);
   std::atomic<bool> bad{false};
   const IndexCheck cols{uint64_t(b.size(0)), &bad};
+  const int64_t num_edges = col.numel();
   for_each_edge_range(rp, part, [&](int64_t r, int64_t e0, int64_t e1) {
     const scalar_t* __restrict__ ai = ap + r * F;
     for (int64_t e = e0; e < e1; ++e) {
-      if (e + kPrefetchDistance < e1) prefetch_row(bp + int64_t(cl[e + kPrefetchDistance]) * F, F);
+      if (e + kPrefetchDistance < num_edges) prefetch_row(bp + int64_t(cl[e + kPrefetchDistance]) * F, F);
       const scalar_t* __restrict__ bj = bp + int64_t(cl[e]) * F;
       acc_t<scalar_t> dot = 0;
 #pragma omp simd reduction(+ : dot)
