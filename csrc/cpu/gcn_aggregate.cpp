@@ -37,6 +37,7 @@ struct GcnFold {
     const int64_t F = size, end = std::max(e1, prefetch_end);
     const acc di = dis[r];
     for (int64_t e = e0; e < e1; ++e) {
+      if (far && e + kFarPrefetchDistance < end) prefetch_row_l2(x + int64_t(col[e + kFarPrefetchDistance]) * F, F);
       if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const int64_t j = col[e];
       // With implicit loops, a stored self loop's weight is already in loop_weight.

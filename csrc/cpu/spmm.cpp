@@ -33,6 +33,7 @@ struct SumFold {
   void accumulate(int64_t, int64_t e0, int64_t e1, acc* __restrict__ s) const {
     const int64_t F = size, end = std::max(e1, prefetch_end);
     for (int64_t e = e0; e < e1; ++e) {
+      if (far && e + kFarPrefetchDistance < end) prefetch_row_l2(x + int64_t(col[e + kFarPrefetchDistance]) * F, F);
       if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const scalar_t* __restrict__ xj = x + int64_t(col[e]) * F;
       const acc w = weight ? weight[e] : acc(1);
