@@ -208,9 +208,9 @@ def _headline() -> str:
     return "\n".join(lines)
 
 
-def _scaling() -> str:
-    """Every run of the scaling sweep, merged (a graph measured again counts once, the
-    later run), with each run's date, commit, command and notes."""
+def _scaling_runs():
+    """The scaling sweep's runs, and their rows merged into one run (a graph measured again
+    counts once, the later run)."""
     runs = [r for r in records.read(records.path("scaling_cpu")) if "--sizes scaling" in (r.get("command") or "")]
     if not runs:
         raise LookupError("no run of bench/results/scaling_cpu.jsonl has '--sizes scaling' in its command")
@@ -220,7 +220,12 @@ def _scaling() -> str:
     machine = next((run["meta"]["machine"] for run in reversed(runs) if run["meta"].get("machine")), None)
     if machine:  # runs differ in it: the rows run on huge pages say so in their label
         machine = {k: v for k, v in machine.items() if k != "huge_pages"}
-    run = {"meta": {"machine": machine, "skipped_graphs": []}, "results": list(merged.values())}
+    return runs, {"meta": {"machine": machine, "skipped_graphs": []}, "results": list(merged.values())}
+
+
+def _scaling() -> str:
+    """The merged sweep, with each run's date, commit, command and notes."""
+    runs, run = _scaling_runs()
     sources = "\n".join(f"- {r['meta']['date']}, commit `{r['meta'].get('commit') or 'unrecorded'}`, "
                          f"`{r['meta']['command']}`" + (f": {r['note']}" if r.get("note") else "")
                          for r in runs)
@@ -262,10 +267,27 @@ def render(text: str) -> str:
     return MARKED.sub(table, text)
 
 
+SCALING_FIGURE = os.path.join(ROOT, "docs", "img", "scaling-cpu.png")
+
+
+def scaling_figure(path: str = SCALING_FIGURE) -> str:
+    """The sweep's curves on the power-law graphs at mean degree 10, every suite and mode,
+    the compiled extension and the peers (the reference backend is in the tables)."""
+    _, run = _scaling_runs()
+    keep = lambda curve: curve[1:3] == ("power law", 10) and "[torch]" not in curve[0]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    scaling.plot(run, path, keep=keep, dpi=72)
+    return path
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="exit 1 where a doc's table differs from its records")
+    p.add_argument("--figures", action="store_true",
+                   help=f"also draw the figures the docs show ({os.path.relpath(SCALING_FIGURE, ROOT)})")
     args = p.parse_args(argv)
+    if args.figures and not args.check:
+        print("drew " + os.path.relpath(scaling_figure(), ROOT))
     stale = []
     for path in DOCS:
         with open(path) as f:

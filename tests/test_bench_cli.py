@@ -39,11 +39,13 @@ def test_bench_cli_tiny_writes_json_and_png(tmp_path, capsys):
     assert meta["graphs"][0]["graph"] == "powerlaw-tiny"
     results = run["results"]
     suites = {r["suite"] for r in results}
-    assert suites == {"spmm", "gcn", "align", "linear", "sage", "graphconv", "gin", "gat", "gat1"}
+    assert suites == {"spmm", "gcn", "align", "similarity", "softmax", "linear", "sage", "graphconv", "gin", "gat",
+                      "gat1"}
     assert {r["mode"] for r in results} == {"fwd", "fwd+bwd"}
     peers_run = {r["contender"] for r in results if r["kind"] == "peer" and r["status"] == "ok"}
     assert {"torch.sparse.mm (CSR)", "PyG GCNConv edge_index", "PyG GCNConv adj_t (torch.sparse)",
-            "PyG-style loss", "PyG SAGEConv", "PyG GraphConv", "PyG GINConv", "PyG GATConv"} <= peers_run
+            "PyG-style loss", "PyG-style similarity", "PyG softmax", "PyG SAGEConv", "PyG GraphConv", "PyG GINConv",
+            "PyG GATConv"} <= peers_run
     ours = [r for r in results if r["kind"] == "fastalign"]
     assert {r["backend"] for r in ours} >= {"torch"}
     for r in results:
@@ -206,6 +208,45 @@ def test_peers_compute_what_fastalign_computes():
         got = peers.pyg_structure_loss(hs, hp, ei, n, kernel=kernel, tau=0.5, sigma=sigma)
         ref = fastalign.structure_kl(graph, hs, hp, kernel=kernel, tau=0.5, sigma=sigma, backend="torch")
         torch.testing.assert_close(got, ref)
+
+
+def test_edge_peers_compute_what_fastalign_computes_in_its_edge_order():
+    """The similarity and softmax suites' peers, fed the edges in the graph's CSR order
+    (Workload.csr_edge_index), give fastalign's per-edge outputs edge for edge."""
+    pytest.importorskip("torch_geometric")
+    from fastalign.bench.suites import Workload
+
+    n = 300
+    ei = G.power_law_edge_index(n, 2_000, seed=3)
+    w = Workload("pl", ei, n, torch.device("cpu"), features=8, dtype=torch.float64)
+    csr = w.csr_edge_index
+    assert csr.shape == ei.shape and sorted(map(tuple, csr.t().tolist())) == sorted(map(tuple, ei.t().tolist()))
+    assert bool((csr[1].diff() >= 0).all())  # grouped by target, as the CSR is
+    x = w.x
+    for kernel, sigma in (("l1", 5.0), ("rbf", 2.0), ("linear", None)):
+        want = fastalign.edge_similarity(w.graph, x, kernel=kernel, sigma=sigma, backend="torch")
+        torch.testing.assert_close(peers.pyg_edge_similarity(x, csr, kernel=kernel, sigma=sigma), want)
+    z = w.edge_randn("logits")
+    torch.testing.assert_close(peers.pyg_edge_softmax(z, csr, n), fastalign.edge_softmax(w.graph, z, backend="torch"))
+
+
+@pytest.mark.parametrize("suite", ["similarity", "softmax"])
+def test_edge_suites_run_every_backend_against_the_peer(tmp_path, suite):
+    pytest.importorskip("torch_geometric")
+    json_path = tmp_path / "edge.json"
+    argv = ["--suite", suite, "--device", "cpu", "--sizes", "tiny", "--graphs", "powerlaw-tiny", "--no-compile",
+            "--budget", "0.02", "--threads", "1", "--quiet", "--no-memory", "--json", str(json_path)]
+    assert main(argv) == 0
+    results = json.loads(json_path.read_text())["results"]
+    peer = {"similarity": "PyG-style similarity", "softmax": "PyG softmax"}[suite]
+    assert {r["mode"] for r in results} == {"fwd", "fwd+bwd"}
+    assert peer in {r["contender"] for r in results}
+    ours = [r for r in results if r["kind"] == "fastalign"]
+    assert {r["backend"] for r in ours} >= {"torch"}
+    for r in results:
+        assert r["status"] == "ok", r
+        if r["max_rel_err"] is not None:  # per-edge outputs in one edge order
+            assert r["max_rel_err"] < 1e-5, r
 
 
 def test_power_law_generator_recipe():

@@ -4,6 +4,8 @@ and `fastalign bench --sizes scaling`."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -135,3 +137,20 @@ def test_bench_scaling_command_reports_growth_and_plots(tmp_path, capsys, monkey
     assert png.stat().st_size > 1000
     table = out.split("x no-reuse", 1)[1]
     assert table.count("fastalign[torch]") >= 2  # a row per graph, with its figures
+
+
+def test_markdown_has_a_row_per_curve_and_a_column_per_size():
+    run = _run([(10**4, 1.0), (10**5, 10.0), (10**6, 200.0)])
+    stop = dict(suite="spmm", graph="scale-d10-e7", mode="fwd", contender="c", features=64, status="skipped",
+                reason="needs ~9 GiB, 1 GiB free")
+    run["results"] += [stop, dict(stop, reason="needs ~9 GiB, 2 GiB free")]  # recorded by two runs: once
+    text = scaling.render_markdown(run)
+    header = next(line for line in text.splitlines() if line.startswith("| contender | graphs | F | 10^4"))
+    assert header.split(" | ")[3:7] == ["10^4", "10^5", "10^6", "10^7"]
+    (row,) = [line for line in text.splitlines() if line.startswith("| c | power law, d = 10 | 64 | 100 |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:7] == ["100", "100", "200", "skipped"]
+    assert cells[7].startswith("x2.00") and cells[8] == "100.0"  # growth per edge; bytes per edge
+    curve = [line for line in text.splitlines() if line.startswith("| c | power law, d = 10 | 64 |")]
+    assert len(curve) == 2 and re.search(r"\| [0-9.]+x, [0-9]+% \|", curve[1])  # against the memory
+    assert text.count("needs ~9 GiB") == 1 and "2 GiB free" in text

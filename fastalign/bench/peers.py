@@ -4,6 +4,8 @@
   for ``torch.sparse.mm`` (MKL on CPU, cuSPARSE on CUDA) and PyG's adj_t path.
 * :func:`pyg_scatter_spmm`: PyG's message passing for a sum aggregation (gather the
   source rows, scatter-add them into the targets).
+* :func:`pyg_edge_similarity`, :func:`pyg_edge_softmax`: the structure loss's first two
+  steps on their own (gather both endpoints and apply the kernel; PyG's ``softmax``).
 * :func:`pyg_gcn_conv`: ``torch_geometric.nn.GCNConv(cached=True)``.
 * :func:`pyg_structure_loss`: the PyG-style structure loss: gather both endpoints,
   per-edge kernel, ``torch_geometric.utils.softmax`` over each target's in-edges, KL,
@@ -45,6 +47,20 @@ def pyg_scatter_spmm(edge_index: Tensor, x: Tensor, num_nodes: int) -> Tensor:
     from torch_geometric.utils import scatter
 
     return scatter(x.index_select(0, edge_index[0]), edge_index[1], 0, dim_size=num_nodes, reduce="sum")
+
+
+def pyg_edge_similarity(x: Tensor, edge_index: Tensor, kernel: str = "l1", sigma: float = 100.0, degree: int = 2,
+                        coef: float = 1.0) -> Tensor:
+    """Per-edge similarity as PyG code writes it: both endpoints gathered (two E x F
+    tensors), then the kernel over their rows."""
+    return _pairwise_kernel(x[edge_index[1]], x[edge_index[0]], kernel, sigma, degree, coef)
+
+
+def pyg_edge_softmax(logits: Tensor, edge_index: Tensor, num_nodes: int) -> Tensor:
+    """``torch_geometric.utils.softmax`` of per-edge logits over each target's in-edges."""
+    from torch_geometric.utils import softmax
+
+    return softmax(logits, edge_index[1], num_nodes=num_nodes)
 
 
 def pyg_gcn_conv(in_channels: int, out_channels: int, **kwargs):

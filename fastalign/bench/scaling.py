@@ -26,7 +26,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -168,9 +168,10 @@ FAMILIES = {"scale": "power law", "blocks": "block model"}  # the sweep's graph 
 def curve_of(r: dict) -> tuple:
     """(graph family, mean degree, feature width) of a row: the sweep's curves are one per
     family, degree and width (``scale-d10-e7`` at F = 64: power law, 10, 64)."""
-    found = re.match(r"(.+?)-d\d+-", r["graph"])
-    family = FAMILIES.get(found.group(1), found.group(1)) if found else "other graphs"
-    return family, round(r["num_edges"] / max(r["num_nodes"], 1)), r.get("features")
+    found = re.match(r"(.+?)-d(\d+)-", r["graph"])
+    if found:
+        return FAMILIES.get(found.group(1), found.group(1)), int(found.group(2)), r.get("features")
+    return "other graphs", round(r["num_edges"] / max(r["num_nodes"], 1)), r.get("features")
 
 
 def slopes(rows: List[dict], key: str = "ns_per_edge") -> Dict[tuple, dict]:
@@ -265,62 +266,139 @@ def render(run: dict) -> str:
     return "\n".join(lines)
 
 
+MODE_NAMES = {"fwd": "forward", "fwd+bwd": "forward+backward"}
+
+
+def _decade(r: dict) -> int:
+    """The size class of a row or a stop: the ``-eK`` of the sweep's graph names (10^K
+    edges), else the nearest power of ten of its edges."""
+    found = re.search(r"-e(\d+)$", r["graph"])
+    if found:
+        return int(found.group(1))
+    return round(math.log10(max(r.get("num_edges") or 1, 1)))
+
+
+def _stops(run: dict) -> Dict[tuple, dict]:
+    """What stopped each contender, once per (suite, mode, contender, graph), the later
+    record winning: a size measured again counts once."""
+    out: Dict[tuple, dict] = {}
+    for r in run.get("results", []):
+        if r.get("status") not in ("ok", None):
+            label = r["contender"] + (HUGE_PAGES_LABEL if r.get("huge_pages") else "")
+            out[(r["suite"], r["mode"], label, r["graph"])] = r
+    return out
+
+
+def _number(x: float) -> str:
+    return f"{x:.3g}" if x < 1000 else f"{x:,.0f}"
+
+
 def render_markdown(run: dict) -> str:
-    """The sweep as markdown (docs/benchmarks.md): the machine, one row per measurement,
-    the slopes, and where each contender stopped."""
+    """The sweep as markdown (docs/benchmarks.md): the machine, then per suite and mode
+    one row per curve (contender, graph family, mean degree, width) with its time per
+    edge at each size, its growth and its peak memory per edge; for the gather suites'
+    forward the same curves against the memory (time over the no-reuse bound, fraction
+    of the triad bandwidth); last, where each contender stopped and why."""
     meta = run.get("meta", {})
-    out = [f"- {line[0].upper()}{line[1:]}." for line in _machine_lines(meta)]
-    out += ["", "| suite | contender | graph | F | edges | ns / edge | peak bytes / edge | GB/s | % of triad "
-            "| time / no-reuse bound |", "|---|---|---|---|---|---|---|---|---|---|"]
     rows = summarize(run)
-    for r in _by_curve(rows):
-        bpe, gbs, frac, over = _figures(r)
-        out.append(f"| {r['suite']} {r['mode']} | {r['contender']} | {r['graph']} | {r['features']} | "
-                   f"{r['num_edges']:,} | "
-                   f"{r['ns_per_edge']:.2f} | {bpe} | {gbs} | {frac + '%' if frac != '-' else frac} | {over} |")
-    out += ["", "Growth of the time per edge from the smallest to the largest graph each contender ran "
-            "(slope of the total time against the edges, log-log; 1.00 is linear):", ""]
-    for (suite, mode, contender, family, degree, width), s in sorted(slopes(rows).items()):
-        out.append(f"- {suite} {mode}, {contender}, {family}, mean degree {degree}, F = {width}: "
-                   f"x{s['ratio']:.2f} from "
-                   f"{s['from_edges']:,} to {s['to_edges']:,} edges (slope {s['slope']:.2f})")
-    stopped = [r for r in run.get("results", []) if r.get("status") not in ("ok", None)]
-    if stopped or meta.get("skipped_graphs"):
+    growth = slopes(rows)
+    stops = _stops(run)
+    out = [f"- {line[0].upper()}{line[1:]}." for line in _machine_lines(meta)]
+    from .suites import SUITES  # the suites' own order: spmm, gcn, align, then the layers
+
+    rank = lambda s: (SUITES.index(s[0]) if s[0] in SUITES else len(SUITES), s)
+    sections = sorted({(r["suite"], r["mode"]) for r in rows} | {k[:2] for k in stops}, key=rank)
+    for suite, mode in sections:
+        mine = [r for r in rows if (r["suite"], r["mode"]) == (suite, mode)]
+        stopped = [(k[2], r) for k, r in stops.items() if k[:2] == (suite, mode)]
+        decades = sorted({_decade(r) for r in mine + [r for _, r in stopped]})
+        curves: Dict[tuple, Dict[int, dict]] = {}
+        for r in mine:
+            curves.setdefault((r["contender"], *curve_of(r)), {})[_decade(r)] = r
+        for label, r in stopped:
+            match = [k for k in curves if k[0] == label and k[1:3] == curve_of(r)[:2]
+                     and k[3] == r.get("features", k[3])]
+            for k in match or [(label, *curve_of(r))]:
+                curves.setdefault(k, {}).setdefault(_decade(r), r)
+        order = sorted(curves, key=lambda k: (k[1], k[2], k[3] or 0, k[0]))
+        sizes = " | ".join(f"10^{d}" for d in decades)
+        out += ["", f"**{suite} {MODE_NAMES.get(mode, mode)}**, ns per edge at 10^k edges:", "",
+                f"| contender | graphs | F | {sizes} | growth per edge (slope) | peak bytes / edge |",
+                "|---|---|---|" + "---:|" * len(decades) + "---|---:|"]
+        for k in order:
+            contender, family, degree, width = k
+            cells = []
+            for d in decades:
+                r = curves[k].get(d)
+                cells.append("" if r is None else _number(r["ns_per_edge"]) if r.get("status") in ("ok", None)
+                             and "ns_per_edge" in r else str(r.get("status")))
+            s = growth.get((suite, mode, *k))
+            grown = f"x{s['ratio']:.2f} ({s['slope']:.2f})" if s else "-"
+            mem = [r["bytes_per_edge"] for r in curves[k].values() if r.get("bytes_per_edge") is not None]
+            mem_text = "-" if not mem else (f"{min(mem):.1f}" if max(mem) - min(mem) < 0.05 * max(mem)
+                                            else f"{min(mem):.1f} to {max(mem):.1f}")
+            out.append(f"| {contender} | {family}, d = {degree} | {width} | " + " | ".join(cells)
+                       + f" | {grown} | {mem_text} |")
+        bound = [k for k in order if any("over_no_reuse_bound" in r for r in curves[k].values())]
+        if bound:
+            out += ["", f"**{suite} {MODE_NAMES.get(mode, mode)} against the memory**: time over the no-reuse "
+                    "bound at triad bandwidth (below 1: the caches serve part of the gathers), and the "
+                    "compulsory bytes' bandwidth as a fraction of the triad's:", "",
+                    f"| contender | graphs | F | {sizes} |", "|---|---|---|" + "---:|" * len(decades)]
+            for k in bound:
+                contender, family, degree, width = k
+                cells = [f"{r['over_no_reuse_bound']:.2f}x, {100 * r['fraction_of_triad']:.0f}%"
+                         if (r := curves[k].get(d)) is not None and "over_no_reuse_bound" in r else ""
+                         for d in decades]
+                out.append(f"| {contender} | {family}, d = {degree} | {width} | " + " | ".join(cells) + " |")
+    if stops or meta.get("skipped_graphs"):
         out += ["", "Where contenders stopped:", ""]
-        for r in stopped:
-            out.append(f"- {r['suite']} {r['mode']}, {r['contender']}, {r['graph']}: {r['status']} ({r.get('reason')})")
+        for (suite, mode, label, graph), r in stops.items():
+            out.append(f"- {suite} {mode}, {label}, {graph}: {r['status']} ({r.get('reason')})")
         for g in meta.get("skipped_graphs", []):
             out.append(f"- graph {g['graph']}: not run ({g['reason']})")
     return "\n".join(out)
 
 
-def plot(run: dict, path: str) -> None:
-    """Time per edge against E, log-log, one line per (suite, mode, contender, graph
-    family, degree, width)."""
+def plot(run: dict, path: str, keep: Optional[Callable[[tuple], bool]] = None, dpi: int = 110) -> None:
+    """Time per edge against E, log-log: one panel per suite and mode, one colour per
+    contender (the same in every panel), one line style per graph family, mean degree
+    and width. ``keep(curve)``, with ``curve = (contender, family, degree, width)``,
+    chooses the curves drawn (default: all)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = summarize(run)
-    groups: Dict[tuple, List[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["suite"], r["mode"], r["contender"], *curve_of(r)), []).append(r)
-    suites = sorted({k[0] for k in groups})
-    fig, axes = plt.subplots(1, max(len(suites), 1), figsize=(6.5 * max(len(suites), 1), 4.8), squeeze=False)
-    for ax, suite in zip(axes[0], suites):
-        for (s, mode, contender, family, degree, width), g in sorted(groups.items()):
-            if s != suite:
-                continue
+    from .suites import SUITES
+
+    panels: Dict[tuple, Dict[tuple, List[dict]]] = {}
+    for r in summarize(run):
+        curve = (r["contender"], *curve_of(r))
+        if keep is None or keep(curve):
+            panels.setdefault((r["suite"], r["mode"]), {}).setdefault(curve, []).append(r)
+    order = sorted(panels, key=lambda k: (SUITES.index(k[0]) if k[0] in SUITES else len(SUITES), k))
+    contenders = sorted({c[0] for p in panels.values() for c in p})
+    shapes = sorted({c[1:] for p in panels.values() for c in p}, key=lambda k: (k[0], k[1], k[2] or 0))
+    colours = {c: plt.get_cmap("tab20")(i % 20) for i, c in enumerate(contenders)}
+    styles = {k: ("-", "--", ":", "-.")[i % 4] for i, k in enumerate(shapes)}
+    cols = min(3, max(len(order), 1))
+    rows_n = max(1, math.ceil(len(order) / cols))
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5.6 * cols, 4.2 * rows_n), squeeze=False)
+    for ax in axes.flat[len(order):]:
+        ax.set_visible(False)
+    for ax, (suite, mode) in zip(axes.flat, order):
+        for curve, g in sorted(panels[(suite, mode)].items(), key=lambda kv: (kv[0][1:], kv[0][0])):
             g = sorted(g, key=lambda r: r["num_edges"])
-            ax.loglog([r["num_edges"] for r in g], [r["ns_per_edge"] for r in g], marker="o",
-                      linestyle="-" if mode == "fwd" else "--",
-                      label=f"{contender} {mode} {family} d={degree} F={width}")
-        ax.set_title(suite)
+            contender, family, degree, width = curve
+            label = contender if len(shapes) == 1 else f"{contender}, {family} d={degree} F={width}"
+            ax.loglog([r["num_edges"] for r in g], [r["ns_per_edge"] for r in g], marker="o", markersize=3,
+                      color=colours[contender], linestyle=styles[curve[1:]], label=label)
+        ax.set_title(f"{suite} {MODE_NAMES.get(mode, mode)}")
         ax.set_xlabel("edges")
         ax.set_ylabel("ns per edge")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)

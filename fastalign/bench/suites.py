@@ -18,6 +18,12 @@ Suites:
   peer detached). fastalign ``structure_kl`` per backend, against the PyG-style loss
   eager and under torch.compile.
 
+* ``similarity``: the per-edge similarity alone (l1 kernel, sigma 100): fastalign
+  ``edge_similarity`` per backend against the PyG-style gather of both endpoints, eager
+  and under torch.compile; edges in the graph's CSR order for every contender.
+* ``softmax``: the edge softmax alone over random logits: fastalign ``edge_softmax`` per
+  backend against ``torch_geometric.utils.softmax``, eager and under torch.compile.
+
 * ``linear``: a layer's projection ``x W^T + b`` into the layer width (16 with
   ``--features real``). ``fastalign.ops.linear`` (the CPU kernel) against torch's
   ``F.linear``, eager and under torch.compile.
@@ -46,7 +52,8 @@ from fastalign.graph import Graph
 from . import peers
 
 LAYER_SUITES = ("sage", "graphconv", "gin", "gat", "gat1")
-SUITES = ("spmm", "gcn", "align", "linear") + LAYER_SUITES
+EDGE_SUITES = ("similarity", "softmax")
+SUITES = ("spmm", "gcn", "align") + EDGE_SUITES + ("linear",) + LAYER_SUITES
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -112,6 +119,27 @@ class Workload:
             return g
 
         return self._get("graph", build)
+
+    @property
+    def csr_edge_index(self) -> Tensor:
+        """``[2, E]`` (source, target) in the graph's internal (CSR) edge order: the order
+        of fastalign's per-edge outputs, so that a peer's per-edge output lines up."""
+
+        def build():
+            g = self.graph
+            dst = torch.repeat_interleave(torch.arange(g.num_dst, device=g.col.device), g.rowptr.diff())
+            return torch.stack([g.col.to(torch.long), dst])
+
+        return self._get("csr_edge_index", build)
+
+    def edge_randn(self, key: str, seed_offset: int = 0) -> Tensor:
+        """``[E]`` standard normal values (seeded), one per edge."""
+
+        def build():
+            gen = torch.Generator().manual_seed(self.seed + seed_offset)
+            return torch.randn(self.num_edges, generator=gen, dtype=self.dtype).to(self.device)
+
+        return self._get(key, build)
 
     @property
     def adj_csr(self) -> Tensor:
@@ -360,6 +388,7 @@ def _linear_torch(compile_: bool):
 
 # ---------------------------------------------------------------------- align
 ALIGN_PARAMS = dict(kernel="l1", tau=1.0, sigma=100.0)
+SIMILARITY_PARAMS = dict(kernel="l1", sigma=100.0)
 
 
 def _align_fastalign(backend):
@@ -408,6 +437,72 @@ def _align_pyg(compile_: bool):
                 return torch.autograd.grad(fn(hs, hp), hs)
 
         return run
+
+    return build
+
+
+# ---------------------------------------------------------------------- edge ops alone
+def _run_edge_op(fn, w: Workload, inp: Tensor, mode: str):
+    """Time ``fn(inp)`` (per-edge output) in ``mode``; the output gradient is per edge."""
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return fn(inp)
+    else:
+        inp = inp.detach().clone().requires_grad_(True)
+        g = w.edge_randn("edge_grad_out", seed_offset=3)
+
+        def run():
+            return torch.autograd.grad(fn(inp), inp, g)
+
+    return run
+
+
+def _similarity_fastalign(backend):
+    def build(w: Workload, mode: str):
+        reason = backend_implements(backend, ("edge_similarity", "edge_similarity_backward"))
+        if reason:
+            raise Skip(reason)
+        graph = w.graph
+        return _run_edge_op(lambda x: fastalign.edge_similarity(graph, x, backend=backend, **SIMILARITY_PARAMS),
+                            w, w.x, mode)
+
+    return build
+
+
+def _similarity_pyg(compile_: bool):
+    def build(w: Workload, mode: str):
+        ei = w.csr_edge_index
+
+        def fn(x):
+            return peers.pyg_edge_similarity(x, ei, **SIMILARITY_PARAMS)
+
+        return _run_edge_op(peers.compiled(fn) if compile_ else fn, w, w.x, mode)
+
+    return build
+
+
+def _softmax_fastalign(backend):
+    def build(w: Workload, mode: str):
+        reason = backend_implements(backend, ("edge_softmax", "edge_softmax_backward"))
+        if reason:
+            raise Skip(reason)
+        graph = w.graph
+        return _run_edge_op(lambda z: fastalign.edge_softmax(graph, z, backend=backend), w, w.edge_randn("logits"),
+                            mode)
+
+    return build
+
+
+def _softmax_pyg(compile_: bool):
+    def build(w: Workload, mode: str):
+        _need_pyg()
+        ei, n = w.csr_edge_index, w.num_nodes
+
+        def fn(z):
+            return peers.pyg_edge_softmax(z, ei, n)
+
+        return _run_edge_op(peers.compiled(fn) if compile_ else fn, w, w.edge_randn("logits"), mode)
 
     return build
 
@@ -524,6 +619,19 @@ def contenders(suite: str, device, *, compile_peers: bool = True, backends=None)
         if compile_peers:
             out.append(Contender("PyG GCNConv edge_index compiled", "peer", _gcn_pyg("edge_index", True),
                                  compiled=True, estimate=lambda w: _bytes_ExF(w, 2)))
+    elif suite in EDGE_SUITES:
+        ours, peer = {"similarity": (_similarity_fastalign, _similarity_pyg),
+                      "softmax": (_softmax_fastalign, _softmax_pyg)}[suite]
+        op = {"similarity": "edge_similarity", "softmax": "edge_softmax"}[suite]
+        title = {"similarity": "PyG-style similarity", "softmax": "PyG softmax"}[suite]
+        # the reference and the PyG-style similarity gather both endpoints: two E x F tensors
+        gathers = (lambda w: _bytes_ExF(w, 2)) if suite == "similarity" else (lambda w: 0)
+        for b in names:
+            out.append(Contender(f"fastalign {op}[{b}]", "fastalign", ours(b), backend=b,
+                                 estimate=gathers if b == "torch" else (lambda w: _bytes_NxF(w, 1))))
+        out.append(Contender(title, "peer", peer(False), estimate=gathers))
+        if compile_peers:
+            out.append(Contender(f"{title} compiled", "peer", peer(True), compiled=True, estimate=gathers))
     elif suite == "linear":
         for b in (b for b in names if backend_implements(b, ("linear",)) is None):  # the others are F.linear
             out.append(Contender(f"fastalign linear[{b}]", "fastalign", _linear_fastalign(b), backend=b,
