@@ -39,12 +39,12 @@ def test_bench_cli_tiny_writes_json_and_png(tmp_path, capsys):
     assert meta["graphs"][0]["graph"] == "powerlaw-tiny"
     results = run["results"]
     suites = {r["suite"] for r in results}
-    assert suites == {"spmm", "gcn", "align", "similarity", "softmax", "linear", "sage", "graphconv", "gin", "gat",
-                      "gat1"}
+    assert suites == {"spmm", "gcn", "align", "similarity", "softmax", "attention", "linear", "sage", "graphconv",
+                      "gin", "gat", "gat1"}
     assert {r["mode"] for r in results} == {"fwd", "fwd+bwd"}
     peers_run = {r["contender"] for r in results if r["kind"] == "peer" and r["status"] == "ok"}
     assert {"torch.sparse.mm (CSR)", "PyG GCNConv edge_index", "PyG GCNConv adj_t (torch.sparse)",
-            "PyG-style loss", "PyG-style similarity", "PyG softmax", "PyG SAGEConv", "PyG GraphConv", "PyG GINConv",
+            "PyG-style loss", "PyG-style similarity", "PyG softmax", "PyG GAT propagation", "PyG SAGEConv", "PyG GraphConv", "PyG GINConv",
             "PyG GATConv"} <= peers_run
     ours = [r for r in results if r["kind"] == "fastalign"]
     assert {r["backend"] for r in ours} >= {"torch"}
@@ -230,15 +230,26 @@ def test_edge_peers_compute_what_fastalign_computes_in_its_edge_order():
     torch.testing.assert_close(peers.pyg_edge_softmax(z, csr, n), fastalign.edge_softmax(w.graph, z, backend="torch"))
 
 
-@pytest.mark.parametrize("suite", ["similarity", "softmax"])
-def test_edge_suites_run_every_backend_against_the_peer(tmp_path, suite):
+def test_attention_peer_is_gat_aggregate_without_added_loops():
+    pytest.importorskip("torch_geometric")
+    n, h, c = 200, 4, 3
+    ei = G.power_law_edge_index(n, 1_500, seed=5)
+    graph = fastalign.Graph.from_edge_index(ei, num_nodes=n)
+    x = torch.randn(n, h, c, dtype=torch.float64)
+    a_src, a_dst = torch.randn(n, h, dtype=torch.float64), torch.randn(n, h, dtype=torch.float64)
+    want = fastalign.gat_aggregate(graph, x, a_src, a_dst, add_self_loops=False, backend="torch")
+    torch.testing.assert_close(peers.pyg_gat_aggregate(x, a_src, a_dst, ei, n), want)
+
+
+@pytest.mark.parametrize("suite", ["similarity", "softmax", "attention"])
+def test_op_suites_run_every_backend_against_the_peer(tmp_path, suite):
     pytest.importorskip("torch_geometric")
     json_path = tmp_path / "edge.json"
     argv = ["--suite", suite, "--device", "cpu", "--sizes", "tiny", "--graphs", "powerlaw-tiny", "--no-compile",
             "--budget", "0.02", "--threads", "1", "--quiet", "--no-memory", "--json", str(json_path)]
     assert main(argv) == 0
     results = json.loads(json_path.read_text())["results"]
-    peer = {"similarity": "PyG-style similarity", "softmax": "PyG softmax"}[suite]
+    peer = {"similarity": "PyG-style similarity", "softmax": "PyG softmax", "attention": "PyG GAT propagation"}[suite]
     assert {r["mode"] for r in results} == {"fwd", "fwd+bwd"}
     assert peer in {r["contender"] for r in results}
     ours = [r for r in results if r["kind"] == "fastalign"]

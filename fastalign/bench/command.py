@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-SUITE_CHOICES = ("spmm", "gcn", "align", "similarity", "softmax", "linear", "sage", "graphconv", "gin", "gat", "gat1", "layers", "all")
+SUITE_CHOICES = ("spmm", "gcn", "align", "similarity", "softmax", "attention", "linear", "sage", "graphconv", "gin", "gat", "gat1", "layers", "all")
 DESCRIPTION = (
     "Benchmark every available fastalign backend against the peers (torch.sparse.mm, "
     "PyG's gather+scatter, PyG's GCNConv(cached=True) on edge_index eager and compiled and "

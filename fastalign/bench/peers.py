@@ -6,6 +6,7 @@
   source rows, scatter-add them into the targets).
 * :func:`pyg_edge_similarity`, :func:`pyg_edge_softmax`: the structure loss's first two
   steps on their own (gather both endpoints and apply the kernel; PyG's ``softmax``).
+* :func:`pyg_gat_aggregate`: GATConv's attention-weighted aggregation on its own.
 * :func:`pyg_gcn_conv`: ``torch_geometric.nn.GCNConv(cached=True)``.
 * :func:`pyg_structure_loss`: the PyG-style structure loss: gather both endpoints,
   per-edge kernel, ``torch_geometric.utils.softmax`` over each target's in-edges, KL,
@@ -61,6 +62,19 @@ def pyg_edge_softmax(logits: Tensor, edge_index: Tensor, num_nodes: int) -> Tens
     from torch_geometric.utils import softmax
 
     return softmax(logits, edge_index[1], num_nodes=num_nodes)
+
+
+def pyg_gat_aggregate(x: Tensor, alpha_src: Tensor, alpha_dst: Tensor, edge_index: Tensor, num_nodes: int,
+                      negative_slope: float = 0.2) -> Tensor:
+    """GATConv's propagation as PyG writes it (no self loops added): per-edge logits
+    ``leaky_relu(alpha_src[j] + alpha_dst[i])`` (E x H), ``softmax`` over each target's
+    in-edges, messages ``alpha * x[j]`` (E x H x C), scatter-sum into the targets."""
+    from torch_geometric.utils import scatter, softmax
+
+    src, dst = edge_index[0], edge_index[1]
+    alpha = torch.nn.functional.leaky_relu(alpha_src[src] + alpha_dst[dst], negative_slope)
+    alpha = softmax(alpha, dst, num_nodes=num_nodes)
+    return scatter(x[src] * alpha.unsqueeze(-1), dst, 0, dim_size=num_nodes, reduce="sum")
 
 
 def pyg_gcn_conv(in_channels: int, out_channels: int, **kwargs):

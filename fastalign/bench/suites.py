@@ -23,6 +23,9 @@ Suites:
   and under torch.compile; edges in the graph's CSR order for every contender.
 * ``softmax``: the edge softmax alone over random logits: fastalign ``edge_softmax`` per
   backend against ``torch_geometric.utils.softmax``, eager and under torch.compile.
+* ``attention``: GATConv's aggregation alone, 8 heads of F / 8 channels, no self loops
+  added: fastalign ``gat_aggregate`` per backend against PyG's propagation (logits,
+  ``softmax``, E x H x C messages, scatter), eager and under torch.compile.
 
 * ``linear``: a layer's projection ``x W^T + b`` into the layer width (16 with
   ``--features real``). ``fastalign.ops.linear`` (the CPU kernel) against torch's
@@ -53,7 +56,7 @@ from . import peers
 
 LAYER_SUITES = ("sage", "graphconv", "gin", "gat", "gat1")
 EDGE_SUITES = ("similarity", "softmax")
-SUITES = ("spmm", "gcn", "align") + EDGE_SUITES + ("linear",) + LAYER_SUITES
+SUITES = ("spmm", "gcn", "align") + EDGE_SUITES + ("attention", "linear") + LAYER_SUITES
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -507,6 +510,62 @@ def _softmax_pyg(compile_: bool):
     return build
 
 
+# ---------------------------------------------------------------------- attention alone
+ATTENTION_HEADS = 8
+
+
+def _attention_inputs(w: Workload, mode: str):
+    """(x [N, H, F / H], alpha_src [N, H], alpha_dst [N, H]), leaves needing a gradient
+    for fwd+bwd, and the output gradient."""
+    h = ATTENTION_HEADS
+    if w.features % h:
+        raise Skip(f"the attention suite needs a width divisible by {h} heads, got {w.features}")
+    x = w.x.view(w.num_nodes, h, w.features // h)
+    a_src, a_dst = w.randn("alpha_src", h, seed_offset=4), w.randn("alpha_dst", h, seed_offset=5)
+    inputs = (x, a_src, a_dst)
+    if mode != "fwd":
+        inputs = tuple(t.detach().clone().requires_grad_(True) for t in inputs)
+    return inputs, w.grad_out.view_as(x)
+
+
+def _run_attention(fn, w: Workload, mode: str):
+    inputs, g = _attention_inputs(w, mode)
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return fn(*inputs)
+    else:
+        def run():
+            return torch.autograd.grad(fn(*inputs), inputs, g)
+
+    return run
+
+
+def _attention_fastalign(backend):
+    def build(w: Workload, mode: str):
+        reason = backend_implements(backend, ("gat_aggregate_forward", "gat_aggregate_backward"))
+        if reason:
+            raise Skip(reason)
+        graph = w.graph
+        return _run_attention(lambda x, s, d: fastalign.gat_aggregate(graph, x, s, d, add_self_loops=False,
+                                                                      backend=backend), w, mode)
+
+    return build
+
+
+def _attention_pyg(compile_: bool):
+    def build(w: Workload, mode: str):
+        _need_pyg()
+        ei, n = w.edge_index, w.num_nodes
+
+        def fn(x, s, d):
+            return peers.pyg_gat_aggregate(x, s, d, ei, n)
+
+        return _run_attention(peers.compiled(fn) if compile_ else fn, w, mode)
+
+    return build
+
+
 # ---------------------------------------------------------------------- layers
 LAYER_CLASSES = {"sage": "SAGEConv", "graphconv": "GraphConv", "gin": "GINConv", "gat": "GATConv",
                  "gat1": "GATConv"}
@@ -632,6 +691,14 @@ def contenders(suite: str, device, *, compile_peers: bool = True, backends=None)
         out.append(Contender(title, "peer", peer(False), estimate=gathers))
         if compile_peers:
             out.append(Contender(f"{title} compiled", "peer", peer(True), compiled=True, estimate=gathers))
+    elif suite == "attention":
+        for b in names:
+            out.append(Contender(f"fastalign gat_aggregate[{b}]", "fastalign", _attention_fastalign(b), backend=b,
+                                 estimate=(lambda w: _bytes_ExF(w, 3)) if b == "torch" else (lambda w: _bytes_NxF(w, 2))))
+        out.append(Contender("PyG GAT propagation", "peer", _attention_pyg(False), estimate=lambda w: _bytes_ExF(w, 3)))
+        if compile_peers:
+            out.append(Contender("PyG GAT propagation compiled", "peer", _attention_pyg(True), compiled=True,
+                                 estimate=lambda w: _bytes_ExF(w, 2)))
     elif suite == "linear":
         for b in (b for b in names if backend_implements(b, ("linear",)) is None):  # the others are F.linear
             out.append(Contender(f"fastalign linear[{b}]", "fastalign", _linear_fastalign(b), backend=b,
