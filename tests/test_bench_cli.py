@@ -57,6 +57,10 @@ def test_bench_cli_tiny_writes_json_and_png(tmp_path, capsys):
                 assert r["max_rel_err"] < 1e-3, r
         else:
             assert r["status"] in ("skipped", "oom", "error") and r["reason"]
+    # the op suites' contenders compute one function: per-edge outputs in the CSR's edge
+    # order (similarity, softmax) or per node (attention)
+    for r in (r for r in results if r["suite"] in ("similarity", "softmax", "attention")):
+        assert r["status"] == "ok" and (r["max_rel_err"] is None or r["max_rel_err"] < 1e-5), r
     ok_torch = [r for r in ours if r["backend"] == "torch"]
     assert ok_torch and all(r["status"] == "ok" for r in ok_torch)
     data = png.read_bytes()
@@ -239,25 +243,6 @@ def test_attention_peer_is_gat_aggregate_without_added_loops():
     a_src, a_dst = torch.randn(n, h, dtype=torch.float64), torch.randn(n, h, dtype=torch.float64)
     want = fastalign.gat_aggregate(graph, x, a_src, a_dst, add_self_loops=False, backend="torch")
     torch.testing.assert_close(peers.pyg_gat_aggregate(x, a_src, a_dst, ei, n), want)
-
-
-@pytest.mark.parametrize("suite", ["similarity", "softmax", "attention"])
-def test_op_suites_run_every_backend_against_the_peer(tmp_path, suite):
-    pytest.importorskip("torch_geometric")
-    json_path = tmp_path / "edge.json"
-    argv = ["--suite", suite, "--device", "cpu", "--sizes", "tiny", "--graphs", "powerlaw-tiny", "--no-compile",
-            "--budget", "0.02", "--threads", "1", "--quiet", "--no-memory", "--json", str(json_path)]
-    assert main(argv) == 0
-    results = json.loads(json_path.read_text())["results"]
-    peer = {"similarity": "PyG-style similarity", "softmax": "PyG softmax", "attention": "PyG GAT propagation"}[suite]
-    assert {r["mode"] for r in results} == {"fwd", "fwd+bwd"}
-    assert peer in {r["contender"] for r in results}
-    ours = [r for r in results if r["kind"] == "fastalign"]
-    assert {r["backend"] for r in ours} >= {"torch"}
-    for r in results:
-        assert r["status"] == "ok", r
-        if r["max_rel_err"] is not None:  # per-edge outputs in one edge order
-            assert r["max_rel_err"] < 1e-5, r
 
 
 def test_power_law_generator_recipe():
