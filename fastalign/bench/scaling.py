@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from .. import settings
+from .suites import SUITES  # their order is the tables' and the figure's
 
 # ---------------------------------------------------------------------- the machine
 def stream_bandwidth(threads: Optional[int] = None, mib: int = 512, repeats: int = 5) -> Dict[str, float]:
@@ -304,8 +305,6 @@ def render_markdown(run: dict) -> str:
     growth = slopes(rows)
     stops = _stops(run)
     out = [f"- {line[0].upper()}{line[1:]}." for line in _machine_lines(meta)]
-    from .suites import SUITES  # the suites' own order: spmm, gcn, align, then the layers
-
     rank = lambda s: (SUITES.index(s[0]) if s[0] in SUITES else len(SUITES), s)
     sections = sorted({(r["suite"], r["mode"]) for r in rows} | {k[:2] for k in stops}, key=rank)
     for suite, mode in sections:
@@ -369,8 +368,6 @@ def plot(run: dict, path: str, keep: Optional[Callable[[tuple], bool]] = None, d
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .suites import SUITES
 
     panels: Dict[tuple, Dict[tuple, List[dict]]] = {}
     for r in summarize(run):
