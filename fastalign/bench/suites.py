@@ -55,8 +55,7 @@ from fastalign.graph import Graph
 from . import peers
 
 LAYER_SUITES = ("sage", "graphconv", "gin", "gat", "gat1")
-EDGE_SUITES = ("similarity", "softmax")
-SUITES = ("spmm", "gcn", "align") + EDGE_SUITES + ("attention", "linear") + LAYER_SUITES
+SUITES = ("spmm", "gcn", "align", "similarity", "softmax", "attention", "linear") + LAYER_SUITES
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -128,12 +127,7 @@ class Workload:
         """``[2, E]`` (source, target) in the graph's internal (CSR) edge order: the order
         of fastalign's per-edge outputs, so that a peer's per-edge output lines up."""
 
-        def build():
-            g = self.graph
-            dst = torch.repeat_interleave(torch.arange(g.num_dst, device=g.col.device), g.rowptr.diff())
-            return torch.stack([g.col.to(torch.long), dst])
-
-        return self._get("csr_edge_index", build)
+        return self._get("csr_edge_index", lambda: self.graph.edge_index.long())
 
     def edge_randn(self, key: str, seed_offset: int = 0) -> Tensor:
         """``[E]`` standard normal values (seeded), one per edge."""
@@ -444,124 +438,89 @@ def _align_pyg(compile_: bool):
     return build
 
 
-# ---------------------------------------------------------------------- edge ops alone
-def _run_edge_op(fn, w: Workload, inp: Tensor, mode: str):
-    """Time ``fn(inp)`` (per-edge output) in ``mode``; the output gradient is per edge."""
-    if mode == "fwd":
-        def run():
-            with torch.no_grad():
-                return fn(inp)
-    else:
-        inp = inp.detach().clone().requires_grad_(True)
-        g = w.edge_randn("edge_grad_out", seed_offset=3)
-
-        def run():
-            return torch.autograd.grad(fn(inp), inp, g)
-
-    return run
-
-
-def _similarity_fastalign(backend):
-    def build(w: Workload, mode: str):
-        reason = backend_implements(backend, ("edge_similarity", "edge_similarity_backward"))
-        if reason:
-            raise Skip(reason)
-        graph = w.graph
-        return _run_edge_op(lambda x: fastalign.edge_similarity(graph, x, backend=backend, **SIMILARITY_PARAMS),
-                            w, w.x, mode)
-
-    return build
-
-
-def _similarity_pyg(compile_: bool):
-    def build(w: Workload, mode: str):
-        ei = w.csr_edge_index
-
-        def fn(x):
-            return peers.pyg_edge_similarity(x, ei, **SIMILARITY_PARAMS)
-
-        return _run_edge_op(peers.compiled(fn) if compile_ else fn, w, w.x, mode)
-
-    return build
-
-
-def _softmax_fastalign(backend):
-    def build(w: Workload, mode: str):
-        reason = backend_implements(backend, ("edge_softmax", "edge_softmax_backward"))
-        if reason:
-            raise Skip(reason)
-        graph = w.graph
-        return _run_edge_op(lambda z: fastalign.edge_softmax(graph, z, backend=backend), w, w.edge_randn("logits"),
-                            mode)
-
-    return build
-
-
-def _softmax_pyg(compile_: bool):
-    def build(w: Workload, mode: str):
-        _need_pyg()
-        ei, n = w.csr_edge_index, w.num_nodes
-
-        def fn(z):
-            return peers.pyg_edge_softmax(z, ei, n)
-
-        return _run_edge_op(peers.compiled(fn) if compile_ else fn, w, w.edge_randn("logits"), mode)
-
-    return build
-
-
-# ---------------------------------------------------------------------- attention alone
+# ---------------------------------------------------------------------- ops alone
 ATTENTION_HEADS = 8
 
 
-def _attention_inputs(w: Workload, mode: str):
-    """(x [N, H, F / H], alpha_src [N, H], alpha_dst [N, H]), leaves needing a gradient
-    for fwd+bwd, and the output gradient."""
-    h = ATTENTION_HEADS
-    if w.features % h:
-        raise Skip(f"the attention suite needs a width divisible by {h} heads, got {w.features}")
-    x = w.x.view(w.num_nodes, h, w.features // h)
-    a_src, a_dst = w.randn("alpha_src", h, seed_offset=4), w.randn("alpha_dst", h, seed_offset=5)
-    inputs = (x, a_src, a_dst)
-    if mode != "fwd":
-        inputs = tuple(t.detach().clone().requires_grad_(True) for t in inputs)
-    return inputs, w.grad_out.view_as(x)
-
-
-def _run_attention(fn, w: Workload, mode: str):
-    inputs, g = _attention_inputs(w, mode)
+def _run_op(fn, inputs, grad_out, mode: str):
+    """Time ``fn(*inputs)``: under no_grad (fwd), or with the gradient w.r.t. every input
+    (fwd+bwd; the inputs become leaves of their own)."""
     if mode == "fwd":
         def run():
             with torch.no_grad():
                 return fn(*inputs)
     else:
+        leaves = tuple(t.detach().clone().requires_grad_(True) for t in inputs)
+
         def run():
-            return torch.autograd.grad(fn(*inputs), inputs, g)
+            return torch.autograd.grad(fn(*leaves), leaves, grad_out)
 
     return run
 
 
-def _attention_fastalign(backend):
+def _attention_inputs(w: Workload):
+    h = ATTENTION_HEADS
+    if w.features % h:
+        raise Skip(f"the attention suite needs a width divisible by {h} heads, got {w.features}")
+    x = w.x.view(w.num_nodes, h, w.features // h)
+    return (x, w.randn("alpha_src", h, seed_offset=4), w.randn("alpha_dst", h, seed_offset=5)), w.grad_out.view_as(x)
+
+
+@dataclass(frozen=True)
+class OpSuite:
+    """One op timed on its own: the backend functions it needs, its inputs and output
+    gradient from a workload, fastalign's call and the peer's (each ``f(w, ...) ->
+    callable of the inputs``)."""
+
+    peer_name: str
+    functions: tuple
+    inputs: Callable
+    ours: Callable
+    peer: Callable
+    peer_needs_pyg: bool = True
+    peer_bytes_ExF: float = 0.0  # the peer's (and the reference's) E x F temporaries
+
+
+OP_SUITES: Dict[str, OpSuite] = {
+    "similarity": OpSuite(
+        "PyG-style similarity", ("edge_similarity", "edge_similarity_backward"),
+        lambda w: ((w.x,), w.edge_randn("edge_grad_out", seed_offset=3)),
+        lambda w, b: lambda x: fastalign.edge_similarity(w.graph, x, backend=b, **SIMILARITY_PARAMS),
+        lambda w: lambda x: peers.pyg_edge_similarity(x, w.csr_edge_index, **SIMILARITY_PARAMS),
+        peer_needs_pyg=False, peer_bytes_ExF=2),
+    "softmax": OpSuite(
+        "PyG softmax", ("edge_softmax", "edge_softmax_backward"),
+        lambda w: ((w.edge_randn("logits"),), w.edge_randn("edge_grad_out", seed_offset=3)),
+        lambda w, b: lambda z: fastalign.edge_softmax(w.graph, z, backend=b),
+        lambda w: lambda z: peers.pyg_edge_softmax(z, w.csr_edge_index, w.num_nodes)),
+    "attention": OpSuite(
+        "PyG GAT propagation", ("gat_aggregate_forward", "gat_aggregate_backward"), _attention_inputs,
+        lambda w, b: lambda x, s, d: fastalign.gat_aggregate(w.graph, x, s, d, add_self_loops=False, backend=b),
+        lambda w: lambda x, s, d: peers.pyg_gat_aggregate(x, s, d, w.edge_index, w.num_nodes),
+        peer_bytes_ExF=3),
+}
+
+
+def _op_fastalign(suite: str, backend: str):
+    spec = OP_SUITES[suite]
+
     def build(w: Workload, mode: str):
-        reason = backend_implements(backend, ("gat_aggregate_forward", "gat_aggregate_backward"))
+        reason = backend_implements(backend, spec.functions)
         if reason:
             raise Skip(reason)
-        graph = w.graph
-        return _run_attention(lambda x, s, d: fastalign.gat_aggregate(graph, x, s, d, add_self_loops=False,
-                                                                      backend=backend), w, mode)
+        return _run_op(spec.ours(w, backend), *spec.inputs(w), mode)
 
     return build
 
 
-def _attention_pyg(compile_: bool):
+def _op_peer(suite: str, compile_: bool):
+    spec = OP_SUITES[suite]
+
     def build(w: Workload, mode: str):
-        _need_pyg()
-        ei, n = w.edge_index, w.num_nodes
-
-        def fn(x, s, d):
-            return peers.pyg_gat_aggregate(x, s, d, ei, n)
-
-        return _run_attention(peers.compiled(fn) if compile_ else fn, w, mode)
+        if spec.peer_needs_pyg:
+            _need_pyg()
+        fn = spec.peer(w)
+        return _run_op(peers.compiled(fn) if compile_ else fn, *spec.inputs(w), mode)
 
     return build
 
@@ -678,27 +637,17 @@ def contenders(suite: str, device, *, compile_peers: bool = True, backends=None)
         if compile_peers:
             out.append(Contender("PyG GCNConv edge_index compiled", "peer", _gcn_pyg("edge_index", True),
                                  compiled=True, estimate=lambda w: _bytes_ExF(w, 2)))
-    elif suite in EDGE_SUITES:
-        ours, peer = {"similarity": (_similarity_fastalign, _similarity_pyg),
-                      "softmax": (_softmax_fastalign, _softmax_pyg)}[suite]
-        op = {"similarity": "edge_similarity", "softmax": "edge_softmax"}[suite]
-        title = {"similarity": "PyG-style similarity", "softmax": "PyG softmax"}[suite]
-        # the reference and the PyG-style similarity gather both endpoints: two E x F tensors
-        gathers = (lambda w: _bytes_ExF(w, 2)) if suite == "similarity" else (lambda w: 0)
+    elif suite in OP_SUITES:
+        spec = OP_SUITES[suite]
+        op = spec.functions[0].replace("_forward", "")
+        peer_bytes = lambda w: _bytes_ExF(w, spec.peer_bytes_ExF)
         for b in names:
-            out.append(Contender(f"fastalign {op}[{b}]", "fastalign", ours(b), backend=b,
-                                 estimate=gathers if b == "torch" else (lambda w: _bytes_NxF(w, 1))))
-        out.append(Contender(title, "peer", peer(False), estimate=gathers))
+            out.append(Contender(f"fastalign {op}[{b}]", "fastalign", _op_fastalign(suite, b), backend=b,
+                                 estimate=peer_bytes if b == "torch" else (lambda w: _bytes_NxF(w, 2))))
+        out.append(Contender(spec.peer_name, "peer", _op_peer(suite, False), estimate=peer_bytes))
         if compile_peers:
-            out.append(Contender(f"{title} compiled", "peer", peer(True), compiled=True, estimate=gathers))
-    elif suite == "attention":
-        for b in names:
-            out.append(Contender(f"fastalign gat_aggregate[{b}]", "fastalign", _attention_fastalign(b), backend=b,
-                                 estimate=(lambda w: _bytes_ExF(w, 3)) if b == "torch" else (lambda w: _bytes_NxF(w, 2))))
-        out.append(Contender("PyG GAT propagation", "peer", _attention_pyg(False), estimate=lambda w: _bytes_ExF(w, 3)))
-        if compile_peers:
-            out.append(Contender("PyG GAT propagation compiled", "peer", _attention_pyg(True), compiled=True,
-                                 estimate=lambda w: _bytes_ExF(w, 2)))
+            out.append(Contender(f"{spec.peer_name} compiled", "peer", _op_peer(suite, True), compiled=True,
+                                 estimate=peer_bytes))
     elif suite == "linear":
         for b in (b for b in names if backend_implements(b, ("linear",)) is None):  # the others are F.linear
             out.append(Contender(f"fastalign linear[{b}]", "fastalign", _linear_fastalign(b), backend=b,
