@@ -46,6 +46,38 @@ def test_spmm_max_propagates_nan_in_any_edge_order(backend, order):
     torch.testing.assert_close(x.grad, grad)
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spmm_max_winners_across_the_pieces_of_hub_rows(backend, index_dtype, dtype):
+    """Hub rows are cut into pieces and merged: NaN in a later piece wins over numbers in
+    the earlier ones, the first NaN stays, ties between pieces keep the earlier edge, and
+    a row of -inf keeps -inf (not the 0 of an empty row); values and winners exactly as
+    the reference's."""
+    from tests.helpers import PIECE, long_row_graph
+
+    g = long_row_graph(index_dtype, PIECE)
+    n, width = g.num_src, 5
+    x = torch.randn(n, width, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    col, rowptr = g.col.long(), g.rowptr.long()
+    hub = rowptr[0].item(), rowptr[1].item()  # node 0: 9,000 in-edges, three pieces
+    assert hub[1] - hub[0] > 2 * PIECE
+    late, later = col[hub[0] + PIECE + 7].item(), col[hub[0] + 2 * PIECE + 3].item()
+    x[late, 0] = x[later, 0] = NAN  # feature 0: a NaN in the second piece and the third
+    top = x[:, 1].max() + 1
+    first, second = col[hub[0] + 11].item(), col[hub[0] + PIECE + 5].item()
+    assert first != second  # the row's columns are sorted: the two sources sit in different pieces
+    x[first, 1] = x[second, 1] = top  # feature 1: a tie across pieces
+    x[:, 2] = -INF  # feature 2: -inf everywhere
+    out, arg = backends.get(backend).spmm_forward(g.rowptr, g.col, None, x, "max")
+    ref_out, ref_arg = REF.spmm_forward(g.rowptr, g.col, None, x, "max")
+    torch.testing.assert_close(out, ref_out, equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(arg.long(), ref_arg.long())
+    assert out[0, 0].isnan() and col[arg[0, 0].long()].item() == late
+    assert col[arg[0, 1].long()].item() == first and out[0, 2].item() == -INF
+    assert arg[0, 1].item() == hub[0] + (col[hub[0]:hub[1]] == first).nonzero()[0].item()
+
+
 # ----------------------------------------------------------------------------- softmax
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_edge_softmax_hub_row_with_a_piece_of_minus_infinity(backend):

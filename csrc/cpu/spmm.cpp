@@ -100,54 +100,99 @@ struct SumFold {
   }
 };
 
-template <typename scalar_t>
-struct MaxArg {
-  scalar_t value;
-  int64_t arg;  // -1: no edge yet
-};
-
+// The max reduction: per feature the greatest value and its edge (the backward's
+// winner). The state is one byte buffer holding two arrays, [values: F acc | edges: F
+// arg_t], so that the compare and the two selects of an edge vectorise (an array of
+// (value, edge) pairs did not: 12x slower than the sum). Edges are -1 until the first.
 template <typename scalar_t, typename index_t, typename arg_t>
 struct MaxFold {
   using acc = acc_t<scalar_t>;
-  using elem_t = MaxArg<acc>;
+  using elem_t = unsigned char;
   const index_t* col;
   const acc* weight;
   const scalar_t* x;
   scalar_t* out;
   arg_t* arg;  // int32 unless the graph has 2^31 edges or more
-  int64_t size;
+  int64_t F;
   IndexCheck cols;
+  int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
+  bool far = false;          // x far larger than the caches (see kFarPrefetchBytes)
+  int64_t size = state_bytes(F);
 
-  void init(elem_t* s) const {
-    for (int64_t f = 0; f < size; ++f) s[f] = {acc(0), -1};
-  }
-  // Whether (v, later edge) replaces the state: a greater value, or a NaN over a number.
+  // the edges' array starts at an 8-byte boundary, and so does every piece's state
+  static int64_t values_bytes(int64_t F) { return (F * int64_t(sizeof(acc)) + 7) / 8 * 8; }
+  static int64_t state_bytes(int64_t F) { return values_bytes(F) + (F * int64_t(sizeof(arg_t)) + 7) / 8 * 8; }
+  acc* values(unsigned char* s) const { return reinterpret_cast<acc*>(s); }
+  arg_t* edges(unsigned char* s) const { return reinterpret_cast<arg_t*>(s + values_bytes(F)); }
+  const acc* values(const unsigned char* s) const { return reinterpret_cast<const acc*>(s); }
+  const arg_t* edges(const unsigned char* s) const { return reinterpret_cast<const arg_t*>(s + values_bytes(F)); }
+
+  // Whether value v (of a later edge) replaces best: greater, or a NaN over a number.
   // NaN propagates as in torch.amax (the first NaN edge wins and stays), and strict '>'
   // keeps the first edge on ties, so the result does not depend on the edge order
-  // beyond "first". The row's first edge always sets the state.
-  static bool beats(acc v, const elem_t& s) {
-    return s.arg < 0 || v > s.value || (v != v && s.value == s.value);
-  }
+  // beyond "first".
+  static bool beats(acc v, acc best) { return (v > best) | ((v != v) & (best == best)); }
+
   bool indices_ok(int64_t e0, int64_t e1) const { return cols.all_ok(col + e0, e1 - e0); }
-  void accumulate(int64_t, int64_t e0, int64_t e1, elem_t* s) const {
-    for (int64_t e = e0; e < e1; ++e) {
-      const scalar_t* xj = x + int64_t(col[e]) * size;
+  void init(unsigned char* s) const {
+    fill(values(s), acc(0), F);
+    fill(edges(s), arg_t(-1), F);
+  }
+  void accumulate(int64_t, int64_t e0, int64_t e1, unsigned char* s) const {
+    if (F == 0 || e0 >= e1) return;
+    acc* __restrict__ best = values(s);
+    arg_t* __restrict__ won = edges(s);
+    const int64_t end = std::max(e1, prefetch_end);
+    int64_t e = e0;
+    if (won[0] < 0) {  // a fresh state: the first edge sets every feature
+      const scalar_t* __restrict__ xj = x + int64_t(col[e]) * F;
       const acc w = weight ? weight[e] : acc(1);
-      for (int64_t f = 0; f < size; ++f) {
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) {
+        best[f] = w * widen(xj[f]);
+        won[f] = arg_t(e);
+      }
+      ++e;
+    }
+    for (; e < e1; ++e) {
+      if (far && e + kFarPrefetchDistance < end) prefetch_row_l2(x + int64_t(col[e + kFarPrefetchDistance]) * F, F);
+      if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
+      const scalar_t* __restrict__ xj = x + int64_t(col[e]) * F;
+      const acc w = weight ? weight[e] : acc(1);
+      const arg_t edge = arg_t(e);
+#pragma omp simd
+      for (int64_t f = 0; f < F; ++f) {
         const acc v = w * widen(xj[f]);
-        if (beats(v, s[f])) s[f] = {v, e};
+        const bool take = beats(v, best[f]);
+        best[f] = take ? v : best[f];
+        // the select as a mask: GCC 12 vectorised `take ? edge : won[f]` here into a
+        // loop that never stored the new edge
+        const arg_t keep = arg_t(take) - arg_t(1);
+        won[f] = (won[f] & keep) | (edge & ~keep);
       }
     }
   }
   // Pieces merge in edge order: a later piece wins only by beating the earlier state.
-  void merge(elem_t* s, const elem_t* piece) const {
-    for (int64_t f = 0; f < size; ++f)
-      if (piece[f].arg >= 0 && beats(piece[f].value, s[f])) s[f] = piece[f];
+  void merge(unsigned char* s, const unsigned char* piece) const {
+    acc* best = values(s);
+    arg_t* won = edges(s);
+    const acc* pv = values(piece);
+    const arg_t* pe = edges(piece);
+    for (int64_t f = 0; f < F; ++f)
+      if (pe[f] >= 0 && (won[f] < 0 || beats(pv[f], best[f]))) {
+        best[f] = pv[f];
+        won[f] = pe[f];
+      }
   }
-  void finish(int64_t r, const elem_t* s) const {
-    for (int64_t f = 0; f < size; ++f) {
-      out[r * size + f] = narrow<scalar_t>(s[f].arg >= 0 ? s[f].value : acc(0));
-      arg[r * size + f] = static_cast<arg_t>(s[f].arg);
+  void finish(int64_t r, const unsigned char* s) const {
+    const acc* __restrict__ best = values(s);
+    const arg_t* __restrict__ won = edges(s);
+    scalar_t* __restrict__ o = out + r * F;
+    arg_t* __restrict__ a = arg + r * F;
+#pragma omp simd
+    for (int64_t f = 0; f < F; ++f) {
+      o[f] = narrow<scalar_t>(won[f] >= 0 ? best[f] : acc(0));
+      a[f] = won[f];
     }
   }
 };
@@ -179,7 +224,8 @@ void spmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tens
     MaxFold<scalar_t, index_t, arg_t> op{col.data_ptr<index_t>(),
                                          ptr_or_null<acc_t<scalar_t>>(weight),
                                          x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                                         arg.data_ptr<arg_t>(), x.size(1), cols};
+                                         arg.data_ptr<arg_t>(), x.size(1), cols, col.numel(),
+                                         x.numel() * int64_t(sizeof(scalar_t)) > kFarPrefetchBytes};
     segment_fold(rp, part, op);
   } else {
     with_fixed_width<scalar_t, 16, 32, 64>(x.size(1), [&](auto width) {
