@@ -104,6 +104,8 @@ struct SumFold {
 // winner). The state is one byte buffer holding two arrays, [values: F acc | edges: F
 // arg_t], so that the compare and the two selects of an edge vectorise (an array of
 // (value, edge) pairs did not: 12x slower than the sum). Edges are -1 until the first.
+// Without `winners` ("amax": no gradient will be asked for) only the values are kept
+// after a row's first edge, which still marks the state as begun.
 template <typename scalar_t, typename index_t, typename arg_t>
 struct MaxFold {
   using acc = acc_t<scalar_t>;
@@ -117,6 +119,7 @@ struct MaxFold {
   IndexCheck cols;
   int64_t prefetch_end = 0;  // the number of edges (see kPrefetchDistance)
   bool far = false;          // x far larger than the caches (see kFarPrefetchBytes)
+  bool winners = true;       // track and write each maximum's edge
   int64_t size = state_bytes(F);
 
   // the edges' array starts at an 8-byte boundary, and so does every piece's state
@@ -159,6 +162,14 @@ struct MaxFold {
       if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const scalar_t* __restrict__ xj = x + int64_t(col[e]) * F;
       const acc w = weight ? weight[e] : acc(1);
+      if (!winners) {  // which NaN wins does not matter here: a NaN replaces anything
+#pragma omp simd
+        for (int64_t f = 0; f < F; ++f) {
+          const acc v = w * widen(xj[f]);
+          best[f] = (v > best[f]) | (v != v) ? v : best[f];
+        }
+        continue;
+      }
       const arg_t edge = arg_t(e);
 #pragma omp simd
       for (int64_t f = 0; f < F; ++f) {
@@ -188,12 +199,12 @@ struct MaxFold {
     const acc* __restrict__ best = values(s);
     const arg_t* __restrict__ won = edges(s);
     scalar_t* __restrict__ o = out + r * F;
+#pragma omp simd
+    for (int64_t f = 0; f < F; ++f) o[f] = narrow<scalar_t>(won[f] >= 0 ? best[f] : acc(0));
+    if (!winners) return;
     arg_t* __restrict__ a = arg + r * F;
 #pragma omp simd
-    for (int64_t f = 0; f < F; ++f) {
-      o[f] = narrow<scalar_t>(won[f] >= 0 ? best[f] : acc(0));
-      a[f] = won[f];
-    }
+    for (int64_t f = 0; f < F; ++f) a[f] = won[f];
   }
 };
 
@@ -220,12 +231,13 @@ void spmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tens
   const Partition part = partition_rows(rp, rowptr.numel() - 1, x.size(1));
   std::atomic<bool> bad{false};
   const IndexCheck cols{uint64_t(x.size(0)), &bad};
-  if (reduce == "max") {
+  if (reduce == "max" || reduce == "amax") {
+    const bool winners = reduce == "max";
     MaxFold<scalar_t, index_t, arg_t> op{col.data_ptr<index_t>(),
                                          ptr_or_null<acc_t<scalar_t>>(weight),
                                          x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                                         arg.data_ptr<arg_t>(), x.size(1), cols, col.numel(),
-                                         x.numel() * int64_t(sizeof(scalar_t)) > kFarPrefetchBytes};
+                                         winners ? arg.data_ptr<arg_t>() : nullptr, x.size(1), cols, col.numel(),
+                                         x.numel() * int64_t(sizeof(scalar_t)) > kFarPrefetchBytes, winners};
     segment_fold(rp, part, op);
   } else {
     with_fixed_width<scalar_t, 16, 32, 64>(x.size(1), [&](auto width) {
@@ -243,7 +255,8 @@ std::tuple<at::Tensor, at::Tensor> spmm_forward(const at::Tensor& rowptr, const 
                                                 const c10::optional<at::Tensor>& weight,
                                                 const at::Tensor& x, c10::string_view reduce_) {
   const std::string reduce(reduce_);
-  TORCH_CHECK_VALUE(reduce == "sum" || reduce == "mean" || reduce == "max", "unknown reduce '", reduce, "'");
+  TORCH_CHECK_VALUE(reduce == "sum" || reduce == "mean" || reduce == "max" || reduce == "amax", "unknown reduce '",
+                    reduce, "'");
   check_csr(rowptr, col);
   TORCH_CHECK_VALUE(x.dim() == 2, "x must be 2-D");
   if (weight.has_value() && weight->defined())

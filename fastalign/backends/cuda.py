@@ -66,6 +66,8 @@ def _pair_rows_fit(x: Tensor, *others: Tensor) -> bool:
 def spmm_forward(rowptr, col, weight, x, reduce):
     if not _kernel_dtype(x):
         return _ref.spmm_forward(rowptr, col, weight, x, reduce)
+    if reduce == "amax":  # the max kernel, its winners dropped (no kernel of its own yet)
+        return _ops().spmm_forward(rowptr, col, weight, x, "max")[0], x.new_empty(0, dtype=torch.int64)
     return _ops().spmm_forward(rowptr, col, weight, x, reduce)
 
 

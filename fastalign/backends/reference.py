@@ -69,6 +69,7 @@ def spmm_forward(
     gave each maximum (the first one on ties), -1 for empty rows; otherwise an empty
     tensor. NaN propagates, as in ``torch.amax``: a NaN message makes the row's maximum
     NaN, and ``arg`` is the first NaN edge, whatever the edge order otherwise.
+    ``reduce="amax"``: the same maximum, without ``arg`` (an empty tensor).
     """
     num_dst, num_edges = rowptr.numel() - 1, col.numel()
     acc = acc_dtype(x.dtype)
@@ -82,11 +83,14 @@ def spmm_forward(
             deg = (rowptr[1:] - rowptr[:-1]).clamp(min=1).to(acc)
             out = out / deg.unsqueeze(1)
         return out.to(x.dtype), x.new_empty(0, dtype=torch.int64)
-    if reduce != "max":
+    if reduce not in ("max", "amax"):
         raise ValueError(f"unknown reduce {reduce!r}")
     feat = x.size(1)
     out = msg.new_full((num_dst, feat), float("-inf"))
     out.scatter_reduce_(0, row.unsqueeze(1).expand(-1, feat), msg, "amax", include_self=True)
+    if reduce == "amax":
+        out[rowptr[1:] == rowptr[:-1]] = 0
+        return out.to(x.dtype), x.new_empty(0, dtype=torch.int64)
     # First edge reaching the maximum (a NaN maximum: the first NaN), per (row, feature).
     best = out.index_select(0, row)
     hit = (msg == best) | (torch.isnan(msg) & torch.isnan(best))

@@ -289,6 +289,8 @@ def aggregate(
 
 @launcher
 def spmm_forward(rowptr, col, weight, x, reduce):
+    if reduce == "amax":  # the max kernel, its winners dropped (no kernel of its own yet)
+        return aggregate(rowptr, col, weight, x, "max")[0], x.new_empty(0, dtype=torch.int64)
     if reduce not in REDUCE_CODES:
         raise ValueError(f"unknown reduce {reduce!r}")
     return aggregate(rowptr, col, weight, x, reduce)

@@ -3,7 +3,9 @@
 Custom ops:
     fastalign::spmm                 forward; returns (out, arg) with arg the winning edge
                                     per output element for "max" (empty otherwise), int32
-                                    unless the graph has 2**31 edges or more
+                                    unless the graph has 2**31 edges or more; "amax" is
+                                    the max without its winners, for calls that will not
+                                    want a gradient (as torch.amax is to torch.max)
     fastalign::spmm_max_backward    gradients of the max reduction
     fastalign::sddmm                per-edge a[i] . b[j], the edge-weight gradient
 Autograd: grad_x of sum/mean is spmm over the cached transpose (no atomics; the
@@ -32,6 +34,8 @@ from .twin_op import TwinOp
 from ._common import as_graph, impl, resolve, transpose_for, transposed_weight
 
 REDUCTIONS = ("sum", "mean", "max")
+# what the custom op takes: the public reductions and "amax" (see the module docstring)
+OP_REDUCTIONS = REDUCTIONS + ("amax",)
 
 
 def _spmm(
@@ -136,6 +140,12 @@ def _backward(ctx, grad_out, _grad_arg):
     need_x, need_w = ctx.needs_input_grad[3], ctx.needs_input_grad[2]
     grad_x = grad_w = None
     grad_out = grad_out.contiguous()
+    if ctx.reduce == "amax":
+        raise RuntimeError(
+            "spmm: this max was computed without its winning edges (prepared for features that "
+            "needed no gradient), so it has no backward; prepare the propagation with features "
+            "that require grad, with gradients enabled"
+        )
     if ctx.reduce == "max":
         if rowptr_t is None or col_t is None or perm_t is None:
             raise RuntimeError(
@@ -194,10 +204,13 @@ def spmm_propagation(
     if reduce != "max":
         perm_t = None  # sum/mean need only the transposed rows (and weights)
     rowptr, col = graph.rowptr, graph.col
+    # a max that no gradient will ask for skips the winning edges (their selects and the
+    # [num_dst, F] index tensor): a third less time on the CPU
+    op_reduce = "amax" if reduce == "max" and not needs_t else reduce
 
     def propagate(x: Tensor) -> Tensor:
         out, _ = spmm_call(
-            rowptr, col, weight, x.contiguous(), reduce, rowptr_t, col_t, perm_t, weight_t, name
+            rowptr, col, weight, x.contiguous(), op_reduce, rowptr_t, col_t, perm_t, weight_t, name
         )
         return out
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastalign
-from fastalign import Graph
+from fastalign import backends, Graph
 from fastalign.ops.gcn_aggregate import gcn_norm_state
 from helpers import (
     assert_close, CASES, dense_spmm, edge_weight, feats, features, get_case, gradcheck_inputs, graph_of,
@@ -111,6 +111,53 @@ def test_spmm_max_winners_are_int32_and_both_index_widths_are_read(kernels, name
     assert torch.equal(gx32, gx64) and torch.equal(gw32, gw64)
     assert_close(gx32, ref_gx, torch.float64)
     assert_close(gw32, ref_gw, torch.float64)
+
+
+@graph_params
+@index_params
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16))
+def test_spmm_amax_is_the_max_without_its_winners(kernel_backend, name, index_dtype, dtype):
+    """"amax" (what the op runs when no gradient is wanted): the values of "max", NaN and
+    -inf included, bit for bit, and no winners; the reference's too."""
+    g = graph_of(name, index_dtype)
+    x = features(g, 5, dtype)
+    x[::7, 0] = float("nan")
+    x[:, 1] = float("-inf")
+    w = edge_weight(g, dtype)
+    for module in (backends.get(kernel_backend), REFERENCE):
+        want, _ = module.spmm_forward(g.rowptr, g.col, w, x, "max")
+        got, arg = module.spmm_forward(g.rowptr, g.col, w, x, "amax")
+        torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
+        assert arg.numel() == 0
+
+
+def test_spmm_max_skips_its_winners_only_where_no_gradient_is_wanted(backend, monkeypatch):
+    """The public max runs "amax" when neither the features nor the weights need a
+    gradient, "max" otherwise; a propagation prepared without gradient refuses a backward
+    by name instead of returning a wrong one."""
+    from fastalign.backends import get
+
+    g = get_case("hub", torch.int64)
+    module, seen = get(backend), []
+    original = module.spmm_forward
+
+    def spy(rowptr, col, weight, x, reduce):
+        seen.append(reduce)
+        return original(rowptr, col, weight, x, reduce)
+
+    monkeypatch.setattr(module, "spmm_forward", spy)
+    x = feats(g.num_src, 3)
+    w = (torch.rand(g.num_edges, dtype=torch.float64) + 0.5).requires_grad_()
+    plain = fastalign.spmm(g, x, "max", backend=backend)
+    with torch.no_grad():
+        fastalign.spmm(g, x.requires_grad_(), "max", edge_weight=w, backend=backend)
+    fastalign.spmm(g, x.detach(), "max", edge_weight=w, backend=backend).sum().backward()
+    out = fastalign.spmm(g, x, "max", backend=backend)
+    assert seen == ["amax", "amax", "max", "max"]
+    torch.testing.assert_close(out.detach(), plain)
+    prepared = fastalign.ops.spmm_propagation(g, x.detach(), "max", backend=backend)
+    with pytest.raises(RuntimeError, match="without its winning edges"):
+        prepared(x).sum().backward()
 
 
 @kernel_grid
@@ -237,6 +284,17 @@ if TRITON_INTERPRETER:
                 close(tb.spmm_forward(g.rowptr, g.col, weight, x, reduce),
                       ref.spmm_forward(g.rowptr, g.col, weight, x, reduce))
 
+
+    @interpreted
+    def test_triton_spmm_amax():
+        """The max without winners: the max kernel's values, an empty winner tensor."""
+        g = graph("hub")
+        x = features(g, 5)
+        x[3, 0] = float("nan")
+        with segments.force_split(4):
+            out, arg = tb.spmm_forward(g.rowptr, g.col, None, x, "amax")
+        torch.testing.assert_close(out, ref.spmm_forward(g.rowptr, g.col, None, x, "amax")[0], equal_nan=True)
+        assert out[:, 0].isnan().any() and arg.numel() == 0
 
     @interpreted
     @pytest.mark.parametrize("width", [1, 37, 300])
