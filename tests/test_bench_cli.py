@@ -39,11 +39,11 @@ def test_bench_cli_tiny_writes_json_and_png(tmp_path, capsys):
     assert meta["graphs"][0]["graph"] == "powerlaw-tiny"
     results = run["results"]
     suites = {r["suite"] for r in results}
-    assert suites == {"spmm", "gcn", "align", "similarity", "softmax", "attention", "linear", "sage", "graphconv",
+    assert suites == {"spmm", "max", "gcn", "align", "similarity", "softmax", "attention", "linear", "sage", "graphconv",
                       "gin", "gat", "gat1"}
     assert {r["mode"] for r in results} == {"fwd", "fwd+bwd"}
     peers_run = {r["contender"] for r in results if r["kind"] == "peer" and r["status"] == "ok"}
-    assert {"torch.sparse.mm (CSR)", "PyG GCNConv edge_index", "PyG GCNConv adj_t (torch.sparse)",
+    assert {"torch.sparse.mm (CSR)", "torch.sparse.mm amax (CSR)", "PyG gather+scatter max", "PyG GCNConv edge_index", "PyG GCNConv adj_t (torch.sparse)",
             "PyG-style loss", "PyG-style similarity", "PyG softmax", "PyG GAT propagation", "PyG SAGEConv", "PyG GraphConv", "PyG GINConv",
             "PyG GATConv"} <= peers_run
     ours = [r for r in results if r["kind"] == "fastalign"]

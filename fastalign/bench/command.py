@@ -17,10 +17,10 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-SUITE_CHOICES = ("spmm", "gcn", "align", "similarity", "softmax", "attention", "linear", "sage", "graphconv", "gin", "gat", "gat1", "layers", "all")
+SUITE_CHOICES = ("spmm", "max", "gcn", "align", "similarity", "softmax", "attention", "linear", "sage", "graphconv", "gin", "gat", "gat1", "layers", "all")
 DESCRIPTION = (
     "Benchmark every available fastalign backend against the peers (torch.sparse.mm, "
-    "PyG's gather+scatter, PyG's GCNConv(cached=True) on edge_index eager and compiled and "
+    "PyG's gather+scatter, both with sum and max, PyG's GCNConv(cached=True) on edge_index eager and compiled and "
     "on a torch.sparse adj_t, the PyG-style structure loss eager and compiled, PyG's "
     "SAGEConv, GraphConv and GINConv eager and compiled): median "
     "time and peak extra memory of one call, forward and forward+backward, on Cora, "

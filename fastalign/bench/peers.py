@@ -40,14 +40,14 @@ def csr_adjacency(edge_index: Tensor, num_nodes: int, dtype=torch.float32) -> Te
     return adj.to_sparse_csr()
 
 
-def torch_sparse_mm(adj_csr: Tensor, x: Tensor) -> Tensor:
-    return torch.sparse.mm(adj_csr, x)
+def torch_sparse_mm(adj_csr: Tensor, x: Tensor, reduce: str = "sum") -> Tensor:
+    return torch.sparse.mm(adj_csr, x) if reduce == "sum" else torch.sparse.mm(adj_csr, x, reduce)
 
 
-def pyg_scatter_spmm(edge_index: Tensor, x: Tensor, num_nodes: int) -> Tensor:
+def pyg_scatter_spmm(edge_index: Tensor, x: Tensor, num_nodes: int, reduce: str = "sum") -> Tensor:
     from torch_geometric.utils import scatter
 
-    return scatter(x.index_select(0, edge_index[0]), edge_index[1], 0, dim_size=num_nodes, reduce="sum")
+    return scatter(x.index_select(0, edge_index[0]), edge_index[1], 0, dim_size=num_nodes, reduce=reduce)
 
 
 def pyg_edge_similarity(x: Tensor, edge_index: Tensor, kernel: str = "l1", sigma: float = 100.0, degree: int = 2,

@@ -55,7 +55,7 @@ from fastalign.graph import Graph
 from . import peers
 
 LAYER_SUITES = ("sage", "graphconv", "gin", "gat", "gat1")
-SUITES = ("spmm", "gcn", "align", "similarity", "softmax", "attention", "linear") + LAYER_SUITES
+SUITES = ("spmm", "max", "gcn", "align", "similarity", "softmax", "attention", "linear") + LAYER_SUITES
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -215,7 +215,9 @@ def _need_pyg():
 
 
 # ---------------------------------------------------------------------- spmm
-def _spmm_fastalign(backend):
+# the "spmm" suite is the sum; "max" the max with each peer's own max (torch.sparse's
+# "amax", PyG's scatter "max")
+def _spmm_fastalign(backend, reduce="sum"):
     def build(w: Workload, mode: str):
         reason = backend_implements(backend, ("spmm_forward", "sddmm"))
         if reason:
@@ -226,12 +228,12 @@ def _spmm_fastalign(backend):
 
             def run():
                 with torch.no_grad():
-                    return fastalign.spmm(graph, x, "sum", backend=backend)
+                    return fastalign.spmm(graph, x, reduce, backend=backend)
         else:
             x, g = w.x_grad, w.grad_out
 
             def run():
-                out = fastalign.spmm(graph, x, "sum", backend=backend)
+                out = fastalign.spmm(graph, x, reduce, backend=backend)
                 return torch.autograd.grad(out, x, g)
 
         return run
@@ -239,39 +241,49 @@ def _spmm_fastalign(backend):
     return build
 
 
-def _spmm_torch_sparse(w: Workload, mode: str):
-    adj = w.adj_csr
-    if mode == "fwd":
-        x = w.x
+def _spmm_torch_sparse(reduce="sum"):
+    def build(w: Workload, mode: str):
+        adj = w.adj_csr
+        if reduce != "sum":  # the max of a duplicated edge's message, not of their sum
+            adj = torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), torch.ones_like(adj.values()),
+                                          adj.shape)
+        if mode == "fwd":
+            x = w.x
 
-        def run():
-            with torch.no_grad():
-                return peers.torch_sparse_mm(adj, x)
-    else:
-        x, g = w.x_grad, w.grad_out
+            def run():
+                with torch.no_grad():
+                    return peers.torch_sparse_mm(adj, x, reduce)
+        else:
+            x, g = w.x_grad, w.grad_out
 
-        def run():
-            return torch.autograd.grad(peers.torch_sparse_mm(adj, x), x, g)
+            def run():
+                return torch.autograd.grad(peers.torch_sparse_mm(adj, x, reduce), x, g)
 
-    return run
+        return run
+
+    return build
 
 
-def _spmm_pyg_scatter(w: Workload, mode: str):
-    _need_pyg()
-    ei, n = w.edge_index, w.num_nodes
-    if mode == "fwd":
-        x = w.x
+def _spmm_pyg_scatter(reduce="sum", compile_=False):
+    def build(w: Workload, mode: str):
+        _need_pyg()
+        ei, n = w.edge_index, w.num_nodes
+        fn = peers.compiled(peers.pyg_scatter_spmm) if compile_ else peers.pyg_scatter_spmm
+        if mode == "fwd":
+            x = w.x
 
-        def run():
-            with torch.no_grad():
-                return peers.pyg_scatter_spmm(ei, x, n)
-    else:
-        x, g = w.x_grad, w.grad_out
+            def run():
+                with torch.no_grad():
+                    return fn(ei, x, n, reduce)
+        else:
+            x, g = w.x_grad, w.grad_out
 
-        def run():
-            return torch.autograd.grad(peers.pyg_scatter_spmm(ei, x, n), x, g)
+            def run():
+                return torch.autograd.grad(fn(ei, x, n, reduce), x, g)
 
-    return run
+        return run
+
+    return build
 
 
 # ---------------------------------------------------------------------- gcn
@@ -624,9 +636,20 @@ def contenders(suite: str, device, *, compile_peers: bool = True, backends=None)
         for b in names:
             out.append(Contender(f"fastalign[{b}]", "fastalign", _spmm_fastalign(b), backend=b,
                                  estimate=(lambda w: _bytes_ExF(w, 2)) if b == "torch" else (lambda w: _bytes_NxF(w, 2))))
-        out.append(Contender("torch.sparse.mm (CSR)", "peer", _spmm_torch_sparse,
+        out.append(Contender("torch.sparse.mm (CSR)", "peer", _spmm_torch_sparse(),
                              estimate=lambda w: _csr_build_bytes(w) + _bytes_NxF(w, 3)))
-        out.append(Contender("PyG gather+scatter", "peer", _spmm_pyg_scatter, estimate=lambda w: _bytes_ExF(w, 2)))
+        out.append(Contender("PyG gather+scatter", "peer", _spmm_pyg_scatter(), estimate=lambda w: _bytes_ExF(w, 2)))
+    elif suite == "max":
+        for b in names:
+            out.append(Contender(f"fastalign max[{b}]", "fastalign", _spmm_fastalign(b, "max"), backend=b,
+                                 estimate=(lambda w: _bytes_ExF(w, 3)) if b == "torch" else (lambda w: _bytes_NxF(w, 3))))
+        out.append(Contender("torch.sparse.mm amax (CSR)", "peer", _spmm_torch_sparse("amax"),
+                             estimate=lambda w: _csr_build_bytes(w) + _bytes_NxF(w, 4)))
+        out.append(Contender("PyG gather+scatter max", "peer", _spmm_pyg_scatter("max"),
+                             estimate=lambda w: _bytes_ExF(w, 2)))
+        if compile_peers:
+            out.append(Contender("PyG gather+scatter max compiled", "peer", _spmm_pyg_scatter("max", True),
+                                 compiled=True, estimate=lambda w: _bytes_ExF(w, 2)))
     elif suite == "gcn":
         for b in names:
             out.append(Contender(f"fastalign GCNConv[{b}]", "fastalign", _gcn_fastalign(b), backend=b,
