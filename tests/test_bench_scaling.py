@@ -90,6 +90,17 @@ def test_per_edge_figures_and_slopes():
     assert "triad 20.0 GB/s" in text and "slope 1.00" in text
 
 
+def test_rows_merged_from_several_runs_keep_their_own_bandwidth():
+    run = _run([(10**4, 1.0), (10**5, 10.0)])
+    run["results"][1]["triad_GBps"] = 40.0  # measured in another run than the meta's 20
+    first, second = scaling.summarize(run)
+    assert first["fraction_of_triad"] == pytest.approx(first["achieved_GBps"] / 20.0)
+    assert second["fraction_of_triad"] == pytest.approx(second["achieved_GBps"] / 40.0)
+    assert second["over_no_reuse_bound"] == pytest.approx(10e-3 / (second["no_reuse_bytes"] / 40e9))
+    run["results"][0]["suite"] = "max"  # the max is an aggregation too
+    assert "fraction_of_triad" in scaling.summarize(run)[0]
+
+
 def test_rows_on_huge_pages_are_their_own_curve():
     run = _run([(10**4, 1.0), (10**5, 10.0)])
     faster = _run([(10**4, 1.0), (10**5, 5.0)])["results"]
