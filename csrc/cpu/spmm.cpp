@@ -106,7 +106,7 @@ struct SumFold {
 // (value, edge) pairs did not: 12x slower than the sum). Edges are -1 until the first.
 // Without `winners` ("amax": no gradient will be asked for) only the values are kept
 // after a row's first edge, which still marks the state as begun.
-template <typename scalar_t, typename index_t, typename arg_t>
+template <typename scalar_t, typename index_t, typename arg_t, int kF = 0>
 struct MaxFold {
   using acc = acc_t<scalar_t>;
   using elem_t = unsigned char;
@@ -162,12 +162,9 @@ struct MaxFold {
       if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * F, F);
       const scalar_t* __restrict__ xj = x + int64_t(col[e]) * F;
       const acc w = weight ? weight[e] : acc(1);
-      if (!winners) {  // which NaN wins does not matter here: a NaN replaces anything
+      if (!winners) {
 #pragma omp simd
-        for (int64_t f = 0; f < F; ++f) {
-          const acc v = w * widen(xj[f]);
-          best[f] = (v > best[f]) | (v != v) ? v : best[f];
-        }
+        for (int64_t f = 0; f < F; ++f) best[f] = greater(w * widen(xj[f]), best[f]);
         continue;
       }
       const arg_t edge = arg_t(e);
@@ -182,6 +179,33 @@ struct MaxFold {
         won[f] = (won[f] & keep) | (edge & ~keep);
       }
     }
+  }
+  // The running maximum without winners: which NaN wins does not matter, a NaN
+  // replaces anything.
+  static acc greater(acc v, acc best) { return (v > best) | (v != v) ? v : best; }
+  // A whole row without winners at a width fixed at compile time (instantiated only
+  // for "amax"): its maxima in registers instead of the state in L1.
+  static constexpr bool kWholeRows = kF > 0;
+  void row(int64_t r, int64_t e0, int64_t e1) const {
+    scalar_t* __restrict__ o = out + r * kF;
+    acc best[kF > 0 ? kF : 1];
+    if (e0 >= e1) {
+      for (int f = 0; f < kF; ++f) o[f] = narrow<scalar_t>(acc(0));
+      return;
+    }
+    const scalar_t* __restrict__ x0 = x + int64_t(col[e0]) * kF;
+    const acc w0 = weight ? weight[e0] : acc(1);
+    for (int f = 0; f < kF; ++f) best[f] = w0 * widen(x0[f]);
+    const int64_t end = std::max(e1, prefetch_end);
+    for (int64_t e = e0 + 1; e < e1; ++e) {
+      if (far && e + kFarPrefetchDistance < end) prefetch_row_l2(x + int64_t(col[e + kFarPrefetchDistance]) * kF, kF);
+      if (e + kPrefetchDistance < end) prefetch_row(x + int64_t(col[e + kPrefetchDistance]) * kF, kF);
+      const scalar_t* __restrict__ xj = x + int64_t(col[e]) * kF;
+      const acc w = weight ? weight[e] : acc(1);
+#pragma omp simd
+      for (int f = 0; f < kF; ++f) best[f] = greater(w * widen(xj[f]), best[f]);
+    }
+    for (int f = 0; f < kF; ++f) o[f] = narrow<scalar_t>(best[f]);
   }
   // Pieces merge in edge order: a later piece wins only by beating the earlier state.
   void merge(unsigned char* s, const unsigned char* piece) const {
@@ -231,13 +255,18 @@ void spmm_kernel(const at::Tensor& rowptr, const at::Tensor& col, const at::Tens
   const Partition part = partition_rows(rp, rowptr.numel() - 1, x.size(1));
   std::atomic<bool> bad{false};
   const IndexCheck cols{uint64_t(x.size(0)), &bad};
-  if (reduce == "max" || reduce == "amax") {
-    const bool winners = reduce == "max";
-    MaxFold<scalar_t, index_t, arg_t> op{col.data_ptr<index_t>(),
-                                         ptr_or_null<acc_t<scalar_t>>(weight),
-                                         x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                                         winners ? arg.data_ptr<arg_t>() : nullptr, x.size(1), cols, col.numel(),
-                                         x.numel() * int64_t(sizeof(scalar_t)) > kFarPrefetchBytes, winners};
+  const bool far = x.numel() * int64_t(sizeof(scalar_t)) > kFarPrefetchBytes;
+  if (reduce == "amax") {  // no winners: int32 edges mark begun states, whatever arg_t is
+    with_fixed_width<scalar_t, 16, 32, 64>(x.size(1), [&](auto width) {
+      MaxFold<scalar_t, index_t, int32_t, decltype(width)::value> op{
+          col.data_ptr<index_t>(), ptr_or_null<acc_t<scalar_t>>(weight), x.data_ptr<scalar_t>(),
+          out.data_ptr<scalar_t>(), nullptr, x.size(1), cols, col.numel(), far, false};
+      segment_fold(rp, part, op);
+    });
+  } else if (reduce == "max") {
+    MaxFold<scalar_t, index_t, arg_t> op{col.data_ptr<index_t>(), ptr_or_null<acc_t<scalar_t>>(weight),
+                                         x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), arg.data_ptr<arg_t>(),
+                                         x.size(1), cols, col.numel(), far, true};
     segment_fold(rp, part, op);
   } else {
     with_fixed_width<scalar_t, 16, 32, 64>(x.size(1), [&](auto width) {

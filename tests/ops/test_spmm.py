@@ -116,11 +116,12 @@ def test_spmm_max_winners_are_int32_and_both_index_widths_are_read(kernels, name
 @graph_params
 @index_params
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16))
-def test_spmm_amax_is_the_max_without_its_winners(kernel_backend, name, index_dtype, dtype):
+@pytest.mark.parametrize("width", (5, 16, 64))  # 16 and 64: float32's whole-row path in registers
+def test_spmm_amax_is_the_max_without_its_winners(kernel_backend, name, index_dtype, dtype, width):
     """"amax" (what the op runs when no gradient is wanted): the values of "max", NaN and
     -inf included, bit for bit, and no winners; the reference's too."""
     g = graph_of(name, index_dtype)
-    x = features(g, 5, dtype)
+    x = features(g, width, dtype)
     x[::7, 0] = float("nan")
     x[:, 1] = float("-inf")
     w = edge_weight(g, dtype)
