@@ -216,12 +216,9 @@ def _scaling_runs():
         raise LookupError("no run of bench/results/scaling_cpu.jsonl has '--sizes scaling' in its command")
     key = lambda r: (r["suite"], r["graph"], r["mode"], r["contender"], r.get("dtype"), r.get("features"),
                      bool(r.get("huge_pages")))
-
-    def triad(run):  # the bandwidth measured in the run: each row is held to its own run's
-        stream = (run["meta"].get("machine") or {}).get("stream") or []
-        return max((s["triad_GBps"] for s in stream), default=None)
-
-    merged = records.latest((dict(res, triad_GBps=triad(run)) for run in runs for res in run["results"]), key)
+    # each row is held to the bandwidth measured in its own run
+    merged = records.latest((dict(res, triad_GBps=scaling.triad_peak(run["meta"])) for run in runs
+                             for res in run["results"]), key)
     machine = next((run["meta"]["machine"] for run in reversed(runs) if run["meta"].get("machine")), None)
     if machine:  # runs differ in it: the rows run on huge pages say so in their label
         machine = {k: v for k, v in machine.items() if k != "huge_pages"}

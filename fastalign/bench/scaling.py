@@ -134,14 +134,19 @@ def aggregation_bytes(num_dst: int, num_src: int, num_edges: int, width: int, *,
 HUGE_PAGES_LABEL = " (2 MiB pages)"  # after the contender's name, for rows run on huge pages
 
 
+def triad_peak(meta: dict) -> Optional[float]:
+    """The best triad bandwidth (GB/s) a run's machine figures hold, or None."""
+    stream = (meta.get("machine") or {}).get("stream") or []
+    return max((s["triad_GBps"] for s in stream), default=None)
+
+
 def summarize(run: dict) -> List[dict]:
     """One row per timed measurement of the sweep: time per edge (ns), peak memory per
     edge (bytes), and for the gather suites' forward rows the bytes moved, the achieved
     bandwidth (compulsory bytes / time) and the time over the no-reuse bound at the
     measured triad bandwidth (a row's own ``triad_GBps`` where it carries one: rows merged
     from several runs are each held to the bandwidth measured in their run)."""
-    stream = (run.get("meta", {}).get("machine") or {}).get("stream") or []
-    run_peak = max((s["triad_GBps"] for s in stream), default=None)
+    run_peak = triad_peak(run.get("meta", {}))
     rows = []
     for r in run.get("results", []):
         if r.get("status") != "ok" or not r.get("median_ms") or not r.get("num_edges"):

@@ -142,6 +142,17 @@ class Workload:
     def adj_csr(self) -> Tensor:
         return self._get("adj_csr", lambda: peers.csr_adjacency(self.edge_index, self.num_nodes, self.dtype))
 
+    @property
+    def adj_csr_unit(self) -> Tensor:
+        """adj_csr with every stored value 1: the max of a duplicated edge's message, not
+        of the duplicates' sum."""
+        def build():
+            adj = self.adj_csr
+            return torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), torch.ones_like(adj.values()),
+                                           adj.shape)
+
+        return self._get("adj_csr_unit", build)
+
     def randn(self, key: str, width: Optional[int] = None, seed_offset: int = 0) -> Tensor:
         def build():
             gen = torch.Generator().manual_seed(self.seed + seed_offset)
@@ -243,10 +254,7 @@ def _spmm_fastalign(backend, reduce="sum"):
 
 def _spmm_torch_sparse(reduce="sum"):
     def build(w: Workload, mode: str):
-        adj = w.adj_csr
-        if reduce != "sum":  # the max of a duplicated edge's message, not of their sum
-            adj = torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), torch.ones_like(adj.values()),
-                                          adj.shape)
+        adj = w.adj_csr if reduce == "sum" else w.adj_csr_unit
         if mode == "fwd":
             x = w.x
 

@@ -34,8 +34,6 @@ from .twin_op import TwinOp
 from ._common import as_graph, impl, resolve, transpose_for, transposed_weight
 
 REDUCTIONS = ("sum", "mean", "max")
-# what the custom op takes: the public reductions and "amax" (see the module docstring)
-OP_REDUCTIONS = REDUCTIONS + ("amax",)
 
 
 def _spmm(
