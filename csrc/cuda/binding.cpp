@@ -164,9 +164,8 @@ std::tuple<Tensor, Tensor> spmm_forward(const Tensor& rowptr, const Tensor& col,
   const size_t bytes = fa_spmm_workspace_bytes(&c.g, F, r, split);
   Tensor ws = workspace(bytes, x);
   FA_CHECK_CUDA(fa_spmm_forward(&c.g, ptr_or_null(w), x.data_ptr(), F, value_type(x, "x"), r,
-                                nullptr, nullptr, out.data_ptr(),
-                                r == FA_MAX ? arg.data_ptr() : nullptr, arg32 ? FA_I32 : FA_I64, split,
-                                ws.data_ptr(), bytes, stream()));
+                                out.data_ptr(), r == FA_MAX ? arg.data_ptr() : nullptr,
+                                arg32 ? FA_I32 : FA_I64, split, ws.data_ptr(), bytes, stream()));
   return {out, arg};
 }
 
@@ -337,12 +336,11 @@ Tensor gcn_aggregate(const Tensor& rowptr, const Tensor& col, const OptTensor& w
   const int64_t F = x.size(1);
   Tensor out = at::empty({c.g.num_rows, F}, x.options());
   const int64_t split = split_for(c.g.num_edges);
-  const size_t bytes = fa_spmm_workspace_bytes(&c.g, F, FA_SUM, split);
+  const size_t bytes = fa_gcn_aggregate_workspace_bytes(&c.g, F, split);
   Tensor ws = workspace(bytes, x);
-  FA_CHECK_CUDA(fa_spmm_forward(&c.g, ptr_or_null(w), x.data_ptr(), F, value_type(x, "x"), FA_SUM,
-                                d.data_ptr<float>(),
-                                lw.has_value() ? lw->data_ptr<float>() : nullptr, out.data_ptr(),
-                                nullptr, FA_I64, split, ws.data_ptr(), bytes, stream()));
+  FA_CHECK_CUDA(fa_gcn_aggregate(&c.g, ptr_or_null(w), x.data_ptr(), F, value_type(x, "x"),
+                                 d.data_ptr<float>(), lw.has_value() ? lw->data_ptr<float>() : nullptr,
+                                 out.data_ptr(), split, ws.data_ptr(), bytes, stream()));
   if (bias.has_value() && bias->defined()) {
     // a second pass for now: the sum kernel's epilogue does not take a bias yet
     check_cuda(*bias, x, "bias");

@@ -13,8 +13,8 @@ the state is cached on the Graph for its own edge weights.
 
 Kernels: reference ``fastalign/backends/reference.py``; CPU ``csrc/cpu/gcn_aggregate.cpp``;
 Triton ``fastalign/kernels/gcn_aggregate.py`` (the aggregation kernel of ``fastalign/kernels/spmm.py`` with
-the normalisation fused); CUDA ``csrc/cuda/kernels/spmm.cu`` (``fa_spmm_forward`` with
-``dis`` and the loop weights).
+the normalisation fused); CUDA ``csrc/cuda/kernels/gcn_aggregate.cu`` (the sum kernel of
+``csrc/cuda/kernels/spmm.cu`` with ``dis`` and the loop weights).
 
 Custom op ``fastalign::gcn_aggregate``; its backward is the same op on the transpose
 (the normalised operator's transpose has the same per-node state).

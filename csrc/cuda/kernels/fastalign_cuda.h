@@ -60,16 +60,11 @@ int64_t fa_default_split(int64_t num_edges);
 // FA_MAX also writes arg [num_rows, F] (arg_type: FA_I32 when every edge position fits,
 // else FA_I64): the first edge reaching the maximum, -1 for empty rows (pass arg = NULL
 // otherwise).
-// GCN mode (dis != NULL, float32 [num_rows]):
-//   out[i] = dis[i] * (sum_e w_e dis[j] x[j] + loop_w[i] dis[i] x[i]),
-// and with loop_w != NULL (float32 [num_rows]) self-loop edges (j == i) are skipped.
-// GCN mode needs reduce == FA_SUM and a square graph.
 size_t fa_spmm_workspace_bytes(const fa_csr* g, int64_t F, fa_reduce reduce, int64_t split);
 cudaError_t fa_spmm_forward(const fa_csr* g, const void* weight, const void* x, int64_t F,
-                            fa_dtype dtype, fa_reduce reduce, const float* dis,
-                            const float* loop_w, void* out, void* arg, fa_itype arg_type,
-                            int64_t split, void* workspace, size_t workspace_bytes,
-                            cudaStream_t stream);
+                            fa_dtype dtype, fa_reduce reduce, void* out, void* arg,
+                            fa_itype arg_type, int64_t split, void* workspace,
+                            size_t workspace_bytes, cudaStream_t stream);
 
 // Gradients of the max reduction, for arg [num_rows, F] (int32 or int64, arg_type) from
 // fa_spmm_forward.
@@ -88,6 +83,17 @@ cudaError_t fa_spmm_max_backward(const fa_csr* g, const fa_csr* gt, const int64_
                                  fa_itype arg_type, const void* grad_out, int64_t F, fa_dtype dtype,
                                  void* grad_x, float* grad_w_acc, int64_t split,
                                  void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------- gcn_aggregate
+// The spmm sum with PyG's GCN normalisation (dis: float32 [num_rows], deg^-1/2):
+//   out[i] = dis[i] * (sum_e w_e dis[j] x[j] + loop_w[i] dis[i] x[i]);
+// with loop_w != NULL (float32 [num_rows]) self-loop edges (j == i) are skipped (their
+// weight is loop_w). Needs a square graph (x has num_rows rows).
+size_t fa_gcn_aggregate_workspace_bytes(const fa_csr* g, int64_t F, int64_t split);
+cudaError_t fa_gcn_aggregate(const fa_csr* g, const void* weight, const void* x, int64_t F,
+                             fa_dtype dtype, const float* dis, const float* loop_w, void* out,
+                             int64_t split, void* workspace, size_t workspace_bytes,
+                             cudaStream_t stream);
 
 // ---------------------------------------------------------------------------- edges
 // s_e = k(x_dst[i], x_src[j]) for e = (j -> i); sddmm is FA_LINEAR. Output [num_edges]

@@ -1,5 +1,6 @@
-// SpMM over a CSR by destination: sum / mean / max, optional edge weights, and the GCN
-// normalisation applied on the fly (gcn_aggregate); plus the max-reduction backward.
+// SpMM over a CSR by destination: sum / mean / max, optional edge weights, and the sum
+// with PyG's GCN normalisation applied on the fly (gcn_aggregate.cu's entry point runs
+// it); plus the max-reduction backward.
 //
 // Design (GE-SpMM, adapted):
 //  * one tile of L lanes per row segment (schedule.cuh splits hub rows); L follows the
@@ -15,6 +16,7 @@
 // The max backward gathers the same way over the transpose: a tile per segment of a
 // source node's transposed edges adds the output gradients its edges won (no atomics).
 #include "schedule.cuh"
+#include "spmm.cuh"
 
 namespace fastalign {
 namespace cuda {
@@ -368,8 +370,8 @@ extern "C" int64_t fa_default_split(int64_t num_edges) {
   return s < 256 ? 256 : (s > 4096 ? 4096 : s);
 }
 
-extern "C" size_t fa_spmm_workspace_bytes(const fa_csr* g, int64_t F, fa_reduce reduce,
-                                          int64_t split) {
+size_t fastalign::cuda::spmm_workspace(const fa_csr* g, int64_t F, fa_reduce reduce,
+                                       int64_t split) {
   if (split <= 0) split = fa_default_split(g->num_edges);
   Carve c{nullptr};
   Schedule s;
@@ -381,17 +383,17 @@ extern "C" size_t fa_spmm_workspace_bytes(const fa_csr* g, int64_t F, fa_reduce 
   return err == cudaSuccess ? align_up(c.off) : 0;
 }
 
-extern "C" cudaError_t fa_spmm_forward(const fa_csr* g, const void* weight, const void* x,
-                                       int64_t F, fa_dtype dtype, fa_reduce reduce,
-                                       const float* dis, const float* loop_w, void* out,
-                                       void* arg, fa_itype arg_type, int64_t split,
-                                       void* workspace, size_t workspace_bytes,
-                                       cudaStream_t stream) {
+cudaError_t fastalign::cuda::spmm_launch(const fa_csr* g, const void* weight, const void* x,
+                                         int64_t F, fa_dtype dtype, fa_reduce reduce,
+                                         const float* dis, const float* loop_w, void* out,
+                                         void* arg, fa_itype arg_type, int64_t split,
+                                         void* workspace, size_t workspace_bytes,
+                                         cudaStream_t stream) {
   if (split <= 0) split = fa_default_split(g->num_edges);
   if (g->num_rows == 0 || F == 0) return cudaSuccess;
   if (reduce == FA_MAX && (arg == nullptr || dis != nullptr)) return cudaErrorInvalidValue;
   if (dis != nullptr && reduce != FA_SUM) return cudaErrorInvalidValue;
-  if (workspace_bytes < fa_spmm_workspace_bytes(g, F, reduce, split)) return cudaErrorInvalidValue;
+  if (workspace_bytes < spmm_workspace(g, F, reduce, split)) return cudaErrorInvalidValue;
   return dispatch_types(dtype, g->itype, [&](auto tv, auto iv) -> cudaError_t {
     using T = decltype(tv);
     using I = decltype(iv);
@@ -422,6 +424,20 @@ extern "C" cudaError_t fa_spmm_forward(const fa_csr* g, const void* weight, cons
     return vec == 1 ? launch_spmm<T, I, 1, false>(a, s, shape, stream)
                     : launch_spmm<T, I, V16, false>(a, s, shape, stream);
   });
+}
+
+extern "C" size_t fa_spmm_workspace_bytes(const fa_csr* g, int64_t F, fa_reduce reduce,
+                                          int64_t split) {
+  return spmm_workspace(g, F, reduce, split);
+}
+
+extern "C" cudaError_t fa_spmm_forward(const fa_csr* g, const void* weight, const void* x,
+                                       int64_t F, fa_dtype dtype, fa_reduce reduce, void* out,
+                                       void* arg, fa_itype arg_type, int64_t split,
+                                       void* workspace, size_t workspace_bytes,
+                                       cudaStream_t stream) {
+  return spmm_launch(g, weight, x, F, dtype, reduce, nullptr, nullptr, out, arg, arg_type, split,
+                     workspace, workspace_bytes, stream);
 }
 
 extern "C" size_t fa_spmm_max_backward_workspace_bytes(const fa_csr* gt, int64_t F,
