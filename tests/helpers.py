@@ -9,6 +9,7 @@ pyg_twins.py (they need torch_geometric)."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 
 import pytest
@@ -204,6 +205,18 @@ OP_BACKENDS = tuple(backends.available_backends("cpu"))
 # the Triton interpreter's run of the op files (their Triton sections; tests/test_triton_backend.py)
 TRITON_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 KERNEL_BACKENDS = tuple(b for b in OP_BACKENDS if b != "torch")
+
+# The GPU sections of the op files (`pytest -m cuda tests/ops`, `pytest -m triton_gpu
+# tests/ops`; their fixtures in tests/ops/cuda_gpu.py and tests/ops/triton_gpu.py) are
+# collected only where they can run: on a CUDA device, or in their dry run on CPU tensors
+# (FASTALIGN_GPU_TESTS_ON_CPU=1), which checks the tests themselves before the rare GPU
+# run: the C++ CPU backend stands in for the CUDA extension, and with TRITON_INTERPRET=1
+# too the Triton cases run interpreted, float32 only, on graphs a tenth the size.
+ON_GPU = torch.cuda.is_available()
+GPU_DRY_RUN = not ON_GPU and os.environ.get("FASTALIGN_GPU_TESTS_ON_CPU") == "1"
+CUDA_CASES = (ON_GPU and backends.is_available("cuda")) or (GPU_DRY_RUN and backends.is_available("cpu"))
+TRITON_GPU_CASES = importlib.util.find_spec("triton") is not None and (
+    (ON_GPU and not TRITON_INTERPRETER) or (GPU_DRY_RUN and TRITON_INTERPRETER))
 
 
 REF = "torch"  # the reference backend

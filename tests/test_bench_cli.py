@@ -270,7 +270,7 @@ def test_power_law_generator_recipe():
 
 def test_power_law_generator_is_one_stream_on_every_device():
     """Built on a device, the graph is the CPU's, edge for edge (the draws stay on the
-    CPU; tests/test_triton_gpu.py compares the values on CUDA)."""
+    CPU; tests/test_triton_backend.py compares the values on CUDA)."""
     ei = G.power_law_edge_index(500, 4_000, seed=2, device="cpu")
     assert torch.equal(ei, G.power_law_edge_index(500, 4_000, seed=2))
     assert torch.equal(ei, G.power_law_edge_index(500, 4_000, seed=2, device=torch.device("cpu")))

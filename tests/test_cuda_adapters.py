@@ -7,9 +7,10 @@ import inspect
 import pytest
 import torch
 
+from fastalign import backends
 from fastalign.backends import BACKEND_FUNCTIONS, reference
 from fastalign.backends import cuda as cu
-from helpers import case_graphs
+from helpers import case_graphs, CUDA_CASES, GPU_DRY_RUN
 
 
 class Recorder:
@@ -75,3 +76,14 @@ def test_keyword_arguments_are_seen(ops):
     out = cu.spmm_forward(g.rowptr, g.col, weight=None, x=x, reduce="mean")
     torch.testing.assert_close(out[0], reference.spmm_forward(g.rowptr, g.col, None, x, "mean")[0])
     assert cu.spmm_forward(g.rowptr, g.col, weight=None, x=x.float(), reduce="mean") == "spmm_forward"
+
+
+# ------------------------------------------------------------------ CUDA, on a device
+# The backend as a whole on a GPU (its kernels' cases: tests/ops, `pytest -m cuda`).
+if CUDA_CASES and not GPU_DRY_RUN:
+    from cuda_gpu import cuda_case, DEV
+
+    @cuda_case
+    def test_cuda_lists_every_backend_function():
+        assert backends.get("cuda").FUNCTIONS == frozenset(BACKEND_FUNCTIONS)
+        assert backends.resolve("spmm", "cuda", torch.device(DEV), ("spmm_forward",)) == "cuda"

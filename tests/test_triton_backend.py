@@ -28,6 +28,11 @@ import pytest
 pytest.importorskip("triton")
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 
+import torch  # noqa: E402
+
+import fastalign  # noqa: E402
+from helpers import TRITON_GPU_CASES  # noqa: E402
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,9 +74,6 @@ def test_interpreter_suite():
 
 
 if INTERP:  # the backend as a whole
-    import torch
-
-    import fastalign
     from helpers import features
     from triton_interpreter import close, graph, interpreted, segments, tb
 
@@ -114,3 +116,104 @@ if INTERP:  # the backend as a whole
         assert segments.row_plan(rowptr) is p1
         rowptr.add_(0)  # a version bump: the plan is rebuilt
         assert segments.row_plan(rowptr) is not p1
+
+
+# ------------------------------------------------------------------ Triton, on a device
+# The backend as a whole on a GPU, or in its dry run (tests/ops/triton_gpu.py); each
+# op's cases sit in its file (`pytest -m triton_gpu tests/ops`).
+if TRITON_GPU_CASES:
+    from helpers import GPU_DRY_RUN, power_law_edge_index
+    from triton_gpu import DEV, feats, hub, power_law, REF, rel_close, src_hub, TB, triton_gpu_case
+
+    @triton_gpu_case
+    def test_triton_gpu_benchmark_graph_is_the_cpu_graph_on_the_device():
+        on_device = power_law_edge_index(3_000, 40_000, seed=5, device=DEV)
+        assert on_device.device.type == torch.device(DEV).type
+        assert torch.equal(on_device.cpu(), power_law_edge_index(3_000, 40_000, seed=5))
+
+    @triton_gpu_case
+    def test_triton_gpu_deterministic():
+        """Split hub rows are combined in a fixed order: two runs agree bit for bit (the
+        max backward over a split source hub included)."""
+        g = hub(torch.int32)
+        hs, hp = feats(g.num_src, 64, torch.float32, 13), feats(g.num_src, 64, torch.float32, 14)
+        rt, ct, pt = g.transpose()
+        fwd = TB.structure_kl_forward(g.rowptr, g.col, hs, hs, hp, hp, "l1", 64.0, 2, 1.0, 0.5)
+        gk = torch.rand(g.num_dst, device=DEV)
+        sh = src_hub(torch.int64)
+        srt, sct, spt = sh.transpose()
+        xs = feats(sh.num_src, 64, torch.float32, 22)
+        ws = torch.rand(sh.num_edges, device=DEV)
+        _, sarg = TB.spmm_forward(sh.rowptr, sh.col, ws, xs, "max")
+        sgo = feats(sh.num_dst, 64, torch.float32, 23)
+        runs = [
+            (TB.spmm_forward(g.rowptr, g.col, None, hs, "sum")[0],
+             TB.spmm_max_backward(sh.col, srt, sct, spt, ws, xs, sarg, sgo, True),
+             TB.structure_kl_forward(g.rowptr, g.col, hs, hs, hp, hp, "l1", 64.0, 2, 1.0, 0.5),
+             TB.structure_kl_backward(g.rowptr, g.col, rt, ct, pt, hs, hs, hp, hp, *fwd, gk,
+                                      "l1", 64.0, 2, 1.0, 0.5, True))
+            for _ in range(2)
+        ]
+        for a, b in zip(runs[0], runs[1]):
+            for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+                assert torch.equal(x, y)
+
+    if torch.cuda.device_count() >= 2:
+        @triton_gpu_case
+        def test_triton_gpu_launches_on_the_inputs_device():
+            """Tensors on the second GPU, current device the first: every launcher runs
+            under its inputs' device (Triton launches on the current one)."""
+            g = power_law(torch.int32).to("cuda:1")
+            x = feats(g.num_src, 32, torch.float32, 30).to("cuda:1")
+            with torch.cuda.device(0):
+                out = TB.spmm_forward(g.rowptr, g.col, None, x, "sum")[0]
+                kl = TB.structure_kl_forward(g.rowptr, g.col, x, x, x, x, "l1", 32.0, 2, 1.0, 1.0)[0]
+            assert out.device == kl.device == torch.device("cuda:1")
+            ref = REF.spmm_forward(g.rowptr, g.col, None, x, "sum")[0]
+            rel_close(out, ref, torch.float32, "spmm on cuda:1")
+
+    @triton_gpu_case
+    def test_triton_gpu_default_configs_do_not_depend_on_timing():
+        """Without FASTALIGN_TRITON_AUTOTUNE=1 the chosen block sizes are the heuristic's."""
+        from fastalign.kernels.heuristics import heuristic
+        from fastalign.kernels.segments import row_plan
+
+        g = hub(torch.int64)
+        x = feats(g.num_src, 64, torch.float32, 18)
+        rowptr = g.rowptr.clone()
+        TB.spmm_forward(rowptr, g.col, None, x, "sum")
+        plan = row_plan(rowptr)
+        assert list(plan.configs.values()) == [heuristic(plan, 64, torch.float32)]
+
+    @triton_gpu_case
+    def test_triton_gpu_autotune(monkeypatch):
+        """Tuning is opt-in (each tuned op compiles several configs: minutes of a GPU run)."""
+        from fastalign.kernels.segments import row_plan
+
+        monkeypatch.setenv("FASTALIGN_TRITON_AUTOTUNE", "1")
+        g = hub(torch.int64)
+        x = feats(g.num_src, 64, torch.float32, 17)
+        rowptr = g.rowptr.clone()  # a fresh plan: nothing tuned yet
+        out = TB.spmm_forward(rowptr, g.col, None, x, "sum")[0]
+        rel_close(out, REF.spmm_forward(g.rowptr, g.col, None, x, "sum")[0], torch.float32, "tuned spmm")
+        assert row_plan(rowptr).configs  # a config was chosen and cached on the plan
+
+    @triton_gpu_case
+    def test_triton_gpu_ops_end_to_end():
+        g = power_law(torch.int64)
+        x = feats(g.num_src, 32, torch.float32, 15).requires_grad_()
+        hp = feats(g.num_src, 16, torch.float32, 16)
+        out = {}
+        for backend in ("torch", "triton"):
+            x.grad = None
+            loss = (
+                fastalign.spmm(g, x, "mean", backend=backend).square().sum()
+                + fastalign.gcn_aggregate(g, x, backend=backend).square().sum()
+                + fastalign.spmm(g, x, "max", backend=backend).square().sum()
+                + 100 * fastalign.structure_kl(g, x, hp, kernel="l1", tau=0.1, backend=backend)
+            )
+            loss.backward()
+            out[backend] = (loss.detach(), x.grad.clone())
+        rel_close(out["triton"], out["torch"], torch.float16, "ops")
+        if not GPU_DRY_RUN:  # on CPU tensors the automatic choice is the C++ backend
+            assert fastalign.backends.resolve("spmm", None, torch.device(DEV), ("spmm_forward",)) == "triton"

@@ -10,7 +10,7 @@ from fastalign import Graph
 from helpers import (
     as_pair, assert_close, assert_noise, CASES, degenerate, dense_edge_values, dense_kernel, feats, features,
     get_case, grad_pair, graph_of, join_pair, kernel_grid, KERNELS, pair, REFERENCE, SIGMA, SMALL,
-    tight_gradcheck, TRITON_INTERPRETER, truth,
+    tight_gradcheck, TRITON_INTERPRETER, truth, CUDA_CASES, TRITON_GPU_CASES, index_params,
 )
 
 
@@ -120,3 +120,85 @@ if TRITON_INTERPRETER:
                   ref.edge_similarity(g.rowptr, g.col, x, x, kernel, sigma, degree, coef))
             close(tb.edge_similarity_backward(g.rowptr, g.col, rt, ct, pt, x, x, gs, kernel, sigma, degree, coef),
                   ref.edge_similarity_backward(g.rowptr, g.col, rt, ct, pt, x, x, gs, kernel, sigma, degree, coef))
+
+
+# ------------------------------------------------------------------ CUDA, on a device
+# The CUDA extension's kernels against the reference on the same GPU (`pytest -m cuda
+# tests/ops`); collected only where they can run (tests/ops/cuda_gpu.py: the dry run).
+if CUDA_CASES:
+    from cuda_gpu import (assert_close as cuda_close, CU, cuda_case, cuda_only, DEV, dtype_params as cuda_dtypes,
+                          feats as cuda_feats, graph_of as cuda_graph, graph_params as cuda_graphs, REF as CREF,
+                          sim_params, WIDTHS as CUDA_WIDTHS)
+
+    @cuda_case
+    @cuda_graphs
+    @index_params
+    @cuda_dtypes
+    @pytest.mark.parametrize("width", CUDA_WIDTHS)
+    @pytest.mark.parametrize("kernel", KERNELS)
+    def test_cuda_edge_similarity(name, index_dtype, dtype, width, kernel):
+        g = cuda_graph(name, index_dtype)
+        xd = cuda_feats(g.num_dst, width, dtype, seed=2)
+        xs = cuda_feats(g.num_src, width, dtype, seed=3)
+        params = sim_params(kernel, width)
+        got = CU.edge_similarity(g.rowptr, g.col, xd, xs, *params)
+        cuda_close(got, CREF.edge_similarity(g.rowptr, g.col, xd, xs, *params))
+
+    @cuda_case
+    @cuda_graphs
+    @index_params
+    @cuda_dtypes
+    # the cosine of two 1-D rows is +-1, a constant: its gradient is zero, and each side
+    # returns only the rounding residue of two cancelling terms (not collected)
+    @pytest.mark.parametrize("width,kernel", [(w, k) for w in (1, 16, 67) for k in KERNELS if not degenerate(k, w)])
+    def test_cuda_edge_similarity_backward(name, index_dtype, dtype, width, kernel):
+        g = cuda_graph(name, index_dtype)
+        rowptr_t, col_t, perm_t = g.transpose()
+        xd = cuda_feats(g.num_dst, width, dtype, seed=2)
+        xs = cuda_feats(g.num_src, width, dtype, seed=3)
+        gs = cuda_feats(g.num_edges, 1, dtype, seed=4).flatten()
+        params = sim_params(kernel, width)
+        args = (g.rowptr, g.col, rowptr_t, col_t, perm_t, xd, xs, gs, *params)
+        got, want = CU.edge_similarity_backward(*args), CREF.edge_similarity_backward(*args)
+        cuda_close(got[0], want[0])
+        cuda_close(got[1], want[1])
+
+    @cuda_case
+    @cuda_only
+    def test_cuda_edge_similarity_glue_checks_every_shape_it_indexes_with():
+        """A direct op call with inconsistent shapes is refused before any kernel runs."""
+        g = cuda_graph("square", torch.int64)
+        rt, ct, pt = g.transpose()
+        x = cuda_feats(g.num_src, 8, torch.float32)
+        short = x[:-1].contiguous()
+        grad_s = torch.zeros(g.num_edges, device=DEV)
+        backward = torch.ops.fastalign_cuda.edge_similarity_backward
+        with pytest.raises(ValueError, match="rows"):
+            backward(g.rowptr, g.col, rt, ct, pt, short, x, grad_s, "l1", 8.0, 2, 1.0)
+        with pytest.raises(ValueError, match="edges"):
+            backward(g.rowptr, g.col, rt * 0, ct[:0], pt, x, x, grad_s, "l1", 8.0, 2, 1.0)
+
+
+# ------------------------------------------------------------------ Triton, on a device
+# The Triton kernels compiled for the GPU against the reference on the same device
+# (`pytest -m triton_gpu tests/ops`); collected only where they can run
+# (tests/ops/triton_gpu.py: the dry run). Low precision: two kernels suffice.
+if TRITON_GPU_CASES:
+    from triton_gpu import (dtypes as triton_dtypes, DEV as TDEV, feats as triton_feats, KERNELS as TKERNELS,
+                            params as triton_params, power_law, REF as TREF, rel_close, TB, triton_gpu_case)
+
+    @triton_gpu_case
+    @pytest.mark.parametrize("dtype,kernel", triton_dtypes(
+        [(torch.float32, k) for k in TKERNELS] + [(d, k) for d in (torch.float16, torch.bfloat16)
+                                                  for k in ("l1", "linear")]))
+    def test_triton_gpu_edge_similarity(dtype, kernel):
+        g = power_law(torch.int64)
+        x = triton_feats(g.num_src, 67, dtype, 7)
+        sigma, degree, coef = triton_params(kernel, 67)
+        rt, ct, pt = g.transpose()
+        rel_close(TB.edge_similarity(g.rowptr, g.col, x, x, kernel, sigma, degree, coef),
+                  TREF.edge_similarity(g.rowptr, g.col, x, x, kernel, sigma, degree, coef), dtype, "sim")
+        gs = torch.randn(g.num_edges, device=TDEV).to(dtype)
+        args = (g.rowptr, g.col, rt, ct, pt, x, x, gs, kernel, sigma, degree, coef)
+        tol = dtype if dtype != torch.float32 else torch.float16  # sums of many signed terms
+        rel_close(TB.edge_similarity_backward(*args), TREF.edge_similarity_backward(*args), tol, "sim grads")

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import fastalign
+from fastalign import Graph
 from helpers import (
     as_pair, assert_close, CASES, dense_adjacency, dense_edge_values, dense_kernel, dtype_params, get_case,
     grad_pair, graph_of, graph_params, index_params, join_pair, KERNELS, pair, REFERENCE, SIGMA, SMALL,
-    tight_gradcheck, TRITON_INTERPRETER,
+    tight_gradcheck, TRITON_INTERPRETER, CUDA_CASES, TRITON_GPU_CASES,
 )
 
 
@@ -101,3 +102,78 @@ if TRITON_INTERPRETER:
             monkeypatch.setattr(ksoftmax, "softmax_rows", lambda plan: (1, row_e, 4))
             assert torch.equal(tb.edge_softmax(g.rowptr, z), p)
             assert torch.equal(tb.edge_softmax_backward(g.rowptr, p, gp), gz)
+
+
+# ------------------------------------------------------------------ CUDA, on a device
+# The CUDA extension's kernels against the reference on the same GPU (`pytest -m cuda
+# tests/ops`); collected only where they can run (tests/ops/cuda_gpu.py: the dry run).
+if CUDA_CASES:
+    from cuda_gpu import (assert_close as cuda_close, CU, cuda_case, cuda_only, DEV, dtype_params as cuda_dtypes,
+                          feats as cuda_feats, graph_of as cuda_graph, graph_params as cuda_graphs, hub_graph,
+                          REF as CREF)
+
+    @cuda_case
+    @cuda_graphs
+    @index_params
+    @cuda_dtypes
+    def test_cuda_edge_softmax(name, index_dtype, dtype):
+        g = cuda_graph(name, index_dtype)
+        z = cuda_feats(g.num_edges, 1, dtype, seed=6).flatten() * 3
+        p = CU.edge_softmax(g.rowptr, z)
+        cuda_close(p, CREF.edge_softmax(g.rowptr, z))
+        gp = cuda_feats(g.num_edges, 1, dtype, seed=7).flatten()
+        cuda_close(CU.edge_softmax_backward(g.rowptr, p, gp), CREF.edge_softmax_backward(g.rowptr, p, gp))
+
+    @cuda_case
+    @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+    def test_cuda_edge_softmax_hub_rows(dtype):
+        """Rows of 1,024 edges (a warp's longest), 1,025 and 50,000 (a block's): against the
+        reference, and the same bits on a second run."""
+        hub = hub_graph(torch.int64)
+        n = hub.num_dst  # two new nodes n, n + 1 with exactly 1,024 and 1,025 in-edges
+        ei = torch.cat([hub.edge_index.cpu(),
+                        torch.stack([torch.arange(1024) % 500 + 10, torch.full((1024,), n)]),
+                        torch.stack([torch.arange(1025) % 500 + 10, torch.full((1025,), n + 1)])], 1)
+        g = Graph.from_edge_index(ei, num_nodes=n + 2).to(DEV)
+        deg = (g.rowptr[1:] - g.rowptr[:-1]).cpu()
+        assert int(deg[0]) >= 50_000 and int(deg[n]) == 1024 and int(deg[n + 1]) == 1025
+        z = cuda_feats(g.num_edges, 1, dtype, seed=6).flatten() * 3
+        gp = cuda_feats(g.num_edges, 1, dtype, seed=7).flatten()
+        p = CU.edge_softmax(g.rowptr, z)
+        cuda_close(p, CREF.edge_softmax(g.rowptr, z))
+        gz = CU.edge_softmax_backward(g.rowptr, p, gp)
+        cuda_close(gz, CREF.edge_softmax_backward(g.rowptr, p, gp))
+        assert torch.equal(CU.edge_softmax(g.rowptr, z), p)
+        assert torch.equal(CU.edge_softmax_backward(g.rowptr, p, gp), gz)
+
+    @cuda_case
+    @cuda_only
+    def test_cuda_edge_softmax_glue_checks_its_inputs():
+        """A direct op call with bad index or score tensors is refused before any kernel runs."""
+        g = cuda_graph("square", torch.int64)
+        scores = torch.zeros(g.num_edges, device=DEV)
+        with pytest.raises(TypeError, match="int32 or int64"):
+            torch.ops.fastalign_cuda.edge_softmax(g.rowptr.float(), scores)
+        with pytest.raises(ValueError, match="1-D"):
+            torch.ops.fastalign_cuda.edge_softmax(g.rowptr, scores.view(1, -1))
+
+
+# ------------------------------------------------------------------ Triton, on a device
+# The Triton kernels compiled for the GPU against the reference on the same device
+# (`pytest -m triton_gpu tests/ops`); collected only where they can run
+# (tests/ops/triton_gpu.py: the dry run).
+if TRITON_GPU_CASES:
+    from triton_gpu import (DEV as TDEV, dtypes as triton_dtypes, hub, power_law, REF as TREF, rel_close, TB,
+                            triton_gpu_case)
+
+    @triton_gpu_case
+    @pytest.mark.parametrize("dtype", triton_dtypes())
+    @pytest.mark.parametrize("graph", ["power_law", "hub"])
+    def test_triton_gpu_edge_softmax(dtype, graph):
+        g = power_law(torch.int32) if graph == "power_law" else hub(torch.int64)
+        z = torch.randn(g.num_edges, device=TDEV).to(dtype)
+        p = TREF.edge_softmax(g.rowptr, z)
+        rel_close(TB.edge_softmax(g.rowptr, z), p, dtype, "softmax")
+        gp = torch.randn_like(p)
+        rel_close(TB.edge_softmax_backward(g.rowptr, p, gp), TREF.edge_softmax_backward(g.rowptr, p, gp), dtype,
+                  "softmax bwd")

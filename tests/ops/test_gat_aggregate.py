@@ -8,7 +8,10 @@ import torch
 import fastalign
 from fastalign import Graph, backends
 from fastalign import attention_dropout
-from helpers import case_graphs, loop_gat, LOW_PRECISION_TOL, random_edge_index, rel_err, TRITON_INTERPRETER
+from helpers import (
+    case_graphs, CUDA_CASES, index_params, loop_gat, LOW_PRECISION_TOL, random_edge_index, rel_err,
+    TRITON_GPU_CASES, TRITON_INTERPRETER,
+)
 
 BACKENDS = [b for b in ("torch", "cpu") if backends.is_available(b)]
 HEADS, CHANNELS = 3, 4
@@ -257,3 +260,100 @@ if TRITON_INTERPRETER:
         back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_lse, grad_out, 0.15, dropout,
                 2**31 + 17, loops)
         close(tb.gat_aggregate_backward(*back), ref.gat_aggregate_backward(*back))
+
+
+# ------------------------------------------------------------------ CUDA, on a device
+# The CUDA extension's kernels against the reference on the same GPU (`pytest -m cuda
+# tests/ops`); collected only where they can run (tests/ops/cuda_gpu.py: the dry run).
+if CUDA_CASES:
+    from cuda_gpu import (assert_close as cuda_close, CU, cuda_case, DEV, dtype_params as cuda_dtypes,
+                          feats as cuda_feats, graph_of as cuda_graph, graph_params as cuda_graphs, hub_graph,
+                          REF as CREF)
+
+    @cuda_case
+    @cuda_graphs
+    @index_params
+    @cuda_dtypes
+    @pytest.mark.parametrize("heads,channels", ((1, 16), (3, 5), (8, 8)))
+    @pytest.mark.parametrize("loops,dropout,with_dst", ((True, 0.0, True), (False, 0.3, True), (True, 0.5, False)))
+    def test_cuda_gat_aggregate(name, index_dtype, dtype, heads, channels, loops, dropout, with_dst):
+        g = cuda_graph(name, index_dtype)
+        x = cuda_feats(g.num_src, heads * channels, dtype, seed=2).view(-1, heads, channels)
+        a_s = cuda_feats(g.num_src, heads, dtype, seed=3)
+        a_d = cuda_feats(g.num_dst, heads, dtype, seed=4) if with_dst else None
+        args = (x, a_s, a_d, 0.2, dropout, 12345, loops)
+        out, lse = CU.gat_aggregate_forward(g.rowptr, g.col, *args)
+        ref_out, ref_lse = CREF.gat_aggregate_forward(g.rowptr, g.col, *args)
+        cuda_close(out, ref_out)
+        finite = torch.isfinite(ref_lse)
+        assert torch.equal(torch.isfinite(lse), finite)
+        cuda_close(lse[finite], ref_lse[finite], torch.float32)
+        rowptr_t, col_t, perm_t = g.transpose()
+        grad_out = cuda_feats(g.num_dst, heads * channels, dtype, seed=5).view(-1, heads, channels)
+        back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_lse, grad_out, 0.2, dropout,
+                12345, loops)
+        for got, expected in zip(CU.gat_aggregate_backward(*back), CREF.gat_aggregate_backward(*back)):
+            cuda_close(got, expected)
+
+    @cuda_case
+    @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+    def test_cuda_gat_aggregate_hub_rows(dtype):
+        """Rows of 1,024 edges (one thread's longest), 1,025 and 50,000 (a block's), and a
+        source of out-degree 20,000 (a long row of the transpose, for the source gradients),
+        8 heads of 8 channels with self loops and dropout: against the reference, and the
+        same bits on a second run."""
+        hub = hub_graph(torch.int64)
+        n = hub.num_dst
+        ei = torch.cat([hub.edge_index.cpu(),
+                        torch.stack([torch.arange(1024) % 500 + 10, torch.full((1024,), n)]),
+                        torch.stack([torch.arange(1025) % 500 + 10, torch.full((1025,), n + 1)]),
+                        torch.stack([torch.full((20_000,), 7), torch.arange(20_000) % n])], 1)
+        g = Graph.from_edge_index(ei, num_nodes=n + 2).to(DEV)
+        deg = (g.rowptr[1:] - g.rowptr[:-1]).cpu()
+        assert int(deg[0]) >= 50_000 and int(deg[n]) == 1024 and int(deg[n + 1]) == 1025
+        heads, channels = 8, 8
+        x = cuda_feats(g.num_src, heads * channels, dtype, seed=2).view(-1, heads, channels)
+        a_s, a_d = cuda_feats(g.num_src, heads, dtype, seed=3), cuda_feats(g.num_dst, heads, dtype, seed=4)
+        args = (x, a_s, a_d, 0.2, 0.1, 777, True)
+        out, lse = CU.gat_aggregate_forward(g.rowptr, g.col, *args)
+        ref_out, ref_lse = CREF.gat_aggregate_forward(g.rowptr, g.col, *args)
+        cuda_close(out, ref_out)
+        cuda_close(lse, ref_lse, torch.float32)
+        rowptr_t, col_t, perm_t = g.transpose()
+        assert int((rowptr_t[1:] - rowptr_t[:-1]).max()) >= 20_000
+        grad_out = cuda_feats(g.num_dst, heads * channels, dtype, seed=5).view(-1, heads, channels)
+        back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_lse, grad_out, 0.2, 0.1, 777, True)
+        grads = CU.gat_aggregate_backward(*back)
+        for got, expected in zip(grads, CREF.gat_aggregate_backward(*back)):
+            cuda_close(got, expected)
+        again_out, again_lse = CU.gat_aggregate_forward(g.rowptr, g.col, *args)
+        assert torch.equal(again_out, out) and torch.equal(again_lse, lse)
+        for got, again in zip(grads, CU.gat_aggregate_backward(*back)):
+            assert torch.equal(got, again)
+
+
+# ------------------------------------------------------------------ Triton, on a device
+# The Triton kernels compiled for the GPU against the reference on the same device
+# (`pytest -m triton_gpu tests/ops`); collected only where they can run
+# (tests/ops/triton_gpu.py: the dry run).
+if TRITON_GPU_CASES:
+    from triton_gpu import (dtypes as triton_dtypes, feats as triton_feats, hub, power_law, REF as TREF, rel_close,
+                            TB, triton_gpu_case)
+
+    @triton_gpu_case
+    @pytest.mark.parametrize("dtype", triton_dtypes())
+    @pytest.mark.parametrize("graph", ["power_law", "hub"])
+    def test_triton_gpu_gat_aggregate(dtype, graph):
+        g = power_law(torch.int32) if graph == "power_law" else hub(torch.int64)
+        heads, channels = 8, 8
+        x = triton_feats(g.num_src, heads * channels, dtype, 1).view(-1, heads, channels)
+        a_s, a_d = triton_feats(g.num_src, heads, dtype, 2), triton_feats(g.num_dst, heads, dtype, 3)
+        args = (x, a_s, a_d, 0.2, 0.25, 99, True)
+        out, lse = TB.gat_aggregate_forward(g.rowptr, g.col, *args)
+        ref_out, ref_lse = TREF.gat_aggregate_forward(g.rowptr, g.col, *args)
+        rel_close(out, ref_out, dtype, "out")
+        rel_close(lse, ref_lse, torch.float32, "lse")
+        rowptr_t, col_t, perm_t = g.transpose()
+        grad_out = triton_feats(g.num_dst, heads * channels, dtype, 4).view(-1, heads, channels)
+        back = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, a_s, a_d, ref_lse, grad_out, 0.2, 0.25, 99, True)
+        rel_close(TB.gat_aggregate_backward(*back), TREF.gat_aggregate_backward(*back), dtype, "grads")

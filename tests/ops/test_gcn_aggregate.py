@@ -11,7 +11,7 @@ from fastalign import Graph
 from helpers import (
     assert_close, dense_gcn, dtype_params, edge_weight, feats, features, get_case, gradcheck_inputs,
     graph_of, INDEX_DTYPES, index_params, random_edge_index, REF, REFERENCE, square_graph_params,
-    tight_gradcheck, TRITON_INTERPRETER, truth, WIDTHS,
+    tight_gradcheck, TRITON_INTERPRETER, truth, WIDTHS, CUDA_CASES, TRITON_GPU_CASES,
 )
 from fastalign.ops.gcn_aggregate import gcn_norm_state
 
@@ -182,3 +182,47 @@ if TRITON_INTERPRETER:
             bias = torch.randn(9, dtype=x.dtype)
             close(tb.gcn_aggregate(g.rowptr, g.col, w, dis, lw, x, bias),
                   ref.gcn_aggregate(g.rowptr, g.col, w, dis, lw, x, bias))
+
+
+# ------------------------------------------------------------------ CUDA, on a device
+# The CUDA extension's kernel against the reference on the same GPU (`pytest -m cuda
+# tests/ops`); collected only where it can run (tests/ops/cuda_gpu.py: the dry run).
+if CUDA_CASES:
+    from cuda_gpu import (assert_close as cuda_close, CU, cuda_case, dtype_params as cuda_dtypes,
+                          edge_weight as cuda_weight, feats as cuda_feats, graph_of as cuda_graph, REF as CREF)
+
+    @cuda_case
+    @pytest.mark.parametrize("name", ("square", "hub", "long_rows"))
+    @index_params
+    @cuda_dtypes
+    @pytest.mark.parametrize("width", (3, 64, 130))
+    @pytest.mark.parametrize("self_loops", (False, True))
+    @pytest.mark.parametrize("weighted", (False, True))
+    def test_cuda_gcn_aggregate(name, index_dtype, dtype, width, self_loops, weighted):
+        g = cuda_graph(name, index_dtype)
+        x = cuda_feats(g.num_src, width, dtype)
+        w = cuda_weight(g, dtype) if weighted else None
+        dis, loop_w = gcn_norm_state(g, w, self_loops, False, dtype)
+        out = CU.gcn_aggregate(g.rowptr, g.col, w, dis, loop_w, x)
+        cuda_close(out, CREF.gcn_aggregate(g.rowptr, g.col, w, dis, loop_w, x))
+
+
+# ------------------------------------------------------------------ Triton, on a device
+# The Triton kernel compiled for the GPU against the reference on the same device
+# (`pytest -m triton_gpu tests/ops`); collected only where it can run
+# (tests/ops/triton_gpu.py: the dry run). Packed rows: tests/ops/test_spmm.py.
+if TRITON_GPU_CASES:
+    from triton_gpu import (DEV as TDEV, dtypes as triton_dtypes, feats as triton_feats, power_law, REF as TREF,
+                            rel_close, TB, triton_gpu_case)
+
+    @triton_gpu_case
+    @pytest.mark.parametrize("dtype", triton_dtypes())
+    def test_triton_gpu_gcn_aggregate(dtype):
+        g = power_law(torch.int32)
+        x = triton_feats(g.num_src, 128, dtype, 8)
+        w = torch.rand(g.num_edges, device=TDEV).to(dtype)
+        for weight in (None, w):
+            for loops in (True, False):
+                dis, lw = gcn_norm_state(g, weight, loops, False, dtype)
+                rel_close(TB.gcn_aggregate(g.rowptr, g.col, weight, dis, lw, x),
+                          TREF.gcn_aggregate(g.rowptr, g.col, weight, dis, lw, x), dtype, "gcn")

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import fastalign
+from fastalign import backends
 from helpers import (
     assert_close, assert_noise, CASES, degenerate, dense_structure_kl, feats, features, get_case, grad_pair,
     graph_of, index_params, join_pair, kernel_grid, KERNELS, pair, REFERENCE, SIGMA, SMALL, tight_gradcheck,
-    TRITON_INTERPRETER, truth,
+    TRITON_INTERPRETER, truth, CUDA_CASES, TRITON_GPU_CASES, well_scaled,
 )
 import importlib
 
@@ -197,3 +198,188 @@ if TRITON_INTERPRETER:
             feats[1][2] = 0.0  # a zero source row: the eps clamp on the gathered side
         with segments.force_split(4):
             _check_kl(g, feats, kernel, 0.6)
+
+
+# ------------------------------------------------------------------ CUDA, on a device
+# The CUDA extension's kernels against the reference on the same GPU (`pytest -m cuda
+# tests/ops`); collected only where they can run (tests/ops/cuda_gpu.py: the dry run).
+if CUDA_CASES:
+    from cuda_gpu import (as_state_of, assert_close as cuda_close, CU, cuda_case, cuda_only, DEV,
+                          dtype_params as cuda_dtypes, feats as cuda_feats, graph_of as cuda_graph,
+                          graph_params as cuda_graphs, kl_state, REF as CREF, sim_params, UNDER_TEST)
+
+    @cuda_case
+    @cuda_graphs
+    @index_params
+    @cuda_dtypes
+    @pytest.mark.parametrize("widths", ((16, 16), (3, 67), (64, 256)))
+    @pytest.mark.parametrize("kernel", KERNELS)
+    def test_cuda_structure_kl(name, index_dtype, dtype, widths, kernel):
+        g = cuda_graph(name, index_dtype)
+        fs, fp = widths
+        sd, ss, pd, ps = (well_scaled(kernel, cuda_feats(n, f, dtype, seed)) for n, f, seed in
+                          ((g.num_dst, fs, 1), (g.num_src, fs, 2), (g.num_dst, fp, 3), (g.num_src, fp, 4)))
+        params = sim_params(kernel, max(fs, fp)) + (0.5,)
+        kl, lse_s, lse_p = kl_state(CU.structure_kl_forward(g.rowptr, g.col, sd, ss, pd, ps, *params), dtype)
+        rkl, rls, rlp = as_state_of(CREF.structure_kl_forward(g.rowptr, g.col, sd, ss, pd, ps, *params),
+                                    (kl, lse_s, lse_p))
+        cuda_close(kl, rkl, scale_of=(rls, rlp))
+        cuda_close(lse_s, rls, dtype)
+        cuda_close(lse_p, rlp, dtype)
+        assert torch.equal(torch.isinf(lse_s), torch.isinf(rls))
+
+        rowptr_t, col_t, perm_t = g.transpose()
+        grad = cuda_feats(g.num_dst, 1, dtype, 5).flatten()
+        for peer_grad in (False, True):
+            args = (g.rowptr, g.col, rowptr_t, col_t, perm_t, sd, ss, pd, ps, rls, rlp, rkl, grad,
+                    *params, peer_grad)
+            got, want = CU.structure_kl_backward(*args), CREF.structure_kl_backward(*args)
+            for a, b in zip(got, want):
+                cuda_close(a, b)
+
+    @cuda_case
+    @index_params
+    @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+    def test_cuda_structure_kl_hub_of_degree_50k(index_dtype, dtype):
+        g = cuda_graph("hub50k", index_dtype)
+        assert int(g.in_degree.max()) >= 50_000
+        x = cuda_feats(g.num_src, 64, dtype)
+        params = sim_params("l1", 64) + (1.0,)
+        p = cuda_feats(g.num_src, 32, dtype, seed=9)
+        kl, ls, lp = kl_state(CU.structure_kl_forward(g.rowptr, g.col, x, x, p, p, *params), dtype)
+        rkl, rls, rlp = as_state_of(CREF.structure_kl_forward(g.rowptr, g.col, x, x, p, p, *params), (kl, ls, lp))
+        cuda_close(kl, rkl, scale_of=(rls, rlp))
+        cuda_close(ls, rls, dtype)
+        rowptr_t, col_t, perm_t = g.transpose()
+        grad = torch.ones(g.num_dst, device=DEV, dtype=dtype)
+        args = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, x, p, p, rls, rlp, rkl, grad, *params, True)
+        for a, b in zip(CU.structure_kl_backward(*args), CREF.structure_kl_backward(*args)):
+            cuda_close(a, b)
+
+    @cuda_case
+    def test_cuda_structure_kl_deterministic_without_atomics():
+        """Split hub rows are combined in a fixed order: two backward runs agree bit for bit."""
+        g = cuda_graph("hub50k", torch.int64)
+        x = cuda_feats(g.num_src, 64, torch.float32)
+        rowptr_t, col_t, perm_t = g.transpose()
+        params = sim_params("rbf", 64) + (1.0,)
+        kl, ls, lp = CU.structure_kl_forward(g.rowptr, g.col, x, x, x, x, *params)
+        grad = torch.ones_like(kl)
+        args = (g.rowptr, g.col, rowptr_t, col_t, perm_t, x, x, x, x, ls, lp, kl, grad, *params, False)
+        r1, r2 = CU.structure_kl_backward(*args), CU.structure_kl_backward(*args)
+        assert torch.equal(r1[0], r2[0]) and torch.equal(r1[1], r2[1])
+
+    @cuda_case
+    def test_cuda_structure_kl_op_gradients():
+        g = cuda_graph("long_rows", torch.int32)
+        hs = cuda_feats(g.num_src, 48, torch.float32, 1).requires_grad_()
+        hp = cuda_feats(g.num_src, 24, torch.float32, 2).requires_grad_()
+        loss = fastalign.structure_kl(g, hs, hp, kernel="cosine", tau=0.5, backend=UNDER_TEST)
+        loss.backward()
+        hs2 = hs.detach().clone().requires_grad_()
+        hp2 = hp.detach().clone().requires_grad_()
+        ref = fastalign.structure_kl(g, hs2, hp2, kernel="cosine", tau=0.5, backend="torch")
+        ref.backward()
+        cuda_close(loss.detach(), ref.detach())
+        cuda_close(hs.grad, hs2.grad)
+        cuda_close(hp.grad, hp2.grad)
+
+    @cuda_case
+    def test_cuda_structure_kl_misaligned_and_strided_inputs():
+        """Views with odd storage offsets or strides are copied to aligned dense rows."""
+        g = cuda_graph("long_rows", torch.int64)
+        n, f = g.num_src, 64
+        x = torch.randn(n * f + 1, device=DEV)[1:].view(n, f)  # contiguous, 4 bytes off a 16-byte boundary
+        strided = torch.randn(n, 2 * f, device=DEV)[:, ::2]
+        params = sim_params("rbf", f) + (1.0,)
+        for inp in (x, strided):
+            got = kl_state(CU.structure_kl_forward(g.rowptr, g.col, inp, inp, x, x, *params), inp.dtype)
+            want = as_state_of(CREF.structure_kl_forward(g.rowptr, g.col, inp, inp, x, x, *params), got)
+            cuda_close(got[0], want[0], scale_of=want[1:])
+
+    @cuda_case
+    @cuda_only
+    def test_cuda_structure_kl_glue_checks_every_shape_it_indexes_with():
+        """A direct op call with inconsistent shapes is refused before any kernel runs."""
+        ops = torch.ops.fastalign_cuda
+        g = cuda_graph("square", torch.int64)
+        rt, ct, pt = g.transpose()
+        x = cuda_feats(g.num_src, 8, torch.float32)
+        short = x[:-1].contiguous()
+        with pytest.raises(ValueError, match="rows"):  # fewer student rows than destinations
+            ops.structure_kl_forward(g.rowptr, g.col, short, x, x, x, "l1", 8.0, 2, 1.0, 1.0)
+        with pytest.raises(ValueError, match="rows"):  # peer sources differ from student sources
+            ops.structure_kl_forward(g.rowptr, g.col, x, x, x, short, "l1", 8.0, 2, 1.0, 1.0)
+        lse = torch.zeros(g.num_dst, device=DEV)
+        with pytest.raises(ValueError, match="rows"):
+            ops.structure_kl_backward(g.rowptr, g.col, rt, ct, pt, x, short, x, short, lse, lse, lse, lse,
+                                      "l1", 8.0, 2, 1.0, 1.0, False)
+
+
+# ------------------------------------------------------------------ Triton, on a device
+# The Triton kernels compiled for the GPU against the reference on the same device
+# (`pytest -m triton_gpu tests/ops`); collected only where they can run
+# (tests/ops/triton_gpu.py: the dry run). Low precision: two kernels suffice.
+if TRITON_GPU_CASES:
+    from triton_gpu import (DEV as TDEV, dtypes as triton_dtypes, feats as triton_feats, hub, KERNELS as TKERNELS,
+                            params as triton_params, power_law, REF as TREF, rel_close, TB, triton_gpu_case)
+
+    def triton_kl(g, hs, hp, kernel, dtype, peer, tau=0.5):
+        sigma, degree, coef = triton_params(kernel, hs.size(1))
+        args = (g.rowptr, g.col, hs, hs, hp, hp, kernel, sigma, degree, coef, tau)
+        out = TB.structure_kl_forward(*args)
+        # the reference keeps its state in double: compared, and fed to the backward, in the
+        # backend's dtypes
+        expect = tuple(r.to(o.dtype) for r, o in zip(TREF.structure_kl_forward(*args), out))
+        rel_close(out[1:], expect[1:], torch.float32 if dtype != torch.float64 else dtype, f"kl lse {kernel}")
+        rel_close(out[0], expect[0], dtype if dtype != torch.float32 else torch.float16, f"kl {kernel}")
+        rt, ct, pt = g.transpose()
+        gk = torch.rand(g.num_dst, device=TDEV).to(dtype)
+        kl, lse_s, lse_p = expect  # the backward takes (lse_s, lse_p, kl)
+        bargs = (g.rowptr, g.col, rt, ct, pt, hs, hs, hp, hp, lse_s, lse_p, kl, gk, kernel, sigma, degree, coef,
+                 tau, peer)
+        rel_close(TB.structure_kl_backward(*bargs), TREF.structure_kl_backward(*bargs),
+                  dtype if dtype != torch.float32 else torch.float16, f"kl grads {kernel}")
+
+    @triton_gpu_case
+    @pytest.mark.parametrize("dtype,kernel", triton_dtypes(
+        [(torch.float32, k) for k in TKERNELS] + [(d, k) for d in (torch.float16, torch.bfloat16)
+                                                  for k in ("l1", "cosine")]))
+    def test_triton_gpu_structure_kl(dtype, kernel):
+        g = power_law(torch.int32)
+        hs, hp = (well_scaled(kernel, triton_feats(g.num_src, w, dtype, seed)) for w, seed in ((64, 3), (48, 4)))
+        triton_kl(g, hs, hp, kernel, dtype, peer=True)
+
+    @triton_gpu_case
+    @pytest.mark.parametrize("dtype", triton_dtypes())
+    def test_triton_gpu_structure_kl_hub_row(dtype):
+        g = hub(torch.int64)
+        triton_kl(g, triton_feats(g.num_src, 64, dtype, 1), triton_feats(g.num_src, 32, dtype, 2), "l1", dtype,
+                  peer=True)
+
+    @triton_gpu_case
+    @pytest.mark.parametrize("dtype", triton_dtypes([torch.float32, torch.bfloat16]))
+    def test_triton_gpu_structure_kl_atomic_backward(dtype, monkeypatch):
+        monkeypatch.setenv("FASTALIGN_TRITON_SKL_BACKWARD", "atomic")
+        g = hub(torch.int32)
+        triton_kl(g, triton_feats(g.num_src, 64, dtype, 18), triton_feats(g.num_src, 64, dtype, 19), "l1", dtype,
+                  peer=True)
+
+    @triton_gpu_case
+    def test_triton_gpu_structure_kl_wide():
+        g = power_law(torch.int64)
+        triton_kl(g, triton_feats(g.num_src, 300, torch.float32, 5), triton_feats(g.num_src, 1, torch.float32, 6),
+                  "cosine", torch.float32, peer=False)
+
+    @triton_gpu_case
+    @pytest.mark.parametrize("name", [name for name, dt in CASES if dt == torch.int64])
+    def test_triton_gpu_structure_kl_edge_case_graphs(name):
+        g = get_case(name, torch.int64).to(TDEV)
+        x = triton_feats(g.num_src, 5, torch.float32, 11)
+        xd = triton_feats(g.num_dst, 5, torch.float32, 12)
+        args = (g.rowptr, g.col, xd, x, xd, x, "rbf", 1.0, 2, 1.0, 1.0)
+        out = TB.structure_kl_forward(*args)
+        assert (out[0].dtype, out[1].dtype) == backends.structure_kl_state_dtype("triton", torch.float32)
+        # the reference keeps its state in double: compared in the backend's dtypes
+        expect = tuple(r.to(o.dtype) for r, o in zip(TREF.structure_kl_forward(*args), out))
+        rel_close(out, expect, torch.float32, "kl")
