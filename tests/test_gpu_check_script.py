@@ -2,7 +2,7 @@
 rehearsed on the CPU: the C++ and reference backends stand in for Triton and CUDA, and
 the faults a first device call is expected to meet are injected. The headline rows must
 still come out within the budget, and the report must name what became of every row
-that did not. A device window is rare and short: a check that breaks in it, or a
+that did not. A GPU run is rare and short: a check that breaks in it, or a
 result file that does not come back, costs the whole window."""
 
 from __future__ import annotations

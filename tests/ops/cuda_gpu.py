@@ -23,8 +23,8 @@ if not CUDA_CASES:  # pragma: no cover
     raise ImportError("cuda_gpu needs a CUDA device and fastalign._C_cuda, or FASTALIGN_GPU_TESTS_ON_CPU=1")
 
 __all__ = ["all_graphs", "as_state_of", "assert_close", "CU", "cuda_case", "cuda_only", "DEV", "dtype_params",
-           "edge_weight", "feats", "graph_of", "graph_params", "GRAPH_NAMES", "hub_graph", "index_params",
-           "kl_state", "REF", "sim_params", "UNDER_TEST", "WIDTHS"]
+           "edge_weight", "feats", "graph_of", "graph_params", "GRAPH_NAMES", "hub50k", "hub_rows_graph",
+           "index_params", "kl_state", "misaligned", "REF", "sim_params", "UNDER_TEST", "WIDTHS"]
 
 REF = importlib.import_module("fastalign.backends.reference")
 UNDER_TEST = "cpu" if GPU_DRY_RUN else "cuda"  # the backend these cases check
@@ -100,6 +100,38 @@ def graph_of(name, index_dtype):
             g = dict(all_graphs(index_dtype))[name]
         _GRAPHS[key] = g.to(DEV)
     return _GRAPHS[key]
+
+
+def hub50k(index_dtype):
+    """The hub graph on the device, checked: a row of at least 50,000 edges."""
+    g = graph_of("hub50k", index_dtype)
+    assert int(g.in_degree.max()) >= 50_000
+    return g
+
+
+def hub_rows_graph(source_degree=0):
+    """The hub of in-degree 50,000 (a block's row) and two more destinations of exactly
+    1,024 (a warp's or a thread's longest row) and 1,025 edges; with ``source_degree``,
+    node 7 also sends that many edges (a long row of the transpose). On the device,
+    checked."""
+    hub = hub_graph(torch.int64)
+    n = hub.num_dst
+    ei = torch.cat([hub.edge_index.cpu(),
+                    torch.stack([torch.arange(1024) % 500 + 10, torch.full((1024,), n)]),
+                    torch.stack([torch.arange(1025) % 500 + 10, torch.full((1025,), n + 1)]),
+                    torch.stack([torch.full((source_degree,), 7), torch.arange(source_degree) % n])], 1)
+    g = Graph.from_edge_index(ei, num_nodes=n + 2).to(DEV)
+    deg = (g.rowptr[1:] - g.rowptr[:-1]).cpu()
+    assert int(deg[0]) >= 50_000 and int(deg[n]) == 1024 and int(deg[n + 1]) == 1025
+    return g
+
+
+def misaligned(n, width):
+    """Float32 features [n, width] as views the kernels must not load as aligned rows: a
+    contiguous one 4 bytes off a 16-byte boundary, and a strided one."""
+    shifted = torch.randn(n * width + 1, device=DEV)[1:].view(n, width)
+    strided = torch.randn(n, 2 * width, device=DEV)[:, ::2]
+    return shifted, strided
 
 
 def feats(n, width, dtype, seed=0):

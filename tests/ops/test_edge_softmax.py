@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import fastalign
-from fastalign import Graph
 from helpers import (
     as_pair, assert_close, CASES, dense_adjacency, dense_edge_values, dense_kernel, dtype_params, get_case,
     grad_pair, graph_of, graph_params, index_params, join_pair, KERNELS, pair, REFERENCE, SIGMA, SMALL,
@@ -109,8 +108,8 @@ if TRITON_INTERPRETER:
 # tests/ops`); collected only where they can run (tests/ops/cuda_gpu.py: the dry run).
 if CUDA_CASES:
     from cuda_gpu import (assert_close as cuda_close, CU, cuda_case, cuda_only, DEV, dtype_params as cuda_dtypes,
-                          feats as cuda_feats, graph_of as cuda_graph, graph_params as cuda_graphs, hub_graph,
-                          REF as CREF)
+                          feats as cuda_feats, graph_of as cuda_graph, graph_params as cuda_graphs,
+                          hub_rows_graph, REF as CREF)
 
     @cuda_case
     @cuda_graphs
@@ -129,14 +128,7 @@ if CUDA_CASES:
     def test_cuda_edge_softmax_hub_rows(dtype):
         """Rows of 1,024 edges (a warp's longest), 1,025 and 50,000 (a block's): against the
         reference, and the same bits on a second run."""
-        hub = hub_graph(torch.int64)
-        n = hub.num_dst  # two new nodes n, n + 1 with exactly 1,024 and 1,025 in-edges
-        ei = torch.cat([hub.edge_index.cpu(),
-                        torch.stack([torch.arange(1024) % 500 + 10, torch.full((1024,), n)]),
-                        torch.stack([torch.arange(1025) % 500 + 10, torch.full((1025,), n + 1)])], 1)
-        g = Graph.from_edge_index(ei, num_nodes=n + 2).to(DEV)
-        deg = (g.rowptr[1:] - g.rowptr[:-1]).cpu()
-        assert int(deg[0]) >= 50_000 and int(deg[n]) == 1024 and int(deg[n + 1]) == 1025
+        g = hub_rows_graph()
         z = cuda_feats(g.num_edges, 1, dtype, seed=6).flatten() * 3
         gp = cuda_feats(g.num_edges, 1, dtype, seed=7).flatten()
         p = CU.edge_softmax(g.rowptr, z)

@@ -266,9 +266,9 @@ if TRITON_INTERPRETER:
 # The CUDA extension's kernels against the reference on the same GPU (`pytest -m cuda
 # tests/ops`); collected only where they can run (tests/ops/cuda_gpu.py: the dry run).
 if CUDA_CASES:
-    from cuda_gpu import (assert_close as cuda_close, CU, cuda_case, DEV, dtype_params as cuda_dtypes,
-                          feats as cuda_feats, graph_of as cuda_graph, graph_params as cuda_graphs, hub_graph,
-                          REF as CREF)
+    from cuda_gpu import (assert_close as cuda_close, CU, cuda_case, dtype_params as cuda_dtypes,
+                          feats as cuda_feats, graph_of as cuda_graph, graph_params as cuda_graphs,
+                          hub_rows_graph, REF as CREF)
 
     @cuda_case
     @cuda_graphs
@@ -302,15 +302,7 @@ if CUDA_CASES:
         source of out-degree 20,000 (a long row of the transpose, for the source gradients),
         8 heads of 8 channels with self loops and dropout: against the reference, and the
         same bits on a second run."""
-        hub = hub_graph(torch.int64)
-        n = hub.num_dst
-        ei = torch.cat([hub.edge_index.cpu(),
-                        torch.stack([torch.arange(1024) % 500 + 10, torch.full((1024,), n)]),
-                        torch.stack([torch.arange(1025) % 500 + 10, torch.full((1025,), n + 1)]),
-                        torch.stack([torch.full((20_000,), 7), torch.arange(20_000) % n])], 1)
-        g = Graph.from_edge_index(ei, num_nodes=n + 2).to(DEV)
-        deg = (g.rowptr[1:] - g.rowptr[:-1]).cpu()
-        assert int(deg[0]) >= 50_000 and int(deg[n]) == 1024 and int(deg[n + 1]) == 1025
+        g = hub_rows_graph(source_degree=20_000)
         heads, channels = 8, 8
         x = cuda_feats(g.num_src, heads * channels, dtype, seed=2).view(-1, heads, channels)
         a_s, a_d = cuda_feats(g.num_src, heads, dtype, seed=3), cuda_feats(g.num_dst, heads, dtype, seed=4)

@@ -512,8 +512,8 @@ if TRITON_INTERPRETER:
 if CUDA_CASES:
     from cuda_gpu import (assert_close as cuda_close, CU, cuda_case, cuda_only, DEV, dtype_params as cuda_dtypes,
                           edge_weight as cuda_weight, feats as cuda_feats, graph_of as cuda_graph,
-                          graph_params as cuda_graphs, GRAPH_NAMES as CUDA_GRAPHS, REF as CREF, UNDER_TEST,
-                          WIDTHS as CUDA_WIDTHS)
+                          graph_params as cuda_graphs, GRAPH_NAMES as CUDA_GRAPHS, hub50k, misaligned,
+                          REF as CREF, UNDER_TEST, WIDTHS as CUDA_WIDTHS)
 
     @cuda_case
     @cuda_graphs
@@ -606,8 +606,7 @@ if CUDA_CASES:
     @index_params
     @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
     def test_cuda_spmm_hub_of_degree_50k(index_dtype, dtype):
-        g = cuda_graph("hub50k", index_dtype)
-        assert int(g.in_degree.max()) >= 50_000
+        g = hub50k(index_dtype)
         x = cuda_feats(g.num_src, 64, dtype)
         for reduce in ("sum", "mean", "max"):
             out, arg = CU.spmm_forward(g.rowptr, g.col, None, x, reduce)
@@ -676,11 +675,7 @@ if CUDA_CASES:
     def test_cuda_spmm_misaligned_and_strided_inputs():
         """Views with odd storage offsets or strides are copied to aligned dense rows."""
         g = cuda_graph("long_rows", torch.int64)
-        n, f = g.num_src, 64
-        base = torch.randn(n * f + 1, device=DEV)
-        x = base[1:].view(n, f)  # contiguous, 4 bytes off a 16-byte boundary
-        strided = torch.randn(n, 2 * f, device=DEV)[:, ::2]
-        for inp in (x, strided):
+        for inp in misaligned(g.num_src, 64):
             out, _ = CU.spmm_forward(g.rowptr, g.col, None, inp, "sum")
             ref, _ = CREF.spmm_forward(g.rowptr, g.col, None, inp, "sum")
             cuda_close(out, ref)

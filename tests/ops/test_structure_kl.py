@@ -206,7 +206,8 @@ if TRITON_INTERPRETER:
 if CUDA_CASES:
     from cuda_gpu import (as_state_of, assert_close as cuda_close, CU, cuda_case, cuda_only, DEV,
                           dtype_params as cuda_dtypes, feats as cuda_feats, graph_of as cuda_graph,
-                          graph_params as cuda_graphs, kl_state, REF as CREF, sim_params, UNDER_TEST)
+                          graph_params as cuda_graphs, hub50k, kl_state, misaligned, REF as CREF, sim_params,
+                          UNDER_TEST)
 
     @cuda_case
     @cuda_graphs
@@ -241,8 +242,7 @@ if CUDA_CASES:
     @index_params
     @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
     def test_cuda_structure_kl_hub_of_degree_50k(index_dtype, dtype):
-        g = cuda_graph("hub50k", index_dtype)
-        assert int(g.in_degree.max()) >= 50_000
+        g = hub50k(index_dtype)
         x = cuda_feats(g.num_src, 64, dtype)
         params = sim_params("l1", 64) + (1.0,)
         p = cuda_feats(g.num_src, 32, dtype, seed=9)
@@ -288,10 +288,8 @@ if CUDA_CASES:
     def test_cuda_structure_kl_misaligned_and_strided_inputs():
         """Views with odd storage offsets or strides are copied to aligned dense rows."""
         g = cuda_graph("long_rows", torch.int64)
-        n, f = g.num_src, 64
-        x = torch.randn(n * f + 1, device=DEV)[1:].view(n, f)  # contiguous, 4 bytes off a 16-byte boundary
-        strided = torch.randn(n, 2 * f, device=DEV)[:, ::2]
-        params = sim_params("rbf", f) + (1.0,)
+        x, strided = misaligned(g.num_src, 64)
+        params = sim_params("rbf", 64) + (1.0,)
         for inp in (x, strided):
             got = kl_state(CU.structure_kl_forward(g.rowptr, g.col, inp, inp, x, x, *params), inp.dtype)
             want = as_state_of(CREF.structure_kl_forward(g.rowptr, g.col, inp, inp, x, x, *params), got)
