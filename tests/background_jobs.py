@@ -4,8 +4,9 @@ environment) started in the background as soon as the tests are collected, one a
 time, so that they run on the machine's second core while the rest of the suite runs on
 the first; the tests that own them wait for their result.
 
-conftest.py starts the jobs the collected tests need; a test calls ``result(key)``.
-A job that was not started (its test runs alone, say) runs when first asked for.
+conftest.py starts the jobs the collected tests need (a module's ``BACKGROUND_JOBS``,
+or a test's own, declared with ``needs``); a test calls ``result(key)``. A job that was
+not started (its test runs alone, say) runs when first asked for.
 """
 
 from __future__ import annotations
@@ -23,6 +24,23 @@ _LOCK = threading.Lock()
 _RUNNING: Dict[str, subprocess.Popen] = {}
 _STOPPED = threading.Event()
 _TIMES: Dict[str, tuple] = {}  # key -> (start, end) on time.monotonic(), for the run's summary
+
+
+def needs(*keys: str):
+    """Decorator: the test waits for jobs ``keys`` (started only where it is collected,
+    whatever else its module holds)."""
+
+    def mark(test):
+        test.background_jobs = keys
+        return test
+
+    return mark
+
+
+def jobs_of(item) -> Sequence[str]:
+    """The jobs a collected test needs: its own (``needs``), else its module's."""
+    own = getattr(getattr(item, "function", None), "background_jobs", None)
+    return own if own is not None else getattr(item.module, "BACKGROUND_JOBS", ())
 
 
 def register(key: str, make_command: Callable[[], Sequence[str]]) -> None:

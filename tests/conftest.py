@@ -19,7 +19,7 @@ def pytest_collection_modifyitems(session, config, items):
 
     keys = []
     for item in items:
-        for key in getattr(item.module, "BACKGROUND_JOBS", ()):
+        for key in background_jobs.jobs_of(item):
             if key not in keys:
                 keys.append(key)
     if keys and not config.option.collectonly:

@@ -30,6 +30,7 @@ INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 
 import torch  # noqa: E402
 
+import background_jobs  # noqa: E402
 import fastalign  # noqa: E402
 from helpers import TRITON_GPU_CASES  # noqa: E402
 
@@ -49,8 +50,6 @@ def _interpreter_command(*where):
 
 
 if not INTERP:
-    import background_jobs
-
     # About 160 s in all, in two parts that balance the two cores: the GAT and structure-KL
     # cases (about 95 s) queued on the second core after the nvcc compiles and the sdist
     # install (the background jobs), the rest (about 65 s) on this core in its turn.
@@ -58,14 +57,12 @@ if not INTERP:
     background_jobs.register("triton-interpreter-suite", lambda: _interpreter_command(
         os.path.join(ROOT, "tests", "ops"), f"--ignore={GAT_CASES}", f"--ignore={KL_CASES}",
         os.path.abspath(__file__)))
-    BACKGROUND_JOBS = ("triton-interpreter-gat",)
 
 
 @pytest.mark.slow  # `-m "not slow"` leaves it out (and then the job never starts)
 @pytest.mark.skipif(INTERP, reason="this process is the interpreter run")
+@background_jobs.needs("triton-interpreter-gat")  # this test's, not the GPU cases' below
 def test_interpreter_suite():
-    import background_jobs
-
     for part in ("triton-interpreter-suite", "triton-interpreter-gat"):
         proc = background_jobs.result(part)
         assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
