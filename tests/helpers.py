@@ -294,8 +294,9 @@ SIGMA = {"l1": 2.0, "rbf": 1.5, "linear": 1.0, "poly": 1.0, "cosine": 1.0}
 PIECE = 4096  # the C++ traversal's hub-row piece (csrc/cpu/segment.h)
 
 
-def all_graphs(index_dtype):
-    return case_graphs(index_dtype) + [("long_rows", long_row_graph(index_dtype, PIECE))]
+def all_graphs(index_dtype, piece=PIECE):
+    """The edge-case graphs and rows longer than a kernel's ``piece``."""
+    return case_graphs(index_dtype) + [("long_rows", long_row_graph(index_dtype, piece))]
 
 
 GRAPH_NAMES = [name for name, _ in all_graphs(torch.int64)]

@@ -88,8 +88,8 @@ def spmm_forward(
     feat = x.size(1)
     out = msg.new_full((num_dst, feat), float("-inf"))
     out.scatter_reduce_(0, row.unsqueeze(1).expand(-1, feat), msg, "amax", include_self=True)
+    out[rowptr[1:] == rowptr[:-1]] = 0  # rows without an edge
     if reduce == "amax":
-        out[rowptr[1:] == rowptr[:-1]] = 0
         return out.to(x.dtype), x.new_empty(0, dtype=torch.int64)
     # First edge reaching the maximum (a NaN maximum: the first NaN), per (row, feature).
     best = out.index_select(0, row)
@@ -98,9 +98,7 @@ def spmm_forward(
     pos = torch.where(hit, pos, torch.full_like(pos, num_edges))
     arg = torch.full((num_dst, feat), num_edges, dtype=torch.int64, device=x.device)
     arg.scatter_reduce_(0, row.unsqueeze(1).expand(-1, feat), pos, "amin", include_self=True)
-    empty = arg == num_edges
-    arg[empty] = -1
-    out[empty] = 0
+    arg[arg == num_edges] = -1
     return out.to(x.dtype), arg.to(arg_dtype(num_edges))
 
 

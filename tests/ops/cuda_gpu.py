@@ -16,15 +16,15 @@ import pytest
 import torch
 
 from fastalign import Graph, backends
-from helpers import (CUDA_CASES, GPU_DRY_RUN, GPU_DTYPES, INDEX_DTYPES, TOL, case_graphs, long_row_graph,
-                     power_law_edge_index)
+import helpers
+from helpers import all_graphs, CUDA_CASES, GPU_DRY_RUN, GPU_DTYPES, power_law_edge_index, TOL
 
 if not CUDA_CASES:  # pragma: no cover
     raise ImportError("cuda_gpu needs a CUDA device and fastalign._C_cuda, or FASTALIGN_GPU_TESTS_ON_CPU=1")
 
-__all__ = ["all_graphs", "as_state_of", "assert_close", "CU", "cuda_case", "cuda_only", "DEV", "dtype_params",
-           "edge_weight", "feats", "graph_of", "graph_params", "GRAPH_NAMES", "hub50k", "hub_rows_graph",
-           "index_params", "kl_state", "misaligned", "REF", "sim_params", "UNDER_TEST", "WIDTHS"]
+__all__ = ["as_state_of", "assert_close", "CU", "cuda_case", "cuda_only", "DEV", "dtype_params", "edge_weight",
+           "feats", "graph_of", "hub50k", "hub_rows_graph", "kl_state", "misaligned", "REF", "sim_params",
+           "UNDER_TEST", "WIDTHS"]
 
 REF = importlib.import_module("fastalign.backends.reference")
 UNDER_TEST = "cpu" if GPU_DRY_RUN else "cuda"  # the backend these cases check
@@ -80,16 +80,12 @@ def source_hub_graph(index_dtype, degree=20_000, n=5000):
     return Graph.from_edge_index(ei, num_nodes=n)
 
 
-def all_graphs(index_dtype):
-    return case_graphs(index_dtype) + [("long_rows", long_row_graph(index_dtype, PIECE))]
-
-
-GRAPH_NAMES = [name for name, _ in all_graphs(torch.int64)]
 _GRAPHS = {}
 
 
 def graph_of(name, index_dtype):
-    """One of GRAPH_NAMES, "hub50k" or "source_hub", on the device (built once)."""
+    """One of helpers.GRAPH_NAMES (rows cut at PIECE), "hub50k" or "source_hub", on the
+    device (built once)."""
     key = (name, index_dtype)
     if key not in _GRAPHS:
         if name == "hub50k":
@@ -97,7 +93,7 @@ def graph_of(name, index_dtype):
         elif name == "source_hub":
             g = source_hub_graph(index_dtype)
         else:
-            g = dict(all_graphs(index_dtype))[name]
+            g = dict(all_graphs(index_dtype, PIECE))[name]
         _GRAPHS[key] = g.to(DEV)
     return _GRAPHS[key]
 
@@ -140,8 +136,7 @@ def feats(n, width, dtype, seed=0):
 
 
 def edge_weight(graph, dtype, seed=5):
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.rand(graph.num_edges, generator=gen) + 0.5).to(dtype).to(DEV)
+    return helpers.edge_weight(graph, dtype, seed).to(DEV)
 
 
 def magnitude(*tensors):
@@ -163,6 +158,4 @@ def assert_close(actual, expected, dtype=None, scale_of=()):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale)
 
 
-graph_params = pytest.mark.parametrize("name", GRAPH_NAMES)
-index_params = pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
 dtype_params = pytest.mark.parametrize("dtype", GPU_DTYPES)

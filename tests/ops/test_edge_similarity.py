@@ -10,7 +10,7 @@ from fastalign import Graph
 from helpers import (
     as_pair, assert_close, assert_noise, CASES, degenerate, dense_edge_values, dense_kernel, feats, features,
     get_case, grad_pair, graph_of, join_pair, kernel_grid, KERNELS, pair, REFERENCE, SIGMA, SMALL,
-    tight_gradcheck, TRITON_INTERPRETER, truth, CUDA_CASES, TRITON_GPU_CASES, index_params,
+    tight_gradcheck, TRITON_INTERPRETER, truth, CUDA_CASES, TRITON_GPU_CASES, graph_params, index_params,
 )
 
 
@@ -127,11 +127,11 @@ if TRITON_INTERPRETER:
 # tests/ops`); collected only where they can run (tests/ops/cuda_gpu.py: the dry run).
 if CUDA_CASES:
     from cuda_gpu import (assert_close as cuda_close, CU, cuda_case, cuda_only, DEV, dtype_params as cuda_dtypes,
-                          feats as cuda_feats, graph_of as cuda_graph, graph_params as cuda_graphs, REF as CREF,
+                          feats as cuda_feats, graph_of as cuda_graph, REF as CREF,
                           sim_params, WIDTHS as CUDA_WIDTHS)
 
     @cuda_case
-    @cuda_graphs
+    @graph_params
     @index_params
     @cuda_dtypes
     @pytest.mark.parametrize("width", CUDA_WIDTHS)
@@ -145,7 +145,7 @@ if CUDA_CASES:
         cuda_close(got, CREF.edge_similarity(g.rowptr, g.col, xd, xs, *params))
 
     @cuda_case
-    @cuda_graphs
+    @graph_params
     @index_params
     @cuda_dtypes
     # the cosine of two 1-D rows is +-1, a constant: its gradient is zero, and each side

@@ -108,11 +108,10 @@ if TRITON_INTERPRETER:
 # tests/ops`); collected only where they can run (tests/ops/cuda_gpu.py: the dry run).
 if CUDA_CASES:
     from cuda_gpu import (assert_close as cuda_close, CU, cuda_case, cuda_only, DEV, dtype_params as cuda_dtypes,
-                          feats as cuda_feats, graph_of as cuda_graph, graph_params as cuda_graphs,
-                          hub_rows_graph, REF as CREF)
+                          feats as cuda_feats, graph_of as cuda_graph, hub_rows_graph, REF as CREF)
 
     @cuda_case
-    @cuda_graphs
+    @graph_params
     @index_params
     @cuda_dtypes
     def test_cuda_edge_softmax(name, index_dtype, dtype):

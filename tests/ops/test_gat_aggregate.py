@@ -9,7 +9,7 @@ import fastalign
 from fastalign import Graph, backends
 from fastalign import attention_dropout
 from helpers import (
-    case_graphs, CUDA_CASES, index_params, loop_gat, LOW_PRECISION_TOL, random_edge_index, rel_err,
+    case_graphs, CUDA_CASES, graph_params, index_params, loop_gat, LOW_PRECISION_TOL, random_edge_index, rel_err,
     TRITON_GPU_CASES, TRITON_INTERPRETER,
 )
 
@@ -267,11 +267,10 @@ if TRITON_INTERPRETER:
 # tests/ops`); collected only where they can run (tests/ops/cuda_gpu.py: the dry run).
 if CUDA_CASES:
     from cuda_gpu import (assert_close as cuda_close, CU, cuda_case, dtype_params as cuda_dtypes,
-                          feats as cuda_feats, graph_of as cuda_graph, graph_params as cuda_graphs,
-                          hub_rows_graph, REF as CREF)
+                          feats as cuda_feats, graph_of as cuda_graph, hub_rows_graph, REF as CREF)
 
     @cuda_case
-    @cuda_graphs
+    @graph_params
     @index_params
     @cuda_dtypes
     @pytest.mark.parametrize("heads,channels", ((1, 16), (3, 5), (8, 8)))

@@ -11,7 +11,7 @@ from fastalign import backends, Graph
 from fastalign.ops.gcn_aggregate import gcn_norm_state
 from helpers import (
     assert_close, CASES, CUDA_CASES, dense_spmm, edge_weight, feats, features, get_case, gradcheck_inputs, graph_of,
-    graph_params, index_params, kernel_grid, random_edge_index, REF, REFERENCE, SMALL, square_graph_params,
+    graph_params, GRAPH_NAMES, index_params, kernel_grid, random_edge_index, REF, REFERENCE, SMALL, square_graph_params,
     power_law_edge_index, tight_gradcheck, TRITON_GPU_CASES, TRITON_INTERPRETER, truth,
 )
 
@@ -136,10 +136,8 @@ def test_spmm_max_skips_its_winners_only_where_no_gradient_is_wanted(backend, mo
     """The public max runs "amax" when neither the features nor the weights need a
     gradient, "max" otherwise; a propagation prepared without gradient refuses a backward
     by name instead of returning a wrong one."""
-    from fastalign.backends import get
-
     g = get_case("hub", torch.int64)
-    module, seen = get(backend), []
+    module, seen = backends.get(backend), []
     original = module.spmm_forward
 
     def spy(rowptr, col, weight, x, reduce):
@@ -512,11 +510,11 @@ if TRITON_INTERPRETER:
 if CUDA_CASES:
     from cuda_gpu import (assert_close as cuda_close, CU, cuda_case, cuda_only, DEV, dtype_params as cuda_dtypes,
                           edge_weight as cuda_weight, feats as cuda_feats, graph_of as cuda_graph,
-                          graph_params as cuda_graphs, GRAPH_NAMES as CUDA_GRAPHS, hub50k, misaligned,
+                          hub50k, misaligned,
                           REF as CREF, UNDER_TEST, WIDTHS as CUDA_WIDTHS)
 
     @cuda_case
-    @cuda_graphs
+    @graph_params
     @index_params
     @cuda_dtypes
     @pytest.mark.parametrize("width", CUDA_WIDTHS + (520,))
@@ -543,7 +541,7 @@ if CUDA_CASES:
         return CU.spmm_max_backward(*args), CREF.spmm_max_backward(*args)
 
     @cuda_case
-    @pytest.mark.parametrize("name", CUDA_GRAPHS + ["source_hub"])
+    @pytest.mark.parametrize("name", GRAPH_NAMES + ["source_hub"])
     @index_params
     @cuda_dtypes
     @pytest.mark.parametrize("width", (1, 16, 67, 520))
@@ -592,7 +590,7 @@ if CUDA_CASES:
         cuda_close(gw, rw)
 
     @cuda_case
-    @cuda_graphs
+    @graph_params
     @index_params
     @cuda_dtypes
     @pytest.mark.parametrize("width", CUDA_WIDTHS)

@@ -11,7 +11,7 @@ from fastalign import backends
 from helpers import (
     assert_close, assert_noise, CASES, degenerate, dense_structure_kl, feats, features, get_case, grad_pair,
     graph_of, index_params, join_pair, kernel_grid, KERNELS, pair, REFERENCE, SIGMA, SMALL, tight_gradcheck,
-    TRITON_INTERPRETER, truth, CUDA_CASES, TRITON_GPU_CASES, well_scaled,
+    TRITON_INTERPRETER, truth, CUDA_CASES, TRITON_GPU_CASES, well_scaled, graph_params,
 )
 import importlib
 
@@ -206,11 +206,11 @@ if TRITON_INTERPRETER:
 if CUDA_CASES:
     from cuda_gpu import (as_state_of, assert_close as cuda_close, CU, cuda_case, cuda_only, DEV,
                           dtype_params as cuda_dtypes, feats as cuda_feats, graph_of as cuda_graph,
-                          graph_params as cuda_graphs, hub50k, kl_state, misaligned, REF as CREF, sim_params,
+                          hub50k, kl_state, misaligned, REF as CREF, sim_params,
                           UNDER_TEST)
 
     @cuda_case
-    @cuda_graphs
+    @graph_params
     @index_params
     @cuda_dtypes
     @pytest.mark.parametrize("widths", ((16, 16), (3, 67), (64, 256)))
